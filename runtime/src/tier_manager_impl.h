@@ -1,0 +1,108 @@
+// TierManager internals shared by tier_manager.cc, moves.cc and demoter.cc.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "block_index.h"
+#include "kvtier/tier_manager.h"
+
+namespace kvtier {
+
+// Per-tier counters; relaxed atomics (statistics only).
+struct TierCounters {
+  std::atomic<uint64_t> evictions{0};
+  std::atomic<uint64_t> demoted{0};
+  std::atomic<uint64_t> dropped{0};
+  std::atomic<uint64_t> reserve_failures{0};
+  std::atomic<uint64_t> peak_used{0};
+  std::atomic<uint64_t> evicting{0};  // slots being copied down right now
+};
+
+// One entry's part in a copy between two tiers.
+struct HopItem {
+  internal::Entry* entry;
+  SlotId src;
+  SlotId dst;
+};
+
+// What to do with each entry once its copy into `dst` finished (under its shard lock).
+enum class HopKind : uint8_t { kOnboard, kOffload, kDemote };
+
+// A copy between two tiers being planned: its fence exists before any entry is marked "in
+// flight", so whoever finds the mark can wait for it.
+struct PlannedHop {
+  std::vector<HopItem> items;
+  Fence fence;
+  std::shared_ptr<FenceSignal> signal;
+  PlannedHop();
+};
+
+struct TierManager::Impl {
+  Impl(TierManager* owner, const TierManagerOptions& options, TierSet& tiers);
+
+  TierManager* self;
+  const TierManagerOptions& options;
+  std::vector<std::unique_ptr<internal::Shard>> shards;
+  uint64_t shard_mask = 0;
+  std::array<Tier*, kTierCount> tier{};
+  std::array<std::array<Mover*, kTierCount>, kTierCount> mover{};  // [src][dst]
+  std::array<EvictionPolicy*, kTierCount> policy{};
+  Clock* clock;
+  Logger* logger;
+
+  std::array<TierCounters, kTierCount> counters;
+  std::atomic<uint64_t> allocated{0}, committed{0}, aborted{0}, onboarded{0}, offloaded{0}, failed_copies{0};
+
+  // Copies in flight whose callbacks still reference this Impl; the destructor waits for 0.
+  std::mutex inflight_mu;
+  std::condition_variable inflight_cv;
+  int64_t inflight = 0;
+  void BeginAsync();
+  void EndAsync();
+
+  // Demotion thread.
+  std::mutex demote_mu;
+  std::condition_variable demote_cv;
+  std::condition_variable pass_cv;
+  bool stop = false;
+  bool kicked = false;
+  uint64_t passes = 0;
+  std::thread demoter;
+  void DemoterLoop();
+  void DemotePass();
+  void DemoteTier(TierKind t);
+  void Kick();
+
+  // --- index helpers ---
+  // Shards use hash bits 32.., the per-shard tables the low bits: the two stay independent.
+  uint32_t ShardIndex(uint64_t hash) const { return static_cast<uint32_t>((hash >> 32) & shard_mask); }
+  internal::Shard& ShardOf(uint64_t hash) { return *shards[ShardIndex(hash)]; }
+  internal::Shard& ShardOf(const internal::Entry* e) { return *shards[e->shard]; }
+
+  // Releases one pin; the caller holds no shard lock.
+  void UnpinOne(internal::Entry* e);
+  // Under e's shard lock, with no pins left: aborts uncommitted writes and erases the
+  // entry if no tier holds it any more. Slots to release are appended to `releases`.
+  void ReapLocked(internal::Shard& shard, internal::Entry* e);
+  // Under the shard lock: marks `e` as needing work at its last unpin, or does it now.
+  void NeedsAttentionLocked(internal::Shard& shard, internal::Entry* e);
+  void NotePeak(TierKind t);
+  Result<std::vector<SlotId>> ReserveSlots(TierKind t, uint32_t count);
+
+  // Submits the copy of `hop.items` from tier `src` to `dst` after `wait_for`, publishes
+  // (or rolls back) each entry per `kind` when it lands, then signals `hop.fence`. Entries
+  // of onboard and offload hops carry one pin taken for the copy, released here.
+  void SubmitHop(TierKind src, TierKind dst, PlannedHop& hop, std::vector<Fence> wait_for, HopKind kind);
+  void FinishHop(TierKind src, TierKind dst, const std::vector<HopItem>& items, HopKind kind, const Status& s);
+
+  Fence OnboardEntries(std::vector<internal::Entry*> entries, TierKind target);
+  Fence OffloadEntries(std::vector<internal::Entry*> entries, TierKind target);
+};
+
+}  // namespace kvtier
