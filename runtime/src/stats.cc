@@ -65,7 +65,7 @@ std::string RuntimeStats::ToText() const {
                        "segments", "errors", "GB/s", "p50 µs", "p99 µs");
     for (const MoverStats& m : movers) {
       out += fmt::format("{:<26} {:>12} {:>9} {:>10} {:>7} {:>9.2f} {:>9.0f} {:>9.0f}\n",
-                         fmt::format("{} ({}->{})", m.name, TierName(m.source), TierName(m.destination)),
+                         m.name,
                          HumanBytes(double(m.bytes)), m.batches, m.segments, m.errors, m.gbps(),
                          m.latency.QuantileUs(0.5), m.latency.QuantileUs(0.99));
     }

@@ -1,0 +1,12 @@
+// The subcommands of the `kvtier` CLI. Each Add* registers its options and a callback that
+// stores the command's exit code in *exit_code.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace kvtier::cli {
+
+void AddDemoCommand(CLI::App& app, int* exit_code);
+void AddBenchIndexCommand(CLI::App& bench, int* exit_code);
+
+}  // namespace kvtier::cli
