@@ -12,6 +12,11 @@ if(NOT KVTIER_CUDA STREQUAL "OFF")
       set(CMAKE_CUDA_ARCHITECTURES 90)
     endif()
     enable_language(CUDA)
+    # CMake 3.25 does not know nvcc's C++20 flag (CUDA 12+ has it): teach it, so CUDA
+    # sources compile as C++20 like the rest.
+    set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+    set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+    set(CMAKE_CUDA_STANDARD 20)
     find_package(CUDAToolkit REQUIRED)
     set(KVTIER_HAVE_CUDA ON)
   elseif(KVTIER_CUDA STREQUAL "ON")

@@ -13,6 +13,7 @@ namespace kvtier {
 
 enum class HbmBackend : uint8_t {
   kAuto,      // the GPU tier if this build and machine have one, else emulated
+  kGpu,       // the GPU tier, or an error saying why not
   kEmulated,  // always the emulated tier
   kNone,      // no HBM tier (DRAM only)
 };
@@ -24,6 +25,8 @@ struct TierConfig {
   HbmBackend hbm = HbmBackend::kAuto;
   bool allow_unpinned_dram = false;  // else an unpinnable pool is an error
   int numa_node = -1;
+  int device = 0;                    // CUDA device of the GPU tier
+  std::string transfer_profile;      // `kvtier probe` output; empty = built-in defaults
   uint32_t copy_threads = 2;         // CPU copy parallelism of the emulated movers
   Logger* logger = nullptr;
 
@@ -32,10 +35,11 @@ struct TierConfig {
 
 // What BuildTiers chose, for logs and the demo banner.
 struct TierSetInfo {
-  std::string hbm;        // "emulated-hbm (256.0 MiB, 4096 slots)" or "none"
+  std::string hbm;        // "emulated-hbm (256.0 MiB, 4096 slots)", "gpu-hbm (...)" or "none"
   std::string dram;       // "host-dram (1.0 GiB, pinned by mlock, NUMA node 0)"
   std::string nvme = "none";
   bool dram_pinned = false;
+  bool hbm_is_gpu = false;  // HBM slots are device memory (not host-addressable)
 };
 
 Result<TierSet> BuildTiers(const TierConfig& config, TierSetInfo* info = nullptr);

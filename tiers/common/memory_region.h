@@ -20,7 +20,7 @@ class MemoryRegion {
 
  private:
   struct Unmap {
-    size_t bytes = 0;
+    size_t bytes;  // no default member initializer: keeps Unmap default-constructible here
     void operator()(void* p) const noexcept;
   };
   MemoryRegion(void* p, size_t n) : ptr_(p, Unmap{n}), size_(n) {}

@@ -1,0 +1,288 @@
+#include "gpu_mover.h"
+
+#include <fmt/format.h>
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+
+#include "copy_blocks.cuh"
+#include "memcpy_mover.h"  // ValidateSegments
+
+namespace kvtier {
+
+using kernels::DeviceCopyDescriptor;
+
+struct GpuMover::Job {
+  MoveBatch batch;
+  FenceSignal signal;
+  std::chrono::steady_clock::time_point submitted, launched;
+  uint64_t bytes = 0;
+  D2hMode mode = D2hMode::kKernel;
+  Status status;  // a launch failure, reported at completion
+  Lane* lane = nullptr;
+};
+
+// Resources of one batch on the GPU. Reused once the batch's event has completed.
+struct GpuMover::Lane {
+  PinnedBuffer host_descriptors;
+  DeviceBuffer device_descriptors;
+  DeviceBuffer device_staging;  // CPU-assisted D2H only
+  PinnedBuffer host_staging;
+  CudaEvent done;
+  std::vector<std::pair<const std::byte*, std::byte*>> scatter;  // staging -> DRAM, CPU-assisted
+  std::vector<uint64_t> scatter_bytes;
+};
+
+struct GpuMover::Counters {
+  std::atomic<uint64_t> bytes{0}, batches{0}, segments{0}, errors{0}, busy_ns{0};
+  LatencyRecorder latency;
+  tbb::task_arena arena;
+  explicit Counters(int threads) : arena(threads) {}
+};
+
+Status GpuMoverOptions::Validate() const {
+  if (device < 0) return Status::InvalidArgument(fmt::format("gpu mover: device {}", device));
+  if (chunk_bytes < 16 || chunk_bytes % 16 != 0) {
+    return Status::InvalidArgument(fmt::format("gpu mover: chunk_bytes {} is not a multiple of 16", chunk_bytes));
+  }
+  if (cpu_threads == 0 || cpu_threads > 256) return Status::InvalidArgument("gpu mover: cpu_threads out of [1, 256]");
+  if (max_in_flight == 0 || max_in_flight > 64) return Status::InvalidArgument("gpu mover: max_in_flight out of [1, 64]");
+  return Status();
+}
+
+Result<std::unique_ptr<GpuMover>> GpuMover::Create(Tier* source, Tier* destination, GpuMoverOptions options) {
+  KVT_RETURN_IF_ERROR(options.Validate());
+  if (source == nullptr || destination == nullptr) return Status::InvalidArgument("gpu mover: null tier");
+  const bool h2d = source->kind() == TierKind::kDram && destination->kind() == TierKind::kHbm;
+  const bool d2h = source->kind() == TierKind::kHbm && destination->kind() == TierKind::kDram;
+  if (!h2d && !d2h) return Status::InvalidArgument("gpu mover: joins DRAM and HBM only");
+  const Tier* dram = h2d ? source : destination;
+  if (!dram->caps().device_addressable) {
+    return Status::FailedPrecondition(fmt::format(
+        "gpu mover: the DRAM tier '{}' is not registered with the device (pinned by cudaHostRegister); the gather "
+        "and scatter kernels cannot reach it",
+        dram->name()));
+  }
+  for (const Tier* t : {source, destination}) {
+    if (t->caps().alignment % 16 != 0 || t->caps().slot_bytes % 16 != 0) {
+      return Status::InvalidArgument(fmt::format("gpu mover: tier '{}' slots are not 16-byte aligned", t->name()));
+    }
+  }
+  std::unique_ptr<GpuMover> m(new GpuMover(source, destination, std::move(options)));
+  KVT_RETURN_IF_ERROR(m->Init());
+  return m;
+}
+
+GpuMover::GpuMover(Tier* source, Tier* destination, GpuMoverOptions options)
+    : src_(source),
+      dst_(destination),
+      options_(std::move(options)),
+      to_device_(destination->kind() == TierKind::kHbm),
+      name_(fmt::format("gpu {}->{}", TierName(source->kind()), TierName(destination->kind()))),
+      counters_(std::make_unique<Counters>(static_cast<int>(options_.cpu_threads))) {}
+
+Status GpuMover::Init() {
+  KVT_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, options_.device),
+                           "reading the multiprocessor count");
+  KVT_ASSIGN_OR_RETURN(stream_, CudaStream::Create(options_.device));
+  for (uint32_t i = 0; i < options_.max_in_flight; ++i) {
+    auto lane = std::make_unique<Lane>();
+    KVT_ASSIGN_OR_RETURN(lane->done, CudaEvent::Create(options_.device));
+    free_lanes_.push_back(lane.get());
+    lanes_.push_back(std::move(lane));
+  }
+  launcher_ = std::thread([this] { LaunchLoop(); });
+  completer_ = std::thread([this] { CompleteLoop(); });
+  return Status();
+}
+
+GpuMover::~GpuMover() {
+  std::unique_lock lock(mu_);
+  done_cv_.wait(lock, [&] { return outstanding_ == 0; });
+  stop_ = true;
+  lock.unlock();
+  cv_.notify_all();
+  done_cv_.notify_all();
+  if (launcher_.joinable()) launcher_.join();
+  if (completer_.joinable()) completer_.join();
+}
+
+D2hMode GpuMover::ModeFor(uint64_t block_bytes) const {
+  if (to_device_) return D2hMode::kKernel;
+  if (options_.d2h_mode != D2hMode::kAuto) return options_.d2h_mode;
+  return options_.profile.ChooseD2h(block_bytes);
+}
+
+Fence GpuMover::Submit(MoveBatch batch) {
+  if (Status s = ValidateSegments(batch, *src_, *dst_); !s.ok()) {
+    counters_->errors.fetch_add(1, std::memory_order_relaxed);
+    return Fence::Failed(std::move(s).Annotate(name_));
+  }
+  for (size_t i = 0; i < batch.segments.size(); ++i) {
+    const CopySegment& c = batch.segments[i];
+    if (c.bytes % 16 != 0 || c.src_offset % 16 != 0 || c.dst_offset % 16 != 0) {
+      counters_->errors.fetch_add(1, std::memory_order_relaxed);
+      return Fence::Failed(Status::InvalidArgument(
+          fmt::format("{}: segment {} ({} B at offsets {} -> {}) is not 16-byte aligned", name_, i, c.bytes,
+                      c.src_offset, c.dst_offset)));
+    }
+  }
+  auto [fence, signal] = Fence::Make();
+  auto job = std::make_shared<Job>();
+  job->signal = std::move(signal);
+  job->submitted = std::chrono::steady_clock::now();
+  for (const CopySegment& c : batch.segments) job->bytes += c.bytes;
+  job->mode = batch.segments.empty() ? D2hMode::kKernel : ModeFor(batch.segments.front().bytes);
+  std::vector<Fence> waits = std::move(batch.wait_for);
+  job->batch = std::move(batch);
+  {
+    std::lock_guard lock(mu_);
+    ++outstanding_;
+  }
+  // Producers of the source and last users of the destination first; nothing blocks.
+  Fence::All(waits).OnReady([this, job](const Status& s) {
+    std::lock_guard lock(mu_);
+    if (!s.ok()) job->status = Status(s.code(), fmt::format("{}: a fence this batch waited for failed: {}", name_, s.message()));
+    ready_.push_back(job);
+    cv_.notify_all();
+  });
+  return fence;
+}
+
+Status GpuMover::Launch(Job& job, Lane& lane) {
+  DeviceGuard guard(options_.device);
+  const bool cpu_assisted = !to_device_ && job.mode == D2hMode::kCpuAssisted;
+  // Descriptors: every segment split into chunks of at most chunk_bytes.
+  size_t count = 0;
+  for (const CopySegment& c : job.batch.segments) count += (c.bytes + options_.chunk_bytes - 1) / options_.chunk_bytes;
+  const size_t desc_bytes = std::max<size_t>(count, 1) * sizeof(DeviceCopyDescriptor);
+  if (lane.host_descriptors.size() < desc_bytes) {
+    KVT_ASSIGN_OR_RETURN(lane.host_descriptors, PinnedBuffer::Allocate(desc_bytes * 2));
+    KVT_ASSIGN_OR_RETURN(lane.device_descriptors, DeviceBuffer::Allocate(options_.device, desc_bytes * 2));
+  }
+  if (cpu_assisted && lane.device_staging.size() < job.bytes) {
+    lane.device_staging = DeviceBuffer();
+    lane.host_staging = PinnedBuffer();
+    KVT_ASSIGN_OR_RETURN(lane.device_staging, DeviceBuffer::Allocate(options_.device, job.bytes));
+    KVT_ASSIGN_OR_RETURN(lane.host_staging, PinnedBuffer::Allocate(job.bytes));
+  }
+  auto* descs = reinterpret_cast<DeviceCopyDescriptor*>(lane.host_descriptors.data());
+  lane.scatter.clear();
+  lane.scatter_bytes.clear();
+  size_t n = 0;
+  uint64_t staged = 0;
+  for (const CopySegment& c : job.batch.segments) {
+    const std::byte* s = std::get<MemoryAddress>(src_->Locate(c.src)).ptr + c.src_offset;
+    std::byte* d = std::get<MemoryAddress>(dst_->Locate(c.dst)).ptr + c.dst_offset;
+    if (cpu_assisted) {
+      lane.scatter.emplace_back(lane.host_staging.data() + staged, d);
+      lane.scatter_bytes.push_back(c.bytes);
+      d = lane.device_staging.data() + staged;  // pack on the device first
+      staged += c.bytes;
+    }
+    for (uint64_t off = 0; off < c.bytes; off += options_.chunk_bytes) {
+      descs[n++] = DeviceCopyDescriptor{reinterpret_cast<uint64_t>(s + off), reinterpret_cast<uint64_t>(d + off),
+                                        std::min<uint64_t>(options_.chunk_bytes, c.bytes - off), 0};
+    }
+  }
+  cudaStream_t st = stream_.get();
+  KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.device_descriptors.data(), descs, n * sizeof(DeviceCopyDescriptor),
+                                           cudaMemcpyHostToDevice, st),
+                           "copying descriptors");
+  const uint32_t ctas = options_.ctas ? options_.ctas : kernels::CopyBlocksCtas(static_cast<uint32_t>(n), sm_count_);
+  KVT_RETURN_IF_CUDA_ERROR(
+      kernels::LaunchCopyBlocks(reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data()),
+                                static_cast<uint32_t>(n), ctas, st),
+      "launching the copy kernel");
+  if (cpu_assisted) {
+    KVT_RETURN_IF_CUDA_ERROR(
+        cudaMemcpyAsync(lane.host_staging.data(), lane.device_staging.data(), staged, cudaMemcpyDeviceToHost, st),
+        "contiguous device-to-host copy");
+  }
+  KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(lane.done.get(), st), "recording the batch event");
+  return Status();
+}
+
+void GpuMover::LaunchLoop() {
+  std::unique_lock lock(mu_);
+  while (true) {
+    cv_.wait(lock, [&] { return stop_ || (!ready_.empty() && !free_lanes_.empty()); });
+    if (stop_ && ready_.empty()) return;
+    if (ready_.empty() || free_lanes_.empty()) continue;
+    std::shared_ptr<Job> job = std::move(ready_.front());
+    ready_.pop_front();
+    Lane* lane = free_lanes_.back();
+    free_lanes_.pop_back();
+    lock.unlock();
+    job->lane = lane;
+    job->launched = std::chrono::steady_clock::now();
+    if (job->status.ok()) job->status = Launch(*job, *lane);
+    lock.lock();
+    launched_.push_back(std::move(job));
+    done_cv_.notify_all();
+  }
+}
+
+void GpuMover::CompleteLoop() {
+  std::unique_lock lock(mu_);
+  while (true) {
+    done_cv_.wait(lock, [&] { return stop_ || !launched_.empty(); });
+    if (launched_.empty()) {
+      if (stop_) return;
+      continue;
+    }
+    std::shared_ptr<Job> job = std::move(launched_.front());
+    launched_.pop_front();
+    lock.unlock();
+    Status s = job->status;
+    if (s.ok()) s = FromCuda(cudaEventSynchronize(job->lane->done.get()), fmt::format("{} batch", name_));
+    if (s.ok() && !to_device_ && job->mode == D2hMode::kCpuAssisted) {
+      Lane& lane = *job->lane;
+      counters_->arena.execute([&] {
+        tbb::parallel_for(tbb::blocked_range<size_t>(0, lane.scatter.size(), 8), [&](const tbb::blocked_range<size_t>& r) {
+          for (size_t i = r.begin(); i != r.end(); ++i) {
+            std::memcpy(lane.scatter[i].second, lane.scatter[i].first, lane.scatter_bytes[i]);
+          }
+        });
+      });
+    }
+    const auto done = std::chrono::steady_clock::now();
+    auto ns = [](auto d) { return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()); };
+    counters_->latency.Record(ns(done - job->submitted));
+    counters_->busy_ns.fetch_add(ns(done - job->launched), std::memory_order_relaxed);
+    counters_->batches.fetch_add(1, std::memory_order_relaxed);
+    counters_->segments.fetch_add(job->batch.segments.size(), std::memory_order_relaxed);
+    if (s.ok()) {
+      counters_->bytes.fetch_add(job->bytes, std::memory_order_relaxed);
+    } else {
+      counters_->errors.fetch_add(1, std::memory_order_relaxed);
+    }
+    Lane* lane = job->lane;
+    job->signal.Signal(std::move(s));
+    lock.lock();
+    if (lane != nullptr) free_lanes_.push_back(lane);
+    --outstanding_;
+    cv_.notify_all();
+    done_cv_.notify_all();
+  }
+}
+
+MoverStats GpuMover::stats() const {
+  MoverStats m;
+  m.name = name_;
+  m.source = src_->kind();
+  m.destination = dst_->kind();
+  m.bytes = counters_->bytes.load(std::memory_order_relaxed);
+  m.batches = counters_->batches.load(std::memory_order_relaxed);
+  m.segments = counters_->segments.load(std::memory_order_relaxed);
+  m.errors = counters_->errors.load(std::memory_order_relaxed);
+  m.busy_ns = counters_->busy_ns.load(std::memory_order_relaxed);
+  m.latency = counters_->latency.Snapshot();
+  return m;
+}
+
+}  // namespace kvtier

@@ -1,0 +1,90 @@
+// GpuMover: moves blocks between the pinned DRAM pool and the HBM tier.
+//
+//   DRAM -> HBM (FlashH2D): one gather kernel per batch reads the DRAM slots through UVA.
+//   HBM -> DRAM (FlashD2H): kKernel — one scatter kernel writes the DRAM slots through UVA;
+//     kCpuAssisted — a gather kernel packs the blocks into a device staging buffer, one
+//     contiguous cudaMemcpyAsync brings them to a pinned staging buffer, and TBB threads
+//     scatter them into the DRAM slots (no SMs spent on PCIe); kAuto — per block size, from
+//     the TransferProfile (`kvtier probe`), the kernel when there is none.
+//
+// Every batch waits (on the host, without blocking the mover's threads) for the fences in
+// its wait_for — the producers of its source bytes and the last users of its destination
+// slots — before anything is launched. Each mover owns its stream, its events and its
+// staging; up to `max_in_flight` batches are on the GPU at once. Thread-safe.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cuda_util.h"
+#include "kvtier/mover.h"
+#include "kvtier/tier.h"
+#include "transfer_profile.h"
+
+namespace kvtier {
+
+struct GpuMoverOptions {
+  int device = 0;
+  D2hMode d2h_mode = D2hMode::kAuto;
+  uint64_t chunk_bytes = 64 << 10;  // descriptors are split into pieces of at most this
+  uint32_t ctas = 0;                // copy kernel blocks; 0 = sized to the device
+  uint32_t cpu_threads = 8;         // CPU-assisted scatter threads
+  uint32_t max_in_flight = 4;       // batches launched and not yet completed
+  TransferProfile profile;          // for kAuto; empty = the kernel everywhere
+  Status Validate() const;
+};
+
+class GpuMover final : public Mover {
+ public:
+  // `source` and `destination` are a device-addressable DRAM tier and a GPU HBM tier (either
+  // order); both are borrowed and must outlive the mover.
+  static Result<std::unique_ptr<GpuMover>> Create(Tier* source, Tier* destination, GpuMoverOptions options);
+  ~GpuMover() override;  // completes every submitted batch first
+
+  std::string_view name() const override { return name_; }
+  TierKind source() const override { return src_->kind(); }
+  TierKind destination() const override { return dst_->kind(); }
+  Fence Submit(MoveBatch batch) override;
+  MoverStats stats() const override;
+
+  // The D2H path a batch of `block_bytes` blocks takes (kKernel for H2D movers).
+  D2hMode ModeFor(uint64_t block_bytes) const;
+
+ private:
+  struct Job;
+  struct Lane;
+  struct Counters;
+  GpuMover(Tier* source, Tier* destination, GpuMoverOptions options);
+  Status Init();
+  void LaunchLoop();
+  void CompleteLoop();
+  Status Launch(Job& job, Lane& lane);
+
+  Tier* src_;
+  Tier* dst_;
+  GpuMoverOptions options_;
+  bool to_device_;
+  std::string name_;
+  int sm_count_ = 0;
+  CudaStream stream_;
+  std::unique_ptr<Counters> counters_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;       // launch queue or free lanes changed
+  std::condition_variable done_cv_;  // launched queue changed or work drained
+  std::deque<std::shared_ptr<Job>> ready_;     // fences met, waiting for a lane
+  std::deque<std::shared_ptr<Job>> launched_;  // on the GPU, in stream order
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  std::vector<Lane*> free_lanes_;
+  size_t outstanding_ = 0;  // submitted and not yet signaled
+  bool stop_ = false;
+  std::thread launcher_;
+  std::thread completer_;
+};
+
+}  // namespace kvtier
