@@ -62,16 +62,19 @@ void Fence::OnReady(std::function<void(const Status&)> fn) const {
 }
 
 Fence Fence::All(std::span<const Fence> fences) {
+  // An error that is already known does not end the wait: the join still signals only once
+  // every fence has, because a slot released on it may still be in use by the others.
+  Status first_error;
   std::vector<Fence> pending;
   for (const Fence& f : fences) {
     if (!f.ready()) {
       pending.push_back(f);
-    } else if (Status s = f.Wait(); !s.ok()) {
-      return Fence::Failed(std::move(s));
+    } else if (Status s = f.Wait(); !s.ok() && first_error.ok()) {
+      first_error = std::move(s);
     }
   }
-  if (pending.empty()) return Fence();
-  if (pending.size() == 1) return pending.front();
+  if (pending.empty()) return first_error.ok() ? Fence() : Fence::Failed(std::move(first_error));
+  if (pending.size() == 1 && first_error.ok()) return pending.front();
 
   struct Join {
     std::mutex mu;
@@ -81,6 +84,7 @@ Fence Fence::All(std::span<const Fence> fences) {
   };
   auto [fence, signal] = Make();
   auto join = std::make_shared<Join>();
+  join->first_error = std::move(first_error);
   join->remaining.store(pending.size(), std::memory_order_relaxed);
   join->signal = std::move(signal);
   for (const Fence& f : pending) {
