@@ -119,6 +119,8 @@ Status NamespaceSpec::Validate() const {
   if (pp_size == 0 || pp_rank >= pp_size) {
     return Status::InvalidArgument(fmt::format("namespace: pp_rank {} is not below pp_size {}", pp_rank, pp_size));
   }
+  if (kv_codec.empty()) return Status::InvalidArgument("namespace: kv_codec is empty (\"none\" for raw KV)");
+  if (format_version == 0) return Status::InvalidArgument("namespace: format_version 0 is not a version");
   if (!(rope.theta > 0.0)) {
     return Status::InvalidArgument(fmt::format("namespace: rope theta {} is not positive", rope.theta));
   }
@@ -166,8 +168,10 @@ Result<ChainHash> KeyDeriver::Next(const ChainHash& parent, std::span<const int3
   Hasher h(secret_);
   h.Field(FieldTag::kDomain, kBlockDomain);
   h.Field(FieldTag::kParent, parent.bytes.data(), parent.bytes.size());
-  // Tokens as little-endian int32, so the digest does not depend on the host.
-  uint8_t le[4 * 4096];
+  // Tokens as little-endian int32, so the digest does not depend on the host. The buffer
+  // holds the largest block KvGeometry::Validate accepts.
+  static_assert(KvGeometry::kMaxBlockTokens == 4096);
+  uint8_t le[4 * KvGeometry::kMaxBlockTokens];
   for (size_t i = 0; i < tokens.size(); ++i) {
     const uint32_t v = static_cast<uint32_t>(tokens[i]);
     for (int b = 0; b < 4; ++b) le[4 * i + b] = static_cast<uint8_t>(v >> (8 * b));

@@ -37,7 +37,7 @@ KvGeometry KvGeometry::Llama3_8B() {
 }
 
 Status KvGeometry::Validate() const {
-  constexpr uint32_t kMaxLayers = 1024, kMaxHeads = 1024, kMaxHeadDim = 1024, kMaxBlockTokens = 4096;
+  constexpr uint32_t kMaxLayers = 1024, kMaxHeads = 1024, kMaxHeadDim = 1024;
   constexpr uint64_t kMaxBlockBytes = 64ull << 20;
   auto field = [](std::string_view name, uint32_t v, uint32_t max) -> Status {
     if (v == 0 || v > max) {

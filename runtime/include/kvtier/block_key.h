@@ -50,7 +50,9 @@ struct BlockKey {
 // authenticated identity, never taken from a request.
 struct TenantSecret {
   std::array<uint8_t, 32> bytes{};
-  static TenantSecret FromPassphrase(std::string_view passphrase);  // BLAKE2b of the text
+  // BLAKE2b of the text: a fast hash, not a password KDF. Give it a high-entropy secret
+  // (e.g. from the daemon's key file), never a human password.
+  static TenantSecret FromPassphrase(std::string_view passphrase);
   static TenantSecret Random();
 };
 

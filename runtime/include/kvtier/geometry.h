@@ -27,6 +27,8 @@ struct KvGeometry {
   uint32_t block_tokens = 0;
   DType dtype = DType::kBF16;
 
+  static constexpr uint32_t kMaxBlockTokens = 4096;
+
   // Llama-3-8B: 32 layers, 8 KV heads, d=128, 16-token blocks, bf16 (64 KiB blocks).
   static KvGeometry Llama3_8B();
 
