@@ -13,3 +13,9 @@ find_package(RocksDB REQUIRED)
 if(KVTIER_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()
+
+# hnswlib (libhnswlib-dev) is header-only. An imported target, so its headers are SYSTEM
+# includes (its code is not held to kvtier's warning flags).
+find_path(HNSWLIB_INCLUDE_DIR hnswlib/hnswlib.h REQUIRED)
+add_library(kvtier_hnswlib INTERFACE IMPORTED)
+set_target_properties(kvtier_hnswlib PROPERTIES INTERFACE_INCLUDE_DIRECTORIES "${HNSWLIB_INCLUDE_DIR}")

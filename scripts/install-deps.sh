@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build pkg-config
-  libfmt-dev libtbb-dev libhwloc-dev liburing-dev librocksdb-dev
+  libfmt-dev libtbb-dev libhwloc-dev liburing-dev librocksdb-dev libhnswlib-dev
   libgtest-dev libgmock-dev libcli11-dev nlohmann-json3-dev libsodium-dev libxxhash-dev
   fio
 )

@@ -8,5 +8,7 @@ namespace kvtier::cli {
 
 void AddDemoCommand(CLI::App& app, int* exit_code);
 void AddBenchIndexCommand(CLI::App& bench, int* exit_code);
+void AddBenchQstoreCommand(CLI::App& bench, int* exit_code);
+void AddQstoreCommand(CLI::App& app, int* exit_code);
 
 }  // namespace kvtier::cli

@@ -15,6 +15,8 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "benchmarks that print kvtier's figure next to a same-run baseline");
   bench->require_subcommand(1);
   kvtier::cli::AddBenchIndexCommand(*bench, &exit_code);
+  kvtier::cli::AddBenchQstoreCommand(*bench, &exit_code);
+  kvtier::cli::AddQstoreCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }
