@@ -9,6 +9,8 @@
 #include <rocksdb/table.h>
 
 #include <cmath>
+#include <cstdarg>
+#include <cstdio>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -22,6 +24,25 @@ using namespace query_store;  // NOLINT(google-build-using-namespace): this modu
 namespace {
 
 constexpr size_t kMaxIdBytes = 1024;
+
+// RocksDB's own log lines go to kvtier's logger, not to a LOG file in the store: a LOG
+// file shares the store's disk, and RocksDB 7.8 aborts (an assert in Debian's build) when
+// it writes to its LOG again after that file hit ENOSPC.
+class RocksLogBridge final : public rocksdb::Logger {
+ public:
+  explicit RocksLogBridge(kvtier::Logger* log) : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL), log_(log) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override { Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap); }
+  void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
+    if (level < GetInfoLogLevel()) return;
+    char buf[1024];
+    std::vsnprintf(buf, sizeof(buf), format, ap);
+    log_->Log(level >= rocksdb::InfoLogLevel::ERROR_LEVEL ? LogLevel::kError : LogLevel::kWarning, "rocksdb: {}", buf);
+  }
+
+ private:
+  kvtier::Logger* log_;
+};
 constexpr size_t kMaxTextBytes = size_t(64) << 20;
 
 }  // namespace
@@ -149,8 +170,8 @@ Status QueryStore::Impl::OpenDb() {
   dbo.paranoid_checks = true;
   dbo.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
   dbo.max_background_jobs = 2;
-  dbo.keep_log_file_num = 2;
   dbo.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  dbo.info_log = std::make_shared<RocksLogBridge>(log);
   if (options.max_disk_bytes > 0) {
     std::shared_ptr<rocksdb::SstFileManager> sfm(rocksdb::NewSstFileManager(rocksdb::Env::Default()));
     sfm->SetMaxAllowedSpaceUsage(options.max_disk_bytes);
@@ -234,8 +255,8 @@ Status QueryStore::Impl::CloseNow() {
   if (pool) pool->Shutdown();
   {
     std::lock_guard lock(write_mu);
-    if (db) keep(FlushHitsNow());
-    if (db && index && options.save_index_on_close && (saved_epoch != epoch || saved_payload.empty())) {
+    if (db && write_error.ok()) keep(FlushHitsNow());
+    if (db && index && write_error.ok() && options.save_index_on_close && (saved_epoch != epoch || saved_payload.empty())) {
       keep(SaveIndexLocked());
     }
   }
@@ -283,14 +304,18 @@ void QueryStore::Impl::PutMeta(rocksdb::WriteBatch& batch) const {
 }
 
 Status QueryStore::Impl::Write(rocksdb::WriteBatch& batch, Durability durability) {
+  if (!write_error.ok()) return write_error;
   rocksdb::WriteOptions wo;
   wo.sync = durability == Durability::kSync;
-  rocksdb::Status s = db->Write(wo, &batch);
-  if (!s.ok() && (s.IsNoSpace() || s.subcode() == rocksdb::Status::kSpaceLimit)) {
-    // RocksDB turns read-only after a full disk; try once to resume in case space came back.
-    if (db->Resume().ok()) s = db->Write(wo, &batch);
+  Status s = FromRocks(db->Write(wo, &batch), "writing");
+  if (!s.ok() && (s.code() == StatusCode::kNoSpace || s.code() == StatusCode::kIoError)) {
+    // A failed WAL or flush write leaves RocksDB with a background error; its in-process
+    // recovery (Resume) reuses the failed WAL writer, which RocksDB 7.8 does not survive.
+    // So the store turns read-only (lookups keep working) until it is reopened.
+    write_error = Status(s.code(), fmt::format("{} (the store is read-only until it is reopened)", s.message()));
+    log->Log(LogLevel::kError, "query store {}: {}", options.dir.string(), write_error.ToString());
   }
-  return FromRocks(s, "writing");
+  return s;
 }
 
 // --- QueryStore ---------------------------------------------------------------------------------

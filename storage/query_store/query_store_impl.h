@@ -81,6 +81,7 @@ struct QueryStore::Impl {
   uint64_t saved_epoch = 0;        // the epoch of the saved index (manifest); 0 = none
   uint64_t changed_since_save = 0;
   std::string saved_payload;       // its payload file name
+  Status write_error;              // set by a failed write: the store is read-only from then on
 
   // Hit counts: persisted base + in-memory changes, guarded by hits_mu.
   struct HitState {

@@ -129,6 +129,7 @@ Status QueryStore::Impl::OpenIndex() {
 
 Status QueryStore::Impl::SaveIndexLocked() {
   if (!saved_payload.empty() && saved_epoch == epoch) return Status::Ok();  // nothing changed
+  if (!write_error.ok()) return write_error;
   // The manifest will claim `epoch`: make the data durable up to it first, so a crash can
   // never leave an index that is newer than the data.
   KVT_RETURN_IF_ERROR(FromRocks(db->FlushWAL(/*sync=*/true), "syncing the WAL"));
