@@ -1,14 +1,14 @@
-#include "copy_blocks.cuh"
-
 #include <algorithm>
+
+#include "copy_blocks.cuh"
 
 namespace kvtier::kernels {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kUnroll = 4;  // 16-byte loads in flight per thread before the first store
 
-__global__ void __launch_bounds__(kThreads) CopyBlocksKernel(const DeviceCopyDescriptor* __restrict__ descriptors,
+template <int kUnroll>
+__global__ void __launch_bounds__(kThreads) RaggedCopyKernel(const DeviceCopyDescriptor* __restrict__ descriptors,
                                                             uint32_t count) {
   const uint32_t lane = threadIdx.x & 31u;
   const uint32_t warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -19,7 +19,6 @@ __global__ void __launch_bounds__(kThreads) CopyBlocksKernel(const DeviceCopyDes
     uint4* __restrict__ dst = reinterpret_cast<uint4*>(desc.dst);
     const uint64_t words = desc.bytes >> 4;
     uint64_t i = lane;
-    // Main loop: kUnroll independent loads per thread, then the stores.
     for (; i + 32u * (kUnroll - 1) < words; i += 32u * kUnroll) {
       uint4 v[kUnroll];
 #pragma unroll
@@ -31,28 +30,77 @@ __global__ void __launch_bounds__(kThreads) CopyBlocksKernel(const DeviceCopyDes
   }
 }
 
+// Word w of the batch is word (w % words_per) of descriptor (w / words_per). With
+// `shift` >= 0 the division is a shift (power-of-two sizes, the common case).
+template <int kUnroll>
+__global__ void __launch_bounds__(kThreads) UniformCopyKernel(const DeviceCopyDescriptor* __restrict__ descriptors,
+                                                             uint64_t total_words, uint64_t words_per, int shift) {
+  const uint64_t stride = uint64_t{gridDim.x} * blockDim.x;
+  uint64_t w = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  auto locate = [&](uint64_t word, const uint4*& s, uint4*& d) {
+    const uint64_t desc = shift >= 0 ? (word >> shift) : (word / words_per);
+    const uint64_t off = word - desc * words_per;
+    s = reinterpret_cast<const uint4*>(__ldg(&descriptors[desc].src)) + off;
+    d = reinterpret_cast<uint4*>(__ldg(&descriptors[desc].dst)) + off;
+  };
+  for (; w + stride * (kUnroll - 1) < total_words; w += stride * kUnroll) {
+    uint4 v[kUnroll];
+    uint4* dst[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const uint4* s;
+      locate(w + stride * u, s, dst[u]);
+      v[u] = *s;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) *dst[u] = v[u];
+  }
+  for (; w < total_words; w += stride) {
+    const uint4* s;
+    uint4* d;
+    locate(w, s, d);
+    *d = *s;
+  }
+}
+
 }  // namespace
 
 uint32_t CopyBlocksCtas(uint32_t count, int sm_count) {
-  // One warp per descriptor up to 16 resident CTAs per SM worth of warps: enough loads in
-  // flight to cover PCIe latency (measured: ~16 CTAs in total reach only ~41 GB/s).
   const uint32_t warps_per_cta = kThreads / 32;
   const uint32_t wanted = (count + warps_per_cta - 1) / warps_per_cta;
-  const uint32_t cap = static_cast<uint32_t>(std::max(1, sm_count)) * 8u;
+  const uint32_t cap = static_cast<uint32_t>(std::max(1, sm_count)) * 4u;
   return std::max(1u, std::min(wanted, cap));
 }
 
-cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t count, uint32_t ctas,
+cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t count, const CopyLaunch& launch,
                              cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
+  if (launch.unroll != 4 && launch.unroll != 8) return cudaErrorInvalidValue;
+  if (launch.uniform_bytes != 0 && launch.uniform_bytes % 16 != 0) return cudaErrorInvalidValue;
+  uint32_t ctas = launch.ctas;
   if (ctas == 0) {
     int device = 0, sms = 0;
     cudaError_t e = cudaGetDevice(&device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (e != cudaSuccess) return e;
-    ctas = CopyBlocksCtas(count, sms);
+    // The uniform kernel spreads one block over many warps: size it by words, not blocks.
+    const uint64_t work = launch.uniform_bytes ? (uint64_t{count} * launch.uniform_bytes / 16 + 255) / 256 * 8 : count;
+    ctas = CopyBlocksCtas(static_cast<uint32_t>(std::min<uint64_t>(work, UINT32_MAX)), sms);
   }
-  CopyBlocksKernel<<<ctas, kThreads, 0, stream>>>(descriptors, count);
+  if (launch.uniform_bytes != 0) {
+    const uint64_t words_per = launch.uniform_bytes / 16;
+    const int shift = (words_per & (words_per - 1)) == 0 ? __builtin_ctzll(words_per) : -1;
+    const uint64_t total = words_per * count;
+    if (launch.unroll == 8) {
+      UniformCopyKernel<8><<<ctas, kThreads, 0, stream>>>(descriptors, total, words_per, shift);
+    } else {
+      UniformCopyKernel<4><<<ctas, kThreads, 0, stream>>>(descriptors, total, words_per, shift);
+    }
+  } else if (launch.unroll == 8) {
+    RaggedCopyKernel<8><<<ctas, kThreads, 0, stream>>>(descriptors, count);
+  } else {
+    RaggedCopyKernel<4><<<ctas, kThreads, 0, stream>>>(descriptors, count);
+  }
   return cudaGetLastError();
 }
 

@@ -1,7 +1,13 @@
-// The block copy kernel behind FlashH2D (gather: pinned DRAM slots -> HBM slots, reading
+// The block copy kernels behind FlashH2D (gather: pinned DRAM slots -> HBM slots, reading
 // host memory through UVA) and FlashD2H (scatter: HBM slots -> pinned DRAM slots through
-// UVA). One launch copies a whole batch of descriptors; each warp takes descriptors in a
-// grid-stride loop and moves 16-byte words with several loads in flight per thread.
+// UVA). One launch copies a whole batch of descriptors with 16-byte accesses and several
+// independent loads in flight per thread.
+//
+// Two shapes:
+//   uniform  every descriptor has the same size (a batch of whole blocks or slices): the
+//            batch is one flat array of 16-byte words; thread t copies words t, t + stride,
+//            ... so loads from many blocks are in flight at once (no per-block bubble);
+//   ragged   any sizes: one warp per descriptor in a grid-stride loop.
 // CPU reference: kernels/reference/copy_blocks.h (tests compare the two).
 #pragma once
 
@@ -20,13 +26,20 @@ struct alignas(16) DeviceCopyDescriptor {
   uint64_t reserved = 0;
 };
 
+struct CopyLaunch {
+  uint32_t ctas = 0;        // blocks of 256 threads; 0 = CopyBlocksCtas(count, SMs)
+  uint32_t unroll = 4;      // 16-byte loads in flight per thread: 4 or 8
+  uint64_t uniform_bytes = 0;  // > 0: every descriptor has exactly this size (uniform kernel)
+};
+
 // Launches the copy of `count` descriptors read from `descriptors` (device memory) on
-// `stream`, with `ctas` blocks of 256 threads (0 = enough to fill the device). Returns the
-// launch error, if any.
-cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t count, uint32_t ctas,
+// `stream`. Returns the launch error, if any (cudaErrorInvalidValue for a bad unroll).
+cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t count, const CopyLaunch& launch,
                              cudaStream_t stream);
 
-// Blocks to launch for `count` descriptors on a device with `sm_count` multiprocessors.
+// Blocks to launch for `count` descriptors on a device with `sm_count` multiprocessors:
+// enough warps for the work, at most 4 blocks (1024 threads) per SM — so a gather and a
+// scatter launched on two streams share the device instead of queueing behind each other.
 uint32_t CopyBlocksCtas(uint32_t count, int sm_count);
 
 }  // namespace kvtier::kernels

@@ -24,6 +24,7 @@ struct GpuMover::Job {
   D2hMode mode = D2hMode::kKernel;
   Status status;  // a launch failure, reported at completion
   Lane* lane = nullptr;
+  size_t pieces = 0;  // CPU-assisted D2H: pieces launched in lane->pieces
 };
 
 // Resources of one batch on the GPU. Reused once the batch's event has completed.
@@ -33,7 +34,14 @@ struct GpuMover::Lane {
   DeviceBuffer device_staging;  // CPU-assisted D2H only
   PinnedBuffer host_staging;
   CudaEvent done;
-  std::vector<std::pair<const std::byte*, std::byte*>> scatter;  // staging -> DRAM, CPU-assisted
+  // CPU-assisted D2H: pieces of the batch, each with the event after its D2H copy, and the
+  // (staging -> DRAM slot, bytes) scatters of its segments.
+  struct Piece {
+    CudaEvent copied;
+    size_t first = 0, end = 0;  // segment range
+  };
+  std::vector<Piece> pieces;
+  std::vector<std::pair<const std::byte*, std::byte*>> scatter;
   std::vector<uint64_t> scatter_bytes;
 };
 
@@ -51,6 +59,8 @@ Status GpuMoverOptions::Validate() const {
   }
   if (cpu_threads == 0 || cpu_threads > 256) return Status::InvalidArgument("gpu mover: cpu_threads out of [1, 256]");
   if (max_in_flight == 0 || max_in_flight > 64) return Status::InvalidArgument("gpu mover: max_in_flight out of [1, 64]");
+  if (unroll != 4 && unroll != 8) return Status::InvalidArgument(fmt::format("gpu mover: unroll {} (4 or 8)", unroll));
+  if (cpu_piece_bytes < (1u << 20)) return Status::InvalidArgument("gpu mover: cpu_piece_bytes below 1 MiB");
   return Status();
 }
 
@@ -155,10 +165,14 @@ Fence GpuMover::Submit(MoveBatch batch) {
 
 Status GpuMover::Launch(Job& job, Lane& lane) {
   DeviceGuard guard(options_.device);
+  const auto& segments = job.batch.segments;
   const bool cpu_assisted = !to_device_ && job.mode == D2hMode::kCpuAssisted;
-  // Descriptors: every segment split into chunks of at most chunk_bytes.
+  // Uniform batches (every segment the same size: whole blocks or slices) take the flat
+  // kernel with one descriptor per segment; ragged ones are split into chunks.
+  bool uniform = !segments.empty();
+  for (const CopySegment& c : segments) uniform = uniform && c.bytes == segments.front().bytes;
   size_t count = 0;
-  for (const CopySegment& c : job.batch.segments) count += (c.bytes + options_.chunk_bytes - 1) / options_.chunk_bytes;
+  for (const CopySegment& c : segments) count += uniform ? 1 : (c.bytes + options_.chunk_bytes - 1) / options_.chunk_bytes;
   const size_t desc_bytes = std::max<size_t>(count, 1) * sizeof(DeviceCopyDescriptor);
   if (lane.host_descriptors.size() < desc_bytes) {
     KVT_ASSIGN_OR_RETURN(lane.host_descriptors, PinnedBuffer::Allocate(desc_bytes * 2));
@@ -173,9 +187,12 @@ Status GpuMover::Launch(Job& job, Lane& lane) {
   auto* descs = reinterpret_cast<DeviceCopyDescriptor*>(lane.host_descriptors.data());
   lane.scatter.clear();
   lane.scatter_bytes.clear();
+  std::vector<size_t> first_desc;  // per segment, its first descriptor
+  first_desc.reserve(segments.size() + 1);
   size_t n = 0;
   uint64_t staged = 0;
-  for (const CopySegment& c : job.batch.segments) {
+  for (const CopySegment& c : segments) {
+    first_desc.push_back(n);
     const std::byte* s = std::get<MemoryAddress>(src_->Locate(c.src)).ptr + c.src_offset;
     std::byte* d = std::get<MemoryAddress>(dst_->Locate(c.dst)).ptr + c.dst_offset;
     if (cpu_assisted) {
@@ -184,24 +201,54 @@ Status GpuMover::Launch(Job& job, Lane& lane) {
       d = lane.device_staging.data() + staged;  // pack on the device first
       staged += c.bytes;
     }
-    for (uint64_t off = 0; off < c.bytes; off += options_.chunk_bytes) {
+    const uint64_t piece = uniform ? c.bytes : options_.chunk_bytes;
+    for (uint64_t off = 0; off < c.bytes; off += piece) {
       descs[n++] = DeviceCopyDescriptor{reinterpret_cast<uint64_t>(s + off), reinterpret_cast<uint64_t>(d + off),
-                                        std::min<uint64_t>(options_.chunk_bytes, c.bytes - off), 0};
+                                        std::min<uint64_t>(piece, c.bytes - off), 0};
     }
   }
+  first_desc.push_back(n);
   cudaStream_t st = stream_.get();
   KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.device_descriptors.data(), descs, n * sizeof(DeviceCopyDescriptor),
                                            cudaMemcpyHostToDevice, st),
                            "copying descriptors");
-  const uint32_t ctas = options_.ctas ? options_.ctas : kernels::CopyBlocksCtas(static_cast<uint32_t>(n), sm_count_);
-  KVT_RETURN_IF_CUDA_ERROR(
-      kernels::LaunchCopyBlocks(reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data()),
-                                static_cast<uint32_t>(n), ctas, st),
-      "launching the copy kernel");
-  if (cpu_assisted) {
-    KVT_RETURN_IF_CUDA_ERROR(
-        cudaMemcpyAsync(lane.host_staging.data(), lane.device_staging.data(), staged, cudaMemcpyDeviceToHost, st),
-        "contiguous device-to-host copy");
+  const auto* dev_descs = reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data());
+  kernels::CopyLaunch launch{.ctas = options_.ctas, .unroll = options_.unroll,
+                             .uniform_bytes = uniform ? segments.front().bytes : 0};
+  if (!cpu_assisted) {
+    KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchCopyBlocks(dev_descs, static_cast<uint32_t>(n), launch, st),
+                             "launching the copy kernel");
+  } else {
+    // Pieces: pack a run of segments into staging, copy that run to the host, mark it; the
+    // completion thread scatters piece i while the GPU works on piece i+1.
+    size_t pieces = 0;
+    uint64_t start = 0;  // staging offset of the piece
+    for (size_t seg = 0; seg < segments.size();) {
+      size_t end = seg;
+      uint64_t bytes = 0;
+      while (end < segments.size() && (end == seg || bytes + segments[end].bytes <= options_.cpu_piece_bytes)) {
+        bytes += segments[end++].bytes;
+      }
+      if (lane.pieces.size() <= pieces) {
+        Lane::Piece p;
+        KVT_ASSIGN_OR_RETURN(p.copied, CudaEvent::Create(options_.device));
+        lane.pieces.push_back(std::move(p));
+      }
+      Lane::Piece& piece = lane.pieces[pieces++];
+      piece.first = seg;
+      piece.end = end;
+      KVT_RETURN_IF_CUDA_ERROR(
+          kernels::LaunchCopyBlocks(dev_descs + first_desc[seg], static_cast<uint32_t>(first_desc[end] - first_desc[seg]),
+                                    launch, st),
+          "launching the pack kernel");
+      KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.host_staging.data() + start, lane.device_staging.data() + start,
+                                               bytes, cudaMemcpyDeviceToHost, st),
+                               "contiguous device-to-host copy");
+      KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(piece.copied.get(), st), "recording a piece event");
+      seg = end;
+      start += bytes;
+    }
+    job.pieces = pieces;
   }
   KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(lane.done.get(), st), "recording the batch event");
   return Status();
@@ -239,17 +286,23 @@ void GpuMover::CompleteLoop() {
     launched_.pop_front();
     lock.unlock();
     Status s = job->status;
-    if (s.ok()) s = FromCuda(cudaEventSynchronize(job->lane->done.get()), fmt::format("{} batch", name_));
     if (s.ok() && !to_device_ && job->mode == D2hMode::kCpuAssisted) {
+      // Scatter each piece as soon as its copy has landed, while later pieces are in flight.
       Lane& lane = *job->lane;
-      counters_->arena.execute([&] {
-        tbb::parallel_for(tbb::blocked_range<size_t>(0, lane.scatter.size(), 8), [&](const tbb::blocked_range<size_t>& r) {
-          for (size_t i = r.begin(); i != r.end(); ++i) {
-            std::memcpy(lane.scatter[i].second, lane.scatter[i].first, lane.scatter_bytes[i]);
-          }
+      for (size_t p = 0; p < job->pieces && s.ok(); ++p) {
+        const Lane::Piece& piece = lane.pieces[p];
+        s = FromCuda(cudaEventSynchronize(piece.copied.get()), fmt::format("{} piece", name_));
+        if (!s.ok()) break;
+        counters_->arena.execute([&] {
+          tbb::parallel_for(tbb::blocked_range<size_t>(piece.first, piece.end, 4), [&](const tbb::blocked_range<size_t>& r) {
+            for (size_t i = r.begin(); i != r.end(); ++i) {
+              std::memcpy(lane.scatter[i].second, lane.scatter[i].first, lane.scatter_bytes[i]);
+            }
+          });
         });
-      });
+      }
     }
+    if (s.ok()) s = FromCuda(cudaEventSynchronize(job->lane->done.get()), fmt::format("{} batch", name_));
     const auto done = std::chrono::steady_clock::now();
     auto ns = [](auto d) { return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()); };
     counters_->latency.Record(ns(done - job->submitted));

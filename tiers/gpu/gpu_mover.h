@@ -31,9 +31,13 @@ namespace kvtier {
 struct GpuMoverOptions {
   int device = 0;
   D2hMode d2h_mode = D2hMode::kAuto;
-  uint64_t chunk_bytes = 64 << 10;  // descriptors are split into pieces of at most this
+  uint64_t chunk_bytes = 64 << 10;  // ragged batches: descriptors split into pieces of at most this
   uint32_t ctas = 0;                // copy kernel blocks; 0 = sized to the device
+  uint32_t unroll = 4;              // 16-byte loads in flight per thread (4 or 8)
   uint32_t cpu_threads = 8;         // CPU-assisted scatter threads
+  // CPU-assisted D2H is pipelined in pieces of this many bytes: the CPU scatters piece i
+  // while the GPU packs and copies piece i+1.
+  uint64_t cpu_piece_bytes = 16 << 20;
   uint32_t max_in_flight = 4;       // batches launched and not yet completed
   TransferProfile profile;          // for kAuto; empty = the kernel everywhere
   Status Validate() const;

@@ -10,5 +10,7 @@ void AddDemoCommand(CLI::App& app, int* exit_code);
 void AddBenchIndexCommand(CLI::App& bench, int* exit_code);
 void AddBenchQstoreCommand(CLI::App& bench, int* exit_code);
 void AddQstoreCommand(CLI::App& app, int* exit_code);
+void AddBenchTransferCommand(CLI::App& bench, int* exit_code);  // CUDA builds measure; others explain
+void AddProbeCommand(CLI::App& app, int* exit_code);
 
 }  // namespace kvtier::cli

@@ -17,6 +17,8 @@ int main(int argc, char** argv) {
   kvtier::cli::AddBenchIndexCommand(*bench, &exit_code);
   kvtier::cli::AddBenchQstoreCommand(*bench, &exit_code);
   kvtier::cli::AddQstoreCommand(app, &exit_code);
+  kvtier::cli::AddBenchTransferCommand(*bench, &exit_code);
+  kvtier::cli::AddProbeCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds the CUDA targets for sm_90 into build-cuda/ and bundles the shared libraries they
+# need into .bundle/lib, so that tools/gpu-check.sh can run them on a GPU machine that has
+# none of our Debian packages (run there with LD_LIBRARY_PATH=.bundle/lib).
+#   usage: tools/gpu-build.sh            (from the repository root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=build-cuda
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTIER_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DKVTIER_WERROR=ON >/dev/null
+targets=(kvtier copy_blocks_gpu_test gpu_tier_test)
+cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
+bins=("$build/tools/kvtier/kvtier" "$build/tests/kernels/copy_blocks_gpu_test" "$build/tests/tiers/gpu_tier_test")
+strip --strip-debug "${bins[@]}"
+rm -rf .bundle && mkdir -p .bundle/lib
+bundle=../shared/tools/bundle-libs.sh
+[ -f "$bundle" ] || bundle=/work/shared/tools/bundle-libs.sh
+bash "$bundle" .bundle/lib "${bins[@]}"
+echo "gpu-build: carry build-cuda and .bundle; run tools/gpu-check.sh there"

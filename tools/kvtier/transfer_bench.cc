@@ -1,0 +1,460 @@
+// `kvtier bench transfer` and `kvtier probe` (CUDA builds): the kvtier movers against the
+// CUDA copy paths an engine would otherwise use, on the same bytes, in the same run.
+//
+// Blocks sit at random slots of two pools (pinned DRAM and HBM, 4 GiB each by default), as
+// KV blocks do in a serving engine; the baselines move exactly the same blocks:
+//   contiguous  one cudaMemcpyAsync of the same total bytes (the PCIe ceiling)
+//   per_block   one cudaMemcpyAsync per block
+//   batch       one cudaMemcpyBatchAsync of all blocks
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <thread>
+
+#include "commands.h"
+#include "cuda_host_pinner.h"
+#include "gpu_hbm_tier.h"
+#include "gpu_mover.h"
+#include "host_tier.h"
+#include "slot_pool.h"
+
+namespace kvtier::cli {
+namespace {
+
+// A DRAM tier over one cudaHostAlloc'd arena, to compare with the DRAM pool's mmap +
+// cudaHostRegister (--host-alloc cuda): same slots, another way of pinning.
+class HostAllocTier final : public Tier {
+ public:
+  static Result<std::unique_ptr<HostAllocTier>> Create(uint64_t slot_bytes, uint32_t slots) {
+    const uint64_t slot = (slot_bytes + 4095) / 4096 * 4096;
+    KVT_ASSIGN_OR_RETURN(PinnedBuffer buf, PinnedBuffer::Allocate(slot * slots));
+    return std::unique_ptr<HostAllocTier>(new HostAllocTier(std::move(buf), slot, slots));
+  }
+  std::string_view name() const override { return "cuda-host-alloc"; }
+  const TierCaps& caps() const override { return caps_; }
+  Result<std::vector<SlotId>> Reserve(uint32_t count) override { return pool_.Reserve(count, "dram"); }
+  void Release(std::span<const SlotId> slots, Fence last_use) override { pool_.Release(slots, last_use); }
+  Location Locate(SlotId slot) const override {
+    return MemoryAddress{kHostDevice, buf_.data() + uint64_t{slot.value()} * caps_.slot_bytes};
+  }
+  TierUsage usage() const override { return pool_.usage(); }
+  std::byte* base() const { return buf_.data(); }
+  size_t bytes() const { return buf_.size(); }
+
+ private:
+  HostAllocTier(PinnedBuffer buf, uint64_t slot, uint32_t slots) : buf_(std::move(buf)), pool_(slots) {
+    caps_ = TierCaps{.kind = TierKind::kDram, .slot_bytes = slot, .slot_count = slots, .alignment = 4096,
+                     .device_addressable = true, .persistent = false};
+  }
+  PinnedBuffer buf_;
+  SlotPool pool_;
+  TierCaps caps_;
+};
+
+struct Pools {
+  std::unique_ptr<Tier> dram;
+  std::byte* dram_base = nullptr;
+  size_t dram_bytes = 0;
+  std::unique_ptr<GpuHbmTier> hbm;
+  CudaStream stream, stream2;
+  uint64_t block = 0;
+  uint32_t slots = 0;
+};
+
+Result<Pools> MakePools(uint64_t block, uint64_t pool_bytes, int device, bool host_alloc = false) {
+  if (CudaDeviceCount() <= device) return Status::Unavailable("no CUDA device is visible");
+  KVT_RETURN_IF_CUDA_ERROR(cudaSetDevice(device), "cudaSetDevice");
+  Pools p;
+  p.block = block;
+  p.slots = static_cast<uint32_t>(std::max<uint64_t>(4, pool_bytes / block));
+  KVT_ASSIGN_OR_RETURN(auto pinner, CudaHostPinner::Create());
+  HostTierOptions ho;
+  ho.slot_bytes = block;
+  ho.slot_count = p.slots;
+  ho.pinner = pinner;
+  ho.logger = StderrLogger::Default();
+  if (host_alloc) {
+    KVT_ASSIGN_OR_RETURN(auto t, HostAllocTier::Create(block, p.slots));
+    p.dram_base = t->base();
+    p.dram_bytes = t->bytes();
+    p.dram = std::move(t);
+  } else {
+    KVT_ASSIGN_OR_RETURN(auto t, HostTier::Create(ho));  // slots 4 KiB aligned, as in the DRAM tier
+    p.dram_base = t->base();
+    p.dram_bytes = t->bytes();
+    p.dram = std::move(t);
+  }
+  KVT_ASSIGN_OR_RETURN(p.hbm, GpuHbmTier::Create({.device = device, .slot_bytes = block, .slot_count = p.slots}));
+  KVT_ASSIGN_OR_RETURN(p.stream, CudaStream::Create(device));
+  KVT_ASSIGN_OR_RETURN(p.stream2, CudaStream::Create(device));
+  // Random, non-zero contents (never time zeros).
+  std::mt19937_64 rng(11);
+  std::byte* base = p.dram_base;
+  const size_t n = p.dram_bytes / 8;
+  for (size_t i = 0; i < n; i += 512) {
+    const uint64_t w = rng();
+    std::memcpy(base + i * 8, &w, 8);
+  }
+  return p;
+}
+
+// Timing events (cudaEventDisableTiming would make cudaEventElapsedTime fail).
+struct TimingEvents {
+  cudaEvent_t a = nullptr, b = nullptr;
+  TimingEvents() {
+    cudaEventCreate(&a);
+    cudaEventCreate(&b);
+  }
+  ~TimingEvents() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  double Seconds() const {
+    float ms = 0;
+    cudaEventElapsedTime(&ms, a, b);
+    return ms / 1e3;
+  }
+};
+
+struct Placement {
+  std::vector<uint32_t> dram, hbm;  // slot of block i in each pool
+};
+
+Placement Place(uint32_t blocks, uint32_t slots, uint64_t seed) {
+  Placement pl;
+  std::vector<uint32_t> a(slots), b(slots);
+  std::iota(a.begin(), a.end(), 0);
+  std::iota(b.begin(), b.end(), 0);
+  std::mt19937_64 rng(seed);
+  std::shuffle(a.begin(), a.end(), rng);
+  std::shuffle(b.begin(), b.end(), rng);
+  pl.dram.assign(a.begin(), a.begin() + blocks);
+  pl.hbm.assign(b.begin(), b.begin() + blocks);
+  return pl;
+}
+
+std::byte* DramPtr(const Pools& p, uint32_t s) { return std::get<MemoryAddress>(p.dram->Locate(SlotId{s})).ptr; }
+std::byte* HbmPtr(const Pools& p, uint32_t s) { return std::get<MemoryAddress>(p.hbm->Locate(SlotId{s})).ptr; }
+
+MoveBatch MakeBatch(const Placement& pl, bool h2d, uint64_t block) {
+  MoveBatch b;
+  b.segments.reserve(pl.dram.size());
+  for (size_t i = 0; i < pl.dram.size(); ++i) {
+    const SlotId d{pl.dram[i]}, h{pl.hbm[i]};
+    b.segments.push_back(h2d ? CopySegment{d, h, 0, 0, block} : CopySegment{h, d, 0, 0, block});
+  }
+  return b;
+}
+
+Result<double> TimeMover(GpuMover& m, const Placement& pl, bool h2d, uint64_t block) {
+  MoveBatch b = MakeBatch(pl, h2d, block);  // the engine's block list: not timed
+  const auto t0 = std::chrono::steady_clock::now();
+  KVT_RETURN_IF_ERROR(m.Submit(std::move(b)).Wait());
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+Result<double> TimeContiguous(const Pools& p, uint64_t total, bool h2d, cudaStream_t s) {
+  TimingEvents ev;
+  cudaEventRecord(ev.a, s);
+  std::byte* host = p.dram_base;
+  std::byte* dev = HbmPtr(p, 0);
+  KVT_RETURN_IF_CUDA_ERROR(h2d ? cudaMemcpyAsync(dev, host, total, cudaMemcpyHostToDevice, s)
+                               : cudaMemcpyAsync(host, dev, total, cudaMemcpyDeviceToHost, s),
+                           "contiguous cudaMemcpyAsync");
+  cudaEventRecord(ev.b, s);
+  KVT_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(ev.b), "contiguous copy");
+  return ev.Seconds();
+}
+
+Result<double> TimePerBlock(const Pools& p, const Placement& pl, bool h2d) {
+  TimingEvents ev;
+  cudaStream_t s = p.stream.get();
+  cudaEventRecord(ev.a, s);
+  for (size_t i = 0; i < pl.dram.size(); ++i) {
+    std::byte* d = DramPtr(p, pl.dram[i]);
+    std::byte* h = HbmPtr(p, pl.hbm[i]);
+    KVT_RETURN_IF_CUDA_ERROR(h2d ? cudaMemcpyAsync(h, d, p.block, cudaMemcpyHostToDevice, s)
+                                 : cudaMemcpyAsync(d, h, p.block, cudaMemcpyDeviceToHost, s),
+                             "per-block cudaMemcpyAsync");
+  }
+  cudaEventRecord(ev.b, s);
+  KVT_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(ev.b), "per-block copies");
+  return ev.Seconds();
+}
+
+Result<double> TimeBatch(const Pools& p, const Placement& pl, bool h2d) {
+  const size_t n = pl.dram.size();
+  std::vector<void*> dsts(n);
+  std::vector<const void*> srcs(n);
+  std::vector<size_t> sizes(n, p.block);
+  for (size_t i = 0; i < n; ++i) {
+    std::byte* d = DramPtr(p, pl.dram[i]);
+    std::byte* h = HbmPtr(p, pl.hbm[i]);
+    dsts[i] = h2d ? static_cast<void*>(h) : static_cast<void*>(d);
+    srcs[i] = h2d ? static_cast<const void*>(d) : static_cast<const void*>(h);
+  }
+  cudaMemcpyAttributes attr{};
+  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  size_t attr_index = 0;
+  TimingEvents ev;
+  cudaStream_t s = p.stream.get();
+  cudaEventRecord(ev.a, s);
+  KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), n, &attr, &attr_index, 1, s),
+                           "cudaMemcpyBatchAsync");
+  cudaEventRecord(ev.b, s);
+  KVT_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(ev.b), "batched copies");
+  return ev.Seconds();
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+// Runs `fn` `repeats` times after one warm-up; the median of the GB/s figures.
+template <class Fn>
+Result<double> Gbps(uint64_t bytes, uint32_t repeats, Fn&& fn) {
+  KVT_ASSIGN_OR_RETURN(double warm, fn());
+  (void)warm;
+  std::vector<double> rates;
+  for (uint32_t r = 0; r < repeats; ++r) {
+    KVT_ASSIGN_OR_RETURN(double secs, fn());
+    rates.push_back(double(bytes) / secs / 1e9);
+  }
+  return Median(rates);
+}
+
+struct TransferOptions {
+  std::string direction = "h2d";
+  uint64_t block_size = 16384;
+  uint64_t total = 1ull << 30;
+  uint64_t pool = 4ull << 30;
+  std::string mode = "auto";
+  uint32_t cpu_threads = 8;
+  uint32_t ctas = 0;
+  uint32_t unroll = 4;
+  uint32_t repeats = 5;
+  int device = 0;
+  std::string host_alloc = "register";
+  bool json = false;
+};
+
+struct Row {
+  std::string direction, method;
+  double gbps;
+};
+
+Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
+  if (o.block_size == 0 || o.block_size % 16 != 0) {
+    return Status::InvalidArgument(fmt::format("--block-size {} is not a positive multiple of 16", o.block_size));
+  }
+  if (o.direction != "h2d" && o.direction != "d2h" && o.direction != "both") {
+    return Status::InvalidArgument(fmt::format("--direction {} (expected h2d, d2h or both)", o.direction));
+  }
+  KVT_ASSIGN_OR_RETURN(D2hMode mode, ParseD2hMode(o.mode));
+  const uint32_t blocks = static_cast<uint32_t>(std::max<uint64_t>(1, o.total / o.block_size));
+  const uint64_t bytes = uint64_t{blocks} * o.block_size;
+  const uint64_t pool = std::max<uint64_t>(o.pool, 2 * bytes + o.block_size);
+  if (o.host_alloc != "register" && o.host_alloc != "cuda") {
+    return Status::InvalidArgument(fmt::format("--host-alloc {} (register or cuda)", o.host_alloc));
+  }
+  KVT_ASSIGN_OR_RETURN(Pools p, MakePools(o.block_size, pool, o.device, o.host_alloc == "cuda"));
+  if (uint64_t{p.slots} < 2ull * blocks) return Status::InvalidArgument("--pool is too small for --total");
+  GpuMoverOptions mo;
+  mo.device = o.device;
+  mo.d2h_mode = mode;
+  mo.cpu_threads = o.cpu_threads;
+  mo.ctas = o.ctas;
+  mo.unroll = o.unroll;
+  KVT_ASSIGN_OR_RETURN(auto up, GpuMover::Create(p.dram.get(), p.hbm.get(), mo));
+  KVT_ASSIGN_OR_RETURN(auto down, GpuMover::Create(p.hbm.get(), p.dram.get(), mo));
+  const Placement pl = Place(blocks, p.slots, 5);
+
+  auto one_direction = [&](bool h2d) -> Status {
+    const std::string dir = h2d ? "h2d" : "d2h";
+    GpuMover& m = h2d ? *up : *down;
+    const std::string method = h2d ? "kvtier" : fmt::format("kvtier-{}", D2hModeName(m.ModeFor(o.block_size)));
+    KVT_ASSIGN_OR_RETURN(double k, Gbps(bytes, o.repeats, [&] { return TimeMover(m, pl, h2d, o.block_size); }));
+    KVT_ASSIGN_OR_RETURN(double c, Gbps(bytes, o.repeats, [&] { return TimeContiguous(p, bytes, h2d, p.stream.get()); }));
+    KVT_ASSIGN_OR_RETURN(double pb, Gbps(bytes, o.repeats, [&] { return TimePerBlock(p, pl, h2d); }));
+    auto bt = Gbps(bytes, o.repeats, [&] { return TimeBatch(p, pl, h2d); });
+    rows->push_back({dir, method, k});
+    rows->push_back({dir, "contiguous", c});
+    rows->push_back({dir, "per_block", pb});
+    rows->push_back({dir, "batch", bt.ok() ? *bt : 0.0});
+    if (!bt.ok()) fmt::print(stderr, "kvtier bench transfer: batch baseline failed: {}\n", bt.status().ToString());
+    return Status();
+  };
+  if (o.direction == "h2d" || o.direction == "d2h") return one_direction(o.direction == "h2d");
+
+  // Both directions at once: disjoint blocks each way.
+  const uint32_t half = std::max<uint32_t>(1, blocks / 2);
+  Placement a = pl, b = pl;
+  a.dram.resize(half);
+  a.hbm.resize(half);
+  b.dram.assign(pl.dram.begin() + half, pl.dram.end());
+  b.hbm.assign(pl.hbm.begin() + half, pl.hbm.end());
+  const uint64_t half_bytes = uint64_t{half} * o.block_size;
+  auto both_kvtier = [&]() -> Result<double> {
+    MoveBatch x = MakeBatch(a, true, o.block_size), y = MakeBatch(b, false, o.block_size);
+    const auto t0 = std::chrono::steady_clock::now();
+    Fence f1 = up->Submit(std::move(x));
+    Fence f2 = down->Submit(std::move(y));
+    KVT_RETURN_IF_ERROR(f1.Wait());
+    KVT_RETURN_IF_ERROR(f2.Wait());
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  auto both_contiguous = [&]() -> Result<double> {
+    TimingEvents e1, e2;
+    cudaEventRecord(e1.a, p.stream.get());
+    cudaEventRecord(e2.a, p.stream2.get());
+    KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(HbmPtr(p, 0), p.dram_base, half_bytes, cudaMemcpyHostToDevice,
+                                             p.stream.get()), "h2d");
+    KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(p.dram_base + half_bytes, HbmPtr(p, half), half_bytes,
+                                             cudaMemcpyDeviceToHost, p.stream2.get()), "d2h");
+    cudaEventRecord(e1.b, p.stream.get());
+    cudaEventRecord(e2.b, p.stream2.get());
+    KVT_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(e1.b), "h2d");
+    KVT_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(e2.b), "d2h");
+    return std::max(e1.Seconds(), e2.Seconds());
+  };
+  KVT_ASSIGN_OR_RETURN(double k, Gbps(2 * half_bytes, o.repeats, both_kvtier));
+  KVT_ASSIGN_OR_RETURN(double c, Gbps(2 * half_bytes, o.repeats, both_contiguous));
+  rows->push_back({"both", "kvtier", k});
+  rows->push_back({"both", "contiguous", c});
+  return Status();
+}
+
+void PrintRows(const TransferOptions& o, const std::vector<Row>& rows) {
+  if (o.json) {
+    for (const Row& r : rows) {
+      nlohmann::json j{{"bench", "transfer"}, {"direction", r.direction}, {"block_size", o.block_size},
+                       {"total", o.total}, {"mode", o.mode}, {"ctas", o.ctas}, {"unroll", o.unroll},
+                       {"host_alloc", o.host_alloc},
+                       {"method", r.method}, {"gbps", r.gbps}};
+      fmt::print("{}\n", j.dump());
+    }
+    return;
+  }
+  fmt::print("kvtier bench transfer: {} B blocks, {:.0f} MiB per run, median of {} runs\n", o.block_size,
+             double(o.total) / double(1 << 20), o.repeats);
+  fmt::print("{:<6} {:<14} {:>9} {:>18}\n", "dir", "method", "GB/s", "kvtier / this");
+  for (const Row& r : rows) {
+    double kv = 0;
+    for (const Row& x : rows) {
+      if (x.direction == r.direction && x.method.rfind("kvtier", 0) == 0) kv = x.gbps;
+    }
+    fmt::print("{:<6} {:<14} {:>9.2f} {:>17.2f}x\n", r.direction, r.method, r.gbps, r.gbps > 0 ? kv / r.gbps : 0.0);
+  }
+}
+
+struct ProbeOptions {
+  std::string out = "kvtier-profile.json";
+  uint64_t total = 256ull << 20;
+  uint32_t repeats = 3;
+  int device = 0;
+};
+
+Status RunProbe(const ProbeOptions& o) {
+  TransferProfile profile;
+  cudaDeviceProp prop{};
+  KVT_RETURN_IF_CUDA_ERROR(cudaGetDeviceProperties(&prop, o.device), "cudaGetDeviceProperties");
+  profile.device_name = prop.name;
+  for (uint64_t block : {4096ull, 16384ull, 65536ull, 262144ull, 2097152ull}) {
+    const uint32_t blocks = static_cast<uint32_t>(o.total / block);
+    KVT_ASSIGN_OR_RETURN(Pools p, MakePools(block, 4 * o.total, o.device));
+    const Placement pl = Place(blocks, p.slots, 9);
+    const uint64_t bytes = uint64_t{blocks} * block;
+    PathRates r;
+    for (D2hMode mode : {D2hMode::kKernel, D2hMode::kCpuAssisted}) {
+      GpuMoverOptions mo;
+      mo.device = o.device;
+      mo.d2h_mode = mode;
+      KVT_ASSIGN_OR_RETURN(auto up, GpuMover::Create(p.dram.get(), p.hbm.get(), mo));
+      KVT_ASSIGN_OR_RETURN(auto down, GpuMover::Create(p.hbm.get(), p.dram.get(), mo));
+      if (mode == D2hMode::kKernel) {
+        KVT_ASSIGN_OR_RETURN(r.h2d_gather, Gbps(bytes, o.repeats, [&] { return TimeMover(*up, pl, true, block); }));
+        KVT_ASSIGN_OR_RETURN(r.d2h_scatter, Gbps(bytes, o.repeats, [&] { return TimeMover(*down, pl, false, block); }));
+      } else {
+        KVT_ASSIGN_OR_RETURN(r.d2h_cpu_assisted, Gbps(bytes, o.repeats, [&] { return TimeMover(*down, pl, false, block); }));
+      }
+    }
+    KVT_ASSIGN_OR_RETURN(r.h2d_per_block, Gbps(bytes, o.repeats, [&] { return TimePerBlock(p, pl, true); }));
+    KVT_ASSIGN_OR_RETURN(r.d2h_per_block, Gbps(bytes, o.repeats, [&] { return TimePerBlock(p, pl, false); }));
+    if (block == 65536) {
+      KVT_ASSIGN_OR_RETURN(profile.h2d_contiguous, Gbps(bytes, o.repeats, [&] { return TimeContiguous(p, bytes, true, p.stream.get()); }));
+      KVT_ASSIGN_OR_RETURN(profile.d2h_contiguous, Gbps(bytes, o.repeats, [&] { return TimeContiguous(p, bytes, false, p.stream.get()); }));
+      // Host memcpy with all cores, pool to pool.
+      auto host = Gbps(bytes, o.repeats, [&]() -> Result<double> {
+        const auto t0 = std::chrono::steady_clock::now();
+        tbb::parallel_for(size_t{0}, pl.dram.size(), [&](size_t i) {
+          const uint32_t from = pl.dram[i], to = (pl.dram[i] + p.slots / 2) % p.slots;
+          std::memcpy(DramPtr(p, to), DramPtr(p, from), block);
+        });
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      });
+      KVT_ASSIGN_OR_RETURN(profile.host_memcpy, std::move(host));
+    }
+    profile.by_block_size[block] = r;
+    fmt::print("  {:>8} B: h2d gather {:6.2f}  d2h scatter {:6.2f}  d2h cpu {:6.2f}  per-block h2d {:6.2f} d2h {:6.2f} GB/s\n",
+               block, r.h2d_gather, r.d2h_scatter, r.d2h_cpu_assisted, r.h2d_per_block, r.d2h_per_block);
+  }
+  fmt::print("  contiguous h2d {:.2f} GB/s, d2h {:.2f} GB/s; host memcpy {:.2f} GB/s\n", profile.h2d_contiguous,
+             profile.d2h_contiguous, profile.host_memcpy);
+  KVT_RETURN_IF_ERROR(profile.Save(o.out));
+  fmt::print("kvtier probe: wrote {}\n", o.out);
+  return Status();
+}
+
+}  // namespace
+
+void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
+  auto o = std::make_shared<TransferOptions>();
+  CLI::App* cmd = bench.add_subcommand("transfer", "DRAM<->HBM block movers vs cudaMemcpyAsync / cudaMemcpyBatchAsync");
+  cmd->add_option("--direction", o->direction, "h2d, d2h or both");
+  cmd->add_option("--block-size", o->block_size, "bytes per block (a multiple of 16)");
+  cmd->add_option("--total", o->total, "bytes moved per run");
+  cmd->add_option("--pool", o->pool, "bytes of each pool the blocks are scattered over");
+  cmd->add_option("--mode", o->mode, "D2H path: kernel, cpu or auto");
+  cmd->add_option("--cpu-threads", o->cpu_threads, "threads of the CPU-assisted D2H scatter");
+  cmd->add_option("--ctas", o->ctas, "copy kernel blocks (0 = sized to the device)");
+  cmd->add_option("--unroll", o->unroll, "16-byte loads in flight per thread: 4 or 8");
+  cmd->add_option("--host-alloc", o->host_alloc,
+                  "DRAM pool pinning: register (mmap + cudaHostRegister, the DRAM tier) or cuda (cudaHostAlloc)");
+  cmd->add_option("--repeats", o->repeats, "timed runs; the median is reported");
+  cmd->add_option("--device", o->device, "CUDA device");
+  cmd->add_flag("--json", o->json, "one JSON line per method");
+  cmd->callback([o, exit_code] {
+    std::vector<Row> rows;
+    if (Status s = RunTransfer(*o, &rows); !s.ok()) {
+      fmt::print(stderr, "kvtier bench transfer: {}\n", s.ToString());
+      *exit_code = s.code() == StatusCode::kInvalidArgument ? 2 : 1;
+      return;
+    }
+    PrintRows(*o, rows);
+  });
+}
+
+void AddProbeCommand(CLI::App& app, int* exit_code) {
+  auto o = std::make_shared<ProbeOptions>();
+  CLI::App* cmd = app.add_subcommand("probe", "measure this machine's transfer paths and write a JSON profile");
+  cmd->add_option("--out", o->out, "profile path (default kvtier-profile.json)");
+  cmd->add_option("--total", o->total, "bytes per measurement");
+  cmd->add_option("--repeats", o->repeats, "timed runs per measurement");
+  cmd->add_option("--device", o->device, "CUDA device");
+  cmd->callback([o, exit_code] {
+    if (Status s = RunProbe(*o); !s.ok()) {
+      fmt::print(stderr, "kvtier probe: {}\n", s.ToString());
+      *exit_code = 1;
+    }
+  });
+}
+
+}  // namespace kvtier::cli
