@@ -1,10 +1,9 @@
 #include "query_store/ann_index.h"
 
-// hnswlib's own SIMD kernels are compiled only with -mavx* and its header then defines
-// non-inline CPU-probe functions; kvtier supplies its own dispatched kernel instead.
-#define NO_MANUAL_VECTORIZATION
+// hnswlib's header defines non-inline functions (CPU probes), so this is the only file that
+// includes it. Its own distance kernels are unused (kvtier's dispatched kernel is); what its
+// SSE path brings that matters is the prefetching of the next candidates while searching.
 #include <hnswlib/hnswlib.h>
-#undef NO_MANUAL_VECTORIZATION
 
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -28,21 +27,21 @@ namespace {
 using Hnsw = hnswlib::HierarchicalNSW<float>;
 
 // hnswlib passes the space's parameter to the distance function; `dim` comes first because
-// hnswlib itself reads it as a size_t*.
+// hnswlib itself reads it as a size_t*. The graph stores IEEE halves (see vector_math.h).
 struct SpaceParam {
   size_t dim;
-  DotFn dot;
+  DotHalfFn dot;
 };
 
 float CosineDistance(const void* a, const void* b, const void* param) {
   const auto* p = static_cast<const SpaceParam*>(param);
-  return 1.0f - p->dot(static_cast<const float*>(a), static_cast<const float*>(b), p->dim);
+  return 1.0f - p->dot(static_cast<const uint16_t*>(a), static_cast<const uint16_t*>(b), p->dim);
 }
 
 class CosineSpace final : public hnswlib::SpaceInterface<float> {
  public:
-  explicit CosineSpace(size_t dim) : param_{dim, BestDot()} {}
-  size_t get_data_size() override { return param_.dim * sizeof(float); }
+  explicit CosineSpace(size_t dim) : param_{dim, BestDotHalf()} {}
+  size_t get_data_size() override { return param_.dim * sizeof(uint16_t); }
   hnswlib::DISTFUNC<float> get_dist_func() override { return CosineDistance; }
   void* get_dist_func_param() override { return &param_; }
   const SpaceParam& param() const { return param_; }
@@ -63,9 +62,14 @@ struct AnnIndex::Graph {
   tbb::task_arena arena;
   mutable std::shared_mutex mu;
 
-  float Distance(const float* a, hnswlib::tableint id) const {
+  float Distance(const uint16_t* a, hnswlib::tableint id) const {
     return CosineDistance(a, hnsw->getDataByInternalId(id), &space.param());
   }
+  // Similarity of a float32 query to a stored (half) vector: what every result reports.
+  float Similarity(const float* q, hnswlib::tableint id) const {
+    return mixed(q, reinterpret_cast<const uint16_t*>(hnsw->getDataByInternalId(id)), space.param().dim);
+  }
+  DotMixedFn mixed = BestDotMixed();
   bool LiveInternal(hnswlib::tableint id) const { return !hnsw->isMarkedDeleted(id); }
 };
 
@@ -101,8 +105,9 @@ Result<std::unique_ptr<AnnIndex>> AnnIndex::Load(const AnnParams& params, const 
   } catch (const std::exception& e) {
     return Status::DataLoss(fmt::format("loading {}: {}", file.string(), e.what()));
   }
-  const size_t expected_element = h.size_links_level0_ + params.dim * sizeof(float) + sizeof(hnswlib::labeltype);
-  if (h.size_data_per_element_ != expected_element || h.label_offset_ != h.size_links_level0_ + params.dim * sizeof(float)) {
+  const size_t vector_bytes = params.dim * sizeof(uint16_t);
+  const size_t expected_element = h.size_links_level0_ + vector_bytes + sizeof(hnswlib::labeltype);
+  if (h.size_data_per_element_ != expected_element || h.label_offset_ != h.size_links_level0_ + vector_bytes) {
     return Status::DataLoss(fmt::format("{} was written for another dimension", file.string()));
   }
   try {
@@ -167,12 +172,14 @@ Status AnnIndex::Add(std::span<const uint64_t> labels, std::span<const float> ve
     } catch (const std::exception& e) {
       return Status::Exhausted(fmt::format("growing the ANN index: {}", e.what()));
     }
+    std::vector<uint16_t> halves((end - begin) * dim);
+    ToHalf(vectors.subspan(begin * dim, (end - begin) * dim), halves.data());
     std::atomic<bool> failed{false};
     graph_->arena.execute([&] {
       tbb::parallel_for(tbb::blocked_range<size_t>(begin, end, 1), [&](const tbb::blocked_range<size_t>& r) {
         for (size_t i = r.begin(); i != r.end(); ++i) {
           try {
-            h.addPoint(vectors.data() + i * dim, labels[i]);
+            h.addPoint(halves.data() + (i - begin) * dim, labels[i]);
           } catch (const std::exception&) {
             failed.store(true, std::memory_order_relaxed);  // read after the join below
           }
@@ -198,13 +205,15 @@ Status AnnIndex::Remove(uint64_t label) {
 std::vector<Neighbor> AnnIndex::Search(std::span<const float> query, uint32_t k, uint32_t ef) const {
   std::vector<Neighbor> out;
   if (k == 0) return out;
+  std::vector<uint16_t> q(query.size());
+  ToHalf(query, q.data());
   std::shared_lock lock(graph_->mu);
   const Hnsw& h = *graph_->hnsw;
   if (h.cur_element_count == h.num_deleted_) return out;
   const size_t ef_used = std::max<size_t>(ef ? ef : params_.ef_search, k);
   // Greedy descent through the upper layers (as hnswlib's searchKnn, with our own ef).
   hnswlib::tableint cur = h.enterpoint_node_;
-  float cur_dist = graph_->Distance(query.data(), cur);
+  float cur_dist = graph_->Distance(q.data(), cur);
   for (int level = h.maxlevel_; level > 0; --level) {
     bool changed = true;
     while (changed) {
@@ -213,7 +222,7 @@ std::vector<Neighbor> AnnIndex::Search(std::span<const float> query, uint32_t k,
       const int n = h.getListCount(links);
       const auto* ids = reinterpret_cast<const hnswlib::tableint*>(links + 1);
       for (int i = 0; i < n; ++i) {
-        const float d = graph_->Distance(query.data(), ids[i]);
+        const float d = graph_->Distance(q.data(), ids[i]);
         if (d < cur_dist) {
           cur_dist = d;
           cur = ids[i];
@@ -222,13 +231,20 @@ std::vector<Neighbor> AnnIndex::Search(std::span<const float> query, uint32_t k,
       }
     }
   }
-  auto top = h.num_deleted_ ? h.searchBaseLayerST<true>(cur, query.data(), ef_used)
-                            : h.searchBaseLayerST<false>(cur, query.data(), ef_used);
-  while (top.size() > k) top.pop();
-  out.resize(top.size());
-  for (size_t i = out.size(); i-- > 0; top.pop()) {
-    out[i] = Neighbor{h.getExternalLabel(top.top().second), 1.0f - top.top().first};
+  auto top = h.num_deleted_ ? h.searchBaseLayerST<true>(cur, q.data(), ef_used)
+                            : h.searchBaseLayerST<false>(cur, q.data(), ef_used);
+  // Rank the candidates by their similarity to the float32 query, as ExactSearch does, so
+  // both searches report the same number for the same entry.
+  out.reserve(top.size());
+  for (; !top.empty(); top.pop()) {
+    const hnswlib::tableint id = top.top().second;
+    out.push_back(Neighbor{h.getExternalLabel(id), graph_->Similarity(query.data(), id)});
   }
+  const size_t n = std::min<size_t>(k, out.size());
+  std::partial_sort(out.begin(), out.begin() + static_cast<ptrdiff_t>(n), out.end(), [](const Neighbor& a, const Neighbor& b) {
+    return a.similarity != b.similarity ? a.similarity > b.similarity : a.label < b.label;
+  });
+  out.resize(n);
   return out;
 }
 
@@ -237,12 +253,10 @@ std::vector<Neighbor> AnnIndex::ExactSearch(std::span<const float> query, uint32
   if (k == 0) return all;
   std::shared_lock lock(graph_->mu);
   const Hnsw& h = *graph_->hnsw;
-  const DotFn dot = graph_->space.param().dot;
   all.reserve(h.cur_element_count - h.num_deleted_);
   for (hnswlib::tableint i = 0; i < h.cur_element_count; ++i) {
     if (!graph_->LiveInternal(i)) continue;
-    const auto* v = reinterpret_cast<const float*>(h.getDataByInternalId(i));
-    all.push_back(Neighbor{h.getExternalLabel(i), dot(query.data(), v, params_.dim)});
+    all.push_back(Neighbor{h.getExternalLabel(i), graph_->Similarity(query.data(), i)});
   }
   const size_t n = std::min<size_t>(k, all.size());
   auto better = [](const Neighbor& a, const Neighbor& b) {

@@ -1,6 +1,9 @@
 // AnnIndex: the query store's in-memory vector index over unit vectors, cosine similarity
 // (= inner product). An HNSW graph (hnswlib) for approximate search plus an exact scan
-// over the same stored vectors, so exact search needs no second copy. The only file that
+// over the same stored vectors, so exact search needs no second copy. The graph holds each
+// vector as IEEE halves (the float32 originals stay in RocksDB); graph navigation compares
+// halves, and every reported similarity is float32 query x half vector, identical between
+// Search and ExactSearch (within ~1e-3 of the float32 similarity). The only file that
 // includes hnswlib (its header defines non-inline functions).
 //
 // Thread-safety: Search, ExactSearch, Contains, live, Save may run concurrently with each

@@ -82,9 +82,9 @@ Result<FileDigest> DigestFile(const std::filesystem::path& file) {
 
 Status WriteManifest(const std::filesystem::path& dir, const IndexManifest& m) {
   std::string body = fmt::format(
-      "{} v{:x}\ndim={:x}\nm={:x}\nef_construction={:x}\ndb_identity={}\nepoch={:x}\nnext_label={:x}\nlive={:x}\n"
+      "{} v{:x}\ndim={:x}\nelement_bytes={:x}\nm={:x}\nef_construction={:x}\ndb_identity={}\nepoch={:x}\nnext_label={:x}\nlive={:x}\n"
       "payload={}\npayload_bytes={:x}\npayload_xxh3={:x}\n",
-      kMagic, m.version, m.dim, m.m, m.ef_construction, m.db_identity, m.epoch, m.next_label, m.live, m.payload,
+      kMagic, m.version, m.dim, m.element_bytes, m.m, m.ef_construction, m.db_identity, m.epoch, m.next_label, m.live, m.payload,
       m.payload_bytes, m.payload_xxh3);
   body += fmt::format("checksum={:x}\n", XXH3_64bits(body.data(), body.size()));
   const std::filesystem::path tmp = dir / kTmpName;
@@ -135,6 +135,7 @@ Result<IndexManifest> ReadManifest(const std::filesystem::path& dir) {
   }
   IndexManifest m;
   KVT_ASSIGN_OR_RETURN(uint64_t dim, ParseU64(kv, "dim"));
+  KVT_ASSIGN_OR_RETURN(uint64_t element_bytes, ParseU64(kv, "element_bytes"));
   KVT_ASSIGN_OR_RETURN(uint64_t mm, ParseU64(kv, "m"));
   KVT_ASSIGN_OR_RETURN(uint64_t efc, ParseU64(kv, "ef_construction"));
   KVT_ASSIGN_OR_RETURN(m.epoch, ParseU64(kv, "epoch"));
@@ -144,6 +145,7 @@ Result<IndexManifest> ReadManifest(const std::filesystem::path& dir) {
   KVT_ASSIGN_OR_RETURN(m.payload_xxh3, ParseU64(kv, "payload_xxh3"));
   m.dim = static_cast<uint32_t>(dim);
   m.m = static_cast<uint32_t>(mm);
+  m.element_bytes = static_cast<uint32_t>(element_bytes);
   m.ef_construction = static_cast<uint32_t>(efc);
   m.db_identity = kv["db_identity"];
   m.payload = kv["payload"];

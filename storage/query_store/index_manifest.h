@@ -24,6 +24,7 @@ struct IndexManifest {
   uint32_t dim = 0;
   uint32_t m = 0;
   uint32_t ef_construction = 0;
+  uint32_t element_bytes = 2;  // bytes per vector element in the payload (IEEE half)
   std::string db_identity;   // RocksDB's DB identity: a payload never moves to another store
   uint64_t epoch = 0;        // the store's mutation epoch the payload reflects
   uint64_t next_label = 0;   // every label below this had been assigned

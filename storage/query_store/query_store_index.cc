@@ -81,6 +81,7 @@ Status QueryStore::Impl::OpenIndex() {
     return done(RebuildIndex(m.status().code() == StatusCode::kNotFound ? "no saved index" : m.status().ToString()));
   }
   if (m->dim != dim || m->db_identity != db_identity) return done(RebuildIndex("the saved index belongs to another store"));
+  if (m->element_bytes != 2) return done(RebuildIndex(fmt::format("the saved index has {}-byte elements", m->element_bytes)));
   if (m->epoch > epoch || m->next_label > next_label) {
     return done(RebuildIndex(fmt::format("the saved index (epoch {}) is newer than the data (epoch {})", m->epoch, epoch)));
   }

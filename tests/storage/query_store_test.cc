@@ -66,7 +66,7 @@ TEST(QueryStoreTest, IngestedEntryRoundTripsThroughGetAndLookup) {
   ASSERT_TRUE(hit->hit());
   EXPECT_EQ(hit->matches[0].id, "q7");
   EXPECT_EQ(hit->matches[0].response, e.response);
-  EXPECT_NEAR(hit->matches[0].similarity, 1.0f, 1e-5f);
+  EXPECT_NEAR(hit->matches[0].similarity, 1.0f, 1e-3f);  // the graph keeps halves
   EXPECT_EQ(store->Get("q7")->hit_count, 1u);
 }
 

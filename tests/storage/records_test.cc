@@ -2,7 +2,9 @@
 // dispatched dot-product kernel, and the ANN index manifest.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
+#include <random>
 
 #include "query_store/index_manifest.h"
 #include "query_store/records.h"
@@ -65,6 +67,43 @@ TEST(VectorMathTest, DispatchedDotMatchesTheScalarReference) {
   for (size_t n : {1, 7, 16, 33, 64, 100, 384, 1000}) {
     const std::vector<float> a = testing::RandomUnit(static_cast<uint32_t>(n), n), b = testing::RandomUnit(static_cast<uint32_t>(n), n + 1);
     EXPECT_NEAR(BestDot()(a.data(), b.data(), n), DotScalar(a.data(), b.data(), n), 1e-5f) << n << " " << BestDotName();
+  }
+}
+
+TEST(VectorMathTest, EveryHalfRoundTripsThroughFloat) {
+  for (uint32_t h = 0; h < 0x10000; ++h) {
+    const auto half = static_cast<uint16_t>(h);
+    const float f = HalfToFloat(half);
+    if (std::isnan(f)) continue;
+    ASSERT_EQ(FloatToHalf(f), half) << std::hex << h;
+  }
+}
+
+TEST(VectorMathTest, FloatToHalfRoundsToNearest) {
+  EXPECT_EQ(FloatToHalf(1.0f), 0x3C00);
+  EXPECT_EQ(FloatToHalf(-2.0f), 0xC000);
+  EXPECT_EQ(FloatToHalf(65504.0f), 0x7BFF);
+  EXPECT_EQ(FloatToHalf(1e6f), 0x7C00);       // overflow: infinity
+  EXPECT_EQ(FloatToHalf(1.0f + 1.0f / 4096), 0x3C00);  // a quarter ulp rounds down
+  EXPECT_EQ(FloatToHalf(1.0f + 3.0f / 2048), 0x3C02);  // a tie rounds to even
+  EXPECT_EQ(FloatToHalf(6.0e-8f), 0x0001);    // the smallest subnormal
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (int i = 0; i < 100000; ++i) {
+    const float f = u(rng);
+    EXPECT_NEAR(HalfToFloat(FloatToHalf(f)), f, std::fabs(f) / 2048 + 3e-8f);
+  }
+}
+
+TEST(VectorMathTest, HalfKernelsMatchTheirScalarReferences) {
+  for (size_t n : {1, 9, 16, 31, 48, 384, 1000}) {
+    const std::vector<float> a = testing::RandomUnit(static_cast<uint32_t>(n), n), b = testing::RandomUnit(static_cast<uint32_t>(n), n + 5);
+    std::vector<uint16_t> ha(n), hb(n);
+    ToHalf(a, ha.data());
+    ToHalf(b, hb.data());
+    EXPECT_NEAR(BestDotHalf()(ha.data(), hb.data(), n), DotHalfScalar(ha.data(), hb.data(), n), 1e-5f) << n;
+    EXPECT_NEAR(BestDotMixed()(a.data(), hb.data(), n), DotMixedScalar(a.data(), hb.data(), n), 1e-5f) << n;
+    EXPECT_NEAR(DotMixedScalar(a.data(), hb.data(), n), DotScalar(a.data(), b.data(), n), 2e-3f) << n;
   }
 }
 

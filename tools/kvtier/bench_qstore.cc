@@ -28,6 +28,8 @@ struct BenchQstoreOptions {
   uint32_t exact_queries = 300; // the exact-search baseline's latency
   uint32_t batch = 256;
   uint32_t ef = 0;              // 0 = the store's default
+  uint32_t ef_construction = 0; // 0 = the store's default
+  uint32_t m = 0;               // 0 = the store's default
   double dup_fraction = 0.01;   // near-copies mixed into the input (deduplicated on ingest)
   std::string durability = "sync";
   std::string dir;              // empty = a fresh directory under /tmp, removed afterwards
@@ -132,6 +134,8 @@ int RunBenchQstore(BenchQstoreOptions o) {
   so.mode = OpenMode::kCreateNew;
   so.durability = o.durability == "sync" ? Durability::kSync : Durability::kBuffered;
   if (o.ef) so.hnsw_ef_search = o.ef;
+  if (o.ef_construction) so.hnsw_ef_construction = o.ef_construction;
+  if (o.m) so.hnsw_m = o.m;
   auto store = QueryStore::Open(so);
   if (!store.ok()) return Fail("open", store.status());
 
@@ -298,6 +302,8 @@ void AddBenchQstoreCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--exact-queries", o->exact_queries, "queries timed for the exact-search baseline (default 300)");
   cmd->add_option("--batch", o->batch, "entries per Ingest call (default 256)");
   cmd->add_option("--ef", o->ef, "HNSW search candidate list (default: the store's)");
+  cmd->add_option("--ef-construction", o->ef_construction, "HNSW insert candidate list (default: the store's)");
+  cmd->add_option("--m", o->m, "HNSW graph degree (default: the store's)");
   cmd->add_option("--dup-fraction", o->dup_fraction, "fraction of near-copies fed to ingest (default 0.01)");
   cmd->add_option("--durability", o->durability, "sync (default) or buffered");
   cmd->add_option("--dir", o->dir, "store directory (default: a temporary one, removed afterwards)");
