@@ -11,6 +11,8 @@
 // DRAM keeps the blocks HBM holds (inclusive): they are not DRAM candidates.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 
@@ -33,7 +35,10 @@ void TierManager::Impl::Kick() {
 
 void TierManager::DemoteNow() {
   std::unique_lock lock(impl_->demote_mu);
-  const uint64_t target = impl_->passes + 2;  // a pass that started after this call
+  // The first pass that starts after this call is number `started + 1`; passes run one at
+  // a time, so once `passes` reaches it, that pass has finished. (A pass already running
+  // may have looked at the tiers before this call: it does not count.)
+  const uint64_t target = impl_->started + 1;
   impl_->kicked = true;
   impl_->demote_cv.notify_one();
   impl_->pass_cv.wait(lock, [&] { return impl_->passes >= target || impl_->stop; });
@@ -45,6 +50,7 @@ void TierManager::Impl::DemoterLoop() {
     demote_cv.wait_for(lock, options.demotion_period, [&] { return stop || kicked; });
     if (stop) break;
     kicked = false;
+    ++started;
     lock.unlock();
     DemotePass();
     lock.lock();
@@ -55,12 +61,34 @@ void TierManager::Impl::DemoterLoop() {
 }
 
 void TierManager::Impl::DemotePass() {
+  std::array<bool, kTierCount> starved{};
   for (TierKind t : kAllTiers) {
-    if (tier[TierIndex(t)] != nullptr) DemoteTier(t);
+    if (tier[TierIndex(t)] != nullptr) starved[TierIndex(t)] = DemoteTier(t);
+  }
+  // A tier that found no room below for its dirty victims tries once more, now that the
+  // tiers below have made room (without this it would wait for the next period).
+  for (TierKind t : kAllTiers) {
+    if (starved[TierIndex(t)]) (void)DemoteTier(t);
   }
 }
 
-void TierManager::Impl::DemoteTier(TierKind t) {
+namespace {
+
+// Up to `want` slots of `t` (as many as are free), never waiting and never kicking the
+// demotion thread (the caller is the demotion thread).
+std::vector<SlotId> ReserveUpTo(Tier* t, uint32_t want) {
+  uint32_t n = std::min(want, t->usage().free_slots);
+  while (n > 0) {
+    auto r = t->Reserve(n);
+    if (r.ok()) return std::move(r).value();
+    n /= 2;  // raced with another reservation (or a reserve failed): ask for less
+  }
+  return {};
+}
+
+}  // namespace
+
+bool TierManager::Impl::DemoteTier(TierKind t) {
   const size_t ti = TierIndex(t);
   Tier* tr = tier[ti];
   const TierCaps& caps = tr->caps();
@@ -68,30 +96,40 @@ void TierManager::Impl::DemoteTier(TierKind t) {
   const uint64_t used = caps.slot_count - usage.free_slots;
   const auto high = static_cast<uint64_t>(std::floor(options.high_watermark * caps.slot_count));
   const auto low = static_cast<uint64_t>(std::floor(options.low_watermark * caps.slot_count));
-  if (used <= high) return;
+  if (used <= high) return false;
   const uint64_t leaving = usage.fenced_slots + counters[ti].evicting.load(std::memory_order_relaxed);
-  if (used <= low + leaving) return;
+  if (used <= low + leaving) return false;
   const uint64_t want = used - low - leaving;
 
   // Candidates: unpinned, readable here, not busy. Taken shard by shard, briefly locked.
+  // DRAM keeps the blocks HBM holds (inclusive): they are not DRAM candidates.
+  auto evictable = [t](const Entry* e) {
+    if (e->st(t) != SlotState::kResident || e->pins() != 0 || e->committing) return false;
+    return !(t == TierKind::kDram && e->st(TierKind::kHbm) != SlotState::kAbsent);
+  };
+  auto has_lower_copy = [ti](const Entry* e) {
+    for (size_t l = ti + 1; l < kTierCount; ++l) {
+      if (Readable(e->state[l].load(std::memory_order_acquire))) return true;
+    }
+    return false;
+  };
   std::vector<EvictionCandidate> candidates;
   for (auto& shard : shards) {
     std::lock_guard lock(shard->mu);
     shard->map.ForEach([&](const Entry* e) {
-      if (e->st(t) != SlotState::kResident || e->pins() != 0 || e->committing) return;
-      if (t == TierKind::kDram && e->st(TierKind::kHbm) != SlotState::kAbsent) return;  // inclusive
-      bool lower_copy = false;
-      for (size_t l = ti + 1; l < kTierCount; ++l) lower_copy = lower_copy || Readable(e->state[l].load(std::memory_order_acquire));
-      candidates.push_back(EvictionCandidate{e->key, e->last_access, e->access_count, lower_copy});
+      if (evictable(e)) candidates.push_back(EvictionCandidate{e->key, e->last_access, e->access_count, has_lower_copy(e)});
     });
   }
-  if (candidates.empty()) return;
+  if (candidates.empty()) return false;
   const size_t count = std::min<size_t>(want, candidates.size());
   policy[ti]->ChooseVictims(candidates, count);
 
+  // 1. Victims that leave without moving bytes go now; dirty ones are only noted: they are
+  //    marked (under their lock, together with their destination) once slots below exist,
+  //    so nobody ever sees a block "evicting" without its copy being planned.
   const size_t lower = ti + 1;
   const bool can_demote = lower < kTierCount && tier[lower] != nullptr && mover[ti][lower] != nullptr;
-  std::vector<Entry*> to_copy;
+  std::vector<BlockKey> dirty;
   std::vector<SlotId> free_now;
   uint64_t evicted = 0, dropped = 0;
   for (size_t i = 0; i < count; ++i) {
@@ -100,18 +138,15 @@ void TierManager::Impl::DemoteTier(TierKind t) {
     Shard& shard = ShardOf(h);
     std::lock_guard lock(shard.mu);
     Entry* e = shard.map.Find(key, h);
-    if (e == nullptr || e->st(t) != SlotState::kResident || e->pins() != 0 || e->committing) continue;
-    bool lower_copy = false;
-    for (size_t l = ti + 1; l < kTierCount; ++l) lower_copy = lower_copy || Readable(e->state[l].load(std::memory_order_acquire));
-    if (lower_copy) {
+    if (e == nullptr || !evictable(e)) continue;  // changed since it was gathered
+    if (has_lower_copy(e)) {
       free_now.push_back(e->slot_of(t));
       e->set(t, SlotState::kAbsent);
       e->set_slot(t, kNoSlot);
       ++evicted;
-    } else if (can_demote && e->st(static_cast<TierKind>(lower)) == SlotState::kAbsent) {
-      e->set(t, SlotState::kEvicting);
-      to_copy.push_back(e);
-    } else if (!can_demote) {
+    } else if (can_demote) {
+      if (e->st(static_cast<TierKind>(lower)) == SlotState::kAbsent) dirty.push_back(key);
+    } else {
       // The lowest tier: the block is gone from kvtier.
       free_now.push_back(e->slot_of(t));
       e->set(t, SlotState::kAbsent);
@@ -126,33 +161,40 @@ void TierManager::Impl::DemoteTier(TierKind t) {
   if (!free_now.empty()) tr->Release(free_now, Fence());
   counters[ti].evictions.fetch_add(evicted + dropped, std::memory_order_relaxed);
   counters[ti].dropped.fetch_add(dropped, std::memory_order_relaxed);
+  if (dirty.empty()) return false;
 
-  if (to_copy.empty()) return;
+  // 2. Room below for as many dirty victims as fit (all-or-nothing would starve: a tier
+  //    below its own high watermark never frees the few slots a big batch lacks).
   const TierKind lower_kind = static_cast<TierKind>(lower);
-  auto slots = ReserveSlots(lower_kind, static_cast<uint32_t>(to_copy.size()));
-  if (!slots.ok()) {
-    // The tier below is full: its own pass frees room; these stay for the next pass.
-    for (Entry* e : to_copy) {
-      Shard& shard = ShardOf(e);
-      std::lock_guard lock(shard.mu);
-      e->set(t, SlotState::kResident);
-    }
-    return;
-  }
+  std::vector<SlotId> slots = ReserveUpTo(tier[lower], static_cast<uint32_t>(dirty.size()));
+  const bool starved = slots.size() < dirty.size();
+  if (starved) counters[lower].reserve_failures.fetch_add(1, std::memory_order_relaxed);
+  if (slots.empty()) return starved;
+  NotePeak(lower_kind);
+
+  // 3. Mark and plan, re-checking each victim: it may have been pinned, dropped, or given
+  //    a copy below (an Offload) since step 1.
   PlannedHop hop;
-  hop.items.reserve(to_copy.size());
-  for (size_t i = 0; i < to_copy.size(); ++i) {
-    Entry* e = to_copy[i];
-    Shard& shard = ShardOf(e);
+  hop.items.reserve(slots.size());
+  for (const BlockKey& key : dirty) {
+    if (slots.empty()) break;
+    const uint64_t h = key.hash64();
+    Shard& shard = ShardOf(h);
     std::lock_guard lock(shard.mu);
-    const SlotId dst = (*slots)[i];
+    Entry* e = shard.map.Find(key, h);
+    if (e == nullptr || !evictable(e) || e->st(lower_kind) != SlotState::kAbsent) continue;
+    const SlotId dst = slots.back();
+    slots.pop_back();
+    e->set(t, SlotState::kEvicting);
     e->set_slot(lower_kind, dst);
     e->set(lower_kind, SlotState::kInFlight);
     e->fence[TierIndex(lower_kind)] = hop.fence;
     hop.items.push_back(HopItem{e, e->slot_of(t), dst});
   }
+  if (!slots.empty()) tier[lower]->Release(slots, Fence());
   counters[ti].evicting.fetch_add(hop.items.size(), std::memory_order_relaxed);
   SubmitHop(t, lower_kind, hop, {}, HopKind::kDemote);
+  return starved;
 }
 
 }  // namespace kvtier

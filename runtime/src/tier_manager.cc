@@ -66,7 +66,7 @@ PinSet PinSet::Split(size_t begin, size_t end) {
 
 void PinSet::Append(PinSet&& other) {
   if (other.entries_.empty()) return;
-  if (owner_ == nullptr) owner_ = other.owner_;
+  if (owner_ == nullptr || entries_.empty()) owner_ = other.owner_;  // an empty set holds nobody's pins
   KVT_CHECK_MSG(owner_ == other.owner_, "PinSet::Append across two TierManagers");
   entries_.insert(entries_.end(), other.entries_.begin(), other.entries_.end());
   other.entries_.clear();
@@ -323,6 +323,8 @@ PinSet TierManager::MatchKeys(std::span<const BlockKey> keys) {
 
 Result<PinSet> TierManager::Allocate(std::span<const BlockKey> keys, TierKind where) {
   if (keys.empty()) return Status::InvalidArgument("Allocate of no keys");
+  // The contract: HBM when the runtime has one, else DRAM.
+  if (where == TierKind::kHbm && !has_tier(TierKind::kHbm)) where = TierKind::kDram;
   if (!has_tier(where)) return Status::InvalidArgument(fmt::format("Allocate in {}: no such tier", TierName(where)));
   if (keys.size() > tiers_.tiers[TierIndex(where)]->caps().slot_count) {
     return Status::InvalidArgument(fmt::format("Allocate of {} blocks: the {} tier has only {} slots", keys.size(),
@@ -415,6 +417,7 @@ Status TierManager::Commit(const PinSet& pins, Fence written, std::span<const ui
         e->fence[TierIndex(t)] = Fence();
         if (s.ok()) {
           e->set(t, SlotState::kResident);
+          e->last_access = impl->clock->Now();  // a commit counts as a use (EvictionCandidate)
           impl->committed.fetch_add(1, std::memory_order_relaxed);
           if (impl->options.offload_on_commit && t == TierKind::kHbm && impl->tier[TierIndex(TierKind::kDram)] &&
               impl->mover[TierIndex(TierKind::kHbm)][TierIndex(TierKind::kDram)]) {
@@ -498,7 +501,13 @@ Status TierManager::Drop(std::span<const BlockKey> keys) {
         if (first.ok()) first = Status::NotFound(fmt::format("Drop: block {} is not indexed", key.ToString()));
         continue;
       }
-      bool busy = e->pins() != 0 || e->committing;
+      // A flagged block with no pins left belongs to its last unpinner, which is reaping it
+      // right now (UnpinOne drops the pin before it takes this lock). Erasing it here would
+      // free the entry under that thread's feet; when no tier holds it, it is as good as
+      // dropped already.
+      const bool flagged = (e->pin_word.load(std::memory_order_acquire) & kAttention) != 0;
+      if (flagged && e->pins() == 0 && e->AllAbsent() && !e->committing) continue;
+      bool busy = e->pins() != 0 || e->committing || flagged;
       for (TierKind t : kAllTiers) busy = busy || (!internal::Readable(e->st(t)) && e->st(t) != SlotState::kAbsent);
       for (TierKind t : kAllTiers) busy = busy || e->st(t) == SlotState::kEvicting;
       if (busy) {

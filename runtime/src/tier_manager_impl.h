@@ -72,11 +72,13 @@ struct TierManager::Impl {
   std::condition_variable pass_cv;
   bool stop = false;
   bool kicked = false;
-  uint64_t passes = 0;
+  uint64_t started = 0;  // passes begun
+  uint64_t passes = 0;   // passes finished
   std::thread demoter;
   void DemoterLoop();
   void DemotePass();
-  void DemoteTier(TierKind t);
+  // One tier's share of a pass; true when dirty victims found too little room below.
+  bool DemoteTier(TierKind t);
   void Kick();
 
   // --- index helpers ---
