@@ -7,7 +7,19 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <int kUnroll>
+// Streaming (evict-first) accesses keep a multi-GiB copy from churning L2 for nothing.
+template <bool kStreaming>
+__device__ __forceinline__ uint4 Load(const uint4* p) {
+  if constexpr (kStreaming) return __ldcs(p);
+  else return *p;
+}
+template <bool kStreaming>
+__device__ __forceinline__ void Store(uint4* p, const uint4& v) {
+  if constexpr (kStreaming) __stcs(p, v);
+  else *p = v;
+}
+
+template <int kUnroll, bool kStreaming>
 __global__ void __launch_bounds__(kThreads) RaggedCopyKernel(const DeviceCopyDescriptor* __restrict__ descriptors,
                                                             uint32_t count) {
   const uint32_t lane = threadIdx.x & 31u;
@@ -22,17 +34,17 @@ __global__ void __launch_bounds__(kThreads) RaggedCopyKernel(const DeviceCopyDes
     for (; i + 32u * (kUnroll - 1) < words; i += 32u * kUnroll) {
       uint4 v[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) v[u] = src[i + 32u * u];
+      for (int u = 0; u < kUnroll; ++u) v[u] = Load<kStreaming>(src + i + 32u * u);
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) dst[i + 32u * u] = v[u];
+      for (int u = 0; u < kUnroll; ++u) Store<kStreaming>(dst + i + 32u * u, v[u]);
     }
-    for (; i < words; i += 32u) dst[i] = src[i];
+    for (; i < words; i += 32u) Store<kStreaming>(dst + i, Load<kStreaming>(src + i));
   }
 }
 
 // Word w of the batch is word (w % words_per) of descriptor (w / words_per). With
 // `shift` >= 0 the division is a shift (power-of-two sizes, the common case).
-template <int kUnroll>
+template <int kUnroll, bool kStreaming>
 __global__ void __launch_bounds__(kThreads) UniformCopyKernel(const DeviceCopyDescriptor* __restrict__ descriptors,
                                                              uint64_t total_words, uint64_t words_per, int shift) {
   const uint64_t stride = uint64_t{gridDim.x} * blockDim.x;
@@ -50,16 +62,16 @@ __global__ void __launch_bounds__(kThreads) UniformCopyKernel(const DeviceCopyDe
     for (int u = 0; u < kUnroll; ++u) {
       const uint4* s;
       locate(w + stride * u, s, dst[u]);
-      v[u] = *s;
+      v[u] = Load<kStreaming>(s);
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) *dst[u] = v[u];
+    for (int u = 0; u < kUnroll; ++u) Store<kStreaming>(dst[u], v[u]);
   }
   for (; w < total_words; w += stride) {
     const uint4* s;
     uint4* d;
     locate(w, s, d);
-    *d = *s;
+    Store<kStreaming>(d, Load<kStreaming>(s));
   }
 }
 
@@ -91,15 +103,19 @@ cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t c
     const uint64_t words_per = launch.uniform_bytes / 16;
     const int shift = (words_per & (words_per - 1)) == 0 ? __builtin_ctzll(words_per) : -1;
     const uint64_t total = words_per * count;
+    auto go = [&](auto kernel) { kernel<<<ctas, kThreads, 0, stream>>>(descriptors, total, words_per, shift); };
     if (launch.unroll == 8) {
-      UniformCopyKernel<8><<<ctas, kThreads, 0, stream>>>(descriptors, total, words_per, shift);
+      launch.streaming ? go(UniformCopyKernel<8, true>) : go(UniformCopyKernel<8, false>);
     } else {
-      UniformCopyKernel<4><<<ctas, kThreads, 0, stream>>>(descriptors, total, words_per, shift);
+      launch.streaming ? go(UniformCopyKernel<4, true>) : go(UniformCopyKernel<4, false>);
     }
-  } else if (launch.unroll == 8) {
-    RaggedCopyKernel<8><<<ctas, kThreads, 0, stream>>>(descriptors, count);
   } else {
-    RaggedCopyKernel<4><<<ctas, kThreads, 0, stream>>>(descriptors, count);
+    auto go = [&](auto kernel) { kernel<<<ctas, kThreads, 0, stream>>>(descriptors, count); };
+    if (launch.unroll == 8) {
+      launch.streaming ? go(RaggedCopyKernel<8, true>) : go(RaggedCopyKernel<8, false>);
+    } else {
+      launch.streaming ? go(RaggedCopyKernel<4, true>) : go(RaggedCopyKernel<4, false>);
+    }
   }
   return cudaGetLastError();
 }

@@ -30,6 +30,7 @@ struct CopyLaunch {
   uint32_t ctas = 0;        // blocks of 256 threads; 0 = CopyBlocksCtas(count, SMs)
   uint32_t unroll = 4;      // 16-byte loads in flight per thread: 4 or 8
   uint64_t uniform_bytes = 0;  // > 0: every descriptor has exactly this size (uniform kernel)
+  bool streaming = false;      // evict-first loads and stores (__ldcs / __stcs)
 };
 
 // Launches the copy of `count` descriptors read from `descriptors` (device memory) on

@@ -59,7 +59,7 @@ class CopyBlocksGpuTest : public ::testing::Test {
     DeviceCopyDescriptor* d = nullptr;
     ASSERT_CUDA(cudaMalloc(&d, std::max<size_t>(1, descs.size()) * sizeof(DeviceCopyDescriptor)));
     ASSERT_CUDA(cudaMemcpyAsync(d, descs.data(), descs.size() * sizeof(DeviceCopyDescriptor), cudaMemcpyHostToDevice, stream_));
-    CopyLaunch launch{.ctas = 0, .unroll = unroll_, .uniform_bytes = 0};
+    CopyLaunch launch{.ctas = 0, .unroll = unroll_, .uniform_bytes = 0, .streaming = unroll_ == 8};
     if (uniform_ && !descs.empty()) launch.uniform_bytes = descs.front().bytes;
     ASSERT_CUDA(LaunchCopyBlocks(d, static_cast<uint32_t>(descs.size()), launch, stream_));
     ASSERT_CUDA(cudaStreamSynchronize(stream_));
@@ -107,7 +107,8 @@ class CopyBlocksGpuTest : public ::testing::Test {
   uint32_t unroll_ = 4;
 };
 
-// Every case runs for each kernel shape (ragged, uniform) and unroll (4, 8).
+// Every case runs for each kernel shape (ragged, uniform) and unroll (4; 8 with streaming
+// evict-first accesses).
 class CopyBlocksShapeTest : public CopyBlocksGpuTest, public ::testing::WithParamInterface<std::tuple<bool, uint32_t>> {
  protected:
   void SetUp() override {

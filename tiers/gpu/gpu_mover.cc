@@ -214,7 +214,7 @@ Status GpuMover::Launch(Job& job, Lane& lane) {
                            "copying descriptors");
   const auto* dev_descs = reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data());
   kernels::CopyLaunch launch{.ctas = options_.ctas, .unroll = options_.unroll,
-                             .uniform_bytes = uniform ? segments.front().bytes : 0};
+                             .uniform_bytes = uniform ? segments.front().bytes : 0, .streaming = options_.streaming};
   if (!cpu_assisted) {
     KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchCopyBlocks(dev_descs, static_cast<uint32_t>(n), launch, st),
                              "launching the copy kernel");

@@ -34,6 +34,7 @@ struct GpuMoverOptions {
   uint64_t chunk_bytes = 64 << 10;  // ragged batches: descriptors split into pieces of at most this
   uint32_t ctas = 0;                // copy kernel blocks; 0 = sized to the device
   uint32_t unroll = 4;              // 16-byte loads in flight per thread (4 or 8)
+  bool streaming = false;           // evict-first loads and stores in the copy kernel
   uint32_t cpu_threads = 8;         // CPU-assisted scatter threads
   // CPU-assisted D2H is pipelined in pieces of this many bytes: the CPU scatters piece i
   // while the GPU packs and copies piece i+1.
