@@ -34,10 +34,6 @@ struct GpuMover::Lane {
   DeviceBuffer device_staging;  // CPU-assisted D2H only
   PinnedBuffer host_staging;
   CudaEvent done;
-  CudaEvent engine_done;  // the copy-engine share of a hybrid batch
-  std::vector<void*> engine_dst;
-  std::vector<const void*> engine_src;
-  std::vector<size_t> engine_bytes;
   // CPU-assisted D2H: pieces of the batch, each with the event after its D2H copy, and the
   // (staging -> DRAM slot, bytes) scatters of its segments.
   struct Piece {
@@ -65,9 +61,6 @@ Status GpuMoverOptions::Validate() const {
   if (max_in_flight == 0 || max_in_flight > 64) return Status::InvalidArgument("gpu mover: max_in_flight out of [1, 64]");
   if (unroll != 4 && unroll != 8) return Status::InvalidArgument(fmt::format("gpu mover: unroll {} (4 or 8)", unroll));
   if (cpu_piece_bytes < (1u << 20)) return Status::InvalidArgument("gpu mover: cpu_piece_bytes below 1 MiB");
-  if (!(copy_engine_share >= 0.0 && copy_engine_share < 1.0)) {
-    return Status::InvalidArgument(fmt::format("gpu mover: copy_engine_share {} out of [0, 1)", copy_engine_share));
-  }
   return Status();
 }
 
@@ -106,11 +99,9 @@ Status GpuMover::Init() {
   KVT_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, options_.device),
                            "reading the multiprocessor count");
   KVT_ASSIGN_OR_RETURN(stream_, CudaStream::Create(options_.device));
-  KVT_ASSIGN_OR_RETURN(engine_stream_, CudaStream::Create(options_.device));
   for (uint32_t i = 0; i < options_.max_in_flight; ++i) {
     auto lane = std::make_unique<Lane>();
     KVT_ASSIGN_OR_RETURN(lane->done, CudaEvent::Create(options_.device));
-    KVT_ASSIGN_OR_RETURN(lane->engine_done, CudaEvent::Create(options_.device));
     free_lanes_.push_back(lane.get());
     lanes_.push_back(std::move(lane));
   }
@@ -225,31 +216,8 @@ Status GpuMover::Launch(Job& job, Lane& lane) {
   kernels::CopyLaunch launch{.ctas = options_.ctas, .unroll = options_.unroll,
                              .uniform_bytes = uniform ? segments.front().bytes : 0, .streaming = options_.streaming};
   if (!cpu_assisted) {
-    // Hybrid: the last share of a uniform batch goes to the copy engines, concurrently.
-    const size_t engine = uniform ? static_cast<size_t>(double(n) * options_.copy_engine_share) : 0;
-    const size_t kernel_count = n - engine;
-    if (engine > 0) {
-      lane.engine_dst.resize(engine);
-      lane.engine_src.resize(engine);
-      lane.engine_bytes.assign(engine, segments.front().bytes);
-      for (size_t i = 0; i < engine; ++i) {
-        lane.engine_dst[i] = reinterpret_cast<void*>(descs[kernel_count + i].dst);
-        lane.engine_src[i] = reinterpret_cast<const void*>(descs[kernel_count + i].src);
-      }
-      cudaMemcpyAttributes attr{};
-      attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-      size_t attr_index = 0;
-      KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyBatchAsync(lane.engine_dst.data(), lane.engine_src.data(),
-                                                    lane.engine_bytes.data(), engine, &attr, &attr_index, 1,
-                                                    engine_stream_.get()),
-                               "copy-engine share (cudaMemcpyBatchAsync)");
-      KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(lane.engine_done.get(), engine_stream_.get()), "engine event");
-      KVT_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(st, lane.engine_done.get(), 0), "joining the engine share");
-    }
-    if (kernel_count > 0) {
-      KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchCopyBlocks(dev_descs, static_cast<uint32_t>(kernel_count), launch, st),
-                               "launching the copy kernel");
-    }
+    KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchCopyBlocks(dev_descs, static_cast<uint32_t>(n), launch, st),
+                             "launching the copy kernel");
   } else {
     // Pieces: pack a run of segments into staging, copy that run to the host, mark it; the
     // completion thread scatters piece i while the GPU works on piece i+1.

@@ -35,10 +35,6 @@ struct GpuMoverOptions {
   uint32_t ctas = 0;                // copy kernel blocks; 0 = sized to the device
   uint32_t unroll = 4;              // 16-byte loads in flight per thread (4 or 8)
   bool streaming = false;           // evict-first loads and stores in the copy kernel
-  // Fraction of a uniform kernel-path batch handed to the copy engines instead (one
-  // cudaMemcpyBatchAsync on a second stream, concurrent with the kernel): the engines add
-  // PCIe read bandwidth the SMs' loads leave unused. 0 = kernel only.
-  double copy_engine_share = 0.0;
   uint32_t cpu_threads = 8;         // CPU-assisted scatter threads
   // CPU-assisted D2H is pipelined in pieces of this many bytes: the CPU scatters piece i
   // while the GPU packs and copies piece i+1.
@@ -81,7 +77,6 @@ class GpuMover final : public Mover {
   std::string name_;
   int sm_count_ = 0;
   CudaStream stream_;
-  CudaStream engine_stream_;  // copy-engine share of hybrid batches
   std::unique_ptr<Counters> counters_;
 
   std::mutex mu_;

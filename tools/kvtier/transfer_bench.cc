@@ -244,7 +244,6 @@ struct TransferOptions {
   int device = 0;
   std::string host_alloc = "register";
   bool streaming = false;
-  double engine_share = 0.0;
   bool json = false;
 };
 
@@ -276,7 +275,6 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   mo.ctas = o.ctas;
   mo.unroll = o.unroll;
   mo.streaming = o.streaming;
-  mo.copy_engine_share = o.engine_share;
   KVT_ASSIGN_OR_RETURN(auto up, GpuMover::Create(p.dram.get(), p.hbm.get(), mo));
   KVT_ASSIGN_OR_RETURN(auto down, GpuMover::Create(p.hbm.get(), p.dram.get(), mo));
   const Placement pl = Place(blocks, p.slots, 5);
@@ -342,7 +340,6 @@ void PrintRows(const TransferOptions& o, const std::vector<Row>& rows) {
       nlohmann::json j{{"bench", "transfer"}, {"direction", r.direction}, {"block_size", o.block_size},
                        {"total", o.total}, {"mode", o.mode}, {"ctas", o.ctas}, {"unroll", o.unroll},
                        {"host_alloc", o.host_alloc}, {"streaming", o.streaming},
-                       {"engine_share", o.engine_share},
                        {"method", r.method}, {"gbps", r.gbps}};
       fmt::print("{}\n", j.dump());
     }
@@ -432,7 +429,6 @@ void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--ctas", o->ctas, "copy kernel blocks (0 = sized to the device)");
   cmd->add_option("--unroll", o->unroll, "16-byte loads in flight per thread: 4 or 8");
   cmd->add_flag("--streaming", o->streaming, "evict-first loads and stores in the copy kernel");
-  cmd->add_option("--engine-share", o->engine_share, "fraction of each batch given to the copy engines (hybrid)");
   cmd->add_option("--host-alloc", o->host_alloc,
                   "DRAM pool pinning: register (mmap + cudaHostRegister, the DRAM tier) or cuda (cudaHostAlloc)");
   cmd->add_option("--repeats", o->repeats, "timed runs; the median is reported");
