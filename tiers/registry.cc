@@ -139,7 +139,7 @@ Result<TierSet> BuildTiers(const TierConfig& config, TierSetInfo* info) {
     KVT_ASSIGN_OR_RETURN(auto down, MemcpyMover::Create(hbm_ptr, dram_ptr, mo));
     set.movers.push_back(std::move(up));
     set.movers.push_back(std::move(down));
-  } else {
+  } else if (config.hbm == HbmBackend::kNone) {
     out.hbm = "none";
   }
   return set;

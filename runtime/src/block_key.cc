@@ -119,8 +119,6 @@ Status NamespaceSpec::Validate() const {
   if (pp_size == 0 || pp_rank >= pp_size) {
     return Status::InvalidArgument(fmt::format("namespace: pp_rank {} is not below pp_size {}", pp_rank, pp_size));
   }
-  if (kv_codec.empty()) return Status::InvalidArgument("namespace: kv_codec is empty (\"none\" for raw KV)");
-  if (format_version == 0) return Status::InvalidArgument("namespace: format_version 0 is not a version");
   if (!(rope.theta > 0.0)) {
     return Status::InvalidArgument(fmt::format("namespace: rope theta {} is not positive", rope.theta));
   }

@@ -135,7 +135,7 @@ bool TierManager::Impl::DemoteTier(TierKind t) {
   for (size_t i = 0; i < count; ++i) {
     const BlockKey& key = candidates[i].key;
     const uint64_t h = key.hash64();
-    Shard& shard = ShardOf(h);
+    Shard& shard = ShardOf(key);
     std::lock_guard lock(shard.mu);
     Entry* e = shard.map.Find(key, h);
     if (e == nullptr || !evictable(e)) continue;  // changed since it was gathered
@@ -179,7 +179,7 @@ bool TierManager::Impl::DemoteTier(TierKind t) {
   for (const BlockKey& key : dirty) {
     if (slots.empty()) break;
     const uint64_t h = key.hash64();
-    Shard& shard = ShardOf(h);
+    Shard& shard = ShardOf(key);
     std::lock_guard lock(shard.mu);
     Entry* e = shard.map.Find(key, h);
     if (e == nullptr || !evictable(e) || e->st(lower_kind) != SlotState::kAbsent) continue;

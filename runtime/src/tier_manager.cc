@@ -255,22 +255,30 @@ Status TierManager::Release(PinSet& pins) {
 namespace {
 
 // Walks groups of `group` keys (all layers of one token block, or single keys); a group
-// matches only when every key in it is readable somewhere. Pins matched entries.
+// matches only when every key in it is readable somewhere. Pins matched entries. A shard's
+// lock is held across consecutive keys of that shard (all layers of a token block share
+// one), so a chain of L layers costs one lock per token block, not L.
 template <class KeyAt>
 void MatchWalk(TierManager::Impl& impl, size_t groups, uint32_t group, KeyAt&& key_at, std::vector<Entry*>& out,
                std::array<uint32_t, kTierCount>* at_or_above) {
   const Tick now = impl.clock->Now();
   std::array<bool, kTierCount> prefix_alive{true, true, true};
   out.reserve(groups * group);
+  std::unique_lock<std::mutex> lock;
+  uint32_t locked = UINT32_MAX;
   for (size_t g = 0; g < groups; ++g) {
     size_t slowest = 0;
     bool complete = true;
     for (uint32_t k = 0; k < group; ++k) {
       const BlockKey key = key_at(g, k);
-      const uint64_t h = key.hash64();
-      Shard& shard = impl.ShardOf(h);
-      std::lock_guard lock(shard.mu);
-      Entry* e = shard.map.Find(key, h);
+      const uint32_t si = impl.ShardIndex(key);
+      Shard& shard = *impl.shards[si];
+      if (si != locked) {
+        if (lock.owns_lock()) lock.unlock();
+        lock = std::unique_lock(shard.mu);
+        locked = si;
+      }
+      Entry* e = shard.map.Find(key, key.hash64());
       const size_t best = e ? e->FastestReadable() : kTierCount;
       for (size_t t = 0; t < std::min(best + 1, kTierCount); ++t) ++(t == best ? shard.hits[t] : shard.misses[t]);
       if (best == kTierCount) {
@@ -284,8 +292,8 @@ void MatchWalk(TierManager::Impl& impl, size_t groups, uint32_t group, KeyAt&& k
       slowest = std::max(slowest, best);
     }
     if (!complete) {
-      // Drop the pins of the partial group.
-      const size_t keep = g * group;
+      if (lock.owns_lock()) lock.unlock();  // UnpinOne may take shard locks
+      const size_t keep = g * group;        // drop the pins of the partial group
       for (size_t i = keep; i < out.size(); ++i) impl.UnpinOne(out[i]);
       out.resize(keep);
       return;
@@ -341,7 +349,7 @@ Result<PinSet> TierManager::Allocate(std::span<const BlockKey> keys, TierKind wh
   entries.reserve(keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
     const uint64_t h = keys[i].hash64();
-    const uint32_t si = impl_->ShardIndex(h);
+    const uint32_t si = impl_->ShardIndex(keys[i]);
     Shard& shard = *impl_->shards[si];
     std::unique_lock lock(shard.mu);
     if (shard.map.Find(keys[i], h) != nullptr) {
@@ -492,7 +500,7 @@ Status TierManager::Drop(std::span<const BlockKey> keys) {
   Status first;
   for (const BlockKey& key : keys) {
     const uint64_t h = key.hash64();
-    Shard& shard = impl_->ShardOf(h);
+    Shard& shard = impl_->ShardOf(key);
     std::vector<std::pair<TierKind, SlotId>> releases;
     {
       std::lock_guard lock(shard.mu);

@@ -82,9 +82,13 @@ struct TierManager::Impl {
   void Kick();
 
   // --- index helpers ---
-  // Shards use hash bits 32.., the per-shard tables the low bits: the two stay independent.
-  uint32_t ShardIndex(uint64_t hash) const { return static_cast<uint32_t>((hash >> 32) & shard_mask); }
-  internal::Shard& ShardOf(uint64_t hash) { return *shards[ShardIndex(hash)]; }
+  // The shard comes from the chain alone (bits 32.. of its first word), so every layer of a
+  // token block lives in one shard; the shard's table uses the low bits of hash64(), which
+  // mixes in the layer. The two stay independent.
+  uint32_t ShardIndex(const BlockKey& key) const {
+    return static_cast<uint32_t>((key.chain.prefix64() >> 32) & shard_mask);
+  }
+  internal::Shard& ShardOf(const BlockKey& key) { return *shards[ShardIndex(key)]; }
   internal::Shard& ShardOf(const internal::Entry* e) { return *shards[e->shard]; }
 
   // Releases one pin; the caller holds no shard lock.

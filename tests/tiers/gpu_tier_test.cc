@@ -14,6 +14,7 @@
 #include "gpu_mover.h"
 #include "host_tier.h"
 #include "kvtier/tier_manager.h"
+#include "registry.h"
 #include "tier_conformance.h"
 
 namespace kvtier {
@@ -275,6 +276,28 @@ TEST(GpuTierManagerTest, OnboardAndOffloadThroughTheGpuTierAreBitExact) {
   }
   ASSERT_TRUE((*tm)->Release(*pins).ok());
   (void)dram_ptr;
+}
+
+}  // namespace
+}  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+TEST(GpuRegistryTest, AutoPicksTheGpuTierAndSaysSo) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  TierConfig config;
+  config.geometry = KvGeometry{.layers = 2, .kv_heads = 2, .head_dim = 64, .block_tokens = 16, .dtype = DType::kBF16};
+  config.hbm_bytes = 16ull << 20;
+  config.dram_bytes = 32ull << 20;
+  TierSetInfo info;
+  auto set = BuildTiers(config, &info);
+  ASSERT_TRUE(set.ok()) << set.status().ToString();
+  EXPECT_TRUE(info.hbm_is_gpu);
+  EXPECT_EQ(info.hbm.rfind("gpu-hbm", 0), 0u) << info.hbm;
+  EXPECT_TRUE(info.dram_pinned);
+  EXPECT_EQ(set->tiers[TierIndex(TierKind::kHbm)]->name(), "gpu-hbm");
+  EXPECT_EQ(set->movers.size(), 2u);
 }
 
 }  // namespace

@@ -38,7 +38,7 @@ struct GpuMover::Lane {
   // (staging -> DRAM slot, bytes) scatters of its segments.
   struct Piece {
     CudaEvent copied;
-    size_t first = 0, end = 0;  // segment range
+    size_t first = 0, end = 0;  // range of `scatter` entries
   };
   std::vector<Piece> pieces;
   std::vector<std::pair<const std::byte*, std::byte*>> scatter;
@@ -187,6 +187,7 @@ Status GpuMover::Launch(Job& job, Lane& lane) {
   auto* descs = reinterpret_cast<DeviceCopyDescriptor*>(lane.host_descriptors.data());
   lane.scatter.clear();
   lane.scatter_bytes.clear();
+  std::vector<size_t> scatter_end;  // CPU-assisted: per segment, the end of its scatter pieces
   std::vector<size_t> first_desc;  // per segment, its first descriptor
   first_desc.reserve(segments.size() + 1);
   size_t n = 0;
@@ -196,8 +197,13 @@ Status GpuMover::Launch(Job& job, Lane& lane) {
     const std::byte* s = std::get<MemoryAddress>(src_->Locate(c.src)).ptr + c.src_offset;
     std::byte* d = std::get<MemoryAddress>(dst_->Locate(c.dst)).ptr + c.dst_offset;
     if (cpu_assisted) {
-      lane.scatter.emplace_back(lane.host_staging.data() + staged, d);
-      lane.scatter_bytes.push_back(c.bytes);
+      // Scatter work in pieces of at most 256 KiB, so large blocks spread over the threads.
+      constexpr uint64_t kScatterPiece = 256 << 10;
+      for (uint64_t off = 0; off < c.bytes; off += kScatterPiece) {
+        lane.scatter.emplace_back(lane.host_staging.data() + staged + off, d + off);
+        lane.scatter_bytes.push_back(std::min(kScatterPiece, c.bytes - off));
+      }
+      scatter_end.push_back(lane.scatter.size());
       d = lane.device_staging.data() + staged;  // pack on the device first
       staged += c.bytes;
     }
@@ -235,8 +241,8 @@ Status GpuMover::Launch(Job& job, Lane& lane) {
         lane.pieces.push_back(std::move(p));
       }
       Lane::Piece& piece = lane.pieces[pieces++];
-      piece.first = seg;
-      piece.end = end;
+      piece.first = seg == 0 ? 0 : scatter_end[seg - 1];  // scatter entries of segments [seg, end)
+      piece.end = scatter_end[end - 1];
       KVT_RETURN_IF_CUDA_ERROR(
           kernels::LaunchCopyBlocks(dev_descs + first_desc[seg], static_cast<uint32_t>(first_desc[end] - first_desc[seg]),
                                     launch, st),
@@ -294,7 +300,7 @@ void GpuMover::CompleteLoop() {
         s = FromCuda(cudaEventSynchronize(piece.copied.get()), fmt::format("{} piece", name_));
         if (!s.ok()) break;
         counters_->arena.execute([&] {
-          tbb::parallel_for(tbb::blocked_range<size_t>(piece.first, piece.end, 4), [&](const tbb::blocked_range<size_t>& r) {
+          tbb::parallel_for(tbb::blocked_range<size_t>(piece.first, piece.end, 2), [&](const tbb::blocked_range<size_t>& r) {
             for (size_t i = r.begin(); i != r.end(); ++i) {
               std::memcpy(lane.scatter[i].second, lane.scatter[i].first, lane.scatter_bytes[i]);
             }
