@@ -59,6 +59,7 @@ void FlatMap::Grow() {
   for (const Slot& s : old) {
     if (s.entry != nullptr) Insert(s.entry);
   }
+  Publish();
 }
 
 Entry* Shard::NewEntry(const BlockKey& key, uint64_t hash, uint32_t shard_index) {

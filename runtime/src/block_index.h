@@ -64,7 +64,13 @@ struct Entry {
 // Open addressing with linear probing and backward-shift deletion; keys are Entry*.
 class FlatMap {
  public:
-  FlatMap() : slots_(16), mask_(15) {}
+  FlatMap() : slots_(16), mask_(15) { Publish(); }
+  // Starts loading the slot `hash` maps to. May run without the shard lock: it reads only
+  // atomics, and a prefetch of memory freed by a concurrent Grow is harmless.
+  void Prefetch(uint64_t hash) const {
+    const Slot* table = table_.load(std::memory_order_relaxed);
+    __builtin_prefetch(table + (hash & prefetch_mask_.load(std::memory_order_relaxed)));
+  }
   Entry* Find(const BlockKey& key, uint64_t hash) const {
     for (size_t i = hash & mask_;; i = (i + 1) & mask_) {
       const Slot& s = slots_[i];
@@ -88,9 +94,15 @@ class FlatMap {
     Entry* entry = nullptr;
   };
   void Grow();
+  void Publish() {
+    table_.store(slots_.data(), std::memory_order_relaxed);
+    prefetch_mask_.store(mask_, std::memory_order_relaxed);
+  }
   std::vector<Slot> slots_;
   size_t mask_;
   size_t size_ = 0;
+  std::atomic<const Slot*> table_{nullptr};   // slots_.data(), for Prefetch
+  std::atomic<size_t> prefetch_mask_{0};
 };
 
 struct alignas(64) Shard {
