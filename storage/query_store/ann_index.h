@@ -25,8 +25,8 @@ namespace kvtier::query_store {
 struct AnnParams {
   uint32_t dim = 0;
   uint32_t m = 16;                 // graph degree (layer 0 has 2*m)
-  uint32_t ef_construction = 100;  // candidate list size while inserting
-  uint32_t ef_search = 64;         // candidate list size while searching (>= k is enforced)
+  uint32_t ef_construction = 64;   // candidate list size while inserting
+  uint32_t ef_search = 128;        // candidate list size while searching (>= k is enforced)
   uint32_t threads = 2;            // inserts run on this many threads
 };
 

@@ -170,6 +170,9 @@ Status QueryStore::Impl::OpenDb() {
   dbo.paranoid_checks = true;
   dbo.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
   dbo.max_background_jobs = 2;
+  // The metadata family is written by every batch but its memtable never fills, so without
+  // a cap it would pin every WAL file; this forces the flushes that let old WALs go.
+  dbo.max_total_wal_size = 4 * options.write_buffer_bytes;
   dbo.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   dbo.info_log = std::make_shared<RocksLogBridge>(log);
   if (options.max_disk_bytes > 0) {
@@ -259,6 +262,11 @@ Status QueryStore::Impl::CloseNow() {
     if (db && index && write_error.ok() && options.save_index_on_close && (saved_epoch != epoch || saved_payload.empty())) {
       keep(SaveIndexLocked());
     }
+  }
+  if (db && write_error.ok()) {
+    // A clean close leaves no WAL to replay: reopening is faster and the WAL's space is freed.
+    std::vector<rocksdb::ColumnFamilyHandle*> all(cfs.begin(), cfs.end());
+    keep(FromRocks(db->Flush(rocksdb::FlushOptions(), all), "flushing memtables"));
   }
   if (db) {
     for (auto*& h : cfs) {

@@ -12,9 +12,11 @@
 // verifies against its checksum, and the ANN index is brought back in line with the data
 // when the store opens (loaded, caught up, or rebuilt). docs/query_store.md has the layout.
 //
-// Thread-safety: every method may be called from any thread. Ingest and Erase are
-// serialised among themselves (deduplication needs a stable view); lookups run
-// concurrently with each other and with writers. Errors are Status values, never exceptions.
+// Thread-safety: every method may be called from any thread, except that Close (and the
+// destructor) must not race other calls. Ingest and Erase are serialised among themselves
+// (deduplication needs a stable view); lookups run concurrently with each other and with
+// writers. Errors are Status values, never exceptions. After a failed write (kNoSpace,
+// kIoError) the store is read-only until reopened; lookups keep working.
 #pragma once
 
 #include <cstdint>
@@ -56,8 +58,8 @@ struct QueryStoreOptions {
   uint32_t exact_search_max_entries = 2048;
   // HNSW parameters: graph degree, candidate lists for insert and search.
   uint32_t hnsw_m = 16;
-  uint32_t hnsw_ef_construction = 100;
-  uint32_t hnsw_ef_search = 64;
+  uint32_t hnsw_ef_construction = 64;
+  uint32_t hnsw_ef_search = 128;
   uint32_t dedup_ef_search = 32;  // near-copies are easy to find; a smaller list is enough
   uint32_t index_threads = 2;     // ANN inserts and rebuilds run on this many threads
   uint32_t lookup_threads = 1;    // threads serving LookupAsync

@@ -125,6 +125,15 @@ __attribute__((target("avx2,fma,f16c"))) float DotMixedAvx2(const float* a, cons
   return total;
 }
 
+__attribute__((target("avx512f"))) void ToHalfAvx512(const float* in, uint16_t* out, size_t n) {
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i),
+                        _mm512_cvtps_ph(_mm512_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  for (; i < n; ++i) out[i] = FloatToHalf(in[i]);
+}
+
 #pragma GCC diagnostic pop
 
 struct Choice {
@@ -217,6 +226,11 @@ float HalfToFloat(uint16_t h) {
 }
 
 void ToHalf(std::span<const float> in, uint16_t* out) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512) {
+    ToHalfAvx512(in.data(), out, in.size());
+    return;
+  }
   for (size_t i = 0; i < in.size(); ++i) out[i] = FloatToHalf(in[i]);
 }
 

@@ -5,6 +5,7 @@
 // baseline measured in the same run: the exact search (a scan of every vector).
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -30,8 +31,11 @@ struct BenchQstoreOptions {
   uint32_t ef = 0;              // 0 = the store's default
   uint32_t ef_construction = 0; // 0 = the store's default
   uint32_t m = 0;               // 0 = the store's default
+  uint32_t dedup_ef = 0;        // 0 = the store's default
+  std::vector<uint32_t> sweep_ef;  // extra search ef values to report recall and latency for
   double dup_fraction = 0.01;   // near-copies mixed into the input (deduplicated on ingest)
-  std::string durability = "sync";
+ std::string durability = "sync";
+  std::string data = "low-rank";  // or "isotropic"
   std::string dir;              // empty = a fresh directory under /tmp, removed afterwards
   bool drop_caches = false;
   bool quick = false;
@@ -40,39 +44,65 @@ struct BenchQstoreOptions {
 
 using Clock = std::chrono::steady_clock;
 
-// Deterministic synthetic data: entry i lies near the centre of cluster i % clusters.
+// Deterministic synthetic data: entry i belongs to cluster i % clusters. Two shapes:
+//  - low-rank (default): centre + a point of a 16-dimensional subspace of the cluster's own
+//    (spread 0.6) + a little isotropic noise (0.15). Text embeddings vary along few
+//    directions within a topic, so neighbours have a spread of similarities.
+//  - isotropic: centre + noise of norm 0.75 in all 384 dimensions: every member is about as
+//    far from every other (similarity ~0.64), the worst case for a graph index.
 class Generator {
  public:
-  Generator(uint32_t dim, uint32_t clusters) : dim_(dim), centres_(size_t(clusters) * dim) {
+  enum class Shape { kLowRank, kIsotropic };
+  static constexpr uint32_t kRank = 16;
+
+  Generator(uint32_t dim, uint32_t clusters, Shape shape)
+      : dim_(dim), shape_(shape), centres_(size_t(clusters) * dim) {
     std::mt19937_64 rng(42);
     std::normal_distribution<float> g;
     for (float& x : centres_) x = g(rng);
     for (uint32_t c = 0; c < clusters; ++c) Normalize(std::span(centres_).subspan(size_t(c) * dim, dim));
+    if (shape_ == Shape::kLowRank) {
+      bases_.resize(size_t(clusters) * kRank * dim);  // random directions, ~orthogonal in high dim
+      for (float& x : bases_) x = g(rng) / std::sqrt(float(dim));
+    }
   }
   uint32_t clusters() const { return static_cast<uint32_t>(centres_.size() / dim_); }
+  std::string_view shape_name() const { return shape_ == Shape::kLowRank ? "low-rank" : "isotropic"; }
 
-  // A member of cluster `c` with spread `noise` (norm of the added noise), seeded by `seed`.
-  std::vector<float> Point(uint32_t c, uint64_t seed, float noise) const {
+  // A member of cluster `c`, seeded by `seed`.
+  std::vector<float> Point(uint32_t c, uint64_t seed) const {
     std::mt19937_64 rng(seed * 0x9E3779B97F4A7C15ull + 1);
-    std::normal_distribution<float> g(0.0f, noise / std::sqrt(float(dim_)));
-    std::vector<float> v(dim_);
-    for (uint32_t i = 0; i < dim_; ++i) v[i] = centres_[size_t(c) * dim_ + i] + g(rng);
+    std::vector<float> v(centres_.begin() + ptrdiff_t(size_t(c) * dim_), centres_.begin() + ptrdiff_t(size_t(c + 1) * dim_));
+    if (shape_ == Shape::kIsotropic) {
+      AddNoise(v, rng, 0.75f);
+    } else {
+      std::normal_distribution<float> z(0.0f, 0.6f / std::sqrt(float(kRank)));
+      for (uint32_t r = 0; r < kRank; ++r) {
+        const float w = z(rng);
+        const float* b = bases_.data() + (size_t(c) * kRank + r) * dim_;
+        for (uint32_t i = 0; i < dim_; ++i) v[i] += w * b[i];
+      }
+      AddNoise(v, rng, 0.15f);
+    }
     Normalize(v);
     return v;
   }
-  std::vector<float> Entry(uint64_t i) const { return Point(static_cast<uint32_t>(i % clusters()), i, kSpread); }
-  // Near the stored entry i (a paraphrase: similarity about 0.97).
+  std::vector<float> Entry(uint64_t i) const { return Point(static_cast<uint32_t>(i % clusters()), i); }
+  // Near the stored entry i: `noise` 0.25 gives a paraphrase (similarity about 0.97),
+  // 0.05 a near-copy (about 0.999).
   std::vector<float> Paraphrase(uint64_t i, uint64_t salt, float noise = 0.25f) const {
     std::vector<float> v = Entry(i);
     std::mt19937_64 rng(salt);
-    std::normal_distribution<float> g(0.0f, noise / std::sqrt(float(dim_)));
-    for (float& x : v) x += g(rng);
+    AddNoise(v, rng, noise);
     Normalize(v);
     return v;
   }
-  static constexpr float kSpread = 0.75f;
 
  private:
+  void AddNoise(std::vector<float>& v, std::mt19937_64& rng, float norm) const {
+    std::normal_distribution<float> g(0.0f, norm / std::sqrt(float(dim_)));
+    for (float& x : v) x += g(rng);
+  }
   static void Normalize(std::span<float> v) {
     double s = 0;
     for (float x : v) s += double(x) * x;
@@ -80,7 +110,9 @@ class Generator {
     for (float& x : v) x *= inv;
   }
   uint32_t dim_;
+  Shape shape_;
   std::vector<float> centres_;
+  std::vector<float> bases_;  // per cluster, kRank directions of dim_ floats
 };
 
 std::string Text(std::mt19937_64& rng, size_t bytes) {
@@ -98,6 +130,14 @@ double Percentile(std::vector<double> v, double p) {
   if (v.empty()) return 0;
   std::sort(v.begin(), v.end());
   return v[std::min(v.size() - 1, static_cast<size_t>(p * double(v.size())))];
+}
+
+// CPU seconds this process has used (all threads, RocksDB's background ones included).
+double CpuSeconds() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  auto s = [](const timeval& t) { return double(t.tv_sec) + double(t.tv_usec) * 1e-6; };
+  return s(ru.ru_utime) + s(ru.ru_stime);
 }
 
 double Us(Clock::duration d) { return std::chrono::duration<double, std::micro>(d).count(); }
@@ -126,7 +166,12 @@ int RunBenchQstore(BenchQstoreOptions o) {
       temp_dir ? std::filesystem::temp_directory_path() / fmt::format("kvtier-bench-qstore-{}", ::getpid()) : std::filesystem::path(o.dir);
   std::error_code ec;
   std::filesystem::remove_all(dir, ec);
-  const Generator gen(o.dim, o.clusters ? o.clusters : std::max<uint32_t>(1, o.entries / 100));
+  if (o.data != "low-rank" && o.data != "isotropic") {
+    fmt::print(stderr, "kvtier bench qstore: --data must be low-rank or isotropic\n");
+    return 2;
+  }
+  const Generator gen(o.dim, o.clusters ? o.clusters : std::max<uint32_t>(1, o.entries / 100),
+                      o.data == "low-rank" ? Generator::Shape::kLowRank : Generator::Shape::kIsotropic);
 
   QueryStoreOptions so;
   so.dir = dir;
@@ -136,6 +181,7 @@ int RunBenchQstore(BenchQstoreOptions o) {
   if (o.ef) so.hnsw_ef_search = o.ef;
   if (o.ef_construction) so.hnsw_ef_construction = o.ef_construction;
   if (o.m) so.hnsw_m = o.m;
+  if (o.dedup_ef) so.dedup_ef_search = o.dedup_ef;
   auto store = QueryStore::Open(so);
   if (!store.ok()) return Fail("open", store.status());
 
@@ -144,6 +190,7 @@ int RunBenchQstore(BenchQstoreOptions o) {
   const auto dup_every = o.dup_fraction > 0 ? static_cast<uint64_t>(std::max(2.0, 1.0 / o.dup_fraction)) : 0;
   uint64_t duplicates_fed = 0;
   Clock::duration ingest_time{};
+  double ingest_cpu = 0;
   std::vector<QueryEntry> batch;
   for (uint64_t i = 0; i < o.entries;) {
     batch.clear();
@@ -162,7 +209,9 @@ int RunBenchQstore(BenchQstoreOptions o) {
       batch.push_back(std::move(e));
     }
     const auto t0 = Clock::now();
+    const double c0 = CpuSeconds();
     auto r = (*store)->Ingest(batch);
+    ingest_cpu += CpuSeconds() - c0;
     ingest_time += Clock::now() - t0;
     if (!r.ok()) return Fail("ingest", r.status());
   }
@@ -186,7 +235,7 @@ int RunBenchQstore(BenchQstoreOptions o) {
   for (uint32_t q = 0; q < o.queries; ++q) {
     const uint64_t target = (uint64_t(q) * 7919) % o.entries;
     queries[q] = q % 2 == 0 ? gen.Paraphrase(target, 1000000 + q)
-                            : gen.Point(static_cast<uint32_t>(target % gen.clusters()), 5000000 + q, Generator::kSpread);
+                            : gen.Point(static_cast<uint32_t>(target % gen.clusters()), 5000000 + q);
   }
 
   // --- reopen: the first lookups find a freshly opened RocksDB and a freshly loaded index ---
@@ -241,6 +290,27 @@ int RunBenchQstore(BenchQstoreOptions o) {
     }
   }
   const double recall = double(agree) / o.queries;
+  // The recall / latency trade-off at other search ef values (same queries, same store).
+  nlohmann::json sweep = nlohmann::json::array();
+  for (uint32_t ef : o.sweep_ef) {
+    LookupOptions s_all = all;
+    s_all.ef = ef;
+    std::vector<double> lat;
+    uint32_t s_agree = 0;
+    for (uint32_t q = 0; q < o.queries; ++q) {
+      const auto t0 = Clock::now();
+      auto a = (*store)->Lookup(queries[q], s_all);
+      lat.push_back(Us(Clock::now() - t0));
+      auto e = (*store)->Lookup(queries[q], exact);
+      if (!a.ok() || !e.ok()) return Fail("sweep lookup", a.ok() ? e.status() : a.status());
+      if (!a->matches.empty() && !e->matches.empty() &&
+          (a->matches[0].id == e->matches[0].id || a->matches[0].similarity >= e->matches[0].similarity)) {
+        ++s_agree;
+      }
+    }
+    sweep.push_back({{"ef", ef}, {"recall_at_1", double(s_agree) / o.queries}, {"p50_us", Percentile(lat, 0.5)},
+                     {"p99_us", Percentile(lat, 0.99)}});
+  }
   (void)(*store)->Close();
   if (temp_dir) std::filesystem::remove_all(dir, ec);
 
@@ -252,9 +322,11 @@ int RunBenchQstore(BenchQstoreOptions o) {
                    {"duplicates_fed", duplicates_fed},
                    {"duplicates_skipped", after_ingest.duplicates},
                    {"dim", o.dim},
+                   {"data", o.data},
                    {"durability", o.durability},
                    {"batch", o.batch},
                    {"ingest_entries_per_s", rate},
+                   {"ingest_cpu_us_per_entry", ingest_cpu * 1e6 / o.entries},
                    {"close_and_index_save_s", close_s},
                    {"disk_bytes", disk_bytes},
                    {"disk_bytes_per_entry", per_entry},
@@ -269,15 +341,16 @@ int RunBenchQstore(BenchQstoreOptions o) {
                    {"exact_p99_us", Percentile(exact_lat, 0.99)},
                    {"recall_at_1", recall},
                    {"queries", o.queries},
-                   {"hit_rate_at_0.9", double(hits) / o.queries}};
+                   {"hit_rate_at_0.9", double(hits) / o.queries},
+                   {"ef_sweep", sweep}};
   if (o.json) {
     fmt::print("{}\n", j.dump());
     return 0;
   }
-  fmt::print("kvtier bench qstore: {} entries (dim {}, {} clusters, {} near-copies fed), durability {}, batches of {}\n",
-             o.entries, o.dim, gen.clusters(), duplicates_fed, o.durability, o.batch);
-  fmt::print("  ingest            {:>10.0f} entries/s  ({} stored, {} duplicates skipped; close+index save {:.2f} s)\n", rate,
-             after_ingest.entries, after_ingest.duplicates, close_s);
+  fmt::print("kvtier bench qstore: {} entries (dim {}, {} {} clusters, {} near-copies fed), durability {}, batches of {}\n",
+             o.entries, o.dim, gen.clusters(), gen.shape_name(), duplicates_fed, o.durability, o.batch);
+  fmt::print("  ingest            {:>10.0f} entries/s  ({} stored, {} duplicates skipped; {:.0f} CPU-us/entry; close+index save {:.2f} s)\n",
+             rate, after_ingest.entries, after_ingest.duplicates, ingest_cpu * 1e6 / o.entries, close_s);
   fmt::print("  on disk           {:>10.0f} B/entry    ({:.1f} MiB in all)\n", per_entry, double(disk_bytes) / (1 << 20));
   fmt::print("  reopen            {:>10.3f} s          (index {}{})\n", open_s, IndexOriginName(reopened.index_origin),
              dropped ? ", page cache dropped first" : "");
@@ -287,6 +360,10 @@ int RunBenchQstore(BenchQstoreOptions o) {
   fmt::print("  {:<24} {:>10.0f} {:>10.0f}   (baseline)\n", "warm, exact scan", Percentile(exact_lat, 0.5), Percentile(exact_lat, 0.99));
   fmt::print("  recall@1 (ANN vs exact) {:.4f} over {} queries; hit rate at 0.9: {:.3f}\n", recall, o.queries,
              double(hits) / o.queries);
+  for (const auto& row : sweep) {
+    fmt::print("  ef {:>4}: recall@1 {:.4f}, p50 {:.0f} us, p99 {:.0f} us\n", row["ef"].get<uint32_t>(),
+               row["recall_at_1"].get<double>(), row["p50_us"].get<double>(), row["p99_us"].get<double>());
+  }
   return 0;
 }
 
@@ -303,9 +380,12 @@ void AddBenchQstoreCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--batch", o->batch, "entries per Ingest call (default 256)");
   cmd->add_option("--ef", o->ef, "HNSW search candidate list (default: the store's)");
   cmd->add_option("--ef-construction", o->ef_construction, "HNSW insert candidate list (default: the store's)");
+  cmd->add_option("--dedup-ef", o->dedup_ef, "HNSW candidate list of the dedup search (default: the store's)");
+  cmd->add_option("--sweep-ef", o->sweep_ef, "also report recall@1 and latency at these search ef values");
   cmd->add_option("--m", o->m, "HNSW graph degree (default: the store's)");
   cmd->add_option("--dup-fraction", o->dup_fraction, "fraction of near-copies fed to ingest (default 0.01)");
   cmd->add_option("--durability", o->durability, "sync (default) or buffered");
+  cmd->add_option("--data", o->data, "embedding shape: low-rank (default) or isotropic (the worst case)");
   cmd->add_option("--dir", o->dir, "store directory (default: a temporary one, removed afterwards)");
   cmd->add_flag("--drop-caches", o->drop_caches, "drop the page cache before reopening (needs root)");
   cmd->add_flag("--quick", o->quick, "a short run (used by the test suite)");
