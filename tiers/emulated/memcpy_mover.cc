@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 
+#include "mover_counters.h"
 #include "reference/copy_blocks.h"
 
 namespace kvtier {
@@ -20,9 +21,8 @@ struct MemcpyMover::Job {
 };
 
 struct MemcpyMover::Counters {
-  std::atomic<uint64_t> bytes{0}, batches{0}, segments{0}, errors{0}, busy_ns{0};
-  LatencyRecorder latency;
-  tbb::task_arena arena;
+  MoverCounters stats;
+  tbb::task_arena arena;  // the mover's own CPU threads
   explicit Counters(int threads) : arena(threads) {}
 };
 
@@ -79,7 +79,7 @@ MemcpyMover::~MemcpyMover() {
 
 Fence MemcpyMover::Submit(MoveBatch batch) {
   if (Status s = ValidateSegments(batch, *src_, *dst_); !s.ok()) {
-    counters_->errors.fetch_add(1, std::memory_order_relaxed);
+    counters_->stats.RecordRejected();
     return Fence::Failed(std::move(s).Annotate(name_));
   }
   auto [fence, signal] = Fence::Make();
@@ -96,7 +96,7 @@ Fence MemcpyMover::Submit(MoveBatch batch) {
   // Queue once every producer/consumer fence has signaled; the worker never blocks on one.
   Fence::All(waits).OnReady([this, job](const Status& s) {
     if (!s.ok()) {
-      counters_->errors.fetch_add(1, std::memory_order_relaxed);
+      counters_->stats.RecordRejected();
       job->signal.Signal(Status(s.code(), fmt::format("{}: a fence this batch waited for failed: {}", name_, s.message())));
       std::lock_guard lock(mu_);
       if (--outstanding_ == 0) idle_cv_.notify_all();
@@ -143,33 +143,14 @@ void MemcpyMover::WorkerLoop() {
     Status s = Run(*job);
     const auto done = std::chrono::steady_clock::now();
     auto ns = [](auto d) { return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()); };
-    counters_->latency.Record(ns(done - job->submitted));
-    counters_->busy_ns.fetch_add(ns(done - started), std::memory_order_relaxed);
-    counters_->batches.fetch_add(1, std::memory_order_relaxed);
-    counters_->segments.fetch_add(job->batch.segments.size(), std::memory_order_relaxed);
-    if (s.ok()) {
-      counters_->bytes.fetch_add(job->bytes, std::memory_order_relaxed);
-    } else {
-      counters_->errors.fetch_add(1, std::memory_order_relaxed);
-    }
+    counters_->stats.RecordBatch(job->batch.segments.size(), job->bytes, s.ok(), ns(done - job->submitted),
+                                 ns(done - started));
     job->signal.Signal(std::move(s));
     lock.lock();
     if (--outstanding_ == 0) idle_cv_.notify_all();
   }
 }
 
-MoverStats MemcpyMover::stats() const {
-  MoverStats m;
-  m.name = name_;
-  m.source = src_->kind();
-  m.destination = dst_->kind();
-  m.bytes = counters_->bytes.load(std::memory_order_relaxed);
-  m.batches = counters_->batches.load(std::memory_order_relaxed);
-  m.segments = counters_->segments.load(std::memory_order_relaxed);
-  m.errors = counters_->errors.load(std::memory_order_relaxed);
-  m.busy_ns = counters_->busy_ns.load(std::memory_order_relaxed);
-  m.latency = counters_->latency.Snapshot();
-  return m;
-}
+MoverStats MemcpyMover::stats() const { return counters_->stats.Snapshot(name_, src_->kind(), dst_->kind()); }
 
 }  // namespace kvtier

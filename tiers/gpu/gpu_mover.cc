@@ -11,6 +11,7 @@
 
 #include "copy_blocks.cuh"
 #include "memcpy_mover.h"  // ValidateSegments
+#include "mover_counters.h"
 
 namespace kvtier {
 
@@ -46,9 +47,8 @@ struct GpuMover::Lane {
 };
 
 struct GpuMover::Counters {
-  std::atomic<uint64_t> bytes{0}, batches{0}, segments{0}, errors{0}, busy_ns{0};
-  LatencyRecorder latency;
-  tbb::task_arena arena;
+  MoverCounters stats;
+  tbb::task_arena arena;  // the mover's own CPU threads
   explicit Counters(int threads) : arena(threads) {}
 };
 
@@ -129,13 +129,13 @@ D2hMode GpuMover::ModeFor(uint64_t block_bytes) const {
 
 Fence GpuMover::Submit(MoveBatch batch) {
   if (Status s = ValidateSegments(batch, *src_, *dst_); !s.ok()) {
-    counters_->errors.fetch_add(1, std::memory_order_relaxed);
+    counters_->stats.RecordRejected();
     return Fence::Failed(std::move(s).Annotate(name_));
   }
   for (size_t i = 0; i < batch.segments.size(); ++i) {
     const CopySegment& c = batch.segments[i];
     if (c.bytes % 16 != 0 || c.src_offset % 16 != 0 || c.dst_offset % 16 != 0) {
-      counters_->errors.fetch_add(1, std::memory_order_relaxed);
+      counters_->stats.RecordRejected();
       return Fence::Failed(Status::InvalidArgument(
           fmt::format("{}: segment {} ({} B at offsets {} -> {}) is not 16-byte aligned", name_, i, c.bytes,
                       c.src_offset, c.dst_offset)));
@@ -311,15 +311,8 @@ void GpuMover::CompleteLoop() {
     if (s.ok()) s = FromCuda(cudaEventSynchronize(job->lane->done.get()), fmt::format("{} batch", name_));
     const auto done = std::chrono::steady_clock::now();
     auto ns = [](auto d) { return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()); };
-    counters_->latency.Record(ns(done - job->submitted));
-    counters_->busy_ns.fetch_add(ns(done - job->launched), std::memory_order_relaxed);
-    counters_->batches.fetch_add(1, std::memory_order_relaxed);
-    counters_->segments.fetch_add(job->batch.segments.size(), std::memory_order_relaxed);
-    if (s.ok()) {
-      counters_->bytes.fetch_add(job->bytes, std::memory_order_relaxed);
-    } else {
-      counters_->errors.fetch_add(1, std::memory_order_relaxed);
-    }
+    counters_->stats.RecordBatch(job->batch.segments.size(), job->bytes, s.ok(), ns(done - job->submitted),
+                                 ns(done - job->launched));
     Lane* lane = job->lane;
     job->signal.Signal(std::move(s));
     lock.lock();
@@ -330,18 +323,6 @@ void GpuMover::CompleteLoop() {
   }
 }
 
-MoverStats GpuMover::stats() const {
-  MoverStats m;
-  m.name = name_;
-  m.source = src_->kind();
-  m.destination = dst_->kind();
-  m.bytes = counters_->bytes.load(std::memory_order_relaxed);
-  m.batches = counters_->batches.load(std::memory_order_relaxed);
-  m.segments = counters_->segments.load(std::memory_order_relaxed);
-  m.errors = counters_->errors.load(std::memory_order_relaxed);
-  m.busy_ns = counters_->busy_ns.load(std::memory_order_relaxed);
-  m.latency = counters_->latency.Snapshot();
-  return m;
-}
+MoverStats GpuMover::stats() const { return counters_->stats.Snapshot(name_, src_->kind(), dst_->kind()); }
 
 }  // namespace kvtier
