@@ -19,14 +19,14 @@ enum class HbmBackend : uint8_t {
 };
 
 struct TierConfig {
-  KvGeometry geometry;
+  KvGeometry geometry{};
   uint64_t hbm_bytes = 256ull << 20;
   uint64_t dram_bytes = 1ull << 30;
   HbmBackend hbm = HbmBackend::kAuto;
   bool allow_unpinned_dram = false;  // else an unpinnable pool is an error
   int numa_node = -1;
   int device = 0;                    // CUDA device of the GPU tier
-  std::string transfer_profile;      // `kvtier probe` output; empty = built-in defaults
+  std::string transfer_profile{};    // `kvtier probe` output; empty = built-in defaults
   uint32_t copy_threads = 2;         // CPU copy parallelism of the emulated movers
   Logger* logger = nullptr;
 

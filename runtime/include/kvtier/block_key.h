@@ -59,20 +59,20 @@ struct TenantSecret {
 // RoPE settings that change K bytes.
 struct RopeSpec {
   double theta = 10000.0;
-  std::string scaling;  // e.g. "llama3:factor=8,low=1,high=4,orig=8192"; empty = none
+  std::string scaling{};  // e.g. "llama3:factor=8,low=1,high=4,orig=8192"; empty = none
   friend bool operator==(const RopeSpec&, const RopeSpec&) = default;
 };
 
 // Everything that changes the bytes of a block, besides the tokens.
 struct NamespaceSpec {
-  std::string model_fingerprint;  // weights id + revision, e.g. "meta-llama/Llama-3-8B@8cde5ca"
-  std::string tokenizer_id;
-  KvGeometry geometry;
+  std::string model_fingerprint{};  // weights id + revision, e.g. "meta-llama/Llama-3-8B@8cde5ca"
+  std::string tokenizer_id{};
+  KvGeometry geometry{};
   std::string kv_codec = "none";  // lossless layout name or quantiser id
-  RopeSpec rope;
+  RopeSpec rope{};
   uint32_t tp_rank = 0, tp_size = 1;
   uint32_t pp_rank = 0, pp_size = 1;
-  std::string lora_id;  // empty = base model
+  std::string lora_id{};  // empty = base model
   uint32_t format_version = 1;
 
   Status Validate() const;
