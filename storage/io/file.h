@@ -1,0 +1,85 @@
+// Files for the NVMe tier: an owning fd, O_DIRECT opening under a policy, preallocation,
+// and page-aligned buffers for O_DIRECT. No liburing here (see uring_queue.h).
+//
+// UniqueFd and AlignedBuffer are move-only and externally synchronized.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "kvtier/logger.h"
+#include "kvtier/status.h"
+
+namespace kvtier {
+
+// An open file descriptor, closed exactly once.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) : fd_(fd) {}
+  UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+  UniqueFd& operator=(UniqueFd&& other) noexcept;
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd();
+
+  int get() const { return fd_; }
+  bool valid() const { return fd_ >= 0; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+enum class DirectIo : uint8_t {
+  kRequired,   // open fails when the filesystem refuses O_DIRECT (e.g. tmpfs)
+  kPreferred,  // falls back to buffered I/O: logged once and counted in direct_io_fallbacks
+  kOff,        // buffered I/O
+};
+
+struct OpenedFile {
+  UniqueFd fd;
+  bool direct = false;  // opened with O_DIRECT
+};
+
+// Counts O_DIRECT fallbacks process-wide (every fallback, whichever file).
+uint64_t DirectIoFallbacks();
+
+// Opens (creating, mode 0600) `path` read-write under `policy`. A kPreferred fallback
+// logs once per process through `logger` (may be null) and counts.
+Result<OpenedFile> OpenForBlockIo(const std::string& path, DirectIo policy, Logger* logger);
+
+// Allocates `bytes` of real blocks for `fd` (fallocate, mode 0): ENOSPC -> kNoSpace.
+// Filesystems without fallocate -> kUnimplemented.
+Status Preallocate(int fd, uint64_t bytes);
+
+// fdatasync, with errno converted.
+Status SyncData(int fd);
+
+// A zeroed region aligned to the page size (mmap), for O_DIRECT I/O. Allocated once per
+// component, never per request.
+class AlignedBuffer {
+ public:
+  AlignedBuffer() = default;
+  static Result<AlignedBuffer> Allocate(size_t bytes);  // rounded up to 4096
+  std::byte* data() const { return static_cast<std::byte*>(ptr_.get()); }
+  size_t size() const { return ptr_ ? size_ : 0; }
+
+ private:
+  struct Unmap {
+    size_t bytes;
+    void operator()(void* p) const noexcept;
+  };
+  AlignedBuffer(void* p, size_t n) : ptr_(p, Unmap{n}), size_(n) {}
+  std::unique_ptr<void, Unmap> ptr_;
+  size_t size_ = 0;
+};
+
+}  // namespace kvtier
