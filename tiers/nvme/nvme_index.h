@@ -1,0 +1,50 @@
+// NvmeIndex: the key -> (slot, generation, checksum, payload bytes) index of one slab, in
+// RocksDB (WAL on). Puts of one mover batch go in one WriteBatch (group commit); `sync`
+// chooses whether a write waits for the WAL to reach the drive (durable mode) or not
+// (cache mode: a lost index entry is a miss). RocksDB headers stay in nvme_index.cc.
+//
+// Thread-safe.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kvtier/block_key.h"
+#include "kvtier/status.h"
+#include "kvtier/types.h"
+
+namespace kvtier::nvme {
+
+struct IndexRecord {
+  BlockKey key;
+  SlotId slot;
+  uint64_t generation = 0;
+  uint64_t checksum = 0;
+  uint64_t payload_bytes = 0;
+};
+
+enum class IndexSync : uint8_t { kNone, kSync };
+
+class NvmeIndex {
+ public:
+  // Opens (creating) the index at `path`.
+  static Result<std::unique_ptr<NvmeIndex>> Open(const std::string& path);
+  ~NvmeIndex();
+
+  Status Put(std::span<const IndexRecord> records, IndexSync sync);
+  Status Delete(std::span<const BlockKey> keys, IndexSync sync);
+  // Every record, in key order. Malformed values are skipped and counted in *bad.
+  Result<std::vector<IndexRecord>> LoadAll(uint64_t* bad) const;
+  // A persisted counter (the next generation).
+  Result<uint64_t> GetCounter() const;
+  Status PutCounter(uint64_t value, IndexSync sync);
+
+ private:
+  struct Impl;
+  explicit NvmeIndex(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvtier::nvme

@@ -1,0 +1,330 @@
+#include "nvme_mover.h"
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <unordered_map>
+#include <vector>
+
+namespace kvtier {
+
+using nvme::kSectorBytes;
+
+namespace {
+constexpr int kPoolBuffer = 0;    // registered buffer index of the DRAM pool
+constexpr int kHeaderBuffer = 1;  // ... of the mover's header area
+constexpr uint64_t kSyncTag = ~uint64_t{0};
+uint64_t RoundUp(uint64_t n) { return (n + kSectorBytes - 1) / kSectorBytes * kSectorBytes; }
+uint64_t NowNs() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
+}  // namespace
+
+struct NvmeMover::Job {
+  MoveBatch batch;
+  FenceSignal signal;
+  uint64_t submitted_ns = 0;
+  uint64_t started_ns = 0;
+  size_t next = 0;          // next segment to start
+  size_t unfinished = 0;    // segments started or not, not yet finished
+  Status status;            // first error
+  std::vector<nvme::SlotHeader> headers;  // writes: as written, per segment
+};
+
+// In-flight state, owned by the I/O thread.
+struct NvmeMover::Io {
+  UringQueue queue;
+  AlignedBuffer header_area;  // queue_depth sectors
+  struct Segment {
+    std::shared_ptr<Job> job;
+    size_t index = 0;
+    int parts = 0;  // I/Os not yet completed
+    Status status;
+  };
+  std::vector<Segment> segments;  // by header sector index
+  std::vector<uint32_t> free_sectors;
+  std::deque<std::shared_ptr<Job>> active;
+  std::shared_ptr<Job> syncing;  // durable mode: the job whose fdatasync is in flight
+  std::atomic<uint64_t> bytes{0}, batches{0}, segment_count{0}, errors{0}, busy_ns{0};
+  LatencyRecorder latency;
+  explicit Io(UringQueue q) : queue(std::move(q)) {}
+  std::span<std::byte> sector(uint32_t i) { return {header_area.data() + uint64_t{i} * kSectorBytes, kSectorBytes}; }
+};
+
+Result<std::unique_ptr<NvmeMover>> NvmeMover::Create(HostTier* dram, NvmeTier* nvme, NvmeDirection direction,
+                                                     NvmeMoverOptions options) {
+  if (dram == nullptr || nvme == nullptr) return Status::InvalidArgument("nvme mover: null tier");
+  if (options.queue_depth == 0 || options.queue_depth > 1024) {
+    return Status::InvalidArgument(fmt::format("nvme mover: queue depth {} (1..1024)", options.queue_depth));
+  }
+  if (dram->caps().slot_bytes > nvme->caps().slot_bytes) {
+    return Status::InvalidArgument(fmt::format("nvme mover: DRAM slots of {} B do not fit NVMe slots of {} B",
+                                               dram->caps().slot_bytes, nvme->caps().slot_bytes));
+  }
+  auto mover = std::unique_ptr<NvmeMover>(new NvmeMover(dram, nvme, direction, std::move(options)));
+  // The ring is created and its buffers registered on the I/O thread: the ring is
+  // single-issuer, so that thread must be the one that sets it up.
+  std::promise<Status> ready;
+  std::future<Status> ready_f = ready.get_future();
+  NvmeMover* m = mover.get();
+  m->thread_ = std::thread([m, &ready] {
+    const uint32_t qd = m->options_.queue_depth;
+    auto q = UringQueue::Create({.queue_depth = 2 * qd});
+    if (!q.ok()) return ready.set_value(q.status());
+    auto area = AlignedBuffer::Allocate(uint64_t{qd} * kSectorBytes);
+    if (!area.ok()) return ready.set_value(area.status());
+    auto io = std::make_unique<Io>(std::move(q).value());
+    io->header_area = std::move(area).value();
+    const iovec iov[2] = {{m->dram_->base(), m->dram_->bytes()}, {io->header_area.data(), io->header_area.size()}};
+    if (Status s = io->queue.RegisterBuffers(iov); !s.ok()) return ready.set_value(std::move(s).Annotate(m->name_));
+    if (m->options_.fault) io->queue.set_fault(m->options_.fault);
+    io->segments.resize(qd);
+    for (uint32_t i = qd; i > 0; --i) io->free_sectors.push_back(i - 1);
+    m->io_ = std::move(io);
+    ready.set_value(Status());
+    m->IoLoop();
+  });
+  if (Status s = ready_f.get(); !s.ok()) {
+    mover->thread_.join();
+    return s;
+  }
+  return mover;
+}
+
+NvmeMover::NvmeMover(HostTier* dram, NvmeTier* nvme, NvmeDirection direction, NvmeMoverOptions options)
+    : dram_(dram),
+      nvme_(nvme),
+      direction_(direction),
+      options_(std::move(options)),
+      name_(direction == NvmeDirection::kDramToNvme ? "io_uring dram->nvme" : "io_uring nvme->dram") {}
+
+NvmeMover::~NvmeMover() {
+  if (!thread_.joinable()) return;
+  std::unique_lock lock(mu_);
+  idle_cv_.wait(lock, [&] { return outstanding_ == 0; });
+  stop_ = true;
+  lock.unlock();
+  cv_.notify_all();
+  thread_.join();
+}
+
+TierKind NvmeMover::source() const { return direction_ == NvmeDirection::kDramToNvme ? TierKind::kDram : TierKind::kNvme; }
+TierKind NvmeMover::destination() const {
+  return direction_ == NvmeDirection::kDramToNvme ? TierKind::kNvme : TierKind::kDram;
+}
+
+Fence NvmeMover::Submit(MoveBatch batch) {
+  const Tier& src = direction_ == NvmeDirection::kDramToNvme ? static_cast<const Tier&>(*dram_) : *nvme_;
+  const Tier& dst = direction_ == NvmeDirection::kDramToNvme ? static_cast<const Tier&>(*nvme_) : *dram_;
+  for (size_t i = 0; i < batch.segments.size(); ++i) {
+    const CopySegment& c = batch.segments[i];
+    Status bad;
+    if (c.bytes == 0) {
+      bad = Status::InvalidArgument(fmt::format("segment {} copies 0 bytes", i));
+    } else if (c.src.value() >= src.caps().slot_count || c.dst.value() >= dst.caps().slot_count) {
+      bad = Status::InvalidArgument(fmt::format("segment {}: slot {} -> {} out of range", i, c.src.value(), c.dst.value()));
+    } else if (c.src_offset != 0 || c.dst_offset != 0) {
+      bad = Status::InvalidArgument(fmt::format("segment {}: NVMe moves whole blocks (offsets {} -> {})", i, c.src_offset, c.dst_offset));
+    } else if (RoundUp(c.bytes) > dram_->caps().slot_bytes || c.bytes > nvme_->caps().slot_bytes) {
+      bad = Status::InvalidArgument(fmt::format("segment {}: {} B overrun the slots", i, c.bytes));
+    }
+    if (!bad.ok()) {
+      io_->errors.fetch_add(1, std::memory_order_relaxed);
+      return Fence::Failed(std::move(bad).Annotate(name_));
+    }
+  }
+  auto [fence, signal] = Fence::Make();
+  auto job = std::make_shared<Job>();
+  job->signal = std::move(signal);
+  job->submitted_ns = NowNs();
+  job->unfinished = batch.segments.size();
+  job->headers.resize(batch.segments.size());
+  std::vector<Fence> waits = std::move(batch.wait_for);
+  job->batch = std::move(batch);
+  {
+    std::lock_guard lock(mu_);
+    ++outstanding_;
+  }
+  Fence::All(waits).OnReady([this, job](const Status& s) {
+    if (!s.ok()) {
+      io_->errors.fetch_add(1, std::memory_order_relaxed);
+      job->signal.Signal(Status(s.code(), fmt::format("{}: a fence this batch waited for failed: {}", name_, s.message())));
+      std::lock_guard lock(mu_);
+      if (--outstanding_ == 0) idle_cv_.notify_all();
+      return;
+    }
+    {
+      std::lock_guard lock(mu_);
+      queue_.push_back(job);
+    }
+    cv_.notify_one();
+  });
+  return fence;
+}
+
+void NvmeMover::Finish(const std::shared_ptr<Job>& job) {
+  Io& io = *io_;
+  const uint64_t now = NowNs();
+  io.latency.Record(now - job->submitted_ns);
+  io.busy_ns.fetch_add(now - job->started_ns, std::memory_order_relaxed);
+  io.batches.fetch_add(1, std::memory_order_relaxed);
+  io.segment_count.fetch_add(job->batch.segments.size(), std::memory_order_relaxed);
+  if (job->status.ok()) {
+    uint64_t b = 0;
+    for (const CopySegment& c : job->batch.segments) b += c.bytes;
+    io.bytes.fetch_add(b, std::memory_order_relaxed);
+  } else {
+    io.errors.fetch_add(1, std::memory_order_relaxed);
+  }
+  job->signal.Signal(job->status);
+  std::lock_guard lock(mu_);
+  if (--outstanding_ == 0) idle_cv_.notify_all();
+}
+
+void NvmeMover::IoLoop() {
+  Io& io = *io_;
+  const bool writing = direction_ == NvmeDirection::kDramToNvme;
+  const int fd = nvme_->fd();
+  const nvme::SlabGeometry& g = nvme_->geometry();
+
+  // All segments of `job` have finished: publish (writes), then signal.
+  auto complete = [&](const std::shared_ptr<Job>& job) {
+    if (writing && job->status.ok()) {
+      std::vector<SlotId> slots;
+      for (const CopySegment& c : job->batch.segments) slots.push_back(c.dst);
+      if (Status s = nvme_->Publish(slots, job->headers); !s.ok()) job->status = std::move(s).Annotate(name_);
+    }
+    Finish(job);
+  };
+  auto segment_done = [&](const std::shared_ptr<Job>& job, Status s) {
+    if (!s.ok() && job->status.ok()) job->status = std::move(s).Annotate(name_);
+    if (--job->unfinished > 0) return;
+    if (writing && job->status.ok() && nvme_->mode() == NvmeMode::kDurable) {
+      io.syncing = job;  // fdatasync before the blocks are published (one at a time)
+      Status p = io.queue.Prep({IoOp::kSyncData, fd, 0, nullptr, 0, -1, kSyncTag});
+      KVT_CHECK(p.ok());  // a sector was just freed, so the queue has room
+      return;
+    }
+    complete(job);
+  };
+  // Starts segment `job->next` in sector `h`.
+  auto start = [&](const std::shared_ptr<Job>& job, uint32_t h) {
+    const size_t i = job->next++;
+    const CopySegment& c = job->batch.segments[i];
+    const uint64_t len = RoundUp(c.bytes);
+    Io::Segment& seg = io.segments[h];
+    seg = Io::Segment{job, i, 2, Status()};
+    if (writing) {
+      std::byte* payload = std::get<MemoryAddress>(dram_->Locate(c.src)).ptr;
+      nvme::SlotHeader hd;
+      if (auto key = nvme_->BoundKey(c.dst)) hd.key = *key;
+      hd.generation = nvme_->NextGeneration();
+      hd.payload_bytes = c.bytes;
+      hd.slot_offset = g.payload_offset(c.dst.value());
+      hd.checksum = nvme::SlotChecksum(hd, {payload, c.bytes});
+      nvme::EncodeSlotHeader(hd, io.sector(h));
+      job->headers[i] = hd;
+      KVT_CHECK(io.queue.Prep({IoOp::kWrite, fd, g.header_offset(c.dst.value()), io.sector(h).data(),
+                               static_cast<uint32_t>(kSectorBytes), kHeaderBuffer, uint64_t{h} * 2}).ok());
+      KVT_CHECK(io.queue.Prep({IoOp::kWrite, fd, hd.slot_offset, payload, static_cast<uint32_t>(len), kPoolBuffer,
+                               uint64_t{h} * 2 + 1}).ok());
+    } else {
+      std::byte* payload = std::get<MemoryAddress>(dram_->Locate(c.dst)).ptr;
+      nvme::SlotExpectation want;
+      BlockKey key;
+      if (!nvme_->Expect(c.src, &want, &key)) {
+        seg.job.reset();
+        io.free_sectors.push_back(h);
+        segment_done(job, Status::DataLoss(fmt::format("nvme slot {} holds no block", c.src.value())));
+        return;
+      }
+      KVT_CHECK(io.queue.Prep({IoOp::kRead, fd, g.header_offset(c.src.value()), io.sector(h).data(),
+                               static_cast<uint32_t>(kSectorBytes), kHeaderBuffer, uint64_t{h} * 2}).ok());
+      KVT_CHECK(io.queue.Prep({IoOp::kRead, fd, want.slot_offset, payload, static_cast<uint32_t>(len), kPoolBuffer,
+                               uint64_t{h} * 2 + 1}).ok());
+    }
+  };
+  auto on_complete = [&](uint64_t tag, Status s) {
+    if (tag == kSyncTag) {
+      std::shared_ptr<Job> job = std::move(io.syncing);
+      if (!s.ok()) job->status = std::move(s).Annotate(name_);
+      complete(job);
+      return;
+    }
+    const auto h = static_cast<uint32_t>(tag / 2);
+    Io::Segment& seg = io.segments[h];
+    if (!s.ok() && seg.status.ok()) seg.status = std::move(s);
+    if (--seg.parts > 0) return;
+    std::shared_ptr<Job> job = std::move(seg.job);
+    Status result = std::move(seg.status);
+    const CopySegment& c = job->batch.segments[seg.index];
+    if (!writing && result.ok()) {
+      nvme::SlotExpectation want;
+      BlockKey key;
+      std::byte* payload = std::get<MemoryAddress>(dram_->Locate(c.dst)).ptr;
+      if (!nvme_->Expect(c.src, &want, &key)) {
+        result = Status::DataLoss(fmt::format("nvme slot {} was dropped while being read", c.src.value()));
+      } else {
+        result = nvme::VerifySlot(io.sector(h), {payload, dram_->caps().slot_bytes}, want);
+      }
+      if (!result.ok()) nvme_->ReportDataLoss(c.src);
+    } else if (!writing && result.code() != StatusCode::kOk) {
+      // A failed read is a miss: the block may be fine on disk, but it was not loaded.
+    }
+    io.free_sectors.push_back(h);
+    segment_done(job, std::move(result));
+  };
+
+  while (true) {
+    {
+      std::unique_lock lock(mu_);
+      if (io.active.empty() && io.queue.in_flight() == 0) {
+        cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+      }
+      while (!queue_.empty()) {
+        queue_.front()->started_ns = NowNs();
+        io.active.push_back(std::move(queue_.front()));
+        queue_.pop_front();
+      }
+    }
+    // Start as many segments as there are free header sectors (one fdatasync keeps one
+    // sector's worth of queue room: hold back while a sync is in flight).
+    while (!io.active.empty() && !io.free_sectors.empty() && io.syncing == nullptr) {
+      std::shared_ptr<Job> job = io.active.front();
+      if (job->next == job->batch.segments.size()) {
+        io.active.pop_front();
+        if (job->batch.segments.empty()) Finish(job);
+        continue;
+      }
+      const uint32_t h = io.free_sectors.back();
+      io.free_sectors.pop_back();
+      start(job, h);
+    }
+    if (io.queue.in_flight() == 0) continue;
+    if (auto n = io.queue.Submit(); !n.ok()) {
+      // The ring itself failed: nothing in flight can complete. A broken invariant.
+      KVT_CHECK_MSG(false, n.status().ToString());
+    }
+    if (auto r = io.queue.Reap(1, on_complete); !r.ok()) KVT_CHECK_MSG(false, r.status().ToString());
+  }
+}
+
+MoverStats NvmeMover::stats() const {
+  MoverStats m;
+  m.name = name_;
+  m.source = source();
+  m.destination = destination();
+  m.bytes = io_->bytes.load(std::memory_order_relaxed);
+  m.batches = io_->batches.load(std::memory_order_relaxed);
+  m.segments = io_->segment_count.load(std::memory_order_relaxed);
+  m.errors = io_->errors.load(std::memory_order_relaxed);
+  m.busy_ns = io_->busy_ns.load(std::memory_order_relaxed);
+  m.latency = io_->latency.Snapshot();
+  return m;
+}
+
+}  // namespace kvtier
