@@ -5,6 +5,8 @@
 #include "emulated_hbm_tier.h"
 #include "host_tier.h"
 #include "memcpy_mover.h"
+#include "nvme_mover.h"
+#include "nvme_tier.h"
 #ifdef KVTIER_HAVE_CUDA
 #include "cuda_host_pinner.h"
 #include "gpu_hbm_tier.h"
@@ -41,6 +43,7 @@ Status TierConfig::Validate() const {
   KVT_RETURN_IF_ERROR(CheckCapacity("dram_bytes", dram_bytes, block, DramSlotBytes(block)));
   if (hbm != HbmBackend::kNone) KVT_RETURN_IF_ERROR(CheckCapacity("hbm_bytes", hbm_bytes, block, HbmSlotBytes(block)));
   if (copy_threads == 0) return Status::InvalidArgument("copy_threads is 0");
+  if (!nvme_dir.empty()) KVT_RETURN_IF_ERROR(CheckCapacity("nvme_bytes", nvme_bytes, block, DramSlotBytes(block)));
   return Status();
 }
 
@@ -141,6 +144,26 @@ Result<TierSet> BuildTiers(const TierConfig& config, TierSetInfo* info) {
     set.movers.push_back(std::move(down));
   } else if (config.hbm == HbmBackend::kNone) {
     out.hbm = "none";
+  }
+  if (!config.nvme_dir.empty()) {
+    // The NVMe tier and its io_uring movers, which read and write the DRAM pool's slots.
+    NvmeTierOptions no{.dir = config.nvme_dir, .slot_bytes = block,
+                       .slot_count = static_cast<uint32_t>(config.nvme_bytes / DramSlotBytes(block)), .logger = log};
+    KVT_ASSIGN_OR_RETURN(std::unique_ptr<NvmeTier> nvme, NvmeTier::Open(no));
+    auto* pool = static_cast<HostTier*>(dram_ptr);
+    NvmeMoverOptions mo;
+    mo.queue_depth = config.nvme_queue_depth;
+    KVT_ASSIGN_OR_RETURN(auto down, NvmeMover::Create(pool, nvme.get(), NvmeDirection::kDramToNvme, mo));
+    KVT_ASSIGN_OR_RETURN(auto up, NvmeMover::Create(pool, nvme.get(), NvmeDirection::kNvmeToDram, mo));
+    // Blocks indexed by an earlier run are not adopted: the TierManager has no API to take
+    // them over, so their slots are freed (the tier's restart path is NvmeTier::TakeRecovered).
+    for (const auto& r : nvme->TakeRecovered()) nvme->Release({&r.slot, 1}, Fence());
+    out.nvme = fmt::format("{} ({}, {} slots, {}, {})", nvme->name(), config.nvme_dir, nvme->caps().slot_count,
+                           Mib(nvme->caps().slot_bytes * nvme->caps().slot_count),
+                           nvme->stats().direct ? "O_DIRECT" : "buffered");
+    set.tiers[TierIndex(TierKind::kNvme)] = std::move(nvme);
+    set.movers.push_back(std::move(down));
+    set.movers.push_back(std::move(up));
   }
   return set;
 }

@@ -28,6 +28,9 @@ struct TierConfig {
   int device = 0;                    // CUDA device of the GPU tier
   std::string transfer_profile{};    // `kvtier probe` output; empty = built-in defaults
   uint32_t copy_threads = 2;         // CPU copy parallelism of the emulated movers
+  std::string nvme_dir;              // NVMe tier directory (slab + index); empty = no NVMe tier
+  uint64_t nvme_bytes = 0;           // NVMe slab payload capacity (used when nvme_dir is set)
+  uint32_t nvme_queue_depth = 64;    // io_uring segments in flight per NVMe mover
   Logger* logger = nullptr;
 
   Status Validate() const;
