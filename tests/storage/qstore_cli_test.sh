@@ -24,8 +24,8 @@ case $case in
   ingest_malformed)
     rc=$(run qstore ingest --db "$db" --input "$data/malformed.jsonl" --json)
     expect_rc "$rc" 3
-    expect_out '"inserted":2'
-    expect_out '"bad_lines":8'
+    expect_out '"inserted":3'
+    expect_out '"bad_lines":14'
     expect_err "malformed.jsonl:2: invalid JSON (line skipped)"
     expect_err "malformed.jsonl:3: embedding has 3 values, the store's dimension is 4"
     expect_err "malformed.jsonl:4: invalid JSON"
@@ -34,9 +34,16 @@ case $case in
     expect_err "malformed.jsonl:7: embedding[1] is not a number"
     expect_err "malformed.jsonl:9: embedding has norm 0"
     expect_err "malformed.jsonl:10: not a JSON object"
+    expect_err "malformed.jsonl:11: field 'id' is not a string"
+    expect_err "malformed.jsonl:12: field 'prefix_tokens' is not an array"
+    expect_err "malformed.jsonl:13: prefix_tokens[1] is not a token id"
+    expect_err "malformed.jsonl:14: prefix_chain must be 64 hex digits"
+    expect_err "malformed.jsonl:15: field 'source' is not a string"
+    expect_err "malformed.jsonl:16: field 'embedding' is not an array"
+    grep -q "malformed.jsonl:17" "$work/err" && fail "a good line was rejected"
     rc=$(run qstore stats --db "$db" --verify --json)
     expect_rc "$rc" 0
-    expect_out '"entries":2'
+    expect_out '"entries":3'
     ;;
   ingest_strict)
     rc=$(run qstore ingest --db "$db" --input "$data/malformed.jsonl" --strict)
@@ -86,7 +93,13 @@ case $case in
     expect_err "queries_malformed.jsonl:4: invalid JSON"
     expect_out "qa: hit a"
     expect_out "qd: hit d"
-    expect_out "2 queries: 2 hits, 0 misses, 3 bad lines"
+    expect_err "queries_malformed.jsonl:6: field 'embedding' is not an array"
+    expect_err "queries_malformed.jsonl:7: field 'id' is not a string"
+    expect_out "2 queries: 2 hits, 0 misses, 5 bad lines"
+    rc=$(run qstore lookup --db "$db" --input "$data/queries_malformed.jsonl" --threshold 0.9 --strict --json)
+    expect_rc "$rc" 3
+    expect_out '"id":"qa"'
+    grep -q '"id":"qd"' "$work/out" && fail "--strict went on after the first bad line"
     rc=$(run qstore lookup --db "$work/nowhere" --input "$data/queries.jsonl" --threshold 0.9)
     expect_rc "$rc" 1
     expect_err "no query store at"
