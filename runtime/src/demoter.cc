@@ -121,8 +121,7 @@ bool TierManager::Impl::DemoteTier(TierKind t) {
     });
   }
   if (candidates.empty()) return false;
-  const size_t count = std::min<size_t>(want, candidates.size());
-  policy[ti]->ChooseVictims(candidates, count);
+  const size_t count = policy[ti]->SelectVictims(candidates, std::min<size_t>(want, candidates.size()));
 
   // 1. Victims that leave without moving bytes go now; dirty ones are only noted: they are
   //    marked (under their lock, together with their destination) once slots below exist,

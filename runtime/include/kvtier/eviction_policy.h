@@ -28,6 +28,13 @@ class EvictionPolicy {
   // Reorders `candidates` so that the first min(count, size) are the blocks to evict,
   // best victim first.
   virtual void ChooseVictims(std::span<EvictionCandidate> candidates, size_t count) = 0;
+  // What the demotion thread calls: orders as ChooseVictims and returns how many of the
+  // first `count` may leave this pass (<= count). A policy that must keep some blocks in
+  // this tier (protected spans) returns fewer; the default lets all `count` go.
+  virtual size_t SelectVictims(std::span<EvictionCandidate> candidates, size_t count) {
+    ChooseVictims(candidates, count);
+    return count < candidates.size() ? count : candidates.size();
+  }
 };
 
 // Least recently used first; among equals, the one with a clean copy below first.
