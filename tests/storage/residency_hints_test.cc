@@ -3,9 +3,12 @@
 // (lightest hint first) without ever pinning them.
 #include <gtest/gtest.h>
 
+#include "kvtier/clock.h"
 #include "kvtier/keep_warm_policy.h"
+#include "kvtier/tier_manager.h"
 #include "query_store/query_store.h"
 #include "query_store_testing.h"
+#include "registry.h"
 
 namespace kvtier {
 namespace {
@@ -116,6 +119,79 @@ TEST(QueryStoreHintsTest, HitCountsOfPrefixEntriesBecomeBudgetedHints) {
   ASSERT_TRUE((*set)->Set(*all).ok());
   EXPECT_EQ((*set)->size(), 3u);
 }
+
+// End to end: a DRAM-only TierManager whose DRAM policy is KeepWarmPolicy(LRU), fed with the
+// store's hints. Under demotion pressure the hinted blocks stay although they are the
+// least recently used; with a budget of 2 only the two heaviest do.
+class KeepWarmTierManagerTest : public ::testing::TestWithParam<uint32_t> {};
+
+TEST_P(KeepWarmTierManagerTest, HintedBlocksStayResidentWithinTheBudget) {
+  const uint32_t budget = GetParam();
+  TempDir dir;
+  auto store = QueryStore::Open(SmallOptions(dir.path()));
+  ASSERT_TRUE(store.ok());
+  auto hints = KeepWarmHints::Create(KeepWarmOptions{.max_chains = budget});
+  ASSERT_TRUE(hints.ok());
+
+  const KvGeometry geo{.layers = 1, .kv_heads = 1, .head_dim = 16, .block_tokens = 16, .dtype = DType::kF16};
+  TierConfig c;
+  c.geometry = geo;
+  c.dram_bytes = 16 * 4096;  // 16 slots
+  c.hbm = HbmBackend::kNone;
+  c.allow_unpinned_dram = true;
+  auto tiers = BuildTiers(c);
+  ASSERT_TRUE(tiers.ok()) << tiers.status().ToString();
+  tiers->policies[TierIndex(TierKind::kDram)] = std::make_unique<KeepWarmPolicy>(MakeLruPolicy(), *hints);
+  ManualClock clock;
+  TierManagerOptions o;
+  o.geometry = geo;
+  o.clock = &clock;
+  o.high_watermark = 0.75;  // above 12 of 16 slots, demote down to 8
+  o.low_watermark = 0.5;
+  auto tm = TierManager::Create(o, std::move(tiers).value());
+  ASSERT_TRUE(tm.ok()) << tm.status().ToString();
+
+  std::vector<BlockKey> keys(16);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    keys[i].chain = Chain(static_cast<uint8_t>(i + 1));
+    keys[i].layer = LayerId{0};
+  }
+  PinSet held;  // pinned until every block is written, so nothing leaves early
+  for (const BlockKey& k : keys) {
+    clock.Advance(1000);  // block 0 is the least recently used
+    auto pins = (*tm)->Allocate(std::span(&k, 1), TierKind::kDram);
+    ASSERT_TRUE(pins.ok()) << pins.status().ToString();
+    ASSERT_TRUE((*tm)->Commit(*pins, Fence()).ok());
+    held.Append(std::move(pins).value());
+  }
+  // Four store entries reference the chains of the four oldest blocks; block 0's entry is
+  // hit most, then 1, 2, 3.
+  std::vector<QueryEntry> es;
+  for (uint64_t i = 0; i < 4; ++i) {
+    es.push_back(MakeEntry(100 + i, 32));
+    es.back().prefix.chain = keys[i].chain;
+  }
+  ASSERT_TRUE((*store)->Ingest(es).ok());
+  for (uint64_t i = 0; i < 4; ++i) {
+    for (uint64_t h = 0; h < 4 - i; ++h) ASSERT_TRUE((*store)->Lookup(es[i].embedding, LookupOptions{.threshold = 0.99f})->hit());
+  }
+  auto list = (*store)->ResidencyHints(ResidencyHintOptions{});
+  ASSERT_TRUE(list.ok());
+  ASSERT_EQ(list->size(), 4u);
+  ASSERT_TRUE((*hints)->Set(*list).ok());
+
+  held = PinSet();
+  (*tm)->DemoteNow();
+  EXPECT_EQ((*tm)->Stats().tiers[TierIndex(TierKind::kDram)].used_slots, 8u);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const bool hinted = i < std::min<size_t>(budget, 4);
+    const bool newest = i >= 16 - (8 - std::min<size_t>(budget, 4));  // the rest of the 8 survivors
+    PinSet p = (*tm)->MatchKeys(std::span(keys).subspan(i, 1));
+    EXPECT_EQ(p.size(), hinted || newest ? 1u : 0u) << "block " << i << " (budget " << budget << ")";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Budgets, KeepWarmTierManagerTest, ::testing::Values(4u, 2u));
 
 }  // namespace
 }  // namespace kvtier
