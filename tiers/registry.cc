@@ -155,9 +155,8 @@ Result<TierSet> BuildTiers(const TierConfig& config, TierSetInfo* info) {
     mo.queue_depth = config.nvme_queue_depth;
     KVT_ASSIGN_OR_RETURN(auto down, NvmeMover::Create(pool, nvme.get(), NvmeDirection::kDramToNvme, mo));
     KVT_ASSIGN_OR_RETURN(auto up, NvmeMover::Create(pool, nvme.get(), NvmeDirection::kNvmeToDram, mo));
-    // Blocks indexed by an earlier run are not adopted: the TierManager has no API to take
-    // them over, so their slots are freed (the tier's restart path is NvmeTier::TakeRecovered).
-    for (const auto& r : nvme->TakeRecovered()) nvme->Release({&r.slot, 1}, Fence());
+    // Blocks indexed by an earlier run stay reserved until TierManager::Create adopts them
+    // (Tier::TakeRecovered).
     out.nvme = fmt::format("{} ({}, {} slots, {}, {})", nvme->name(), config.nvme_dir, nvme->caps().slot_count,
                            Mib(nvme->caps().slot_bytes * nvme->caps().slot_count),
                            nvme->stats().direct ? "O_DIRECT" : "buffered");

@@ -41,6 +41,13 @@ void TierManager::Impl::SubmitHop(TierKind src, TierKind dst, PlannedHop& hop, s
   batch.segments.reserve(hop.items.size());
   const uint64_t bytes = options.geometry.block_bytes();
   for (const HopItem& it : hop.items) batch.segments.push_back(CopySegment{it.src, it.dst, 0, 0, bytes});
+  if (tier[TierIndex(dst)]->caps().persistent || tier[TierIndex(src)]->caps().persistent) {
+    // Into a persistent tier, the keys are recorded with the blocks, so they survive a
+    // restart (AdoptRecovered); out of one, the mover checks it read the block asked for.
+    // An entry's key never changes while a copy holds it.
+    batch.keys.reserve(hop.items.size());
+    for (const HopItem& it : hop.items) batch.keys.push_back(it.entry->key);
+  }
   batch.wait_for = std::move(wait_for);
   BeginAsync();
   Fence copied = m != nullptr ? m->Submit(std::move(batch))
@@ -57,7 +64,14 @@ void TierManager::Impl::FinishHop(TierKind src, TierKind dst, const std::vector<
                                   const Status& s) {
   std::vector<Entry*> unpin;
   std::vector<SlotId> free_src, free_dst;
-  uint64_t evicted = 0;
+  uint64_t evicted = 0, doubtful = 0;
+  // A persistent tier failed to verify what it read (a torn, stale or corrupt block after a
+  // crash): its copies of this batch's blocks are doubtful and dropped, so that they are
+  // misses from now on instead of matches that fail every onboard. The batch's status does
+  // not say which block was bad; all of them go (a cache may lose blocks, never serve
+  // wrong ones). Other readers of those slots check the key they asked for.
+  const bool drop_source = !s.ok() && s.code() == StatusCode::kDataLoss && kind == HopKind::kOnboard &&
+                           tier[TierIndex(src)]->caps().persistent;
   for (const HopItem& it : items) {
     Entry* e = it.entry;
     Shard& shard = ShardOf(e);
@@ -80,9 +94,17 @@ void TierManager::Impl::FinishHop(TierKind src, TierKind dst, const std::vector<
         e->set(src, SlotState::kResident);  // pinned meanwhile, or the copy failed: stay
       }
     } else {
+      if (drop_source && e->st(src) == SlotState::kResident && e->slot_of(src) == it.src) {
+        e->set(src, SlotState::kAbsent);
+        e->set_slot(src, kNoSlot);
+        free_src.push_back(it.src);
+        ++doubtful;
+        if (e->AllAbsent()) NeedsAttentionLocked(shard, e);  // erased at its last unpin
+      }
       unpin.push_back(e);
     }
   }
+  if (doubtful > 0) counters[TierIndex(src)].dropped.fetch_add(doubtful, std::memory_order_relaxed);
   if (!free_dst.empty()) tier[TierIndex(dst)]->Release(free_dst, Fence());
   if (!free_src.empty()) tier[TierIndex(src)]->Release(free_src, Fence());
   if (s.ok()) {

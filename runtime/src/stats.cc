@@ -70,11 +70,16 @@ std::string RuntimeStats::ToText() const {
                          m.latency.QuantileUs(0.5), m.latency.QuantileUs(0.99));
     }
   }
+  for (const TierStats& t : tiers) {
+    if (!t.present || t.admitted_bytes + t.refused_reuse + t.refused_budget == 0) continue;
+    out += fmt::format("{} admission: admitted {}, refused {} (reused too few times) + {} (over the write budget)\n",
+                       TierName(t.tier), HumanBytes(double(t.admitted_bytes)), t.refused_reuse, t.refused_budget);
+  }
   out += fmt::format(
       "\nindexed blocks {}, allocated {}, committed {}, aborted {}, onboarded {}, offloaded {}, failed copies {}, "
-      "pins held {}\n",
+      "pins held {}, recovered at open {}\n",
       indexed_blocks, blocks_allocated, blocks_committed, blocks_aborted, onboard_blocks, offload_blocks,
-      failed_copies, pins);
+      failed_copies, pins, recovered_blocks);
   return out;
 }
 

@@ -130,7 +130,41 @@ Result<std::unique_ptr<TierManager>> TierManager::Create(TierManagerOptions opti
 TierManager::TierManager(TierManagerOptions options, TierSet tiers)
     : options_(std::move(options)), tiers_(std::move(tiers)) {
   impl_ = std::make_unique<Impl>(this, options_, tiers_);
+  impl_->AdoptRecovered();
   impl_->demoter = std::thread([impl = impl_.get()] { impl->DemoterLoop(); });
+}
+
+void TierManager::Impl::AdoptRecovered() {
+  const Tick now = clock->Now();
+  for (TierKind t : kAllTiers) {
+    Tier* tr = tier[TierIndex(t)];
+    if (tr == nullptr) continue;
+    std::vector<SlotId> refused;
+    uint64_t adopted = 0;
+    for (const auto& [key, slot] : tr->TakeRecovered()) {
+      const uint64_t h = key.hash64();
+      const uint32_t si = ShardIndex(key);
+      Shard& shard = *shards[si];
+      std::lock_guard lock(shard.mu);
+      if (key.layer.value() >= options.geometry.layers || shard.map.Find(key, h) != nullptr) {
+        refused.push_back(slot);
+        continue;
+      }
+      Entry* e = shard.NewEntry(key, h, si);
+      e->set_slot(t, slot);
+      e->set(t, SlotState::kResident);
+      e->last_access = now;
+      shard.map.Insert(e);
+      ++adopted;
+    }
+    if (!refused.empty()) tr->Release(refused, Fence());
+    if (adopted + refused.size() > 0) {
+      logger->Log(LogLevel::kInfo, "{} tier: adopted {} blocks recovered at open ({} refused)", TierName(t), adopted,
+                  refused.size());
+    }
+    recovered += adopted;
+    if (adopted > 0) NotePeak(t);
+  }
 }
 
 TierManager::~TierManager() {
@@ -576,6 +610,9 @@ RuntimeStats TierManager::Stats() const {
     ts.demoted_blocks = c.demoted.load(std::memory_order_relaxed);
     ts.dropped_blocks = c.dropped.load(std::memory_order_relaxed);
     ts.reserve_failures = c.reserve_failures.load(std::memory_order_relaxed);
+    ts.admitted_bytes = c.admitted_bytes.load(std::memory_order_relaxed);
+    ts.refused_reuse = c.refused_reuse.load(std::memory_order_relaxed);
+    ts.refused_budget = c.refused_budget.load(std::memory_order_relaxed);
   }
   for (const auto& m : tiers_.movers) st.movers.push_back(m->stats());
   st.blocks_allocated = impl_->allocated.load(std::memory_order_relaxed);
@@ -584,6 +621,7 @@ RuntimeStats TierManager::Stats() const {
   st.onboard_blocks = impl_->onboarded.load(std::memory_order_relaxed);
   st.offload_blocks = impl_->offloaded.load(std::memory_order_relaxed);
   st.failed_copies = impl_->failed_copies.load(std::memory_order_relaxed);
+  st.recovered_blocks = impl_->recovered;
   return st;
 }
 

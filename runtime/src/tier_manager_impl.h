@@ -22,6 +22,7 @@ struct TierCounters {
   std::atomic<uint64_t> reserve_failures{0};
   std::atomic<uint64_t> peak_used{0};
   std::atomic<uint64_t> evicting{0};  // slots being copied down right now
+  std::atomic<uint64_t> admitted_bytes{0}, refused_reuse{0}, refused_budget{0};  // persistent tiers
 };
 
 // One entry's part in a copy between two tiers.
@@ -58,6 +59,12 @@ struct TierManager::Impl {
 
   std::array<TierCounters, kTierCount> counters;
   std::atomic<uint64_t> allocated{0}, committed{0}, aborted{0}, onboarded{0}, offloaded{0}, failed_copies{0};
+  uint64_t recovered = 0;  // written once, before the demotion thread starts
+
+  // At construction: indexes the blocks persistent tiers recovered at open (resident in
+  // that tier only, unpinned, matchable). Keys outside the geometry or already indexed
+  // are released back to their tier.
+  void AdoptRecovered();
 
   // Copies in flight whose callbacks still reference this Impl; the destructor waits for 0.
   std::mutex inflight_mu;
@@ -80,6 +87,12 @@ struct TierManager::Impl {
   // One tier's share of a pass; true when dirty victims found too little room below.
   bool DemoteTier(TierKind t);
   void Kick();
+  // Under e's shard lock, on the demotion thread: whether dirty victim `e` may be copied
+  // down into `lower` (AdmissionOptions; always for a tier that is not persistent).
+  // Charges the write budget when it says yes.
+  bool AdmitDown(TierKind lower, const internal::Entry& e);
+  Tick budget_window_start{0};   // demotion thread only
+  uint64_t budget_window_bytes = 0;
 
   // --- index helpers ---
   // The shard comes from the chain alone (bits 32.. of its first word), so every layer of a

@@ -70,7 +70,7 @@ TEST(NvmeTier, CloseAndReopenKeepsEveryBlock) {
     {
       auto rig = NvmeRig::Open(dir.str(), kBlock, 64, 64, mode);
       ASSERT_TRUE(rig.ok()) << rig.status().ToString();
-      for (const auto& r : rig->nvme->TakeRecovered()) rig->nvme->Release({&r.slot, 1}, Fence());
+      for (const auto& r : rig->nvme->TakeRecovered()) rig->nvme->Release({&r.second, 1}, Fence());
       auto w = rig->Write(ids, static_cast<uint64_t>(mode));
       ASSERT_TRUE(w.ok()) << w.status().ToString();
       slots = *w;

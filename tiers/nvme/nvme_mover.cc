@@ -136,6 +136,15 @@ Fence NvmeMover::Submit(MoveBatch batch) {
       return Fence::Failed(std::move(bad).Annotate(name_));
     }
   }
+  if (!batch.keys.empty() && batch.keys.size() != batch.segments.size()) {
+    io_->errors.fetch_add(1, std::memory_order_relaxed);
+    return Fence::Failed(Status::InvalidArgument(fmt::format("{}: {} keys for {} segments", name_, batch.keys.size(),
+                                                             batch.segments.size())));
+  }
+  if (direction_ == NvmeDirection::kDramToNvme) {
+    // Keyed blocks are published in the index once written (they survive a restart).
+    for (size_t i = 0; i < batch.keys.size(); ++i) nvme_->Bind(batch.segments[i].dst, batch.keys[i]);
+  }
   auto [fence, signal] = Fence::Make();
   auto job = std::make_shared<Job>();
   job->signal = std::move(signal);
@@ -235,10 +244,23 @@ void NvmeMover::IoLoop() {
       std::byte* payload = std::get<MemoryAddress>(dram_->Locate(c.dst)).ptr;
       nvme::SlotExpectation want;
       BlockKey key;
-      if (!nvme_->Expect(c.src, &want, &key)) {
+      Status no_block;
+      const bool held = nvme_->Expect(c.src, &want, &key);
+      if (held && !job->batch.keys.empty()) {
+        key = job->batch.keys[i];  // the block asked for, whatever the slot holds now
+        want.key = &key;
+      }
+      if (!held) {
+        no_block = Status::DataLoss(fmt::format("nvme slot {} holds no block", c.src.value()));
+      } else if (want.payload_bytes != c.bytes) {
+        // A block of another size (another geometry before a restart): never half-served.
+        no_block = Status::DataLoss(fmt::format("nvme slot {} holds a {} B block, read as {} B", c.src.value(),
+                                                want.payload_bytes, c.bytes));
+      }
+      if (!no_block.ok()) {
         seg.job.reset();
         io.free_sectors.push_back(h);
-        segment_done(job, Status::DataLoss(fmt::format("nvme slot {} holds no block", c.src.value())));
+        segment_done(job, std::move(no_block));
         return;
       }
       KVT_CHECK(io.queue.Prep({IoOp::kRead, fd, g.header_offset(c.src.value()), io.sector(h).data(),
@@ -268,6 +290,10 @@ void NvmeMover::IoLoop() {
       if (!nvme_->Expect(c.src, &want, &key)) {
         result = Status::DataLoss(fmt::format("nvme slot {} was dropped while being read", c.src.value()));
       } else {
+        if (!job->batch.keys.empty()) {
+          key = job->batch.keys[seg.index];
+          want.key = &key;
+        }
         result = nvme::VerifySlot(io.sector(h), {payload, dram_->caps().slot_bytes}, want);
       }
       if (!result.ok()) nvme_->ReportDataLoss(c.src);

@@ -4,12 +4,13 @@
 // registered header area owned by the mover (one 4 KiB sector per in-flight segment).
 //
 // Segments are whole blocks (offsets 0): a slot's checksum covers its whole payload.
-//   DRAM -> NVMe: header (key bound with NvmeTier::Bind, a new generation, the checksum of
+//   DRAM -> NVMe: header (key from MoveBatch::keys or NvmeTier::Bind, a new generation, the checksum of
 //                 the DRAM bytes) and payload are written; in durable mode the slab is
 //                 fdatasync'ed; then the tier publishes the blocks. A failed write publishes
 //                 nothing and fails the batch.
 //   NVMe -> DRAM: header and payload are read, then verified (magic, version, offset,
-//                 generation, length, key, checksum). Any failure fails the batch with
+//                 generation, length, key, checksum; the key is MoveBatch::keys[i] when
+//                 given, else the one the slot was published under). Any failure fails the batch with
 //                 kDataLoss (or the I/O error) and the block is dropped from the tier: it is
 //                 never reported loaded.
 // One I/O thread per mover submits and reaps; a batch starts once its wait_for fences have

@@ -192,9 +192,13 @@ Location NvmeTier::Locate(SlotId slot) const {
   return FileExtent{file_.fd.get(), geometry_.payload_offset(slot.value())};
 }
 
-std::vector<IndexRecord> NvmeTier::TakeRecovered() {
+std::vector<std::pair<BlockKey, SlotId>> NvmeTier::TakeRecovered() {
   std::lock_guard lock(mu_);
-  return std::move(recovered_);
+  std::vector<std::pair<BlockKey, SlotId>> out;
+  out.reserve(recovered_.size());
+  for (const IndexRecord& r : recovered_) out.emplace_back(r.key, r.slot);
+  recovered_.clear();
+  return out;
 }
 
 void NvmeTier::Bind(SlotId slot, const BlockKey& key) {

@@ -2,8 +2,8 @@
 // O_DIRECT under a DirectIo policy, plus its RocksDB key index (nvme_index.h), both in a
 // directory the user names. A tier owns capacity and addresses; NvmeMover moves the bytes.
 //
-// Blocks and keys. The Tier interface knows slots, not keys. A caller that wants a block to
-// survive a restart binds the slot to its key (Bind) before the mover writes it; the mover
+// Blocks and keys. A caller that wants a block to survive a restart names its key: in the
+// MoveBatch (`keys`, as the TierManager does) or with Bind before the mover writes it; the mover
 // then writes the key into the slot header and, once the write (and, in durable mode, its
 // fdatasync) has completed, publishes key -> (slot, generation, checksum) in the index.
 // Unbound writes are verified the same way (generation, offset, checksum) but not indexed:
@@ -82,8 +82,9 @@ class NvmeTier final : public Tier {
   TierUsage usage() const override { return slots_.usage(); }
 
   // --- keys and restart -------------------------------------------------------------------
-  // The blocks indexed at open, once; their slots are reserved and now the caller's.
-  std::vector<nvme::IndexRecord> TakeRecovered();
+  // The blocks indexed at open (key, slot), once; their slots are reserved and now the
+  // caller's (TierManager::Create adopts them).
+  std::vector<std::pair<BlockKey, SlotId>> TakeRecovered() override;
   // The next write of `slot` (reserved) is published under `key`.
   void Bind(SlotId slot, const BlockKey& key);
   // The slot holding published `key`, or kNotFound.

@@ -6,6 +6,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kvtier/block_key.h"
 #include "kvtier/fence.h"
 #include "kvtier/stats.h"
 #include "kvtier/types.h"
@@ -23,10 +24,15 @@ struct CopySegment {
 };
 
 struct MoveBatch {
-  std::vector<CopySegment> segments;
+  std::vector<CopySegment> segments{};
   // Every fence here signals before any byte moves: the producers of the source bytes and
   // the last users of the destination slots. A failed fence fails the batch, copying nothing.
-  std::vector<Fence> wait_for;
+  std::vector<Fence> wait_for{};
+  // Optional: empty, or one key per segment (the block segment i copies). A mover into a
+  // persistent tier records the blocks under these keys, so that they survive a restart
+  // (TierManager fills it when the destination tier is persistent); other movers ignore it.
+  // A non-empty list of another length fails the batch with kInvalidArgument.
+  std::vector<BlockKey> keys{};
 };
 
 // Implementations are thread-safe.

@@ -45,6 +45,11 @@ struct TierStats {
   uint64_t demoted_blocks = 0;   // evictions that first copied the block down a tier
   uint64_t dropped_blocks = 0;   // blocks dropped because this was their last tier
   uint64_t reserve_failures = 0; // a Reserve that found the tier full
+  // A persistent tier's admission (AdmissionOptions): demoted blocks let in (bytes), and
+  // those refused and dropped instead, by reason.
+  uint64_t admitted_bytes = 0;
+  uint64_t refused_reuse = 0;    // matched fewer than min_uses times
+  uint64_t refused_budget = 0;   // over the drive-write budget of the day
 };
 
 struct MoverStats {
@@ -70,6 +75,7 @@ struct RuntimeStats {
   uint64_t onboard_blocks = 0;     // blocks copied toward HBM
   uint64_t offload_blocks = 0;     // blocks copied away from HBM (explicit or on commit)
   uint64_t failed_copies = 0;      // blocks whose copy failed: never published
+  uint64_t recovered_blocks = 0;   // blocks adopted from persistent tiers at Create
   uint64_t pins = 0;               // pins currently held
 
   std::string ToText() const;      // a table for people

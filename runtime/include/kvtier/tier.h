@@ -6,9 +6,11 @@
 #include <cstdint>
 #include <span>
 #include <string_view>
+#include <utility>
 #include <variant>
 #include <vector>
 
+#include "kvtier/block_key.h"
 #include "kvtier/fence.h"
 #include "kvtier/status.h"
 #include "kvtier/types.h"
@@ -58,6 +60,10 @@ class Tier {
   // The address of a reserved slot.
   virtual Location Locate(SlotId slot) const = 0;
   virtual TierUsage usage() const = 0;
+  // A persistent tier: the blocks it recovered at open, each with its slot, handed over
+  // once (later calls return nothing). The slots are reserved and now the caller's, who
+  // releases them like any other. TierManager::Create adopts them. Others hold none.
+  virtual std::vector<std::pair<BlockKey, SlotId>> TakeRecovered() { return {}; }
 };
 
 }  // namespace kvtier

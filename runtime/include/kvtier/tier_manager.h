@@ -52,6 +52,19 @@ struct TierSet {
   std::array<std::unique_ptr<EvictionPolicy>, kTierCount> policies;  // null = LRU
 };
 
+// Which blocks the demotion thread copies down into a persistent tier (NVMe). A refused
+// block is dropped instead (as from the lowest tier) and counted in the tier's TierStats.
+// Explicit Offload calls are the engine's choice and are not filtered.
+struct AdmissionOptions {
+  // 0 = always admit; N = only blocks matched at least N times (EvictionCandidate's
+  // access_count), so one-off prefixes never cost drive writes.
+  uint32_t min_uses = 0;
+  // Drive-write budget in bytes per day of the runtime's clock; 0 = none. Charged when a
+  // block is chosen for the copy (a copy that then finds no slot still counts: the budget
+  // errs toward fewer writes). The window restarts every 24 h.
+  uint64_t write_budget_bytes_per_day = 0;
+};
+
 struct TierManagerOptions {
   KvGeometry geometry;
   // Index shards (a power of two). More shards, less contention.
@@ -65,6 +78,8 @@ struct TierManagerOptions {
   // Copy every committed HBM block to DRAM right away, so that evicting it from HBM moves
   // no bytes (write-through). Off: blocks are copied down when evicted (write-back).
   bool offload_on_commit = true;
+  // Admission of demoted blocks into a persistent tier (NVMe): default, always.
+  AdmissionOptions admission{};
   Clock* clock = nullptr;    // null = SteadyClock
   Logger* logger = nullptr;  // null = StderrLogger::Default()
 
