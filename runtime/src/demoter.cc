@@ -88,6 +88,33 @@ std::vector<SlotId> ReserveUpTo(Tier* t, uint32_t want) {
 
 }  // namespace
 
+bool TierManager::Impl::AdmitDown(TierKind lower, const Entry& e) {
+  Tier* below = tier[TierIndex(lower)];
+  if (!below->caps().persistent) return true;
+  const AdmissionOptions& a = options.admission;
+  TierCounters& c = counters[TierIndex(lower)];
+  if (e.access_count < a.min_uses) {
+    c.refused_reuse.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  const uint64_t bytes = options.geometry.block_bytes();
+  if (a.write_budget_bytes_per_day != 0) {
+    constexpr uint64_t kDayNs = 86'400'000'000'000ull;
+    const Tick now = clock->Now();
+    if (budget_window_start.value() == 0 || now.value() - budget_window_start.value() >= kDayNs) {
+      budget_window_start = now;
+      budget_window_bytes = 0;
+    }
+    if (budget_window_bytes + bytes > a.write_budget_bytes_per_day) {
+      c.refused_budget.fetch_add(1, std::memory_order_relaxed);
+      return false;
+    }
+    budget_window_bytes += bytes;
+  }
+  c.admitted_bytes.fetch_add(bytes, std::memory_order_relaxed);
+  return true;
+}
+
 bool TierManager::Impl::DemoteTier(TierKind t) {
   const size_t ti = TierIndex(t);
   Tier* tr = tier[ti];
@@ -143,10 +170,11 @@ bool TierManager::Impl::DemoteTier(TierKind t) {
       e->set(t, SlotState::kAbsent);
       e->set_slot(t, kNoSlot);
       ++evicted;
-    } else if (can_demote) {
+    } else if (can_demote && (e->st(static_cast<TierKind>(lower)) != SlotState::kAbsent ||
+                              AdmitDown(static_cast<TierKind>(lower), *e))) {
       if (e->st(static_cast<TierKind>(lower)) == SlotState::kAbsent) dirty.push_back(key);
     } else {
-      // The lowest tier: the block is gone from kvtier.
+      // The lowest tier, or the tier below refused it (admission): the block is gone.
       free_now.push_back(e->slot_of(t));
       e->set(t, SlotState::kAbsent);
       e->set_slot(t, kNoSlot);

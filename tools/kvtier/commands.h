@@ -12,5 +12,7 @@ void AddBenchQstoreCommand(CLI::App& bench, int* exit_code);
 void AddQstoreCommand(CLI::App& app, int* exit_code);
 void AddBenchTransferCommand(CLI::App& bench, int* exit_code);  // CUDA builds measure; others explain
 void AddProbeCommand(CLI::App& app, int* exit_code);
+void AddStressNvmeCommand(CLI::App& stress, int* exit_code);
+void AddFsckCommand(CLI::App& app, int* exit_code);
 
 }  // namespace kvtier::cli

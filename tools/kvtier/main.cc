@@ -19,6 +19,10 @@ int main(int argc, char** argv) {
   kvtier::cli::AddQstoreCommand(app, &exit_code);
   kvtier::cli::AddBenchTransferCommand(*bench, &exit_code);
   kvtier::cli::AddProbeCommand(app, &exit_code);
+  CLI::App* stress = app.add_subcommand("stress", "crash and fault loops checked against an oracle");
+  stress->require_subcommand(1);
+  kvtier::cli::AddStressNvmeCommand(*stress, &exit_code);
+  kvtier::cli::AddFsckCommand(app, &exit_code);
   CLI11_PARSE(app, argc, argv);
   return exit_code;
 }
