@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
   kvtier::cli::AddQstoreCommand(app, &exit_code);
   kvtier::cli::AddBenchTransferCommand(*bench, &exit_code);
   kvtier::cli::AddProbeCommand(app, &exit_code);
+  kvtier::cli::AddScoreCommand(app, &exit_code);
+  kvtier::cli::AddBenchScoreCommand(*bench, &exit_code);
   CLI::App* stress = app.add_subcommand("stress", "crash and fault loops checked against an oracle");
   stress->require_subcommand(1);
   kvtier::cli::AddStressNvmeCommand(*stress, &exit_code);

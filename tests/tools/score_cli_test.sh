@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# CLI tests of `kvtier score`: a good run, and every error path on small generated .npy
+# files (python3 standard library only; no numpy needed).
+# Usage: score_cli_test.sh KVTIER CASE
+set -uo pipefail
+kvtier=$1 case=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "FAIL ($case): $*"; echo "--- stdout"; cat "$work/out"; echo "--- stderr"; cat "$work/err"; exit 1; }
+run() { "$kvtier" score "$@" >"$work/out" 2>"$work/err"; echo $?; }
+expect_rc() { [[ $1 == "$2" ]] || fail "exit code $1, expected $2"; }
+expect_out() { grep -qF -- "$1" "$work/out" || fail "stdout lacks: $1"; }
+expect_err() { grep -qF -- "$1" "$work/err" || fail "stderr lacks: $1"; }
+
+# npy NAME SHAPE [dtype] [fortran] [version] [extra]: float32 N(0,1)-ish data of SHAPE.
+npy() {
+  python3 - "$work/$1" "$2" "${3:-<f4}" "${4:-False}" "${5:-1}" "${6:-none}" <<'PY'
+import math, random, struct, sys
+path, shape, dtype, fortran, version, extra = sys.argv[1:7]
+dims = [int(x) for x in shape.split(",") if x]
+n = 1
+for d in dims: n *= d
+random.seed(7)
+vals = [random.gauss(0, 1) for _ in range(n)]
+if extra == "nan" and n: vals[n // 2] = float("nan")
+size = 8 if dtype == "<f8" else 4
+data = struct.pack("<%d%s" % (n, "d" if size == 8 else "f"), *vals)
+if extra == "truncate": data = data[:-4]
+tup = "(" + ", ".join(map(str, dims)) + ("," if len(dims) == 1 else "") + ")"
+header = "{'descr': '%s', 'fortran_order': %s, 'shape': %s, }" % (dtype, fortran, tup)
+header += " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+magic = b"\x93NUMPY" if extra != "nomagic" else b"NOTNPY"
+with open(path, "wb") as f:
+  f.write(magic + bytes([int(version), 0]) + struct.pack("<H", len(header)) + header.encode() + data)
+PY
+}
+good() { npy k.npy 2,40,16; npy v.npy 2,40,16; npy q.npy 8,4,16; }
+args() { echo --keys "$work/k.npy" --values "$work/v.npy" --queries "$work/q.npy" --position 40 --block-tokens 16; }
+
+case $case in
+  good_json)
+    good
+    rc=$(run $(args) --future 64 --rope-theta 500000 --sink-tokens 4 --json)
+    expect_rc "$rc" 0
+    [[ $(wc -l <"$work/out") == 2 ]] || fail "expected one line per KV head"
+    expect_out '{"block_scores":['
+    expect_out '"kv_head":1}'
+    python3 -c "import json,sys; [json.loads(l) for l in open(sys.argv[1])]; r=json.loads(open(sys.argv[1]).readline()); assert len(r['block_scores'])==3, r" "$work/out" \
+      || fail "not 3 blocks of JSON"
+    ;;
+  good_table)
+    good
+    rc=$(run $(args))
+    expect_rc "$rc" 0
+    expect_out "kv_head 0: 3 blocks:"
+    ;;
+  missing_file)
+    good
+    rc=$(run --keys "$work/none.npy" --values "$work/v.npy" --queries "$work/q.npy" --position 40)
+    expect_rc "$rc" 2
+    expect_err "none.npy"
+    expect_err "No such file"
+    ;;
+  not_npy)
+    good; npy k.npy 2,40,16 "<f4" False 1 nomagic
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "k.npy: not an .npy file"
+    ;;
+  bad_version)
+    good; npy v.npy 2,40,16 "<f4" False 9
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "v.npy: unsupported .npy version 9"
+    ;;
+  wrong_dtype)
+    good; npy q.npy 8,4,16 "<f8"
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "q.npy: dtype '<f8' is not float32"
+    ;;
+  fortran_order)
+    good; npy k.npy 2,40,16 "<f4" True
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "k.npy: Fortran order is not supported"
+    ;;
+  truncated_data)
+    good; npy v.npy 2,40,16 "<f4" False 1 truncate
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "v.npy: 5116 data bytes, the shape (2, 40, 16) needs 5120"
+    ;;
+  non_finite)
+    good; npy k.npy 2,40,16 "<f4" False 1 nan
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "k.npy: value 640 is not finite"
+    ;;
+  keys_rank)
+    good; npy k.npy 80,16
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "keys must be [kv_heads, tokens, dim], got shape [80, 16]"
+    ;;
+  values_mismatch)
+    good; npy v.npy 2,41,16
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "values have shape [2, 41, 16], the keys"
+    ;;
+  query_dim_mismatch)
+    good; npy q.npy 8,4,32
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "query dim 32 differs from the key dim 16"
+    ;;
+  heads_not_multiple)
+    good; npy q.npy 8,3,16
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "3 query heads are not a multiple of the 2 KV heads"
+    ;;
+  odd_dim)
+    npy k.npy 2,40,15; npy v.npy 2,40,15; npy q.npy 8,4,15
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "head dim 15 must be even"
+    ;;
+  position_before_end)
+    good
+    rc=$(run --keys "$work/k.npy" --values "$work/v.npy" --queries "$work/q.npy" --position 39)
+    expect_rc "$rc" 2; expect_err "--position 39 is before the end of the 40 cached tokens"
+    ;;
+  no_queries)
+    good; npy q.npy 0,4,16
+    rc=$(run $(args)); expect_rc "$rc" 2; expect_err "no queries"
+    ;;
+  *) echo "unknown case $case"; exit 2 ;;
+esac
+echo "ok ($case)"
