@@ -123,7 +123,8 @@ __global__ void SoftmaxStatsKernel(const float* __restrict__ logits, float2* __r
   if (threadIdx.x == 0) stats[blockIdx.x] = make_float2(m, s);
 }
 
-// One warp per (KV head, block). Scores are >= 0, so their bits order like uint32.
+// One warp per (KV head, block). Scores are >= 0, so their bits order like uint32; `best` is
+// the max over every head, as kvpress pads sinks with scores.max() + 1.
 __global__ void BlockScoreKernel(const float* __restrict__ logits, const float2* __restrict__ stats,
                                  const float* __restrict__ values, float* __restrict__ block_scores,
                                  uint32_t* __restrict__ best, ExpectedAttentionShape s, float eps, bool use_vnorm) {
@@ -158,7 +159,7 @@ __global__ void BlockScoreKernel(const float* __restrict__ logits, const float2*
   }
   if (lane == 0) {
     block_scores[size_t{kv} * blocks + b] = sum;
-    if (end > begin) atomicMax(&best[kv], __float_as_uint(top));
+    if (end > begin) atomicMax(best, __float_as_uint(top));  // one max over every head (kvpress)
   }
 }
 
@@ -170,7 +171,7 @@ __global__ void SinkKernel(float* __restrict__ block_scores, const uint32_t* __r
   for (uint32_t i = threadIdx.x; i < s.kv_heads * sink_blocks; i += blockDim.x) {
     const uint32_t kv = i / sink_blocks, b = i % sink_blocks;
     const uint32_t n = min(sinks, (b + 1) * s.block_tokens) - b * s.block_tokens;
-    block_scores[size_t{kv} * blocks + b] += static_cast<float>(n) * (__uint_as_float(best[kv]) + 1.0f);
+    block_scores[size_t{kv} * blocks + b] += static_cast<float>(n) * (__uint_as_float(*best) + 1.0f);
   }
 }
 
@@ -207,7 +208,7 @@ cudaError_t LaunchExpectedAttention(const ExpectedAttentionDeviceArgs& a, cudaSt
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   SoftmaxStatsKernel<<<s.q_heads, 512, 0, stream>>>(logits, stats, s.tokens, s.sink_tokens);
-  if (cudaError_t e = cudaMemsetAsync(best, 0, sizeof(uint32_t) * s.kv_heads, stream); e != cudaSuccess) return e;
+  if (cudaError_t e = cudaMemsetAsync(best, 0, sizeof(uint32_t), stream); e != cudaSuccess) return e;
   const uint32_t warps = s.kv_heads * s.blocks();
   BlockScoreKernel<<<(warps + 7) / 8, 256, 0, stream>>>(logits, stats, a.values, a.block_scores, best, s, a.epsilon,
                                                         a.use_value_norm);

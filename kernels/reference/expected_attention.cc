@@ -91,7 +91,8 @@ void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const Exp
   const uint32_t group = shape.group();
   const uint32_t sinks = std::min(shape.sink_tokens, shape.tokens);
   const double inv_sqrt_d = 1.0 / std::sqrt(static_cast<double>(d));
-  std::vector<double> logits(n), weight(n), sigma_k(d);
+  std::vector<double> logits(n), weight(n);
+  double best = 0;  // over every non-sink token of every head (kvpress: scores.max() + 1)
   for (uint32_t kv = 0; kv < shape.kv_heads; ++kv) {
     const float* k_head = &keys[kv * n * d];
     std::fill(weight.begin(), weight.end(), 0.0);
@@ -119,8 +120,6 @@ void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const Exp
       for (size_t t = sinks; t < n; ++t) weight[t] += std::exp(logits[t] - max_logit) / sum / group;
     }
     float* out = &token_scores[kv * n];
-    double best = 0;
-    bool any = false;
     for (size_t t = sinks; t < n; ++t) {
       double norm = 1;
       if (params.use_value_norm) {
@@ -131,10 +130,11 @@ void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const Exp
       }
       const double score = (weight[t] + params.epsilon) * norm;
       out[t] = static_cast<float>(score);
-      best = any ? std::max(best, score) : score;
-      any = true;
+      best = std::max(best, score);
     }
-    for (size_t t = 0; t < sinks; ++t) out[t] = static_cast<float>(best + 1.0);
+  }
+  for (uint32_t kv = 0; kv < shape.kv_heads; ++kv) {
+    for (size_t t = 0; t < sinks; ++t) token_scores[kv * n + t] = static_cast<float>(best + 1.0);
   }
 }
 

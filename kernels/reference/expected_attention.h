@@ -12,9 +12,10 @@
 //      softmax over the keys of the sequence.
 //   3. Mean over the GQA group of each KV head (query head h reads KV head h / group).
 //   4. Token score = (â_i + ε) · ‖v_i‖₂ (or â_i + ε without the value norm).
-//   5. Sink tokens (the first `sink_tokens`) get the kvpress score max + 1, so they rank above
-//      every other token of their head. Block score = sum of its tokens' scores (a partial
-//      last block sums the tokens it has).
+//   5. Sink tokens (the first `sink_tokens`) get the kvpress score max + 1, the max over every
+//      non-sink token of every KV head (kvpress pads with `scores.max() + 1`), so they rank
+//      above every other token. Block score = sum of its tokens' scores (a partial last block
+//      sums the tokens it has).
 //
 // All arrays are fp32, C order, dense. Functions run on the calling thread and allocate
 // only their own scratch; inputs are borrowed. Shapes are the caller's to check (the

@@ -79,6 +79,7 @@ std::vector<double> Straightforward(const Problem& p) {
   const uint32_t d = s.head_dim, n = s.tokens, group = s.q_heads / s.kv_heads;
   const Mat rbar = MeanRope(d, p.params.position, p.params.future, p.params.rope_theta);
   std::vector<double> token(size_t{s.kv_heads} * n, 0.0);
+  double best = 0;
   for (uint32_t kv = 0; kv < s.kv_heads; ++kv) {
     std::vector<double> attn(n, 0.0);
     for (uint32_t qh = 0; qh < s.q_heads; ++qh) {
@@ -109,15 +110,15 @@ std::vector<double> Straightforward(const Problem& p) {
       }
       for (uint32_t t = s.sink_tokens; t < n; ++t) attn[t] += z[t] / zsum / group;
     }
-    double best = 0;
     for (uint32_t t = s.sink_tokens; t < n; ++t) {
       double norm = 0;
       for (uint32_t i = 0; i < d; ++i) norm += std::pow(p.values[(size_t{kv} * n + t) * d + i], 2);
       token[kv * n + t] = (attn[t] + p.params.epsilon) * std::sqrt(norm);
       best = std::max(best, token[kv * n + t]);
     }
-    for (uint32_t t = 0; t < s.sink_tokens; ++t) token[kv * n + t] = best + 1;
   }
+  for (uint32_t kv = 0; kv < s.kv_heads; ++kv)
+    for (uint32_t t = 0; t < s.sink_tokens; ++t) token[kv * n + t] = best + 1;  // kvpress: global max + 1
   std::vector<double> blocks(size_t{s.kv_heads} * s.blocks(), 0.0);
   for (uint32_t kv = 0; kv < s.kv_heads; ++kv)
     for (uint32_t t = 0; t < n; ++t) blocks[kv * s.blocks() + t / s.block_tokens] += token[kv * n + t];
@@ -181,8 +182,10 @@ TEST(ExpectedAttentionReference, MatchesStraightforwardImplementationWithGqaAndS
 }
 
 TEST(ExpectedAttentionReference, GqaAveragesTheGroupNotOtherHeads) {
-  // Changing the queries of KV head 1's group leaves KV head 0's scores unchanged.
+  // Changing the queries of KV head 1's group leaves KV head 0's scores unchanged (no sinks:
+  // their score is the max over every head).
   Problem p = RandomProblem(4, 2, 16, 20, 5);
+  p.shape.sink_tokens = 0;
   const std::vector<float> before = Reference(p);
   for (uint32_t s = 0; s < p.n_queries; ++s)
     for (uint32_t h = 2; h < 4; ++h)
@@ -195,12 +198,15 @@ TEST(ExpectedAttentionReference, GqaAveragesTheGroupNotOtherHeads) {
   EXPECT_TRUE(changed);
 }
 
-TEST(ExpectedAttentionReference, SinkTokensOutscoreEveryOtherToken) {
-  Problem p = RandomProblem(2, 1, 16, 30, 9);
+TEST(ExpectedAttentionReference, SinkTokensOutscoreEveryOtherTokenOfEveryHead) {
+  Problem p = RandomProblem(4, 2, 16, 30, 9);
   p.shape.block_tokens = 1;  // block score = token score
-  const std::vector<float> s = Reference(p);
-  const float best_other = *std::max_element(s.begin() + p.shape.sink_tokens, s.end());
-  for (uint32_t t = 0; t < p.shape.sink_tokens; ++t) EXPECT_FLOAT_EQ(s[t], best_other + 1);
+  const std::vector<float> s = Reference(p);  // [2 kv heads][30 tokens]
+  float best_other = 0;
+  for (uint32_t kv = 0; kv < 2; ++kv)
+    for (uint32_t t = p.shape.sink_tokens; t < 30; ++t) best_other = std::max(best_other, s[kv * 30 + t]);
+  for (uint32_t kv = 0; kv < 2; ++kv)
+    for (uint32_t t = 0; t < p.shape.sink_tokens; ++t) EXPECT_FLOAT_EQ(s[kv * 30 + t], best_other + 1);
 }
 
 TEST(ExpectedAttentionReference, PartialLastBlockSumsItsTokens) {
