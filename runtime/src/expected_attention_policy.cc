@@ -24,6 +24,27 @@ bool SpanTag::is_protected() const {
   return true;
 }
 
+Result<std::vector<BlockScore>> BlockScoresOfLayer(std::span<const ChainHash> chains, LayerId layer,
+                                                   std::span<const float> block_scores, uint32_t kv_heads) {
+  if (kv_heads == 0 || block_scores.size() != size_t{kv_heads} * chains.size()) {
+    return Status::InvalidArgument(fmt::format("{} block scores for {} KV heads x {} blocks", block_scores.size(),
+                                               kv_heads, chains.size()));
+  }
+  std::vector<BlockScore> out;
+  out.reserve(chains.size());
+  for (size_t b = 0; b < chains.size(); ++b) {
+    double sum = 0;
+    for (uint32_t h = 0; h < kv_heads; ++h) sum += block_scores[h * chains.size() + b];
+    const auto score = static_cast<float>(sum);
+    if (!std::isfinite(score) || score < 0) {
+      return Status::InvalidArgument(fmt::format("block {} of layer {} scores {} (must be finite and >= 0)", b,
+                                                 layer.value(), score));
+    }
+    out.push_back(BlockScore{BlockKey{chains[b], layer}, score});
+  }
+  return out;
+}
+
 Status ScoreBoardOptions::Validate() const {
   if (refresh_interval == 0) return Status::InvalidArgument("score board: refresh_interval = 0 (must be >= 1)");
   return Status::Ok();

@@ -116,6 +116,19 @@ TEST(ExpectedAttentionPolicy, DropsInTheLowestTierAreFairAcrossSpans) {
   }
 }
 
+TEST(ExpectedAttentionPolicy, BlockScoresOfALayerSumTheKvHeads) {
+  const std::vector<ChainHash> chains = {Chain(0), Chain(1), Chain(2)};
+  const std::vector<float> scores = {1, 2, 3, 10, 20, 30};  // [2 kv heads][3 blocks]
+  auto r = BlockScoresOfLayer(chains, LayerId(5), scores, 2);
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  ASSERT_EQ(r->size(), 3u);
+  EXPECT_EQ((*r)[1].key, Key(1, 5));
+  EXPECT_FLOAT_EQ((*r)[1].score, 22);
+  EXPECT_EQ(BlockScoresOfLayer(chains, LayerId(0), scores, 3).status().code(), StatusCode::kInvalidArgument);
+  const std::vector<float> bad = {1, 2, NAN, 1, 1, 1};
+  EXPECT_EQ(BlockScoresOfLayer(chains, LayerId(0), bad, 2).status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(ExpectedAttentionPolicy, ForgetClearsEveryLayerOfAChain) {
   auto board = Board();
   ASSERT_TRUE(board->UpdateScores(std::vector<BlockScore>{{Key(0, 0), 1}, {Key(0, 1), 1}, {Key(1, 0), 1}}).ok());

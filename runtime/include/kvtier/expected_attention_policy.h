@@ -23,6 +23,7 @@
 #include <span>
 #include <unordered_map>
 #include <unordered_set>
+#include <vector>
 
 #include "kvtier/block_key.h"
 #include "kvtier/eviction_policy.h"
@@ -51,6 +52,13 @@ struct BlockScore {
   BlockKey key;
   float score = 0;  // finite, >= 0; e.g. the Expected Attention block score summed over KV heads
 };
+
+// The ScoreBoard entries of one layer from a scorer's output: block_scores is
+// [kv_heads][chains.size()] (kernels/expected_attention.cuh or its CPU reference, blocks in
+// sequence order); a block's score is its sum over the KV heads. kInvalidArgument for a
+// size mismatch or a score that is not finite and >= 0.
+Result<std::vector<BlockScore>> BlockScoresOfLayer(std::span<const ChainHash> chains, LayerId layer,
+                                                   std::span<const float> block_scores, uint32_t kv_heads);
 
 struct ScoreBoardOptions {
   uint32_t refresh_interval = 512;  // decode steps between score refreshes (ea_interval)
