@@ -5,6 +5,7 @@
 #   profile.json         `kvtier probe`
 #   transfer.jsonl       `kvtier bench transfer --json` for each direction, block size, mode
 #   demo.txt             `kvtier demo` on the real HBM tier
+#   score_gpu.txt        `kvtier bench score --gpu` (Expected Attention scoring vs a D2D copy)
 #   summary.txt          the table printed last
 #   usage: tools/gpu-check.sh [quick]
 set -uo pipefail
@@ -23,6 +24,7 @@ nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current,memory
 {
   "$b/tests/kernels/copy_blocks_gpu_test" --gtest_output=xml:"$out/copy_blocks_gpu_test.xml" || status=1
   "$b/tests/tiers/gpu_tier_test" --gtest_output=xml:"$out/gpu_tier_test.xml" || status=1
+  "$b/tests/kernels/expected_attention_gpu_test" --gtest_output=xml:"$out/expected_attention_gpu_test.xml" || status=1
 } >"$out/gpu-tests.txt" 2>&1
 grep -E '^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED' "$out/gpu-tests.txt" | tail -20
 
@@ -41,6 +43,9 @@ done
 
 "$kv" demo --hbm-mib 8192 --dram-mib 16384 --requests 96 --workers 4 >"$out/demo.txt" 2>&1 || status=1
 tail -16 "$out/demo.txt"
+
+{ "$kv" bench score --gpu || status=1; } >"$out/score_gpu.txt" 2>&1
+tail -12 "$out/score_gpu.txt"
 
 python3 - "$out/transfer.jsonl" <<'PY' | tee "$out/summary.txt"
 import json, sys, collections
