@@ -96,4 +96,27 @@ void KeepWarmPolicy::ChooseVictims(std::span<EvictionCandidate> candidates, size
   });
 }
 
+size_t KeepWarmPolicy::SelectVictims(std::span<EvictionCandidate> candidates, size_t count) {
+  const std::shared_ptr<const KeepWarmHints::Map> hints = hints_->Snapshot();
+  if (hints->empty()) {
+    last_hinted_ = 0;
+    return inner_->SelectVictims(candidates, count);
+  }
+  auto unhinted_end = std::stable_partition(candidates.begin(), candidates.end(), [&](const EvictionCandidate& c) {
+    return !hints->contains(c.key.chain);
+  });
+  const auto unhinted = static_cast<size_t>(unhinted_end - candidates.begin());
+  last_hinted_ = candidates.size() - unhinted;
+  if (count <= unhinted) return inner_->SelectVictims(candidates.first(unhinted), count);
+  const size_t unhinted_going = inner_->SelectVictims(candidates.first(unhinted), unhinted);
+  if (unhinted_going < unhinted) return unhinted_going;  // a held unhinted block comes first
+  std::span<EvictionCandidate> hinted = candidates.subspan(unhinted);
+  const size_t hinted_going = std::min(inner_->SelectVictims(hinted, hinted.size()), hinted.size());
+  std::stable_sort(hinted.begin(), hinted.begin() + static_cast<ptrdiff_t>(hinted_going),
+                   [&](const EvictionCandidate& a, const EvictionCandidate& b) {
+                     return hints->at(a.key.chain) < hints->at(b.key.chain);
+                   });
+  return unhinted + std::min(hinted_going, count - unhinted);
+}
+
 }  // namespace kvtier

@@ -3,6 +3,8 @@
 // (lightest hint first) without ever pinning them.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "kvtier/clock.h"
 #include "kvtier/keep_warm_policy.h"
 #include "kvtier/tier_manager.h"
@@ -63,6 +65,40 @@ TEST(KeepWarmPolicyTest, HintedBlocksLeaveAfterUnhintedOnesLightestFirst) {
   policy.ChooseVictims(c, 4);  // no hints: exactly the inner policy
   EXPECT_EQ(c[0].key.chain, Chain(1));
   EXPECT_EQ(c[1].key.chain, Chain(2));
+}
+
+// An inner policy that orders like LRU but lets at most `allow` blocks leave per pass.
+class HoldingPolicy final : public EvictionPolicy {
+ public:
+  explicit HoldingPolicy(size_t allow) : allow_(allow) {}
+  std::string_view name() const override { return "holding"; }
+  void ChooseVictims(std::span<EvictionCandidate> c, size_t count) override { lru_.ChooseVictims(c, count); }
+  size_t SelectVictims(std::span<EvictionCandidate> c, size_t count) override {
+    ChooseVictims(c, count);
+    return std::min({count, c.size(), allow_});
+  }
+
+ private:
+  LruPolicy lru_;
+  size_t allow_;
+};
+
+TEST(KeepWarmPolicyTest, SelectVictimsKeepsTheInnerPolicysHoldBacks) {
+  auto hints = KeepWarmHints::Create(KeepWarmOptions{});
+  ASSERT_TRUE(hints.ok());
+  std::vector<ResidencyHint> in = {{Chain(1), 10.0}, {Chain(2), 1.0}};
+  ASSERT_TRUE((*hints)->Set(in).ok());
+  std::vector<EvictionCandidate> c = {Candidate(3, 50), Candidate(1, 10), Candidate(4, 40), Candidate(2, 20)};
+  KeepWarmPolicy lets_all(MakeLruPolicy(), *hints);
+  EXPECT_EQ(lets_all.SelectVictims(c, 3), 3u);
+  EXPECT_EQ(c[0].key.chain, Chain(4));
+  EXPECT_EQ(c[1].key.chain, Chain(3));
+  EXPECT_EQ(c[2].key.chain, Chain(2));  // the lighter hint goes first
+  KeepWarmPolicy holds_one(std::make_unique<HoldingPolicy>(1), *hints);
+  EXPECT_EQ(holds_one.SelectVictims(c, 4), 1u);  // the inner policy holds an unhinted block
+  EXPECT_EQ(c[0].key.chain, Chain(4));
+  KeepWarmPolicy holds_none(std::make_unique<HoldingPolicy>(8), *hints);
+  EXPECT_EQ(holds_none.SelectVictims(c, 1), 1u);
 }
 
 TEST(QueryStoreHintsTest, HitCountsOfPrefixEntriesBecomeBudgetedHints) {

@@ -76,6 +76,10 @@ class KeepWarmPolicy final : public EvictionPolicy {
   KeepWarmPolicy(std::unique_ptr<EvictionPolicy> inner, std::shared_ptr<const KeepWarmHints> hints);
   std::string_view name() const override { return "keep-warm"; }
   void ChooseVictims(std::span<EvictionCandidate> candidates, size_t count) override;
+  // As ChooseVictims, and keeps `inner`'s hold-backs: the unhinted part goes through
+  // inner->SelectVictims; if it holds any unhinted block back, no hinted block leaves this
+  // pass; hinted blocks `inner` holds back stay behind the ones it lets go.
+  size_t SelectVictims(std::span<EvictionCandidate> candidates, size_t count) override;
 
   // How many candidates were hinted on the last call (for tests and metrics).
   size_t last_hinted() const { return last_hinted_; }
