@@ -16,5 +16,6 @@ void AddScoreCommand(CLI::App& app, int* exit_code);
 void AddBenchScoreCommand(CLI::App& bench, int* exit_code);  // CPU quality part everywhere; GPU part on CUDA builds
 void AddStressNvmeCommand(CLI::App& stress, int* exit_code);
 void AddFsckCommand(CLI::App& app, int* exit_code);
+void AddBenchNvmeCommand(CLI::App& bench, int* exit_code);
 
 }  // namespace kvtier::cli

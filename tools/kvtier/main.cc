@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   kvtier::cli::AddProbeCommand(app, &exit_code);
   kvtier::cli::AddScoreCommand(app, &exit_code);
   kvtier::cli::AddBenchScoreCommand(*bench, &exit_code);
+  kvtier::cli::AddBenchNvmeCommand(*bench, &exit_code);
   CLI::App* stress = app.add_subcommand("stress", "crash and fault loops checked against an oracle");
   stress->require_subcommand(1);
   kvtier::cli::AddStressNvmeCommand(*stress, &exit_code);

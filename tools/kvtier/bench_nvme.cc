@@ -1,0 +1,613 @@
+// `kvtier bench nvme`: random block reads and writes through the NVMe tier and its io_uring
+// movers (O_DIRECT slab, the DRAM pool registered as fixed buffers, N blocks in flight),
+// next to fio run in the same process's run on the same slab file with the same pattern
+// (block size, random offsets at slot payload boundaries, queue depth, O_DIRECT, io_uring
+// with fixed buffers). Then a pipelined restore of many blocks NVMe -> DRAM -> HBM (emulated
+// HBM, memcpy mover) through TierManager::Onboard, against each hop measured alone.
+//
+// Each kvtier I/O is one single-block MoveBatch with its key (as the TierManager issues
+// them): a write puts the slot header and the payload, then indexes the key (RocksDB, cache
+// mode: WAL not synced); a read gets header and payload and verifies both. fio moves the
+// payload only. Latency is per block, from Submit to the fence's signal.
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "commands.h"
+#include "host_tier.h"
+#include "kvtier/logger.h"
+#include "kvtier/tier_manager.h"
+#include "nvme_mover.h"
+#include "nvme_tier.h"
+#include "registry.h"
+
+extern char** environ;
+
+namespace kvtier::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchNvmeOptions {
+  std::string dir;
+  uint64_t block_size = 65536;
+  uint32_t qd = 32;
+  double seconds = 5;
+  uint64_t file_bytes = 1ull << 30;  // slab payload bytes
+  uint32_t runs = 1;
+  uint32_t restore_blocks = 2048;
+  uint32_t restore_chunk = 64;
+  std::string fio = "fio";
+  bool no_fio = false;
+  bool no_restore = false;
+  bool keep = false;
+  bool json = false;
+};
+
+class QuietLogger final : public Logger {
+ public:
+  void Write(LogLevel level, std::string_view line) override {
+    if (level >= LogLevel::kWarning) fmt::print(stderr, "{}\n", line);
+  }
+};
+
+struct Measurement {
+  std::string engine;
+  std::string op;
+  double gbps = 0;
+  double iops = 0;
+  double p50_us = 0;
+  double p99_us = 0;
+};
+
+double Percentile(std::vector<uint64_t>& ns, double p) {
+  if (ns.empty()) return 0;
+  const size_t k = std::min(ns.size() - 1, static_cast<size_t>(p * double(ns.size() - 1) + 0.5));
+  std::nth_element(ns.begin(), ns.begin() + static_cast<ptrdiff_t>(k), ns.end());
+  return double(ns[k]) / 1000.0;
+}
+
+double Median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+BlockKey SlotKey(uint32_t slot) {
+  BlockKey k;
+  const uint64_t a = 0x6b76746965726e76ull, b = slot;
+  std::memcpy(k.chain.bytes.data(), &a, 8);
+  std::memcpy(k.chain.bytes.data() + 8, &b, 8);
+  k.layer = LayerId{0};
+  return k;
+}
+
+// The slab, its DRAM pool (one slot per block in flight) and both movers.
+struct Rig {
+  std::unique_ptr<HostTier> dram;
+  std::unique_ptr<NvmeTier> nvme;
+  std::unique_ptr<NvmeMover> down, up;
+  std::vector<SlotId> nvme_slots;  // all of them, reserved
+  std::vector<SlotId> dram_slots;  // one per lane
+  std::vector<bool> valid;         // slot holds a kvtier-written block (fio has not overwritten it)
+};
+
+Result<Rig> OpenRig(const BenchNvmeOptions& o, const std::string& dir, Logger* log) {
+  Rig r;
+  const auto count = static_cast<uint32_t>(o.file_bytes / o.block_size);
+  auto nvme = NvmeTier::Open({.dir = dir, .slot_bytes = o.block_size, .slot_count = count, .mode = NvmeMode::kCache,
+                              .direct_io = DirectIo::kRequired, .logger = log});
+  if (!nvme.ok()) {
+    return Status(nvme.status().code(),
+                  fmt::format("O_DIRECT slab in {}: {} (O_DIRECT is not available here?)", dir, nvme.status().message()));
+  }
+  r.nvme = std::move(nvme).value();
+  HostTierOptions h;
+  h.slot_bytes = o.block_size;
+  h.slot_count = o.qd;
+  h.pinning = PinningPolicy::kAllowUnpinned;
+  h.touch_threads = 1;
+  h.logger = log;
+  KVT_ASSIGN_OR_RETURN(r.dram, HostTier::Create(std::move(h)));
+  NvmeMoverOptions mo;
+  mo.queue_depth = o.qd;
+  KVT_ASSIGN_OR_RETURN(r.down, NvmeMover::Create(r.dram.get(), r.nvme.get(), NvmeDirection::kDramToNvme, mo));
+  KVT_ASSIGN_OR_RETURN(r.up, NvmeMover::Create(r.dram.get(), r.nvme.get(), NvmeDirection::kNvmeToDram, mo));
+  KVT_ASSIGN_OR_RETURN(r.nvme_slots, r.nvme->Reserve(count));
+  KVT_ASSIGN_OR_RETURN(r.dram_slots, r.dram->Reserve(o.qd));
+  std::mt19937_64 rng(1);
+  for (SlotId s : r.dram_slots) {
+    auto* p = std::get<MemoryAddress>(r.dram->Locate(s)).ptr;
+    for (uint64_t i = 0; i + 8 <= o.block_size; i += 8) {
+      const uint64_t w = rng();
+      std::memcpy(p + i, &w, 8);
+    }
+  }
+  r.valid.assign(count, false);
+  return r;
+}
+
+// Closed loop: `qd` lanes, each submits one block, and on its fence the next one, until
+// `seconds` have passed. Writes never have two blocks of one slot in flight.
+Result<Measurement> RunKvtier(Rig& r, const BenchNvmeOptions& o, bool write, double seconds,
+                              const std::vector<uint32_t>* sequence = nullptr) {
+  const auto count = static_cast<uint32_t>(r.nvme_slots.size());
+  std::mutex mu;
+  std::condition_variable cv;
+  uint32_t running = o.qd;
+  Status first_error;
+  std::vector<std::vector<uint64_t>> lat(o.qd);
+  std::vector<uint64_t> bytes(o.qd, 0);
+  std::vector<uint8_t> busy(count, 0);  // slot in flight (writes)
+  std::atomic<size_t> next_seq{0};
+  const auto start = Clock::now();
+  const auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  std::vector<std::function<void()>> issue(o.qd);
+  for (uint32_t lane = 0; lane < o.qd; ++lane) {
+    issue[lane] = [&, lane, rng = std::mt19937_64(0x1234 + lane + (write ? 1000 : 0))]() mutable {
+      uint32_t slot = 0;
+      if (sequence != nullptr) {
+        const size_t i = next_seq.fetch_add(1);
+        if (i >= sequence->size()) {
+          std::lock_guard lock(mu);
+          if (--running == 0) cv.notify_all();
+          return;
+        }
+        slot = (*sequence)[i];
+      } else if (Clock::now() >= deadline) {
+        std::lock_guard lock(mu);
+        if (--running == 0) cv.notify_all();
+        return;
+      } else {
+        std::lock_guard lock(mu);
+        do {
+          slot = static_cast<uint32_t>(rng() % count);
+        } while (write ? busy[slot] != 0 : !r.valid[slot]);
+        if (write) busy[slot] = 1;
+      }
+      MoveBatch b;
+      const SlotId nv = r.nvme_slots[slot], dr = r.dram_slots[lane];
+      b.segments.push_back(write ? CopySegment{dr, nv, 0, 0, o.block_size} : CopySegment{nv, dr, 0, 0, o.block_size});
+      b.keys.push_back(SlotKey(slot));
+      const auto t0 = Clock::now();
+      Fence f = (write ? r.down : r.up)->Submit(std::move(b));
+      f.OnReady([&, lane, slot, t0](const Status& s) {
+        const auto t1 = Clock::now();
+        {
+          std::lock_guard lock(mu);
+          if (write) {
+            busy[slot] = 0;
+            r.valid[slot] = s.ok();
+          }
+          if (!s.ok()) {
+            if (first_error.ok()) first_error = s;
+            if (--running == 0) cv.notify_all();
+            return;
+          }
+        }
+        lat[lane].push_back(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count()));
+        bytes[lane] += o.block_size;
+        issue[lane]();
+      });
+    };
+  }
+  for (uint32_t lane = 0; lane < o.qd; ++lane) issue[lane]();
+  {
+    std::unique_lock lock(mu);
+    cv.wait(lock, [&] { return running == 0; });
+  }
+  const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+  if (!first_error.ok()) return first_error;
+  std::vector<uint64_t> all;
+  uint64_t total = 0;
+  for (uint32_t lane = 0; lane < o.qd; ++lane) {
+    all.insert(all.end(), lat[lane].begin(), lat[lane].end());
+    total += bytes[lane];
+  }
+  Measurement m{"kvtier", write ? "write" : "read"};
+  m.gbps = double(total) / secs / 1e9;
+  m.iops = double(all.size()) / secs;
+  m.p50_us = Percentile(all, 0.50);
+  m.p99_us = Percentile(all, 0.99);
+  return m;
+}
+
+// Writes every slot fio has overwritten (or that was never written), so reads verify.
+Status Refill(Rig& r, const BenchNvmeOptions& o) {
+  std::vector<uint32_t> todo;
+  for (uint32_t i = 0; i < r.valid.size(); ++i) {
+    if (!r.valid[i]) todo.push_back(i);
+  }
+  if (todo.empty()) return Status();
+  return RunKvtier(r, o, true, 0, &todo).status();
+}
+
+// Runs fio on the slab's payload extents: offsets first_payload + k * stride.
+Result<Measurement> RunFio(const BenchNvmeOptions& o, const std::string& slab, const nvme::SlabGeometry& g, bool write,
+                           const std::string& out_json) {
+  std::vector<std::string> args = {
+      o.fio,
+      "--name=kvtier-baseline",
+      "--filename=" + slab,
+      "--ioengine=io_uring",
+      "--fixedbufs",
+      "--direct=1",
+      fmt::format("--rw={}", write ? "randwrite" : "randread"),
+      fmt::format("--bs={}", o.block_size),
+      fmt::format("--ba={}", g.stride()),
+      fmt::format("--offset={}", g.payload_offset(0)),
+      fmt::format("--size={}", uint64_t{g.slot_count} * g.stride()),
+      fmt::format("--iodepth={}", o.qd),
+      "--norandommap",
+      "--randrepeat=0",
+      "--time_based",
+      fmt::format("--runtime={}ms", static_cast<uint64_t>(o.seconds * 1000)),
+      "--lat_percentiles=1",
+      "--output-format=json",
+      "--output=" + out_json,
+  };
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = 0;
+  if (const int rc = posix_spawnp(&pid, o.fio.c_str(), nullptr, nullptr, argv.data(), environ); rc != 0) {
+    return Status::FromErrno(rc, fmt::format("starting {}", o.fio));
+  }
+  int wstatus = 0;
+  while (::waitpid(pid, &wstatus, 0) < 0) {
+    if (errno != EINTR) return Status::FromErrno(errno, "waiting for fio");
+  }
+  if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
+    return Status::Internal(fmt::format("{} failed (wait status {}); see {}", o.fio, wstatus, out_json));
+  }
+  std::ifstream in(out_json);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // fio may print notes before the JSON document.
+  const size_t brace = text.find('{');
+  if (brace == std::string::npos) return Status::DataLoss(fmt::format("{}: no JSON in fio's output", out_json));
+  auto j = nlohmann::json::parse(text.begin() + static_cast<ptrdiff_t>(brace), text.end(), nullptr, false);
+  if (j.is_discarded() || !j.contains("jobs") || j["jobs"].empty()) {
+    return Status::DataLoss(fmt::format("{}: fio's JSON output has no jobs", out_json));
+  }
+  const auto& job = j["jobs"][0];
+  if (job.value("error", 0) != 0) return Status::IoError(fmt::format("fio job error {}", job.value("error", 0)));
+  const auto& side = job[write ? "write" : "read"];
+  Measurement m{"fio", write ? "write" : "read"};
+  m.gbps = side.value("bw_bytes", 0.0) / 1e9;
+  m.iops = side.value("iops", 0.0);
+  const auto& pct = side["lat_ns"]["percentile"];
+  m.p50_us = pct.value("50.000000", 0.0) / 1000.0;
+  m.p99_us = pct.value("99.000000", 0.0) / 1000.0;
+  return m;
+}
+
+struct RestoreResult {
+  double stage1_gbps = 0;  // NVMe -> DRAM alone
+  double stage2_gbps = 0;  // DRAM -> HBM alone
+  double pipelined_gbps = 0;
+  double ratio = 0;        // pipelined / slower stage
+};
+
+Result<KvGeometry> GeometryFor(uint64_t block) {
+  // 128-wide bf16 heads: a block is 512 B per token.
+  if (block % 512 != 0 || block / 512 > KvGeometry::kMaxBlockTokens) {
+    return Status::InvalidArgument(fmt::format("restore: no KV geometry with {} B blocks (a multiple of 512 B, at most 2 MiB)", block));
+  }
+  KvGeometry g{.layers = 1, .kv_heads = 1, .head_dim = 128, .block_tokens = static_cast<uint32_t>(block / 512),
+               .dtype = DType::kBF16};
+  return g;
+}
+
+Result<std::unique_ptr<TierManager>> OpenManager(const BenchNvmeOptions& o, const KvGeometry& g, const std::string& dir,
+                                                 Logger* log) {
+  const uint64_t slot = (o.block_size + 4095) / 4096 * 4096;
+  const uint64_t room = uint64_t{o.restore_blocks} * 3 / 2 + 64;  // below the demotion watermarks
+  TierConfig c;
+  c.geometry = g;
+  c.hbm = HbmBackend::kEmulated;
+  c.hbm_bytes = room * slot;
+  c.dram_bytes = room * slot;
+  c.allow_unpinned_dram = true;
+  c.nvme_dir = dir;
+  c.nvme_bytes = room * slot;
+  c.nvme_queue_depth = o.qd;
+  c.logger = log;
+  KVT_ASSIGN_OR_RETURN(TierSet set, BuildTiers(c));
+  // The emulated HBM is mapped lazily: touch it now, as real HBM has no first-touch faults.
+  if (Tier* hbm = set.tiers[TierIndex(TierKind::kHbm)].get(); hbm != nullptr) {
+    for (uint32_t i = 0; i < hbm->caps().slot_count; ++i) {
+      const Location loc = hbm->Locate(SlotId{i});
+      if (const auto* m = std::get_if<MemoryAddress>(&loc)) {
+        std::memset(m->ptr, 0, hbm->caps().slot_bytes);
+      }
+    }
+  }
+  TierManagerOptions tmo;
+  tmo.geometry = g;
+  tmo.logger = log;
+  return TierManager::Create(tmo, std::move(set));
+}
+
+void FillBlock(std::byte* p, uint64_t bytes, uint64_t id) {
+  std::mt19937_64 rng(id * 7919 + 1);
+  for (uint64_t i = 0; i + 8 <= bytes; i += 8) {
+    const uint64_t w = rng();
+    std::memcpy(p + i, &w, 8);
+  }
+}
+
+Status CheckBlocks(TierManager& tm, const PinSet& pins, TierKind tier, uint64_t bytes) {
+  std::vector<std::byte*> ptrs;
+  KVT_RETURN_IF_ERROR(tm.BlockTable(pins, tier, &ptrs));
+  std::vector<std::byte> want(bytes);
+  for (size_t i = 0; i < ptrs.size(); i += 97) {  // a sample: every 97th block
+    FillBlock(want.data(), bytes, i);
+    if (std::memcmp(want.data(), ptrs[i], bytes) != 0) return Status::DataLoss(fmt::format("restore: block {} differs", i));
+  }
+  return Status();
+}
+
+// Writes `restore_blocks` blocks to NVMe (once); then, each on a freshly reopened runtime
+// (the blocks adopted from NVMe only): NVMe -> DRAM alone and DRAM -> HBM alone; and the
+// pipelined restore NVMe -> HBM in chunks of `restore_chunk` Onboard calls in flight at once.
+Result<RestoreResult> RunRestore(const BenchNvmeOptions& o, const std::string& dir, Logger* log, bool populate) {
+  KVT_ASSIGN_OR_RETURN(KvGeometry g, GeometryFor(o.block_size));
+  std::vector<BlockKey> keys;
+  for (uint32_t i = 0; i < o.restore_blocks; ++i) {
+    BlockKey k;
+    const uint64_t a = 0x726573746f726521ull, b = i;
+    std::memcpy(k.chain.bytes.data(), &a, 8);
+    std::memcpy(k.chain.bytes.data() + 8, &b, 8);
+    keys.push_back(k);
+  }
+  const uint64_t bytes = uint64_t{o.restore_blocks} * o.block_size;
+  if (populate) {
+    KVT_ASSIGN_OR_RETURN(auto tm, OpenManager(o, g, dir, log));
+    for (uint32_t i = 0; i < o.restore_blocks; i += 64) {
+      const uint32_t n = std::min<uint32_t>(64, o.restore_blocks - i);
+      KVT_ASSIGN_OR_RETURN(PinSet pins, tm->Allocate(std::span(keys).subspan(i, n), TierKind::kDram));
+      std::vector<std::byte*> ptrs;
+      KVT_RETURN_IF_ERROR(tm->BlockTable(pins, TierKind::kDram, &ptrs));
+      for (uint32_t j = 0; j < n; ++j) FillBlock(ptrs[j], o.block_size, i + j);
+      KVT_RETURN_IF_ERROR(tm->Commit(pins, Fence()));
+      KVT_RETURN_IF_ERROR(tm->Offload(pins, TierKind::kNvme).Wait());
+      KVT_RETURN_IF_ERROR(tm->Release(pins));
+    }
+  }
+  RestoreResult r;
+  double t1 = 0, t2 = 0, tp = 0;
+  {
+    KVT_ASSIGN_OR_RETURN(auto tm, OpenManager(o, g, dir, log));
+    PinSet pins = tm->MatchKeys(keys);
+    if (pins.size() != keys.size()) {
+      return Status::DataLoss(fmt::format("restore: {} of {} blocks were adopted from NVMe", pins.size(), keys.size()));
+    }
+    auto a = Clock::now();
+    KVT_RETURN_IF_ERROR(tm->Onboard(pins, TierKind::kDram).Wait());
+    auto b = Clock::now();
+    KVT_RETURN_IF_ERROR(tm->Onboard(pins, TierKind::kHbm).Wait());
+    auto c = Clock::now();
+    t1 = std::chrono::duration<double>(b - a).count();
+    t2 = std::chrono::duration<double>(c - b).count();
+    KVT_RETURN_IF_ERROR(CheckBlocks(*tm, pins, TierKind::kHbm, o.block_size));
+    KVT_RETURN_IF_ERROR(tm->Release(pins));
+  }
+  {
+    KVT_ASSIGN_OR_RETURN(auto tm, OpenManager(o, g, dir, log));
+    PinSet pins = tm->MatchKeys(keys);
+    if (pins.size() != keys.size()) {
+      return Status::DataLoss(fmt::format("restore: {} of {} blocks were adopted from NVMe", pins.size(), keys.size()));
+    }
+    std::vector<PinSet> chunks;
+    while (pins.size() > o.restore_chunk) chunks.push_back(pins.Split(0, o.restore_chunk));
+    chunks.push_back(std::move(pins));
+    std::vector<Fence> fences;
+    auto a = Clock::now();
+    for (const PinSet& c : chunks) fences.push_back(tm->Onboard(c, TierKind::kHbm));
+    KVT_RETURN_IF_ERROR(Fence::All(fences).Wait());
+    tp = std::chrono::duration<double>(Clock::now() - a).count();
+    PinSet all;
+    for (PinSet& c : chunks) all.Append(std::move(c));
+    KVT_RETURN_IF_ERROR(CheckBlocks(*tm, all, TierKind::kHbm, o.block_size));
+    KVT_RETURN_IF_ERROR(tm->Release(all));
+  }
+  r.stage1_gbps = double(bytes) / t1 / 1e9;
+  r.stage2_gbps = double(bytes) / t2 / 1e9;
+  r.pipelined_gbps = double(bytes) / tp / 1e9;
+  r.ratio = r.pipelined_gbps / std::min(r.stage1_gbps, r.stage2_gbps);
+  return r;
+}
+
+nlohmann::json ToJson(const Measurement& m, const BenchNvmeOptions& o) {
+  return nlohmann::json{{"engine", m.engine}, {"op", m.op},         {"block_size", o.block_size}, {"qd", o.qd},
+                        {"gbps", m.gbps},     {"iops", m.iops},     {"p50_us", m.p50_us},         {"p99_us", m.p99_us},
+                        {"runs", o.runs}};
+}
+
+int RunBenchNvme(const BenchNvmeOptions& o) {
+  if (o.block_size == 0 || o.block_size % 4096 != 0) {
+    fmt::print(stderr, "kvtier bench nvme: --block-size {} is not a positive multiple of 4096\n", o.block_size);
+    return 2;
+  }
+  if (o.file_bytes / o.block_size < uint64_t{o.qd} * 2) {
+    fmt::print(stderr, "kvtier bench nvme: --file-bytes {} holds fewer than 2 x qd blocks\n", o.file_bytes);
+    return 2;
+  }
+  QuietLogger log;
+  const std::string root = o.dir + "/kvtier-bench-nvme";
+  std::error_code ec;
+  std::filesystem::remove_all(root, ec);
+  std::filesystem::create_directories(root, ec);
+  if (ec) {
+    fmt::print(stderr, "kvtier bench nvme: creating {}: {}\n", root, ec.message());
+    return 2;
+  }
+  auto cleanup = [&] {
+    if (!o.keep) std::filesystem::remove_all(root, ec);
+  };
+  auto fail = [&](const Status& s) {
+    fmt::print(stderr, "kvtier bench nvme: {}\n", s.ToString());
+    cleanup();
+    return 2;
+  };
+  bool have_fio = !o.no_fio;
+  std::vector<std::string> ops = {"write", "read"};
+  std::map<std::pair<std::string, std::string>, std::vector<Measurement>> results;  // (engine, op)
+  std::vector<RestoreResult> restores;
+  {
+    auto rig = OpenRig(o, root + "/tier", &log);
+    if (!rig.ok()) return fail(rig.status());
+    const std::string slab = root + "/tier/slab.kvt";
+    if (!o.json) {
+      fmt::print("bench nvme: {} slots of {} B in {} (O_DIRECT{}), qd {}, {} s per measurement, {} run(s)\n",
+                 rig->nvme_slots.size(), o.block_size, slab, rig->nvme->stats().direct ? "" : " OFF", o.qd, o.seconds,
+                 o.runs);
+    }
+    for (uint32_t run = 0; run < o.runs; ++run) {
+      for (const std::string& op : ops) {
+        const bool write = op == "write";
+        if (!write) {
+          if (Status s = Refill(*rig, o); !s.ok()) return fail(s);
+        }
+        auto k = RunKvtier(*rig, o, write, o.seconds);
+        if (!k.ok()) return fail(k.status());
+        results[{"kvtier", op}].push_back(*k);
+        std::string line = fmt::format("run {} {:5} kvtier {:6.3f} GB/s {:8.0f} IOPS p50 {:7.1f} us p99 {:7.1f} us", run + 1,
+                                       op, k->gbps, k->iops, k->p50_us, k->p99_us);
+        if (have_fio) {
+          auto f = RunFio(o, slab, rig->nvme->geometry(), write, root + "/fio.json");
+          if (!f.ok()) {
+            fmt::print(stderr, "kvtier bench nvme: fio baseline not measured: {}\n", f.status().ToString());
+            have_fio = false;
+          } else {
+            results[{"fio", op}].push_back(*f);
+            if (write) std::fill(rig->valid.begin(), rig->valid.end(), false);  // fio overwrote payloads
+            line += fmt::format(" | fio {:6.3f} GB/s {:8.0f} IOPS p50 {:7.1f} us p99 {:7.1f} us | x{:.2f}", f->gbps,
+                                f->iops, f->p50_us, f->p99_us, k->gbps / f->gbps);
+          }
+        }
+        if (!o.json) fmt::print("{}\n", line);
+        std::fflush(stdout);
+      }
+    }
+  }
+  std::filesystem::remove_all(root + "/tier", ec);
+  if (!o.no_restore) {
+    for (uint32_t run = 0; run < o.runs; ++run) {
+      auto r = RunRestore(o, root + "/restore", &log, run == 0);
+      if (!r.ok()) return fail(r.status());
+      restores.push_back(*r);
+      if (!o.json) {
+        fmt::print("run {} restore of {} blocks: NVMe->DRAM alone {:.3f} GB/s, DRAM->HBM alone {:.3f} GB/s, pipelined "
+                   "NVMe->DRAM->HBM {:.3f} GB/s (chunks of {}) = x{:.2f} the slower stage\n",
+                   run + 1, o.restore_blocks, r->stage1_gbps, r->stage2_gbps, r->pipelined_gbps, o.restore_chunk, r->ratio);
+      }
+    }
+  }
+  // Medians over runs (per field).
+  auto median_of = [&](const std::vector<Measurement>& v) {
+    Measurement m = v.front();
+    auto field = [&](double Measurement::*f) {
+      std::vector<double> x;
+      for (const auto& e : v) x.push_back(e.*f);
+      return Median(x);
+    };
+    m.gbps = field(&Measurement::gbps);
+    m.iops = field(&Measurement::iops);
+    m.p50_us = field(&Measurement::p50_us);
+    m.p99_us = field(&Measurement::p99_us);
+    return m;
+  };
+  if (!o.json) fmt::print("median of {} run(s):\n", o.runs);
+  for (const std::string& op : ops) {
+    const Measurement k = median_of(results[{"kvtier", op}]);
+    const bool fio = results.count({"fio", op}) != 0 && results[{"fio", op}].size() == o.runs;
+    if (o.json) {
+      fmt::print("{}\n", ToJson(k, o).dump());
+      if (fio) {
+        const Measurement f = median_of(results[{"fio", op}]);
+        nlohmann::json j = ToJson(f, o);
+        fmt::print("{}\n", j.dump());
+        std::vector<double> ratios;
+        for (uint32_t i = 0; i < o.runs; ++i) ratios.push_back(results[{"kvtier", op}][i].gbps / results[{"fio", op}][i].gbps);
+        fmt::print("{}\n", nlohmann::json{{"engine", "kvtier/fio"}, {"op", op}, {"block_size", o.block_size}, {"qd", o.qd},
+                                          {"ratio", Median(ratios)}, {"runs", o.runs}}
+                               .dump());
+      }
+    } else {
+      std::string line = fmt::format("{:5} kvtier {:6.3f} GB/s {:8.0f} IOPS p50 {:7.1f} us p99 {:7.1f} us", op, k.gbps,
+                                     k.iops, k.p50_us, k.p99_us);
+      if (fio) {
+        const Measurement f = median_of(results[{"fio", op}]);
+        std::vector<double> ratios;
+        for (uint32_t i = 0; i < o.runs; ++i) ratios.push_back(results[{"kvtier", op}][i].gbps / results[{"fio", op}][i].gbps);
+        line += fmt::format(" | fio {:6.3f} GB/s {:8.0f} IOPS p50 {:7.1f} us p99 {:7.1f} us | kvtier/fio x{:.2f} (target 0.90)",
+                            f.gbps, f.iops, f.p50_us, f.p99_us, Median(ratios));
+      }
+      fmt::print("{}\n", line);
+    }
+  }
+  if (!restores.empty()) {
+    std::vector<double> s1, s2, p, ratio;
+    for (const auto& r : restores) {
+      s1.push_back(r.stage1_gbps);
+      s2.push_back(r.stage2_gbps);
+      p.push_back(r.pipelined_gbps);
+      ratio.push_back(r.ratio);
+    }
+    if (o.json) {
+      fmt::print("{}\n", nlohmann::json{{"engine", "kvtier"}, {"op", "restore"}, {"block_size", o.block_size}, {"qd", o.qd},
+                                        {"blocks", o.restore_blocks}, {"chunk", o.restore_chunk},
+                                        {"nvme_to_dram_gbps", Median(s1)}, {"dram_to_hbm_gbps", Median(s2)},
+                                        {"gbps", Median(p)}, {"ratio", Median(ratio)}, {"runs", o.runs}}
+                             .dump());
+    } else {
+      fmt::print("restore {} blocks: NVMe->DRAM {:.3f} GB/s, DRAM->HBM {:.3f} GB/s, pipelined {:.3f} GB/s | pipelined/slower "
+                 "x{:.2f} (target 0.85)\n",
+                 o.restore_blocks, Median(s1), Median(s2), Median(p), Median(ratio));
+    }
+  }
+  cleanup();
+  return 0;
+}
+
+}  // namespace
+
+void AddBenchNvmeCommand(CLI::App& bench, int* exit_code) {
+  auto o = std::make_shared<BenchNvmeOptions>();
+  CLI::App* cmd = bench.add_subcommand(
+      "nvme", "random block reads/writes through the NVMe tier vs fio on the same slab; pipelined NVMe->DRAM->HBM restore");
+  cmd->add_option("--dir", o->dir, "directory for the slab (a kvtier-bench-nvme/ folder is made there and removed)")
+      ->required();
+  cmd->add_option("--block-size", o->block_size, "block bytes (a multiple of 4096)");
+  cmd->add_option("--qd", o->qd, "blocks in flight (kvtier) = fio iodepth")->check(CLI::Range(1u, 1024u));
+  cmd->add_option("--seconds", o->seconds, "seconds per measurement")->check(CLI::Range(0.05, 3600.0));
+  cmd->add_option("--file-bytes", o->file_bytes, "slab payload bytes (random offsets over all of it)");
+  cmd->add_option("--runs", o->runs, "repetitions; medians are reported")->check(CLI::Range(1u, 100u));
+  cmd->add_option("--restore-blocks", o->restore_blocks, "blocks in the restore measurement")->check(CLI::Range(1u, 1u << 20));
+  cmd->add_option("--restore-chunk", o->restore_chunk, "blocks per Onboard call of the pipelined restore")
+      ->check(CLI::Range(1u, 1u << 20));
+  cmd->add_option("--fio", o->fio, "the fio binary");
+  cmd->add_flag("--no-fio", o->no_fio, "skip the fio baseline");
+  cmd->add_flag("--no-restore", o->no_restore, "skip the restore measurement");
+  cmd->add_flag("--keep", o->keep, "keep the slab files");
+  cmd->add_flag("--json", o->json, "one JSON line per measurement (medians)");
+  cmd->callback([o, exit_code] { *exit_code = RunBenchNvme(*o); });
+}
+
+}  // namespace kvtier::cli
