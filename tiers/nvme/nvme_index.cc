@@ -2,9 +2,14 @@
 
 #include <fmt/format.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
 #include <rocksdb/write_batch.h>
 
+#include <chrono>
+#include <cstdarg>
 #include <cstring>
+#include <mutex>
+#include <shared_mutex>
 
 namespace kvtier::nvme {
 
@@ -41,29 +46,102 @@ Status FromRocks(const rocksdb::Status& s, std::string_view what) {
   return Status::Internal(fmt::format("nvme index {}: {}", what, s.ToString()));
 }
 
-rocksdb::WriteOptions Write(IndexSync sync) {
+rocksdb::WriteOptions WriteOpts(IndexSync sync) {
   rocksdb::WriteOptions w;
   w.sync = sync == IndexSync::kSync;
   return w;
 }
 }  // namespace
 
+// RocksDB's info log goes nowhere. Its default (a LOG file in the index directory) shares
+// the disk: once a LOG write failed on a full disk, RocksDB 7.8 aborts on the next log
+// line (WritableFileWriter::AssertFalseAndGetStatusForPrevError), which its error handler
+// writes as soon as a WAL write fails. Errors reach the caller as Status instead.
+class NoInfoLog final : public rocksdb::Logger {
+ public:
+  NoInfoLog() : rocksdb::Logger(rocksdb::InfoLogLevel::HEADER_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char*, va_list) override {}
+};
+
+Result<std::unique_ptr<rocksdb::DB>> OpenDb(const std::string& path) {
+  rocksdb::Options options;
+  options.info_log = std::make_shared<NoInfoLog>();
+  options.create_if_missing = true;
+  options.paranoid_checks = true;
+  options.max_open_files = 64;
+  rocksdb::DB* raw = nullptr;
+  KVT_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(options, path, &raw), fmt::format("open {}", path)));
+  return std::unique_ptr<rocksdb::DB>(raw);
+}
+
+using SteadyClock = std::chrono::steady_clock;
+
 struct NvmeIndex::Impl {
-  std::unique_ptr<rocksdb::DB> db;
+  std::string path;
+  // Shared by every use of `db`; exclusive while the handle is replaced.
+  mutable std::shared_mutex mu;
+  std::unique_ptr<rocksdb::DB> db;  // null after a reopen failed (until one succeeds)
+  // Set by a failed write (kNoSpace / kIoError), under mu (exclusive) or by the writer that
+  // failed (then under `error_mu`). While set, writes are refused without touching `db`:
+  // RocksDB 7.8 aborts (WritableFileWriter assertion) on a write after a failed WAL write,
+  // and its Resume() reuses that WAL writer.
+  std::mutex error_mu;
+  Status write_error;
+  SteadyClock::time_point last_reopen{};
+  uint64_t reopens = 0;
+
+  bool failed() {
+    std::lock_guard lock(error_mu);
+    return !write_error.ok();
+  }
+  Status Refusal() {
+    std::lock_guard lock(error_mu);
+    return Status(write_error.code(),
+                  fmt::format("nvme index {}: writes refused since a failed write ({}); retried by reopening the index "
+                              "at most every {} ms",
+                              path, write_error.message(), kReopenInterval.count()));
+  }
+  // Healthy, or a reopen (at most one per kReopenInterval) made it healthy again.
+  Status Recover() {
+    if (!failed()) return Status();
+    std::unique_lock lock(mu);
+    if (!failed()) return Status();  // another writer reopened it
+    const auto now = SteadyClock::now();
+    if (now - last_reopen < kReopenInterval) return Refusal();
+    last_reopen = now;
+    db.reset();  // closes the failed handle (no further writes through it)
+    auto fresh = OpenDb(path);
+    if (!fresh.ok()) {
+      Status r = Refusal();
+      return Status(r.code(), fmt::format("{}; reopen failed: {}", r.message(), fresh.status().message()));
+    }
+    db = std::move(fresh).value();
+    ++reopens;
+    std::lock_guard e(error_mu);
+    write_error = Status();
+    return Status();
+  }
+  Status Write(rocksdb::WriteBatch* batch, IndexSync sync, std::string_view what) {
+    KVT_RETURN_IF_ERROR(Recover());
+    std::shared_lock lock(mu);
+    if (failed() || db == nullptr) return Refusal();
+    Status s = FromRocks(db->Write(WriteOpts(sync), batch), what);
+    if (!s.ok() && (s.code() == StatusCode::kNoSpace || s.code() == StatusCode::kIoError)) {
+      std::lock_guard e(error_mu);
+      if (write_error.ok()) write_error = s;
+    }
+    return s;
+  }
 };
 
 NvmeIndex::NvmeIndex(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 NvmeIndex::~NvmeIndex() = default;
 
 Result<std::unique_ptr<NvmeIndex>> NvmeIndex::Open(const std::string& path) {
-  rocksdb::Options options;
-  options.create_if_missing = true;
-  options.paranoid_checks = true;
-  options.max_open_files = 64;
-  rocksdb::DB* raw = nullptr;
-  KVT_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(options, path, &raw), fmt::format("open {}", path)));
   auto impl = std::make_unique<Impl>();
-  impl->db.reset(raw);
+  impl->path = path;
+  KVT_ASSIGN_OR_RETURN(impl->db, OpenDb(path));
   return std::unique_ptr<NvmeIndex>(new NvmeIndex(std::move(impl)));
 }
 
@@ -72,17 +150,26 @@ Status NvmeIndex::Put(std::span<const IndexRecord> records, IndexSync sync) {
   for (const IndexRecord& r : records) {
     KVT_RETURN_IF_ERROR(FromRocks(batch.Put(EncodeKey(r.key), EncodeValue(r)), "batch put"));
   }
-  return FromRocks(impl_->db->Write(Write(sync), &batch), "put");
+  return impl_->Write(&batch, sync, "put");
 }
 
 Status NvmeIndex::Delete(std::span<const BlockKey> keys, IndexSync sync) {
   rocksdb::WriteBatch batch;
   for (const BlockKey& k : keys) KVT_RETURN_IF_ERROR(FromRocks(batch.Delete(EncodeKey(k)), "batch delete"));
-  return FromRocks(impl_->db->Write(Write(sync), &batch), "delete");
+  return impl_->Write(&batch, sync, "delete");
+}
+
+bool NvmeIndex::writable() const { return !impl_->failed(); }
+
+uint64_t NvmeIndex::reopens() const {
+  std::shared_lock lock(impl_->mu);
+  return impl_->reopens;
 }
 
 Result<std::vector<IndexRecord>> NvmeIndex::LoadAll(uint64_t* bad) const {
   std::vector<IndexRecord> out;
+  std::shared_lock lock(impl_->mu);
+  if (impl_->db == nullptr) return Status::Unavailable(fmt::format("nvme index {}: closed after a failed reopen", impl_->path));
   std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions()));
   for (it->Seek("b"); it->Valid() && it->key().starts_with("b"); it->Next()) {
     if (it->key().size() != kKeyBytes || it->value().size() != kValueBytes) {
@@ -107,6 +194,8 @@ Result<std::vector<IndexRecord>> NvmeIndex::LoadAll(uint64_t* bad) const {
 
 Result<uint64_t> NvmeIndex::GetCounter() const {
   std::string v;
+  std::shared_lock lock(impl_->mu);
+  if (impl_->db == nullptr) return Status::Unavailable(fmt::format("nvme index {}: closed after a failed reopen", impl_->path));
   rocksdb::Status s = impl_->db->Get(rocksdb::ReadOptions(), kCounterKey, &v);
   if (s.IsNotFound()) return uint64_t{0};
   KVT_RETURN_IF_ERROR(FromRocks(s, "get counter"));
@@ -119,7 +208,9 @@ Result<uint64_t> NvmeIndex::GetCounter() const {
 Status NvmeIndex::PutCounter(uint64_t value, IndexSync sync) {
   std::string v(8, '\0');
   std::memcpy(v.data(), &value, 8);
-  return FromRocks(impl_->db->Put(Write(sync), kCounterKey, v), "put counter");
+  rocksdb::WriteBatch batch;
+  KVT_RETURN_IF_ERROR(FromRocks(batch.Put(kCounterKey, v), "batch put counter"));
+  return impl_->Write(&batch, sync, "put counter");
 }
 
 }  // namespace kvtier::nvme

@@ -3,9 +3,18 @@
 // chooses whether a write waits for the WAL to reach the drive (durable mode) or not
 // (cache mode: a lost index entry is a miss). RocksDB headers stay in nvme_index.cc.
 //
+// A failed write (kNoSpace, kIoError: e.g. the WAL hit a full disk) puts the index in an
+// error state: from then on writes are refused with a Status of the same code that names
+// the first error, without touching RocksDB (RocksDB 7.8 aborts on a write after a failed
+// WAL write, and its Resume() reuses the failed WAL writer). A write in the error state
+// first tries to reopen the DB handle, at most once per kReopenInterval: once space has
+// returned the reopen succeeds (RocksDB replays its WAL) and writes work again. Reads of
+// the open handle keep working; after a failed reopen (no handle) they are kUnavailable.
+//
 // Thread-safe.
 #pragma once
 
+#include <chrono>
 #include <memory>
 #include <span>
 #include <string>
@@ -27,6 +36,9 @@ struct IndexRecord {
 
 enum class IndexSync : uint8_t { kNone, kSync };
 
+// How often a write in the error state may retry by reopening the index.
+inline constexpr std::chrono::milliseconds kReopenInterval{100};
+
 class NvmeIndex {
  public:
   // Opens (creating) the index at `path`.
@@ -40,6 +52,10 @@ class NvmeIndex {
   // A persisted counter (the next generation).
   Result<uint64_t> GetCounter() const;
   Status PutCounter(uint64_t value, IndexSync sync);
+  // False while writes are refused after a failed write (see above).
+  bool writable() const;
+  // Reopens that ended an error state.
+  uint64_t reopens() const;
 
  private:
   struct Impl;

@@ -326,8 +326,14 @@ Result<FsckReport> NvmeTier::Fsck(bool drop) {
 }
 
 NvmeTierStats NvmeTier::stats() const {
-  std::lock_guard lock(mu_);
-  return stats_;
+  NvmeTierStats st;
+  {
+    std::lock_guard lock(mu_);
+    st = stats_;
+  }
+  st.index_reopens = index_->reopens();
+  st.index_writable = index_->writable();
+  return st;
 }
 
 }  // namespace kvtier
