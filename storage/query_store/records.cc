@@ -58,6 +58,7 @@ class Reader {
     return true;
   }
   bool GetRaw(void* dst, size_t n) {
+    if (n == 0) return true;  // dst may be the null data() of an empty vector
     if (s_.size() < n) return false;
     std::memcpy(dst, s_.data(), n);
     s_.remove_prefix(n);
