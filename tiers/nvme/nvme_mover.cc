@@ -47,7 +47,9 @@ struct NvmeMover::Io {
   std::vector<Segment> segments;  // by header sector index
   std::vector<uint32_t> free_sectors;
   std::deque<std::shared_ptr<Job>> active;
-  std::shared_ptr<Job> syncing;  // durable mode: the job whose fdatasync is in flight
+  std::vector<std::shared_ptr<Job>> awaiting_sync;  // durable mode: written, fdatasync not yet issued
+  std::vector<std::shared_ptr<Job>> syncing;        // durable mode: the jobs whose fdatasync is in flight
+  std::vector<std::shared_ptr<Job>> to_publish;     // written (and synced): indexed at the end of the reap pass
   std::atomic<uint64_t> bytes{0}, batches{0}, segment_count{0}, errors{0}, busy_ns{0};
   LatencyRecorder latency;
   explicit Io(UringQueue q) : queue(std::move(q)) {}
@@ -199,25 +201,44 @@ void NvmeMover::IoLoop() {
   const int fd = nvme_->fd();
   const nvme::SlabGeometry& g = nvme_->geometry();
 
-  // All segments of `job` have finished: publish (writes), then signal.
-  auto complete = [&](const std::shared_ptr<Job>& job) {
-    if (writing && job->status.ok()) {
-      std::vector<SlotId> slots;
+  // Indexes every job in to_publish in one WriteBatch (their writes, and in durable mode
+  // their fdatasync, have completed successfully), then signals them.
+  auto publish = [&] {
+    if (io.to_publish.empty()) return;
+    std::vector<SlotId> slots;
+    std::vector<nvme::SlotHeader> headers;
+    for (const auto& job : io.to_publish) {
       for (const CopySegment& c : job->batch.segments) slots.push_back(c.dst);
-      if (Status s = nvme_->Publish(slots, job->headers); !s.ok()) job->status = std::move(s).Annotate(name_);
+      headers.insert(headers.end(), job->headers.begin(), job->headers.end());
     }
-    Finish(job);
+    Status s = nvme_->Publish(slots, headers);
+    for (const auto& job : io.to_publish) {
+      if (!s.ok()) job->status = Status(s).Annotate(name_);
+      Finish(job);
+    }
+    io.to_publish.clear();
+  };
+  // All segments of `job` have finished (and, durable, its fdatasync): publish (writes), then signal.
+  auto complete = [&](const std::shared_ptr<Job>& job) {
+    if (!writing || !job->status.ok()) return Finish(job);
+    io.to_publish.push_back(job);
+    if (options_.publish_per_batch) publish();
   };
   auto segment_done = [&](const std::shared_ptr<Job>& job, Status s) {
     if (!s.ok() && job->status.ok()) job->status = std::move(s).Annotate(name_);
     if (--job->unfinished > 0) return;
     if (writing && job->status.ok() && nvme_->mode() == NvmeMode::kDurable) {
-      io.syncing = job;  // fdatasync before the blocks are published (one at a time)
-      Status p = io.queue.Prep({IoOp::kSyncData, fd, 0, nullptr, 0, -1, kSyncTag});
-      KVT_CHECK(p.ok());  // a sector was just freed, so the queue has room
+      io.awaiting_sync.push_back(job);  // fdatasync before the blocks are published
       return;
     }
     complete(job);
+  };
+  // Durable mode: one fdatasync for every job awaiting one (none in flight).
+  auto start_sync = [&] {
+    if (io.awaiting_sync.empty() || !io.syncing.empty()) return;
+    io.syncing.swap(io.awaiting_sync);
+    Status p = io.queue.Prep({IoOp::kSyncData, fd, 0, nullptr, 0, -1, kSyncTag});
+    KVT_CHECK(p.ok());  // called before new segments start: the finished jobs' sectors left room
   };
   // Starts segment `job->next` in sector `h`.
   auto start = [&](const std::shared_ptr<Job>& job, uint32_t h) {
@@ -271,9 +292,12 @@ void NvmeMover::IoLoop() {
   };
   auto on_complete = [&](uint64_t tag, Status s) {
     if (tag == kSyncTag) {
-      std::shared_ptr<Job> job = std::move(io.syncing);
-      if (!s.ok()) job->status = std::move(s).Annotate(name_);
-      complete(job);
+      std::vector<std::shared_ptr<Job>> jobs;
+      jobs.swap(io.syncing);
+      for (const auto& job : jobs) {
+        if (!s.ok()) job->status = Status(s).Annotate(name_);
+        complete(job);
+      }
       return;
     }
     const auto h = static_cast<uint32_t>(tag / 2);
@@ -307,7 +331,7 @@ void NvmeMover::IoLoop() {
   while (true) {
     {
       std::unique_lock lock(mu_);
-      if (io.active.empty() && io.queue.in_flight() == 0) {
+      if (io.active.empty() && io.queue.in_flight() == 0 && io.awaiting_sync.empty()) {
         cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
         if (queue_.empty()) return;
       }
@@ -319,7 +343,8 @@ void NvmeMover::IoLoop() {
     }
     // Start as many segments as there are free header sectors (one fdatasync keeps one
     // sector's worth of queue room: hold back while a sync is in flight).
-    while (!io.active.empty() && !io.free_sectors.empty() && io.syncing == nullptr) {
+    start_sync();
+    while (!io.active.empty() && !io.free_sectors.empty() && io.syncing.empty()) {
       std::shared_ptr<Job> job = io.active.front();
       if (job->next == job->batch.segments.size()) {
         io.active.pop_front();
@@ -336,6 +361,7 @@ void NvmeMover::IoLoop() {
       KVT_CHECK_MSG(false, n.status().ToString());
     }
     if (auto r = io.queue.Reap(1, on_complete); !r.ok()) KVT_CHECK_MSG(false, r.status().ToString());
+    publish();  // everything this pass completed, in one index WriteBatch
   }
 }
 

@@ -6,8 +6,11 @@
 // Segments are whole blocks (offsets 0): a slot's checksum covers its whole payload.
 //   DRAM -> NVMe: header (key from MoveBatch::keys or NvmeTier::Bind, a new generation, the checksum of
 //                 the DRAM bytes) and payload are written; in durable mode the slab is
-//                 fdatasync'ed; then the tier publishes the blocks. A failed write publishes
-//                 nothing and fails the batch.
+//                 fdatasync'ed (one fdatasync covers every batch whose writes completed
+//                 before it was issued); then the tier publishes the blocks: all batches
+//                 completed in one reap pass in one index WriteBatch. A failed write
+//                 publishes nothing and fails the batch; a failed index write fails every
+//                 batch of that WriteBatch.
 //   NVMe -> DRAM: header and payload are read, then verified (magic, version, offset,
 //                 generation, length, key, checksum; the key is MoveBatch::keys[i] when
 //                 given, else the one the slot was published under). Any failure fails the batch with
@@ -38,6 +41,9 @@ enum class NvmeDirection : uint8_t { kDramToNvme, kNvmeToDram };
 struct NvmeMoverOptions {
   uint32_t queue_depth = 64;  // segments in flight (each is two I/Os: header and payload)
   CompletionFault fault;      // tests only: rewrites completions (EIO, short transfers)
+  // Benchmarks only: index each batch on its own as it completes (the pre-2026-11-27
+  // behaviour) instead of all batches completed in one reap pass in one WriteBatch.
+  bool publish_per_batch = false;
 };
 
 class NvmeMover final : public Mover {

@@ -245,7 +245,16 @@ Status NvmeTier::Publish(std::span<const SlotId> slots, std::span<const nvme::Sl
     }
   }
   if (!records.empty()) {
-    if (Status s = index_->Put(records, sync()); !s.ok()) {
+    const auto t0 = std::chrono::steady_clock::now();
+    Status s = index_->Put(records, sync());
+    const auto ns = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count());
+    {
+      std::lock_guard lock(mu_);
+      ++stats_.index_puts;
+      stats_.index_put_ns += ns;
+    }
+    if (!s.ok()) {
       std::lock_guard lock(mu_);
       ++stats_.index_errors;
       for (SlotId slot : slots) state_[slot.value()].written = false;

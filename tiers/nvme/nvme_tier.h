@@ -59,6 +59,8 @@ struct NvmeTierStats {
   uint64_t data_loss = 0;            // blocks that failed verification (read or fsck)
   uint64_t unpublished = 0;          // index entries deleted on release
   uint64_t index_errors = 0;         // index writes that failed (the block is then not published)
+  uint64_t index_puts = 0;           // index Put calls made by Publish (one WriteBatch each)
+  uint64_t index_put_ns = 0;         // time spent in them (on the writing mover's I/O thread)
   uint64_t index_reopens = 0;        // index reopens that ended a failed-write state (nvme_index.h)
   bool index_writable = true;        // false while index writes are refused after a failed one
   bool direct = false;               // the slab is open with O_DIRECT
