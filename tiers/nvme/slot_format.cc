@@ -33,14 +33,19 @@ void EncodeFields(const SlotHeader& h, std::span<std::byte> s) {
 }
 }  // namespace
 
+// XXH3-64 over the header's first kChecksummedHeaderBytes bytes as they are, then the payload.
+static uint64_t ChecksumOf(std::span<const std::byte> header_bytes, std::span<const std::byte> payload) {
+  XXH3_state_t state;
+  XXH3_64bits_reset(&state);
+  XXH3_64bits_update(&state, header_bytes.data(), kChecksummedHeaderBytes);
+  XXH3_64bits_update(&state, payload.data(), payload.size());
+  return XXH3_64bits_digest(&state);
+}
+
 uint64_t SlotChecksum(const SlotHeader& h, std::span<const std::byte> payload) {
   std::byte fields[kChecksummedHeaderBytes];
   EncodeFields(h, fields);
-  XXH3_state_t state;
-  XXH3_64bits_reset(&state);
-  XXH3_64bits_update(&state, fields, sizeof(fields));
-  XXH3_64bits_update(&state, payload.data(), payload.size());
-  return XXH3_64bits_digest(&state);
+  return ChecksumOf(fields, payload);
 }
 
 void EncodeSlotHeader(const SlotHeader& h, std::span<std::byte> sector) {
@@ -80,7 +85,9 @@ Status VerifySlot(std::span<const std::byte> sector, std::span<const std::byte> 
   if (want.key != nullptr && !(h.key == *want.key)) {
     return Status::DataLoss(fmt::format("block {} found where {} was expected", h.key.ToString(), want.key->ToString()));
   }
-  if (SlotChecksum(h, payload.first(h.payload_bytes)) != h.checksum) {
+  // Over the bytes as read, not re-encoded fields: a flip in the flags or a reserved zero
+  // field must fail too.
+  if (ChecksumOf(sector, payload.first(h.payload_bytes)) != h.checksum) {
     return Status::DataLoss(fmt::format("checksum mismatch (torn or corrupted block) at offset {}", want.slot_offset));
   }
   return Status();
