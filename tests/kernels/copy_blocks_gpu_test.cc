@@ -12,21 +12,13 @@
 #include <vector>
 
 #include "copy_blocks.cuh"
+#include "kernels/cuda_test_support.h"
 #include "reference/copy_blocks.h"
 
 namespace kvtier::kernels {
 namespace {
 
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
-
-bool HaveDevice() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
+bool HaveDevice() { return ::kvtier::testing::HaveCudaDevice(); }
 
 constexpr std::byte kPoison{0xA5};
 

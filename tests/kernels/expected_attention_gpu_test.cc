@@ -12,21 +12,13 @@
 #include <vector>
 
 #include "expected_attention.cuh"
+#include "kernels/cuda_test_support.h"
 #include "reference/expected_attention.h"
 
 namespace kvtier::kernels {
 namespace {
 
-#define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
-
-bool HaveDevice() {
-  int n = 0;
-  if (cudaGetDeviceCount(&n) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return false;
-  }
-  return n > 0;
-}
+bool HaveDevice() { return ::kvtier::testing::HaveCudaDevice(); }
 
 struct DeviceArray {
   float* p = nullptr;
