@@ -1,0 +1,70 @@
+// CPU reference of Quest page selection (Tang et al., ICML 2024; arXiv 2406.10774), the
+// selector of kvtier's sparse-attention path. The CUDA kernel (kernels/quest_select.cuh)
+// computes the same selection and is tested against this; the runtime's QuestSelector and
+// `kvtier select` call these functions directly.
+//
+// Per slice (one KV head of one block) the metadata is the per-channel minimum m and
+// maximum M of the slice's keys (keys as cached, i.e. after RoPE). For a query q the bound
+//     U = Σ_i max(q_i·m_i, q_i·M_i)   ≥   max over the slice's keys k of q·k
+// ranks blocks. With GQA the query heads of a group are combined per KV head: the sum of
+// their bounds (default) or the maximum.
+//
+// Compact metadata (what lives in HBM): int8 per channel plus one fp32 scale per slice,
+//     scale = max_i(|m_i|, |M_i|) / 127   (1.0 when every bound is 0)
+//     m_q = floor(m / scale),  M_q = ceil(M / scale)   clamped to [-127, 127]
+// so scale·m_q ≤ m and scale·M_q ≥ M: the dequantised bound is never below the true one
+// (selection stays conservative), at 2·d + 4 bytes per slice instead of 2·d·2 (bf16).
+//
+// Selection per KV head: the first `sink_blocks` blocks and the last block (the current,
+// possibly partially filled one) are always selected; the remaining budget goes to the
+// highest scores, ties to the lower block index. The result is sorted ascending and has
+// exactly BudgetBlocks() entries. Arrays are C order, dense; functions run on the calling
+// thread, allocate at most their own scratch and borrow their inputs. Shapes are checked by
+// the binding layers (the runtime, `kvtier select`), not here.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+namespace kvtier::kernels {
+
+enum class GqaCombine : uint8_t { kSum = 0, kMax = 1 };
+
+struct QuestShape {
+  uint32_t q_heads = 0;   // a multiple of kv_heads
+  uint32_t kv_heads = 0;
+  uint32_t head_dim = 0;
+  uint32_t blocks = 0;    // blocks of the sequence; the last one may be partial
+
+  uint32_t group() const { return q_heads / kv_heads; }
+};
+
+struct QuestSelectParams {
+  uint32_t budget_tokens = 2048;  // selected blocks = budget_tokens / block_tokens (forced included)
+  uint32_t block_tokens = 16;
+  uint32_t sink_blocks = 1;       // always selected, from block 0
+  uint32_t min_blocks = 3;        // Quest's evaluation selects at least max(3, budget / page)
+  GqaCombine combine = GqaCombine::kSum;
+};
+
+// min(blocks, max(min_blocks, budget_tokens / block_tokens, sink_blocks + 1)).
+uint32_t QuestBudgetBlocks(const QuestShape& shape, const QuestSelectParams& params);
+
+// bounds [kv_heads][blocks][2][d] (min then max) → q [..][2][d] int8 and scales [kv_heads][blocks].
+void QuantizeQuestBounds(const QuestShape& shape, std::span<const float> bounds, std::span<int8_t> q,
+                         std::span<float> scales);
+
+// queries [q_heads][d]; bounds [kv_heads][blocks][2][d] → scores [kv_heads][blocks].
+void QuestScores(const QuestShape& shape, GqaCombine combine, std::span<const float> queries,
+                 std::span<const float> bounds, std::span<float> scores);
+
+// The same on the compact form: the bound is computed on scale·m_q, scale·M_q.
+void QuestScoresQuantized(const QuestShape& shape, GqaCombine combine, std::span<const float> queries,
+                          std::span<const int8_t> q, std::span<const float> scales, std::span<float> scores);
+
+// scores [kv_heads][blocks] → selected [kv_heads][QuestBudgetBlocks()] block indices, each
+// row sorted ascending.
+void QuestSelectTopK(const QuestShape& shape, const QuestSelectParams& params, std::span<const float> scores,
+                     std::span<uint32_t> selected);
+
+}  // namespace kvtier::kernels
