@@ -14,6 +14,9 @@
 //     m_q = floor(m / scale),  M_q = ceil(M / scale)   clamped to [-127, 127]
 // so scale·m_q ≤ m and scale·M_q ≥ M: the dequantised bound is never below the true one
 // (selection stays conservative), at 2·d + 4 bytes per slice instead of 2·d·2 (bf16).
+// In fp32 (as the reference computes it): scale is raised ulp by ulp while 127·scale < max,
+// and m_q (M_q) is lowered (raised) by one where the fp32 product scale·m_q > m
+// (scale·M_q < M), so the promise holds for the rounded products, not only in exact arithmetic.
 //
 // Selection per KV head: the first `sink_blocks` blocks and the last block (the current,
 // possibly partially filled one) are always selected; the remaining budget goes to the
