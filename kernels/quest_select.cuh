@@ -1,0 +1,79 @@
+// Quest page selection on the GPU, batched over requests (each with its own number of
+// blocks) and KV heads: the result of the CPU reference (kernels/reference/quest_select.h,
+// which is the contract: QuestScoresQuantized then QuestSelectTopK) for every (request, KV
+// head) at once. The caller owns every buffer; nothing here allocates or synchronises.
+//
+// Two launches on `stream`:
+//   1. scores  grid (tiles of 128 blocks, KV heads, requests), 256 threads: 8 lanes per
+//              slice (16 channels each at d = 128), so a warp reads 4 slices' int8 bounds
+//              per instruction and 4 passes are in flight; the group's query heads are
+//              staged once per CTA. Sum: Σ_g q_gi·(q_gi ≥ 0 ? M_i : m_i) = M_i·P_i + m_i·N_i with
+//              P_i = Σ_g max(q_gi, 0), N_i = Σ_g min(q_gi, 0), two registers per channel
+//              whatever the group; max: one sum per query head, then the max.
+//   2. top-k   one CTA per (request, KV head): radix select (4 passes of 8 bits) on the
+//              order-preserving bits of the candidates' scores finds the k-th largest value
+//              T and how many ties at T to take; one compaction pass in block order then
+//              writes forced blocks, scores > T, and the lowest-index ties = T — the sorted
+//              selection, with ties going to the lower index exactly as the reference.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "reference/quest_select.h"
+
+namespace kvtier::kernels {
+
+enum class QuestQueryType : uint8_t { kFloat32 = 0, kBf16 = 1, kFp16 = 2 };
+
+// QuestBudgetBlocks for a sequence of `blocks` blocks (host and device).
+__host__ __device__ inline uint32_t QuestBudgetBlocksOf(uint32_t blocks, const QuestSelectParams& p) {
+  const uint32_t by_budget = p.block_tokens == 0 ? 0 : p.budget_tokens / p.block_tokens;
+  uint32_t k = p.min_blocks > by_budget ? p.min_blocks : by_budget;
+  if (p.sink_blocks + 1 > k) k = p.sink_blocks + 1;
+  return k < blocks ? k : blocks;
+}
+
+struct QuestSelectDeviceArgs {
+  uint32_t requests = 0;
+  uint32_t q_heads = 0;              // a multiple of kv_heads
+  uint32_t kv_heads = 0;
+  uint32_t head_dim = 0;             // 64 or 128
+  uint32_t max_blocks = 0;           // ≥ every request's blocks (sizes the score grid)
+  QuestSelectParams params;
+  QuestQueryType query_type = QuestQueryType::kFloat32;
+  const void* queries = nullptr;           // [requests][q_heads][d]
+  const uint32_t* block_offsets = nullptr; // [requests + 1]: request r has blocks [off[r], off[r+1])
+  // Request r's metadata at element off[r]·kv_heads·2d: [kv_heads][blocks_r][2][d] int8
+  // (min then max), and its scales at off[r]·kv_heads: [kv_heads][blocks_r] — the
+  // reference's layout per request, requests back to back.
+  const int8_t* bounds = nullptr;
+  const float* scales = nullptr;
+  float* scores = nullptr;                 // output, laid out like `scales`
+  // Row (r, h) = r·kv_heads + h writes its selection at selected[sel_off[row] ..
+  // sel_off[row+1]), which must hold QuestBudgetBlocksOf(blocks_r) entries (a row whose
+  // range has another size is filled with 0xffffffff).
+  const uint32_t* selected_offsets = nullptr;  // [requests·kv_heads + 1]
+  uint32_t* selected = nullptr;                // block indices, each row ascending
+  // Optional (both or neither): the slot of every slice, laid out like `scales`; the
+  // selection is also written as slots (the page list of sparse attention).
+  const uint32_t* block_slots = nullptr;
+  uint32_t* selected_slots = nullptr;
+};
+
+// Host: sel_off for `blocks[r]` blocks per request — the running sum of
+// QuestBudgetBlocksOf over rows (requests · kv_heads + 1 entries).
+void QuestSelectedOffsets(const uint32_t* blocks, uint32_t requests, uint32_t kv_heads, const QuestSelectParams& params,
+                          uint32_t* offsets);
+
+// Launch 1 only (the raw scores, for tests and for callers that rank differently).
+cudaError_t LaunchQuestScores(const QuestSelectDeviceArgs& args, cudaStream_t stream);
+// Launch 2 only, on scores already in args.scores.
+cudaError_t LaunchQuestTopK(const QuestSelectDeviceArgs& args, cudaStream_t stream);
+// Both. cudaErrorInvalidValue for an unsupported head_dim, a q_heads that is not a multiple
+// of kv_heads, a group whose queries do not fit in shared memory (group·d > 12288 with max),
+// or a null pointer; otherwise the launch error, if any.
+cudaError_t LaunchQuestSelect(const QuestSelectDeviceArgs& args, cudaStream_t stream);
+
+}  // namespace kvtier::kernels

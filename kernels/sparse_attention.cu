@@ -1,0 +1,439 @@
+// Why this shape: decode attention reads each K/V byte once and does ~2 flops per byte per
+// query head, so it is a streaming problem. Each lane owns 8 channels (one 16-byte vector)
+// of kD/8-lane "row groups"; a warp loads kR = 32·8/kD token rows per instruction and kT
+// instructions per tile for K and as many for V, so 1 KiB·kT is in flight per warp with no
+// shared-memory staging; the next tile's loads are issued before the current tile's
+// softmax and P·V. Dot products are reduced over a row group with log2(kD/8) shuffles; each
+// row group keeps its own online softmax (running max m, sum l, accumulator o, in the log2
+// domain: q is pre-scaled by log2(e)/√d), merged across row groups, warps and pieces with
+// the usual (m, l, o) rule at the end.
+#include "sparse_attention.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace kvtier::kernels {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr float kLog2e = 1.4426950408889634f;
+
+size_t AlignUp(size_t x) { return (x + 255) / 256 * 256; }
+
+struct Layout {
+  size_t counters = 0, partial = 0, lse = 0, total = 0;
+};
+
+Layout WorkspaceLayout(const SparseAttentionShape& s, const SparseAttentionPlan& p) {
+  Layout l;
+  const size_t pieces = size_t{p.rows} * p.max_splits * p.heads_per_cta;  // (row, piece, head)
+  l.counters = 0;
+  l.partial = AlignUp(sizeof(uint32_t) * p.rows);
+  l.lse = AlignUp(l.partial + sizeof(float) * pieces * s.head_dim);
+  l.total = AlignUp(l.lse + sizeof(float) * pieces);
+  return l;
+}
+
+uint32_t HeadsPerCta(uint32_t group) {
+  for (uint32_t h : {8u, 4u, 2u}) {
+    if (group % h == 0) return h;
+  }
+  return 1;
+}
+
+// 8 consecutive 16-bit values → fp32.
+template <HalfType kType>
+__device__ __forceinline__ void Unpack(const uint4& v, float (&f)[8]) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (kType == HalfType::kBf16) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    } else {
+      const float2 x = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      f[2 * i] = x.x;
+      f[2 * i + 1] = x.y;
+    }
+  }
+}
+
+template <HalfType kType>
+__device__ __forceinline__ uint16_t ToHalfBits(float x) {
+  if constexpr (kType == HalfType::kBf16) return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+  else return __half_as_ushort(__float2half_rn(x));
+}
+
+// (m, l, o) ⊕ (m2, l2, o2) in the log2 domain; an empty side has m = -inf, l = 0, o = 0.
+__device__ __forceinline__ void MergeScale(float m, float m2, float& a, float& b, float& m_new) {
+  m_new = fmaxf(m, m2);
+  const float base = m_new == -INFINITY ? 0.0f : m_new;  // both empty: keep zeros, no NaN
+  a = exp2f(m - base);
+  b = exp2f(m2 - base);
+}
+
+struct Row {
+  uint32_t request, kv_head, head0;  // head0: first query head of this CTA
+  uint32_t page_row;                 // r·kv_heads + h
+};
+
+template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
+__device__ __forceinline__ void WriteOutput(void* out, size_t index, float value) {
+  if constexpr (kOut == AttentionOutput::kFloat32) static_cast<float*>(out)[index] = value;
+  else static_cast<uint16_t*>(out)[index] = ToHalfBits<kType>(value);
+}
+
+template <int kD, int kHeads, HalfType kType, AttentionOutput kOut, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    SparseAttentionKernel(SparseAttentionDeviceArgs a, uint32_t chunk_pages, uint32_t block_shift,
+                          float* __restrict__ partial, float* __restrict__ lse, uint32_t* __restrict__ counters) {
+  constexpr int kL = kD / 8;      // lanes per token row (one 16-byte vector each)
+  constexpr int kR = 32 / kL;     // token rows per warp instruction
+  constexpr int kT = 4;           // instructions per tile (for K, and for V)
+  constexpr int kTile = kR * kT;  // tokens per warp tile
+  __shared__ uint32_t slots_s[kSparseAttentionMaxChunkPages];
+  __shared__ float merge_m[kWarps][kHeads], merge_l[kWarps][kHeads];
+  __shared__ float merge_o[kWarps][kHeads][kD];
+  __shared__ bool last_s;
+
+  const SparseAttentionShape& s = a.shape;
+  const uint32_t chunks = s.q_heads / s.kv_heads / kHeads;
+  const uint32_t row = blockIdx.y, piece = blockIdx.x;
+  const uint32_t request = row / (s.kv_heads * chunks);
+  const uint32_t kv_head = row / chunks % s.kv_heads;
+  const uint32_t head0 = kv_head * (s.q_heads / s.kv_heads) + row % chunks * kHeads;
+  const uint32_t page_row = request * s.kv_heads + kv_head;
+  const uint32_t begin = a.page_offsets[page_row], end = a.page_offsets[page_row + 1];
+  const uint32_t n = end - begin;
+  const uint32_t pieces = (n + chunk_pages - 1) / chunk_pages;
+  const int tid = static_cast<int>(threadIdx.x);
+  const size_t out_base = (size_t{request} * s.q_heads + head0) * kD;
+  if (n == 0 || pieces > gridDim.x) {
+    // No page: zeros. More pages than the plan allows: NaN, so misuse cannot pass for a result.
+    if (piece == 0) {
+      const float fill = n == 0 ? 0.0f : __int_as_float(0x7fc00000);
+      for (int i = tid; i < kHeads * kD; i += kThreads) WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, fill);
+    }
+    return;
+  }
+  if (piece >= pieces) return;
+
+  const uint32_t p0 = begin + piece * chunk_pages;
+  const uint32_t p1 = min(p0 + chunk_pages, end);
+  const uint32_t bt = 1u << block_shift;
+  const uint32_t last = min(a.last_page_tokens[page_row], bt);
+  const uint32_t valid = (p1 - p0) * bt - (p1 == end ? bt - last : 0u);
+  for (uint32_t i = tid; i < p1 - p0; i += kThreads) slots_s[i] = a.page_slots[p0 + i];
+
+  const int warp = tid / 32, lane = tid % 32;
+  const int c = lane % kL, rr = lane / kL;  // channel vector, token row within an instruction
+  float q[kHeads][8];
+  {
+    const float qscale = kLog2e * rsqrtf(static_cast<float>(kD));
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+      const uint4 v = *reinterpret_cast<const uint4*>(a.queries + out_base + static_cast<size_t>(g) * kD + c * 8);
+      Unpack<kType>(v, q[g]);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) q[g][j] *= qscale;
+    }
+  }
+  __syncthreads();  // slots_s
+
+  const char* arena = static_cast<const char*>(a.arena);
+  const size_t v_offset = size_t{bt} * kD * sizeof(uint16_t);
+  auto token_ptr = [&](uint32_t f) -> const uint4* {
+    const uint32_t page = f >> block_shift, t = f & (bt - 1);
+    return reinterpret_cast<const uint4*>(arena + size_t{slots_s[page]} * s.slot_bytes +
+                                          size_t{t} * kD * sizeof(uint16_t) + c * 16);
+  };
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  auto load_k = [&](uint32_t tile, uint4 (&k)[kT]) {
+#pragma unroll
+    for (int i = 0; i < kT; ++i) {
+      const uint32_t f = tile * kTile + i * kR + rr;
+      k[i] = f < valid ? __ldcs(token_ptr(f)) : zero;
+    }
+  };
+  auto load_v = [&](uint32_t tile, uint4 (&v)[kT]) {
+#pragma unroll
+    for (int i = 0; i < kT; ++i) {
+      const uint32_t f = tile * kTile + i * kR + rr;
+      v[i] = f < valid ? __ldcs(reinterpret_cast<const uint4*>(reinterpret_cast<const char*>(token_ptr(f)) + v_offset))
+                       : zero;
+    }
+  };
+
+  float m[kHeads], l[kHeads], o[kHeads][8];
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) o[g][j] = 0.0f;
+  }
+
+  const uint32_t tiles = (valid + kTile - 1) / kTile;
+  uint32_t tile = warp;
+  uint4 kreg[kT], vreg[kT];
+  if (tile < tiles) {
+    load_k(tile, kreg);
+    load_v(tile, vreg);
+  }
+  for (; tile < tiles; tile += kWarps) {
+    const uint32_t next = tile + kWarps;
+    float sc[kT][kHeads];
+#pragma unroll
+    for (int i = 0; i < kT; ++i) {
+      float kf[8];
+      Unpack<kType>(kreg[i], kf);
+#pragma unroll
+      for (int g = 0; g < kHeads; ++g) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc = fmaf(q[g][j], kf[j], acc);
+        sc[i][g] = acc;
+      }
+    }
+    if (next < tiles) load_k(next, kreg);
+#pragma unroll
+    for (int i = 0; i < kT; ++i) {
+#pragma unroll
+      for (int g = 0; g < kHeads; ++g) {
+#pragma unroll
+        for (int off = kL / 2; off > 0; off /= 2) sc[i][g] += __shfl_xor_sync(0xffffffffu, sc[i][g], off);
+      }
+      const bool ok = tile * kTile + i * kR + rr < valid;  // the same for the whole row group
+#pragma unroll
+      for (int g = 0; g < kHeads; ++g) sc[i][g] = ok ? sc[i][g] : -INFINITY;
+    }
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+      float mx = sc[0][g];
+#pragma unroll
+      for (int i = 1; i < kT; ++i) mx = fmaxf(mx, sc[i][g]);
+      float alpha, unused, m_new;
+      MergeScale(m[g], mx, alpha, unused, m_new);
+      const float base = m_new == -INFINITY ? 0.0f : m_new;
+      m[g] = m_new;
+      l[g] *= alpha;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o[g][j] *= alpha;
+#pragma unroll
+      for (int i = 0; i < kT; ++i) {
+        sc[i][g] = exp2f(sc[i][g] - base);  // now the weight p
+        l[g] += sc[i][g];
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kT; ++i) {
+      float vf[8];
+      Unpack<kType>(vreg[i], vf);
+#pragma unroll
+      for (int g = 0; g < kHeads; ++g) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) o[g][j] = fmaf(sc[i][g], vf[j], o[g][j]);
+      }
+    }
+    if (next < tiles) load_v(next, vreg);
+  }
+
+  // Merge the row groups of the warp (lanes c, c + kL, ...), then the warps.
+#pragma unroll
+  for (int off = kL; off < 32; off *= 2) {
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m[g], off);
+      const float l2 = __shfl_xor_sync(0xffffffffu, l[g], off);
+      float wa, wb, m_new;
+      MergeScale(m[g], m2, wa, wb, m_new);
+      m[g] = m_new;
+      l[g] = l[g] * wa + l2 * wb;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o[g][j] = o[g][j] * wa + __shfl_xor_sync(0xffffffffu, o[g][j], off) * wb;
+    }
+  }
+  if (rr == 0) {
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+      if (c == 0) {
+        merge_m[warp][g] = m[g];
+        merge_l[warp][g] = l[g];
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) merge_o[warp][g][c * 8 + j] = o[g][j];
+    }
+  }
+  __syncthreads();
+  const bool single = pieces == 1;
+  const size_t piece_base = (size_t{row} * gridDim.x + piece) * kHeads;  // (row, piece, head 0)
+  for (int i = tid; i < kHeads * kD; i += kThreads) {
+    const int g = i / kD, dim = i % kD;
+    float mm = -INFINITY, ll = 0.0f, oo = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      float wa, wb, m_new;
+      MergeScale(mm, merge_m[w][g], wa, wb, m_new);
+      mm = m_new;
+      ll = ll * wa + merge_l[w][g] * wb;
+      oo = oo * wa + merge_o[w][g][dim] * wb;
+    }
+    const float value = ll > 0.0f ? oo / ll : 0.0f;
+    if (single) {
+      WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, value);
+    } else {
+      partial[(piece_base + g) * kD + dim] = value;
+      if (dim == 0) lse[piece_base + g] = ll > 0.0f ? mm + log2f(ll) : -INFINITY;
+    }
+  }
+  if (single) return;
+
+  // Last CTA of the row merges (threadFenceReduction pattern: every thread fences its
+  // partial writes before the count; the last one fences again before reading).
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last_s = atomicAdd(&counters[row], 1u) == pieces - 1;
+  __syncthreads();
+  if (!last_s) return;
+  __threadfence();
+  const size_t row_base = size_t{row} * gridDim.x * kHeads;
+  for (int i = tid; i < kHeads * kD; i += kThreads) {
+    const int g = i / kD, dim = i % kD;
+    float mm = -INFINITY, ll = 0.0f, oo = 0.0f;
+    for (uint32_t p = 0; p < pieces; ++p) {
+      const size_t at = row_base + size_t{p} * kHeads + g;
+      const float m2 = __ldcg(&lse[at]);
+      float wa, wb, m_new;
+      MergeScale(mm, m2, wa, wb, m_new);
+      mm = m_new;
+      ll = ll * wa + wb;  // each piece's o is normalised: its weight is 2^lse
+      oo = oo * wa + __ldcg(&partial[at * kD + dim]) * wb;
+    }
+    WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, ll > 0.0f ? oo / ll : 0.0f);
+  }
+  if (tid == 0) counters[row] = 0;  // ready for the next launch (stream order)
+}
+
+// CTAs per SM the register budget is sized for: 3 × 128 threads (≤ 168 registers) up to 4
+// heads per CTA, 2 (≤ 255) for 8, whose q and o take 128 registers on their own.
+constexpr int MinBlocks(int heads) { return heads >= 8 ? 2 : 3; }
+
+template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
+auto KernelFor() {
+  return &SparseAttentionKernel<kD, kHeads, kType, kOut, MinBlocks(kHeads)>;
+}
+
+using KernelPtr = void (*)(SparseAttentionDeviceArgs, uint32_t, uint32_t, float*, float*, uint32_t*);
+
+template <int kD, int kHeads, HalfType kType>
+KernelPtr PickOut(AttentionOutput out) {
+  return out == AttentionOutput::kFloat32 ? KernelFor<kD, kHeads, kType, AttentionOutput::kFloat32>()
+                                          : KernelFor<kD, kHeads, kType, AttentionOutput::kInputType>();
+}
+
+template <int kD, int kHeads>
+KernelPtr PickType(HalfType type, AttentionOutput out) {
+  return type == HalfType::kBf16 ? PickOut<kD, kHeads, HalfType::kBf16>(out) : PickOut<kD, kHeads, HalfType::kFp16>(out);
+}
+
+template <int kD>
+KernelPtr PickHeads(uint32_t heads, HalfType type, AttentionOutput out) {
+  switch (heads) {
+    case 1: return PickType<kD, 1>(type, out);
+    case 2: return PickType<kD, 2>(type, out);
+    case 4: return PickType<kD, 4>(type, out);
+    case 8: return PickType<kD, 8>(type, out);
+    default: return nullptr;
+  }
+}
+
+KernelPtr Pick(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out) {
+  switch (head_dim) {
+    case 64: return PickHeads<64>(heads, type, out);
+    case 128: return PickHeads<128>(heads, type, out);
+    default: return nullptr;
+  }
+}
+
+bool ShapeSupported(const SparseAttentionShape& s) {
+  const uint32_t bt = s.block_tokens;
+  return s.requests > 0 && s.kv_heads > 0 && s.q_heads % s.kv_heads == 0 && s.q_heads >= s.kv_heads &&
+         (s.head_dim == 64 || s.head_dim == 128) && bt > 0 && bt <= 256 && (bt & (bt - 1)) == 0 &&
+         s.slot_bytes % 16 == 0 && s.slot_bytes >= s.slice_bytes();
+}
+
+}  // namespace
+
+SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                        uint32_t sm_count, uint32_t ctas_per_sm) {
+  SparseAttentionPlan p;
+  if (shape.kv_heads == 0) return p;
+  p.heads_per_cta = HeadsPerCta(shape.group());
+  p.rows = shape.requests * shape.kv_heads * (shape.group() / p.heads_per_cta);
+  const uint64_t slots = uint64_t{std::max(sm_count, 1u)} * std::max(ctas_per_sm, 1u);
+  const uint32_t pages = std::max(max_pages_per_row, 1u);
+  uint32_t chunk = pages;
+  for (uint64_t waves = 1;; ++waves) {
+    const uint64_t splits = std::max<uint64_t>(1, waves * slots / std::max(p.rows, 1u));
+    chunk = static_cast<uint32_t>(std::max<uint64_t>(kSparseAttentionMinChunkPages, (pages + splits - 1) / splits));
+    if (chunk <= kSparseAttentionMaxChunkPages) break;
+  }
+  p.chunk_pages = std::min(chunk, pages);
+  p.max_splits = (pages + p.chunk_pages - 1) / p.chunk_pages;
+  return p;
+}
+
+cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
+                                         int device, SparseAttentionPlan* plan) {
+  if (plan == nullptr || !ShapeSupported(shape)) return cudaErrorInvalidValue;
+  int sms = 0, per_sm = 0;
+  if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess) return e;
+  const KernelPtr k = Pick(shape.head_dim, HeadsPerCta(shape.group()), type, AttentionOutput::kFloat32);
+  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, 0); e != cudaSuccess) {
+    return e;
+  }
+  *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), static_cast<uint32_t>(per_sm));
+  return cudaSuccess;
+}
+
+size_t SparseAttentionWorkspaceBytes(const SparseAttentionShape& shape, const SparseAttentionPlan& plan) {
+  return WorkspaceLayout(shape, plan).total;
+}
+
+cudaError_t InitSparseAttentionWorkspace(void* workspace, const SparseAttentionShape& shape,
+                                         const SparseAttentionPlan& plan, cudaStream_t stream) {
+  if (workspace == nullptr) return cudaErrorInvalidValue;
+  const Layout l = WorkspaceLayout(shape, plan);
+  return cudaMemsetAsync(static_cast<char*>(workspace) + l.counters, 0, l.partial - l.counters, stream);
+}
+
+cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const SparseAttentionPlan& plan,
+                                  cudaStream_t stream) {
+  const SparseAttentionShape& s = a.shape;
+  if (!ShapeSupported(s) || a.arena == nullptr || a.queries == nullptr || a.page_offsets == nullptr ||
+      a.page_slots == nullptr || a.last_page_tokens == nullptr || a.out == nullptr || a.workspace == nullptr ||
+      reinterpret_cast<uintptr_t>(a.arena) % 16 != 0 || reinterpret_cast<uintptr_t>(a.queries) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(a.workspace) % 16 != 0) {
+    return cudaErrorInvalidValue;
+  }
+  if (plan.heads_per_cta != HeadsPerCta(s.group()) || plan.chunk_pages == 0 ||
+      plan.chunk_pages > kSparseAttentionMaxChunkPages || plan.max_splits == 0 || plan.max_splits > 65535u * 1024u ||
+      plan.rows != s.requests * s.kv_heads * (s.group() / plan.heads_per_cta) || plan.rows > 65535) {
+    return cudaErrorInvalidValue;
+  }
+  const KernelPtr kernel = Pick(s.head_dim, plan.heads_per_cta, a.type, a.output);
+  if (kernel == nullptr) return cudaErrorInvalidValue;
+  const Layout l = WorkspaceLayout(s, plan);
+  char* ws = static_cast<char*>(a.workspace);
+  const auto shift = static_cast<uint32_t>(__builtin_ctz(s.block_tokens));
+  kernel<<<dim3(plan.max_splits, plan.rows), kThreads, 0, stream>>>(
+      a, plan.chunk_pages, shift, reinterpret_cast<float*>(ws + l.partial), reinterpret_cast<float*>(ws + l.lse),
+      reinterpret_cast<uint32_t*>(ws + l.counters));
+  return cudaGetLastError();
+}
+
+}  // namespace kvtier::kernels

@@ -1,0 +1,85 @@
+// Paged decode attention on the GPU, flash-decoding style: the numbers of the CPU reference
+// (kernels/reference/sparse_attention.h, which documents the arena, the page lists and the
+// formula) over device-resident views. Sparse attention lists the selected slices of each
+// (request, KV head); dense attention lists every block. The caller owns every buffer, the
+// workspace included; nothing here allocates or synchronises.
+//
+// One launch on `stream`. Grid (splits, rows): a row is (request, KV head, head chunk), a
+// head chunk being `heads_per_cta` query heads of the KV head's GQA group (all of them for
+// groups 1, 2, 4, 8), so each K/V byte is read once per chunk. A row's page list is cut into
+// pieces of `chunk_pages`; the CTA of piece s streams its K/V tokens straight into registers
+// (16-byte loads, a warp's next tile in flight while it computes the current one), keeps an
+// online softmax per query head in fp32, and merges its warps. A row of one piece writes the
+// output; otherwise each piece writes (o/l, log2 Σ) to the workspace and the last CTA of the
+// row to finish (a counter per row) merges the pieces in piece order — deterministic
+// whatever the arrival order — and writes the output.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "reference/sparse_attention.h"
+
+namespace kvtier::kernels {
+
+enum class AttentionOutput : uint8_t { kFloat32 = 0, kInputType = 1 };
+
+// How a launch is cut. Chosen on the host from the shape (PlanSparseAttention); the same
+// plan sizes the workspace and drives the launch.
+struct SparseAttentionPlan {
+  uint32_t heads_per_cta = 0;  // 1, 2, 4 or 8: query heads one CTA serves (divides group)
+  uint32_t chunk_pages = 0;    // pages of one CTA (the last piece of a row may hold fewer)
+  uint32_t max_splits = 0;     // pieces of the longest row: gridDim.x
+  uint32_t rows = 0;           // requests · kv_heads · group / heads_per_cta: gridDim.y
+};
+
+inline constexpr uint32_t kSparseAttentionMaxChunkPages = 256;  // slot ids staged in shared memory
+inline constexpr uint32_t kSparseAttentionMinChunkPages = 4;
+
+// The split heuristic (pure; documented in docs/sparse.md): with `slots` = sm_count ·
+// ctas_per_sm CTAs resident at once, take the fewest waves w = 1, 2, ... such that cutting
+// every row into floor(w · slots / rows) pieces gives pieces of at most kMaxChunkPages, and
+// at least kMinChunkPages. Rows of equal length then fill w waves of the machine exactly
+// (no nearly-empty last wave), and a batch too small to fill the machine is split until it
+// does. `max_pages_per_row` bounds every row's page count.
+SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                        uint32_t sm_count, uint32_t ctas_per_sm);
+
+// The same with sm_count and ctas_per_sm of `device` for this shape and type (occupancy of
+// the kernel instance the launch will use).
+cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
+                                         int device, SparseAttentionPlan* plan);
+
+// Device bytes of scratch for `plan`: a counter per row, then per (row, piece, head) a
+// partial output [d] and its log2-sum-exp, fp32.
+size_t SparseAttentionWorkspaceBytes(const SparseAttentionShape& shape, const SparseAttentionPlan& plan);
+
+// Zeroes the counters: once after allocating the workspace (every launch leaves them at zero
+// again). The partial outputs need no initialisation.
+cudaError_t InitSparseAttentionWorkspace(void* workspace, const SparseAttentionShape& shape,
+                                         const SparseAttentionPlan& plan, cudaStream_t stream);
+
+struct SparseAttentionDeviceArgs {
+  SparseAttentionShape shape;  // head_dim ∈ {64, 128}; block_tokens a power of two ≤ 256;
+                               // slot_bytes a multiple of 16 and ≥ slice_bytes()
+  HalfType type = HalfType::kBf16;
+  AttentionOutput output = AttentionOutput::kFloat32;
+  const void* arena = nullptr;                  // slot s at arena + s·slot_bytes, 16-B aligned
+  const uint16_t* queries = nullptr;            // [requests][q_heads][d]
+  const uint32_t* page_offsets = nullptr;       // [rows + 1] CSR over r·kv_heads + h
+  const uint32_t* page_slots = nullptr;         // [page_offsets[rows]]
+  const uint32_t* last_page_tokens = nullptr;   // [rows], 1..block_tokens
+  void* out = nullptr;                          // [requests][q_heads][d], fp32 or `type`
+  void* workspace = nullptr;                    // SparseAttentionWorkspaceBytes(plan), 16-B aligned
+};
+
+// Enqueues the attention. Every row's page count must be ≤ the plan's max_pages_per_row
+// (longer rows would be cut short — the binding layer checks it). cudaErrorInvalidValue for
+// an unsupported shape, a plan that does not match it, or a null pointer; otherwise the
+// launch error, if any. A row with no pages gets zeros.
+cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& args, const SparseAttentionPlan& plan,
+                                  cudaStream_t stream);
+
+}  // namespace kvtier::kernels
