@@ -7,6 +7,8 @@
 #include <limits>
 #include <vector>
 
+#include "reference/low_rank_covariance.h"
+
 namespace kvtier::kernels {
 
 void AveragedRope(uint32_t head_dim, const ExpectedAttentionParams& params, std::span<float> cbar,
@@ -83,10 +85,14 @@ void RotateQueryMoments(uint32_t q_heads, uint32_t head_dim, std::span<const flo
   }
 }
 
-void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
-                                  std::span<const float> keys, std::span<const float> values,
-                                  std::span<const float> rotated_mean, std::span<const float> rotated_cov,
-                                  std::span<float> token_scores) {
+namespace {
+
+// Steps 2–4 for any form of the covariance term: quad(qh, k) returns kᵀΣ̄k (or its
+// approximation) in double.
+template <class Quad>
+void TokenScores(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
+                 std::span<const float> keys, std::span<const float> values, std::span<const float> rotated_mean,
+                 Quad quad, std::span<float> token_scores) {
   const size_t d = shape.head_dim, n = shape.tokens;
   const uint32_t group = shape.group();
   const uint32_t sinks = std::min(shape.sink_tokens, shape.tokens);
@@ -99,20 +105,13 @@ void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const Exp
     for (uint32_t g = 0; g < group; ++g) {
       const uint32_t qh = kv * group + g;
       const float* mu = &rotated_mean[qh * d];
-      const float* sigma = &rotated_cov[qh * d * d];
       double max_logit = -std::numeric_limits<double>::infinity();
       for (size_t t = sinks; t < n; ++t) {
         const float* k = &k_head[t * d];
-        double lin = 0, quad = 0;
+        double lin = 0;
         for (size_t i = 0; i < d; ++i) lin += static_cast<double>(mu[i]) * k[i];
-        if (params.use_covariance) {
-          for (size_t i = 0; i < d; ++i) {
-            double row = 0;
-            for (size_t j = 0; j < d; ++j) row += static_cast<double>(sigma[i * d + j]) * k[j];
-            quad += row * k[i];
-          }
-        }
-        logits[t] = lin * inv_sqrt_d + quad / (2.0 * d);
+        const double q = params.use_covariance ? quad(qh, k) : 0.0;
+        logits[t] = lin * inv_sqrt_d + q / (2.0 * d);
         max_logit = std::max(max_logit, logits[t]);
       }
       double sum = 0;
@@ -136,6 +135,54 @@ void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const Exp
   for (uint32_t kv = 0; kv < shape.kv_heads; ++kv) {
     for (size_t t = 0; t < sinks; ++t) token_scores[kv * n + t] = static_cast<float>(best + 1.0);
   }
+}
+
+}  // namespace
+
+void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
+                                  std::span<const float> keys, std::span<const float> values,
+                                  std::span<const float> rotated_mean, std::span<const float> rotated_cov,
+                                  std::span<float> token_scores) {
+  const size_t d = shape.head_dim;
+  if (params.use_covariance && params.covariance_rank > 0) {
+    const size_t r = std::min<size_t>(params.covariance_rank, d);
+    std::vector<float> factors(size_t{shape.q_heads} * r * d), residual(size_t{shape.q_heads} * d);
+    LowRankCovariance(shape.q_heads, shape.head_dim, static_cast<uint32_t>(r), rotated_cov, factors, residual);
+    ExpectedAttentionTokenScoresLowRank(shape, params, keys, values, rotated_mean, factors, residual, token_scores);
+    return;
+  }
+  auto quad = [&](uint32_t qh, const float* k) {
+    const float* sigma = &rotated_cov[qh * d * d];
+    double q = 0;
+    for (size_t i = 0; i < d; ++i) {
+      double row = 0;
+      for (size_t j = 0; j < d; ++j) row += static_cast<double>(sigma[i * d + j]) * k[j];
+      q += row * k[i];
+    }
+    return q;
+  };
+  TokenScores(shape, params, keys, values, rotated_mean, quad, token_scores);
+}
+
+void ExpectedAttentionTokenScoresLowRank(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
+                                         std::span<const float> keys, std::span<const float> values,
+                                         std::span<const float> rotated_mean, std::span<const float> factors,
+                                         std::span<const float> residual, std::span<float> token_scores) {
+  const size_t d = shape.head_dim;
+  const size_t r = std::min<size_t>(std::max<uint32_t>(params.covariance_rank, 1), d);
+  auto quad = [&](uint32_t qh, const float* k) {
+    const float* w = &factors[qh * r * d];
+    const float* rho = &residual[qh * d];
+    double q = 0;
+    for (size_t j = 0; j < r; ++j) {
+      double p = 0;
+      for (size_t i = 0; i < d; ++i) p += static_cast<double>(w[j * d + i]) * k[i];
+      q += p * p;
+    }
+    for (size_t i = 0; i < d; ++i) q += static_cast<double>(rho[i]) * k[i] * k[i];
+    return q;
+  };
+  TokenScores(shape, params, keys, values, rotated_mean, quad, token_scores);
 }
 
 void SumBlockScores(const ExpectedAttentionShape& shape, std::span<const float> token_scores,

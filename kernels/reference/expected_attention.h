@@ -46,6 +46,10 @@ struct ExpectedAttentionParams {
   float epsilon = 0.0f;       // ε added to the attention weight before the value norm
   bool use_covariance = true; // the kᵀΣ̄k/(2d) term
   bool use_value_norm = true; // multiply by ‖v‖₂
+  // 0: the exact kᵀΣ̄k. r >= 1: Σ̄ ≈ Σ_{j<r} λ_j u_j u_jᵀ + diag(ρ) (LowRankCovariance,
+  // reference/low_rank_covariance.h; r >= d is exact up to rounding), d·r + d multiply-adds
+  // per key instead of d². docs/scoring.md gives the quality of each rank.
+  uint32_t covariance_rank = 0;
 };
 
 // c̄[i] = mean_j cos((P+j)·θ_i), s̄[i] = mean_j sin((P+j)·θ_i), θ_i = theta^(-2i/d), for
@@ -65,18 +69,27 @@ void RotateQueryMoments(uint32_t q_heads, uint32_t head_dim, std::span<const flo
                         std::span<float> mean_out, std::span<float> cov_out);
 
 // Steps 2–4 from rotated moments: token scores [kv_heads][tokens]. keys and values are
-// [kv_heads][tokens][d]; sinks get max + 1 (step 5).
+// [kv_heads][tokens][d]; sinks get max + 1 (step 5). With params.covariance_rank > 0 the
+// rotated covariance is first factored (LowRankCovariance) and the low-rank form below used.
 void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
                                   std::span<const float> keys, std::span<const float> values,
                                   std::span<const float> rotated_mean, std::span<const float> rotated_cov,
                                   std::span<float> token_scores);
+
+// Steps 2–4 with a factored covariance: kᵀΣ̄k is replaced by Σ_j (w_jᵀk)² + Σ_i ρ_i k_i²,
+// rank = min(params.covariance_rank, d) >= 1, factors [q_heads][rank][d] and residual
+// [q_heads][d] from LowRankCovariance (the same fp32 arrays the CUDA kernel is given).
+void ExpectedAttentionTokenScoresLowRank(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
+                                         std::span<const float> keys, std::span<const float> values,
+                                         std::span<const float> rotated_mean, std::span<const float> factors,
+                                         std::span<const float> residual, std::span<float> token_scores);
 
 // Block scores [kv_heads][blocks] = sums of token scores [kv_heads][tokens].
 void SumBlockScores(const ExpectedAttentionShape& shape, std::span<const float> token_scores,
                     std::span<float> block_scores);
 
 // The whole pipeline from raw moments (mean [q_heads][d], cov [q_heads][d][d], pre-RoPE):
-// block scores [kv_heads][blocks].
+// block scores [kv_heads][blocks] (low-rank when params.covariance_rank > 0).
 void ExpectedAttentionBlockScores(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
                                   std::span<const float> keys, std::span<const float> values,
                                   std::span<const float> mean, std::span<const float> cov,

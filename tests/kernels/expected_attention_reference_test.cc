@@ -231,5 +231,44 @@ TEST(ExpectedAttentionReference, WithoutCovarianceOrValueNormTheTermsDrop) {
   EXPECT_NEAR(total, 1.0, 1e-5);  // softmax weights, averaged over the group, sum to one
 }
 
+void ExpectRelativelyClose(const std::vector<float>& got, const std::vector<float>& want, double rel) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_LE(std::abs(got[i] - want[i]), rel * std::abs(want[i]) + 1e-12) << "block score " << i;
+  }
+}
+
+TEST(ExpectedAttentionReference, LowRankCovarianceOfFullRankEqualsExact) {
+  for (auto [q, kv, d, tokens, seed] : {std::tuple{8u, 2u, 32u, 37u, 1u}, std::tuple{6u, 1u, 64u, 50u, 3u}}) {
+    SCOPED_TRACE(::testing::Message() << "q=" << q << " kv=" << kv << " d=" << d);
+    Problem p = RandomProblem(q, kv, d, tokens, seed);
+    const std::vector<float> exact = Reference(p);
+    p.params.covariance_rank = d;
+    ExpectRelativelyClose(Reference(p), exact, 1e-4);
+  }
+}
+
+TEST(ExpectedAttentionReference, LowRankCoveringTheCovarianceRankEqualsExact) {
+  // 24 queries: Σ (and Σ̄) has rank <= 23, so rank 24 of d = 64 (the subspace-iteration
+  // path) loses nothing; rank 4 does change the scores.
+  Problem p = RandomProblem(4, 2, 64, 40, 17);
+  const std::vector<float> exact = Reference(p);
+  p.params.covariance_rank = 24;
+  ExpectRelativelyClose(Reference(p), exact, 1e-4);
+  p.params.covariance_rank = 4;
+  const std::vector<float> low = Reference(p);
+  double max_rel = 0;
+  for (size_t i = 0; i < low.size(); ++i) max_rel = std::max<double>(max_rel, std::abs(low[i] - exact[i]) / exact[i]);
+  EXPECT_GT(max_rel, 1e-3);
+}
+
+TEST(ExpectedAttentionReference, CovarianceRankIsIgnoredWithoutTheCovarianceTerm) {
+  Problem p = RandomProblem(4, 2, 16, 20, 19);
+  p.params.use_covariance = false;
+  const std::vector<float> mean_only = Reference(p);
+  p.params.covariance_rank = 4;
+  EXPECT_EQ(Reference(p), mean_only);
+}
+
 }  // namespace
 }  // namespace kvtier::kernels
