@@ -470,6 +470,19 @@ Result<Location> TierManager::Locate(const PinSet& pins, size_t i, TierKind tier
   return tiers_.tiers[TierIndex(tier)]->Locate(e->slot_of(tier));
 }
 
+Result<SlotId> TierManager::SlotOf(const PinSet& pins, size_t i, TierKind tier) const {
+  if (pins.owner_ != this) return Status::InvalidArgument("SlotOf on a PinSet of another TierManager");
+  if (i >= pins.size()) return Status::InvalidArgument(fmt::format("SlotOf index {} of {} blocks", i, pins.size()));
+  if (!has_tier(tier)) return Status::InvalidArgument(fmt::format("SlotOf in {}: no such tier", TierName(tier)));
+  const Entry* e = pins.entries_[i];
+  const SlotState st = e->st(tier);
+  if (!internal::Readable(st) && st != SlotState::kWriting) {
+    return Status::FailedPrecondition(
+        fmt::format("block {} is not resident in {} (Onboard it first)", e->key.ToString(), TierName(tier)));
+  }
+  return e->slot_of(tier);
+}
+
 Status TierManager::BlockTable(const PinSet& pins, TierKind tier, std::vector<std::byte*>* out, size_t begin,
                                size_t end) const {
   if (pins.owner_ != this) return Status::InvalidArgument("BlockTable on a PinSet of another TierManager");

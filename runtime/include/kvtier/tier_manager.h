@@ -162,6 +162,10 @@ class TierManager {
   // step). kFailedPrecondition names the first block not resident in `tier`.
   Status BlockTable(const PinSet& pins, TierKind tier, std::vector<std::byte*>* out, size_t begin = 0,
                     size_t end = SIZE_MAX) const;
+  // The slot of block `i` of `pins` in `tier` (same conditions as Locate), for callers that
+  // copy slices of pinned blocks with a Mover of their own (the sparse prefetcher's
+  // DRAM -> HBM slice loads, the layer-segmented prefill's offload into DRAM blocks).
+  Result<SlotId> SlotOf(const PinSet& pins, size_t i, TierKind tier) const;
 
   // --- move ---------------------------------------------------------------------------------
   // Copies every block of `pins` that is not yet in `target` into it, from the fastest
