@@ -261,16 +261,19 @@ __global__ void __launch_bounds__(kSelectThreads) QuestTopKKernel(QuestSelectDev
   }
 }
 
-bool Valid(const QuestSelectDeviceArgs& a) {
-  if (a.requests == 0 || a.kv_heads == 0 || a.q_heads % a.kv_heads != 0 || a.q_heads < a.kv_heads ||
-      (a.head_dim != 64 && a.head_dim != 128) || a.requests > 65535 || a.kv_heads > 65535) {
-    return false;
-  }
-  if (a.params.combine == GqaCombine::kMax && (a.q_heads / a.kv_heads) * a.head_dim > kMaxStagedQueryFloats) {
-    return false;
-  }
-  return a.queries != nullptr && a.block_offsets != nullptr && a.bounds != nullptr && a.scales != nullptr &&
-         a.scores != nullptr && a.selected_offsets != nullptr && a.selected != nullptr &&
+bool ValidShape(const QuestSelectDeviceArgs& a) {
+  return a.requests > 0 && a.kv_heads > 0 && a.q_heads % a.kv_heads == 0 && a.q_heads >= a.kv_heads &&
+         (a.head_dim == 64 || a.head_dim == 128) && a.requests <= 65535 && a.kv_heads <= 65535 &&
+         a.block_offsets != nullptr && a.scores != nullptr;
+}
+
+bool ValidForScores(const QuestSelectDeviceArgs& a) {
+  if (!ValidShape(a) || a.queries == nullptr || a.bounds == nullptr || a.scales == nullptr) return false;
+  return a.params.combine != GqaCombine::kMax || (a.q_heads / a.kv_heads) * a.head_dim <= kMaxStagedQueryFloats;
+}
+
+bool ValidForTopK(const QuestSelectDeviceArgs& a) {
+  return ValidShape(a) && a.selected_offsets != nullptr && a.selected != nullptr &&
          (a.block_slots == nullptr) == (a.selected_slots == nullptr);
 }
 
@@ -301,18 +304,19 @@ void QuestSelectedOffsets(const uint32_t* blocks, uint32_t requests, uint32_t kv
 }
 
 cudaError_t LaunchQuestScores(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
-  if (!Valid(a)) return cudaErrorInvalidValue;
+  if (!ValidForScores(a)) return cudaErrorInvalidValue;
   if (a.max_blocks == 0) return cudaSuccess;
   return a.head_dim == 128 ? LaunchScores<128>(a, stream) : LaunchScores<64>(a, stream);
 }
 
 cudaError_t LaunchQuestTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
-  if (!Valid(a)) return cudaErrorInvalidValue;
+  if (!ValidForTopK(a)) return cudaErrorInvalidValue;
   QuestTopKKernel<<<a.requests * a.kv_heads, kSelectThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 
 cudaError_t LaunchQuestSelect(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
+  if (!ValidForScores(a) || !ValidForTopK(a)) return cudaErrorInvalidValue;  // nothing enqueued
   if (cudaError_t e = LaunchQuestScores(a, stream); e != cudaSuccess) return e;
   return LaunchQuestTopK(a, stream);
 }

@@ -69,7 +69,7 @@ void QuestSelectedOffsets(const uint32_t* blocks, uint32_t requests, uint32_t kv
 
 // Launch 1 only (the raw scores, for tests and for callers that rank differently).
 cudaError_t LaunchQuestScores(const QuestSelectDeviceArgs& args, cudaStream_t stream);
-// Launch 2 only, on scores already in args.scores.
+// Launch 2 only, on scores already in args.scores (queries, bounds and scales unused).
 cudaError_t LaunchQuestTopK(const QuestSelectDeviceArgs& args, cudaStream_t stream);
 // Both. cudaErrorInvalidValue for an unsupported head_dim, a q_heads that is not a multiple
 // of kv_heads, a group whose queries do not fit in shared memory (group·d > 12288 with max),

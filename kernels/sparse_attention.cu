@@ -376,13 +376,22 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
   p.rows = shape.requests * shape.kv_heads * (shape.group() / p.heads_per_cta);
   const uint64_t slots = uint64_t{std::max(sm_count, 1u)} * std::max(ctas_per_sm, 1u);
   const uint32_t pages = std::max(max_pages_per_row, 1u);
-  uint32_t chunk = pages;
+  const uint32_t min_chunk = std::min(pages, kSparseAttentionMinChunkPages);
+  uint32_t best_chunk = 0;
+  double best_use = -1;
   for (uint64_t waves = 1;; ++waves) {
     const uint64_t splits = std::max<uint64_t>(1, waves * slots / std::max(p.rows, 1u));
-    chunk = static_cast<uint32_t>(std::max<uint64_t>(kSparseAttentionMinChunkPages, (pages + splits - 1) / splits));
-    if (chunk <= kSparseAttentionMaxChunkPages) break;
+    const auto chunk = static_cast<uint32_t>(std::max<uint64_t>(min_chunk, (pages + splits - 1) / splits));
+    if (chunk > kSparseAttentionMaxChunkPages) continue;
+    const uint64_t ctas = uint64_t{p.rows} * ((pages + chunk - 1) / chunk);
+    const double use = double(ctas) / double((ctas + slots - 1) / slots * slots);  // of the waves it occupies
+    if (use > best_use + 1e-9) {
+      best_use = use;
+      best_chunk = chunk;
+    }
+    if (use >= 0.9 || chunk == min_chunk) break;
   }
-  p.chunk_pages = std::min(chunk, pages);
+  p.chunk_pages = best_chunk;
   p.max_splits = (pages + p.chunk_pages - 1) / p.chunk_pages;
   return p;
 }

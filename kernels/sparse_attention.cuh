@@ -39,11 +39,12 @@ inline constexpr uint32_t kSparseAttentionMaxChunkPages = 256;  // slot ids stag
 inline constexpr uint32_t kSparseAttentionMinChunkPages = 4;
 
 // The split heuristic (pure; documented in docs/sparse.md): with `slots` = sm_count ·
-// ctas_per_sm CTAs resident at once, take the fewest waves w = 1, 2, ... such that cutting
-// every row into floor(w · slots / rows) pieces gives pieces of at most kMaxChunkPages, and
-// at least kMinChunkPages. Rows of equal length then fill w waves of the machine exactly
-// (no nearly-empty last wave), and a batch too small to fill the machine is split until it
-// does. `max_pages_per_row` bounds every row's page count.
+// ctas_per_sm CTAs resident at once and rows of `max_pages_per_row` pages, try w = 1, 2, ...
+// waves: cut each row into floor(w · slots / rows) pieces (at most kMaxChunkPages, at least
+// kMinChunkPages pages each) and take the first w whose CTAs use ≥ 90% of the waves they
+// occupy (else the best seen before the pieces reach the minimum). Equal rows then fill
+// whole waves (no nearly-empty last wave), a batch too small to fill the machine is split
+// until it does, and pieces stay as long as that allows (fewer partials to merge).
 SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
                                         uint32_t sm_count, uint32_t ctas_per_sm);
 

@@ -1,0 +1,279 @@
+// The CUDA Quest selection (kernels/quest_select.cuh) against the CPU reference
+// (kernels/reference/quest_select.h: QuestScoresQuantized then QuestSelectTopK), batched
+// over requests of different lengths, on fresh random bounds with poisoned outputs.
+//
+// Checks, per (request, KV head):
+//   scores     |gpu − cpu| ≤ 1e-5 · Σ_g Σ_i |q_gi| · scale · max(|m_q,i|, |M_q,i|) (the
+//              magnitude of the summed terms: fp32 vs double accumulation differ by
+//              ~20 ulp of it at most);
+//   top-k      the GPU selection equals QuestSelectTopK run on the GPU's own scores, exactly
+//              (same scores ⇒ same set, same order, same tie breaks);
+//   vs CPU     the GPU selection equals QuestSelectTopK on the CPU scores except for blocks
+//              b whose CPU score is within tol_b + max(tol over the row) of the CPU k-th
+//              selected candidate score — the only blocks whose rank two correct fp32/double
+//              computations may swap (b can trade places with some y only if
+//              |cpu_b − cpu_y| ≤ tol_b + tol_y, and the k-th score lies between them);
+//   slots      selected_slots[i] = the slot of block selected[i].
+// Plus the top-k kernel alone on crafted scores full of ties, ±0, ±inf and NaN (exact
+// equality with the reference), and budget/offset edge cases (k ≥ blocks, one block).
+// Skips without a CUDA device.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <set>
+#include <vector>
+
+#include "kernels/cuda_test_support.h"
+#include "quest_select.cuh"
+#include "reference/quest_select.h"
+#include "reference/sparse_attention.h"
+
+namespace kvtier::kernels {
+namespace {
+
+bool HaveDevice() { return ::kvtier::testing::HaveCudaDevice(); }
+
+template <class T>
+struct DeviceArray {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit DeviceArray(size_t count) : n(count) {
+    if (cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)) != cudaSuccess) p = nullptr;
+  }
+  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
+    if (p != nullptr && n > 0) (void)cudaMemcpy(p, host.data(), n * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  std::vector<T> Get() const {
+    std::vector<T> h(n);
+    if (n > 0) (void)cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
+    return h;
+  }
+  ~DeviceArray() { cudaFree(p); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+};
+
+struct Case {
+  uint32_t q_heads, kv_heads, d;
+  std::vector<uint32_t> blocks;  // per request
+  QuestSelectParams params;
+  QuestQueryType query_type = QuestQueryType::kFloat32;
+};
+
+struct Batch {
+  std::vector<uint32_t> block_offsets{0};
+  std::vector<int8_t> bounds;
+  std::vector<float> scales;
+  std::vector<float> queries;       // fp32 values (what the reference sees)
+  std::vector<uint16_t> queries16;  // the same values as bf16/fp16 bits, for 16-bit query types
+  std::vector<uint32_t> slots;
+};
+
+Batch Build(const Case& c, uint32_t seed) {
+  Batch b;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  const auto requests = static_cast<uint32_t>(c.blocks.size());
+  for (uint32_t r = 0; r < requests; ++r) {
+    const uint32_t n = c.blocks[r];
+    b.block_offsets.push_back(b.block_offsets.back() + n);
+    std::vector<float> bounds(size_t{c.kv_heads} * n * 2 * c.d);
+    for (size_t s = 0; s < size_t{c.kv_heads} * n; ++s) {
+      const float spread = 0.2f + std::fabs(nd(rng));  // slices of different scales
+      for (uint32_t i = 0; i < c.d; ++i) {
+        const float mid = spread * nd(rng), half = 0.5f * spread * std::fabs(nd(rng));
+        bounds[(s * 2) * c.d + i] = mid - half;
+        bounds[(s * 2 + 1) * c.d + i] = mid + half;
+      }
+    }
+    const QuestShape shape{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.d, .blocks = n};
+    std::vector<int8_t> q(bounds.size());
+    std::vector<float> scales(size_t{c.kv_heads} * n);
+    QuantizeQuestBounds(shape, bounds, q, scales);
+    b.bounds.insert(b.bounds.end(), q.begin(), q.end());
+    b.scales.insert(b.scales.end(), scales.begin(), scales.end());
+  }
+  b.queries.resize(size_t{requests} * c.q_heads * c.d);
+  for (float& x : b.queries) {
+    x = nd(rng) + 0.3f;
+    if (c.query_type != QuestQueryType::kFloat32) {
+      const HalfType t = c.query_type == QuestQueryType::kBf16 ? HalfType::kBf16 : HalfType::kFp16;
+      b.queries16.push_back(FloatToHalf(t, x));
+      x = HalfToFloat(t, b.queries16.back());
+    }
+  }
+  b.slots.resize(b.scales.size());
+  std::iota(b.slots.begin(), b.slots.end(), 1000u);
+  std::shuffle(b.slots.begin(), b.slots.end(), rng);
+  return b;
+}
+
+void RunCase(const Case& c, uint32_t seed) {
+  const Batch b = Build(c, seed);
+  const auto requests = static_cast<uint32_t>(c.blocks.size());
+  const uint32_t d = c.d, group = c.q_heads / c.kv_heads;
+  std::vector<uint32_t> sel_off(size_t{requests} * c.kv_heads + 1);
+  QuestSelectedOffsets(c.blocks.data(), requests, c.kv_heads, c.params, sel_off.data());
+
+  DeviceArray<float> queries32(b.queries), scales(b.scales), scores(b.scales.size());
+  DeviceArray<uint16_t> queries16(b.queries16);
+  DeviceArray<int8_t> bounds(b.bounds);
+  DeviceArray<uint32_t> offsets(b.block_offsets), sel_offsets(sel_off), selected(sel_off.back()),
+      selected_slots(sel_off.back()), slots(b.slots);
+  ASSERT_CUDA(cudaMemset(scores.p, 0xff, scores.n * sizeof(float)));  // NaN
+  ASSERT_CUDA(cudaMemset(selected.p, 0xAA, selected.n * sizeof(uint32_t)));
+  ASSERT_CUDA(cudaMemset(selected_slots.p, 0xAA, selected_slots.n * sizeof(uint32_t)));
+  QuestSelectDeviceArgs a{.requests = requests, .q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = d,
+                          .max_blocks = *std::max_element(c.blocks.begin(), c.blocks.end()), .params = c.params,
+                          .query_type = c.query_type,
+                          .queries = c.query_type == QuestQueryType::kFloat32 ? static_cast<const void*>(queries32.p)
+                                                                               : static_cast<const void*>(queries16.p),
+                          .block_offsets = offsets.p, .bounds = bounds.p, .scales = scales.p, .scores = scores.p,
+                          .selected_offsets = sel_offsets.p, .selected = selected.p, .block_slots = slots.p,
+                          .selected_slots = selected_slots.p};
+  ASSERT_CUDA(LaunchQuestSelect(a, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  const std::vector<float> gpu_scores = scores.Get();
+  const std::vector<uint32_t> gpu_sel = selected.Get(), gpu_slots = selected_slots.Get();
+
+  for (uint32_t r = 0; r < requests; ++r) {
+    const uint32_t n = c.blocks[r], first = b.block_offsets[r];
+    const QuestShape shape{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = d, .blocks = n};
+    const uint32_t k = QuestBudgetBlocks(shape, c.params);
+    ASSERT_EQ(k, QuestBudgetBlocksOf(n, c.params));
+    const size_t slice0 = size_t{first} * c.kv_heads;
+    std::span<const float> qr(&b.queries[size_t{r} * c.q_heads * d], size_t{c.q_heads} * d);
+    std::span<const int8_t> br(&b.bounds[slice0 * 2 * d], size_t{c.kv_heads} * n * 2 * d);
+    std::span<const float> sr(&b.scales[slice0], size_t{c.kv_heads} * n);
+    std::vector<float> cpu(size_t{c.kv_heads} * n);
+    QuestScoresQuantized(shape, c.params.combine, qr, br, sr, cpu);
+    std::vector<float> tol(cpu.size());
+    for (uint32_t h = 0; h < c.kv_heads; ++h) {
+      for (uint32_t blk = 0; blk < n; ++blk) {
+        const size_t s = size_t{h} * n + blk;
+        double mag = 0;
+        for (uint32_t g = 0; g < group; ++g) {
+          for (uint32_t i = 0; i < d; ++i) {
+            const int m = std::max(std::abs(int(br[s * 2 * d + i])), std::abs(int(br[s * 2 * d + d + i])));
+            mag += std::fabs(qr[(size_t{h} * group + g) * d + i]) * sr[s] * m;
+          }
+        }
+        tol[s] = static_cast<float>(1e-5 * mag + 1e-30);
+        ASSERT_LE(std::fabs(gpu_scores[slice0 + s] - cpu[s]), tol[s])
+            << "request " << r << " head " << h << " block " << blk << " gpu " << gpu_scores[slice0 + s] << " cpu "
+            << cpu[s];
+      }
+    }
+    std::vector<uint32_t> from_gpu(size_t{c.kv_heads} * k), from_cpu(from_gpu.size());
+    QuestSelectTopK(shape, c.params, std::span<const float>(&gpu_scores[slice0], cpu.size()), from_gpu);
+    QuestSelectTopK(shape, c.params, cpu, from_cpu);
+    for (uint32_t h = 0; h < c.kv_heads; ++h) {
+      const uint32_t row = r * c.kv_heads + h;
+      ASSERT_EQ(sel_off[row + 1] - sel_off[row], k);
+      const std::vector<uint32_t> got(gpu_sel.begin() + sel_off[row], gpu_sel.begin() + sel_off[row + 1]);
+      const std::vector<uint32_t> exact(from_gpu.begin() + size_t{h} * k, from_gpu.begin() + size_t{h} * k + k);
+      ASSERT_EQ(got, exact) << "request " << r << " head " << h << ": top-k of the GPU's own scores";
+      for (uint32_t i = 0; i < k; ++i) {
+        ASSERT_EQ(gpu_slots[sel_off[row] + i], b.slots[slice0 + size_t{h} * n + got[i]]) << i;
+      }
+      // Against the CPU scores: differences only at the k-th score, within tolerance.
+      const std::set<uint32_t> gs(got.begin(), got.end());
+      const std::set<uint32_t> cs(from_cpu.begin() + size_t{h} * k, from_cpu.begin() + size_t{h} * k + k);
+      const uint32_t sinks = std::min(c.params.sink_blocks, n);
+      float kth = std::numeric_limits<float>::infinity(), max_tol = 0;
+      for (uint32_t blk : cs) {
+        if (blk >= sinks && blk + 1 < n) kth = std::min(kth, cpu[size_t{h} * n + blk]);
+      }
+      for (uint32_t blk = 0; blk < n; ++blk) max_tol = std::max(max_tol, tol[size_t{h} * n + blk]);
+      for (uint32_t blk = 0; blk < n; ++blk) {
+        if (gs.count(blk) == cs.count(blk)) continue;
+        ASSERT_TRUE(blk >= sinks && blk + 1 < n) << "forced block " << blk << " differs";
+        ASSERT_LE(std::fabs(cpu[size_t{h} * n + blk] - kth), tol[size_t{h} * n + blk] + max_tol)
+            << "request " << r << " head " << h << " block " << blk << " is not a near-tie with the k-th score";
+      }
+    }
+  }
+}
+
+class QuestSelectGpu : public ::testing::TestWithParam<Case> {};
+
+TEST_P(QuestSelectGpu, MatchesReference) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  RunCase(GetParam(), 99);
+}
+
+QuestSelectParams P(uint32_t budget, uint32_t sinks, GqaCombine combine) {
+  return {.budget_tokens = budget, .block_tokens = 16, .sink_blocks = sinks, .min_blocks = 3, .combine = combine};
+}
+
+constexpr GqaCombine kSum = GqaCombine::kSum;
+constexpr GqaCombine kMax = GqaCombine::kMax;
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, QuestSelectGpu,
+    ::testing::Values(
+        Case{32, 8, 128, {2048}, P(2048, 1, kSum)},                       // Llama-3-8B, 32K tokens
+        Case{32, 8, 128, {2048}, P(2048, 1, kMax), QuestQueryType::kBf16},
+        Case{32, 8, 128, {8192, 17, 2048, 129, 4096, 1, 300, 5000}, P(2048, 1, kSum), QuestQueryType::kBf16},
+        Case{8, 1, 64, {1, 2, 3, 4, 100}, P(64, 1, kMax)},                // k ≥ blocks, tiny rows, group 8
+        Case{8, 1, 64, {1000, 999, 3}, P(512, 4, kSum), QuestQueryType::kFp16},
+        Case{4, 4, 128, {777, 64, 2}, P(256, 0, kSum)},                   // group 1, no sinks
+        Case{4, 4, 128, {777}, P(100000, 1, kMax)},                       // budget above every block
+        Case{12, 4, 64, {300, 301, 302}, P(48, 2, kMax)},                 // group 3, budget = min_blocks
+        Case{16, 2, 128, {65536}, P(4096, 1, kSum)}));                    // 1M tokens, 256 selected
+
+// The top-k kernel alone on crafted scores: few distinct values (ties everywhere), ±0, ±inf,
+// NaN; the result must equal the reference's exactly.
+TEST(QuestTopKGpu, TiesSignedZerosInfinitiesAndNaNMatchReferenceExactly) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  const float inf = std::numeric_limits<float>::infinity();
+  const std::vector<float> values{-inf, -1.0f, -0.0f, 0.0f, 0.5f, 1.0f, inf, std::nanf(""), 1e-30f, -1e-30f};
+  const std::vector<uint32_t> blocks{5000, 7, 64, 300, 2, 1024};
+  const uint32_t kv_heads = 3;
+  const QuestSelectParams params = P(512, 2, kSum);
+  std::mt19937 rng(5);
+  std::vector<uint32_t> block_offsets{0};
+  for (uint32_t n : blocks) block_offsets.push_back(block_offsets.back() + n);
+  std::vector<float> scores(size_t{block_offsets.back()} * kv_heads);
+  for (size_t i = 0; i < scores.size(); ++i) scores[i] = values[rng() % (i % 3 == 0 ? 3 : values.size())];
+  const auto requests = static_cast<uint32_t>(blocks.size());
+  std::vector<uint32_t> sel_off(size_t{requests} * kv_heads + 1);
+  QuestSelectedOffsets(blocks.data(), requests, kv_heads, params, sel_off.data());
+  DeviceArray<float> dscores(scores);
+  DeviceArray<uint32_t> offsets(block_offsets), dsel_off(sel_off), selected(sel_off.back());
+  ASSERT_CUDA(cudaMemset(selected.p, 0xAA, selected.n * sizeof(uint32_t)));
+  QuestSelectDeviceArgs a{.requests = requests, .q_heads = kv_heads, .kv_heads = kv_heads, .head_dim = 128,
+                          .max_blocks = 5000, .params = params, .block_offsets = offsets.p, .scores = dscores.p,
+                          .selected_offsets = dsel_off.p, .selected = selected.p};
+  ASSERT_CUDA(LaunchQuestTopK(a, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  const std::vector<uint32_t> got = selected.Get();
+  for (uint32_t r = 0; r < requests; ++r) {
+    const QuestShape shape{.q_heads = kv_heads, .kv_heads = kv_heads, .head_dim = 128, .blocks = blocks[r]};
+    const uint32_t k = QuestBudgetBlocks(shape, params);
+    std::vector<uint32_t> want(size_t{kv_heads} * k);
+    QuestSelectTopK(shape, params,
+                    std::span<const float>(&scores[size_t{block_offsets[r]} * kv_heads], size_t{kv_heads} * blocks[r]),
+                    want);
+    const std::vector<uint32_t> g(got.begin() + sel_off[r * kv_heads], got.begin() + sel_off[(r + 1) * kv_heads]);
+    ASSERT_EQ(g, want) << "request " << r;
+  }
+}
+
+TEST(QuestSelectGpuApi, RejectsBadArguments) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  QuestSelectDeviceArgs a{.requests = 1, .q_heads = 8, .kv_heads = 2, .head_dim = 96, .max_blocks = 10, .params = {}};
+  EXPECT_EQ(LaunchQuestSelect(a, nullptr), cudaErrorInvalidValue);
+  a.head_dim = 128;
+  EXPECT_EQ(LaunchQuestSelect(a, nullptr), cudaErrorInvalidValue);  // null pointers
+  a.q_heads = 7;
+  EXPECT_EQ(LaunchQuestTopK(a, nullptr), cudaErrorInvalidValue);
+}
+
+}  // namespace
+}  // namespace kvtier::kernels

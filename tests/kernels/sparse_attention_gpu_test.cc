@@ -1,0 +1,261 @@
+// The CUDA paged decode attention (kernels/sparse_attention.cuh) against its CPU reference
+// (kernels/reference/sparse_attention.h), on fresh random data with poisoned outputs and
+// workspace: batch 1/3/8, GQA groups 1/2/3/4/8, d 64/128, bf16 and fp16, fp32 and 16-bit
+// output, a partial last block, a single block and a single token, 4096-page lists, sparse
+// page lists, forced small and large pieces (many-piece merges), an empty page list, and a
+// second launch on the same workspace (its counters reset themselves; results bit-equal).
+// The invalid tail of each last page and every unlisted slot hold NaN, so a kernel that
+// reads a token it should not produces NaN.
+//
+// Tolerance: |got − want| ≤ 2e-3·|want| + 2e-4 for fp32 output (V ~ N(0,1), so 2e-4 is
+// ~2e-4 of a value's magnitude; the two fp32 computations differ by ~1e-6), plus half an
+// ulp of the output type for 16-bit output. Skips without a CUDA device.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/cuda_test_support.h"
+#include "reference/sparse_attention.h"
+#include "sparse_attention.cuh"
+
+namespace kvtier::kernels {
+namespace {
+
+bool HaveDevice() { return ::kvtier::testing::HaveCudaDevice(); }
+
+template <class T>
+struct DeviceArray {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit DeviceArray(size_t count) : n(count) {
+    if (cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)) != cudaSuccess) p = nullptr;
+  }
+  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
+    if (p != nullptr && n > 0) (void)cudaMemcpy(p, host.data(), n * sizeof(T), cudaMemcpyHostToDevice);
+  }
+  ~DeviceArray() { cudaFree(p); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+};
+
+struct Case {
+  uint32_t q_heads, kv_heads, d, bt;
+  std::vector<uint32_t> tokens;  // per request
+  HalfType type = HalfType::kBf16;
+  AttentionOutput output = AttentionOutput::kFloat32;
+  bool sparse = false;           // list a random subset of blocks (always the last one)
+  uint32_t chunk = 0;            // pages per CTA; 0 = the device plan
+  bool empty_first_row = false;  // row 0 lists no page
+};
+
+constexpr uint16_t kHalfNaN = 0x7fff;  // NaN in both bf16 and fp16
+
+struct Problem {
+  SparseAttentionShape shape;
+  std::vector<uint16_t> arena, queries;
+  std::vector<uint32_t> offsets, slots, last;
+  uint32_t max_pages = 0;
+};
+
+Problem Build(const Case& c, uint32_t seed) {
+  Problem p;
+  const auto requests = static_cast<uint32_t>(c.tokens.size());
+  p.shape = {.requests = requests, .q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.d,
+             .block_tokens = c.bt, .slot_bytes = (uint64_t{2} * c.bt * c.d * 2 + 255) / 256 * 256 + 256};
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<uint32_t> blocks(requests);
+  uint32_t total = 0;
+  for (uint32_t r = 0; r < requests; ++r) total += blocks[r] = (c.tokens[r] + c.bt - 1) / c.bt;
+  total *= c.kv_heads;
+  std::vector<uint32_t> perm(total + 5);  // spare slots, never listed, all NaN
+  std::iota(perm.begin(), perm.end(), 0u);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  const uint64_t se = p.shape.slot_elems();
+  p.arena.assign(perm.size() * se, kHalfNaN);
+  p.queries.resize(size_t{requests} * c.q_heads * c.d);
+  for (uint16_t& x : p.queries) x = FloatToHalf(c.type, 2.0f * nd(rng));
+  uint32_t next = 0;
+  p.offsets.push_back(0);
+  for (uint32_t r = 0; r < requests; ++r) {
+    const uint32_t tail = c.tokens[r] - (blocks[r] - 1) * c.bt;
+    for (uint32_t h = 0; h < c.kv_heads; ++h) {
+      const bool empty = c.empty_first_row && r == 0 && h == 0;
+      for (uint32_t b = 0; b < blocks[r]; ++b) {
+        const uint32_t slot = perm[next++];
+        const uint32_t valid = b + 1 == blocks[r] ? tail : c.bt;
+        for (uint32_t t = 0; t < valid; ++t) {
+          for (uint32_t i = 0; i < c.d; ++i) {
+            p.arena[slot * se + size_t{t} * c.d + i] = FloatToHalf(c.type, nd(rng));
+            p.arena[slot * se + (size_t{c.bt} + t) * c.d + i] = FloatToHalf(c.type, nd(rng));
+          }
+        }
+        const bool listed = !empty && (!c.sparse || b + 1 == blocks[r] || rng() % 4 == 0);
+        if (listed) p.slots.push_back(slot);
+      }
+      p.offsets.push_back(static_cast<uint32_t>(p.slots.size()));
+      p.max_pages = std::max(p.max_pages, p.offsets.back() - p.offsets[p.offsets.size() - 2]);
+      p.last.push_back(tail);
+    }
+  }
+  return p;
+}
+
+void RunCase(const Case& c, uint32_t seed) {
+  const Problem p = Build(c, seed);
+  const auto& s = p.shape;
+  const size_t outs = size_t{s.requests} * s.q_heads * s.head_dim;
+  std::vector<float> want(outs, std::nanf(""));
+  SparseAttention(s, c.type, p.arena, p.queries, {.offsets = p.offsets, .slots = p.slots, .last_page_tokens = p.last},
+                  want);
+
+  SparseAttentionPlan plan;
+  ASSERT_CUDA(PlanSparseAttentionForDevice(s, c.type, p.max_pages, 0, &plan));
+  if (c.chunk != 0) {
+    plan.chunk_pages = c.chunk;
+    plan.max_splits = (std::max(p.max_pages, 1u) + c.chunk - 1) / c.chunk;
+  }
+  DeviceArray<uint16_t> arena(p.arena), queries(p.queries);
+  DeviceArray<uint32_t> offsets(p.offsets), slots(p.slots), last(p.last);
+  const size_t out_bytes = outs * (c.output == AttentionOutput::kFloat32 ? 4 : 2);
+  DeviceArray<char> out(out_bytes), ws(SparseAttentionWorkspaceBytes(s, plan));
+  ASSERT_NE(out.p, nullptr);
+  ASSERT_NE(ws.p, nullptr);
+  ASSERT_CUDA(cudaMemset(ws.p, 0xA5, ws.n));
+  ASSERT_CUDA(InitSparseAttentionWorkspace(ws.p, s, plan, nullptr));
+  SparseAttentionDeviceArgs a{.shape = s, .type = c.type, .output = c.output, .arena = arena.p, .queries = queries.p,
+                              .page_offsets = offsets.p, .page_slots = slots.p, .last_page_tokens = last.p,
+                              .out = out.p, .workspace = ws.p};
+  std::vector<char> first(out_bytes), second(out_bytes);
+  for (std::vector<char>* run : {&first, &second}) {
+    ASSERT_CUDA(cudaMemset(out.p, 0xff, out_bytes));  // NaN in every output type
+    ASSERT_CUDA(LaunchSparseAttention(a, plan, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    ASSERT_CUDA(cudaMemcpy(run->data(), out.p, out_bytes, cudaMemcpyDeviceToHost));
+  }
+  EXPECT_EQ(std::memcmp(first.data(), second.data(), out_bytes), 0) << "a second launch on the same workspace differs";
+
+  const double ulp = c.output == AttentionOutput::kFloat32 ? 0.0 : c.type == HalfType::kBf16 ? 1.0 / 256 : 1.0 / 1024;
+  for (size_t i = 0; i < outs; ++i) {
+    float got;
+    if (c.output == AttentionOutput::kFloat32) {
+      std::memcpy(&got, first.data() + 4 * i, 4);
+    } else {
+      uint16_t h;
+      std::memcpy(&h, first.data() + 2 * i, 2);
+      got = HalfToFloat(c.type, h);
+    }
+    const double tol = (2e-3 + ulp) * std::fabs(want[i]) + 2e-4;
+    ASSERT_LE(std::fabs(double(got) - want[i]), tol)
+        << "request " << i / (size_t{s.q_heads} * s.head_dim) << " head " << i / s.head_dim % s.q_heads << " dim "
+        << i % s.head_dim << " got " << got << " want " << want[i] << " (plan: chunk " << plan.chunk_pages
+        << ", splits " << plan.max_splits << ", heads/cta " << plan.heads_per_cta << ")";
+  }
+}
+
+class SparseAttentionGpu : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SparseAttentionGpu, MatchesReference) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  RunCase(GetParam(), 1234);
+}
+
+using HT = HalfType;
+using AO = AttentionOutput;
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, SparseAttentionGpu,
+    ::testing::Values(
+        // Llama-3-8B shapes (group 4, d 128), dense, one request with a partial block.
+        Case{32, 8, 128, 16, {1000}},
+        Case{32, 8, 128, 16, {1000}, HT::kFp16, AO::kInputType},
+        // batch 3, ragged, fp16; one request of a single token.
+        Case{16, 4, 128, 16, {17, 1, 300}, HT::kFp16},
+        // batch 8, group 8, d 64, 16-bit output; lengths 1..2000.
+        Case{8, 1, 64, 16, {1, 15, 16, 17, 500, 1999, 2000, 64}, HT::kBf16, AO::kInputType},
+        Case{8, 1, 128, 16, {700, 33, 1, 16, 1024, 5, 77, 300}, HT::kFp16},
+        // group 1, group 2, group 3 (one head per CTA, three chunks).
+        Case{4, 4, 128, 16, {16, 33}, HT::kFp16},
+        Case{4, 2, 64, 16, {129, 40, 3}},
+        Case{12, 4, 128, 16, {250, 251}},
+        // a single block, other block sizes.
+        Case{32, 8, 128, 16, {5}},
+        Case{8, 2, 128, 32, {100, 64}},
+        Case{8, 2, 64, 8, {100, 3}, HT::kFp16},
+        // long lists: 4096 pages per row.
+        Case{8, 2, 128, 16, {65536 - 7}},
+        Case{32, 8, 128, 16, {65536}, HT::kFp16, AO::kInputType},
+        // sparse lists.
+        Case{32, 8, 128, 16, {4096, 4000, 33, 5000, 70, 4096, 1000, 2048}, HT::kBf16, AO::kFloat32, true},
+        Case{16, 2, 64, 16, {30000, 17}, HT::kFp16, AO::kInputType, true},
+        // forced piece sizes: 4 pages (many pieces to merge) and 256.
+        Case{32, 8, 128, 16, {20000, 3000, 50}, HT::kBf16, AO::kFloat32, false, 4},
+        Case{8, 1, 128, 16, {20000, 4097}, HT::kFp16, AO::kFloat32, false, 256},
+        Case{16, 2, 64, 16, {9000}, HT::kBf16, AO::kInputType, true, 5},
+        // an empty page list gets zeros.
+        Case{32, 8, 128, 16, {300, 40}, HT::kBf16, AO::kFloat32, false, 0, true}));
+
+TEST(SparseAttentionGpuApi, RejectsUnsupportedShapes) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  SparseAttentionShape s{.requests = 1, .q_heads = 8, .kv_heads = 2, .head_dim = 96, .block_tokens = 16,
+                         .slot_bytes = 2 * 16 * 96 * 2};
+  SparseAttentionPlan plan;
+  EXPECT_EQ(PlanSparseAttentionForDevice(s, HalfType::kBf16, 10, 0, &plan), cudaErrorInvalidValue);
+  s.head_dim = 128;
+  s.block_tokens = 12;  // not a power of two
+  s.slot_bytes = 2 * 12 * 128 * 2;
+  EXPECT_EQ(PlanSparseAttentionForDevice(s, HalfType::kBf16, 10, 0, &plan), cudaErrorInvalidValue);
+  s.block_tokens = 16;
+  s.slot_bytes = 2 * 16 * 128 * 2 - 16;  // smaller than a slice
+  EXPECT_EQ(PlanSparseAttentionForDevice(s, HalfType::kBf16, 10, 0, &plan), cudaErrorInvalidValue);
+  s.slot_bytes = 2 * 16 * 128 * 2;
+  ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 10, 0, &plan));
+  SparseAttentionDeviceArgs a{.shape = s};  // null pointers
+  EXPECT_EQ(LaunchSparseAttention(a, plan, nullptr), cudaErrorInvalidValue);
+}
+
+// The split heuristic on its own (no device needed): pieces ≤ 256 pages, ≥ 4 unless the row
+// is shorter, every row covered, and whole waves of the resident CTAs are ≥ 75% used.
+TEST(SparseAttentionPlan, FillsWholeWaves) {
+  const SparseAttentionShape llama{.requests = 1, .q_heads = 32, .kv_heads = 8, .head_dim = 128, .block_tokens = 16,
+                                   .slot_bytes = 8192};
+  for (uint32_t batch : {1u, 3u, 8u, 64u}) {
+    for (uint32_t pages : {1u, 3u, 128u, 2048u, 8192u, 65536u}) {
+      SparseAttentionShape s = llama;
+      s.requests = batch;
+      const uint32_t slots = 132 * 3;
+      const SparseAttentionPlan p = PlanSparseAttention(s, pages, 132, 3);
+      EXPECT_EQ(p.heads_per_cta, 4u);
+      EXPECT_EQ(p.rows, batch * 8);
+      EXPECT_LE(p.chunk_pages, kSparseAttentionMaxChunkPages);
+      EXPECT_GE(p.chunk_pages, std::min(pages, kSparseAttentionMinChunkPages));
+      EXPECT_GE(uint64_t{p.chunk_pages} * p.max_splits, pages);
+      EXPECT_LT(uint64_t{p.chunk_pages} * (p.max_splits - 1), pages);
+      const uint64_t ctas = uint64_t{p.rows} * p.max_splits;
+      if (p.chunk_pages > kSparseAttentionMinChunkPages && ctas > slots) {
+        const uint64_t waves = (ctas + slots - 1) / slots;
+        EXPECT_GE(double(ctas) / double(waves * slots), 0.75) << batch << " x " << pages << ": " << ctas << " CTAs";
+      }
+    }
+  }
+  // Llama-3-8B, one request of 32K tokens: one wave of the 396 resident CTAs.
+  SparseAttentionPlan p = PlanSparseAttention(llama, 2048, 132, 3);
+  EXPECT_LE(uint64_t{p.rows} * p.max_splits, 396u);
+  EXPECT_GE(uint64_t{p.rows} * p.max_splits, 300u);
+  // group 3: one head per CTA, three chunks per KV head.
+  SparseAttentionShape g3 = llama;
+  g3.q_heads = 24;
+  p = PlanSparseAttention(g3, 100, 132, 3);
+  EXPECT_EQ(p.heads_per_cta, 1u);
+  EXPECT_EQ(p.rows, 24u);
+}
+
+}  // namespace
+}  // namespace kvtier::kernels
