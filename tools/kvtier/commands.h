@@ -17,5 +17,9 @@ void AddBenchScoreCommand(CLI::App& bench, int* exit_code);  // CPU quality part
 void AddStressNvmeCommand(CLI::App& stress, int* exit_code);
 void AddFsckCommand(CLI::App& app, int* exit_code);
 void AddBenchNvmeCommand(CLI::App& bench, int* exit_code);
+void AddBenchDecodeCommand(CLI::App& bench, int* exit_code);  // CUDA builds measure; others explain
+void AddBenchSparseCommands(CLI::App& bench, int* exit_code);  // slice-cache, admission, prefill
+void AddSelectCommand(CLI::App& app, int* exit_code);
+void AddBenchSelectCommand(CLI::App& bench, int* exit_code);
 
 }  // namespace kvtier::cli

@@ -22,6 +22,10 @@ int main(int argc, char** argv) {
   kvtier::cli::AddScoreCommand(app, &exit_code);
   kvtier::cli::AddBenchScoreCommand(*bench, &exit_code);
   kvtier::cli::AddBenchNvmeCommand(*bench, &exit_code);
+  kvtier::cli::AddBenchDecodeCommand(*bench, &exit_code);
+  kvtier::cli::AddBenchSparseCommands(*bench, &exit_code);
+  kvtier::cli::AddSelectCommand(app, &exit_code);
+  kvtier::cli::AddBenchSelectCommand(*bench, &exit_code);
   CLI::App* stress = app.add_subcommand("stress", "crash and fault loops checked against an oracle");
   stress->require_subcommand(1);
   kvtier::cli::AddStressNvmeCommand(*stress, &exit_code);
