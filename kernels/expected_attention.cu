@@ -1,34 +1,25 @@
-// Why the shapes: the kᵀΣ̄k term is a (tokens × d) · (d × d) product per query head, so the
-// logits launch is a small SGEMM whose A operand (the key tile) is loaded once and reused by
-// every head of the GQA group; everything after it reads only logits, values and sums.
+// The launcher, the fp32 SIMT logits pass (fp32 keys with the exact covariance term) and the
+// passes after the logits. Why the shapes: the kᵀΣ̄k term is a (tokens × d) · (d × d) product
+// per query head, so the logits launch is a small GEMM whose A operand (the key tile) is
+// loaded once and reused by every head of the GQA group; everything after it reads only
+// logits (L2-sized: q_heads · tokens floats), ‖v‖ and per-head sums.
+// The tensor-core logits pass is in expected_attention_mma.cu.
 #include "expected_attention.cuh"
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
+
+#include "expected_attention_internal.cuh"
 
 namespace kvtier::kernels {
 namespace {
 
 __device__ uint32_t Blocks(const ExpectedAttentionShape& s) { return (s.tokens + s.block_tokens - 1) / s.block_tokens; }
 
-constexpr int kTile = 64;       // keys per logits CTA (16 rows of 4 per thread row)
+constexpr int kTile = static_cast<int>(detail::kTileKeys);  // keys per SIMT logits CTA
 constexpr int kChunk = 16;      // Σ̄ rows staged in shared memory at a time
 constexpr int kThreads = 256;
-
-size_t AlignUp(size_t x) { return (x + 15) / 16 * 16; }
-
-struct Layout {
-  size_t logits = 0, stats = 0, best = 0, total = 0;
-};
-
-Layout WorkspaceLayout(const ExpectedAttentionShape& s) {
-  Layout l;
-  l.logits = 0;
-  l.stats = AlignUp(l.logits + sizeof(float) * size_t{s.q_heads} * s.tokens);
-  l.best = AlignUp(l.stats + sizeof(float2) * s.q_heads);
-  l.total = AlignUp(l.best + sizeof(uint32_t) * s.kv_heads);
-  return l;
-}
 
 template <int kCols>
 __global__ void __launch_bounds__(kThreads) LogitsKernel(const float* __restrict__ keys,
@@ -98,35 +89,70 @@ __global__ void __launch_bounds__(kThreads) LogitsKernel(const float* __restrict
   }
 }
 
-template <class Op>
-__device__ float BlockReduce(float v, Op op, float* scratch) {
-  for (int off = 16; off > 0; off /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, off));
+// (max, Σexp) pairs merge associatively; (-FLT_MAX, 0) is the identity.
+__device__ float2 Merge(float2 a, float2 b) {
+  const float m = fmaxf(a.x, b.x);
+  return make_float2(m, a.y * expf(a.x - m) + b.y * expf(b.x - m));
+}
+
+__device__ float2 BlockMerge(float2 v, float2* scratch) {
+  for (int off = 16; off > 0; off /= 2) {
+    v = Merge(v, make_float2(__shfl_xor_sync(0xffffffffu, v.x, off), __shfl_xor_sync(0xffffffffu, v.y, off)));
+  }
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   __syncthreads();
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   v = scratch[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) v = op(v, scratch[w]);
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) v = Merge(v, scratch[w]);
   return v;
 }
 
-__global__ void SoftmaxStatsKernel(const float* __restrict__ logits, float2* __restrict__ stats, uint32_t tokens,
-                                   uint32_t sinks) {
-  __shared__ float scratch[32];
-  const float* row = logits + size_t{blockIdx.x} * tokens;
-  float m = -FLT_MAX;
-  for (uint32_t t = sinks + threadIdx.x; t < tokens; t += blockDim.x) m = fmaxf(m, row[t]);
-  m = BlockReduce(m, [](float a, float b) { return fmaxf(a, b); }, scratch);
-  float s = 0;
-  for (uint32_t t = sinks + threadIdx.x; t < tokens; t += blockDim.x) s += expf(row[t] - m);
-  s = BlockReduce(s, [](float a, float b) { return a + b; }, scratch);
-  if (threadIdx.x == 0) stats[blockIdx.x] = make_float2(m, s);
+// grid (parts, q_heads): the softmax partial of one contiguous part of one head's non-sink keys
+// (the SIMT path; the tensor-core logits pass writes its partials itself).
+__global__ void SoftmaxPartialKernel(const float* __restrict__ logits, float2* __restrict__ partials, uint32_t tokens,
+                                     uint32_t sinks) {
+  __shared__ float2 scratch[32];
+  const uint32_t per_part = (tokens + gridDim.x - 1) / gridDim.x;
+  const uint32_t begin = max(sinks, blockIdx.x * per_part), end = min(tokens, (blockIdx.x + 1) * per_part);
+  const float* row = logits + size_t{blockIdx.y} * tokens;
+  float2 v = make_float2(-FLT_MAX, 0.0f);
+  for (uint32_t t = begin + threadIdx.x; t < end; t += blockDim.x) v = Merge(v, make_float2(row[t], 1.0f));
+  v = BlockMerge(v, scratch);
+  if (threadIdx.x == 0) partials[size_t{blockIdx.y} * gridDim.x + blockIdx.x] = v;
 }
 
-// One warp per (KV head, block). Scores are >= 0, so their bits order like uint32; `best` is
-// the max over every head, as kvpress pads sinks with scores.max() + 1.
+// One CTA per query head: stats = merge of its `parts` partials. Also clears `best`.
+__global__ void SoftmaxFinalizeKernel(const float2* __restrict__ partials, uint32_t parts, float2* __restrict__ stats,
+                                      uint32_t* __restrict__ best) {
+  __shared__ float2 scratch[32];
+  float2 v = make_float2(-FLT_MAX, 0.0f);
+  for (uint32_t i = threadIdx.x; i < parts; i += blockDim.x) v = Merge(v, partials[size_t{blockIdx.x} * parts + i]);
+  v = BlockMerge(v, scratch);
+  if (threadIdx.x == 0) {
+    stats[blockIdx.x] = v;
+    if (blockIdx.x == 0) *best = 0;
+  }
+}
+
+// One warp per token row: ‖v‖₂ of fp32 values (the SIMT path).
+__global__ void ValueNormKernel(const float* __restrict__ values, float* __restrict__ vnorm, size_t rows,
+                                uint32_t head_dim) {
+  const size_t warps = size_t{gridDim.x} * (blockDim.x / 32);
+  const uint32_t lane = threadIdx.x % 32;
+  for (size_t r = size_t{blockIdx.x} * (blockDim.x / 32) + threadIdx.x / 32; r < rows; r += warps) {
+    const float* v = values + r * head_dim;
+    float sq = 0;
+    for (uint32_t i = lane; i < head_dim; i += 32) sq = fmaf(v[i], v[i], sq);
+    for (int off = 16; off > 0; off /= 2) sq += __shfl_xor_sync(0xffffffffu, sq, off);
+    if (lane == 0) vnorm[r] = sqrtf(sq);
+  }
+}
+
+// One warp per (KV head, block), a lane per token. Scores are >= 0, so their bits order like
+// uint32; `best` is the max over every head, as kvpress pads sinks with scores.max() + 1.
 __global__ void BlockScoreKernel(const float* __restrict__ logits, const float2* __restrict__ stats,
-                                 const float* __restrict__ values, float* __restrict__ block_scores,
+                                 const float* __restrict__ vnorm, float* __restrict__ block_scores,
                                  uint32_t* __restrict__ best, ExpectedAttentionShape s, float eps, bool use_vnorm) {
   const uint32_t warp = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const uint32_t lane = threadIdx.x % 32;
@@ -137,25 +163,20 @@ __global__ void BlockScoreKernel(const float* __restrict__ logits, const float2*
   const uint32_t begin = max(b * s.block_tokens, s.sink_tokens);
   const uint32_t end = min(s.tokens, (b + 1) * s.block_tokens);
   float sum = 0, top = 0;
-  for (uint32_t t = begin; t < end; ++t) {
+  for (uint32_t t = begin + lane; t < end; t += 32) {
     float w = 0;
-    for (uint32_t g = lane; g < group; g += 32) {
+    for (uint32_t g = 0; g < group; ++g) {
       const uint32_t qh = kv * group + g;
       const float2 st = stats[qh];
       w += expf(logits[size_t{qh} * s.tokens + t] - st.x) / st.y;
     }
-    float sq = 0;
-    if (use_vnorm) {
-      const float* v = values + (size_t{kv} * s.tokens + t) * s.head_dim;
-      for (uint32_t i = lane; i < s.head_dim; i += 32) sq = fmaf(v[i], v[i], sq);
-    }
-    for (int off = 16; off > 0; off /= 2) {
-      w += __shfl_xor_sync(0xffffffffu, w, off);
-      sq += __shfl_xor_sync(0xffffffffu, sq, off);
-    }
-    const float score = (w / group + eps) * (use_vnorm ? sqrtf(sq) : 1.0f);
+    const float score = (w / group + eps) * (use_vnorm ? vnorm[size_t{kv} * s.tokens + t] : 1.0f);
     sum += score;
     top = fmaxf(top, score);
+  }
+  for (int off = 16; off > 0; off /= 2) {
+    sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, off));
   }
   if (lane == 0) {
     block_scores[size_t{kv} * blocks + b] = sum;
@@ -179,26 +200,14 @@ template <int kCols>
 void LaunchLogits(const ExpectedAttentionDeviceArgs& a, float* logits, cudaStream_t stream) {
   const auto& s = a.shape;
   const dim3 grid((s.tokens + kTile - 1) / kTile, s.kv_heads);
-  LogitsKernel<kCols><<<grid, kThreads, 0, stream>>>(a.keys, a.rotated_mean, a.rotated_cov, logits, s.tokens,
-                                                    s.sink_tokens, s.group(), a.use_covariance);
+  LogitsKernel<kCols><<<grid, kThreads, 0, stream>>>(static_cast<const float*>(a.keys), a.rotated_mean, a.rotated_cov,
+                                                    logits, s.tokens, s.sink_tokens, s.group(), a.use_covariance);
 }
 
-}  // namespace
-
-size_t ExpectedAttentionWorkspaceBytes(const ExpectedAttentionShape& shape) { return WorkspaceLayout(shape).total; }
-
-cudaError_t LaunchExpectedAttention(const ExpectedAttentionDeviceArgs& a, cudaStream_t stream) {
+// The fp32 SIMT path: logits, then ‖v‖ and the softmax partials in their own passes.
+cudaError_t LaunchSimtLogits(const ExpectedAttentionDeviceArgs& a, float* logits, float* vnorm, float2* partials,
+                             uint32_t* parts, cudaStream_t stream) {
   const auto& s = a.shape;
-  if (s.kv_heads == 0 || s.q_heads % s.kv_heads != 0 || s.tokens == 0 || s.block_tokens == 0 ||
-      a.keys == nullptr || a.rotated_mean == nullptr || a.workspace == nullptr || a.block_scores == nullptr ||
-      (a.use_covariance && a.rotated_cov == nullptr) || (a.use_value_norm && a.values == nullptr)) {
-    return cudaErrorInvalidValue;
-  }
-  const Layout l = WorkspaceLayout(s);
-  auto* base = static_cast<char*>(a.workspace);
-  auto* logits = reinterpret_cast<float*>(base + l.logits);
-  auto* stats = reinterpret_cast<float2*>(base + l.stats);
-  auto* best = reinterpret_cast<uint32_t*>(base + l.best);
   switch (s.head_dim) {
     case 16: LaunchLogits<1>(a, logits, stream); break;
     case 32: LaunchLogits<2>(a, logits, stream); break;
@@ -207,10 +216,54 @@ cudaError_t LaunchExpectedAttention(const ExpectedAttentionDeviceArgs& a, cudaSt
     default: return cudaErrorInvalidValue;
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  SoftmaxStatsKernel<<<s.q_heads, 512, 0, stream>>>(logits, stats, s.tokens, s.sink_tokens);
-  if (cudaError_t e = cudaMemsetAsync(best, 0, sizeof(uint32_t), stream); e != cudaSuccess) return e;
+  if (a.use_value_norm) {
+    const size_t rows = size_t{s.kv_heads} * s.tokens;
+    const auto ctas = static_cast<unsigned>(std::min<size_t>((rows + 7) / 8, 4096));
+    ValueNormKernel<<<ctas, 256, 0, stream>>>(static_cast<const float*>(a.values), vnorm, rows, s.head_dim);
+  }
+  *parts = (s.tokens + 4095) / 4096;  // <= Tiles(s), the workspace's room
+  SoftmaxPartialKernel<<<dim3(*parts, s.q_heads), 256, 0, stream>>>(logits, partials, s.tokens, s.sink_tokens);
+  return cudaGetLastError();
+}
+
+bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+size_t ExpectedAttentionWorkspaceBytes(const ExpectedAttentionShape& shape) {
+  return detail::WorkspaceLayout(shape).total;
+}
+
+cudaError_t LaunchExpectedAttention(const ExpectedAttentionDeviceArgs& a, cudaStream_t stream) {
+  const auto& s = a.shape;
+  const bool exact = a.use_covariance && a.covariance_rank == 0;
+  const bool low_rank = a.use_covariance && a.covariance_rank > 0;
+  const bool dims_ok = s.head_dim == 16 || s.head_dim == 32 || s.head_dim == 64 || s.head_dim == 128;
+  const bool dtype_ok = a.kv_dtype == KvDType::kFp32 || a.kv_dtype == KvDType::kBf16 || a.kv_dtype == KvDType::kFp16;
+  if (!dims_ok || !dtype_ok || s.kv_heads == 0 || s.q_heads % s.kv_heads != 0 || s.tokens == 0 ||
+      s.block_tokens == 0 || a.keys == nullptr || a.rotated_mean == nullptr || a.workspace == nullptr ||
+      a.block_scores == nullptr || (exact && a.rotated_cov == nullptr) ||
+      (low_rank && (a.covariance_rank % 8 != 0 || a.covariance_rank > s.head_dim || a.cov_factors == nullptr ||
+                    a.cov_residual == nullptr)) ||
+      (a.use_value_norm && a.values == nullptr) || !Aligned16(a.keys) || !Aligned16(a.values) ||
+      !Aligned16(a.workspace)) {
+    return cudaErrorInvalidValue;
+  }
+  const detail::WorkspaceLayout l(s);
+  auto* base = static_cast<char*>(a.workspace);
+  auto* logits = reinterpret_cast<float*>(base + l.logits);
+  auto* vnorm = reinterpret_cast<float*>(base + l.vnorm);
+  auto* partials = reinterpret_cast<float2*>(base + l.partials);
+  auto* stats = reinterpret_cast<float2*>(base + l.stats);
+  auto* best = reinterpret_cast<uint32_t*>(base + l.best);
+  uint32_t parts = 0;
+  const cudaError_t e = exact && a.kv_dtype == KvDType::kFp32
+                            ? LaunchSimtLogits(a, logits, vnorm, partials, &parts, stream)
+                            : detail::LaunchMmaLogits(a, logits, vnorm, partials, &parts, stream);
+  if (e != cudaSuccess) return e;
+  SoftmaxFinalizeKernel<<<s.q_heads, 256, 0, stream>>>(partials, parts, stats, best);
   const uint32_t warps = s.kv_heads * s.blocks();
-  BlockScoreKernel<<<(warps + 7) / 8, 256, 0, stream>>>(logits, stats, a.values, a.block_scores, best, s, a.epsilon,
+  BlockScoreKernel<<<(warps + 7) / 8, 256, 0, stream>>>(logits, stats, vnorm, a.block_scores, best, s, a.epsilon,
                                                         a.use_value_norm);
   if (s.sink_tokens > 0) SinkKernel<<<1, 256, 0, stream>>>(a.block_scores, best, s);
   return cudaGetLastError();

@@ -1,46 +1,68 @@
 // The Expected Attention block scorer on the GPU: the numbers of the CPU reference
 // (kernels/reference/expected_attention.h, which documents the formulas) for one layer of
-// one sequence, over device-resident fp32 views. The caller rotates the query moments
-// (RotateQueryMoments: O(d²) per head, done once per refresh on the host) and owns every
-// buffer, the workspace included.
+// one sequence, over device-resident views. Keys and values are [kv_heads][tokens][d] in
+// fp32, bf16 or fp16 (what an engine caches); the statistics are fp32. The caller rotates
+// the query moments (RotateQueryMoments: O(d²) per head, once per refresh on the host),
+// factors Σ̄ for the low-rank option (LowRankCovariance, reference/low_rank_covariance.h)
+// and owns every buffer, the workspace included.
 //
-// Four launches on `stream`, no host synchronisation, no allocation:
-//   1. logits   grid (tiles of 64 keys, KV heads): the tile's keys are read once into shared
-//               memory and serve every query head of the group: μ̄ᵀk/√d, plus kᵀΣ̄k/(2d) as a
-//               register-tiled (K_tile · Σ̄) ⊙ K_tile row sum (Σ̄ streamed in 32-row chunks);
-//   2. softmax  per query head: max and Σexp over the non-sink keys;
-//   3. score    one warp per (KV head, block): group-mean weight, + ε, × ‖v‖ (coalesced),
-//               summed over the block's non-sink tokens; the head's best token score kept;
+// Launches on `stream`, no host synchronisation, no allocation:
+//   1. logits   one pass over the keys (and, for the value norm, the values): per key and
+//               query head μ̄ᵀk/√d + kᵀΣ̄k/(2d), plus each CTA's softmax partial (max, Σexp)
+//               per head and ‖v‖ per token. Two forms:
+//               - tensor cores (bf16/fp16 keys; every dtype for low-rank or mean-only):
+//                 key tiles of 64 streamed by cp.async into shared memory, read once for every
+//                 query head of the GQA group; exact: K_tile·Σ̄ with mma.sync m16n8k16 (Σ̄ in
+//                 bf16/fp16, fp32 accumulate), then the row-wise dot with K (and μ̄) in fp32;
+//                 low-rank: K_tile·Wᵀ on tensor cores, Σ_j P_j² + Σ_i ρ_i k_i² + μ̄ᵀk in fp32;
+//               - fp32 keys with the exact term: fp32 SIMT register tiling (K_tile·Σ̄) ⊙ K_tile,
+//                 then separate softmax-partial and value-norm passes.
+//   2. softmax  per query head: the partials merged into (max, Σexp) over the non-sink keys;
+//   3. score    one warp per (KV head, block): group-mean weight, + ε, × ‖v‖, summed over the
+//               block's non-sink tokens; the best token score over every head kept;
 //   4. sinks    blocks holding sink tokens add (best + 1) per sink token (kvpress rule).
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 
 #include "reference/expected_attention.h"
 
 namespace kvtier::kernels {
+
+// Element type of the keys and values.
+enum class KvDType : uint32_t { kFp32, kBf16, kFp16 };
 
 struct ExpectedAttentionDeviceArgs {
   ExpectedAttentionShape shape;  // head_dim ∈ {16, 32, 64, 128}
   float epsilon = 0.0f;
   bool use_covariance = true;
   bool use_value_norm = true;
-  const float* keys = nullptr;          // [kv_heads][tokens][d], device
-  const float* values = nullptr;        // [kv_heads][tokens][d], device (unused without value norm)
+  KvDType kv_dtype = KvDType::kFp32;  // of keys and values
+  // 0: the exact kᵀΣ̄k from rotated_cov. r > 0 (a multiple of 8, <= head_dim): the low-rank
+  // form Σ_j (w_jᵀk)² + Σ_i ρ_i k_i² from cov_factors and cov_residual (LowRankCovariance).
+  uint32_t covariance_rank = 0;
+  const void* keys = nullptr;           // [kv_heads][tokens][d] of kv_dtype, device, 16-B aligned
+  const void* values = nullptr;         // same shape and type (unused without value norm)
   const float* rotated_mean = nullptr;  // [q_heads][d], device
-  const float* rotated_cov = nullptr;   // [q_heads][d][d], device (unused without covariance)
+  const float* rotated_cov = nullptr;   // [q_heads][d][d], device (exact covariance term only)
+  const float* cov_factors = nullptr;   // [q_heads][rank][d], device (low-rank only): w_j = √λ_j u_j
+  const float* cov_residual = nullptr;  // [q_heads][d], device (low-rank only): ρ
   void* workspace = nullptr;            // ExpectedAttentionWorkspaceBytes(shape), device, 16-B aligned
   float* block_scores = nullptr;        // [kv_heads][blocks], device (output)
 };
 
-// Device bytes of scratch one launch needs: logits [q_heads][tokens] and a few per-head sums.
+// Device bytes of scratch one launch needs: logits [q_heads][tokens], ‖v‖ [kv_heads][tokens],
+// softmax partials [q_heads][tiles of 64 keys] and a few per-head sums (~4·(q + kv)·tokens B).
 size_t ExpectedAttentionWorkspaceBytes(const ExpectedAttentionShape& shape);
 
-// Enqueues the scorer on `stream`. cudaErrorInvalidValue for an unsupported head_dim, a
-// q_heads that is not a multiple of kv_heads, zero tokens or blocks, or a null pointer;
-// otherwise the launch error, if any.
+// Enqueues the scorer on `stream`. cudaErrorInvalidValue for an unsupported head_dim or
+// kv_dtype, a q_heads that is not a multiple of kv_heads, zero tokens or blocks, a rank that
+// is not a multiple of 8 in [8, head_dim], a null pointer the options need, or keys/values
+// not 16-B aligned; otherwise the launch error, if any. Thread-safe (no state); the launch
+// sets the tensor-core kernel's shared-memory attribute on the current device.
 cudaError_t LaunchExpectedAttention(const ExpectedAttentionDeviceArgs& args, cudaStream_t stream);
 
 }  // namespace kvtier::kernels

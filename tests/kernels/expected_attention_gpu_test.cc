@@ -1,53 +1,94 @@
 // The CUDA Expected Attention scorer against its CPU reference
 // (kernels/reference/expected_attention.h), on fresh random data with a poisoned output and
-// workspace: every head_dim the kernel supports, GQA groups, sinks spanning blocks, a
-// partial last tile and block, and the covariance / value-norm switches. Relative error
-// <= 1e-3. Skips without a CUDA device.
+// workspace: fp32, bf16 and fp16 keys/values (the reference gets the same rounded values as
+// fp32), the exact covariance term (fp32 SIMT; bf16/fp16 tensor cores), the low-rank form
+// (the reference scores with the same LowRankCovariance factors) and the mean term alone;
+// every head_dim the kernel supports, GQA groups 1 to 8 (query heads split over several
+// CTAs when Σ̄ does not fit shared memory), sinks spanning blocks, partial last tiles and
+// blocks, CTAs looping over several tiles. Relative error <= 1e-3. Skips without a device.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
-#include <tuple>
 #include <vector>
 
 #include "expected_attention.cuh"
 #include "kernels/cuda_test_support.h"
 #include "reference/expected_attention.h"
+#include "reference/low_rank_covariance.h"
 
 namespace kvtier::kernels {
 namespace {
 
 bool HaveDevice() { return ::kvtier::testing::HaveCudaDevice(); }
 
-struct DeviceArray {
-  float* p = nullptr;
-  explicit DeviceArray(const std::vector<float>& host) {
-    if (cudaMalloc(&p, host.size() * sizeof(float)) == cudaSuccess) {
-      (void)cudaMemcpy(p, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice);
-    }
+struct DeviceBytes {
+  void* p = nullptr;
+  DeviceBytes(const void* host, size_t bytes) {
+    if (cudaMalloc(&p, bytes) == cudaSuccess) (void)cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice);
   }
-  ~DeviceArray() { cudaFree(p); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
+  template <class T>
+  explicit DeviceBytes(const std::vector<T>& host) : DeviceBytes(host.data(), host.size() * sizeof(T)) {}
+  ~DeviceBytes() { cudaFree(p); }
+  DeviceBytes(const DeviceBytes&) = delete;
+  DeviceBytes& operator=(const DeviceBytes&) = delete;
+  float* f() const { return static_cast<float*>(p); }
 };
+
+// Rounds `x` to `dtype` in place and returns the device representation's bytes.
+std::vector<unsigned char> RoundTo(KvDType dtype, std::vector<float>& x) {
+  std::vector<unsigned char> bytes;
+  if (dtype == KvDType::kFp32) {
+    bytes.resize(x.size() * 4);
+    std::memcpy(bytes.data(), x.data(), bytes.size());
+    return bytes;
+  }
+  bytes.resize(x.size() * 2);
+  for (size_t i = 0; i < x.size(); ++i) {
+    uint16_t raw;
+    if (dtype == KvDType::kBf16) {
+      const __nv_bfloat16 h = __float2bfloat16_rn(x[i]);
+      x[i] = __bfloat162float(h);
+      std::memcpy(&raw, &h, 2);
+    } else {
+      const __half h = __float2half_rn(x[i]);
+      x[i] = __half2float(h);
+      std::memcpy(&raw, &h, 2);
+    }
+    std::memcpy(&bytes[i * 2], &raw, 2);
+  }
+  return bytes;
+}
 
 struct Case {
   uint32_t q_heads, kv_heads, head_dim, tokens, block_tokens, sinks;
-  bool covariance, vnorm;
+  KvDType dtype = KvDType::kFp32;
+  uint32_t rank = 0;  // 0: exact covariance term
+  bool covariance = true, vnorm = true;
 };
 
+const char* Name(KvDType t) { return t == KvDType::kFp32 ? "fp32" : (t == KvDType::kBf16 ? "bf16" : "fp16"); }
+
 void RunCase(const Case& c, uint32_t seed) {
+  SCOPED_TRACE(::testing::Message() << Name(c.dtype) << " rank=" << c.rank << " cov=" << c.covariance
+                                    << " vnorm=" << c.vnorm << " q=" << c.q_heads << " kv=" << c.kv_heads
+                                    << " d=" << c.head_dim << " tokens=" << c.tokens << " block=" << c.block_tokens
+                                    << " sinks=" << c.sinks);
   ExpectedAttentionShape s{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.head_dim,
                            .tokens = c.tokens, .block_tokens = c.block_tokens, .sink_tokens = c.sinks};
   ExpectedAttentionParams p{.position = c.tokens, .future = 512, .rope_theta = 500000, .epsilon = 0.02f,
-                            .use_covariance = c.covariance, .use_value_norm = c.vnorm};
+                            .use_covariance = c.covariance, .use_value_norm = c.vnorm, .covariance_rank = c.rank};
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   const size_t d = c.head_dim;
   std::vector<float> keys(size_t{c.kv_heads} * c.tokens * d), values(keys.size());
   for (float& x : keys) x = nd(rng);
   for (float& x : values) x = nd(rng);
+  const std::vector<unsigned char> key_bytes = RoundTo(c.dtype, keys), value_bytes = RoundTo(c.dtype, values);
   const uint32_t n = 32;
   std::vector<float> queries(size_t{n} * c.q_heads * d);
   for (size_t i = 0; i < queries.size(); ++i) queries[i] = nd(rng) + 0.3f * static_cast<float>((i / d) % 4);
@@ -56,20 +97,28 @@ void RunCase(const Case& c, uint32_t seed) {
   QueryMoments(queries, n, c.q_heads, c.head_dim, mean, cov);
   AveragedRope(c.head_dim, p, cbar, sbar);
   RotateQueryMoments(c.q_heads, c.head_dim, cbar, sbar, mean, cov, rm, rc);
+  std::vector<float> factors(size_t{c.q_heads} * std::max(c.rank, 1u) * d), residual(size_t{c.q_heads} * d);
   std::vector<float> want(size_t{c.kv_heads} * s.blocks()), token(size_t{c.kv_heads} * c.tokens);
-  ExpectedAttentionTokenScores(s, p, keys, values, rm, rc, token);
+  if (c.covariance && c.rank > 0) {
+    LowRankCovariance(c.q_heads, c.head_dim, c.rank, rc, factors, residual);
+    ExpectedAttentionTokenScoresLowRank(s, p, keys, values, rm, factors, residual, token);
+  } else {
+    ExpectedAttentionTokenScores(s, p, keys, values, rm, rc, token);
+  }
   SumBlockScores(s, token, want);
 
-  DeviceArray dk(keys), dv(values), dm(rm), dc(rc);
+  DeviceBytes dk(key_bytes), dv(value_bytes), dm(rm), dc(rc), df(factors), dr(residual);
   std::vector<float> poison(want.size(), std::nanf(""));
-  DeviceArray out(poison);
+  DeviceBytes out(poison);
   const size_t ws_bytes = ExpectedAttentionWorkspaceBytes(s);
   void* ws = nullptr;
   ASSERT_CUDA(cudaMalloc(&ws, ws_bytes));
   ASSERT_CUDA(cudaMemset(ws, 0xA5, ws_bytes));
   ExpectedAttentionDeviceArgs a{.shape = s, .epsilon = p.epsilon, .use_covariance = c.covariance,
-                                .use_value_norm = c.vnorm, .keys = dk.p, .values = dv.p, .rotated_mean = dm.p,
-                                .rotated_cov = dc.p, .workspace = ws, .block_scores = out.p};
+                                .use_value_norm = c.vnorm, .kv_dtype = c.dtype, .covariance_rank = c.rank,
+                                .keys = dk.p, .values = dv.p, .rotated_mean = dm.f(), .rotated_cov = dc.f(),
+                                .cov_factors = df.f(), .cov_residual = dr.f(), .workspace = ws,
+                                .block_scores = out.f()};
   ASSERT_CUDA(LaunchExpectedAttention(a, nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
   std::vector<float> got(want.size());
@@ -81,6 +130,8 @@ void RunCase(const Case& c, uint32_t seed) {
   }
 }
 
+constexpr KvDType kDtypes[] = {KvDType::kFp32, KvDType::kBf16, KvDType::kFp16};
+
 class ExpectedAttentionGpuTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -88,36 +139,73 @@ class ExpectedAttentionGpuTest : public ::testing::Test {
   }
 };
 
-TEST_F(ExpectedAttentionGpuTest, MatchesReferenceForEveryHeadDim) {
+TEST_F(ExpectedAttentionGpuTest, MatchesReferenceForEveryHeadDimAndKeyType) {
   uint32_t seed = 1;
-  for (uint32_t d : {16u, 32u, 64u, 128u}) {
-    SCOPED_TRACE(::testing::Message() << "d=" << d);
-    RunCase({8, 2, d, 300, 16, 4, true, true}, seed++);
-  }
+  for (KvDType t : kDtypes)
+    for (uint32_t d : {16u, 32u, 64u, 128u}) {
+      RunCase({8, 2, d, 300, 16, 4, t, 0}, seed++);
+      RunCase({8, 2, d, 300, 16, 4, t, 8}, seed++);
+    }
 }
 
 TEST_F(ExpectedAttentionGpuTest, MatchesReferenceWithGqaSinksAndPartialBlocks) {
-  uint32_t seed = 10;
-  for (const Case& c : {Case{32, 8, 128, 1000, 16, 4, true, true}, Case{4, 4, 64, 65, 16, 20, true, true},
-                        Case{6, 1, 128, 17, 4, 0, true, true}, Case{8, 8, 32, 3, 16, 4, true, true}}) {
-    SCOPED_TRACE(::testing::Message() << "q=" << c.q_heads << " kv=" << c.kv_heads << " tokens=" << c.tokens
-                                      << " sinks=" << c.sinks);
-    RunCase(c, seed++);
-  }
+  uint32_t seed = 100;
+  for (KvDType t : kDtypes)
+    for (uint32_t rank : {0u, 16u})
+      for (const Case& shape : {Case{32, 8, 128, 1000, 16, 4}, Case{4, 4, 64, 65, 16, 20}, Case{6, 1, 128, 17, 4, 0},
+                                Case{8, 8, 32, 3, 16, 4}, Case{64, 8, 128, 700, 16, 4}, Case{16, 2, 64, 130, 16, 4}}) {
+        Case c = shape;
+        c.dtype = t;
+        c.rank = rank;
+        RunCase(c, seed++);
+      }
+}
+
+TEST_F(ExpectedAttentionGpuTest, MatchesReferenceWhenCtasLoopOverManyTiles) {
+  // 40000 keys = 625 tiles of one KV head: more than one wave of CTAs, so each loops.
+  RunCase({4, 1, 128, 40000, 16, 4, KvDType::kBf16, 0}, 201);
+  RunCase({4, 1, 128, 40000, 16, 4, KvDType::kBf16, 32}, 202);
+  RunCase({4, 1, 128, 40000, 16, 4, KvDType::kFp32, 16}, 203);
+  RunCase({4, 1, 128, 40000, 16, 4, KvDType::kFp16, 0}, 204);
+}
+
+TEST_F(ExpectedAttentionGpuTest, MatchesReferenceAtFullRankAndAtRankEight) {
+  RunCase({8, 2, 64, 500, 16, 4, KvDType::kBf16, 64}, 301);
+  RunCase({8, 2, 128, 500, 16, 4, KvDType::kFp16, 128}, 302);
+  RunCase({8, 1, 128, 500, 16, 4, KvDType::kBf16, 8}, 303);
 }
 
 TEST_F(ExpectedAttentionGpuTest, MatchesReferenceWithoutCovarianceOrValueNorm) {
-  RunCase({8, 2, 128, 500, 16, 4, false, true}, 21);
-  RunCase({8, 2, 128, 500, 16, 4, true, false}, 22);
+  uint32_t seed = 400;
+  for (KvDType t : kDtypes) {
+    RunCase({8, 2, 128, 500, 16, 4, t, 0, false, true}, seed++);
+    RunCase({8, 2, 128, 500, 16, 4, t, 0, true, false}, seed++);
+    RunCase({8, 2, 128, 500, 16, 4, t, 16, true, false}, seed++);
+  }
 }
 
-TEST_F(ExpectedAttentionGpuTest, RejectsUnsupportedHeadDim) {
+TEST_F(ExpectedAttentionGpuTest, RejectsUnsupportedArguments) {
+  alignas(16) float dummy[8] = {};
   ExpectedAttentionDeviceArgs a;
   a.shape = {.q_heads = 2, .kv_heads = 1, .head_dim = 96, .tokens = 16};
-  float dummy = 0;
-  a.keys = a.values = a.rotated_mean = a.rotated_cov = &dummy;
-  a.block_scores = &dummy;
-  a.workspace = &dummy;
+  a.keys = a.values = dummy;
+  a.rotated_mean = a.rotated_cov = a.cov_factors = a.cov_residual = dummy;
+  a.block_scores = dummy;
+  a.workspace = dummy;
+  EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);  // head_dim 96
+  a.shape.head_dim = 64;
+  a.covariance_rank = 12;
+  EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);  // not a multiple of 8
+  a.covariance_rank = 72;
+  EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);  // above head_dim
+  a.covariance_rank = 8;
+  a.cov_residual = nullptr;
+  EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);  // low-rank without ρ
+  a.cov_residual = dummy;
+  a.keys = reinterpret_cast<const char*>(dummy) + 4;
+  EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);  // keys not 16-B aligned
+  a.keys = dummy;
+  a.kv_dtype = static_cast<KvDType>(7);
   EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);
 }
 

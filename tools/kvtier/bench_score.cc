@@ -8,11 +8,14 @@
 // (what an engine would have). The truth is the mean attention (softmax over the cache) of
 // 512 future queries sampled from N(μ, Σ) and rotated by their true positions P .. P+511,
 // averaged over the GQA group, summed per block. Reported: Spearman(block score, truth) and
-// the attention mass of the top 50% blocks by score over that of the oracle top 50%.
+// the attention mass of the top 50% blocks by score over that of the oracle top 50%, for the
+// exact covariance term, the low-rank ranks 8/16/32 (plus the host cost of factoring) and
+// the mean term alone.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <random>
@@ -21,6 +24,7 @@
 #include "commands.h"
 #include "kvtier/fair_budget.h"
 #include "reference/expected_attention.h"
+#include "reference/low_rank_covariance.h"
 #include "score_bench.h"
 
 namespace kvtier::cli {
@@ -87,8 +91,13 @@ double MassCapture(const std::vector<double>& score, const std::vector<double>& 
   return top(score) / top(truth);
 }
 
+// The Expected Attention variants compared: the exact covariance term, low-rank ranks, mean only.
+constexpr uint32_t kRanks[] = {8, 16, 32};
+constexpr int kEaVariants = 5;  // exact, kRanks..., mean only
+
 struct Trial {
-  std::vector<double> ea, lru, knorm, truth;
+  std::vector<double> ea[kEaVariants], lru, knorm, truth;
+  double factor_ms_per_head[std::size(kRanks)] = {};  // LowRankCovariance, host
 };
 
 Trial RunTrial(uint32_t tokens, uint32_t seed) {
@@ -135,10 +144,34 @@ Trial RunTrial(uint32_t tokens, uint32_t seed) {
                                         .block_tokens = bt, .sink_tokens = 0};
   kernels::ExpectedAttentionParams params{.position = tokens, .future = future, .rope_theta = theta,
                                           .epsilon = 0.0f, .use_covariance = true, .use_value_norm = false};
-  std::vector<float> blocks(shape.blocks());
-  kernels::ExpectedAttentionBlockScores(shape, params, keys, values, mean, cov, blocks);
-
   Trial tr;
+  {
+    std::vector<float> cb(d / 2), sb(d / 2), rm(mean.size()), rc(cov.size()), token(tokens), blocks(shape.blocks());
+    kernels::AveragedRope(d, params, cb, sb);
+    kernels::RotateQueryMoments(qh, d, cb, sb, mean, cov, rm, rc);
+    auto score = [&](int variant) {
+      kernels::SumBlockScores(shape, token, blocks);
+      tr.ea[variant].assign(blocks.begin(), blocks.end());
+    };
+    kernels::ExpectedAttentionTokenScores(shape, params, keys, values, rm, rc, token);
+    score(0);
+    for (size_t i = 0; i < std::size(kRanks); ++i) {
+      const uint32_t r = kRanks[i];
+      std::vector<float> factors(size_t{qh} * r * d), residual(size_t{qh} * d);
+      const auto t0 = std::chrono::steady_clock::now();
+      kernels::LowRankCovariance(qh, d, r, rc, factors, residual);
+      tr.factor_ms_per_head[i] =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / qh;
+      kernels::ExpectedAttentionParams low = params;
+      low.covariance_rank = r;
+      kernels::ExpectedAttentionTokenScoresLowRank(shape, low, keys, values, rm, factors, residual, token);
+      score(static_cast<int>(i + 1));
+    }
+    kernels::ExpectedAttentionParams mean_only = params;
+    mean_only.use_covariance = false;
+    kernels::ExpectedAttentionTokenScores(shape, mean_only, keys, values, rm, rc, token);
+    score(kEaVariants - 1);
+  }
   tr.truth.assign(shape.blocks(), 0.0);
   std::vector<double> logit(tokens);
   for (uint32_t j = 0; j < future; ++j)
@@ -157,7 +190,6 @@ Trial RunTrial(uint32_t tokens, uint32_t seed) {
       for (uint32_t t = 0; t < tokens; ++t) tr.truth[t / bt] += std::exp(logit[t] - m) / z / (future * qh);
     }
   for (uint32_t b = 0; b < shape.blocks(); ++b) {
-    tr.ea.push_back(blocks[b]);
     tr.lru.push_back(b);  // newer = more important
     double n = 0;
     for (uint32_t t = b * bt; t < std::min(tokens, (b + 1) * bt); ++t) {
@@ -171,32 +203,45 @@ Trial RunTrial(uint32_t tokens, uint32_t seed) {
 }
 
 void QualityBench(const BenchScoreOptions& o) {
-  std::vector<std::vector<double>> sp(3), cap(3);
-  const char* names[3] = {"expected-attention", "lru", "key-norm"};
+  constexpr int kScorers = kEaVariants + 2;
+  std::vector<std::vector<double>> sp(kScorers), cap(kScorers), factor_ms(std::size(kRanks));
+  const char* names[kScorers] = {"expected-attention",    "expected-attention-r8", "expected-attention-r16",
+                                 "expected-attention-r32", "expected-attention-mean-only", "lru", "key-norm"};
   for (uint32_t t = 0; t < o.trials; ++t) {
     Trial tr = RunTrial(o.tokens, 100 + t);
-    const std::vector<double>* s[3] = {&tr.ea, &tr.lru, &tr.knorm};
-    for (int k = 0; k < 3; ++k) {
-      sp[k].push_back(Spearman(*s[k], tr.truth));
-      cap[k].push_back(MassCapture(*s[k], tr.truth));
+    for (int k = 0; k < kScorers; ++k) {
+      const std::vector<double>& s = k < kEaVariants ? tr.ea[k] : (k == kEaVariants ? tr.lru : tr.knorm);
+      sp[k].push_back(Spearman(s, tr.truth));
+      cap[k].push_back(MassCapture(s, tr.truth));
     }
+    for (size_t i = 0; i < std::size(kRanks); ++i) factor_ms[i].push_back(tr.factor_ms_per_head[i]);
   }
   auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v[v.size() / 2]; };
   auto lo = [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); };
   if (!o.json) {
     fmt::print("Quality: {} tokens (16-token blocks), 4 q heads / 1 kv head, d=128, T=512 future queries, {} trials\n",
                o.tokens, o.trials);
-    fmt::print("{:<20} {:>16} {:>16} {:>22} {:>14}\n", "scorer", "spearman median", "spearman min",
+    fmt::print("{:<30} {:>16} {:>16} {:>22} {:>14}\n", "scorer", "spearman median", "spearman min",
                "mass@50% vs oracle med", "mass@50% min");
   }
-  for (int k = 0; k < 3; ++k) {
+  for (int k = 0; k < kScorers; ++k) {
     if (o.json) {
       fmt::print("{}\n", nlohmann::json{{"bench", "score_quality"}, {"scorer", names[k]}, {"tokens", o.tokens},
                                         {"trials", o.trials}, {"spearman_median", med(sp[k])}, {"spearman_min", lo(sp[k])},
                                         {"mass_capture_median", med(cap[k])}, {"mass_capture_min", lo(cap[k])}}
                                 .dump());
     } else {
-      fmt::print("{:<20} {:>16.3f} {:>16.3f} {:>22.3f} {:>14.3f}\n", names[k], med(sp[k]), lo(sp[k]), med(cap[k]), lo(cap[k]));
+      fmt::print("{:<30} {:>16.3f} {:>16.3f} {:>22.3f} {:>14.3f}\n", names[k], med(sp[k]), lo(sp[k]), med(cap[k]), lo(cap[k]));
+    }
+  }
+  for (size_t i = 0; i < std::size(kRanks); ++i) {
+    if (o.json) {
+      fmt::print("{}\n", nlohmann::json{{"bench", "score_factor_host"}, {"rank", kRanks[i]}, {"head_dim", 128},
+                                        {"ms_per_query_head_median", med(factor_ms[i])}}
+                                .dump());
+    } else {
+      fmt::print("host LowRankCovariance rank {:>2} (d=128): {:.2f} ms per query head (median of trials)\n", kRanks[i],
+                 med(factor_ms[i]));
     }
   }
 }
@@ -257,6 +302,8 @@ void AddBenchScoreCommand(CLI::App& bench, int* exit_code) {
   cmd->add_flag("--quick", o->quick, "1024 tokens, 2 trials (CI)");
   cmd->add_flag("--gpu", o->gpu, "only the GPU part: 128K tokens, Llama-3-8B shapes, all layers (CUDA builds)");
   cmd->add_option("--gpu-tokens", o->gpu_options.tokens, "tokens of the GPU run")->capture_default_str();
+  cmd->add_option("--gpu-ranks", o->gpu_options.ranks, "low-rank covariance ranks of the GPU run (multiples of 8)")
+      ->capture_default_str();
   cmd->add_option("--device", o->gpu_options.device, "CUDA device")->capture_default_str();
   cmd->add_flag("--json", o->json, "JSON lines");
   cmd->callback([o, exit_code] {

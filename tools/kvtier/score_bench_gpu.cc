@@ -1,19 +1,27 @@
 // `kvtier bench score` GPU part: Expected Attention scoring of one long sequence, every
 // layer, against a device-to-device copy of the same key bytes in the same run.
 //
-// One layer's keys and values (fp32 [kv_heads][tokens][d]) are allocated once and scored
-// `layers` times (the same bytes per layer as a real model, far larger than L2, so reuse
-// across layers buys nothing). The query moments are rotated on the host once (O(d²) per
-// head) and uploaded; that is part of a refresh but not of the timed kernel work.
+// One layer's keys and values ([kv_heads][tokens][d], fp32 and bf16 copies) are allocated
+// once and scored `layers` times (the same bytes per layer as a real model, far larger than
+// L2, so reuse across layers buys nothing). Rows: the exact covariance term on fp32 keys
+// (fp32 SIMT) and on bf16 keys (tensor cores), the low-rank form at each --gpu-ranks rank
+// (bf16), the mean term alone (bf16). Each row is compared with a copy of its own key bytes
+// (fp32 or bf16). The query moments are rotated (and factored, for the low-rank rows) on the
+// host once; that is part of a refresh but not of the timed kernel work — its host time is
+// printed separately.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <chrono>
+#include <cstring>
 #include <random>
 #include <vector>
 
 #include "expected_attention.cuh"
+#include "reference/low_rank_covariance.h"
 #include "score_bench.h"
 
 namespace kvtier::cli {
@@ -44,33 +52,46 @@ Status RunGpuScoreBench(const GpuScoreBenchOptions& o) {
     (void)cudaGetLastError();
     return Status::Unavailable("no CUDA device is visible");
   }
+  for (uint32_t r : o.ranks) {
+    if (r == 0 || r % 8 != 0 || r > o.head_dim) {
+      return Status::InvalidArgument(fmt::format("--gpu-ranks: {} is not a multiple of 8 in [8, {}]", r, o.head_dim));
+    }
+  }
   KVT_CUDA_OR_RETURN(cudaSetDevice(o.device));
   cudaDeviceProp prop{};
   KVT_CUDA_OR_RETURN(cudaGetDeviceProperties(&prop, o.device));
   using namespace kernels;
   ExpectedAttentionShape s{.q_heads = o.q_heads, .kv_heads = o.kv_heads, .head_dim = o.head_dim, .tokens = o.tokens,
                            .block_tokens = o.block_tokens, .sink_tokens = 4};
-  const size_t kv_floats = size_t{o.kv_heads} * o.tokens * o.head_dim;
-  const size_t kbytes = kv_floats * sizeof(float);
-  DeviceMem keys, values, copy_dst, mean, cov, ws, out;
-  KVT_CUDA_OR_RETURN(cudaMalloc(&keys.p, kbytes));
-  KVT_CUDA_OR_RETURN(cudaMalloc(&values.p, kbytes));
-  KVT_CUDA_OR_RETURN(cudaMalloc(&copy_dst.p, kbytes));
   const size_t d = o.head_dim;
+  const size_t kv_elems = size_t{o.kv_heads} * o.tokens * d;
+  const size_t bytes32 = kv_elems * sizeof(float), bytes16 = kv_elems * 2;
+  const uint32_t max_rank = o.ranks.empty() ? 8 : *std::max_element(o.ranks.begin(), o.ranks.end());
+  DeviceMem k32, v32, k16, v16, copy_dst, mean, cov, factors, residual, ws, out;
+  KVT_CUDA_OR_RETURN(cudaMalloc(&k32.p, bytes32));
+  KVT_CUDA_OR_RETURN(cudaMalloc(&v32.p, bytes32));
+  KVT_CUDA_OR_RETURN(cudaMalloc(&k16.p, bytes16));
+  KVT_CUDA_OR_RETURN(cudaMalloc(&v16.p, bytes16));
+  KVT_CUDA_OR_RETURN(cudaMalloc(&copy_dst.p, bytes32));
   KVT_CUDA_OR_RETURN(cudaMalloc(&mean.p, o.q_heads * d * sizeof(float)));
   KVT_CUDA_OR_RETURN(cudaMalloc(&cov.p, o.q_heads * d * d * sizeof(float)));
+  KVT_CUDA_OR_RETURN(cudaMalloc(&factors.p, o.q_heads * size_t{max_rank} * d * sizeof(float)));
+  KVT_CUDA_OR_RETURN(cudaMalloc(&residual.p, o.q_heads * d * sizeof(float)));
   KVT_CUDA_OR_RETURN(cudaMalloc(&ws.p, ExpectedAttentionWorkspaceBytes(s)));
   KVT_CUDA_OR_RETURN(cudaMalloc(&out.p, size_t{o.kv_heads} * s.blocks() * sizeof(float)));
+  std::vector<float> rm(o.q_heads * d), rc(o.q_heads * d * d);
   {
     std::mt19937 rng(1);
     std::normal_distribution<float> nd(0.0f, 1.0f);
-    std::vector<float> host(kv_floats);
-    for (float& x : host) x = nd(rng);
-    KVT_CUDA_OR_RETURN(cudaMemcpy(keys.p, host.data(), kbytes, cudaMemcpyHostToDevice));
-    for (float& x : host) x = nd(rng);
-    KVT_CUDA_OR_RETURN(cudaMemcpy(values.p, host.data(), kbytes, cudaMemcpyHostToDevice));
-    std::vector<float> q(size_t{128} * o.q_heads * d), m(o.q_heads * d), c(o.q_heads * d * d), rm(m.size()),
-        rc(c.size()), cb(d / 2), sb(d / 2);
+    std::vector<float> host(kv_elems);
+    std::vector<__nv_bfloat16> half(kv_elems);
+    for (DeviceMem* dst : {&k32, &v32}) {
+      for (float& x : host) x = nd(rng);
+      KVT_CUDA_OR_RETURN(cudaMemcpy(dst->p, host.data(), bytes32, cudaMemcpyHostToDevice));
+      for (size_t i = 0; i < kv_elems; ++i) half[i] = __float2bfloat16_rn(host[i]);
+      KVT_CUDA_OR_RETURN(cudaMemcpy(dst == &k32 ? k16.p : v16.p, half.data(), bytes16, cudaMemcpyHostToDevice));
+    }
+    std::vector<float> q(size_t{128} * o.q_heads * d), m(o.q_heads * d), c(o.q_heads * d * d), cb(d / 2), sb(d / 2);
     for (float& x : q) x = nd(rng);
     QueryMoments(q, 128, o.q_heads, o.head_dim, m, c);
     AveragedRope(o.head_dim, {.position = o.tokens}, cb, sb);
@@ -96,58 +117,102 @@ Status RunGpuScoreBench(const GpuScoreBenchOptions& o) {
     }
     return Median(t);
   };
-  auto score = [&](bool covariance) {
-    return [&, covariance]() -> Status {
-      ExpectedAttentionDeviceArgs a{.shape = s, .epsilon = 0.02f, .use_covariance = covariance, .use_value_norm = true,
-                                    .keys = static_cast<float*>(keys.p), .values = static_cast<float*>(values.p),
-                                    .rotated_mean = static_cast<float*>(mean.p), .rotated_cov = static_cast<float*>(cov.p),
-                                    .workspace = ws.p, .block_scores = static_cast<float*>(out.p)};
+  struct Variant {
+    std::string mode;
+    KvDType dtype;
+    bool covariance;
+    uint32_t rank;
+  };
+  auto score = [&](const Variant& v) {
+    return [&, v]() -> Status {
+      const bool fp32 = v.dtype == KvDType::kFp32;
+      ExpectedAttentionDeviceArgs a{.shape = s, .epsilon = 0.02f, .use_covariance = v.covariance,
+                                    .use_value_norm = true, .kv_dtype = v.dtype, .covariance_rank = v.rank,
+                                    .keys = fp32 ? k32.p : k16.p, .values = fp32 ? v32.p : v16.p,
+                                    .rotated_mean = static_cast<float*>(mean.p),
+                                    .rotated_cov = static_cast<float*>(cov.p),
+                                    .cov_factors = static_cast<float*>(factors.p),
+                                    .cov_residual = static_cast<float*>(residual.p), .workspace = ws.p,
+                                    .block_scores = static_cast<float*>(out.p)};
       KVT_CUDA_OR_RETURN(LaunchExpectedAttention(a, stream));
       return Status::Ok();
     };
   };
-  auto copy = [&]() -> Status {
-    KVT_CUDA_OR_RETURN(cudaMemcpyAsync(copy_dst.p, keys.p, kbytes, cudaMemcpyDeviceToDevice, stream));
-    return Status::Ok();
+  auto copy = [&](size_t bytes) {
+    return [&, bytes]() -> Status {
+      KVT_CUDA_OR_RETURN(cudaMemcpyAsync(copy_dst.p, k32.p, bytes, cudaMemcpyDeviceToDevice, stream));
+      return Status::Ok();
+    };
   };
-  KVT_ASSIGN_OR_RETURN(double t_copy, timed(copy));
-  KVT_ASSIGN_OR_RETURN(double t_full, timed(score(true)));
-  KVT_ASSIGN_OR_RETURN(double t_mean, timed(score(false)));
+  KVT_ASSIGN_OR_RETURN(double t_copy32, timed(copy(bytes32)));
+  KVT_ASSIGN_OR_RETURN(double t_copy16, timed(copy(bytes16)));
+
+  std::vector<Variant> variants = {{"exact fp32 (simt)", KvDType::kFp32, true, 0},
+                                   {"exact bf16 (tensor)", KvDType::kBf16, true, 0}};
+  for (uint32_t r : o.ranks) variants.push_back({fmt::format("rank {} bf16", r), KvDType::kBf16, true, r});
+  variants.push_back({"mean only bf16", KvDType::kBf16, false, 0});
+  struct Row {
+    const Variant* v;
+    double seconds, factor_ms;
+  };
+  std::vector<Row> rows;
+  for (const Variant& v : variants) {
+    double factor_ms = 0;
+    if (v.rank > 0) {  // host factorisation of one layer's heads, then upload (not timed on the GPU)
+      std::vector<float> f(o.q_heads * size_t{v.rank} * d), r(o.q_heads * d);
+      const auto t0 = std::chrono::steady_clock::now();
+      LowRankCovariance(o.q_heads, o.head_dim, v.rank, rc, f, r);
+      factor_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      KVT_CUDA_OR_RETURN(cudaMemcpy(factors.p, f.data(), f.size() * sizeof(float), cudaMemcpyHostToDevice));
+      KVT_CUDA_OR_RETURN(cudaMemcpy(residual.p, r.data(), r.size() * sizeof(float), cudaMemcpyHostToDevice));
+    }
+    KVT_ASSIGN_OR_RETURN(double t, timed(score(v)));
+    rows.push_back({&v, t, factor_ms});
+  }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
   cudaStreamDestroy(stream);
 
-  const double key_bytes = static_cast<double>(kbytes) * o.layers;
-  const double copy_gbs = key_bytes / t_copy / 1e9;
+  const double copy_gbs = static_cast<double>(bytes16) * o.layers / t_copy16 / 1e9;
   // A decode step of the model reads its bf16 weights (~16 GB for Llama-3-8B) and the bf16
   // KV cache of the sequence; at best at 2x the copy rate (a copy reads and writes).
   const double kv_bf16 = 2.0 * 2 * o.layers * o.kv_heads * d * o.tokens;
   const double step_s = (16.06e9 + kv_bf16) / (2 * copy_gbs * 1e9);
-  auto row = [&](const char* mode, double t) {
-    const double gbs = key_bytes / t / 1e9;
-    const double amortised = t / o.refresh_interval;
+  if (!o.json) {
+    fmt::print("GPU scoring, {}: {} tokens x {} layers, {} q / {} kv heads, d={} ({:.2f} GB of fp32 / {:.2f} GB of bf16 keys)\n",
+               prop.name, o.tokens, o.layers, o.q_heads, o.kv_heads, o.head_dim, bytes32 * o.layers / 1e9,
+               bytes16 * o.layers / 1e9);
+    for (auto [name, t, bytes] : {std::tuple{"copy fp32 keys (D2D)", t_copy32, bytes32},
+                                  std::tuple{"copy bf16 keys (D2D)", t_copy16, bytes16}}) {
+      fmt::print("{:<22} {:>9.2f} ms  keys {:>7.1f} GB/s (baseline: cudaMemcpyAsync of the same key bytes)\n", name,
+                 t * 1e3, static_cast<double>(bytes) * o.layers / t / 1e9);
+    }
+  }
+  for (const Row& row : rows) {
+    const bool fp32 = row.v->dtype == KvDType::kFp32;
+    const double key_bytes = static_cast<double>(fp32 ? bytes32 : bytes16) * o.layers;
+    const double t_copy = fp32 ? t_copy32 : t_copy16;
+    const double gbs = key_bytes / row.seconds / 1e9;
+    const double vs_copy = t_copy / row.seconds;
+    const double amortised = row.seconds / o.refresh_interval;
     if (o.json) {
-      fmt::print("{}\n", nlohmann::json{{"bench", "score_gpu"}, {"device", prop.name}, {"mode", mode},
-                                        {"tokens", o.tokens}, {"layers", o.layers}, {"key_bytes", key_bytes},
-                                        {"seconds", t}, {"key_read_gbs", gbs}, {"copy_gbs", copy_gbs},
-                                        {"vs_copy", gbs / copy_gbs}, {"amortised_ms_per_step", amortised * 1e3},
+      fmt::print("{}\n", nlohmann::json{{"bench", "score_gpu"}, {"device", prop.name}, {"mode", row.v->mode},
+                                        {"key_dtype", fp32 ? "fp32" : "bf16"}, {"covariance_rank", row.v->rank},
+                                        {"covariance", row.v->covariance}, {"tokens", o.tokens}, {"layers", o.layers},
+                                        {"key_bytes", key_bytes}, {"seconds", row.seconds}, {"key_read_gbs", gbs},
+                                        {"copy_seconds", t_copy}, {"copy_gbs", key_bytes / t_copy / 1e9},
+                                        {"vs_copy", vs_copy}, {"amortised_ms_per_step", amortised * 1e3},
                                         {"decode_step_ms_estimate", step_s * 1e3},
-                                        {"fraction_of_decode", amortised / step_s}}
+                                        {"fraction_of_decode", amortised / step_s},
+                                        {"host_factor_ms_per_layer", row.factor_ms}}
                                 .dump());
     } else {
-      fmt::print("{:<22} {:>9.2f} ms  keys {:>7.1f} GB/s = {:>5.2f}x copy  amortised /{} steps: {:.4f} ms = {:.2f}% of a ~{:.1f} ms decode step\n",
-                 mode, t * 1e3, gbs, gbs / copy_gbs, o.refresh_interval, amortised * 1e3, 100 * amortised / step_s,
-                 step_s * 1e3);
+      fmt::print("{:<22} {:>9.2f} ms  keys {:>7.1f} GB/s = {:>5.2f}x copy  amortised /{} steps: {:.4f} ms = {:.2f}% of a ~{:.1f} ms decode step{}\n",
+                 row.v->mode, row.seconds * 1e3, gbs, vs_copy, o.refresh_interval, amortised * 1e3,
+                 100 * amortised / step_s, step_s * 1e3,
+                 row.factor_ms > 0 ? fmt::format("  (host factoring {:.1f} ms/layer)", row.factor_ms) : "");
     }
-  };
-  if (!o.json) {
-    fmt::print("GPU scoring, {}: {} tokens x {} layers, {} q / {} kv heads, d={} (fp32 K/V, {:.2f} GB of keys)\n",
-               prop.name, o.tokens, o.layers, o.q_heads, o.kv_heads, o.head_dim, key_bytes / 1e9);
-    fmt::print("{:<22} {:>9.2f} ms  keys {:>7.1f} GB/s (baseline: device-to-device copy of the same key bytes)\n",
-               "cudaMemcpyAsync D2D", t_copy * 1e3, copy_gbs);
   }
-  row("ea mean+covariance", t_full);
-  row("ea mean only", t_mean);
   return Status::Ok();
 }
 

@@ -1,0 +1,447 @@
+// The logits pass on tensor cores. Why this shape:
+// - The exact kᵀΣ̄k is 2·d² FLOP per key and query head (4.4 TFLOP for 128K tokens of
+//   Llama-3-8B): compute-bound in fp32 SIMT, so K_tile·Σ̄ runs as bf16/fp16 mma.sync with fp32
+//   accumulation, and only the row-wise dot with K (and the folded-in μ̄/√d) is SIMT.
+// - The low-rank form needs d·r MACs per key and head: K_tile·Wᵀ is a skinny GEMM whose B
+//   (group·r rows of W, a few KB) stays in shared memory for the CTA's whole life, so the
+//   pass streams keys at close to the copy rate.
+// - CTAs are persistent over the tiles of one KV head (grid = one wave): Σ̄ / W is staged once
+//   per CTA, the next key tile is prefetched by cp.async while the current one is computed,
+//   and each CTA leaves one softmax partial (max, Σexp) per query head, so no second pass over
+//   the logits is needed for the softmax statistics.
+// Warp layout: 8 warps as 2 (32-row halves of the 64-key tile) × 4 (column groups); a warp
+// owns n8-tiles wn, wn+4, … of the current column range and both 16-row m-tiles of its half.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cstring>
+
+#include "expected_attention_internal.cuh"
+
+namespace kvtier::kernels::detail {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarpsN = 4;          // column groups; 2 row halves
+constexpr int kPad = 8;             // elements of padding per shared row: conflict-free fragment loads
+constexpr int kMaxHeadsPerCta = 8;  // one warp per head for the softmax partials
+constexpr size_t kSmemLimit = 220 * 1024;
+
+template <class T>
+struct MmaOf {
+  using type = __nv_bfloat16;  // fp32 and bf16 keys
+};
+template <>
+struct MmaOf<__half> {
+  using type = __half;
+};
+
+template <class M>
+__device__ __forceinline__ M ToMma(float x);
+template <>
+__device__ __forceinline__ __nv_bfloat16 ToMma<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+__device__ __forceinline__ __half ToMma<__half>(float x) { return __float2half_rn(x); }
+
+template <class V>
+__device__ __forceinline__ uint32_t AsU32(V v) {
+  uint32_t u;
+  memcpy(&u, &v, sizeof(u));
+  return u;
+}
+
+// Two consecutive key elements as one packed 16-bit pair (the lower column in the low half).
+__device__ __forceinline__ uint32_t PackPair(const float* p) {
+  const float2 v = *reinterpret_cast<const float2*>(p);
+  return AsU32(__floats2bfloat162_rn(v.x, v.y));
+}
+__device__ __forceinline__ uint32_t PackPair(const __nv_bfloat16* p) { return *reinterpret_cast<const uint32_t*>(p); }
+__device__ __forceinline__ uint32_t PackPair(const __half* p) { return *reinterpret_cast<const uint32_t*>(p); }
+
+// Two consecutive key elements as floats (exact for every key type).
+__device__ __forceinline__ float2 LoadPair(const float* p) { return *reinterpret_cast<const float2*>(p); }
+__device__ __forceinline__ float2 LoadPair(const __nv_bfloat16* p) {
+  return __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+}
+__device__ __forceinline__ float2 LoadPair(const __half* p) {
+  return __half22float2(*reinterpret_cast<const __half2*>(p));
+}
+
+// Sum of squares of the elements in 16 bytes of T.
+__device__ __forceinline__ float SumSquares(uint4 raw, const float*) {
+  const float* f = reinterpret_cast<const float*>(&raw);
+  return f[0] * f[0] + f[1] * f[1] + f[2] * f[2] + f[3] * f[3];
+}
+template <class T>
+__device__ __forceinline__ float SumSquares(uint4 raw, const T*) {
+  const T* h = reinterpret_cast<const T*>(&raw);
+  float s = 0;
+#pragma unroll
+  for (int i = 0; i < 8; i += 2) {
+    const float2 v = LoadPair(h + i);
+    s = fmaf(v.x, v.x, fmaf(v.y, v.y, s));
+  }
+  return s;
+}
+
+// D += A·B, m16n8k16, fp32 accumulate (PTX ISA fragment layouts: A row-major, B column-major).
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __nv_bfloat16) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __half) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// 16 bytes global → shared, asynchronously; `valid` false writes zeros and reads nothing.
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
+  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
+}
+
+struct Params {
+  const void* keys;
+  const void* values;
+  const float* mean;      // [q_heads][d]
+  const float* b_source;  // [q_heads][cols][d]: Σ̄ (exact, cols = d) or W (low-rank, cols = r); null if cols = 0
+  const float* residual;  // [q_heads][d] or null
+  float* logits;
+  float* vnorm;
+  float2* partials;  // [q_heads][gridDim.x]
+  uint32_t tokens, sinks, group, heads_per_cta, cols, tiles;
+  bool value_norm;
+};
+
+// Shared memory: key tiles [2][64][d + pad] of T, then B rows [heads·cols][d + pad] of the mma
+// type, μ̄/√d and ρ/(2d) [heads][d] floats, and the per-column-group row sums [4][heads][64].
+template <class T, int kD>
+size_t SmemBytes(uint32_t heads, uint32_t cols) {
+  using M = typename MmaOf<T>::type;
+  constexpr size_t kStride = kD + kPad;
+  return 2 * kTileKeys * kStride * sizeof(T) + size_t{heads} * cols * kStride * sizeof(M) +
+         2 * size_t{heads} * kD * sizeof(float) + size_t{kWarpsN} * heads * kTileKeys * sizeof(float);
+}
+
+// Row sums of one warp's 2×2 rows (m-tile mi, half hr) reduced over the 4 lanes of a row and
+// added by lane t = 0 into its own column group's slot (no other thread writes it).
+__device__ __forceinline__ void FlushRows(float (&part)[2][2], float* slot, int row0, int g, int t) {
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int hr = 0; hr < 2; ++hr) {
+      float v = part[mi][hr];
+      v += __shfl_xor_sync(0xffffffffu, v, 1);
+      v += __shfl_xor_sync(0xffffffffu, v, 2);
+      if (t == 0) slot[row0 + mi * 16 + hr * 8 + g] += v;
+      part[mi][hr] = 0.0f;
+    }
+}
+
+template <class T, int kD, bool kExact>
+__global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 1 : 2) MmaLogitsKernel(Params p) {
+  using M = typename MmaOf<T>::type;
+  constexpr int kStride = kD + kPad;
+  constexpr int kNI = kD >= 32 ? kD / 32 : 1;  // n8-tiles per warp per column range
+  constexpr int kRangeTiles = kWarpsN * kNI;   // n8-tiles per column range (kD columns for kD >= 32)
+  constexpr int kChunksPerRow = kD * static_cast<int>(sizeof(T)) / 16;
+  constexpr int kVPerThread = (static_cast<int>(kTileKeys) * kChunksPerRow + kThreads - 1) / kThreads;
+
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* ks = reinterpret_cast<T*>(smem);
+  M* bt = reinterpret_cast<M*>(smem + 2 * kTileKeys * kStride * sizeof(T));
+  const uint32_t hc = p.heads_per_cta, cols = p.cols, b_rows = hc * cols;
+  float* ms = reinterpret_cast<float*>(bt + size_t{b_rows} * kStride);
+  float* rs = ms + hc * kD;
+  float* qp = rs + hc * kD;  // [kWarpsN][hc][kTileKeys]
+
+  const int tid = static_cast<int>(threadIdx.x), warp = tid / 32, lane = tid % 32;
+  const int wm = warp / kWarpsN, wn = warp % kWarpsN, g = lane / 4, t = lane % 4;
+  const int row0 = wm * 32;  // this warp's rows: row0 + mi*16 + hr*8 + g
+  const uint32_t kv = blockIdx.y;
+  const uint32_t qh0 = kv * p.group + blockIdx.z * hc;
+  const float inv_2d = 1.0f / (2.0f * kD);
+
+  for (uint32_t i = tid; i < b_rows * kD; i += kThreads) {
+    bt[(i / kD) * kStride + i % kD] = ToMma<M>(p.b_source[size_t{qh0} * cols * kD + i]);
+  }
+  for (uint32_t i = tid; i < hc * kD; i += kThreads) {
+    ms[i] = p.mean[size_t{qh0} * kD + i] / sqrtf(static_cast<float>(kD));
+    rs[i] = p.residual != nullptr ? p.residual[size_t{qh0} * kD + i] * inv_2d : 0.0f;
+  }
+
+  const T* keys = static_cast<const T*>(p.keys);
+  const T* values = static_cast<const T*>(p.values);
+  const size_t head_row0 = size_t{kv} * p.tokens;  // row of token 0 of this KV head
+  auto load_tile = [&](uint32_t tile, int buf) {
+    T* dst = ks + buf * kTileKeys * kStride;
+    for (int i = tid; i < static_cast<int>(kTileKeys) * kChunksPerRow; i += kThreads) {
+      const int r = i / kChunksPerRow, c = i % kChunksPerRow;
+      const uint32_t tok = tile * kTileKeys + r;
+      const bool ok = tok < p.tokens;
+      const T* src = keys + (head_row0 + (ok ? tok : 0)) * kD + c * (16 / sizeof(T));
+      CpAsync16(dst + r * kStride + c * (16 / sizeof(T)), src, ok);
+    }
+    CpAsyncCommit();
+  };
+
+  const bool do_vnorm = p.value_norm && blockIdx.z == 0;
+  float run_m = -FLT_MAX, run_s = 0.0f;  // softmax partial of head `warp` (warp < hc)
+  int buf = 0;
+  load_tile(blockIdx.x, 0);  // gridDim.x <= tiles: every CTA has a first tile
+  for (uint32_t tile = blockIdx.x; tile < p.tiles; tile += gridDim.x, buf ^= 1) {
+    const uint32_t next = tile + gridDim.x;
+    if (next < p.tiles) load_tile(next, buf ^ 1);
+    uint4 vraw[kVPerThread];
+    if (do_vnorm) {  // issued now, consumed after the math: the loads overlap it
+#pragma unroll
+      for (int v = 0; v < kVPerThread; ++v) {
+        const int idx = tid + v * kThreads;
+        const uint32_t tok = tile * kTileKeys + idx / kChunksPerRow;
+        vraw[v] = make_uint4(0, 0, 0, 0);
+        if (idx < static_cast<int>(kTileKeys) * kChunksPerRow && tok < p.tokens) {
+          vraw[v] = __ldcs(reinterpret_cast<const uint4*>(values + (head_row0 + tok) * kD) + idx % kChunksPerRow);
+        }
+      }
+    }
+    if (next < p.tiles) {
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
+    }
+    __syncthreads();  // this tile's keys (and, the first time, B, μ̄, ρ) are visible to all
+    const T* kt = ks + buf * kTileKeys * kStride;
+    if (t == 0) {
+      for (uint32_t h = 0; h < hc; ++h)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) qp[(wn * hc + h) * kTileKeys + row0 + (r / 2) * 16 + (r % 2) * 8 + g] = 0.0f;
+    }
+    float part[2][2] = {};
+
+    // C[64 × 8·count] = K_tile · Bt[n-tiles]ᵀ for this warp's n-tiles j = first + wn + 4i.
+    auto mma_range = [&](const M* b, uint32_t first, uint32_t end_tile, float (&acc)[2][kNI][4]) {
+#pragma unroll
+      for (int i = 0; i < kNI; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[0][i][e] = acc[1][i][e] = 0.0f;
+#pragma unroll
+      for (int k0 = 0; k0 < kD; k0 += 16) {
+        uint32_t a[2][4];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+          const T* base = kt + (row0 + mi * 16 + g) * kStride + k0 + 2 * t;
+          a[mi][0] = PackPair(base);
+          a[mi][1] = PackPair(base + 8 * kStride);
+          a[mi][2] = PackPair(base + 8);
+          a[mi][3] = PackPair(base + 8 * kStride + 8);
+        }
+#pragma unroll
+        for (int i = 0; i < kNI; ++i) {
+          const uint32_t j = first + wn + kWarpsN * i;
+          if (j < end_tile) {
+            const M* bb = b + (j * 8 + g) * kStride + k0 + 2 * t;
+            const uint32_t b0 = *reinterpret_cast<const uint32_t*>(bb);
+            const uint32_t b1 = *reinterpret_cast<const uint32_t*>(bb + 8);
+            Mma(acc[0][i], a[0], b0, b1, M{});
+            Mma(acc[1][i], a[1], b0, b1, M{});
+          }
+        }
+      }
+    };
+
+    if constexpr (kExact) {
+      // Per head: Σ_c k_c·(P_c/(2d) + μ̄_c/√d) with P = K_tile·Σ̄ — the linear term folded in.
+      for (uint32_t h = 0; h < hc; ++h) {
+        float acc[2][kNI][4];
+        mma_range(bt + size_t{h} * kD * kStride, 0, kD / 8, acc);
+#pragma unroll
+        for (int i = 0; i < kNI; ++i) {
+          const uint32_t j = wn + kWarpsN * i;
+          if (j >= kD / 8) continue;
+          const int c = static_cast<int>(j) * 8 + 2 * t;
+          const float m0 = ms[h * kD + c], m1 = ms[h * kD + c + 1];
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+              const float2 k = LoadPair(kt + (row0 + mi * 16 + hr * 8 + g) * kStride + c);
+              part[mi][hr] += k.x * fmaf(acc[mi][i][2 * hr], inv_2d, m0) + k.y * fmaf(acc[mi][i][2 * hr + 1], inv_2d, m1);
+            }
+        }
+        FlushRows(part, qp + (wn * hc + h) * kTileKeys, row0, g, t);
+      }
+    } else {
+      // Per head: Σ_c k_c·(μ̄_c/√d + ρ_c/(2d)·k_c), fp32, over the same columns as above.
+      for (uint32_t h = 0; h < hc; ++h) {
+#pragma unroll
+        for (int i = 0; i < kNI; ++i) {
+          const uint32_t j = wn + kWarpsN * i;
+          if (j >= kD / 8) continue;
+          const int c = static_cast<int>(j) * 8 + 2 * t;
+          const float m0 = ms[h * kD + c], m1 = ms[h * kD + c + 1], r0 = rs[h * kD + c], r1 = rs[h * kD + c + 1];
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+              const float2 k = LoadPair(kt + (row0 + mi * 16 + hr * 8 + g) * kStride + c);
+              part[mi][hr] += k.x * fmaf(r0, k.x, m0) + k.y * fmaf(r1, k.y, m1);
+            }
+        }
+        FlushRows(part, qp + (wn * hc + h) * kTileKeys, row0, g, t);
+      }
+      // Σ_j (w_jᵀk)²/(2d) over the factor rows of every head of the CTA, kRangeTiles at a time;
+      // an n8-tile lies inside one head (r is a multiple of 8).
+      const uint32_t ntiles = b_rows / 8;
+      for (uint32_t first = 0; first < ntiles; first += kRangeTiles) {
+        float acc[2][kNI][4];
+        mma_range(bt, first, ntiles, acc);
+#pragma unroll
+        for (int i = 0; i < kNI; ++i) {
+          const uint32_t j = first + wn + kWarpsN * i;
+          if (j >= ntiles) continue;  // warp-uniform
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+              const float x = acc[mi][i][2 * hr], y = acc[mi][i][2 * hr + 1];
+              part[mi][hr] = fmaf(x, x, y * y) * inv_2d;
+            }
+          FlushRows(part, qp + (wn * hc + j * 8 / cols) * kTileKeys, row0, g, t);
+        }
+      }
+    }
+
+    if (do_vnorm) {
+#pragma unroll
+      for (int v = 0; v < kVPerThread; ++v) {
+        const int idx = tid + v * kThreads;
+        float sq = SumSquares(vraw[v], static_cast<const T*>(nullptr));
+#pragma unroll
+        for (int off = kChunksPerRow / 2; off > 0; off /= 2) sq += __shfl_xor_sync(0xffffffffu, sq, off);
+        const uint32_t tok = tile * kTileKeys + idx / kChunksPerRow;
+        if (idx < static_cast<int>(kTileKeys) * kChunksPerRow && idx % kChunksPerRow == 0 && tok < p.tokens) {
+          p.vnorm[head_row0 + tok] = sqrtf(sq);
+        }
+      }
+    }
+    __syncthreads();  // row sums complete; every read of this key buffer done
+
+    if (warp < static_cast<int>(hc)) {  // head `warp`: logits of the tile, softmax partial
+      const uint32_t qh = qh0 + warp;
+      float l[2];
+      bool ok[2];
+      float tile_m = -FLT_MAX;
+#pragma unroll
+      for (int rr = 0; rr < 2; ++rr) {
+        const int row = lane + 32 * rr;
+        const uint32_t tok = tile * kTileKeys + row;
+        l[rr] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < kWarpsN; ++c) l[rr] += qp[(c * hc + warp) * kTileKeys + row];
+        ok[rr] = tok < p.tokens && tok >= p.sinks;
+        if (ok[rr]) {
+          p.logits[size_t{qh} * p.tokens + tok] = l[rr];
+          tile_m = fmaxf(tile_m, l[rr]);
+        }
+      }
+      for (int off = 16; off > 0; off /= 2) tile_m = fmaxf(tile_m, __shfl_xor_sync(0xffffffffu, tile_m, off));
+      float tile_s = (ok[0] ? expf(l[0] - tile_m) : 0.0f) + (ok[1] ? expf(l[1] - tile_m) : 0.0f);
+      for (int off = 16; off > 0; off /= 2) tile_s += __shfl_xor_sync(0xffffffffu, tile_s, off);
+      const float m = fmaxf(run_m, tile_m);
+      run_s = run_s * expf(run_m - m) + tile_s * expf(tile_m - m);
+      run_m = m;
+    }
+  }
+  if (warp < static_cast<int>(hc) && lane == 0) {
+    p.partials[size_t{qh0 + warp} * gridDim.x + blockIdx.x] = make_float2(run_m, run_s);
+  }
+}
+
+// Largest divisor of `group` (<= kMaxHeadsPerCta) whose shared memory fits.
+template <class T, int kD>
+uint32_t HeadsPerCta(uint32_t group, uint32_t cols) {
+  for (uint32_t h = std::min<uint32_t>(group, kMaxHeadsPerCta); h > 1; --h) {
+    if (group % h == 0 && SmemBytes<T, kD>(h, cols) <= kSmemLimit) return h;
+  }
+  return 1;
+}
+
+template <class T, int kD, bool kExact>
+cudaError_t Launch(const ExpectedAttentionDeviceArgs& a, const Params& base, uint32_t* partial_count,
+                   cudaStream_t stream) {
+  const auto& s = a.shape;
+  Params p = base;
+  p.heads_per_cta = HeadsPerCta<T, kD>(s.group(), p.cols);
+  const size_t smem = SmemBytes<T, kD>(p.heads_per_cta, p.cols);
+  auto* kernel = MmaLogitsKernel<T, kD, kExact>;
+  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      e != cudaSuccess) {
+    return e;
+  }
+  int device = 0, sms = 0, per_sm = 0;
+  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess) return e;
+  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem); e != cudaSuccess) {
+    return e;
+  }
+  const uint32_t chunks = s.group() / p.heads_per_cta;
+  const uint32_t resident = static_cast<uint32_t>(std::max(1, sms * std::max(1, per_sm)));
+  // One wave: rounding up would leave a few CTAs (each with a full share of the tiles) for a
+  // second wave and double the time; rounding down idles at most kv_heads·chunks − 1 slots.
+  const uint32_t per_head = resident / (s.kv_heads * chunks);
+  const dim3 grid(std::clamp<uint32_t>(per_head, 1, p.tiles), s.kv_heads, chunks);
+  MmaLogitsKernel<T, kD, kExact><<<grid, kThreads, smem, stream>>>(p);
+  *partial_count = grid.x;
+  return cudaGetLastError();
+}
+
+template <class T, bool kExact>
+cudaError_t LaunchDim(const ExpectedAttentionDeviceArgs& a, const Params& p, uint32_t* n, cudaStream_t stream) {
+  switch (a.shape.head_dim) {
+    case 16: return Launch<T, 16, kExact>(a, p, n, stream);
+    case 32: return Launch<T, 32, kExact>(a, p, n, stream);
+    case 64: return Launch<T, 64, kExact>(a, p, n, stream);
+    case 128: return Launch<T, 128, kExact>(a, p, n, stream);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace
+
+cudaError_t LaunchMmaLogits(const ExpectedAttentionDeviceArgs& a, float* logits, float* vnorm, float2* partials,
+                            uint32_t* partial_count, cudaStream_t stream) {
+  const auto& s = a.shape;
+  const bool exact = a.use_covariance && a.covariance_rank == 0;
+  const bool low_rank = a.use_covariance && a.covariance_rank > 0;
+  Params p{.keys = a.keys, .values = a.values, .mean = a.rotated_mean,
+           .b_source = exact ? a.rotated_cov : (low_rank ? a.cov_factors : nullptr),
+           .residual = low_rank ? a.cov_residual : nullptr, .logits = logits, .vnorm = vnorm, .partials = partials,
+           .tokens = s.tokens, .sinks = s.sink_tokens, .group = s.group(), .heads_per_cta = 1,
+           .cols = exact ? s.head_dim : (low_rank ? a.covariance_rank : 0), .tiles = Tiles(s),
+           .value_norm = a.use_value_norm};
+  switch (a.kv_dtype) {
+    case KvDType::kFp32:
+      if (exact) return cudaErrorInvalidValue;  // the fp32 SIMT kernel's case
+      return LaunchDim<float, false>(a, p, partial_count, stream);
+    case KvDType::kBf16:
+      return exact ? LaunchDim<__nv_bfloat16, true>(a, p, partial_count, stream)
+                   : LaunchDim<__nv_bfloat16, false>(a, p, partial_count, stream);
+    case KvDType::kFp16:
+      return exact ? LaunchDim<__half, true>(a, p, partial_count, stream)
+                   : LaunchDim<__half, false>(a, p, partial_count, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace kvtier::kernels::detail
