@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Runs the GPU tests and the GPU benchmarks on a machine with an NVIDIA GPU, from binaries
-# built by tools/gpu-build.sh, and writes everything under $OUT (default ./gpu-results):
-#   gpu-tests.txt        the GPU test binaries' output (and *.xml GoogleTest reports)
+# built by tools/gpu-build.sh, and writes at most 8 files under $OUT (default ./gpu-results):
+#   gpu-tests.txt        nvidia-smi, then the GPU test binaries' output
+#   gpu-tests.xml        their GoogleTest reports merged into one <testsuites>
 #   profile.json         `kvtier probe`
 #   transfer.jsonl       `kvtier bench transfer --json` for each direction, block size, mode
-#   demo.txt             `kvtier demo` on the real HBM tier
-#   score_gpu.txt        `kvtier bench score --gpu` (Expected Attention scoring vs a D2D copy)
-#   summary.txt          the table printed last
-#   usage: tools/gpu-check.sh [quick]
+#   log.txt              probe, transfer errors, `kvtier demo` on the real HBM tier, and
+#                        `kvtier bench score --gpu` (Expected Attention scoring vs a D2D copy)
+#   decode.jsonl         `kvtier bench decode --json` (sparse vs dense decode attention vs copy)
+#   decode.txt           the same as a table
+#   summary.txt          the transfer table printed last
+#   usage: tools/gpu-check.sh [quick|sparse]
+#     quick   fewer transfer block sizes
+#     sparse  only the sparse-attention tests and `kvtier bench decode` (gpu-tests.*, decode.*)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-results}
@@ -15,25 +20,66 @@ mkdir -p "$out"
 export LD_LIBRARY_PATH=$PWD/.bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 b=build-cuda
 kv=$b/tools/kvtier/kvtier
-quick=${1:-}
+mode=${1:-}
 status=0
+xml=$(mktemp -d)
+trap 'rm -rf "$xml"' EXIT
 
-nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current,memory.total,driver_version \
-  --format=csv | tee "$out/gpu.txt"
-
+if [ "$mode" = sparse ]; then
+  tests=(sparse_attention_gpu_test quest_select_gpu_test)
+else
+  tests=(copy_blocks_gpu_test gpu_tier_test expected_attention_gpu_test sparse_attention_gpu_test quest_select_gpu_test)
+fi
 {
-  "$b/tests/kernels/copy_blocks_gpu_test" --gtest_output=xml:"$out/copy_blocks_gpu_test.xml" || status=1
-  "$b/tests/tiers/gpu_tier_test" --gtest_output=xml:"$out/gpu_tier_test.xml" || status=1
-  "$b/tests/kernels/expected_attention_gpu_test" --gtest_output=xml:"$out/expected_attention_gpu_test.xml" || status=1
+  nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current,memory.total,driver_version --format=csv
+  for t in "${tests[@]}"; do
+    bin=$b/tests/kernels/$t
+    [ -x "$bin" ] || bin=$b/tests/tiers/$t
+    "$bin" --gtest_output=xml:"$xml/$t.xml" || status=1
+  done
 } >"$out/gpu-tests.txt" 2>&1
 grep -E '^\[  (PASSED|FAILED|SKIPPED) |tests? ran|FAILED' "$out/gpu-tests.txt" | tail -20
+python3 - "$out/gpu-tests.xml" "$xml"/*.xml <<'PY'
+import sys, xml.etree.ElementTree as ET
+root = ET.Element("testsuites")
+for path in sys.argv[2:]:
+    try:
+        for suite in ET.parse(path).getroot().iter("testsuite"):
+            root.append(suite)
+    except (ET.ParseError, OSError) as e:
+        print(f"gpu-check: {path}: {e}", file=sys.stderr)
+ET.ElementTree(root).write(sys.argv[1], encoding="unicode")
+PY
 
-"$kv" probe --out "$out/profile.json" >"$out/probe.txt" 2>&1 || status=1
-cat "$out/probe.txt"
+decode() {
+  "$kv" bench decode --json >"$out/decode.jsonl" 2>>"$out/decode.txt" || status=1
+  python3 - "$out/decode.jsonl" <<'PY' >>"$out/decode.txt"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+print(f'{"context":>8} {"batch":>5} {"method":<13} {"us":>10} {"GB/s":>8}  note')
+for r in rows:
+    note = ""
+    if r["method"] == "dense": note = f'{r["vs_copy"]:.2f}x copy (read+write rate; target >= 0.9)'
+    if r["method"] == "select": note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
+    if r["method"].startswith("sparse"): note = f'speedup {r["speedup"]:.2f}x (ideal {r["ideal_speedup"]:.1f}x; target >= 8x at 32K)'
+    print(f'{r["context"]:>8} {r["batch"]:>5} {r["method"]:<13} {r["us"]:>10.1f} {r["gbps"]:>8.1f}  {note}')
+PY
+  cat "$out/decode.txt"
+}
+: >"$out/decode.txt"
+if [ "$mode" = sparse ]; then
+  decode
+  exit $status
+fi
+
+log=$out/log.txt
+echo "== kvtier probe" >"$log"
+"$kv" probe --out "$out/profile.json" >>"$log" 2>&1 || status=1
 
 : >"$out/transfer.jsonl"
-run() { "$kv" bench transfer --json "$@" >>"$out/transfer.jsonl" 2>>"$out/transfer.err" || status=1; }
-if [ "$quick" = quick ]; then sizes="16384"; else sizes="4096 8192 16384 65536 262144 2097152"; fi
+echo "== kvtier bench transfer (stderr)" >>"$log"
+run() { "$kv" bench transfer --json "$@" >>"$out/transfer.jsonl" 2>>"$log" || status=1; }
+if [ "$mode" = quick ]; then sizes="16384"; else sizes="4096 8192 16384 65536 262144 2097152"; fi
 for bs in $sizes; do run --direction h2d --block-size "$bs"; done
 for bs in 16384 65536; do
   run --direction d2h --block-size "$bs" --mode kernel
@@ -41,11 +87,13 @@ for bs in 16384 65536; do
   run --direction both --block-size "$bs" --mode kernel
 done
 
-"$kv" demo --hbm-mib 8192 --dram-mib 16384 --requests 96 --workers 4 >"$out/demo.txt" 2>&1 || status=1
-tail -16 "$out/demo.txt"
+echo "== kvtier demo" >>"$log"
+"$kv" demo --hbm-mib 8192 --dram-mib 16384 --requests 96 --workers 4 >>"$log" 2>&1 || status=1
+echo "== kvtier bench score --gpu" >>"$log"
+{ "$kv" bench score --gpu || status=1; } >>"$log" 2>&1
+tail -30 "$log"
 
-{ "$kv" bench score --gpu || status=1; } >"$out/score_gpu.txt" 2>&1
-tail -12 "$out/score_gpu.txt"
+decode
 
 python3 - "$out/transfer.jsonl" <<'PY' | tee "$out/summary.txt"
 import json, sys, collections

@@ -1,0 +1,31 @@
+// `kvtier bench decode`: sparse (Quest) vs dense decode attention on the GPU, Llama-3-8B
+// shapes, one layer (decode_bench_gpu.cc on CUDA builds; decode_bench_nocuda.cc elsewhere
+// says why it cannot run). The measured quantities are defined in docs/sparse.md#kernels.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "kvtier/status.h"
+
+namespace kvtier::cli {
+
+struct DecodeBenchOptions {
+  std::vector<uint32_t> contexts{32768, 131072};  // tokens per request
+  std::vector<uint32_t> batches{1, 8};            // requests
+  uint32_t budget = 2048;                         // Quest token budget (forced blocks included)
+  uint32_t q_heads = 32;                          // Llama-3-8B: 32 q / 8 KV heads, d = 128, bf16
+  uint32_t kv_heads = 8;
+  uint32_t head_dim = 128;
+  uint32_t block_tokens = 16;
+  uint32_t iterations = 20;  // back-to-back steps per timed repetition
+  uint32_t repeats = 7;      // median of these, after one warm-up repetition
+  uint32_t layers = 0;       // KV copies cycled through so L2 cannot hold a step's bytes; 0 = auto
+  int device = 0;
+  bool json = false;
+};
+
+// kUnavailable without a device, kUnimplemented without CUDA.
+Status RunDecodeBench(const DecodeBenchOptions& options);
+
+}  // namespace kvtier::cli

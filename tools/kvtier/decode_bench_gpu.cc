@@ -1,0 +1,417 @@
+// `kvtier bench decode` on CUDA builds: one layer of Llama-3-8B decode attention (32 q / 8 KV
+// heads, d = 128, bf16, 16-token blocks) for each (context, batch):
+//   copy    cudaMemcpyAsync D2D of a buffer the size of the layer's KV: the baseline; its
+//           rate counts bytes read + written (2 × size / time);
+//   dense   the attention kernel over every block; rate = K/V bytes read / time; vs_copy =
+//           that rate over the copy's read+write rate (target ≥ 0.9);
+//   select  Quest scores on the int8 metadata + top-k (LaunchQuestSelect); compared with
+//           dense / block_tokens (Quest's estimate target: ≤ 1.1×);
+//   sparse  select + attention over the selected slices (page list = the selection written
+//           as slots); speedup = dense / sparse (target ≥ 8× at 32K; ideal
+//           context / (budget + context / 32), the int8 metadata being 1/32 of the KV);
+//   sparse_graph  the same steps captured in one CUDA graph.
+// The KV arena holds `layers` copies of the layer's slices at a random slot permutation (pages
+// are never contiguous) and steps cycle through them, so a step's bytes are never L2 hits
+// (a real decode step reads a different layer each time). K/V values are random finite bf16,
+// the metadata random int8 bounds with positive scales: the bench measures cost, not quality.
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "decode_bench.h"
+#include "quest_select.cuh"
+#include "reference/sparse_attention.h"
+#include "sparse_attention.cuh"
+
+namespace kvtier::cli {
+namespace {
+
+#define KVT_CUDA_OR_RETURN(expr)                                                                           \
+  do {                                                                                                     \
+    if (cudaError_t kvt_e_ = (expr); kvt_e_ != cudaSuccess) {                                              \
+      return Status::Internal(fmt::format("{}: {}", #expr, cudaGetErrorString(kvt_e_)));                   \
+    }                                                                                                      \
+  } while (0)
+
+struct DeviceMem {
+  void* p = nullptr;
+  DeviceMem() = default;
+  DeviceMem(const DeviceMem&) = delete;
+  DeviceMem& operator=(const DeviceMem&) = delete;
+  ~DeviceMem() { cudaFree(p); }
+  template <class T>
+  T* as() const { return static_cast<T*>(p); }
+};
+
+Status Alloc(DeviceMem& m, size_t bytes) {
+  KVT_CUDA_OR_RETURN(cudaMalloc(&m.p, std::max<size_t>(bytes, 16)));
+  return Status::Ok();
+}
+
+template <class T>
+Status Upload(DeviceMem& m, const std::vector<T>& host) {
+  KVT_RETURN_IF_ERROR(Alloc(m, host.size() * sizeof(T)));
+  KVT_CUDA_OR_RETURN(cudaMemcpy(m.p, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return Status::Ok();
+}
+
+struct Rng {  // xorshift64*: fast enough to fill a few hundred MB on the host
+  uint64_t s;
+  uint64_t Next() {
+    s ^= s >> 12;
+    s ^= s << 25;
+    s ^= s >> 27;
+    return s * 0x2545F4914F6CDD1DULL;
+  }
+};
+
+// A finite bf16 of magnitude 2^-4 .. 2^2 and random sign.
+uint16_t RandomBf16(Rng& rng) {
+  const uint64_t r = rng.Next();
+  const auto exp = static_cast<uint16_t>(123 + (r >> 8) % 6);
+  return static_cast<uint16_t>(((r >> 16) & 0x8000u) | (exp << 7) | (r & 0x7fu));
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Row {
+  std::string method, what;
+  double us = 0, gbps = 0, bytes = 0;
+  nlohmann::json extra = nlohmann::json::object();
+};
+
+class Point {
+ public:
+  Point(const DecodeBenchOptions& o, uint32_t context, uint32_t batch) : o_(o), context_(context), batch_(batch) {}
+
+  Status Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<Row>* rows);
+
+ private:
+  Status Setup(const cudaDeviceProp& prop);
+  Status DenseStep(uint32_t layer, cudaStream_t stream);
+  Status SelectStep(uint32_t layer, cudaStream_t stream);
+  Status SparseStep(uint32_t layer, cudaStream_t stream);
+  Status CheckFinite(const DeviceMem& out, const char* what);
+
+  const DecodeBenchOptions& o_;
+  uint32_t context_, batch_;
+  uint32_t blocks_ = 0, slices_ = 0, layers_ = 0, k_ = 0;
+  size_t kv_bytes_ = 0;
+  kernels::SparseAttentionShape shape_;
+  kernels::SparseAttentionPlan dense_plan_, sparse_plan_;
+  kernels::QuestSelectParams params_;
+  DeviceMem arena_, copy_dst_, queries_, bounds_, scales_, block_slots_, dense_offsets_, last_, scores_,
+      block_offsets_, sel_offsets_, selected_, selected_slots_, out_, dense_ws_, sparse_ws_;
+};
+
+Status Point::Setup(const cudaDeviceProp& prop) {
+  const uint32_t d = o_.head_dim, bt = o_.block_tokens;
+  blocks_ = (context_ + bt - 1) / bt;
+  slices_ = batch_ * o_.kv_heads * blocks_;
+  const uint64_t slice_bytes = uint64_t{2} * bt * d * 2;
+  kv_bytes_ = size_t{slices_} * slice_bytes;
+  params_ = {.budget_tokens = o_.budget, .block_tokens = bt, .sink_blocks = 1, .min_blocks = 3,
+             .combine = kernels::GqaCombine::kSum};
+  k_ = kernels::QuestBudgetBlocksOf(blocks_, params_);
+  const size_t meta_bytes = size_t{slices_} * (2 * d + 4);
+  const double step_bytes = double(meta_bytes) + double(batch_) * o_.kv_heads * k_ * slice_bytes;
+  layers_ = o_.layers;
+  if (layers_ == 0) {
+    layers_ = static_cast<uint32_t>(std::clamp(std::ceil(4.0 * prop.l2CacheSize / step_bytes), 1.0, 32.0));
+  }
+  size_t free_b = 0, total_b = 0;
+  KVT_CUDA_OR_RETURN(cudaMemGetInfo(&free_b, &total_b));
+  const size_t per_layer = kv_bytes_ + meta_bytes + size_t{slices_} * 4;
+  while (layers_ > 1 && layers_ * per_layer + kv_bytes_ > free_b * 7 / 10) --layers_;
+  if (layers_ * per_layer + kv_bytes_ > free_b * 9 / 10) {
+    return Status::Unavailable(fmt::format("context {} x batch {} needs {:.1f} GB of device memory, {:.1f} GB free",
+                                           context_, batch_, (per_layer + kv_bytes_) / 1e9, free_b / 1e9));
+  }
+  shape_ = {.requests = batch_, .q_heads = o_.q_heads, .kv_heads = o_.kv_heads, .head_dim = d, .block_tokens = bt,
+            .slot_bytes = slice_bytes};
+  Rng rng{0x9E3779B97F4A7C15ULL ^ (uint64_t{context_} << 20) ^ batch_};
+
+  // Arena: a 64 MiB random pattern copied over every layer's slices.
+  KVT_RETURN_IF_ERROR(Alloc(arena_, layers_ * kv_bytes_));
+  KVT_RETURN_IF_ERROR(Alloc(copy_dst_, kv_bytes_));
+  {
+    std::vector<uint16_t> pattern(size_t{32} << 20);
+    for (uint16_t& x : pattern) x = RandomBf16(rng);
+    const size_t total = layers_ * kv_bytes_, piece = pattern.size() * 2;
+    for (size_t at = 0; at < total; at += piece) {
+      KVT_CUDA_OR_RETURN(cudaMemcpy(arena_.as<char>() + at, pattern.data(), std::min(piece, total - at),
+                                    cudaMemcpyHostToDevice));
+    }
+  }
+  // Slot of every (layer, request, head, block): a random permutation of the arena.
+  std::vector<uint32_t> slots(size_t{layers_} * slices_);
+  std::iota(slots.begin(), slots.end(), 0u);
+  std::shuffle(slots.begin(), slots.end(), std::mt19937_64(rng.Next()));
+  KVT_RETURN_IF_ERROR(Upload(block_slots_, slots));
+  std::vector<uint16_t> q(size_t{layers_} * batch_ * o_.q_heads * d);
+  for (uint16_t& x : q) x = RandomBf16(rng);
+  KVT_RETURN_IF_ERROR(Upload(queries_, q));
+  // Metadata: random int8 bounds (min ≤ max), positive scales; the same bytes for every layer.
+  std::vector<int8_t> bounds(size_t{slices_} * 2 * d);
+  for (size_t s = 0; s < slices_; ++s) {
+    for (uint32_t i = 0; i < d; ++i) {
+      const uint64_t r = rng.Next();
+      const auto a = static_cast<int8_t>(static_cast<int>(r % 255) - 127);
+      const auto b = static_cast<int8_t>(static_cast<int>((r >> 8) % 255) - 127);
+      bounds[s * 2 * d + i] = std::min(a, b);
+      bounds[s * 2 * d + d + i] = std::max(a, b);
+    }
+  }
+  std::vector<float> scales(slices_);
+  for (float& x : scales) x = 0.01f + static_cast<float>(rng.Next() % 1000) * 1e-5f;
+  KVT_RETURN_IF_ERROR(Alloc(bounds_, layers_ * bounds.size()));
+  KVT_RETURN_IF_ERROR(Alloc(scales_, layers_ * scales.size() * sizeof(float)));
+  for (uint32_t l = 0; l < layers_; ++l) {
+    KVT_CUDA_OR_RETURN(cudaMemcpy(bounds_.as<int8_t>() + l * bounds.size(), bounds.data(), bounds.size(),
+                                  cudaMemcpyHostToDevice));
+    KVT_CUDA_OR_RETURN(cudaMemcpy(scales_.as<float>() + l * scales.size(), scales.data(),
+                                  scales.size() * sizeof(float), cudaMemcpyHostToDevice));
+  }
+  // Page lists: dense = every block of a row (its slots are block_slots of the layer); sparse
+  // = the selection. Every row's last block is full or the context's tail.
+  const uint32_t rows = batch_ * o_.kv_heads;
+  std::vector<uint32_t> dense_offsets(rows + 1), last(rows, context_ - (blocks_ - 1) * bt), block_offsets(batch_ + 1);
+  for (uint32_t r = 0; r <= rows; ++r) dense_offsets[r] = r * blocks_;
+  for (uint32_t r = 0; r <= batch_; ++r) block_offsets[r] = r * blocks_;
+  std::vector<uint32_t> blocks(batch_, blocks_), sel_offsets(rows + 1);
+  kernels::QuestSelectedOffsets(blocks.data(), batch_, o_.kv_heads, params_, sel_offsets.data());
+  KVT_RETURN_IF_ERROR(Upload(dense_offsets_, dense_offsets));
+  KVT_RETURN_IF_ERROR(Upload(last_, last));
+  KVT_RETURN_IF_ERROR(Upload(block_offsets_, block_offsets));
+  KVT_RETURN_IF_ERROR(Upload(sel_offsets_, sel_offsets));
+  KVT_RETURN_IF_ERROR(Alloc(scores_, size_t{slices_} * sizeof(float)));
+  KVT_RETURN_IF_ERROR(Alloc(selected_, size_t{sel_offsets.back()} * 4));
+  KVT_RETURN_IF_ERROR(Alloc(selected_slots_, size_t{sel_offsets.back()} * 4));
+  KVT_RETURN_IF_ERROR(Alloc(out_, size_t{batch_} * o_.q_heads * d * 2));
+
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, blocks_, o_.device,
+                                                           &dense_plan_));
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
+                                                           &sparse_plan_));
+  KVT_RETURN_IF_ERROR(Alloc(dense_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, dense_plan_)));
+  KVT_RETURN_IF_ERROR(Alloc(sparse_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, sparse_plan_)));
+  KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(dense_ws_.p, shape_, dense_plan_, nullptr));
+  KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(sparse_ws_.p, shape_, sparse_plan_, nullptr));
+  KVT_CUDA_OR_RETURN(cudaDeviceSynchronize());
+  return Status::Ok();
+}
+
+Status Point::DenseStep(uint32_t layer, cudaStream_t stream) {
+  const size_t qn = size_t{batch_} * o_.q_heads * o_.head_dim;
+  kernels::SparseAttentionDeviceArgs a{.shape = shape_, .type = kernels::HalfType::kBf16,
+                                       .output = kernels::AttentionOutput::kInputType, .arena = arena_.p,
+                                       .queries = queries_.as<uint16_t>() + layer * qn,
+                                       .page_offsets = dense_offsets_.as<uint32_t>(),
+                                       .page_slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
+                                       .last_page_tokens = last_.as<uint32_t>(), .out = out_.p,
+                                       .workspace = dense_ws_.p};
+  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, dense_plan_, stream));
+  return Status::Ok();
+}
+
+Status Point::SelectStep(uint32_t layer, cudaStream_t stream) {
+  const size_t qn = size_t{batch_} * o_.q_heads * o_.head_dim;
+  kernels::QuestSelectDeviceArgs a{
+      .requests = batch_, .q_heads = o_.q_heads, .kv_heads = o_.kv_heads, .head_dim = o_.head_dim,
+      .max_blocks = blocks_, .params = params_, .query_type = kernels::QuestQueryType::kBf16,
+      .queries = queries_.as<uint16_t>() + layer * qn, .block_offsets = block_offsets_.as<uint32_t>(),
+      .bounds = bounds_.as<int8_t>() + size_t{layer} * slices_ * 2 * o_.head_dim,
+      .scales = scales_.as<float>() + size_t{layer} * slices_, .scores = scores_.as<float>(),
+      .selected_offsets = sel_offsets_.as<uint32_t>(), .selected = selected_.as<uint32_t>(),
+      .block_slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
+      .selected_slots = selected_slots_.as<uint32_t>()};
+  KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(a, stream));
+  return Status::Ok();
+}
+
+Status Point::SparseStep(uint32_t layer, cudaStream_t stream) {
+  KVT_RETURN_IF_ERROR(SelectStep(layer, stream));
+  const size_t qn = size_t{batch_} * o_.q_heads * o_.head_dim;
+  kernels::SparseAttentionDeviceArgs a{.shape = shape_, .type = kernels::HalfType::kBf16,
+                                       .output = kernels::AttentionOutput::kInputType, .arena = arena_.p,
+                                       .queries = queries_.as<uint16_t>() + layer * qn,
+                                       .page_offsets = sel_offsets_.as<uint32_t>(),
+                                       .page_slots = selected_slots_.as<uint32_t>(),
+                                       .last_page_tokens = last_.as<uint32_t>(), .out = out_.p,
+                                       .workspace = sparse_ws_.p};
+  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, sparse_plan_, stream));
+  return Status::Ok();
+}
+
+Status Point::CheckFinite(const DeviceMem& out, const char* what) {
+  std::vector<uint16_t> h(size_t{batch_} * o_.q_heads * o_.head_dim);
+  KVT_CUDA_OR_RETURN(cudaMemcpy(h.data(), out.p, h.size() * 2, cudaMemcpyDeviceToHost));
+  for (uint16_t x : h) {
+    if (!std::isfinite(kernels::Bf16ToFloat(x))) {
+      return Status::Internal(fmt::format("{} attention wrote a non-finite output", what));
+    }
+  }
+  return Status::Ok();
+}
+
+Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<Row>* rows) {
+  KVT_RETURN_IF_ERROR(Setup(prop));
+  cudaEvent_t e0, e1;
+  KVT_CUDA_OR_RETURN(cudaEventCreate(&e0));
+  KVT_CUDA_OR_RETURN(cudaEventCreate(&e1));
+  const uint32_t iters = std::max(o_.iterations, 1u), reps = std::max(o_.repeats, 1u);
+  auto timed = [&](auto&& enqueue) -> Result<double> {  // µs per step, median of reps
+    std::vector<double> t;
+    for (uint32_t r = 0; r <= reps; ++r) {  // r = 0 warms up
+      KVT_CUDA_OR_RETURN(cudaEventRecord(e0, stream));
+      KVT_RETURN_IF_ERROR(enqueue());
+      KVT_CUDA_OR_RETURN(cudaEventRecord(e1, stream));
+      KVT_CUDA_OR_RETURN(cudaEventSynchronize(e1));
+      float ms = 0;
+      KVT_CUDA_OR_RETURN(cudaEventElapsedTime(&ms, e0, e1));
+      if (r > 0) t.push_back(ms * 1e3 / iters);
+    }
+    return Median(t);
+  };
+  auto loop = [&](auto step) {
+    return [&, step]() -> Status {
+      for (uint32_t i = 0; i < iters; ++i) KVT_RETURN_IF_ERROR((this->*step)(i % layers_, stream));
+      return Status::Ok();
+    };
+  };
+  auto copy = [&]() -> Status {
+    for (uint32_t i = 0; i < iters; ++i) {
+      KVT_CUDA_OR_RETURN(cudaMemcpyAsync(copy_dst_.p, arena_.as<char>() + (i % layers_) * kv_bytes_, kv_bytes_,
+                                         cudaMemcpyDeviceToDevice, stream));
+    }
+    return Status::Ok();
+  };
+  KVT_ASSIGN_OR_RETURN(const double t_copy, timed(copy));
+  KVT_ASSIGN_OR_RETURN(const double t_dense, timed(loop(&Point::DenseStep)));
+  KVT_RETURN_IF_ERROR(CheckFinite(out_, "dense"));
+  KVT_ASSIGN_OR_RETURN(const double t_select, timed(loop(&Point::SelectStep)));
+  KVT_ASSIGN_OR_RETURN(const double t_sparse, timed(loop(&Point::SparseStep)));
+  KVT_RETURN_IF_ERROR(CheckFinite(out_, "sparse"));
+  // The sparse step captured in one graph of `iters` steps.
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  KVT_CUDA_OR_RETURN(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  Status captured = loop(&Point::SparseStep)();
+  KVT_CUDA_OR_RETURN(cudaStreamEndCapture(stream, &graph));
+  KVT_RETURN_IF_ERROR(captured);
+  KVT_CUDA_OR_RETURN(cudaGraphInstantiate(&exec, graph, 0));
+  auto graph_run = [&]() -> Status {
+    KVT_CUDA_OR_RETURN(cudaGraphLaunch(exec, stream));
+    return Status::Ok();
+  };
+  KVT_ASSIGN_OR_RETURN(const double t_graph, timed(graph_run));
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaEventDestroy(e0);
+  cudaEventDestroy(e1);
+
+  const double slice_bytes = double(shape_.slice_bytes());
+  const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
+  const double sparse_kv = double(batch_) * o_.kv_heads * k_ * slice_bytes;
+  const double copy_rw_gbps = 2.0 * kv_bytes_ / (t_copy * 1e3);
+  const double dense_gbps = double(kv_bytes_) / (t_dense * 1e3);
+  const double ideal = double(kv_bytes_) / (sparse_kv + meta);
+  rows->push_back({"copy", "cudaMemcpyAsync D2D, KV-sized (read+write)", t_copy, copy_rw_gbps, 2.0 * kv_bytes_, {}});
+  rows->push_back({"dense", "attention over every block", t_dense, dense_gbps, double(kv_bytes_),
+                   {{"vs_copy", dense_gbps / copy_rw_gbps},
+                    {"chunk_pages", dense_plan_.chunk_pages},
+                    {"splits", dense_plan_.max_splits}}});
+  rows->push_back({"select", "Quest scores (int8) + top-k", t_select, meta / (t_select * 1e3), meta,
+                   {{"vs_dense_over_block_tokens", t_select / (t_dense / o_.block_tokens)}}});
+  for (auto [name, what, t] : {std::tuple{"sparse", "select + attention over the selection", t_sparse},
+                               std::tuple{"sparse_graph", "the same, one CUDA graph", t_graph}}) {
+    rows->push_back({name, what, t, (meta + sparse_kv) / (t * 1e3), meta + sparse_kv,
+                     {{"speedup", t_dense / t}, {"ideal_speedup", ideal}, {"selected_blocks", k_},
+                      {"chunk_pages", sparse_plan_.chunk_pages}, {"splits", sparse_plan_.max_splits}}});
+  }
+  for (Row& r : *rows) {
+    r.extra["layers"] = layers_;
+    r.extra["bytes"] = r.bytes;
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status RunDecodeBench(const DecodeBenchOptions& o) {
+  int devices = 0;
+  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices <= o.device) {
+    (void)cudaGetLastError();
+    return Status::Unavailable("needs a CUDA build and a GPU: no CUDA device is visible");
+  }
+  if (o.head_dim != 64 && o.head_dim != 128) return Status::InvalidArgument("head_dim must be 64 or 128");
+  if (o.kv_heads == 0 || o.q_heads % o.kv_heads != 0) {
+    return Status::InvalidArgument("q_heads must be a multiple of kv_heads");
+  }
+  if (o.block_tokens == 0 || (o.block_tokens & (o.block_tokens - 1)) != 0 || o.block_tokens > 256) {
+    return Status::InvalidArgument("block_tokens must be a power of two <= 256");
+  }
+  for (uint32_t c : o.contexts) {
+    if (c == 0) return Status::InvalidArgument("contexts must be > 0");
+  }
+  for (uint32_t b : o.batches) {
+    if (b == 0) return Status::InvalidArgument("batches must be > 0");
+  }
+  KVT_CUDA_OR_RETURN(cudaSetDevice(o.device));
+  cudaDeviceProp prop{};
+  KVT_CUDA_OR_RETURN(cudaGetDeviceProperties(&prop, o.device));
+  cudaStream_t stream;
+  KVT_CUDA_OR_RETURN(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  Status result = Status::Ok();
+  for (uint32_t context : o.contexts) {
+    for (uint32_t batch : o.batches) {
+      std::vector<Row> rows;
+      Point point(o, context, batch);
+      if (Status s = point.Run(prop, stream, &rows); !s.ok()) {
+        result = std::move(s).Annotate(fmt::format("context {} batch {}", context, batch));
+        break;
+      }
+      if (o.json) {
+        for (const Row& r : rows) {
+          nlohmann::json j{{"bench", "decode"}, {"device", prop.name}, {"context", context}, {"batch", batch},
+                           {"method", r.method}, {"us", r.us}, {"gbps", r.gbps}, {"budget", o.budget}};
+          j.update(r.extra);
+          fmt::print("{}\n", j.dump());
+        }
+        continue;
+      }
+      fmt::print("{}: context {} x batch {} (one layer: {} q / {} KV heads, d={}, bf16, {}-token blocks; budget {} "
+                 "tokens; {} KV copies cycled)\n",
+                 prop.name, context, batch, o.q_heads, o.kv_heads, o.head_dim, o.block_tokens, o.budget,
+                 rows.front().extra["layers"].get<uint32_t>());
+      for (const Row& r : rows) {
+        std::string note;
+        if (r.method == "dense") note = fmt::format("{:.2f}x copy (target >= 0.9)", r.extra["vs_copy"].get<double>());
+        if (r.method == "select") {
+          note = fmt::format("{:.2f}x dense/{} (target <= 1.1)", r.extra["vs_dense_over_block_tokens"].get<double>(),
+                             o.block_tokens);
+        }
+        if (r.method.starts_with("sparse")) {
+          note = fmt::format("speedup {:.2f}x (ideal {:.1f}x; target >= 8x at 32K)", r.extra["speedup"].get<double>(),
+                             r.extra["ideal_speedup"].get<double>());
+        }
+        fmt::print("  {:<13} {:<44} {:>10.1f} us {:>8.1f} GB/s  {}\n", r.method, r.what, r.us, r.gbps, note);
+      }
+    }
+    if (!result.ok()) break;
+  }
+  cudaStreamDestroy(stream);
+  return result;
+}
+
+}  // namespace kvtier::cli
