@@ -2,6 +2,8 @@
 // RocksDB (WAL on). Puts of one mover batch go in one WriteBatch (group commit); `sync`
 // chooses whether a write waits for the WAL to reach the drive (durable mode) or not
 // (cache mode: a lost index entry is a miss). RocksDB headers stay in nvme_index.cc.
+// The memtable is a vector (writes append; reads sort): the index is written at run time
+// and read only at open, so LoadAll and GetCounter are meant for open, not for hot paths.
 //
 // A failed write (kNoSpace, kIoError: e.g. the WAL hit a full disk) puts the index in an
 // error state: from then on writes are refused with a Status of the same code that names
