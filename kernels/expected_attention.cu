@@ -216,7 +216,7 @@ cudaError_t LaunchSimtLogits(const ExpectedAttentionDeviceArgs& a, float* logits
     default: return cudaErrorInvalidValue;
   }
   if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-  if (a.use_value_norm) {
+  if (a.use_value_norm && a.value_norms == nullptr) {
     const size_t rows = size_t{s.kv_heads} * s.tokens;
     const auto ctas = static_cast<unsigned>(std::min<size_t>((rows + 7) / 8, 4096));
     ValueNormKernel<<<ctas, 256, 0, stream>>>(static_cast<const float*>(a.values), vnorm, rows, s.head_dim);
@@ -245,14 +245,15 @@ cudaError_t LaunchExpectedAttention(const ExpectedAttentionDeviceArgs& a, cudaSt
       a.block_scores == nullptr || (exact && a.rotated_cov == nullptr) ||
       (low_rank && (a.covariance_rank % 8 != 0 || a.covariance_rank > s.head_dim || a.cov_factors == nullptr ||
                     a.cov_residual == nullptr)) ||
-      (a.use_value_norm && a.values == nullptr) || !Aligned16(a.keys) || !Aligned16(a.values) ||
+      (a.use_value_norm && a.values == nullptr && a.value_norms == nullptr) || !Aligned16(a.keys) ||
+      !Aligned16(a.values) || reinterpret_cast<uintptr_t>(a.value_norms) % alignof(float) != 0 ||
       !Aligned16(a.workspace)) {
     return cudaErrorInvalidValue;
   }
   const detail::WorkspaceLayout l(s);
   auto* base = static_cast<char*>(a.workspace);
   auto* logits = reinterpret_cast<float*>(base + l.logits);
-  auto* vnorm = reinterpret_cast<float*>(base + l.vnorm);
+  auto* vnorm = reinterpret_cast<float*>(base + l.vnorm);  // written by the logits pass unless precomputed
   auto* partials = reinterpret_cast<float2*>(base + l.partials);
   auto* stats = reinterpret_cast<float2*>(base + l.stats);
   auto* best = reinterpret_cast<uint32_t*>(base + l.best);
@@ -263,7 +264,8 @@ cudaError_t LaunchExpectedAttention(const ExpectedAttentionDeviceArgs& a, cudaSt
   if (e != cudaSuccess) return e;
   SoftmaxFinalizeKernel<<<s.q_heads, 256, 0, stream>>>(partials, parts, stats, best);
   const uint32_t warps = s.kv_heads * s.blocks();
-  BlockScoreKernel<<<(warps + 7) / 8, 256, 0, stream>>>(logits, stats, vnorm, a.block_scores, best, s, a.epsilon,
+  const float* norms = a.value_norms != nullptr ? a.value_norms : vnorm;
+  BlockScoreKernel<<<(warps + 7) / 8, 256, 0, stream>>>(logits, stats, norms, a.block_scores, best, s, a.epsilon,
                                                         a.use_value_norm);
   if (s.sink_tokens > 0) SinkKernel<<<1, 256, 0, stream>>>(a.block_scores, best, s);
   return cudaGetLastError();

@@ -7,7 +7,8 @@
 // and owns every buffer, the workspace included.
 //
 // Launches on `stream`, no host synchronisation, no allocation:
-//   1. logits   one pass over the keys (and, for the value norm, the values): per key and
+//   1. logits   one pass over the keys (and, for the value norm without precomputed
+//               `value_norms`, the values): per key and
 //               query head μ̄ᵀk/√d + kᵀΣ̄k/(2d), plus each CTA's softmax partial (max, Σexp)
 //               per head and ‖v‖ per token. Two forms:
 //               - tensor cores (bf16/fp16 keys; every dtype for low-rank or mean-only):
@@ -45,7 +46,11 @@ struct ExpectedAttentionDeviceArgs {
   // form Σ_j (w_jᵀk)² + Σ_i ρ_i k_i² from cov_factors and cov_residual (LowRankCovariance).
   uint32_t covariance_rank = 0;
   const void* keys = nullptr;           // [kv_heads][tokens][d] of kv_dtype, device, 16-B aligned
-  const void* values = nullptr;         // same shape and type (unused without value norm)
+  const void* values = nullptr;         // same shape and type (unused without value norm or with value_norms)
+  // Optional, device, [kv_heads][tokens] fp32: ‖v‖₂ per token, precomputed when the tokens
+  // were cached (LaunchValueNorms). With the value norm on and this set, `values` is not read
+  // (may be null) and the scorer reads only the keys: half the bytes for bf16 K/V.
+  const float* value_norms = nullptr;
   const float* rotated_mean = nullptr;  // [q_heads][d], device
   const float* rotated_cov = nullptr;   // [q_heads][d][d], device (exact covariance term only)
   const float* cov_factors = nullptr;   // [q_heads][rank][d], device (low-rank only): w_j = √λ_j u_j
@@ -54,14 +59,37 @@ struct ExpectedAttentionDeviceArgs {
   float* block_scores = nullptr;        // [kv_heads][blocks], device (output)
 };
 
+// ‖v‖₂ of every token of `heads` KV heads × `tokens` tokens (ExpectedAttentionDeviceArgs::
+// value_norms). A value never changes once cached, so an engine computes its norms once, when
+// it writes a block (tokens = block_tokens, `norms` pointing at the block's first token in the
+// sequence's [kv_heads][tokens] array, norms_head_stride = the sequence's token capacity), or
+// for a whole sequence at once (strides = tokens·head_dim and tokens).
+struct ValueNormsArgs {
+  KvDType dtype = KvDType::kBf16;
+  uint32_t head_dim = 0;  // 16, 32, 64 or 128
+  uint32_t heads = 0;
+  uint32_t tokens = 0;
+  const void* values = nullptr;   // token t of head h at values + h·values_head_stride + t·head_dim (elements), 16-B aligned
+  size_t values_head_stride = 0;  // elements; a multiple of 16 bytes
+  float* norms = nullptr;         // norms[h·norms_head_stride + t], device
+  size_t norms_head_stride = 0;   // floats
+};
+
+// Enqueues the norms on `stream` (one pass over the values, fp32 accumulation, no allocation,
+// no host synchronisation). cudaErrorInvalidValue for an unsupported head_dim or dtype, zero
+// heads or tokens, null pointers, a values pointer or head stride that is not 16-B aligned;
+// otherwise the launch error, if any. Thread-safe.
+cudaError_t LaunchValueNorms(const ValueNormsArgs& args, cudaStream_t stream);
+
 // Device bytes of scratch one launch needs: logits [q_heads][tokens], ‖v‖ [kv_heads][tokens],
 // softmax partials [q_heads][tiles of 64 keys] and a few per-head sums (~4·(q + kv)·tokens B).
 size_t ExpectedAttentionWorkspaceBytes(const ExpectedAttentionShape& shape);
 
 // Enqueues the scorer on `stream`. cudaErrorInvalidValue for an unsupported head_dim or
 // kv_dtype, a q_heads that is not a multiple of kv_heads, zero tokens or blocks, a rank that
-// is not a multiple of 8 in [8, head_dim], a null pointer the options need, or keys/values
-// not 16-B aligned; otherwise the launch error, if any. Thread-safe (no state); the launch
+// is not a multiple of 8 in [8, head_dim], a null pointer the options need (values only when
+// the value norm is on and value_norms is null), keys/values not 16-B aligned or value_norms
+// not 4-B aligned; otherwise the launch error, if any. Thread-safe (no state); the launch
 // sets the tensor-core kernel's shared-memory attribute on the current device.
 cudaError_t LaunchExpectedAttention(const ExpectedAttentionDeviceArgs& args, cudaStream_t stream);
 

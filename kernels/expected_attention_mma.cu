@@ -9,6 +9,9 @@
 //   per CTA, the next key tile is prefetched by cp.async while the current one is computed,
 //   and each CTA leaves one softmax partial (max, Σexp) per query head, so no second pass over
 //   the logits is needed for the softmax statistics.
+// - Without precomputed norms the pass also streams the values for ‖v‖ (twice the key bytes);
+//   with ExpectedAttentionDeviceArgs::value_norms it reads only keys. LaunchValueNorms (the
+//   once-per-written-block norms) is at the end of this file: it shares the ‖v‖ arithmetic.
 // Warp layout: 8 warps as 2 (32-row halves of the 64-key tile) × 4 (column groups); a warp
 // owns n8-tiles wn, wn+4, … of the current column range and both 16-row m-tiles of its half.
 #include <cuda_bf16.h>
@@ -417,6 +420,50 @@ cudaError_t LaunchDim(const ExpectedAttentionDeviceArgs& a, const Params& p, uin
   }
 }
 
+// LaunchValueNorms: a row (one token of one head) is kChunks 16-byte chunks, one per lane;
+// 32 / kChunks rows per warp per step. The same per-chunk sums and shuffle order as the
+// logits pass's in-line ‖v‖, so both paths give the same bits.
+template <class T, int kD>
+__global__ void __launch_bounds__(kThreads) ValueNormsKernel(ValueNormsArgs a) {
+  constexpr int kChunks = kD * static_cast<int>(sizeof(T)) / 16;  // 2 .. 32, a power of two
+  constexpr int kRowsPerWarp = 32 / kChunks;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  const size_t rows = size_t{a.heads} * a.tokens;
+  const size_t warps = size_t{gridDim.x} * (kThreads / 32);
+  const T* values = static_cast<const T*>(a.values);
+  for (size_t base = (size_t{blockIdx.x} * (kThreads / 32) + threadIdx.x / 32) * kRowsPerWarp; base < rows;
+       base += warps * kRowsPerWarp) {  // warp-uniform
+    const size_t row = base + lane / kChunks;
+    const bool ok = row < rows;
+    const size_t h = ok ? row / a.tokens : 0, t = ok ? row % a.tokens : 0;
+    uint4 raw = make_uint4(0, 0, 0, 0);
+    if (ok) raw = __ldcs(reinterpret_cast<const uint4*>(values + h * a.values_head_stride + t * kD) + lane % kChunks);
+    float sq = SumSquares(raw, static_cast<const T*>(nullptr));
+#pragma unroll
+    for (int off = kChunks / 2; off > 0; off /= 2) sq += __shfl_xor_sync(0xffffffffu, sq, off);
+    if (ok && lane % kChunks == 0) a.norms[h * a.norms_head_stride + t] = sqrtf(sq);
+  }
+}
+
+template <class T>
+cudaError_t LaunchValueNormsOf(const ValueNormsArgs& a, cudaStream_t stream) {
+  const size_t rows = size_t{a.heads} * a.tokens;
+  auto launch = [&](auto kernel, int chunks) {
+    const size_t rows_per_cta = size_t{kThreads / 32} * (32 / chunks);
+    const auto ctas = static_cast<unsigned>(std::min<size_t>((rows + rows_per_cta - 1) / rows_per_cta, 8192));
+    kernel<<<ctas, kThreads, 0, stream>>>(a);
+    return cudaGetLastError();
+  };
+  constexpr int kPerChunk = 16 / static_cast<int>(sizeof(T));
+  switch (a.head_dim) {
+    case 16: return launch(ValueNormsKernel<T, 16>, 16 / kPerChunk);
+    case 32: return launch(ValueNormsKernel<T, 32>, 32 / kPerChunk);
+    case 64: return launch(ValueNormsKernel<T, 64>, 64 / kPerChunk);
+    case 128: return launch(ValueNormsKernel<T, 128>, 128 / kPerChunk);
+    default: return cudaErrorInvalidValue;
+  }
+}
+
 }  // namespace
 
 cudaError_t LaunchMmaLogits(const ExpectedAttentionDeviceArgs& a, float* logits, float* vnorm, float2* partials,
@@ -429,7 +476,7 @@ cudaError_t LaunchMmaLogits(const ExpectedAttentionDeviceArgs& a, float* logits,
            .residual = low_rank ? a.cov_residual : nullptr, .logits = logits, .vnorm = vnorm, .partials = partials,
            .tokens = s.tokens, .sinks = s.sink_tokens, .group = s.group(), .heads_per_cta = 1,
            .cols = exact ? s.head_dim : (low_rank ? a.covariance_rank : 0), .tiles = Tiles(s),
-           .value_norm = a.use_value_norm};
+           .value_norm = a.use_value_norm && a.value_norms == nullptr};
   switch (a.kv_dtype) {
     case KvDType::kFp32:
       if (exact) return cudaErrorInvalidValue;  // the fp32 SIMT kernel's case
@@ -445,3 +492,22 @@ cudaError_t LaunchMmaLogits(const ExpectedAttentionDeviceArgs& a, float* logits,
 }
 
 }  // namespace kvtier::kernels::detail
+
+namespace kvtier::kernels {
+
+cudaError_t LaunchValueNorms(const ValueNormsArgs& a, cudaStream_t stream) {
+  const size_t elem = a.dtype == KvDType::kFp32 ? 4 : 2;
+  if (a.heads == 0 || a.tokens == 0 || a.values == nullptr || a.norms == nullptr ||
+      reinterpret_cast<uintptr_t>(a.values) % 16 != 0 || (a.values_head_stride * elem) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(a.norms) % alignof(float) != 0) {
+    return cudaErrorInvalidValue;
+  }
+  switch (a.dtype) {
+    case KvDType::kFp32: return detail::LaunchValueNormsOf<float>(a, stream);
+    case KvDType::kBf16: return detail::LaunchValueNormsOf<__nv_bfloat16>(a, stream);
+    case KvDType::kFp16: return detail::LaunchValueNormsOf<__half>(a, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace kvtier::kernels

@@ -89,10 +89,12 @@ namespace {
 
 // Steps 2–4 for any form of the covariance term: quad(qh, k) returns kᵀΣ̄k (or its
 // approximation) in double.
-template <class Quad>
+// Steps 2–4 for any form of the covariance term and of the value norm: quad(qh, k) returns
+// kᵀΣ̄k (or its approximation) and norm(row) ‖v‖₂ of row kv·tokens + t, both in double.
+template <class Quad, class Norm>
 void TokenScores(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
-                 std::span<const float> keys, std::span<const float> values, std::span<const float> rotated_mean,
-                 Quad quad, std::span<float> token_scores) {
+                 std::span<const float> keys, Norm norm_of, std::span<const float> rotated_mean, Quad quad,
+                 std::span<float> token_scores) {
   const size_t d = shape.head_dim, n = shape.tokens;
   const uint32_t group = shape.group();
   const uint32_t sinks = std::min(shape.sink_tokens, shape.tokens);
@@ -120,13 +122,7 @@ void TokenScores(const ExpectedAttentionShape& shape, const ExpectedAttentionPar
     }
     float* out = &token_scores[kv * n];
     for (size_t t = sinks; t < n; ++t) {
-      double norm = 1;
-      if (params.use_value_norm) {
-        const float* v = &values[(kv * n + t) * d];
-        double s = 0;
-        for (size_t i = 0; i < d; ++i) s += static_cast<double>(v[i]) * v[i];
-        norm = std::sqrt(s);
-      }
+      const double norm = params.use_value_norm ? norm_of(kv * n + t) : 1.0;
       const double score = (weight[t] + params.epsilon) * norm;
       out[t] = static_cast<float>(score);
       best = std::max(best, score);
@@ -137,21 +133,23 @@ void TokenScores(const ExpectedAttentionShape& shape, const ExpectedAttentionPar
   }
 }
 
-}  // namespace
+double RowNorm(std::span<const float> values, size_t d, size_t row) {
+  const float* v = &values[row * d];
+  double s = 0;
+  for (size_t i = 0; i < d; ++i) s += static_cast<double>(v[i]) * v[i];
+  return std::sqrt(s);
+}
 
-void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
-                                  std::span<const float> keys, std::span<const float> values,
-                                  std::span<const float> rotated_mean, std::span<const float> rotated_cov,
-                                  std::span<float> token_scores) {
-  const size_t d = shape.head_dim;
-  if (params.use_covariance && params.covariance_rank > 0) {
-    const size_t r = std::min<size_t>(params.covariance_rank, d);
-    std::vector<float> factors(size_t{shape.q_heads} * r * d), residual(size_t{shape.q_heads} * d);
-    LowRankCovariance(shape.q_heads, shape.head_dim, static_cast<uint32_t>(r), rotated_cov, factors, residual);
-    ExpectedAttentionTokenScoresLowRank(shape, params, keys, values, rotated_mean, factors, residual, token_scores);
-    return;
-  }
-  auto quad = [&](uint32_t qh, const float* k) {
+// ‖v‖ from the values themselves, or from precomputed norms.
+auto FromValues(std::span<const float> values, size_t d) {
+  return [values, d](size_t row) { return RowNorm(values, d, row); };
+}
+auto FromNorms(std::span<const float> norms) {
+  return [norms](size_t row) { return static_cast<double>(norms[row]); };
+}
+
+auto ExactQuad(std::span<const float> rotated_cov, size_t d) {
+  return [rotated_cov, d](uint32_t qh, const float* k) {
     const float* sigma = &rotated_cov[qh * d * d];
     double q = 0;
     for (size_t i = 0; i < d; ++i) {
@@ -161,16 +159,10 @@ void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const Exp
     }
     return q;
   };
-  TokenScores(shape, params, keys, values, rotated_mean, quad, token_scores);
 }
 
-void ExpectedAttentionTokenScoresLowRank(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
-                                         std::span<const float> keys, std::span<const float> values,
-                                         std::span<const float> rotated_mean, std::span<const float> factors,
-                                         std::span<const float> residual, std::span<float> token_scores) {
-  const size_t d = shape.head_dim;
-  const size_t r = std::min<size_t>(std::max<uint32_t>(params.covariance_rank, 1), d);
-  auto quad = [&](uint32_t qh, const float* k) {
+auto LowRankQuad(std::span<const float> factors, std::span<const float> residual, size_t d, size_t r) {
+  return [factors, residual, d, r](uint32_t qh, const float* k) {
     const float* w = &factors[qh * r * d];
     const float* rho = &residual[qh * d];
     double q = 0;
@@ -182,7 +174,65 @@ void ExpectedAttentionTokenScoresLowRank(const ExpectedAttentionShape& shape, co
     for (size_t i = 0; i < d; ++i) q += static_cast<double>(rho[i]) * k[i] * k[i];
     return q;
   };
-  TokenScores(shape, params, keys, values, rotated_mean, quad, token_scores);
+}
+
+size_t LowRankOf(const ExpectedAttentionParams& params, size_t d) {
+  return std::min<size_t>(std::max<uint32_t>(params.covariance_rank, 1), d);
+}
+
+// The exact entry points: factor first when a rank is asked for.
+template <class Norm>
+void ExactOrFactored(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
+                     std::span<const float> keys, Norm norm_of, std::span<const float> rotated_mean,
+                     std::span<const float> rotated_cov, std::span<float> token_scores) {
+  const size_t d = shape.head_dim;
+  if (params.use_covariance && params.covariance_rank > 0) {
+    const size_t r = LowRankOf(params, d);
+    std::vector<float> factors(size_t{shape.q_heads} * r * d), residual(size_t{shape.q_heads} * d);
+    LowRankCovariance(shape.q_heads, shape.head_dim, static_cast<uint32_t>(r), rotated_cov, factors, residual);
+    TokenScores(shape, params, keys, norm_of, rotated_mean, LowRankQuad(factors, residual, d, r), token_scores);
+    return;
+  }
+  TokenScores(shape, params, keys, norm_of, rotated_mean, ExactQuad(rotated_cov, d), token_scores);
+}
+
+}  // namespace
+
+void ValueNorms(uint32_t rows, uint32_t head_dim, std::span<const float> values, std::span<float> norms) {
+  for (size_t r = 0; r < rows; ++r) norms[r] = static_cast<float>(RowNorm(values, head_dim, r));
+}
+
+void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
+                                  std::span<const float> keys, std::span<const float> values,
+                                  std::span<const float> rotated_mean, std::span<const float> rotated_cov,
+                                  std::span<float> token_scores) {
+  ExactOrFactored(shape, params, keys, FromValues(values, shape.head_dim), rotated_mean, rotated_cov, token_scores);
+}
+
+void ExpectedAttentionTokenScoresWithNorms(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
+                                           std::span<const float> keys, std::span<const float> value_norms,
+                                           std::span<const float> rotated_mean, std::span<const float> rotated_cov,
+                                           std::span<float> token_scores) {
+  ExactOrFactored(shape, params, keys, FromNorms(value_norms), rotated_mean, rotated_cov, token_scores);
+}
+
+void ExpectedAttentionTokenScoresLowRank(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
+                                         std::span<const float> keys, std::span<const float> values,
+                                         std::span<const float> rotated_mean, std::span<const float> factors,
+                                         std::span<const float> residual, std::span<float> token_scores) {
+  const size_t d = shape.head_dim;
+  TokenScores(shape, params, keys, FromValues(values, d), rotated_mean,
+              LowRankQuad(factors, residual, d, LowRankOf(params, d)), token_scores);
+}
+
+void ExpectedAttentionTokenScoresLowRankWithNorms(const ExpectedAttentionShape& shape,
+                                                  const ExpectedAttentionParams& params, std::span<const float> keys,
+                                                  std::span<const float> value_norms,
+                                                  std::span<const float> rotated_mean, std::span<const float> factors,
+                                                  std::span<const float> residual, std::span<float> token_scores) {
+  const size_t d = shape.head_dim;
+  TokenScores(shape, params, keys, FromNorms(value_norms), rotated_mean,
+              LowRankQuad(factors, residual, d, LowRankOf(params, d)), token_scores);
 }
 
 void SumBlockScores(const ExpectedAttentionShape& shape, std::span<const float> token_scores,

@@ -84,6 +84,24 @@ void ExpectedAttentionTokenScoresLowRank(const ExpectedAttentionShape& shape, co
                                          std::span<const float> rotated_mean, std::span<const float> factors,
                                          std::span<const float> residual, std::span<float> token_scores);
 
+// ‖v‖₂ of every row of `values` [rows][head_dim] (accumulated in double, rounded to fp32):
+// the `value_norms` [kv_heads][tokens] an engine precomputes once per cached token (the CUDA
+// LaunchValueNorms computes the same in fp32).
+void ValueNorms(uint32_t rows, uint32_t head_dim, std::span<const float> values, std::span<float> norms);
+
+// Steps 2–4 with precomputed value norms [kv_heads][tokens] in place of the values (unread
+// without params.use_value_norm): the same numbers as the `values` forms, up to the fp32
+// rounding of each norm.
+void ExpectedAttentionTokenScoresWithNorms(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
+                                           std::span<const float> keys, std::span<const float> value_norms,
+                                           std::span<const float> rotated_mean, std::span<const float> rotated_cov,
+                                           std::span<float> token_scores);
+void ExpectedAttentionTokenScoresLowRankWithNorms(const ExpectedAttentionShape& shape,
+                                                  const ExpectedAttentionParams& params, std::span<const float> keys,
+                                                  std::span<const float> value_norms,
+                                                  std::span<const float> rotated_mean, std::span<const float> factors,
+                                                  std::span<const float> residual, std::span<float> token_scores);
+
 // Block scores [kv_heads][blocks] = sums of token scores [kv_heads][tokens].
 void SumBlockScores(const ExpectedAttentionShape& shape, std::span<const float> token_scores,
                     std::span<float> block_scores);

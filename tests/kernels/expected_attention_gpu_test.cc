@@ -5,12 +5,16 @@
 // (the reference scores with the same LowRankCovariance factors) and the mean term alone;
 // every head_dim the kernel supports, GQA groups 1 to 8 (query heads split over several
 // CTAs when Σ̄ does not fit shared memory), sinks spanning blocks, partial last tiles and
-// blocks, CTAs looping over several tiles. Relative error <= 1e-3. Skips without a device.
+// blocks, CTAs looping over several tiles. Relative error <= 1e-3. The precomputed value-norm
+// path (LaunchValueNorms, then the scorer without values): the norms against the CPU
+// ValueNorms, per-block strided launches against one whole-sequence launch, and its block
+// scores against both the reference and the values path of the same data. Skips without a device.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -69,6 +73,7 @@ struct Case {
   KvDType dtype = KvDType::kFp32;
   uint32_t rank = 0;  // 0: exact covariance term
   bool covariance = true, vnorm = true;
+  bool precomputed_norms = false;  // also score from LaunchValueNorms output, values not passed
 };
 
 const char* Name(KvDType t) { return t == KvDType::kFp32 ? "fp32" : (t == KvDType::kBf16 ? "bf16" : "fp16"); }
@@ -77,7 +82,7 @@ void RunCase(const Case& c, uint32_t seed) {
   SCOPED_TRACE(::testing::Message() << Name(c.dtype) << " rank=" << c.rank << " cov=" << c.covariance
                                     << " vnorm=" << c.vnorm << " q=" << c.q_heads << " kv=" << c.kv_heads
                                     << " d=" << c.head_dim << " tokens=" << c.tokens << " block=" << c.block_tokens
-                                    << " sinks=" << c.sinks);
+                                    << " sinks=" << c.sinks << " precomputed_norms=" << c.precomputed_norms);
   ExpectedAttentionShape s{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.head_dim,
                            .tokens = c.tokens, .block_tokens = c.block_tokens, .sink_tokens = c.sinks};
   ExpectedAttentionParams p{.position = c.tokens, .future = 512, .rope_theta = 500000, .epsilon = 0.02f,
@@ -123,10 +128,52 @@ void RunCase(const Case& c, uint32_t seed) {
   ASSERT_CUDA(cudaDeviceSynchronize());
   std::vector<float> got(want.size());
   ASSERT_CUDA(cudaMemcpy(got.data(), out.p, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
-  cudaFree(ws);
   for (size_t i = 0; i < got.size(); ++i) {
     ASSERT_LE(std::abs(got[i] - want[i]), 1e-3 * std::abs(want[i]) + 1e-12)
         << "block score " << i << " got " << got[i] << " want " << want[i];
+  }
+  if (!c.precomputed_norms) {
+    cudaFree(ws);
+    return;
+  }
+  // The norms path: ‖v‖ from LaunchValueNorms into a poisoned array, the scorer without values
+  // (and with a freshly poisoned workspace and output).
+  const uint32_t rows = c.kv_heads * c.tokens;
+  std::vector<float> norms_want(rows), norms_poison(rows, std::nanf(""));
+  ValueNorms(rows, c.head_dim, values, norms_want);
+  DeviceBytes dn(norms_poison);
+  ASSERT_CUDA(LaunchValueNorms({.dtype = c.dtype, .head_dim = c.head_dim, .heads = c.kv_heads, .tokens = c.tokens,
+                                .values = dv.p, .values_head_stride = size_t{c.tokens} * d, .norms = dn.f(),
+                                .norms_head_stride = c.tokens},
+                               nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  std::vector<float> norms_got(rows);
+  ASSERT_CUDA(cudaMemcpy(norms_got.data(), dn.p, rows * sizeof(float), cudaMemcpyDeviceToHost));
+  for (uint32_t i = 0; i < rows; ++i) {
+    ASSERT_LE(std::abs(norms_got[i] - norms_want[i]), 1e-5 * norms_want[i] + 1e-30)
+        << "value norm " << i << " got " << norms_got[i] << " want " << norms_want[i];
+  }
+  std::vector<float> want_n(want.size());
+  if (c.covariance && c.rank > 0) {
+    ExpectedAttentionTokenScoresLowRankWithNorms(s, p, keys, norms_want, rm, factors, residual, token);
+  } else {
+    ExpectedAttentionTokenScoresWithNorms(s, p, keys, norms_want, rm, rc, token);
+  }
+  SumBlockScores(s, token, want_n);
+  ASSERT_CUDA(cudaMemset(ws, 0xA5, ws_bytes));
+  ASSERT_CUDA(cudaMemcpy(out.p, poison.data(), poison.size() * sizeof(float), cudaMemcpyHostToDevice));
+  a.values = nullptr;
+  a.value_norms = dn.f();
+  ASSERT_CUDA(LaunchExpectedAttention(a, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  std::vector<float> got_n(want.size());
+  ASSERT_CUDA(cudaMemcpy(got_n.data(), out.p, got_n.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  cudaFree(ws);
+  for (size_t i = 0; i < got_n.size(); ++i) {
+    ASSERT_LE(std::abs(got_n[i] - want_n[i]), 1e-3 * std::abs(want_n[i]) + 1e-12)
+        << "norms path: block score " << i << " got " << got_n[i] << " want " << want_n[i];
+    ASSERT_LE(std::abs(got_n[i] - got[i]), 1e-5 * std::abs(got[i]) + 1e-12)
+        << "norms path vs values path: block score " << i << " norms " << got_n[i] << " values " << got[i];
   }
 }
 
@@ -184,6 +231,66 @@ TEST_F(ExpectedAttentionGpuTest, MatchesReferenceWithoutCovarianceOrValueNorm) {
   }
 }
 
+TEST_F(ExpectedAttentionGpuTest, PrecomputedValueNormsMatchTheValuesPath) {
+  uint32_t seed = 500;
+  for (KvDType t : kDtypes) {
+    for (uint32_t d : {16u, 32u, 64u, 128u}) {
+      RunCase({8, 2, d, 300, 16, 4, t, 0, true, true, true}, seed++);
+      RunCase({8, 2, d, 300, 16, 4, t, 8, true, true, true}, seed++);
+    }
+    RunCase({8, 2, 128, 500, 16, 4, t, 0, false, true, true}, seed++);               // mean only
+    RunCase({32, 8, 128, 1000, 16, 4, t, 16, true, true, true}, seed++);             // Llama-3-8B heads
+    RunCase({6, 1, 128, 17, 4, 0, t, 0, true, true, true}, seed++);                  // tiny, no sinks
+    RunCase({4, 1, 128, 40000, 16, 4, t, t == KvDType::kFp32 ? 16u : 0u, true, true, true}, seed++);  // looping CTAs
+  }
+}
+
+TEST_F(ExpectedAttentionGpuTest, ValueNormsPerWrittenBlockEqualOneWholeSequenceLaunch) {
+  // A sequence of 8 KV heads × 200 tokens (capacity 208): norms written block by block (16
+  // tokens, the last block partial) into the sequence layout must equal one launch over the
+  // whole sequence, bit for bit, and leave the capacity's tail untouched.
+  std::mt19937 rng(600);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  for (KvDType t : kDtypes)
+    for (uint32_t d : {16u, 64u, 128u}) {
+      SCOPED_TRACE(::testing::Message() << Name(t) << " d=" << d);
+      const uint32_t heads = 8, tokens = 200, capacity = 208, bt = 16;
+      std::vector<float> values(size_t{heads} * capacity * d);
+      for (float& x : values) x = nd(rng);
+      const std::vector<unsigned char> bytes = RoundTo(t, values);
+      const size_t elem = t == KvDType::kFp32 ? 4 : 2;
+      DeviceBytes dv(bytes);
+      std::vector<float> poison(size_t{heads} * capacity, std::nanf(""));
+      DeviceBytes whole(poison), blocks(poison);
+      ASSERT_CUDA(LaunchValueNorms({.dtype = t, .head_dim = d, .heads = heads, .tokens = tokens, .values = dv.p,
+                                    .values_head_stride = size_t{capacity} * d, .norms = whole.f(),
+                                    .norms_head_stride = capacity},
+                                   nullptr));
+      for (uint32_t b0 = 0; b0 < tokens; b0 += bt) {
+        ASSERT_CUDA(LaunchValueNorms({.dtype = t, .head_dim = d, .heads = heads, .tokens = std::min(bt, tokens - b0),
+                                      .values = static_cast<const char*>(dv.p) + size_t{b0} * d * elem,
+                                      .values_head_stride = size_t{capacity} * d, .norms = blocks.f() + b0,
+                                      .norms_head_stride = capacity},
+                                     nullptr));
+      }
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      std::vector<float> a(poison.size()), b(poison.size()), want(size_t{heads} * capacity);
+      ASSERT_CUDA(cudaMemcpy(a.data(), whole.p, a.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      ASSERT_CUDA(cudaMemcpy(b.data(), blocks.p, b.size() * sizeof(float), cudaMemcpyDeviceToHost));
+      ValueNorms(heads * capacity, d, values, want);
+      for (uint32_t h = 0; h < heads; ++h)
+        for (uint32_t i = 0; i < capacity; ++i) {
+          const size_t k = size_t{h} * capacity + i;
+          if (i >= tokens) {
+            ASSERT_TRUE(std::isnan(a[k]) && std::isnan(b[k])) << "head " << h << " slot " << i << " written";
+            continue;
+          }
+          ASSERT_EQ(std::memcmp(&a[k], &b[k], sizeof(float)), 0) << "head " << h << " token " << i;
+          ASSERT_LE(std::abs(a[k] - want[k]), 1e-5 * want[k]) << "head " << h << " token " << i;
+        }
+    }
+}
+
 TEST_F(ExpectedAttentionGpuTest, RejectsUnsupportedArguments) {
   alignas(16) float dummy[8] = {};
   ExpectedAttentionDeviceArgs a;
@@ -207,6 +314,30 @@ TEST_F(ExpectedAttentionGpuTest, RejectsUnsupportedArguments) {
   a.keys = dummy;
   a.kv_dtype = static_cast<KvDType>(7);
   EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);
+  a.kv_dtype = KvDType::kFp32;
+  a.values = nullptr;
+  EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);  // value norm: neither values nor norms
+  a.value_norms = reinterpret_cast<const float*>(reinterpret_cast<const char*>(dummy) + 2);
+  EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);  // norms not 4-B aligned
+
+  ValueNormsArgs v{.dtype = KvDType::kBf16, .head_dim = 96, .heads = 1, .tokens = 1, .values = dummy,
+                   .values_head_stride = 96, .norms = dummy, .norms_head_stride = 1};
+  EXPECT_EQ(LaunchValueNorms(v, nullptr), cudaErrorInvalidValue);  // head_dim 96
+  v.head_dim = 16;
+  v.values_head_stride = 4;  // 8 bytes of bf16
+  EXPECT_EQ(LaunchValueNorms(v, nullptr), cudaErrorInvalidValue);  // head stride not 16-B
+  v.values_head_stride = 16;
+  v.values = reinterpret_cast<const char*>(dummy) + 8;
+  EXPECT_EQ(LaunchValueNorms(v, nullptr), cudaErrorInvalidValue);  // values not 16-B aligned
+  v.values = dummy;
+  v.norms = nullptr;
+  EXPECT_EQ(LaunchValueNorms(v, nullptr), cudaErrorInvalidValue);
+  v.norms = dummy;
+  v.tokens = 0;
+  EXPECT_EQ(LaunchValueNorms(v, nullptr), cudaErrorInvalidValue);
+  v.tokens = 1;
+  v.dtype = static_cast<KvDType>(7);
+  EXPECT_EQ(LaunchValueNorms(v, nullptr), cudaErrorInvalidValue);
 }
 
 }  // namespace

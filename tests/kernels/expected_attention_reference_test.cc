@@ -8,9 +8,11 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "reference/expected_attention.h"
+#include "reference/low_rank_covariance.h"
 
 namespace kvtier::kernels {
 namespace {
@@ -268,6 +270,56 @@ TEST(ExpectedAttentionReference, CovarianceRankIsIgnoredWithoutTheCovarianceTerm
   const std::vector<float> mean_only = Reference(p);
   p.params.covariance_rank = 4;
   EXPECT_EQ(Reference(p), mean_only);
+}
+
+TEST(ExpectedAttentionReference, ValueNormsAreTheRowNorms) {
+  Problem p = RandomProblem(2, 2, 32, 9, 23);
+  const uint32_t rows = p.shape.kv_heads * p.shape.tokens;
+  std::vector<float> norms(rows);
+  ValueNorms(rows, 32, p.values, norms);
+  for (uint32_t r = 0; r < rows; ++r) {
+    double s = 0;
+    for (uint32_t i = 0; i < 32; ++i) s += std::pow(double(p.values[size_t{r} * 32 + i]), 2);
+    EXPECT_NEAR(norms[r], std::sqrt(s), 1e-6 * std::sqrt(s)) << "row " << r;
+  }
+}
+
+TEST(ExpectedAttentionReference, PrecomputedValueNormsGiveTheScoresOfTheValues) {
+  // The WithNorms forms against the values forms, for
+  // the exact term, the factored exact entry point, the low-rank form and the mean alone.
+  for (auto [rank, cov] : {std::pair{0u, true}, std::pair{8u, true}, std::pair{0u, false}}) {
+    SCOPED_TRACE(::testing::Message() << "rank=" << rank << " cov=" << cov);
+    Problem p = RandomProblem(8, 2, 32, 37, 29);
+    p.params.covariance_rank = rank;
+    p.params.use_covariance = cov;
+    const auto& s = p.shape;
+    const size_t d = s.head_dim;
+    std::vector<float> mean(size_t{s.q_heads} * d), covm(mean.size() * d), rm(mean.size()), rc(covm.size());
+    std::vector<float> cb(d / 2), sb(d / 2), norms(size_t{s.kv_heads} * s.tokens);
+    QueryMoments(p.queries, p.n_queries, s.q_heads, s.head_dim, mean, covm);
+    AveragedRope(s.head_dim, p.params, cb, sb);
+    RotateQueryMoments(s.q_heads, s.head_dim, cb, sb, mean, covm, rm, rc);
+    ValueNorms(s.kv_heads * s.tokens, s.head_dim, p.values, norms);
+    std::vector<float> from_values(norms.size()), from_norms(norms.size());
+    ExpectedAttentionTokenScores(s, p.params, p.keys, p.values, rm, rc, from_values);
+    ExpectedAttentionTokenScoresWithNorms(s, p.params, p.keys, norms, rm, rc, from_norms);
+    ExpectRelativelyClose(from_norms, from_values, 1e-6);
+    if (rank > 0) {
+      std::vector<float> f(size_t{s.q_heads} * rank * d), r(size_t{s.q_heads} * d);
+      LowRankCovariance(s.q_heads, s.head_dim, rank, rc, f, r);
+      ExpectedAttentionTokenScoresLowRank(s, p.params, p.keys, p.values, rm, f, r, from_values);
+      ExpectedAttentionTokenScoresLowRankWithNorms(s, p.params, p.keys, norms, rm, f, r, from_norms);
+      ExpectRelativelyClose(from_norms, from_values, 1e-6);
+    }
+  }
+  // Without the value norm the norms are not read.
+  Problem p = RandomProblem(2, 1, 16, 12, 31);
+  p.params.use_value_norm = false;
+  const auto& s = p.shape;
+  std::vector<float> rm(size_t{s.q_heads} * 16, 0.1f), rc(rm.size() * 16, 0.0f), a(s.tokens), b(s.tokens);
+  ExpectedAttentionTokenScores(s, p.params, p.keys, p.values, rm, rc, a);
+  ExpectedAttentionTokenScoresWithNorms(s, p.params, p.keys, {}, rm, rc, b);
+  EXPECT_EQ(a, b);
 }
 
 }  // namespace
