@@ -7,7 +7,7 @@
 // maximum M of the slice's keys (keys as cached, i.e. after RoPE). For a query q the bound
 //     U = Σ_i max(q_i·m_i, q_i·M_i)   ≥   max over the slice's keys k of q·k
 // ranks blocks. With GQA the query heads of a group are combined per KV head: the sum of
-// their bounds (default) or the maximum.
+// their bounds or the maximum (the default: docs/sparse.md measures both).
 //
 // Compact metadata (what lives in HBM): int8 per channel plus one fp32 scale per slice,
 //     scale = max_i(|m_i|, |M_i|) / 127   (1.0 when every bound is 0)
@@ -47,7 +47,7 @@ struct QuestSelectParams {
   uint32_t block_tokens = 16;
   uint32_t sink_blocks = 1;       // always selected, from block 0
   uint32_t min_blocks = 3;        // Quest's evaluation selects at least max(3, budget / page)
-  GqaCombine combine = GqaCombine::kSum;
+  GqaCombine combine = GqaCombine::kMax;  // the measured default (docs/sparse.md)
 };
 
 // min(blocks, max(min_blocks, budget_tokens / block_tokens, sink_blocks + 1)).

@@ -21,7 +21,7 @@ struct SelectOptions {
   int64_t budget = -1;
   uint32_t sink_blocks = 1;
   uint32_t min_blocks = 3;
-  std::string gqa = "sum";
+  std::string gqa = "max";
   std::string metadata = "compact";
   bool json = false;
 };

@@ -26,8 +26,8 @@ namespace kvtier {
 
 // How the query heads of one GQA group combine their bounds (docs/sparse.md measures both).
 enum class GqaCombine : uint8_t {
-  kSum = 0,  // Σ over the group (default: the group's total attention logit budget)
-  kMax = 1,  // the largest bound of the group
+  kSum = 0,  // Σ over the group (the group's total attention logit bound)
+  kMax = 1,  // the largest bound of the group (default: finds every planted needle, docs/sparse.md)
 };
 
 struct QuestSelectorOptions {
@@ -37,7 +37,7 @@ struct QuestSelectorOptions {
   uint32_t sink_blocks = 1;       // always selected, from block 0 (covers 16 sink tokens)
   uint32_t min_blocks = 3;        // never fewer blocks than this (Quest's evaluation)
   uint32_t dense_layers = 2;      // layers [0, dense_layers) select every block (Quest §3.4)
-  GqaCombine combine = GqaCombine::kSum;
+  GqaCombine combine = GqaCombine::kMax;
   bool use_compact_metadata = true;  // int8 + scale bounds (what lives in HBM); false: fp32
                                      // bounds (needs SliceMetadataOptions::keep_exact_bounds)
 
