@@ -5,8 +5,12 @@
 // once and scored `layers` times (the same bytes per layer as a real model, far larger than
 // L2, so reuse across layers buys nothing). Rows: the exact covariance term on fp32 keys
 // (fp32 SIMT) and on bf16 keys (tensor cores), the low-rank form at each --gpu-ranks rank
-// (bf16), the mean term alone (bf16). Each row is compared with a copy of its own key bytes
-// (fp32 or bf16). The query moments are rotated (and factored, for the low-rank rows) on the
+// (bf16), the mean term alone (bf16); each bf16 row also "key-only": ‖v‖ precomputed by
+// LaunchValueNorms (as an engine does when it writes a block), so the scorer reads only the
+// keys instead of keys and values. Each row is compared with a copy of its own key bytes
+// (fp32 or bf16). The one-time cost of the norms is timed too: one launch per written block
+// (8 KV heads × block_tokens tokens of one layer, strided into the sequence's norms) and one
+// launch over a whole sequence (every layer). The query moments are rotated (and factored, for the low-rank rows) on the
 // host once; that is part of a refresh but not of the timed kernel work — its host time is
 // printed separately.
 #include <cuda_bf16.h>
@@ -67,7 +71,7 @@ Status RunGpuScoreBench(const GpuScoreBenchOptions& o) {
   const size_t kv_elems = size_t{o.kv_heads} * o.tokens * d;
   const size_t bytes32 = kv_elems * sizeof(float), bytes16 = kv_elems * 2;
   const uint32_t max_rank = o.ranks.empty() ? 8 : *std::max_element(o.ranks.begin(), o.ranks.end());
-  DeviceMem k32, v32, k16, v16, copy_dst, mean, cov, factors, residual, ws, out;
+  DeviceMem k32, v32, k16, v16, copy_dst, mean, cov, factors, residual, ws, out, vnorms;
   KVT_CUDA_OR_RETURN(cudaMalloc(&k32.p, bytes32));
   KVT_CUDA_OR_RETURN(cudaMalloc(&v32.p, bytes32));
   KVT_CUDA_OR_RETURN(cudaMalloc(&k16.p, bytes16));
@@ -79,6 +83,7 @@ Status RunGpuScoreBench(const GpuScoreBenchOptions& o) {
   KVT_CUDA_OR_RETURN(cudaMalloc(&residual.p, o.q_heads * d * sizeof(float)));
   KVT_CUDA_OR_RETURN(cudaMalloc(&ws.p, ExpectedAttentionWorkspaceBytes(s)));
   KVT_CUDA_OR_RETURN(cudaMalloc(&out.p, size_t{o.kv_heads} * s.blocks() * sizeof(float)));
+  KVT_CUDA_OR_RETURN(cudaMalloc(&vnorms.p, size_t{o.kv_heads} * o.tokens * sizeof(float)));
   std::vector<float> rm(o.q_heads * d), rc(o.q_heads * d * d);
   {
     std::mt19937 rng(1);
@@ -122,13 +127,16 @@ Status RunGpuScoreBench(const GpuScoreBenchOptions& o) {
     KvDType dtype;
     bool covariance;
     uint32_t rank;
+    bool key_only = false;  // ‖v‖ from value_norms (precomputed), values not read
   };
   auto score = [&](const Variant& v) {
     return [&, v]() -> Status {
       const bool fp32 = v.dtype == KvDType::kFp32;
       ExpectedAttentionDeviceArgs a{.shape = s, .epsilon = 0.02f, .use_covariance = v.covariance,
                                     .use_value_norm = true, .kv_dtype = v.dtype, .covariance_rank = v.rank,
-                                    .keys = fp32 ? k32.p : k16.p, .values = fp32 ? v32.p : v16.p,
+                                    .keys = fp32 ? k32.p : k16.p,
+                                    .values = v.key_only ? nullptr : (fp32 ? v32.p : v16.p),
+                                    .value_norms = v.key_only ? static_cast<float*>(vnorms.p) : nullptr,
                                     .rotated_mean = static_cast<float*>(mean.p),
                                     .rotated_cov = static_cast<float*>(cov.p),
                                     .cov_factors = static_cast<float*>(factors.p),
@@ -147,10 +155,39 @@ Status RunGpuScoreBench(const GpuScoreBenchOptions& o) {
   KVT_ASSIGN_OR_RETURN(double t_copy32, timed(copy(bytes32)));
   KVT_ASSIGN_OR_RETURN(double t_copy16, timed(copy(bytes16)));
 
+  // ‖v‖ once per written block: one launch per block of one layer (every KV head, strided
+  // into the sequence's [kv_heads][tokens] norms), over the first `norm_blocks` blocks, timed
+  // as `layers` × that (each layer writes its own block); and once over a whole sequence.
+  auto norms_of = [&](uint32_t first, uint32_t count) {
+    return ValueNormsArgs{.dtype = KvDType::kBf16, .head_dim = o.head_dim, .heads = o.kv_heads, .tokens = count,
+                          .values = static_cast<const __nv_bfloat16*>(v16.p) + size_t{first} * d,
+                          .values_head_stride = size_t{o.tokens} * d,
+                          .norms = static_cast<float*>(vnorms.p) + first, .norms_head_stride = o.tokens};
+  };
+  const uint32_t norm_blocks = std::min<uint32_t>(s.blocks(), 1024);
+  KVT_ASSIGN_OR_RETURN(double t_norm_blocks, timed([&]() -> Status {
+                         for (uint32_t b = 0; b < norm_blocks; ++b) {
+                           const uint32_t first = b * o.block_tokens;
+                           KVT_CUDA_OR_RETURN(LaunchValueNorms(
+                               norms_of(first, std::min(o.block_tokens, o.tokens - first)), stream));
+                         }
+                         return Status::Ok();
+                       }));
+  const double t_norm_block = t_norm_blocks / (static_cast<double>(norm_blocks) * o.layers);  // one block of one layer
+  KVT_ASSIGN_OR_RETURN(double t_norm_seq, timed([&]() -> Status {
+                         KVT_CUDA_OR_RETURN(LaunchValueNorms(norms_of(0, o.tokens), stream));
+                         return Status::Ok();
+                       }));  // all layers; leaves the norms of the whole sequence for the key-only rows
+
   std::vector<Variant> variants = {{"exact fp32 (simt)", KvDType::kFp32, true, 0},
-                                   {"exact bf16 (tensor)", KvDType::kBf16, true, 0}};
-  for (uint32_t r : o.ranks) variants.push_back({fmt::format("rank {} bf16", r), KvDType::kBf16, true, r});
+                                   {"exact bf16 (tensor)", KvDType::kBf16, true, 0},
+                                   {"exact bf16 key-only", KvDType::kBf16, true, 0, true}};
+  for (uint32_t r : o.ranks) {
+    variants.push_back({fmt::format("rank {} bf16", r), KvDType::kBf16, true, r});
+    variants.push_back({fmt::format("rank {} bf16 key-only", r), KvDType::kBf16, true, r, true});
+  }
   variants.push_back({"mean only bf16", KvDType::kBf16, false, 0});
+  variants.push_back({"mean only bf16 key-only", KvDType::kBf16, false, 0, true});
   struct Row {
     const Variant* v;
     double seconds, factor_ms;
@@ -184,7 +221,7 @@ Status RunGpuScoreBench(const GpuScoreBenchOptions& o) {
                bytes16 * o.layers / 1e9);
     for (auto [name, t, bytes] : {std::tuple{"copy fp32 keys (D2D)", t_copy32, bytes32},
                                   std::tuple{"copy bf16 keys (D2D)", t_copy16, bytes16}}) {
-      fmt::print("{:<22} {:>9.2f} ms  keys {:>7.1f} GB/s (baseline: cudaMemcpyAsync of the same key bytes)\n", name,
+      fmt::print("{:<24} {:>9.2f} ms  keys {:>7.1f} GB/s (baseline: cudaMemcpyAsync of the same key bytes)\n", name,
                  t * 1e3, static_cast<double>(bytes) * o.layers / t / 1e9);
     }
   }
@@ -204,14 +241,35 @@ Status RunGpuScoreBench(const GpuScoreBenchOptions& o) {
                                         {"vs_copy", vs_copy}, {"amortised_ms_per_step", amortised * 1e3},
                                         {"decode_step_ms_estimate", step_s * 1e3},
                                         {"fraction_of_decode", amortised / step_s},
-                                        {"host_factor_ms_per_layer", row.factor_ms}}
+                                        {"host_factor_ms_per_layer", row.factor_ms},
+                                        {"value_norms", row.v->key_only ? "precomputed" : "from values"}}
                                 .dump());
     } else {
-      fmt::print("{:<22} {:>9.2f} ms  keys {:>7.1f} GB/s = {:>5.2f}x copy  amortised /{} steps: {:.4f} ms = {:.2f}% of a ~{:.1f} ms decode step{}\n",
+      fmt::print("{:<24} {:>9.2f} ms  keys {:>7.1f} GB/s = {:>5.2f}x copy  amortised /{} steps: {:.4f} ms = {:.2f}% of a ~{:.1f} ms decode step{}\n",
                  row.v->mode, row.seconds * 1e3, gbs, vs_copy, o.refresh_interval, amortised * 1e3,
                  100 * amortised / step_s, step_s * 1e3,
                  row.factor_ms > 0 ? fmt::format("  (host factoring {:.1f} ms/layer)", row.factor_ms) : "");
     }
+  }
+  // Amortised: every layer writes one block per block_tokens decode steps.
+  const double norm_per_step = t_norm_block * o.layers / o.block_tokens;
+  const double values_bytes = static_cast<double>(bytes16) * o.layers;
+  if (o.json) {
+    fmt::print("{}\n", nlohmann::json{{"bench", "score_gpu_value_norms"}, {"device", prop.name},
+                                      {"block_tokens", o.block_tokens}, {"kv_heads", o.kv_heads},
+                                      {"seconds_per_block_launch", t_norm_block},
+                                      {"amortised_ms_per_step", norm_per_step * 1e3},
+                                      {"fraction_of_decode", norm_per_step / step_s},
+                                      {"whole_sequence_seconds", t_norm_seq},
+                                      {"whole_sequence_values_gbs", values_bytes / t_norm_seq / 1e9}}
+                           .dump());
+  } else {
+    fmt::print("value norms (LaunchValueNorms, once per cached token; the key-only rows' input):\n"
+               "  per written block ({} kv heads x {} tokens, one layer, one launch): {:.2f} us; every layer writes one "
+               "per {} decode steps: {:.4f} ms = {:.3f}% of a decode step\n"
+               "  whole sequence (all {} layers, one launch each): {:.2f} ms, values {:.1f} GB/s\n",
+               o.kv_heads, o.block_tokens, t_norm_block * 1e6, o.block_tokens, norm_per_step * 1e3,
+               100 * norm_per_step / step_s, o.layers, t_norm_seq * 1e3, values_bytes / t_norm_seq / 1e9);
   }
   return Status::Ok();
 }
