@@ -8,6 +8,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <utility>
+
 namespace kvtier::kernels {
 namespace {
 
@@ -16,8 +19,7 @@ constexpr int kLanesPerSlice = 8;
 constexpr int kSlicesPerPass = kScoreThreads / kLanesPerSlice;  // 32
 constexpr int kPasses = 4;
 constexpr int kTileBlocks = kSlicesPerPass * kPasses;           // 128 blocks per score CTA
-constexpr int kSelectThreads = 256;
-constexpr int kSelectWarps = kSelectThreads / 32;
+constexpr int kSelectThreads = 1024;
 constexpr uint32_t kMaxStagedQueryFloats = 12288;               // 48 KiB of shared memory
 
 __device__ __forceinline__ float LoadQuery(const void* q, QuestQueryType t, size_t i) {
@@ -53,14 +55,180 @@ __device__ __forceinline__ void ToFloat(const Bytes<kC>& b, float (&f)[kC]) {
   }
 }
 
-template <int kD, bool kSum>
-__global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDeviceArgs a) {
+// Order-preserving bits: larger key = larger score. NaN ranks as -inf and -0 as +0, as the
+// reference compares them.
+__device__ __forceinline__ uint32_t OrderedKey(float f) {
+  uint32_t u = __float_as_uint(isnan(f) ? -INFINITY : f);
+  if (u == 0x80000000u) u = 0;
+  return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
+}
+
+struct TopKShared {
+  uint32_t hist[256];
+  uint32_t warp_counts[2][32];  // per warp: chosen-above count | ties << 16 (double-buffered)
+  uint32_t digit, need, done;
+};
+
+// The top-k of one row (request r, KV head h) by a CTA of kThreads threads: the reference's
+// QuestSelectTopK. The row's order-preserving keys are staged once in `keys_s` when the row
+// has ≤ `cap` blocks (else every pass re-reads the scores from L2). Radix select, 8 bits a
+// pass from the top, with a warp-aggregated shared histogram (__match_any_sync: the first
+// digit is sign + 7 exponent bits, nearly one bin for scores of one magnitude, so plain
+// atomics would serialise 32-way); it stops as soon as the selected bin is taken whole. Then
+// one compaction in block order, kThreads blocks per round, one __syncthreads per round: an
+// element's output position is (forced or above before it) + min(ties before it, need).
+// Scores are read with ld.global.cg: in the fused launch other CTAs of this grid wrote them.
+template <int kThreads>
+__device__ void TopKRow(const QuestSelectDeviceArgs& a, uint32_t row, uint32_t* keys_s, uint32_t cap,
+                        TopKShared& sh) {
+  constexpr int kW = kThreads / 32;
+  const uint32_t r = row / a.kv_heads, h = row % a.kv_heads;
+  const uint32_t first = a.block_offsets[r], n = a.block_offsets[r + 1] - first;
+  const size_t slice0 = size_t{first} * a.kv_heads + size_t{h} * n;
+  const uint32_t k = QuestBudgetBlocksOf(n, a.params);
+  const uint32_t out0 = a.selected_offsets[row], space = a.selected_offsets[row + 1] - out0;
+  const uint32_t tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const bool slots = a.block_slots != nullptr && a.selected_slots != nullptr;
+  auto emit = [&](uint32_t pos, uint32_t b) {
+    a.selected[out0 + pos] = b;
+    if (slots) a.selected_slots[out0 + pos] = a.block_slots[slice0 + b];
+  };
+  if (space != k) {  // the caller's offsets disagree with the budget: visible garbage
+    for (uint32_t i = tid; i < space; i += kThreads) {
+      a.selected[out0 + i] = 0xffffffffu;
+      if (slots) a.selected_slots[out0 + i] = 0xffffffffu;
+    }
+    return;
+  }
+  if (k >= n) {
+    for (uint32_t b = tid; b < n; b += kThreads) emit(b, b);
+    return;
+  }
+  const float* scores = a.scores + slice0;
+  const bool staged = n <= cap;
+  if (staged) {
+    for (uint32_t b = tid; b < n; b += kThreads) keys_s[b] = OrderedKey(__ldcg(scores + b));
+    __syncthreads();
+  }
+  auto key = [&](uint32_t b) { return staged ? keys_s[b] : OrderedKey(__ldcg(scores + b)); };
+  // k < n, so k ≥ sink_blocks + 1 and block n - 1 is not a sink.
+  const uint32_t sinks = a.params.sink_blocks;
+  const uint32_t rest = k - sinks - 1;  // chosen by score among blocks [sinks, n - 1)
+  // Candidates with (key & mask) > prefix are taken, and the first `need` with (key & mask)
+  // == prefix. rest = 0: mask 0, need 0 — every candidate a tie, none taken.
+  uint32_t prefix = 0, mask = 0, need = rest;
+  if (rest > 0) {
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      for (uint32_t i = tid; i < 256; i += kThreads) sh.hist[i] = 0;
+      __syncthreads();
+      for (uint32_t b0 = sinks; b0 + 1 < n; b0 += kThreads) {  // uniform trip count: whole warps
+        const uint32_t b = b0 + tid;
+        uint32_t digit = 256;  // none
+        if (b + 1 < n) {
+          const uint32_t kk = key(b);
+          if ((kk & mask) == prefix) digit = (kk >> shift) & 0xffu;
+        }
+        const uint32_t peers = __match_any_sync(0xffffffffu, digit);
+        if (digit < 256 && lane == static_cast<uint32_t>(__ffs(peers) - 1)) atomicAdd(&sh.hist[digit], __popc(peers));
+      }
+      __syncthreads();
+      if (warp == 0) {  // lane L holds digits 255 - 8L down to 248 - 8L
+        uint32_t cnt[8], sum = 0;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          cnt[j] = sh.hist[255 - 8 * lane - j];
+          sum += cnt[j];
+        }
+        uint32_t incl = sum;
+#pragma unroll
+        for (int off = 1; off < 32; off *= 2) {
+          const uint32_t t = __shfl_up_sync(0xffffffffu, incl, off);
+          if (lane >= static_cast<uint32_t>(off)) incl += t;
+        }
+        const uint32_t hit = __ballot_sync(0xffffffffu, incl >= need);  // non-empty: the total ≥ need
+        if (lane == static_cast<uint32_t>(__ffs(hit) - 1)) {
+          uint32_t before = incl - sum;
+          for (int j = 0; j < 8; ++j) {
+            if (before + cnt[j] >= need) {
+              sh.digit = 255 - 8 * lane - j;
+              sh.need = need - before;
+              sh.done = before + cnt[j] == need;  // the whole bin is taken: no finer digit needed
+              break;
+            }
+            before += cnt[j];
+          }
+        }
+      }
+      __syncthreads();
+      prefix |= sh.digit << shift;
+      mask |= 0xffu << shift;
+      need = sh.need;
+      if (sh.done) break;  // uniform
+    }
+  }
+
+  // Compaction in block order.
+  uint32_t above_total = 0, tie_total = 0;  // over the rounds before this one
+  int buf = 0;
+  for (uint32_t c0 = 0; c0 < n; c0 += kThreads, buf ^= 1) {
+    const uint32_t b = c0 + tid;
+    bool forced = false, tie = false;
+    if (b < n) {
+      if (b < sinks || b + 1 == n) {
+        forced = true;
+      } else {
+        const uint32_t m = key(b) & mask;
+        forced = m > prefix;  // "above": taken like a forced block
+        tie = m == prefix;
+      }
+    }
+    const uint32_t fb = __ballot_sync(0xffffffffu, forced), tb = __ballot_sync(0xffffffffu, tie);
+    if (lane == 0) sh.warp_counts[buf][warp] = __popc(fb) | (__popc(tb) << 16);
+    __syncthreads();
+    uint32_t f_before = above_total, t_before = tie_total;
+#pragma unroll
+    for (int w = 0; w < kW; ++w) {
+      const uint32_t v = sh.warp_counts[buf][w];
+      if (w < static_cast<int>(warp)) {
+        f_before += v & 0xffffu;
+        t_before += v >> 16;
+      }
+      above_total += v & 0xffffu;
+      tie_total += v >> 16;
+    }
+    const uint32_t below = (1u << lane) - 1u;
+    f_before += __popc(fb & below);
+    t_before += __popc(tb & below);
+    if (forced) emit(f_before + min(t_before, need), b);
+    else if (tie && t_before < need) emit(f_before + t_before, b);
+  }
+}
+
+// Keys staged in shared memory by the top-k: 44 KiB (rows of ≤ 11264 blocks, 180K tokens at
+// 16), leaving room for the static TopKShared under the 48 KiB a launch gets without opt-in.
+constexpr uint32_t kTopKStageKeys = 11264;
+constexpr size_t kSmemLimit = 48 * 1024 - sizeof(TopKShared) - 64;  // dynamic bytes of a fused score CTA
+
+// kFused: the last CTA of a row (request, KV head) to finish its scores (a counter per row,
+// the threadFenceReduction pattern) runs the row's top-k with its 256 threads, the keys
+// staged in the same dynamic shared memory that held the queries (`cap` keys).
+template <int kD, bool kSum, bool kFused>
+__global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDeviceArgs a, uint32_t cap) {
   constexpr int kC = kD / kLanesPerSlice;
   extern __shared__ float staged[];  // sum: P [kD] then N [kD]; max: q [group][kD]
+  __shared__ TopKShared sh;
+  __shared__ bool last_s;
+  cudaGridDependencySynchronize();            // launched with PDL: the previous kernel's writes are visible
+  cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
   const uint32_t r = blockIdx.z, h = blockIdx.y;
   const uint32_t first = a.block_offsets[r], n = a.block_offsets[r + 1] - first;
   const uint32_t b0 = blockIdx.x * kTileBlocks;
-  if (b0 >= n) return;
+  if (b0 >= n) {
+    if constexpr (kFused) {
+      if (n == 0 && blockIdx.x == 0) TopKRow<kScoreThreads>(a, r * a.kv_heads + h, reinterpret_cast<uint32_t*>(staged), 0, sh);
+    }
+    return;
+  }
   const uint32_t group = a.q_heads / a.kv_heads;
   const int tid = static_cast<int>(threadIdx.x);
   const size_t q_base = (size_t{r} * a.q_heads + size_t{h} * group) * kD;
@@ -136,129 +304,25 @@ __global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDev
     }
     if (c == 0 && b < n) a.scores[slice0 + b] = score * scale[p];  // scale > 0 commutes with max
   }
+  if constexpr (kFused) {
+    const uint32_t row = r * a.kv_heads + h, tiles = (n + kTileBlocks - 1) / kTileBlocks;
+    __threadfence();
+    __syncthreads();  // also: `staged` is free for the keys
+    if (tid == 0) last_s = atomicAdd(&a.row_counters[row], 1u) == tiles - 1;
+    __syncthreads();
+    if (!last_s) return;
+    __threadfence();
+    TopKRow<kScoreThreads>(a, row, reinterpret_cast<uint32_t*>(staged), cap, sh);
+    if (tid == 0) a.row_counters[row] = 0;  // ready for the next launch (stream order)
+  }
 }
 
-// Order-preserving bits: larger key = larger score. NaN ranks as -inf and -0 as +0, as the
-// reference compares them.
-__device__ __forceinline__ uint32_t OrderedKey(float f) {
-  uint32_t u = __float_as_uint(isnan(f) ? -INFINITY : f);
-  if (u == 0x80000000u) u = 0;
-  return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
-}
 
-__device__ uint32_t BlockExclusiveScan(uint32_t v, uint32_t* warp_sums) {
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  uint32_t incl = v;
-#pragma unroll
-  for (int off = 1; off < 32; off *= 2) {
-    const uint32_t t = __shfl_up_sync(0xffffffffu, incl, off);
-    if (lane >= off) incl += t;
-  }
-  if (lane == 31) warp_sums[warp] = incl;
-  __syncthreads();
-  uint32_t base = 0;
-  for (int w = 0; w < warp; ++w) base += warp_sums[w];
-  __syncthreads();  // warp_sums may be reused
-  return base + incl - v;
-}
-
-__global__ void __launch_bounds__(kSelectThreads) QuestTopKKernel(QuestSelectDeviceArgs a) {
-  __shared__ uint32_t hist[256];
-  __shared__ uint32_t warp_sums[kSelectWarps];
-  __shared__ uint32_t s_digit, s_need;
-  const uint32_t row = blockIdx.x, r = row / a.kv_heads, h = row % a.kv_heads;
-  const uint32_t first = a.block_offsets[r], n = a.block_offsets[r + 1] - first;
-  const size_t slice0 = size_t{first} * a.kv_heads + size_t{h} * n;
-  const uint32_t k = QuestBudgetBlocksOf(n, a.params);
-  const uint32_t out0 = a.selected_offsets[row], space = a.selected_offsets[row + 1] - out0;
-  const uint32_t tid = threadIdx.x;
-  const bool slots = a.block_slots != nullptr && a.selected_slots != nullptr;
-  auto emit = [&](uint32_t pos, uint32_t b) {
-    a.selected[out0 + pos] = b;
-    if (slots) a.selected_slots[out0 + pos] = a.block_slots[slice0 + b];
-  };
-  if (space != k) {  // the caller's offsets disagree with the budget: visible garbage
-    for (uint32_t i = tid; i < space; i += kSelectThreads) {
-      a.selected[out0 + i] = 0xffffffffu;
-      if (slots) a.selected_slots[out0 + i] = 0xffffffffu;
-    }
-    return;
-  }
-  if (k >= n) {
-    for (uint32_t b = tid; b < n; b += kSelectThreads) emit(b, b);
-    return;
-  }
-  // k < n, so k ≥ sink_blocks + 1 and block n - 1 is not a sink.
-  const uint32_t sinks = a.params.sink_blocks;
-  const uint32_t rest = k - sinks - 1;  // chosen by score among blocks [sinks, n - 1)
-  const float* scores = a.scores + slice0;
-  uint32_t threshold = 0xffffffffu, need = 0;  // rest = 0: nothing above, no tie taken
-  if (rest > 0) {
-    uint32_t prefix = 0, mask = 0;
-    need = rest;
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      for (uint32_t i = tid; i < 256; i += kSelectThreads) hist[i] = 0;
-      __syncthreads();
-      for (uint32_t b = sinks + tid; b + 1 < n; b += kSelectThreads) {
-        const uint32_t key = OrderedKey(scores[b]);
-        if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 0xffu], 1u);
-      }
-      __syncthreads();
-      if (tid < 32) {  // lane L holds digits 255 - 8L down to 248 - 8L
-        const uint32_t lane = tid;
-        uint32_t cnt[8], sum = 0;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          cnt[j] = hist[255 - 8 * lane - j];
-          sum += cnt[j];
-        }
-        uint32_t incl = sum;
-#pragma unroll
-        for (int off = 1; off < 32; off *= 2) {
-          const uint32_t t = __shfl_up_sync(0xffffffffu, incl, off);
-          if (lane >= static_cast<uint32_t>(off)) incl += t;
-        }
-        const uint32_t hit = __ballot_sync(0xffffffffu, incl >= need);  // non-empty: the total ≥ need
-        if (lane == static_cast<uint32_t>(__ffs(hit) - 1)) {
-          uint32_t before = incl - sum;
-          for (int j = 0; j < 8; ++j) {
-            if (before + cnt[j] >= need) {
-              s_digit = 255 - 8 * lane - j;
-              s_need = need - before;
-              break;
-            }
-            before += cnt[j];
-          }
-        }
-      }
-      __syncthreads();
-      prefix |= s_digit << shift;
-      mask |= 0xffu << shift;
-      need = s_need;
-    }
-    threshold = prefix;  // the key of the rest-th best candidate; `need` ties at it are taken
-  }
-
-  // Compaction in block order: thread t owns blocks [t·E, t·E + E).
-  const uint32_t per = (n + kSelectThreads - 1) / kSelectThreads;
-  const uint32_t lo = min(n, tid * per), hi = min(n, lo + per);
-  auto candidate = [&](uint32_t b) { return b >= sinks && b + 1 < n; };
-  uint32_t ties = 0;
-  for (uint32_t b = lo; b < hi; ++b) ties += candidate(b) && OrderedKey(scores[b]) == threshold;
-  const uint32_t ties_before = BlockExclusiveScan(ties, warp_sums);
-  auto chosen = [&](uint32_t b, uint32_t& tie_rank) {
-    if (!candidate(b)) return true;  // forced: the sinks and the last block
-    const uint32_t key = OrderedKey(scores[b]);
-    if (key != threshold) return key > threshold;
-    return tie_rank++ < need;
-  };
-  uint32_t count = 0, rank = ties_before;
-  for (uint32_t b = lo; b < hi; ++b) count += chosen(b, rank);
-  uint32_t pos = BlockExclusiveScan(count, warp_sums);
-  rank = ties_before;
-  for (uint32_t b = lo; b < hi; ++b) {
-    if (chosen(b, rank)) emit(pos++, b);
-  }
+__global__ void __launch_bounds__(kSelectThreads) QuestTopKKernel(QuestSelectDeviceArgs a, uint32_t cap) {
+  extern __shared__ uint32_t keys_s[];
+  __shared__ TopKShared sh;
+  cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
+  TopKRow<kSelectThreads>(a, blockIdx.x, keys_s, cap, sh);
 }
 
 bool ValidShape(const QuestSelectDeviceArgs& a) {
@@ -277,16 +341,46 @@ bool ValidForTopK(const QuestSelectDeviceArgs& a) {
          (a.block_slots == nullptr) == (a.selected_slots == nullptr);
 }
 
+template <class... P, class... A>
+cudaError_t LaunchEx(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                     A&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+}
+
+size_t ScoreSmem(const QuestSelectDeviceArgs& a) {
+  return a.params.combine == GqaCombine::kSum ? 2 * a.head_dim * sizeof(float)
+                                              : size_t{a.q_heads / a.kv_heads} * a.head_dim * sizeof(float);
+}
+
+bool CanFuse(const QuestSelectDeviceArgs& a) { return a.row_counters != nullptr && ScoreSmem(a) <= kSmemLimit; }
+
 template <int kD>
-cudaError_t LaunchScores(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
+cudaError_t LaunchScores(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool fused) {
   const dim3 grid((a.max_blocks + kTileBlocks - 1) / kTileBlocks, a.kv_heads, a.requests);
-  if (a.params.combine == GqaCombine::kSum) {
-    QuestScoreKernel<kD, true><<<grid, kScoreThreads, 2 * kD * sizeof(float), stream>>>(a);
-  } else {
-    const size_t smem = size_t{a.q_heads / a.kv_heads} * kD * sizeof(float);
-    QuestScoreKernel<kD, false><<<grid, kScoreThreads, smem, stream>>>(a);
+  size_t smem = ScoreSmem(a);
+  uint32_t cap = 0;
+  if (fused) {
+    cap = static_cast<uint32_t>(std::min<size_t>(std::min(a.max_blocks, kTopKStageKeys), kSmemLimit / 4));
+    smem = std::max(smem, size_t{cap} * 4);
   }
-  return cudaGetLastError();
+  const bool sum = a.params.combine == GqaCombine::kSum, pdl = a.programmatic_dependent_launch;
+  auto k = sum ? (fused ? QuestScoreKernel<kD, true, true> : QuestScoreKernel<kD, true, false>)
+               : (fused ? QuestScoreKernel<kD, false, true> : QuestScoreKernel<kD, false, false>);
+  return LaunchEx(k, grid, dim3(kScoreThreads), smem, stream, pdl, a, cap);
+}
+
+cudaError_t LaunchScoresAny(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool fused) {
+  return a.head_dim == 128 ? LaunchScores<128>(a, stream, fused) : LaunchScores<64>(a, stream, fused);
 }
 
 }  // namespace
@@ -306,18 +400,21 @@ void QuestSelectedOffsets(const uint32_t* blocks, uint32_t requests, uint32_t kv
 cudaError_t LaunchQuestScores(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
   if (!ValidForScores(a)) return cudaErrorInvalidValue;
   if (a.max_blocks == 0) return cudaSuccess;
-  return a.head_dim == 128 ? LaunchScores<128>(a, stream) : LaunchScores<64>(a, stream);
+  return LaunchScoresAny(a, stream, false);
 }
 
 cudaError_t LaunchQuestTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
   if (!ValidForTopK(a)) return cudaErrorInvalidValue;
-  QuestTopKKernel<<<a.requests * a.kv_heads, kSelectThreads, 0, stream>>>(a);
-  return cudaGetLastError();
+  const uint32_t cap = std::min(a.max_blocks, kTopKStageKeys);
+  return LaunchEx(QuestTopKKernel, dim3(a.requests * a.kv_heads), dim3(kSelectThreads), size_t{cap} * 4, stream, false,
+                  a, cap);
 }
 
 cudaError_t LaunchQuestSelect(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
   if (!ValidForScores(a) || !ValidForTopK(a)) return cudaErrorInvalidValue;  // nothing enqueued
-  if (cudaError_t e = LaunchQuestScores(a, stream); e != cudaSuccess) return e;
+  if (a.max_blocks == 0) return LaunchQuestTopK(a, stream);  // rows of no block: only the output fill
+  if (CanFuse(a)) return LaunchScoresAny(a, stream, true);
+  if (cudaError_t e = LaunchScoresAny(a, stream, false); e != cudaSuccess) return e;
   return LaunchQuestTopK(a, stream);
 }
 

@@ -10,11 +10,14 @@
 //              staged once per CTA. Sum: Σ_g q_gi·(q_gi ≥ 0 ? M_i : m_i) = M_i·P_i + m_i·N_i with
 //              P_i = Σ_g max(q_gi, 0), N_i = Σ_g min(q_gi, 0), two registers per channel
 //              whatever the group; max: one sum per query head, then the max.
-//   2. top-k   one CTA per (request, KV head): radix select (4 passes of 8 bits) on the
-//              order-preserving bits of the candidates' scores finds the k-th largest value
-//              T and how many ties at T to take; one compaction pass in block order then
-//              writes forced blocks, scores > T, and the lowest-index ties = T — the sorted
-//              selection, with ties going to the lower index exactly as the reference.
+//   2. top-k   one CTA of 1024 threads per (request, KV head): the row's order-preserving
+//              keys staged once in shared memory (rows ≤ 11264 blocks); radix select (up to
+//              4 passes of 8 bits, warp-aggregated histogram, early exit once the selected
+//              bin is taken whole) finds the k-th largest value T and how many ties at T to
+//              take; one ballot compaction in block order then writes forced blocks, scores
+//              > T, and the lowest-index ties = T — the sorted selection, with ties going to
+//              the lower index exactly as the reference.
+// With `row_counters` the two are one launch: the last score CTA of a row does its top-k.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -60,6 +63,17 @@ struct QuestSelectDeviceArgs {
   // selection is also written as slots (the page list of sparse attention).
   const uint32_t* block_slots = nullptr;
   uint32_t* selected_slots = nullptr;
+  // Optional: a counter per row ([requests·kv_heads], zeroed once by the caller; every launch
+  // leaves them at zero). Given, LaunchQuestSelect is ONE launch: the last score CTA of each
+  // row to finish runs the row's top-k (same algorithm, same result, bit for bit, as the two
+  // launches). Ignored for a kMax group whose queries take more than ~46 KiB.
+  uint32_t* row_counters = nullptr;
+  // Launch the scores with programmatic dependent launch (PDL): the kernel's CTAs may start
+  // while the previous kernel on the stream finishes, and wait for it (and its writes) in
+  // cudaGridDependencySynchronize() before reading anything. Every kernel here also calls
+  // cudaTriggerProgrammaticLaunchCompletion() at its start, so a PDL-launched successor (the
+  // sparse attention) is scheduled early and waits for this grid's completion the same way.
+  bool programmatic_dependent_launch = false;
 };
 
 // Host: sel_off for `blocks[r]` blocks per request — the running sum of

@@ -21,6 +21,7 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr uint32_t kMergeStage = 1024;  // (piece, head) weights of a row staged for the merge
 
 size_t AlignUp(size_t x) { return (x + 255) / 256 * 256; }
 
@@ -98,7 +99,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   __shared__ uint32_t slots_s[kSparseAttentionMaxChunkPages];
   __shared__ float merge_m[kWarps][kHeads], merge_l[kWarps][kHeads];
   __shared__ float merge_o[kWarps][kHeads][kD];
+  __shared__ float merge_w[kMergeStage];
   __shared__ bool last_s;
+  cudaGridDependencySynchronize();            // PDL launch: the previous kernel's writes are visible
+  cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
 
   const SparseAttentionShape& s = a.shape;
   const uint32_t chunks = s.q_heads / s.kv_heads / kHeads;
@@ -300,20 +304,87 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   __syncthreads();
   if (!last_s) return;
   __threadfence();
+  // Parallel merge. Entry i = p·kHeads + g of the row's (piece, head) list; thread t sees
+  // only head t % kHeads (kHeads divides kThreads). 1: every thread loads its entries' lse
+  // (independent loads, all in flight), the per-head max M_g by shuffles + one shared step;
+  // 2: the weights 2^(lse − M_g) (staged in shared memory when the row has ≤ kMergeStage
+  // entries) and their per-head sum l_g the same way; 3: each thread's outputs as
+  // Σ_p w_pg · partial_pg / l_g, kU pieces × kOuts outputs of loads in flight per round.
+  // Fixed order of every sum: deterministic whatever the arrival order of the pieces.
   const size_t row_base = size_t{row} * gridDim.x * kHeads;
-  for (int i = tid; i < kHeads * kD; i += kThreads) {
-    const int g = i / kD, dim = i % kD;
-    float mm = -INFINITY, ll = 0.0f, oo = 0.0f;
-    for (uint32_t p = 0; p < pieces; ++p) {
-      const size_t at = row_base + size_t{p} * kHeads + g;
-      const float m2 = __ldcg(&lse[at]);
-      float wa, wb, m_new;
-      MergeScale(mm, m2, wa, wb, m_new);
-      mm = m_new;
-      ll = ll * wa + wb;  // each piece's o is normalised: its weight is 2^lse
-      oo = oo * wa + __ldcg(&partial[at * kD + dim]) * wb;
+  const uint32_t entries = pieces * kHeads;
+  const bool stage = entries <= kMergeStage;
+  {
+    float mx = -INFINITY;
+    for (uint32_t i = tid; i < entries; i += kThreads) {
+      const float v = __ldcg(&lse[row_base + i]);
+      if (stage) merge_w[i] = v;
+      mx = fmaxf(mx, v);
     }
-    WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, ll > 0.0f ? oo / ll : 0.0f);
+#pragma unroll
+    for (int off = 16; off >= kHeads; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    if (lane < kHeads) merge_m[warp][lane] = mx;
+  }
+  __syncthreads();
+  auto head_max = [&](int g) {
+    float mx = merge_m[0][g];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, merge_m[w][g]);
+    return mx == -INFINITY ? 0.0f : mx;  // all pieces empty: weights 0, output 0
+  };
+  {
+    const float base = head_max(tid % kHeads);
+    float sum = 0.0f;
+    for (uint32_t i = tid; i < entries; i += kThreads) {
+      const float w = exp2f((stage ? merge_w[i] : __ldcg(&lse[row_base + i])) - base);
+      if (stage) merge_w[i] = w;
+      sum += w;
+    }
+#pragma unroll
+    for (int off = 16; off >= kHeads; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane < kHeads) merge_l[warp][lane] = sum;
+  }
+  __syncthreads();
+  constexpr int kOuts = (kHeads * kD + kThreads - 1) / kThreads;  // outputs per thread
+  constexpr int kU = kOuts >= 8 ? 4 : 8;                          // pieces per round
+  float acc[kOuts], base_j[kOuts];
+  int g_j[kOuts];
+#pragma unroll
+  for (int j = 0; j < kOuts; ++j) {
+    acc[j] = 0.0f;
+    g_j[j] = min((tid + j * kThreads) / kD, kHeads - 1);
+    base_j[j] = stage ? 0.0f : head_max(g_j[j]);
+  }
+  for (uint32_t p0 = 0; p0 < pieces; p0 += kU) {
+    float x[kU][kOuts];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+#pragma unroll
+      for (int j = 0; j < kOuts; ++j) {
+        const int i = tid + j * kThreads;
+        const size_t at = row_base + size_t{p0 + u} * kHeads + g_j[j];
+        x[u][j] = p0 + u < pieces && i < kHeads * kD ? __ldcg(&partial[at * kD + i % kD]) : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      if (p0 + u >= pieces) break;
+#pragma unroll
+      for (int j = 0; j < kOuts; ++j) {
+        const uint32_t e = (p0 + u) * kHeads + g_j[j];
+        const float w = stage ? merge_w[e] : exp2f(__ldcg(&lse[row_base + e]) - base_j[j]);
+        acc[j] = fmaf(w, x[u][j], acc[j]);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kOuts; ++j) {
+    const int i = tid + j * kThreads;
+    if (i >= kHeads * kD) break;
+    float l = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) l += merge_l[w][g_j[j]];
+    WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, l > 0.0f ? acc[j] / l : 0.0f);
   }
   if (tid == 0) counters[row] = 0;  // ready for the next launch (stream order)
 }
@@ -439,10 +510,17 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
   const Layout l = WorkspaceLayout(s, plan);
   char* ws = static_cast<char*>(a.workspace);
   const auto shift = static_cast<uint32_t>(__builtin_ctz(s.block_tokens));
-  kernel<<<dim3(plan.max_splits, plan.rows), kThreads, 0, stream>>>(
-      a, plan.chunk_pages, shift, reinterpret_cast<float*>(ws + l.partial), reinterpret_cast<float*>(ws + l.lse),
-      reinterpret_cast<uint32_t*>(ws + l.counters));
-  return cudaGetLastError();
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(plan.max_splits, plan.rows);
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = a.programmatic_dependent_launch ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, a, plan.chunk_pages, shift, reinterpret_cast<float*>(ws + l.partial),
+                            reinterpret_cast<float*>(ws + l.lse), reinterpret_cast<uint32_t*>(ws + l.counters));
 }
 
 }  // namespace kvtier::kernels

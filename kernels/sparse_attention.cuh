@@ -11,8 +11,9 @@
 // (16-byte loads, a warp's next tile in flight while it computes the current one), keeps an
 // online softmax per query head in fp32, and merges its warps. A row of one piece writes the
 // output; otherwise each piece writes (o/l, log2 Σ) to the workspace and the last CTA of the
-// row to finish (a counter per row) merges the pieces in piece order — deterministic
-// whatever the arrival order — and writes the output.
+// row to finish (a counter per row) merges the pieces — in parallel (every piece's loads in
+// flight at once, per-head max and sum by a block reduction), in a fixed order of sums,
+// deterministic whatever the arrival order — and writes the output.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -74,6 +75,11 @@ struct SparseAttentionDeviceArgs {
   const uint32_t* last_page_tokens = nullptr;   // [rows], 1..block_tokens
   void* out = nullptr;                          // [requests][q_heads][d], fp32 or `type`
   void* workspace = nullptr;                    // SparseAttentionWorkspaceBytes(plan), 16-B aligned
+  // Launch with programmatic dependent launch (PDL): the CTAs may be scheduled while the
+  // previous kernel on the stream (e.g. LaunchQuestSelect, which triggers at its start) still
+  // runs; they wait for its completion and writes in cudaGridDependencySynchronize() before
+  // reading anything. Same result, bit for bit.
+  bool programmatic_dependent_launch = false;
 };
 
 // Enqueues the attention. Every row's page count must be ≤ the plan's max_pages_per_row

@@ -56,13 +56,13 @@ decode() {
   python3 - "$out/decode.jsonl" <<'PY' >>"$out/decode.txt"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-print(f'{"context":>8} {"batch":>5} {"method":<13} {"us":>10} {"GB/s":>8}  note')
+print(f'{"context":>8} {"batch":>5} {"method":<15} {"us":>10} {"GB/s":>8}  note')
 for r in rows:
     note = ""
     if r["method"] == "dense": note = f'{r["vs_copy"]:.2f}x copy (read+write rate; target >= 0.9)'
-    if r["method"] == "select": note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
+    if r["method"].startswith("select"): note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
     if r["method"].startswith("sparse"): note = f'speedup {r["speedup"]:.2f}x (ideal {r["ideal_speedup"]:.1f}x; target >= 8x at 32K)'
-    print(f'{r["context"]:>8} {r["batch"]:>5} {r["method"]:<13} {r["us"]:>10.1f} {r["gbps"]:>8.1f}  {note}')
+    print(f'{r["context"]:>8} {r["batch"]:>5} {r["method"]:<15} {r["us"]:>10.1f} {r["gbps"]:>8.1f}  {note}')
 PY
   cat "$out/decode.txt"
 }

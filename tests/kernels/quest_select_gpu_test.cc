@@ -198,6 +198,27 @@ void RunCase(const Case& c, uint32_t seed) {
       }
     }
   }
+  // Fused (one launch, the last score CTA of a row runs its top-k) with PDL, twice (the row
+  // counters must come back to zero): scores and selection bit-identical to the two launches.
+  DeviceArray<uint32_t> counters(size_t{requests} * c.kv_heads);
+  ASSERT_CUDA(cudaMemset(counters.p, 0, counters.n * sizeof(uint32_t)));
+  cudaStream_t stream;
+  ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  for (int round = 0; round < 2; ++round) {
+    ASSERT_CUDA(cudaMemsetAsync(scores.p, 0xff, scores.n * sizeof(float), stream));
+    ASSERT_CUDA(cudaMemsetAsync(selected.p, 0xAA, selected.n * sizeof(uint32_t), stream));
+    ASSERT_CUDA(cudaMemsetAsync(selected_slots.p, 0xAA, selected_slots.n * sizeof(uint32_t), stream));
+    QuestSelectDeviceArgs fused = a;
+    fused.row_counters = counters.p;
+    fused.programmatic_dependent_launch = round == 1;
+    ASSERT_CUDA(LaunchQuestSelect(fused, stream));
+    ASSERT_CUDA(cudaStreamSynchronize(stream));
+    ASSERT_EQ(scores.Get(), gpu_scores) << "fused scores, round " << round;
+    ASSERT_EQ(selected.Get(), gpu_sel) << "fused selection, round " << round;
+    ASSERT_EQ(selected_slots.Get(), gpu_slots) << "fused slots, round " << round;
+    for (uint32_t x : counters.Get()) ASSERT_EQ(x, 0u) << "row counters not reset";
+  }
+  ASSERT_CUDA(cudaStreamDestroy(stream));
 }
 
 class QuestSelectGpu : public ::testing::TestWithParam<Case> {};

@@ -141,6 +141,20 @@ void RunCase(const Case& c, uint32_t seed) {
     ASSERT_CUDA(cudaMemcpy(run->data(), out.p, out_bytes, cudaMemcpyDeviceToHost));
   }
   EXPECT_EQ(std::memcmp(first.data(), second.data(), out_bytes), 0) << "a second launch on the same workspace differs";
+  {  // PDL: a plain launch then a PDL launch right behind it on one stream; bit-identical.
+    cudaStream_t stream;
+    ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    ASSERT_CUDA(cudaMemsetAsync(out.p, 0xff, out_bytes, stream));
+    SparseAttentionDeviceArgs pdl = a;
+    pdl.programmatic_dependent_launch = true;
+    ASSERT_CUDA(LaunchSparseAttention(a, plan, stream));
+    ASSERT_CUDA(LaunchSparseAttention(pdl, plan, stream));
+    ASSERT_CUDA(LaunchSparseAttention(pdl, plan, stream));
+    ASSERT_CUDA(cudaStreamSynchronize(stream));
+    ASSERT_CUDA(cudaStreamDestroy(stream));
+    ASSERT_CUDA(cudaMemcpy(second.data(), out.p, out_bytes, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(std::memcmp(first.data(), second.data(), out_bytes), 0) << "the PDL launch differs";
+  }
 
   const double ulp = c.output == AttentionOutput::kFloat32 ? 0.0 : c.type == HalfType::kBf16 ? 1.0 / 256 : 1.0 / 1024;
   for (size_t i = 0; i < outs; ++i) {

@@ -4,12 +4,20 @@
 //           rate counts bytes read + written (2 × size / time);
 //   dense   the attention kernel over every block; rate = K/V bytes read / time; vs_copy =
 //           that rate over the copy's read+write rate (target ≥ 0.9);
-//   select  Quest scores on the int8 metadata + top-k (LaunchQuestSelect); compared with
-//           dense / block_tokens (Quest's estimate target: ≤ 1.1×);
+//   select  Quest scores on the int8 metadata + top-k, ONE launch (LaunchQuestSelect with
+//           row_counters: the last score CTA of a row runs its top-k); compared with dense /
+//           block_tokens (Quest's estimate target: ≤ 1.1×);
+//   select_2launch  the same as two launches (LaunchQuestSelect without row_counters); its
+//           selection must equal the fused one exactly (checked);
+//   scores / topk   each launch of select_2launch alone (breakdown);
+//   attention       sparse attention alone over a fixed selection (the last select's);
 //   sparse  select + attention over the selected slices (page list = the selection written
 //           as slots); speedup = dense / sparse (target ≥ 8× at 32K; ideal
 //           context / (budget + context / 32), the int8 metadata being 1/32 of the KV);
-//   sparse_graph  the same steps captured in one CUDA graph.
+//   sparse_pdl    the same with programmatic dependent launch on both launches (each kernel
+//           triggers at its start; the next one's CTAs wait in cudaGridDependencySynchronize);
+//           its output must equal sparse's bit for bit (checked);
+//   sparse_graph  the sparse_pdl steps captured in one CUDA graph.
 // The KV arena holds `layers` copies of the layer's slices at a random slot permutation (pages
 // are never contiguous) and steps cycle through them, so a step's bytes are never L2 hits
 // (a real decode step reads a different layer each time). K/V values are random finite bf16,
@@ -99,8 +107,15 @@ class Point {
  private:
   Status Setup(const cudaDeviceProp& prop);
   Status DenseStep(uint32_t layer, cudaStream_t stream);
+  kernels::QuestSelectDeviceArgs SelectArgs(uint32_t layer) const;
+  kernels::SparseAttentionDeviceArgs AttentionArgs(uint32_t layer) const;
   Status SelectStep(uint32_t layer, cudaStream_t stream);
+  Status Select2Step(uint32_t layer, cudaStream_t stream);
+  Status ScoresStep(uint32_t layer, cudaStream_t stream);
+  Status TopKStep(uint32_t layer, cudaStream_t stream);
+  Status AttentionStep(uint32_t layer, cudaStream_t stream);
   Status SparseStep(uint32_t layer, cudaStream_t stream);
+  Status SparsePdlStep(uint32_t layer, cudaStream_t stream);
   Status CheckFinite(const DeviceMem& out, const char* what);
 
   const DecodeBenchOptions& o_;
@@ -111,7 +126,8 @@ class Point {
   kernels::SparseAttentionPlan dense_plan_, sparse_plan_;
   kernels::QuestSelectParams params_;
   DeviceMem arena_, copy_dst_, queries_, bounds_, scales_, block_slots_, dense_offsets_, last_, scores_,
-      block_offsets_, sel_offsets_, selected_, selected_slots_, out_, dense_ws_, sparse_ws_;
+      block_offsets_, sel_offsets_, selected_, selected_slots_, out_, dense_ws_, sparse_ws_,
+      row_counters_;
 };
 
 Status Point::Setup(const cudaDeviceProp& prop) {
@@ -198,6 +214,8 @@ Status Point::Setup(const cudaDeviceProp& prop) {
   KVT_RETURN_IF_ERROR(Alloc(selected_, size_t{sel_offsets.back()} * 4));
   KVT_RETURN_IF_ERROR(Alloc(selected_slots_, size_t{sel_offsets.back()} * 4));
   KVT_RETURN_IF_ERROR(Alloc(out_, size_t{batch_} * o_.q_heads * d * 2));
+  KVT_RETURN_IF_ERROR(Alloc(row_counters_, size_t{rows} * 4));
+  KVT_CUDA_OR_RETURN(cudaMemset(row_counters_.p, 0, size_t{rows} * 4));
 
   KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, blocks_, o_.device,
                                                            &dense_plan_));
@@ -224,31 +242,65 @@ Status Point::DenseStep(uint32_t layer, cudaStream_t stream) {
   return Status::Ok();
 }
 
-Status Point::SelectStep(uint32_t layer, cudaStream_t stream) {
+kernels::QuestSelectDeviceArgs Point::SelectArgs(uint32_t layer) const {
   const size_t qn = size_t{batch_} * o_.q_heads * o_.head_dim;
-  kernels::QuestSelectDeviceArgs a{
-      .requests = batch_, .q_heads = o_.q_heads, .kv_heads = o_.kv_heads, .head_dim = o_.head_dim,
-      .max_blocks = blocks_, .params = params_, .query_type = kernels::QuestQueryType::kBf16,
-      .queries = queries_.as<uint16_t>() + layer * qn, .block_offsets = block_offsets_.as<uint32_t>(),
-      .bounds = bounds_.as<int8_t>() + size_t{layer} * slices_ * 2 * o_.head_dim,
-      .scales = scales_.as<float>() + size_t{layer} * slices_, .scores = scores_.as<float>(),
-      .selected_offsets = sel_offsets_.as<uint32_t>(), .selected = selected_.as<uint32_t>(),
-      .block_slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
-      .selected_slots = selected_slots_.as<uint32_t>()};
+  return {.requests = batch_, .q_heads = o_.q_heads, .kv_heads = o_.kv_heads, .head_dim = o_.head_dim,
+          .max_blocks = blocks_, .params = params_, .query_type = kernels::QuestQueryType::kBf16,
+          .queries = queries_.as<uint16_t>() + layer * qn, .block_offsets = block_offsets_.as<uint32_t>(),
+          .bounds = bounds_.as<int8_t>() + size_t{layer} * slices_ * 2 * o_.head_dim,
+          .scales = scales_.as<float>() + size_t{layer} * slices_, .scores = scores_.as<float>(),
+          .selected_offsets = sel_offsets_.as<uint32_t>(), .selected = selected_.as<uint32_t>(),
+          .block_slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
+          .selected_slots = selected_slots_.as<uint32_t>(), .row_counters = row_counters_.as<uint32_t>()};
+}
+
+kernels::SparseAttentionDeviceArgs Point::AttentionArgs(uint32_t layer) const {
+  const size_t qn = size_t{batch_} * o_.q_heads * o_.head_dim;
+  return {.shape = shape_, .type = kernels::HalfType::kBf16, .output = kernels::AttentionOutput::kInputType,
+          .arena = arena_.p, .queries = queries_.as<uint16_t>() + layer * qn,
+          .page_offsets = sel_offsets_.as<uint32_t>(), .page_slots = selected_slots_.as<uint32_t>(),
+          .last_page_tokens = last_.as<uint32_t>(), .out = out_.p, .workspace = sparse_ws_.p};
+}
+
+Status Point::SelectStep(uint32_t layer, cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(SelectArgs(layer), stream));
+  return Status::Ok();
+}
+
+Status Point::Select2Step(uint32_t layer, cudaStream_t stream) {
+  kernels::QuestSelectDeviceArgs a = SelectArgs(layer);
+  a.row_counters = nullptr;
   KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(a, stream));
+  return Status::Ok();
+}
+
+Status Point::ScoresStep(uint32_t layer, cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(kernels::LaunchQuestScores(SelectArgs(layer), stream));
+  return Status::Ok();
+}
+
+Status Point::TopKStep(uint32_t layer, cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(kernels::LaunchQuestTopK(SelectArgs(layer), stream));
+  return Status::Ok();
+}
+
+// Over whatever selection the last select left in selected_slots (a fixed page list).
+Status Point::AttentionStep(uint32_t layer, cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(AttentionArgs(layer), sparse_plan_, stream));
   return Status::Ok();
 }
 
 Status Point::SparseStep(uint32_t layer, cudaStream_t stream) {
   KVT_RETURN_IF_ERROR(SelectStep(layer, stream));
-  const size_t qn = size_t{batch_} * o_.q_heads * o_.head_dim;
-  kernels::SparseAttentionDeviceArgs a{.shape = shape_, .type = kernels::HalfType::kBf16,
-                                       .output = kernels::AttentionOutput::kInputType, .arena = arena_.p,
-                                       .queries = queries_.as<uint16_t>() + layer * qn,
-                                       .page_offsets = sel_offsets_.as<uint32_t>(),
-                                       .page_slots = selected_slots_.as<uint32_t>(),
-                                       .last_page_tokens = last_.as<uint32_t>(), .out = out_.p,
-                                       .workspace = sparse_ws_.p};
+  return AttentionStep(layer, stream);
+}
+
+Status Point::SparsePdlStep(uint32_t layer, cudaStream_t stream) {
+  kernels::QuestSelectDeviceArgs s = SelectArgs(layer);
+  s.programmatic_dependent_launch = true;
+  KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(s, stream));
+  kernels::SparseAttentionDeviceArgs a = AttentionArgs(layer);
+  a.programmatic_dependent_launch = true;
   KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, sparse_plan_, stream));
   return Status::Ok();
 }
@@ -299,17 +351,47 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   KVT_ASSIGN_OR_RETURN(const double t_copy, timed(copy));
   KVT_ASSIGN_OR_RETURN(const double t_dense, timed(loop(&Point::DenseStep)));
   KVT_RETURN_IF_ERROR(CheckFinite(out_, "dense"));
+  // Breakdown: each launch alone, then the fused select (its selection must equal the two
+  // launches' exactly: same scores, same top-k algorithm).
+  KVT_ASSIGN_OR_RETURN(const double t_scores, timed(loop(&Point::ScoresStep)));
+  KVT_ASSIGN_OR_RETURN(const double t_topk, timed(loop(&Point::TopKStep)));
+  KVT_ASSIGN_OR_RETURN(const double t_select2, timed(loop(&Point::Select2Step)));
+  std::vector<uint32_t> sel_unfused(size_t{batch_} * o_.kv_heads * k_), sel_fused(sel_unfused.size());
+  KVT_CUDA_OR_RETURN(cudaMemcpy(sel_unfused.data(), selected_.p, sel_unfused.size() * 4, cudaMemcpyDeviceToHost));
   KVT_ASSIGN_OR_RETURN(const double t_select, timed(loop(&Point::SelectStep)));
+  KVT_CUDA_OR_RETURN(cudaMemcpy(sel_fused.data(), selected_.p, sel_fused.size() * 4, cudaMemcpyDeviceToHost));
+  const bool fused_matches = sel_fused == sel_unfused;  // else: a bug, reported loudly below
+  if (!fused_matches) fmt::print(stderr, "bench decode: MISMATCH: fused Quest select differs from two launches\n");
+  KVT_ASSIGN_OR_RETURN(const double t_attention, timed(loop(&Point::AttentionStep)));
   KVT_ASSIGN_OR_RETURN(const double t_sparse, timed(loop(&Point::SparseStep)));
   KVT_RETURN_IF_ERROR(CheckFinite(out_, "sparse"));
-  // The sparse step captured in one graph of `iters` steps.
+  std::vector<uint16_t> out_plain(size_t{batch_} * o_.q_heads * o_.head_dim), out_pdl(out_plain.size());
+  KVT_CUDA_OR_RETURN(cudaMemcpy(out_plain.data(), out_.p, out_plain.size() * 2, cudaMemcpyDeviceToHost));
+  KVT_ASSIGN_OR_RETURN(const double t_pdl, timed(loop(&Point::SparsePdlStep)));
+  KVT_CUDA_OR_RETURN(cudaMemcpy(out_pdl.data(), out_.p, out_pdl.size() * 2, cudaMemcpyDeviceToHost));
+  const bool pdl_matches = out_pdl == out_plain;
+  if (!pdl_matches) fmt::print(stderr, "bench decode: MISMATCH: sparse step with PDL differs from plain launches\n");
+  // The PDL sparse step captured in one graph of `iters` steps (the plain step if the PDL
+  // capture fails: graph_pdl = false).
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
-  KVT_CUDA_OR_RETURN(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  Status captured = loop(&Point::SparseStep)();
-  KVT_CUDA_OR_RETURN(cudaStreamEndCapture(stream, &graph));
-  KVT_RETURN_IF_ERROR(captured);
-  KVT_CUDA_OR_RETURN(cudaGraphInstantiate(&exec, graph, 0));
+  auto capture = [&](Status (Point::*step)(uint32_t, cudaStream_t)) -> Status {
+    KVT_CUDA_OR_RETURN(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    Status captured = loop(step)();
+    KVT_CUDA_OR_RETURN(cudaStreamEndCapture(stream, &graph));
+    KVT_RETURN_IF_ERROR(captured);
+    KVT_CUDA_OR_RETURN(cudaGraphInstantiate(&exec, graph, 0));
+    return Status::Ok();
+  };
+  bool graph_pdl = true;
+  if (Status st = capture(&Point::SparsePdlStep); !st.ok()) {
+    fmt::print(stderr, "bench decode: PDL graph capture failed ({}); graph of plain steps\n", st.ToString());
+    (void)cudaGetLastError();
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    graph = nullptr;
+    graph_pdl = false;
+    KVT_RETURN_IF_ERROR(capture(&Point::SparseStep));
+  }
   auto graph_run = [&]() -> Status {
     KVT_CUDA_OR_RETURN(cudaGraphLaunch(exec, stream));
     return Status::Ok();
@@ -331,14 +413,25 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                    {{"vs_copy", dense_gbps / copy_rw_gbps},
                     {"chunk_pages", dense_plan_.chunk_pages},
                     {"splits", dense_plan_.max_splits}}});
-  rows->push_back({"select", "Quest scores (int8) + top-k", t_select, meta / (t_select * 1e3), meta,
-                   {{"vs_dense_over_block_tokens", t_select / (t_dense / o_.block_tokens)}}});
+  rows->push_back({"scores", "Quest scores alone (int8 metadata)", t_scores, meta / (t_scores * 1e3), meta, {}});
+  rows->push_back({"topk", "Quest top-k alone (one CTA per row)", t_topk, 0, 0, {}});
+  rows->push_back({"select_2launch", "Quest scores + top-k, two launches", t_select2, meta / (t_select2 * 1e3), meta,
+                   {{"vs_dense_over_block_tokens", t_select2 / (t_dense / o_.block_tokens)}}});
+  rows->push_back({"select", "Quest scores + top-k fused (one launch)", t_select, meta / (t_select * 1e3), meta,
+                   {{"vs_dense_over_block_tokens", t_select / (t_dense / o_.block_tokens)},
+                    {"matches_2launch", fused_matches}}});
+  rows->push_back({"attention", "sparse attention alone, fixed selection", t_attention,
+                   sparse_kv / (t_attention * 1e3), sparse_kv,
+                   {{"chunk_pages", sparse_plan_.chunk_pages}, {"splits", sparse_plan_.max_splits}}});
   for (auto [name, what, t] : {std::tuple{"sparse", "select + attention over the selection", t_sparse},
-                               std::tuple{"sparse_graph", "the same, one CUDA graph", t_graph}}) {
+                               std::tuple{"sparse_pdl", "the same, PDL between launches", t_pdl},
+                               std::tuple{"sparse_graph", "sparse_pdl steps as one CUDA graph", t_graph}}) {
     rows->push_back({name, what, t, (meta + sparse_kv) / (t * 1e3), meta + sparse_kv,
                      {{"speedup", t_dense / t}, {"ideal_speedup", ideal}, {"selected_blocks", k_},
                       {"chunk_pages", sparse_plan_.chunk_pages}, {"splits", sparse_plan_.max_splits}}});
   }
+  rows->at(rows->size() - 2).extra["matches_plain"] = pdl_matches;
+  rows->back().extra["graph_pdl"] = graph_pdl;
   for (Row& r : *rows) {
     r.extra["layers"] = layers_;
     r.extra["bytes"] = r.bytes;
@@ -397,7 +490,7 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
       for (const Row& r : rows) {
         std::string note;
         if (r.method == "dense") note = fmt::format("{:.2f}x copy (target >= 0.9)", r.extra["vs_copy"].get<double>());
-        if (r.method == "select") {
+        if (r.method.starts_with("select")) {
           note = fmt::format("{:.2f}x dense/{} (target <= 1.1)", r.extra["vs_dense_over_block_tokens"].get<double>(),
                              o.block_tokens);
         }
@@ -405,7 +498,7 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
           note = fmt::format("speedup {:.2f}x (ideal {:.1f}x; target >= 8x at 32K)", r.extra["speedup"].get<double>(),
                              r.extra["ideal_speedup"].get<double>());
         }
-        fmt::print("  {:<13} {:<44} {:>10.1f} us {:>8.1f} GB/s  {}\n", r.method, r.what, r.us, r.gbps, note);
+        fmt::print("  {:<15} {:<44} {:>10.1f} us {:>8.1f} GB/s  {}\n", r.method, r.what, r.us, r.gbps, note);
       }
     }
     if (!result.ok()) break;
