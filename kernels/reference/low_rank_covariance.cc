@@ -175,4 +175,41 @@ void LowRankCovariance(uint32_t q_heads, uint32_t head_dim, uint32_t rank, std::
   }
 }
 
+void PairResidual(uint32_t q_heads, uint32_t head_dim, uint32_t rank, std::span<const float> cov,
+                  std::span<const float> factors, std::span<float> pair_residual) {
+  const size_t d = head_dim, half = d / 2, r = std::min(rank, head_dim);
+  for (size_t h = 0; h < q_heads; ++h) {
+    const float* f = &factors[h * r * d];
+    for (size_t i = 0; i < half; ++i) {
+      double explained = 0;
+      for (size_t j = 0; j < r; ++j) explained += static_cast<double>(f[j * d + i]) * f[j * d + i + half];
+      pair_residual[h * half + i] = static_cast<float>(cov[h * d * d + i * d + i + half] - explained);
+    }
+  }
+}
+
+void RotateLowRankCovariance(uint32_t q_heads, uint32_t head_dim, uint32_t rank, std::span<const float> cbar,
+                             std::span<const float> sbar, std::span<const float> factors,
+                             std::span<const float> residual, std::span<const float> pair_residual,
+                             std::span<float> factors_out, std::span<float> residual_out) {
+  const size_t d = head_dim, half = d / 2, r = std::min(rank, head_dim);
+  for (size_t h = 0; h < q_heads; ++h) {
+    for (size_t j = 0; j < r; ++j) {  // w_j = R̄ f_j (rotate-half pairs, as RotateQueryMoments)
+      const float* f = &factors[(h * r + j) * d];
+      float* w = &factors_out[(h * r + j) * d];
+      for (size_t i = 0; i < half; ++i) {
+        const double c = cbar[i], s = sbar[i], lo = f[i], hi = f[i + half];
+        w[i] = static_cast<float>(c * lo - s * hi);
+        w[i + half] = static_cast<float>(c * hi + s * lo);
+      }
+    }
+    for (size_t i = 0; i < half; ++i) {  // diag of B [[ρ_lo, e], [e, ρ_hi]] Bᵀ, B = [[c, −s], [s, c]]
+      const double c = cbar[i], s = sbar[i], e = pair_residual[h * half + i];
+      const double lo = residual[h * d + i], hi = residual[h * d + i + half];
+      residual_out[h * d + i] = static_cast<float>(std::max(c * c * lo - 2 * c * s * e + s * s * hi, 0.0));
+      residual_out[h * d + i + half] = static_cast<float>(std::max(s * s * lo + 2 * c * s * e + c * c * hi, 0.0));
+    }
+  }
+}
+
 }  // namespace kvtier::kernels

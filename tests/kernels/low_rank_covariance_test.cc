@@ -1,14 +1,17 @@
 // The host eigen-solver and low-rank covariance factors (kernels/reference/low_rank_covariance.h)
 // on random symmetric positive semi-definite matrices: reconstruction, orthonormality and
 // order of the eigenpairs; the subspace-iteration path against the full solve; the residual
-// keeping the diagonal; exactness when the rank covers the matrix.
+// keeping the diagonal; exactness when the rank covers the matrix. The factor-once path
+// (PairResidual + RotateLowRankCovariance) against R̄ Σ R̄ᵀ from RotateQueryMoments.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <tuple>
 #include <vector>
 
+#include "reference/expected_attention.h"
 #include "reference/low_rank_covariance.h"
 
 namespace kvtier::kernels {
@@ -166,6 +169,87 @@ TEST(LowRankCovariance, IsDeterministic) {
   LowRankCovariance(1, 32, 8, cov, w2, r2);
   EXPECT_EQ(w1, w2);
   EXPECT_EQ(r1, r2);
+}
+
+// The factor-once path for `heads` copies of pre-RoPE covariances `covs` (d×d each) at one
+// position: returns {Σ̄ = R̄ΣR̄ᵀ (RotateQueryMoments), W Wᵀ + diag(ρ̄)} per head, and W.
+struct Rotated {
+  std::vector<Mat> exact, approx;
+  std::vector<float> w, f;
+  std::vector<float> cbar, sbar;
+};
+Rotated FactorThenRotate(const std::vector<Mat>& covs, uint32_t d, uint32_t rank, uint64_t position) {
+  const auto heads = static_cast<uint32_t>(covs.size());
+  Rotated out;
+  std::vector<float> cov(size_t{heads} * d * d), mean(size_t{heads} * d, 0.0f), rmean(mean.size()), rcov(cov.size());
+  for (uint32_t h = 0; h < heads; ++h)
+    for (size_t k = 0; k < size_t{d} * d; ++k) cov[h * size_t{d} * d + k] = static_cast<float>(covs[h][k]);
+  out.cbar.resize(d / 2);
+  out.sbar.resize(d / 2);
+  AveragedRope(d, {.position = position, .future = 512, .rope_theta = 10000}, out.cbar, out.sbar);
+  RotateQueryMoments(heads, d, out.cbar, out.sbar, mean, cov, rmean, rcov);
+  out.f.resize(size_t{heads} * rank * d);
+  out.w.resize(out.f.size());
+  std::vector<float> rho0(size_t{heads} * d), e(size_t{heads} * d / 2), rho(size_t{heads} * d);
+  LowRankCovariance(heads, d, rank, cov, out.f, rho0);
+  PairResidual(heads, d, rank, cov, out.f, e);
+  RotateLowRankCovariance(heads, d, rank, out.cbar, out.sbar, out.f, rho0, e, out.w, rho);
+  for (uint32_t h = 0; h < heads; ++h) {
+    Mat ex(size_t{d} * d), ap(size_t{d} * d, 0.0);
+    for (size_t k = 0; k < ex.size(); ++k) ex[k] = rcov[h * size_t{d} * d + k];
+    for (uint32_t j = 0; j < rank; ++j)
+      for (uint32_t r = 0; r < d; ++r)
+        for (uint32_t c = 0; c < d; ++c)
+          ap[r * d + c] += double(out.w[(size_t{h} * rank + j) * d + r]) * out.w[(size_t{h} * rank + j) * d + c];
+    for (uint32_t i = 0; i < d; ++i) ap[i * d + i] += rho[h * size_t{d} + i];
+    out.exact.push_back(ex);
+    out.approx.push_back(ap);
+  }
+  return out;
+}
+
+TEST(RotateLowRankCovariance, FactorsAreTheRotatedPreRopeFactors) {
+  const uint32_t d = 32, rank = 8;
+  const Rotated r = FactorThenRotate({RandomPsd(d, 40, 71)}, d, rank, 1000);
+  for (uint32_t j = 0; j < rank; ++j)
+    for (uint32_t i = 0; i < d / 2; ++i) {
+      const double lo = r.f[j * d + i], hi = r.f[j * d + i + d / 2], c = r.cbar[i], s = r.sbar[i];
+      EXPECT_NEAR(r.w[j * d + i], c * lo - s * hi, 1e-6) << j << "," << i;
+      EXPECT_NEAR(r.w[j * d + i + d / 2], c * hi + s * lo, 1e-6) << j << "," << i;
+    }
+}
+
+TEST(RotateLowRankCovariance, KeepsEveryVarianceOfTheRotatedCovariance) {
+  // Full-rank Σ, ranks well below d: the off-diagonal is approximate, the diagonal is not.
+  for (uint32_t rank : {1u, 4u, 16u}) {
+    for (uint64_t position : {0ull, 777ull, 100000ull}) {
+      SCOPED_TRACE(::testing::Message() << "rank=" << rank << " position=" << position);
+      const uint32_t d = 64;
+      const Rotated r = FactorThenRotate({RandomPsd(d, 64, 73), WithSpectrum(std::vector<double>(d, 1.0), 79)}, d,
+                                         rank, position);
+      for (size_t h = 0; h < r.exact.size(); ++h) {
+        double scale = 0;
+        for (uint32_t i = 0; i < d; ++i) scale = std::max(scale, r.exact[h][i * d + i]);
+        for (uint32_t i = 0; i < d; ++i) {
+          EXPECT_NEAR(r.approx[h][i * d + i], r.exact[h][i * d + i], 1e-5 * scale) << "head " << h << " i " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(RotateLowRankCovariance, ARankCoveringTheCovarianceIsExactAfterRotation) {
+  // rank(Σ) = 10 <= 16, and a full-rank Σ at r = d: W Wᵀ + diag(ρ̄) = R̄ Σ R̄ᵀ.
+  for (auto [d, cols, rank] : {std::tuple{64u, 10u, 16u}, std::tuple{32u, 32u, 32u}}) {
+    SCOPED_TRACE(::testing::Message() << "d=" << d << " rank(Σ)=" << cols << " r=" << rank);
+    const Rotated r = FactorThenRotate({RandomPsd(d, cols, 83)}, d, rank, 4321);
+    double err = 0, norm = 0;
+    for (size_t k = 0; k < r.exact[0].size(); ++k) {
+      err += std::pow(r.approx[0][k] - r.exact[0][k], 2);
+      norm += std::pow(r.exact[0][k], 2);
+    }
+    EXPECT_LE(std::sqrt(err), 1e-5 * std::sqrt(norm));
+  }
 }
 
 }  // namespace

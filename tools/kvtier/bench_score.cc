@@ -9,8 +9,9 @@
 // 512 future queries sampled from N(μ, Σ) and rotated by their true positions P .. P+511,
 // averaged over the GQA group, summed per block. Reported: Spearman(block score, truth) and
 // the attention mass of the top 50% blocks by score over that of the oracle top 50%, for the
-// exact covariance term, the low-rank ranks 8/16/32 (plus the host cost of factoring) and
-// the mean term alone.
+// exact covariance term, the low-rank ranks 8/16/32 (plus the host cost of factoring), the
+// same ranks factored once from the pre-RoPE Σ and rotated per refresh (RotateLowRankCovariance;
+// host cost of each step) and the mean term alone.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -91,13 +92,17 @@ double MassCapture(const std::vector<double>& score, const std::vector<double>& 
   return top(score) / top(truth);
 }
 
-// The Expected Attention variants compared: the exact covariance term, low-rank ranks, mean only.
+// The Expected Attention variants compared: the exact covariance term, low-rank ranks (Σ̄
+// factored per refresh), the same ranks factored once pre-RoPE and rotated, mean only.
 constexpr uint32_t kRanks[] = {8, 16, 32};
-constexpr int kEaVariants = 5;  // exact, kRanks..., mean only
+constexpr int kNumRanks = static_cast<int>(std::size(kRanks));
+constexpr int kEaVariants = 2 + 2 * kNumRanks;  // exact, kRanks..., pre-RoPE kRanks..., mean only
 
 struct Trial {
   std::vector<double> ea[kEaVariants], lru, knorm, truth;
-  double factor_ms_per_head[std::size(kRanks)] = {};  // LowRankCovariance, host
+  double factor_ms_per_head[kNumRanks] = {};      // LowRankCovariance of Σ̄, host (per refresh)
+  double pre_factor_ms_per_head[kNumRanks] = {};  // LowRankCovariance + PairResidual of Σ (per statistics update)
+  double rotate_ms_per_head[kNumRanks] = {};      // RotateLowRankCovariance (per refresh)
 };
 
 Trial RunTrial(uint32_t tokens, uint32_t seed) {
@@ -166,6 +171,18 @@ Trial RunTrial(uint32_t tokens, uint32_t seed) {
       low.covariance_rank = r;
       kernels::ExpectedAttentionTokenScoresLowRank(shape, low, keys, values, rm, factors, residual, token);
       score(static_cast<int>(i + 1));
+
+      std::vector<float> pre_f(factors.size()), rho0(residual.size()), pair(size_t{qh} * d / 2);
+      const auto t1 = std::chrono::steady_clock::now();
+      kernels::LowRankCovariance(qh, d, r, cov, pre_f, rho0);
+      kernels::PairResidual(qh, d, r, cov, pre_f, pair);
+      const auto t2 = std::chrono::steady_clock::now();
+      kernels::RotateLowRankCovariance(qh, d, r, cb, sb, pre_f, rho0, pair, factors, residual);
+      const auto t3 = std::chrono::steady_clock::now();
+      tr.pre_factor_ms_per_head[i] = std::chrono::duration<double, std::milli>(t2 - t1).count() / qh;
+      tr.rotate_ms_per_head[i] = std::chrono::duration<double, std::milli>(t3 - t2).count() / qh;
+      kernels::ExpectedAttentionTokenScoresLowRank(shape, low, keys, values, rm, factors, residual, token);
+      score(static_cast<int>(1 + kNumRanks + i));
     }
     kernels::ExpectedAttentionParams mean_only = params;
     mean_only.use_covariance = false;
@@ -204,9 +221,13 @@ Trial RunTrial(uint32_t tokens, uint32_t seed) {
 
 void QualityBench(const BenchScoreOptions& o) {
   constexpr int kScorers = kEaVariants + 2;
-  std::vector<std::vector<double>> sp(kScorers), cap(kScorers), factor_ms(std::size(kRanks));
-  const char* names[kScorers] = {"expected-attention",    "expected-attention-r8", "expected-attention-r16",
-                                 "expected-attention-r32", "expected-attention-mean-only", "lru", "key-norm"};
+  std::vector<std::vector<double>> sp(kScorers), cap(kScorers), factor_ms(kNumRanks), pre_ms(kNumRanks),
+      rot_ms(kNumRanks);
+  const char* names[kScorers] = {"expected-attention",        "expected-attention-r8",
+                                 "expected-attention-r16",    "expected-attention-r32",
+                                 "expected-attention-r8-pre", "expected-attention-r16-pre",
+                                 "expected-attention-r32-pre", "expected-attention-mean-only",
+                                 "lru",                       "key-norm"};
   for (uint32_t t = 0; t < o.trials; ++t) {
     Trial tr = RunTrial(o.tokens, 100 + t);
     for (int k = 0; k < kScorers; ++k) {
@@ -214,7 +235,11 @@ void QualityBench(const BenchScoreOptions& o) {
       sp[k].push_back(Spearman(s, tr.truth));
       cap[k].push_back(MassCapture(s, tr.truth));
     }
-    for (size_t i = 0; i < std::size(kRanks); ++i) factor_ms[i].push_back(tr.factor_ms_per_head[i]);
+    for (int i = 0; i < kNumRanks; ++i) {
+      factor_ms[i].push_back(tr.factor_ms_per_head[i]);
+      pre_ms[i].push_back(tr.pre_factor_ms_per_head[i]);
+      rot_ms[i].push_back(tr.rotate_ms_per_head[i]);
+    }
   }
   auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v[v.size() / 2]; };
   auto lo = [](const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); };
@@ -234,14 +259,17 @@ void QualityBench(const BenchScoreOptions& o) {
       fmt::print("{:<30} {:>16.3f} {:>16.3f} {:>22.3f} {:>14.3f}\n", names[k], med(sp[k]), lo(sp[k]), med(cap[k]), lo(cap[k]));
     }
   }
-  for (size_t i = 0; i < std::size(kRanks); ++i) {
+  for (int i = 0; i < kNumRanks; ++i) {
     if (o.json) {
       fmt::print("{}\n", nlohmann::json{{"bench", "score_factor_host"}, {"rank", kRanks[i]}, {"head_dim", 128},
-                                        {"ms_per_query_head_median", med(factor_ms[i])}}
+                                        {"ms_per_query_head_median", med(factor_ms[i])},
+                                        {"pre_rope_factor_ms_per_query_head_median", med(pre_ms[i])},
+                                        {"rotate_ms_per_query_head_median", med(rot_ms[i])}}
                                 .dump());
     } else {
-      fmt::print("host LowRankCovariance rank {:>2} (d=128): {:.2f} ms per query head (median of trials)\n", kRanks[i],
-                 med(factor_ms[i]));
+      fmt::print("host LowRankCovariance rank {:>2} (d=128): {:.2f} ms per query head per refresh; pre-RoPE (-pre rows): "
+                 "factor {:.2f} ms per statistics update + rotate {:.4f} ms per refresh (medians)\n",
+                 kRanks[i], med(factor_ms[i]), med(pre_ms[i]), med(rot_ms[i]));
     }
   }
 }
