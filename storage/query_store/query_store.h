@@ -60,8 +60,14 @@ struct QueryStoreOptions {
   uint32_t hnsw_m = 16;
   uint32_t hnsw_ef_construction = 64;
   uint32_t hnsw_ef_search = 128;
-  uint32_t dedup_ef_search = 32;  // near-copies are easy to find; a smaller list is enough
-  uint32_t index_threads = 2;     // ANN inserts and rebuilds run on this many threads
+  // Ingest's deduplication reads the insert's own neighbour search (candidate list
+  // hnsw_ef_construction); a larger value here widens that search.
+  uint32_t dedup_ef_search = 32;
+  // ANN inserts (ingest, rebuilds, catch-up) run on this many threads. 1: one after
+  // another, each reusing ingest's search as its candidate list (the cheapest per entry;
+  // deterministic). > 1: in parallel, each insert searching the graph itself (for machines
+  // with cores to spare: more CPU per entry, more entries per second).
+  uint32_t index_threads = 1;
   uint32_t lookup_threads = 1;    // threads serving LookupAsync
   // Save the ANN index (atomic replace) after this many entries changed since the last
   // save; 0 = only on Close and SaveIndex. A stale saved index is caught up at open.

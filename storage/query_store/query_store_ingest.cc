@@ -1,6 +1,7 @@
 // QueryStore::Ingest: validate, deduplicate, one atomic write batch, then index.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -46,12 +47,13 @@ Result<std::vector<IngestResult>> QueryStore::Ingest(std::span<const QueryEntry>
   std::lock_guard lock(s.write_mu);
   const float thr = s.options.dedup_threshold;
   const bool dedup = thr <= 1.0f;
-  std::vector<std::vector<Neighbor>> near;
-  if (dedup && s.index->live() > 0) {
-    const bool exact = s.index->live() <= s.options.exact_search_max_entries;
-    near = s.index->SearchMany(units, 2, s.options.dedup_ef_search,
-                               exact ? AnnIndex::Mode::kExact : AnnIndex::Mode::kApproximate);
-  }
+  // One graph search per entry serves both deduplication and the insert: the insert's own
+  // neighbour search (candidate list ef_construction, or dedup_ef_search if larger), made
+  // now on the index as stored, reused by Add below as the new points' candidate lists.
+  const bool exact = s.index->live() <= s.options.exact_search_max_entries;
+  const InsertPlan plan =
+      s.index->PlanInserts(units, std::max(s.options.hnsw_ef_construction, s.options.dedup_ef_search),
+                           exact ? AnnIndex::Mode::kExact : AnnIndex::Mode::kApproximate);
 
   std::vector<Decision> d(n);
   std::vector<size_t> accepted;  // indices into entries, in label order
@@ -67,14 +69,12 @@ Result<std::vector<IngestResult>> QueryStore::Ingest(std::span<const QueryEntry>
     KVT_ASSIGN_OR_RETURN(std::optional<uint64_t> existing, s.GetLabel(entries[i].id));
     std::span<const float> u(units.data() + i * dim, dim);
     if (dedup) {
-      if (!near.empty()) {
-        for (const Neighbor& nb : near[i]) {
-          if (nb.similarity < thr) break;
-          if ((existing && nb.label == *existing) || retiring.contains(nb.label)) continue;
-          d[i].dup_label = nb.label;
-          d[i].similarity = nb.similarity;
-          break;
-        }
+      for (const InsertPlan::Candidate& nb : plan.rows[i]) {
+        if (nb.similarity < thr) break;
+        if ((existing && nb.label == *existing) || retiring.contains(nb.label)) continue;
+        d[i].dup_label = nb.label;
+        d[i].similarity = nb.similarity;
+        break;
       }
       if (!d[i].dup_label) {
         for (size_t j : accepted) {
@@ -145,7 +145,7 @@ Result<std::vector<IngestResult>> QueryStore::Ingest(std::span<const QueryEntry>
     }
   }
   // Durable; now searchable. Removing after adding keeps a replaced id findable throughout.
-  if (Status a = s.index->Add(labels, add_vectors); !a.ok()) {
+  if (Status a = s.index->Add(labels, add_vectors, &plan, accepted); !a.ok()) {
     return std::move(a).Annotate("indexing (the entries are stored; reopening rebuilds the index)");
   }
   for (size_t i : accepted) {

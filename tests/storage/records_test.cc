@@ -64,7 +64,7 @@ TEST(RecordsTest, LabelKeysSortInLabelOrder) {
 }
 
 TEST(VectorMathTest, DispatchedDotMatchesTheScalarReference) {
-  for (size_t n : {1, 7, 16, 33, 64, 100, 384, 1000}) {
+  for (size_t n : {1, 7, 16, 17, 33, 64, 100, 383, 384, 1000}) {
     const std::vector<float> a = testing::RandomUnit(static_cast<uint32_t>(n), n), b = testing::RandomUnit(static_cast<uint32_t>(n), n + 1);
     EXPECT_NEAR(BestDot()(a.data(), b.data(), n), DotScalar(a.data(), b.data(), n), 1e-5f) << n << " " << BestDotName();
   }
@@ -96,7 +96,7 @@ TEST(VectorMathTest, FloatToHalfRoundsToNearest) {
 }
 
 TEST(VectorMathTest, HalfKernelsMatchTheirScalarReferences) {
-  for (size_t n : {1, 9, 16, 31, 48, 384, 1000}) {
+  for (size_t n : {1, 9, 16, 17, 31, 48, 383, 384, 1000}) {
     const std::vector<float> a = testing::RandomUnit(static_cast<uint32_t>(n), n), b = testing::RandomUnit(static_cast<uint32_t>(n), n + 5);
     std::vector<uint16_t> ha(n), hb(n);
     ToHalf(a, ha.data());

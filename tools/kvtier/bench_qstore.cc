@@ -32,6 +32,7 @@ struct BenchQstoreOptions {
   uint32_t ef_construction = 0; // 0 = the store's default
   uint32_t m = 0;               // 0 = the store's default
   uint32_t dedup_ef = 0;        // 0 = the store's default
+  uint32_t index_threads = 0;   // 0 = the store's default
   std::vector<uint32_t> sweep_ef;  // extra search ef values to report recall and latency for
   double dup_fraction = 0.01;   // near-copies mixed into the input (deduplicated on ingest)
  std::string durability = "sync";
@@ -182,6 +183,7 @@ int RunBenchQstore(BenchQstoreOptions o) {
   if (o.ef_construction) so.hnsw_ef_construction = o.ef_construction;
   if (o.m) so.hnsw_m = o.m;
   if (o.dedup_ef) so.dedup_ef_search = o.dedup_ef;
+  if (o.index_threads) so.index_threads = o.index_threads;
   auto store = QueryStore::Open(so);
   if (!store.ok()) return Fail("open", store.status());
 
@@ -325,6 +327,7 @@ int RunBenchQstore(BenchQstoreOptions o) {
                    {"data", o.data},
                    {"durability", o.durability},
                    {"batch", o.batch},
+                   {"index_threads", so.index_threads},
                    {"ingest_entries_per_s", rate},
                    {"ingest_cpu_us_per_entry", ingest_cpu * 1e6 / o.entries},
                    {"close_and_index_save_s", close_s},
@@ -382,6 +385,7 @@ void AddBenchQstoreCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--ef-construction", o->ef_construction, "HNSW insert candidate list (default: the store's)");
   cmd->add_option("--dedup-ef", o->dedup_ef, "HNSW candidate list of the dedup search (default: the store's)");
   cmd->add_option("--sweep-ef", o->sweep_ef, "also report recall@1 and latency at these search ef values");
+  cmd->add_option("--index-threads", o->index_threads, "threads of the ANN inserts (default: the store's; 1 = sequential)");
   cmd->add_option("--m", o->m, "HNSW graph degree (default: the store's)");
   cmd->add_option("--dup-fraction", o->dup_fraction, "fraction of near-copies fed to ingest (default 0.01)");
   cmd->add_option("--durability", o->durability, "sync (default) or buffered");
