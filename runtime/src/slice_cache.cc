@@ -361,9 +361,11 @@ bool SliceCache::Contains(const SliceKey& key) const {
 }
 
 SliceCacheStats SliceCache::Stats() const {
+  const uint64_t metadata = hbm_->usage().metadata_bytes;  // a tier call: outside the lock
   std::lock_guard lock(impl_->mu);
   SliceCacheStats s = impl_->stats;
   s.resident_slices = impl_->held;
+  s.metadata_bytes = metadata;
   return s;
 }
 

@@ -71,6 +71,11 @@ std::string RuntimeStats::ToText() const {
     }
   }
   for (const TierStats& t : tiers) {
+    if (!t.present || t.metadata_capacity_bytes == 0) continue;
+    out += fmt::format("{} metadata: {} of {} (apart from the slots)\n", TierName(t.tier),
+                       HumanBytes(double(t.metadata_bytes)), HumanBytes(double(t.metadata_capacity_bytes)));
+  }
+  for (const TierStats& t : tiers) {
     if (!t.present || t.admitted_bytes + t.refused_reuse + t.refused_budget == 0) continue;
     out += fmt::format("{} admission: admitted {}, refused {} (reused too few times) + {} (over the write budget)\n",
                        TierName(t.tier), HumanBytes(double(t.admitted_bytes)), t.refused_reuse, t.refused_budget);

@@ -576,7 +576,10 @@ RuntimeStats TierManager::Stats() const {
     ts.present = true;
     ts.capacity_slots = tr->caps().slot_count;
     ts.slot_bytes = tr->caps().slot_bytes;
-    ts.used_slots = tr->caps().slot_count - tr->usage().free_slots;
+    const TierUsage usage = tr->usage();
+    ts.used_slots = tr->caps().slot_count - usage.free_slots;
+    ts.metadata_bytes = usage.metadata_bytes;
+    ts.metadata_capacity_bytes = usage.metadata_capacity_bytes;
     ts.peak_used_slots = std::max(c.peak_used.load(std::memory_order_relaxed), ts.used_slots);
     ts.evictions = c.evictions.load(std::memory_order_relaxed);
     ts.demoted_blocks = c.demoted.load(std::memory_order_relaxed);

@@ -20,18 +20,30 @@ Status GpuHbmOptions::Validate() const {
 Result<std::unique_ptr<GpuHbmTier>> GpuHbmTier::Create(const GpuHbmOptions& options) {
   KVT_RETURN_IF_ERROR(options.Validate());
   const uint64_t slot = (options.slot_bytes + kAlign - 1) / kAlign * kAlign;
-  KVT_ASSIGN_OR_RETURN(DeviceBuffer arena, DeviceBuffer::Allocate(options.device, slot * options.slot_count));
+  const uint64_t metadata = (options.metadata_bytes + kAlign - 1) / kAlign * kAlign;
+  KVT_ASSIGN_OR_RETURN(DeviceBuffer arena, DeviceBuffer::Allocate(options.device, slot * options.slot_count + metadata));
   TierCaps caps;
   caps.kind = TierKind::kHbm;
   caps.slot_bytes = slot;
   caps.slot_count = options.slot_count;
   caps.alignment = kAlign;
   caps.device_addressable = true;
-  return std::unique_ptr<GpuHbmTier>(new GpuHbmTier(options.device, std::move(arena), caps));
+  return std::unique_ptr<GpuHbmTier>(new GpuHbmTier(options.device, std::move(arena), caps, metadata));
 }
 
-GpuHbmTier::GpuHbmTier(int device, DeviceBuffer arena, TierCaps caps)
-    : device_(device), arena_(std::move(arena)), caps_(caps), slots_(caps.slot_count) {}
+GpuHbmTier::GpuHbmTier(int device, DeviceBuffer arena, TierCaps caps, uint64_t metadata_bytes)
+    : device_(device),
+      arena_(std::move(arena)),
+      caps_(caps),
+      slots_(caps.slot_count),
+      metadata_("gpu-hbm", MemoryAddress{DeviceId{device}, arena_.data() + caps.slot_bytes * caps.slot_count},
+                metadata_bytes, kAlign) {}
+
+TierUsage GpuHbmTier::usage() const {
+  TierUsage u = slots_.usage();
+  metadata_.AddTo(&u);
+  return u;
+}
 
 Location GpuHbmTier::Locate(SlotId slot) const {
   KVT_CHECK_MSG(slot.value() < caps_.slot_count, fmt::format("hbm slot {} out of range", slot.value()));

@@ -62,6 +62,8 @@ class FaultyTier final : public Tier {
   void Release(std::span<const SlotId> slots, Fence last_use) override { inner_->Release(slots, last_use); }
   Location Locate(SlotId slot) const override { return inner_->Locate(slot); }
   TierUsage usage() const override { return inner_->usage(); }
+  Result<MetadataArena> ReserveMetadata(uint64_t bytes) override { return inner_->ReserveMetadata(bytes); }
+  void ReleaseMetadata(const MetadataArena& arena) override { inner_->ReleaseMetadata(arena); }
   Tier* inner() const { return inner_.get(); }
 
  private:

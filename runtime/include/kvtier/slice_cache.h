@@ -87,6 +87,7 @@ struct SliceCacheStats {
   uint64_t peak_slices = 0;
   uint64_t capacity_slices = 0;
   uint64_t slice_bytes = 0;
+  uint64_t metadata_bytes = 0;  // the tier's metadata arenas (TierUsage::metadata_bytes)
 };
 
 class SliceCache;

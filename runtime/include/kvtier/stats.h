@@ -50,6 +50,10 @@ struct TierStats {
   uint64_t admitted_bytes = 0;
   uint64_t refused_reuse = 0;    // matched fewer than min_uses times
   uint64_t refused_budget = 0;   // over the drive-write budget of the day
+  // Metadata arenas held in this tier (Tier::ReserveMetadata: the Quest slice metadata on
+  // HBM), apart from the slots, and the tier's metadata budget.
+  uint64_t metadata_bytes = 0;
+  uint64_t metadata_capacity_bytes = 0;
 };
 
 struct MoverStats {

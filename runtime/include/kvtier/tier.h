@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 #include <utility>
 #include <variant>
@@ -41,6 +42,16 @@ struct TierUsage {
   uint32_t free_slots = 0;          // reservable now
   uint32_t fenced_slots = 0;        // released, waiting for their last use to complete
   uint32_t reserved_slots = 0;      // held by a caller
+  // Metadata arenas (ReserveMetadata): bytes held now, and the tier's metadata budget.
+  uint64_t metadata_bytes = 0;
+  uint64_t metadata_capacity_bytes = 0;
+};
+
+// Bytes of a tier's memory held for metadata rather than slots (the Quest slice metadata
+// on the HBM tier, docs/sparse.md). `address` is aligned to the tier's caps().alignment.
+struct MetadataArena {
+  MemoryAddress address{};
+  uint64_t bytes = 0;
 };
 
 // Implementations are thread-safe.
@@ -60,10 +71,25 @@ class Tier {
   // The address of a reserved slot.
   virtual Location Locate(SlotId slot) const = 0;
   virtual TierUsage usage() const = 0;
+  // Metadata arenas come from a budget of their own (the HBM tiers' `metadata_bytes`
+  // option, allocated next to the slots), reported in usage() and the tier statistics.
+  // kExhausted, naming the tier and the bytes, when `bytes` does not fit in what is left
+  // (always for a tier without a metadata budget, the default). Releasing is immediate: the
+  // caller makes sure nothing still reads the arena (e.g. synchronises its stream) first;
+  // releasing an arena this tier did not hand out aborts.
+  virtual Result<MetadataArena> ReserveMetadata(uint64_t bytes);
+  virtual void ReleaseMetadata(const MetadataArena& arena);
   // A persistent tier: the blocks it recovered at open, each with its slot, handed over
   // once (later calls return nothing). The slots are reserved and now the caller's, who
   // releases them like any other. TierManager::Create adopts them. Others hold none.
   virtual std::vector<std::pair<BlockKey, SlotId>> TakeRecovered() { return {}; }
 };
+
+inline Result<MetadataArena> Tier::ReserveMetadata(uint64_t bytes) {
+  return Status::Exhausted(std::string(name()) + ": no metadata budget for " + std::to_string(bytes) + " B");
+}
+inline void Tier::ReleaseMetadata(const MetadataArena&) {
+  KVT_CHECK_MSG(false, std::string(name()) + ": released a metadata arena it never handed out");
+}
 
 }  // namespace kvtier
