@@ -1,8 +1,8 @@
 // Why the shapes: the score pass reads 2·d + 4 bytes per slice and does ~4 flops per byte,
 // so like attention it is a streaming read, spread over many CTAs (a batch of one 32K-token
 // sequence is 16 × 8 CTAs). The top-k pass touches only n floats per row (L2-resident right
-// after the scores), so one CTA per row suffices; its cost is its serial steps (4 radix
-// passes, 2 block scans), not bytes.
+// after the scores), so one CTA per row suffices; its cost is its serial steps (staging fused
+// with the first radix pass, ≤ 4 passes of 2 block syncs each, the compaction), not bytes.
 #include "quest_select.cuh"
 
 #include <cuda_bf16.h>
@@ -64,10 +64,30 @@ __device__ __forceinline__ uint32_t OrderedKey(float f) {
 }
 
 struct TopKShared {
-  uint32_t hist[256];
+  uint32_t hist[2][256];        // pass p counts into hist[p & 1] and zeroes the other one
   uint32_t warp_counts[2][32];  // per warp: chosen-above count | ties << 16 (double-buffered)
   uint32_t digit, need, done;
 };
+
+// hist[digit] += 1 for every lane whose digit is < 256, aggregated per warp (all 32 lanes
+// call it). Scores of one row share their top bits, so the usual case is one digit for the
+// whole warp: two integer reductions (REDUX) find it and one lane adds the count; only a warp
+// with several digits pays for __match_any_sync (one atomic per distinct digit, issued as one
+// instruction). A warp with no candidate does nothing.
+__device__ __forceinline__ void CountDigit(uint32_t* hist, uint32_t digit, uint32_t lane) {
+  const uint32_t act = __ballot_sync(0xffffffffu, digit < 256);
+  if (act == 0) return;  // warp-uniform
+  const uint32_t lo = __reduce_min_sync(0xffffffffu, digit);  // an active lane's digit
+  const uint32_t hi = __reduce_max_sync(0xffffffffu, digit < 256 ? digit : 0u);
+  if (lo == hi) {
+    if (lane == static_cast<uint32_t>(__ffs(act) - 1)) atomicAdd(&hist[lo], static_cast<uint32_t>(__popc(act)));
+    return;
+  }
+  const uint32_t peers = __match_any_sync(0xffffffffu, digit);
+  if (digit < 256 && lane == static_cast<uint32_t>(__ffs(peers) - 1)) {
+    atomicAdd(&hist[digit], static_cast<uint32_t>(__popc(peers)));
+  }
+}
 
 // The top-k of one row (request r, KV head h) by a CTA of kThreads threads: the reference's
 // QuestSelectTopK. The row's order-preserving keys are staged once in `keys_s` when the row
@@ -106,10 +126,6 @@ __device__ void TopKRow(const QuestSelectDeviceArgs& a, uint32_t row, uint32_t* 
   }
   const float* scores = a.scores + slice0;
   const bool staged = n <= cap;
-  if (staged) {
-    for (uint32_t b = tid; b < n; b += kThreads) keys_s[b] = OrderedKey(__ldcg(scores + b));
-    __syncthreads();
-  }
   auto key = [&](uint32_t b) { return staged ? keys_s[b] : OrderedKey(__ldcg(scores + b)); };
   // k < n, so k ≥ sink_blocks + 1 and block n - 1 is not a sink.
   const uint32_t sinks = a.params.sink_blocks;
@@ -117,26 +133,39 @@ __device__ void TopKRow(const QuestSelectDeviceArgs& a, uint32_t row, uint32_t* 
   // Candidates with (key & mask) > prefix are taken, and the first `need` with (key & mask)
   // == prefix. rest = 0: mask 0, need 0 — every candidate a tie, none taken.
   uint32_t prefix = 0, mask = 0, need = rest;
+  for (uint32_t i = tid; i < 2 * 256; i += kThreads) (&sh.hist[0][0])[i] = 0;
+  __syncthreads();
+  // Staging and the first pass's histogram in one sweep (uniform trip count: whole warps).
+  for (uint32_t b0 = 0; b0 < n; b0 += kThreads) {
+    const uint32_t b = b0 + tid;
+    uint32_t digit = 256;  // none
+    if (b < n) {
+      const uint32_t kk = OrderedKey(__ldcg(scores + b));
+      if (staged) keys_s[b] = kk;
+      if (rest > 0 && b >= sinks && b + 1 < n) digit = kk >> 24;
+    }
+    CountDigit(sh.hist[0], digit, lane);
+  }
   if (rest > 0) {
-    for (int shift = 24; shift >= 0; shift -= 8) {
-      for (uint32_t i = tid; i < 256; i += kThreads) sh.hist[i] = 0;
-      __syncthreads();
-      for (uint32_t b0 = sinks; b0 + 1 < n; b0 += kThreads) {  // uniform trip count: whole warps
-        const uint32_t b = b0 + tid;
-        uint32_t digit = 256;  // none
-        if (b + 1 < n) {
-          const uint32_t kk = key(b);
-          if ((kk & mask) == prefix) digit = (kk >> shift) & 0xffu;
+    for (int shift = 24, cur = 0; shift >= 0; shift -= 8, cur ^= 1) {
+      if (shift < 24) {  // pass 1 was counted while staging
+        for (uint32_t i = tid; i < 256; i += kThreads) sh.hist[cur ^ 1][i] = 0;  // the next pass's
+        for (uint32_t b0 = sinks; b0 + 1 < n; b0 += kThreads) {  // uniform trip count: whole warps
+          const uint32_t b = b0 + tid;
+          uint32_t digit = 256;  // none
+          if (b + 1 < n) {
+            const uint32_t kk = key(b);
+            if ((kk & mask) == prefix) digit = (kk >> shift) & 0xffu;
+          }
+          CountDigit(sh.hist[cur], digit, lane);
         }
-        const uint32_t peers = __match_any_sync(0xffffffffu, digit);
-        if (digit < 256 && lane == static_cast<uint32_t>(__ffs(peers) - 1)) atomicAdd(&sh.hist[digit], __popc(peers));
       }
-      __syncthreads();
+      __syncthreads();  // the counts (and keys_s) are complete
       if (warp == 0) {  // lane L holds digits 255 - 8L down to 248 - 8L
         uint32_t cnt[8], sum = 0;
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
-          cnt[j] = sh.hist[255 - 8 * lane - j];
+          cnt[j] = sh.hist[cur][255 - 8 * lane - j];
           sum += cnt[j];
         }
         uint32_t incl = sum;
@@ -159,12 +188,14 @@ __device__ void TopKRow(const QuestSelectDeviceArgs& a, uint32_t row, uint32_t* 
           }
         }
       }
-      __syncthreads();
+      __syncthreads();  // sh.digit/need/done; also: hist[cur ^ 1] zeroed before anyone counts into it
       prefix |= sh.digit << shift;
       mask |= 0xffu << shift;
       need = sh.need;
       if (sh.done) break;  // uniform
     }
+  } else {
+    __syncthreads();  // keys_s
   }
 
   // Compaction in block order.
@@ -185,20 +216,22 @@ __device__ void TopKRow(const QuestSelectDeviceArgs& a, uint32_t row, uint32_t* 
     const uint32_t fb = __ballot_sync(0xffffffffu, forced), tb = __ballot_sync(0xffffffffu, tie);
     if (lane == 0) sh.warp_counts[buf][warp] = __popc(fb) | (__popc(tb) << 16);
     __syncthreads();
-    uint32_t f_before = above_total, t_before = tie_total;
+    // Every warp scans the kW packed counts by shuffles (one shared load per lane; a field
+    // never exceeds kThreads, so the 16-bit halves do not carry into each other).
+    const uint32_t v = lane < static_cast<uint32_t>(kW) ? sh.warp_counts[buf][lane] : 0u;
+    uint32_t incl = v;
 #pragma unroll
-    for (int w = 0; w < kW; ++w) {
-      const uint32_t v = sh.warp_counts[buf][w];
-      if (w < static_cast<int>(warp)) {
-        f_before += v & 0xffffu;
-        t_before += v >> 16;
-      }
-      above_total += v & 0xffffu;
-      tie_total += v >> 16;
+    for (int off = 1; off < kW; off *= 2) {
+      const uint32_t t = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= static_cast<uint32_t>(off)) incl += t;
     }
+    const uint32_t mine = __shfl_sync(0xffffffffu, incl - v, warp);  // warps before this one
+    const uint32_t all = __shfl_sync(0xffffffffu, incl, kW - 1);
     const uint32_t below = (1u << lane) - 1u;
-    f_before += __popc(fb & below);
-    t_before += __popc(tb & below);
+    const uint32_t f_before = above_total + (mine & 0xffffu) + __popc(fb & below);
+    const uint32_t t_before = tie_total + (mine >> 16) + __popc(tb & below);
+    above_total += all & 0xffffu;
+    tie_total += all >> 16;
     if (forced) emit(f_before + min(t_before, need), b);
     else if (tie && t_before < need) emit(f_before + t_before, b);
   }
@@ -321,6 +354,7 @@ __global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDev
 __global__ void __launch_bounds__(kSelectThreads) QuestTopKKernel(QuestSelectDeviceArgs a, uint32_t cap) {
   extern __shared__ uint32_t keys_s[];
   __shared__ TopKShared sh;
+  cudaGridDependencySynchronize();            // PDL launch behind the scores: their writes are visible
   cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
   TopKRow<kSelectThreads>(a, blockIdx.x, keys_s, cap, sh);
 }
@@ -403,11 +437,17 @@ cudaError_t LaunchQuestScores(const QuestSelectDeviceArgs& a, cudaStream_t strea
   return LaunchScoresAny(a, stream, false);
 }
 
+namespace {
+cudaError_t LaunchTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl) {
+  const uint32_t cap = std::min(a.max_blocks, kTopKStageKeys);
+  return LaunchEx(QuestTopKKernel, dim3(a.requests * a.kv_heads), dim3(kSelectThreads), size_t{cap} * 4, stream, pdl,
+                  a, cap);
+}
+}  // namespace
+
 cudaError_t LaunchQuestTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
   if (!ValidForTopK(a)) return cudaErrorInvalidValue;
-  const uint32_t cap = std::min(a.max_blocks, kTopKStageKeys);
-  return LaunchEx(QuestTopKKernel, dim3(a.requests * a.kv_heads), dim3(kSelectThreads), size_t{cap} * 4, stream, false,
-                  a, cap);
+  return LaunchTopK(a, stream, a.programmatic_dependent_launch);
 }
 
 cudaError_t LaunchQuestSelect(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
@@ -415,7 +455,10 @@ cudaError_t LaunchQuestSelect(const QuestSelectDeviceArgs& a, cudaStream_t strea
   if (a.max_blocks == 0) return LaunchQuestTopK(a, stream);  // rows of no block: only the output fill
   if (CanFuse(a)) return LaunchScoresAny(a, stream, true);
   if (cudaError_t e = LaunchScoresAny(a, stream, false); e != cudaSuccess) return e;
-  return LaunchQuestTopK(a, stream);
+  // The top-k always rides PDL behind its scores (the score kernel triggers at its start): its
+  // CTAs are resident when the last score CTA ends, no launch gap; it waits for them in
+  // cudaGridDependencySynchronize. Same result as a plain launch.
+  return LaunchTopK(a, stream, true);
 }
 
 }  // namespace kvtier::kernels

@@ -66,7 +66,11 @@ struct QuestSelectDeviceArgs {
   // Optional: a counter per row ([requests·kv_heads], zeroed once by the caller; every launch
   // leaves them at zero). Given, LaunchQuestSelect is ONE launch: the last score CTA of each
   // row to finish runs the row's top-k (same algorithm, same result, bit for bit, as the two
-  // launches). Ignored for a kMax group whose queries take more than ~46 KiB.
+  // launches). Ignored for a kMax group whose queries take more than ~46 KiB. Measured on an
+  // H100 (docs/sparse.md, tuning log) it is no faster than the two launches (slower at batch 8
+  // and at 128K: the top-k runs on 256 threads behind the slowest score CTA of its row), so
+  // leave it null unless a measurement says otherwise; without it the top-k launch rides PDL
+  // behind the scores (no launch gap).
   uint32_t* row_counters = nullptr;
   // Launch the scores with programmatic dependent launch (PDL): the kernel's CTAs may start
   // while the previous kernel on the stream finishes, and wait for it (and its writes) in

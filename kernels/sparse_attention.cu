@@ -88,13 +88,14 @@ __device__ __forceinline__ void WriteOutput(void* out, size_t index, float value
   else static_cast<uint16_t*>(out)[index] = ToHalfBits<kType>(value);
 }
 
-template <int kD, int kHeads, HalfType kType, AttentionOutput kOut, int kMinBlocks>
+template <int kD, int kHeads, HalfType kType, AttentionOutput kOut, int kMinBlocks, int kT>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     SparseAttentionKernel(SparseAttentionDeviceArgs a, uint32_t chunk_pages, uint32_t block_shift,
                           float* __restrict__ partial, float* __restrict__ lse, uint32_t* __restrict__ counters) {
   constexpr int kL = kD / 8;      // lanes per token row (one 16-byte vector each)
   constexpr int kR = 32 / kL;     // token rows per warp instruction
-  constexpr int kT = 4;           // instructions per tile (for K, and for V)
+  // kT: instructions per tile (for K, and for V): 4, or 8 for the deep plan (short pieces
+  // loaded in one round; 2 CTAs per SM).
   constexpr int kTile = kR * kT;  // tokens per warp tile
   __shared__ uint32_t slots_s[kSparseAttentionMaxChunkPages];
   __shared__ float merge_m[kWarps][kHeads], merge_l[kWarps][kHeads];
@@ -346,7 +347,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   }
   __syncthreads();
   constexpr int kOuts = (kHeads * kD + kThreads - 1) / kThreads;  // outputs per thread
-  constexpr int kU = kOuts >= 8 ? 4 : 8;                          // pieces per round
+  // Pieces per round: the deep plan (many short pieces, registers to spare once the K/V
+  // registers are dead) keeps 64 loads in flight per thread, the others 32.
+  constexpr int kU = kT == 8 ? (64 / kOuts < 32 ? 64 / kOuts : 32) : (kOuts >= 8 ? 4 : 8);
   float acc[kOuts], base_j[kOuts];
   int g_j[kOuts];
 #pragma unroll
@@ -391,44 +394,52 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 
 // CTAs per SM the register budget is sized for: 3 × 128 threads (≤ 168 registers) up to 4
 // heads per CTA, 2 (≤ 255) for 8, whose q and o take 128 registers on their own.
-constexpr int MinBlocks(int heads) { return heads >= 8 ? 2 : 3; }
+// The deep variant (8 loads per tile, ≤ 4 heads) is sized for 2 (≤ 255).
+constexpr int MinBlocks(int heads, bool deep) { return heads >= 8 || deep ? 2 : 3; }
 
 template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
-auto KernelFor() {
-  return &SparseAttentionKernel<kD, kHeads, kType, kOut, MinBlocks(kHeads)>;
+auto KernelFor(bool deep) {
+  if constexpr (kHeads <= 4) {
+    if (deep) return &SparseAttentionKernel<kD, kHeads, kType, kOut, MinBlocks(kHeads, true), 8>;
+  }
+  return &SparseAttentionKernel<kD, kHeads, kType, kOut, MinBlocks(kHeads, false), 4>;
 }
 
 using KernelPtr = void (*)(SparseAttentionDeviceArgs, uint32_t, uint32_t, float*, float*, uint32_t*);
 
 template <int kD, int kHeads, HalfType kType>
-KernelPtr PickOut(AttentionOutput out) {
-  return out == AttentionOutput::kFloat32 ? KernelFor<kD, kHeads, kType, AttentionOutput::kFloat32>()
-                                          : KernelFor<kD, kHeads, kType, AttentionOutput::kInputType>();
+KernelPtr PickOut(AttentionOutput out, bool deep) {
+  return out == AttentionOutput::kFloat32 ? KernelFor<kD, kHeads, kType, AttentionOutput::kFloat32>(deep)
+                                          : KernelFor<kD, kHeads, kType, AttentionOutput::kInputType>(deep);
 }
 
 template <int kD, int kHeads>
-KernelPtr PickType(HalfType type, AttentionOutput out) {
-  return type == HalfType::kBf16 ? PickOut<kD, kHeads, HalfType::kBf16>(out) : PickOut<kD, kHeads, HalfType::kFp16>(out);
+KernelPtr PickType(HalfType type, AttentionOutput out, bool deep) {
+  return type == HalfType::kBf16 ? PickOut<kD, kHeads, HalfType::kBf16>(out, deep)
+                                 : PickOut<kD, kHeads, HalfType::kFp16>(out, deep);
 }
 
 template <int kD>
-KernelPtr PickHeads(uint32_t heads, HalfType type, AttentionOutput out) {
+KernelPtr PickHeads(uint32_t heads, HalfType type, AttentionOutput out, bool deep) {
   switch (heads) {
-    case 1: return PickType<kD, 1>(type, out);
-    case 2: return PickType<kD, 2>(type, out);
-    case 4: return PickType<kD, 4>(type, out);
-    case 8: return PickType<kD, 8>(type, out);
+    case 1: return PickType<kD, 1>(type, out, deep);
+    case 2: return PickType<kD, 2>(type, out, deep);
+    case 4: return PickType<kD, 4>(type, out, deep);
+    case 8: return deep ? nullptr : PickType<kD, 8>(type, out, false);
     default: return nullptr;
   }
 }
 
-KernelPtr Pick(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out) {
+KernelPtr Pick(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out, bool deep = false) {
   switch (head_dim) {
-    case 64: return PickHeads<64>(heads, type, out);
-    case 128: return PickHeads<128>(heads, type, out);
+    case 64: return PickHeads<64>(heads, type, out, deep);
+    case 128: return PickHeads<128>(heads, type, out, deep);
     default: return nullptr;
   }
 }
+
+// Tokens a CTA of the deep variant loads in one round: 4 warps × (256/d rows × 8 loads).
+uint32_t DeepRoundTokens(uint32_t head_dim) { return kWarps * (256 / head_dim) * 8; }
 
 bool ShapeSupported(const SparseAttentionShape& s) {
   const uint32_t bt = s.block_tokens;
@@ -467,16 +478,46 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
   return p;
 }
 
+SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                        uint32_t sm_count, uint32_t ctas_per_sm, uint32_t deep_ctas_per_sm) {
+  SparseAttentionPlan p = PlanSparseAttention(shape, max_pages_per_row, sm_count, ctas_per_sm);
+  if (deep_ctas_per_sm == 0 || p.heads_per_cta > 4 || p.rows == 0 || shape.block_tokens == 0 ||
+      (shape.head_dim != 64 && shape.head_dim != 128)) {
+    return p;
+  }
+  const uint32_t round = DeepRoundTokens(shape.head_dim);
+  if (shape.block_tokens > round) return p;  // a page alone takes more than one round
+  const uint32_t chunk = round / shape.block_tokens, pages = std::max(max_pages_per_row, 1u);
+  const uint64_t splits = (pages + chunk - 1) / chunk;
+  // Only where the standard plan's CTAs take more than one round (half a deep round: 4
+  // loads per tile) and the deep pieces (one round each) all fit in one wave.
+  if (uint64_t{p.chunk_pages} * shape.block_tokens <= round / 2 ||
+      uint64_t{p.rows} * splits > uint64_t{std::max(sm_count, 1u)} * deep_ctas_per_sm || splits > 65535u * 1024u) {
+    return p;
+  }
+  p.chunk_pages = chunk;
+  p.max_splits = static_cast<uint32_t>(splits);
+  p.tile_loads = 8;
+  return p;
+}
+
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionPlan* plan) {
   if (plan == nullptr || !ShapeSupported(shape)) return cudaErrorInvalidValue;
   int sms = 0, per_sm = 0;
   if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess) return e;
-  const KernelPtr k = Pick(shape.head_dim, HeadsPerCta(shape.group()), type, AttentionOutput::kFloat32);
+  const uint32_t heads = HeadsPerCta(shape.group());
+  const KernelPtr k = Pick(shape.head_dim, heads, type, AttentionOutput::kFloat32);
   if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, 0); e != cudaSuccess) {
     return e;
   }
-  *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), static_cast<uint32_t>(per_sm));
+  int deep_per_sm = 0;
+  if (const KernelPtr kd = Pick(shape.head_dim, heads, type, AttentionOutput::kFloat32, true); kd != nullptr) {
+    const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&deep_per_sm, kd, kThreads, 0);
+    if (e != cudaSuccess) return e;
+  }
+  *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), static_cast<uint32_t>(per_sm),
+                              static_cast<uint32_t>(deep_per_sm));
   return cudaSuccess;
 }
 
@@ -502,10 +543,11 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
   }
   if (plan.heads_per_cta != HeadsPerCta(s.group()) || plan.chunk_pages == 0 ||
       plan.chunk_pages > kSparseAttentionMaxChunkPages || plan.max_splits == 0 || plan.max_splits > 65535u * 1024u ||
-      plan.rows != s.requests * s.kv_heads * (s.group() / plan.heads_per_cta) || plan.rows > 65535) {
+      plan.rows != s.requests * s.kv_heads * (s.group() / plan.heads_per_cta) || plan.rows > 65535 ||
+      (plan.tile_loads != 0 && plan.tile_loads != 4 && plan.tile_loads != 8)) {
     return cudaErrorInvalidValue;
   }
-  const KernelPtr kernel = Pick(s.head_dim, plan.heads_per_cta, a.type, a.output);
+  const KernelPtr kernel = Pick(s.head_dim, plan.heads_per_cta, a.type, a.output, plan.tile_loads == 8);
   if (kernel == nullptr) return cudaErrorInvalidValue;
   const Layout l = WorkspaceLayout(s, plan);
   char* ws = static_cast<char*>(a.workspace);

@@ -34,6 +34,12 @@ struct SparseAttentionPlan {
   uint32_t chunk_pages = 0;    // pages of one CTA (the last piece of a row may hold fewer)
   uint32_t max_splits = 0;     // pieces of the longest row: gridDim.x
   uint32_t rows = 0;           // requests · kv_heads · group / heads_per_cta: gridDim.y
+  // K (and V) loads per warp tile: 0 or 4 = the standard kernel (3 CTAs per SM); 8 = the
+  // deep variant for short page lists (heads_per_cta ≤ 4; 2 CTAs per SM): a piece of one
+  // round (4 warps × 8 loads: 64 tokens at d = 128) has all its K/V loads in flight at once,
+  // and the merge keeps 64 loads per thread in flight. Same numbers (same order of sums per
+  // row group; only the cut into pieces differs, as with any chunk_pages).
+  uint32_t tile_loads = 0;
 };
 
 inline constexpr uint32_t kSparseAttentionMaxChunkPages = 256;  // slot ids staged in shared memory
@@ -48,6 +54,16 @@ inline constexpr uint32_t kSparseAttentionMinChunkPages = 4;
 // until it does, and pieces stay as long as that allows (fewer partials to merge).
 SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
                                         uint32_t sm_count, uint32_t ctas_per_sm);
+
+// The same, then the deep plan for short page lists (the sparse decode case): when
+// deep_ctas_per_sm > 0 (occupancy of the deep variant), heads_per_cta ≤ 4, a page fits in one
+// deep round and the standard plan's pieces are longer than one round, pieces of one round
+// each (chunk_pages = 64 tokens' pages at d = 128, 128 at d = 64; tile_loads = 8) if they all
+// fit in one wave (rows · pieces ≤ sm_count · deep_ctas_per_sm). Llama-3-8B, budget 2048
+// (128 pages of 16) at batch 1 on an H100: 8 rows × 32 pieces of 4 pages = 256 CTAs ≤ 264,
+// every K/V load of a CTA issued before its first dot product; batch 8 keeps the standard plan.
+SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                        uint32_t sm_count, uint32_t ctas_per_sm, uint32_t deep_ctas_per_sm);
 
 // The same with sm_count and ctas_per_sm of `device` for this shape and type (occupancy of
 // the kernel instance the launch will use).

@@ -249,40 +249,56 @@ INSTANTIATE_TEST_SUITE_P(
         Case{16, 2, 128, {65536}, P(4096, 1, kSum)}));                    // 1M tokens, 256 selected
 
 // The top-k kernel alone on crafted scores: few distinct values (ties everywhere), ±0, ±inf,
-// NaN; the result must equal the reference's exactly.
+// NaN; then scores of one sign and exponent (every warp's first digit the same: the
+// histogram's one-digit fast path) with many duplicates. The result must equal the
+// reference's exactly, launched plain and with PDL behind a plain launch.
 TEST(QuestTopKGpu, TiesSignedZerosInfinitiesAndNaNMatchReferenceExactly) {
   if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
-  const float inf = std::numeric_limits<float>::infinity();
-  const std::vector<float> values{-inf, -1.0f, -0.0f, 0.0f, 0.5f, 1.0f, inf, std::nanf(""), 1e-30f, -1e-30f};
-  const std::vector<uint32_t> blocks{5000, 7, 64, 300, 2, 1024};
-  const uint32_t kv_heads = 3;
-  const QuestSelectParams params = P(512, 2, kSum);
-  std::mt19937 rng(5);
-  std::vector<uint32_t> block_offsets{0};
-  for (uint32_t n : blocks) block_offsets.push_back(block_offsets.back() + n);
-  std::vector<float> scores(size_t{block_offsets.back()} * kv_heads);
-  for (size_t i = 0; i < scores.size(); ++i) scores[i] = values[rng() % (i % 3 == 0 ? 3 : values.size())];
-  const auto requests = static_cast<uint32_t>(blocks.size());
-  std::vector<uint32_t> sel_off(size_t{requests} * kv_heads + 1);
-  QuestSelectedOffsets(blocks.data(), requests, kv_heads, params, sel_off.data());
-  DeviceArray<float> dscores(scores);
-  DeviceArray<uint32_t> offsets(block_offsets), dsel_off(sel_off), selected(sel_off.back());
-  ASSERT_CUDA(cudaMemset(selected.p, 0xAA, selected.n * sizeof(uint32_t)));
-  QuestSelectDeviceArgs a{.requests = requests, .q_heads = kv_heads, .kv_heads = kv_heads, .head_dim = 128,
-                          .max_blocks = 5000, .params = params, .block_offsets = offsets.p, .scores = dscores.p,
-                          .selected_offsets = dsel_off.p, .selected = selected.p};
-  ASSERT_CUDA(LaunchQuestTopK(a, nullptr));
-  ASSERT_CUDA(cudaDeviceSynchronize());
-  const std::vector<uint32_t> got = selected.Get();
-  for (uint32_t r = 0; r < requests; ++r) {
-    const QuestShape shape{.q_heads = kv_heads, .kv_heads = kv_heads, .head_dim = 128, .blocks = blocks[r]};
-    const uint32_t k = QuestBudgetBlocks(shape, params);
-    std::vector<uint32_t> want(size_t{kv_heads} * k);
-    QuestSelectTopK(shape, params,
-                    std::span<const float>(&scores[size_t{block_offsets[r]} * kv_heads], size_t{kv_heads} * blocks[r]),
-                    want);
-    const std::vector<uint32_t> g(got.begin() + sel_off[r * kv_heads], got.begin() + sel_off[(r + 1) * kv_heads]);
-    ASSERT_EQ(g, want) << "request " << r;
+  for (int kind = 0; kind < 2; ++kind) {
+    const float inf = std::numeric_limits<float>::infinity();
+    const std::vector<float> values{-inf, -1.0f, -0.0f, 0.0f, 0.5f, 1.0f, inf, std::nanf(""), 1e-30f, -1e-30f};
+    const std::vector<uint32_t> blocks{5000, 7, 64, 300, 2, 1024};
+    const uint32_t kv_heads = 3;
+    const QuestSelectParams params = P(512, 2, kSum);
+    std::mt19937 rng(5);
+    std::vector<uint32_t> block_offsets{0};
+    for (uint32_t n : blocks) block_offsets.push_back(block_offsets.back() + n);
+    std::vector<float> scores(size_t{block_offsets.back()} * kv_heads);
+    for (size_t i = 0; i < scores.size(); ++i) {
+      scores[i] = kind == 0 ? values[rng() % (i % 3 == 0 ? 3 : values.size())]
+                            : 1.0f + static_cast<float>(rng() % 64) / 64.0f + (i % 7 == 0 ? 1e-7f * (i % 5) : 0.0f);
+    }
+    const auto requests = static_cast<uint32_t>(blocks.size());
+    std::vector<uint32_t> sel_off(size_t{requests} * kv_heads + 1);
+    QuestSelectedOffsets(blocks.data(), requests, kv_heads, params, sel_off.data());
+    DeviceArray<float> dscores(scores);
+    DeviceArray<uint32_t> offsets(block_offsets), dsel_off(sel_off), selected(sel_off.back());
+    ASSERT_CUDA(cudaMemset(selected.p, 0xAA, selected.n * sizeof(uint32_t)));
+    QuestSelectDeviceArgs a{.requests = requests, .q_heads = kv_heads, .kv_heads = kv_heads, .head_dim = 128,
+                            .max_blocks = 5000, .params = params, .block_offsets = offsets.p, .scores = dscores.p,
+                            .selected_offsets = dsel_off.p, .selected = selected.p};
+    ASSERT_CUDA(LaunchQuestTopK(a, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    const std::vector<uint32_t> got = selected.Get();
+    {  // PDL behind a plain launch of the same: bit-identical.
+      QuestSelectDeviceArgs pdl = a;
+      pdl.programmatic_dependent_launch = true;
+      ASSERT_CUDA(cudaMemset(selected.p, 0xAA, selected.n * sizeof(uint32_t)));
+      ASSERT_CUDA(LaunchQuestTopK(a, nullptr));
+      ASSERT_CUDA(LaunchQuestTopK(pdl, nullptr));
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      ASSERT_EQ(selected.Get(), got) << "PDL top-k, kind " << kind;
+    }
+    for (uint32_t r = 0; r < requests; ++r) {
+      const QuestShape shape{.q_heads = kv_heads, .kv_heads = kv_heads, .head_dim = 128, .blocks = blocks[r]};
+      const uint32_t k = QuestBudgetBlocks(shape, params);
+      std::vector<uint32_t> want(size_t{kv_heads} * k);
+      const std::span<const float> row_scores(&scores[size_t{block_offsets[r]} * kv_heads],
+                                              size_t{kv_heads} * blocks[r]);
+      QuestSelectTopK(shape, params, row_scores, want);
+      const std::vector<uint32_t> g(got.begin() + sel_off[r * kv_heads], got.begin() + sel_off[(r + 1) * kv_heads]);
+      ASSERT_EQ(g, want) << "request " << r << ", kind " << kind;
+    }
   }
 }
 

@@ -108,20 +108,9 @@ Problem Build(const Case& c, uint32_t seed) {
   return p;
 }
 
-void RunCase(const Case& c, uint32_t seed) {
-  const Problem p = Build(c, seed);
+void RunPlan(const Case& c, const Problem& p, const std::vector<float>& want, const SparseAttentionPlan& plan) {
   const auto& s = p.shape;
-  const size_t outs = size_t{s.requests} * s.q_heads * s.head_dim;
-  std::vector<float> want(outs, std::nanf(""));
-  SparseAttention(s, c.type, p.arena, p.queries, {.offsets = p.offsets, .slots = p.slots, .last_page_tokens = p.last},
-                  want);
-
-  SparseAttentionPlan plan;
-  ASSERT_CUDA(PlanSparseAttentionForDevice(s, c.type, p.max_pages, 0, &plan));
-  if (c.chunk != 0) {
-    plan.chunk_pages = c.chunk;
-    plan.max_splits = (std::max(p.max_pages, 1u) + c.chunk - 1) / c.chunk;
-  }
+  const size_t outs = want.size();
   DeviceArray<uint16_t> arena(p.arena), queries(p.queries);
   DeviceArray<uint32_t> offsets(p.offsets), slots(p.slots), last(p.last);
   const size_t out_bytes = outs * (c.output == AttentionOutput::kFloat32 ? 4 : 2);
@@ -170,8 +159,37 @@ void RunCase(const Case& c, uint32_t seed) {
     ASSERT_LE(std::fabs(double(got) - want[i]), tol)
         << "request " << i / (size_t{s.q_heads} * s.head_dim) << " head " << i / s.head_dim % s.q_heads << " dim "
         << i % s.head_dim << " got " << got << " want " << want[i] << " (plan: chunk " << plan.chunk_pages
-        << ", splits " << plan.max_splits << ", heads/cta " << plan.heads_per_cta << ")";
+        << ", splits " << plan.max_splits << ", heads/cta " << plan.heads_per_cta << ", tile loads "
+        << plan.tile_loads << ")";
   }
+}
+
+void RunCase(const Case& c, uint32_t seed) {
+  const Problem p = Build(c, seed);
+  const auto& s = p.shape;
+  const size_t outs = size_t{s.requests} * s.q_heads * s.head_dim;
+  std::vector<float> want(outs, std::nanf(""));
+  SparseAttention(s, c.type, p.arena, p.queries, {.offsets = p.offsets, .slots = p.slots, .last_page_tokens = p.last},
+                  want);
+
+  SparseAttentionPlan plan;
+  ASSERT_CUDA(PlanSparseAttentionForDevice(s, c.type, p.max_pages, 0, &plan));
+  if (c.chunk != 0) {
+    plan.chunk_pages = c.chunk;
+    plan.max_splits = (std::max(p.max_pages, 1u) + c.chunk - 1) / c.chunk;
+  }
+  RunPlan(c, p, want, plan);
+  if (plan.heads_per_cta > 4) return;  // no deep variant
+  // The other kernel variant on the same cut (the deep one, 8 loads per tile, or the standard
+  // one if the planner chose deep), and the deep cut of one round per piece.
+  SparseAttentionPlan other = plan;
+  other.tile_loads = plan.tile_loads == 8 ? 4 : 8;
+  RunPlan(c, p, want, other);
+  SparseAttentionPlan deep = plan;
+  deep.tile_loads = 8;
+  deep.chunk_pages = std::max(1u, (4u * (256u / s.head_dim) * 8u) / s.block_tokens);
+  deep.max_splits = (std::max(p.max_pages, 1u) + deep.chunk_pages - 1) / deep.chunk_pages;
+  if (deep.chunk_pages != plan.chunk_pages || plan.tile_loads != 8) RunPlan(c, p, want, deep);
 }
 
 class SparseAttentionGpu : public ::testing::TestWithParam<Case> {};
@@ -190,6 +208,9 @@ INSTANTIATE_TEST_SUITE_P(
         // Llama-3-8B shapes (group 4, d 128), dense, one request with a partial block.
         Case{32, 8, 128, 16, {1000}},
         Case{32, 8, 128, 16, {1000}, HT::kFp16, AO::kInputType},
+        // a budget-2048 selection at batch 1 (128 pages per row): the planner's deep plan.
+        Case{32, 8, 128, 16, {2048}},
+        Case{32, 8, 128, 16, {2040}, HT::kFp16, AO::kInputType},
         // batch 3, ragged, fp16; one request of a single token.
         Case{16, 4, 128, 16, {17, 1, 300}, HT::kFp16},
         // batch 8, group 8, d 64, 16-bit output; lengths 1..2000.
@@ -269,6 +290,40 @@ TEST(SparseAttentionPlan, FillsWholeWaves) {
   p = PlanSparseAttention(g3, 100, 132, 3);
   EXPECT_EQ(p.heads_per_cta, 1u);
   EXPECT_EQ(p.rows, 24u);
+}
+
+// The deep plan (short page lists): only where one-round pieces fit in one wave and the
+// standard pieces are longer than one round.
+TEST(SparseAttentionPlan, DeepForShortLists) {
+  const SparseAttentionShape llama{.requests = 1, .q_heads = 32, .kv_heads = 8, .head_dim = 128, .block_tokens = 16,
+                                   .slot_bytes = 8192};
+  // Budget 2048 at batch 1: 8 rows × 32 pieces of 4 pages (64 tokens) = 256 CTAs ≤ 132 × 2.
+  SparseAttentionPlan p = PlanSparseAttention(llama, 128, 132, 3, 2);
+  EXPECT_EQ(p.tile_loads, 8u);
+  EXPECT_EQ(p.chunk_pages, 4u);
+  EXPECT_EQ(p.max_splits, 32u);
+  EXPECT_EQ(PlanSparseAttention(llama, 128, 132, 3, 0).tile_loads, 0u);  // no deep occupancy: standard
+  SparseAttentionShape b8 = llama;
+  b8.requests = 8;  // 64 rows × 32 = 2048 CTAs: more than a wave, standard plan
+  p = PlanSparseAttention(b8, 128, 132, 3, 2);
+  EXPECT_EQ(p.tile_loads, 0u);
+  EXPECT_EQ(p.chunk_pages, PlanSparseAttention(b8, 128, 132, 3).chunk_pages);
+  EXPECT_EQ(PlanSparseAttention(llama, 2048, 132, 3, 2).tile_loads, 0u);  // dense 32K
+  EXPECT_EQ(PlanSparseAttention(llama, 2, 132, 3, 2).tile_loads, 0u);     // 32 tokens: one standard round
+  p = PlanSparseAttention(llama, 3, 132, 3, 2);                            // 48 tokens: one deep round
+  EXPECT_EQ(p.tile_loads, 8u);
+  EXPECT_EQ(p.max_splits, 1u);
+  SparseAttentionShape g1 = llama;
+  g1.q_heads = 64;  // group 8: 8 heads per CTA, no deep variant
+  EXPECT_EQ(PlanSparseAttention(g1, 128, 132, 3, 2).tile_loads, 0u);
+  SparseAttentionShape d64 = llama;
+  d64.head_dim = 64;  // standard pieces of 4 pages = 64 tokens: one standard round already
+  EXPECT_EQ(PlanSparseAttention(d64, 128, 132, 3, 2).tile_loads, 0u);
+  d64.block_tokens = 32;  // 4 pages = 128 tokens: two standard rounds, one deep round
+  d64.slot_bytes = 8192;
+  p = PlanSparseAttention(d64, 128, 132, 3, 2);
+  EXPECT_EQ(p.tile_loads, 8u);
+  EXPECT_EQ(p.chunk_pages, 4u);
 }
 
 }  // namespace

@@ -4,12 +4,12 @@
 //           rate counts bytes read + written (2 × size / time);
 //   dense   the attention kernel over every block; rate = K/V bytes read / time; vs_copy =
 //           that rate over the copy's read+write rate (target ≥ 0.9);
-//   select  Quest scores on the int8 metadata + top-k, ONE launch (LaunchQuestSelect with
-//           row_counters: the last score CTA of a row runs its top-k); compared with dense /
-//           block_tokens (Quest's estimate target: ≤ 1.1×);
-//   select_2launch  the same as two launches (LaunchQuestSelect without row_counters); its
-//           selection must equal the fused one exactly (checked);
-//   scores / topk   each launch of select_2launch alone (breakdown);
+//   select  Quest scores on the int8 metadata + top-k as LaunchQuestSelect does by default:
+//           two launches, the top-k riding PDL behind the scores; compared with dense /
+//           block_tokens (Quest's estimate target: ≤ 1.1×). The sparse steps use it;
+//   select_fused  the same as ONE launch (row_counters: the last score CTA of a row runs its
+//           top-k); its selection must equal select's exactly (checked);
+//   scores / topk   each launch of select alone (breakdown);
 //   attention       sparse attention alone over a fixed selection (the last select's);
 //   sparse  select + attention over the selected slices (page list = the selection written
 //           as slots); speedup = dense / sparse (target ≥ 8× at 32K; ideal
@@ -110,7 +110,7 @@ class Point {
   kernels::QuestSelectDeviceArgs SelectArgs(uint32_t layer) const;
   kernels::SparseAttentionDeviceArgs AttentionArgs(uint32_t layer) const;
   Status SelectStep(uint32_t layer, cudaStream_t stream);
-  Status Select2Step(uint32_t layer, cudaStream_t stream);
+  Status SelectFusedStep(uint32_t layer, cudaStream_t stream);
   Status ScoresStep(uint32_t layer, cudaStream_t stream);
   Status TopKStep(uint32_t layer, cudaStream_t stream);
   Status AttentionStep(uint32_t layer, cudaStream_t stream);
@@ -251,7 +251,7 @@ kernels::QuestSelectDeviceArgs Point::SelectArgs(uint32_t layer) const {
           .scales = scales_.as<float>() + size_t{layer} * slices_, .scores = scores_.as<float>(),
           .selected_offsets = sel_offsets_.as<uint32_t>(), .selected = selected_.as<uint32_t>(),
           .block_slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
-          .selected_slots = selected_slots_.as<uint32_t>(), .row_counters = row_counters_.as<uint32_t>()};
+          .selected_slots = selected_slots_.as<uint32_t>()};
 }
 
 kernels::SparseAttentionDeviceArgs Point::AttentionArgs(uint32_t layer) const {
@@ -262,14 +262,16 @@ kernels::SparseAttentionDeviceArgs Point::AttentionArgs(uint32_t layer) const {
           .last_page_tokens = last_.as<uint32_t>(), .out = out_.p, .workspace = sparse_ws_.p};
 }
 
+// The default select (two launches; the sparse steps use it).
 Status Point::SelectStep(uint32_t layer, cudaStream_t stream) {
   KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(SelectArgs(layer), stream));
   return Status::Ok();
 }
 
-Status Point::Select2Step(uint32_t layer, cudaStream_t stream) {
+// The fused one (one launch, row_counters).
+Status Point::SelectFusedStep(uint32_t layer, cudaStream_t stream) {
   kernels::QuestSelectDeviceArgs a = SelectArgs(layer);
-  a.row_counters = nullptr;
+  a.row_counters = row_counters_.as<uint32_t>();
   KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(a, stream));
   return Status::Ok();
 }
@@ -355,11 +357,12 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   // launches' exactly: same scores, same top-k algorithm).
   KVT_ASSIGN_OR_RETURN(const double t_scores, timed(loop(&Point::ScoresStep)));
   KVT_ASSIGN_OR_RETURN(const double t_topk, timed(loop(&Point::TopKStep)));
-  KVT_ASSIGN_OR_RETURN(const double t_select2, timed(loop(&Point::Select2Step)));
+  KVT_ASSIGN_OR_RETURN(const double t_select_fused, timed(loop(&Point::SelectFusedStep)));
   std::vector<uint32_t> sel_unfused(size_t{batch_} * o_.kv_heads * k_), sel_fused(sel_unfused.size());
-  KVT_CUDA_OR_RETURN(cudaMemcpy(sel_unfused.data(), selected_.p, sel_unfused.size() * 4, cudaMemcpyDeviceToHost));
-  KVT_ASSIGN_OR_RETURN(const double t_select, timed(loop(&Point::SelectStep)));
   KVT_CUDA_OR_RETURN(cudaMemcpy(sel_fused.data(), selected_.p, sel_fused.size() * 4, cudaMemcpyDeviceToHost));
+  // The default select last: the attention rows below read its selection.
+  KVT_ASSIGN_OR_RETURN(const double t_select, timed(loop(&Point::SelectStep)));
+  KVT_CUDA_OR_RETURN(cudaMemcpy(sel_unfused.data(), selected_.p, sel_unfused.size() * 4, cudaMemcpyDeviceToHost));
   const bool fused_matches = sel_fused == sel_unfused;  // else: a bug, reported loudly below
   if (!fused_matches) fmt::print(stderr, "bench decode: MISMATCH: fused Quest select differs from two launches\n");
   KVT_ASSIGN_OR_RETURN(const double t_attention, timed(loop(&Point::AttentionStep)));
@@ -415,14 +418,16 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                     {"splits", dense_plan_.max_splits}}});
   rows->push_back({"scores", "Quest scores alone (int8 metadata)", t_scores, meta / (t_scores * 1e3), meta, {}});
   rows->push_back({"topk", "Quest top-k alone (one CTA per row)", t_topk, 0, 0, {}});
-  rows->push_back({"select_2launch", "Quest scores + top-k, two launches", t_select2, meta / (t_select2 * 1e3), meta,
-                   {{"vs_dense_over_block_tokens", t_select2 / (t_dense / o_.block_tokens)}}});
-  rows->push_back({"select", "Quest scores + top-k fused (one launch)", t_select, meta / (t_select * 1e3), meta,
-                   {{"vs_dense_over_block_tokens", t_select / (t_dense / o_.block_tokens)},
+  rows->push_back({"select", "Quest scores + top-k, two launches (top-k PDL)", t_select, meta / (t_select * 1e3),
+                   meta, {{"vs_dense_over_block_tokens", t_select / (t_dense / o_.block_tokens)}}});
+  rows->push_back({"select_fused", "Quest scores + top-k fused (one launch)", t_select_fused,
+                   meta / (t_select_fused * 1e3), meta,
+                   {{"vs_dense_over_block_tokens", t_select_fused / (t_dense / o_.block_tokens)},
                     {"matches_2launch", fused_matches}}});
   rows->push_back({"attention", "sparse attention alone, fixed selection", t_attention,
                    sparse_kv / (t_attention * 1e3), sparse_kv,
-                   {{"chunk_pages", sparse_plan_.chunk_pages}, {"splits", sparse_plan_.max_splits}}});
+                   {{"chunk_pages", sparse_plan_.chunk_pages}, {"splits", sparse_plan_.max_splits},
+                    {"tile_loads", sparse_plan_.tile_loads}}});
   for (auto [name, what, t] : {std::tuple{"sparse", "select + attention over the selection", t_sparse},
                                std::tuple{"sparse_pdl", "the same, PDL between launches", t_pdl},
                                std::tuple{"sparse_graph", "sparse_pdl steps as one CUDA graph", t_graph}}) {
