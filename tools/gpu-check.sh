@@ -26,9 +26,10 @@ xml=$(mktemp -d)
 trap 'rm -rf "$xml"' EXIT
 
 if [ "$mode" = sparse ]; then
-  tests=(sparse_attention_gpu_test quest_select_gpu_test)
+  tests=(sparse_attention_gpu_test quest_select_gpu_test device_slice_metadata_test)
 else
-  tests=(copy_blocks_gpu_test gpu_tier_test expected_attention_gpu_test sparse_attention_gpu_test quest_select_gpu_test)
+  tests=(copy_blocks_gpu_test gpu_tier_test expected_attention_gpu_test sparse_attention_gpu_test quest_select_gpu_test
+    device_slice_metadata_test)
 fi
 {
   nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current,memory.total,driver_version --format=csv
