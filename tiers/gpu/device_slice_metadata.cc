@@ -14,7 +14,7 @@ constexpr uint64_t kAlign = 256;
 uint64_t Up(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 struct Layout {
-  uint64_t bounds, scales, scores, selected, pairs, counters, total;
+  uint64_t bounds, scales, scores, selected, pairs, total;
 };
 
 Layout LayoutOf(const DeviceSliceMetadataOptions& o) {
@@ -25,8 +25,7 @@ Layout LayoutOf(const DeviceSliceMetadataOptions& o) {
   l.scores = l.scales + Up(slices * sizeof(float));
   l.selected = l.scores + Up(uint64_t{o.max_blocks} * sizeof(float));
   l.pairs = l.selected + Up(uint64_t{o.kv_heads} * o.max_blocks * sizeof(uint32_t));
-  l.counters = l.pairs + Up(2 * (uint64_t{o.max_blocks} + 1) * sizeof(uint32_t));
-  l.total = l.counters + Up(uint64_t{o.kv_heads} * sizeof(uint32_t));
+  l.total = l.pairs + Up(2 * (uint64_t{o.max_blocks} + 1) * sizeof(uint32_t));
   return l;
 }
 
@@ -88,7 +87,6 @@ DeviceSliceMetadata::DeviceSliceMetadata(const DeviceSliceMetadataOptions& optio
   scores_ = reinterpret_cast<float*>(base + l.scores);
   selected_ = reinterpret_cast<uint32_t*>(base + l.selected);
   pairs_ = reinterpret_cast<uint32_t*>(base + l.pairs);
-  counters_ = reinterpret_cast<uint32_t*>(base + l.counters);
 }
 
 Status DeviceSliceMetadata::Init() {
@@ -103,13 +101,11 @@ Status DeviceSliceMetadata::Init() {
   // The offset pairs {0, i}: request ranges [0, i) for the kernel's block / selected offsets.
   std::vector<uint32_t> pairs(2 * (size_t{options_.max_blocks} + 1));
   for (uint32_t i = 0; i <= options_.max_blocks; ++i) pairs[2 * size_t{i} + 1] = i;
-  // On the stream (which need not synchronise with the legacy one), and waited for: `pairs`
-  // is a local.
+  // On the stream (which need not synchronise with the legacy one), and waited for:
+  // `pairs` is a local.
   KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(pairs_, pairs.data(), pairs.size() * sizeof(uint32_t),
                                            cudaMemcpyHostToDevice, stream_),
                            "device slice metadata: offset table upload");
-  KVT_RETURN_IF_CUDA_ERROR(cudaMemsetAsync(counters_, 0, size_t{options_.kv_heads} * sizeof(uint32_t), stream_),
-                           "device slice metadata: row counters");
   KVT_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_), "device slice metadata: init");
   return Status::Ok();
 }
@@ -242,7 +238,8 @@ Result<DeviceSelection> DeviceSliceMetadata::SelectOnDevice(LayerId layer, const
     a.scores = scores_;  // scratch: the launches are ordered on the stream
     a.selected_offsets = pairs_ + 2 * size_t{out.per_head};
     a.selected = selected_ + size_t{h} * out.per_head;
-    a.row_counters = counters_ + h;
+    // row_counters stays null: the kernel's owner measured the fused form no faster
+    // (kernels/quest_select.cuh); the top-k rides PDL behind the scores instead.
     KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchQuestSelect(a, stream_),
                              fmt::format("device slice metadata: quest select, layer {} kv head {}", l, h));
   }

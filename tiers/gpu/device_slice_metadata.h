@@ -16,8 +16,8 @@
 // ordered after them anyway. Before it rewrites the partial block's mirror bytes, Update
 // waits for the previous copy of that layer (one step old: normally done).
 //
-// SelectOnDevice(layer, queries, ...) launches LaunchQuestSelect (scores + top-k fused,
-// row_counters) once per KV head of the layer (the kernel wants a request's heads back to
+// SelectOnDevice(layer, queries, ...) launches LaunchQuestSelect (scores, then top-k) once
+// per KV head of the layer (the kernel wants a request's heads back to
 // back at its current block count, and here each head has a fixed capacity, so each head
 // is a one-request, one-KV-head launch with its GQA group's queries) and leaves the
 // selection on the device: [kv_heads][per_head] block indices, each row ascending, equal
@@ -108,13 +108,12 @@ class DeviceSliceMetadata {
   int device_;
   cudaStream_t stream_;
   // Arena layout (each part 256-aligned): bounds, scales, scores scratch [max_blocks],
-  // selection [kv_heads][max_blocks], offset pairs {0, i} for i in [0, max_blocks], row counters [kv_heads].
+  // selection [kv_heads][max_blocks], offset pairs {0, i} for i in [0, max_blocks].
   int8_t* bounds_ = nullptr;
   float* scales_ = nullptr;
   float* scores_ = nullptr;
   uint32_t* selected_ = nullptr;
   uint32_t* pairs_ = nullptr;
-  uint32_t* counters_ = nullptr;
   PinnedBuffer mirror_;             // bounds then scales, as on the device
   std::vector<CudaEvent> copied_;   // per layer: after its last Update's copies
   std::vector<uint64_t> tokens_;    // per layer: mirrored
