@@ -137,7 +137,7 @@ Status Point::Setup(const cudaDeviceProp& prop) {
   const uint64_t slice_bytes = uint64_t{2} * bt * d * 2;
   kv_bytes_ = size_t{slices_} * slice_bytes;
   params_ = {.budget_tokens = o_.budget, .block_tokens = bt, .sink_blocks = 1, .min_blocks = 3,
-             .combine = kernels::GqaCombine::kSum};
+             .combine = kernels::GqaCombine::kMax};
   k_ = kernels::QuestBudgetBlocksOf(blocks_, params_);
   const size_t meta_bytes = size_t{slices_} * (2 * d + 4);
   const double step_bytes = double(meta_bytes) + double(batch_) * o_.kv_heads * k_ * slice_bytes;
