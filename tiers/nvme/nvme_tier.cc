@@ -6,6 +6,9 @@
 #include <algorithm>
 #include <chrono>
 #include <filesystem>
+#include <mutex>
+
+#include "xxh3_dispatch.h"
 
 namespace kvtier {
 
@@ -94,6 +97,11 @@ NvmeTier::NvmeTier(NvmeTierOptions options, OpenedFile file, nvme::SlabGeometry 
   caps_.device_addressable = false;
   caps_.persistent = true;
   stats_.direct = file_.direct;
+  stats_.checksum_path = nvme::Xxh3PathName(nvme::ActiveXxh3Path());
+  static std::once_flag logged;  // the path is chosen once per process: said once
+  std::call_once(logged, [&] {
+    options_.logger->Log(LogLevel::kInfo, "nvme tier: slot checksums use XXH3 {} (chosen at run time)", stats_.checksum_path);
+  });
 }
 
 NvmeTier::~NvmeTier() {

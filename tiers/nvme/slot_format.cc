@@ -1,10 +1,10 @@
 #include "slot_format.h"
 
 #include <fmt/format.h>
-#define XXH_STATIC_LINKING_ONLY  // XXH3_state_t on the stack
-#include <xxhash.h>
 
 #include <cstring>
+
+#include "xxh3_dispatch.h"
 
 namespace kvtier::nvme {
 
@@ -33,13 +33,10 @@ void EncodeFields(const SlotHeader& h, std::span<std::byte> s) {
 }
 }  // namespace
 
-// XXH3-64 over the header's first kChecksummedHeaderBytes bytes as they are, then the payload.
+// XXH3-64 over the header's first kChecksummedHeaderBytes bytes as they are, then the payload
+// (the run-time chosen vector path: the same value as libxxhash's XXH3_64bits).
 static uint64_t ChecksumOf(std::span<const std::byte> header_bytes, std::span<const std::byte> payload) {
-  XXH3_state_t state;
-  XXH3_64bits_reset(&state);
-  XXH3_64bits_update(&state, header_bytes.data(), kChecksummedHeaderBytes);
-  XXH3_64bits_update(&state, payload.data(), payload.size());
-  return XXH3_64bits_digest(&state);
+  return Xxh3_64Concat(header_bytes.data(), kChecksummedHeaderBytes, payload.data(), payload.size());
 }
 
 uint64_t SlotChecksum(const SlotHeader& h, std::span<const std::byte> payload) {
@@ -100,12 +97,12 @@ void EncodeSlabHeader(const SlabGeometry& g, std::span<std::byte> sector) {
   Put<uint32_t>(sector, 8, kFormatVersion);
   Put<uint64_t>(sector, 16, g.slot_bytes);
   Put<uint32_t>(sector, 24, g.slot_count);
-  Put<uint64_t>(sector, 32, XXH3_64bits(sector.data(), 32));
+  Put<uint64_t>(sector, 32, Xxh3_64(sector.data(), 32));
 }
 
 Result<SlabGeometry> DecodeSlabHeader(std::span<const std::byte> s) {
   if (Get<uint64_t>(s, 0) != kSlabMagic) return Status::DataLoss("not a kvtier slab (bad magic)");
-  if (Get<uint64_t>(s, 32) != XXH3_64bits(s.data(), 32)) return Status::DataLoss("slab header checksum mismatch");
+  if (Get<uint64_t>(s, 32) != Xxh3_64(s.data(), 32)) return Status::DataLoss("slab header checksum mismatch");
   if (const auto v = Get<uint32_t>(s, 8); v != kFormatVersion) {
     return Status::DataLoss(fmt::format("slab format version {} (this build reads {})", v, kFormatVersion));
   }

@@ -487,9 +487,9 @@ int RunBenchNvme(const BenchNvmeOptions& o) {
     if (!rig.ok()) return fail(rig.status());
     const std::string slab = root + "/tier/slab.kvt";
     if (!o.json) {
-      fmt::print("bench nvme: {} slots of {} B in {} (O_DIRECT{}), qd {}, {} s per measurement, {} run(s)\n",
-                 rig->nvme_slots.size(), o.block_size, slab, rig->nvme->stats().direct ? "" : " OFF", o.qd, o.seconds,
-                 o.runs);
+      fmt::print("bench nvme: {} slots of {} B in {} (O_DIRECT{}, XXH3 {}), qd {}, {} s per measurement, {} run(s)\n",
+                 rig->nvme_slots.size(), o.block_size, slab, rig->nvme->stats().direct ? "" : " OFF",
+                 rig->nvme->stats().checksum_path, o.qd, o.seconds, o.runs);
     }
     for (uint32_t run = 0; run < o.runs; ++run) {
       for (const std::string& op : ops) {
