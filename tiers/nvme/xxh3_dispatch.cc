@@ -1,7 +1,6 @@
 #include "xxh3_dispatch.h"
 
-#include <cstdlib>
-#include <cstring>
+#include <atomic>
 
 #include "kvtier/status.h"
 #include "xxh3_isa.h"
@@ -46,13 +45,15 @@ bool CpuHas(Xxh3Path path) {
 #endif
 }
 
+// -1: no preference; otherwise the Xxh3Path asked for. `chosen` turns true at the first
+// ActiveXxh3Path, after which a preference is refused (the hash must not change under a
+// running tier).
+std::atomic<int> preferred{-1};
+std::atomic<bool> chosen{false};
+
 Xxh3Path Choose() {
-  if (const char* want = std::getenv("KVTIER_XXH3"); want != nullptr) {
-    for (Xxh3Path p : kAllXxh3Paths) {
-      static constexpr const char* kNames[] = {"baseline", "avx2", "avx512"};
-      if (std::strcmp(want, kNames[static_cast<int>(p)]) == 0 && Xxh3PathSupported(p)) return p;
-    }
-  }
+  chosen.store(true, std::memory_order_seq_cst);
+  if (const int want = preferred.load(std::memory_order_seq_cst); want >= 0) return static_cast<Xxh3Path>(want);
   // Widest first. (AVX-512 measured against AVX2 on this project's VM: docs/benchmarks.md.)
   for (Xxh3Path p : {Xxh3Path::kAvx512, Xxh3Path::kAvx2}) {
     if (Xxh3PathSupported(p)) return p;
@@ -74,6 +75,23 @@ const Impl& Checked(Xxh3Path path) {
 }  // namespace
 
 bool Xxh3PathSupported(Xxh3Path path) { return Compiled(path).one != nullptr && CpuHas(path); }
+
+bool PreferXxh3Path(Xxh3Path path) {
+  if (!Xxh3PathSupported(path) || chosen.load(std::memory_order_seq_cst)) return false;
+  preferred.store(static_cast<int>(path), std::memory_order_seq_cst);
+  return !chosen.load(std::memory_order_seq_cst);
+}
+
+bool ParseXxh3Path(std::string_view name, Xxh3Path* path) {
+  static constexpr std::string_view kNames[] = {"baseline", "avx2", "avx512"};
+  for (Xxh3Path p : kAllXxh3Paths) {
+    if (name == kNames[static_cast<int>(p)]) {
+      *path = p;
+      return true;
+    }
+  }
+  return false;
+}
 
 Xxh3Path ActiveXxh3Path() {
   static const Xxh3Path path = Choose();

@@ -5,8 +5,8 @@
 // use. The hash value is defined independently of the vector path: every path returns
 // exactly XXH3_64bits of the same bytes, so the on-disk format does not depend on it.
 //
-// KVTIER_XXH3=baseline|avx2|avx512 in the environment (read once) picks a path for
-// measurements; a path this build or this CPU lacks is ignored (the default stays).
+// PreferXxh3Path picks a path for measurements before the first hash (the `kvtier` CLI maps
+// KVTIER_XXH3=baseline|avx2|avx512 onto it; the library reads no environment).
 #pragma once
 
 #include <cstddef>
@@ -20,8 +20,13 @@ inline constexpr Xxh3Path kAllXxh3Paths[] = {Xxh3Path::kBaseline, Xxh3Path::kAvx
 
 // Compiled into this build and supported by this CPU and OS.
 bool Xxh3PathSupported(Xxh3Path path);
-// The path every Xxh3_64* call below uses (chosen once).
+// The path every Xxh3_64* call below uses (chosen once, at the first call).
 Xxh3Path ActiveXxh3Path();
+// Asks for `path` instead of the widest one. False (and no effect) when this build or CPU
+// lacks it or the path was already chosen. Thread-safe.
+bool PreferXxh3Path(Xxh3Path path);
+// "baseline" / "avx2" / "avx512" → the path; false for another name.
+bool ParseXxh3Path(std::string_view name, Xxh3Path* path);
 // What xxhash.h compiled that path to: "sse2", "avx2", "avx512", "neon", "scalar", ...
 // (the baseline's name depends on the target); "none" when not compiled in.
 std::string_view Xxh3PathName(Xxh3Path path);

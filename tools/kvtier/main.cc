@@ -2,11 +2,22 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include "commands.h"
 #include "registry.h"
+#include "xxh3_dispatch.h"
 
 int main(int argc, char** argv) {
+  // KVTIER_XXH3=baseline|avx2|avx512: the NVMe slot checksum's vector path, for measurements
+  // (the library itself reads no environment; docs/formats.md).
+  if (const char* want = std::getenv("KVTIER_XXH3"); want != nullptr) {
+    kvtier::nvme::Xxh3Path path{};
+    if (!kvtier::nvme::ParseXxh3Path(want, &path) || !kvtier::nvme::PreferXxh3Path(path)) {
+      std::fprintf(stderr, "kvtier: KVTIER_XXH3=%s is not a path this build and CPU have (baseline, avx2, avx512)\n", want);
+      return 2;
+    }
+  }
   CLI::App app{"kvtier: tiered KV cache for LLM serving engines (HBM, pinned DRAM, NVMe)"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("kvtier 0.1.0 (") + kvtier::DescribeBuild() + ")");
