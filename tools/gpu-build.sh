@@ -2,7 +2,9 @@
 # Builds the CUDA targets for sm_90 into build-cuda/ and bundles the shared libraries they
 # need into .bundle/lib, so that tools/gpu-check.sh can run them on a GPU machine that has
 # none of our Debian packages (run there with LD_LIBRARY_PATH=.bundle/lib).
-#   usage: tools/gpu-build.sh            (from the repository root)
+#   usage: tools/gpu-build.sh [--with-fio]   (from the repository root)
+#     --with-fio   also pack /usr/bin/fio and its libraries into .bundle/fio.tar.xz, for
+#                  tools/gpu-nvme.sh (about 21 MB; the carry limit is 64 MiB in all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=build-cuda
@@ -20,3 +22,11 @@ bundle=../shared/tools/bundle-libs.sh
 [ -f "$bundle" ] || bundle=/work/shared/tools/bundle-libs.sh
 bash "$bundle" .bundle/lib "${bins[@]}"
 echo "gpu-build: carry build-cuda and .bundle; run tools/gpu-check.sh there"
+if [ "${1:-}" = --with-fio ]; then
+  tmp=$(mktemp -d)
+  mkdir -p "$tmp/fio" && cp "$(command -v fio)" "$tmp/fio/fio"
+  bash "$bundle" "$tmp/fiolib" "$tmp/fio/fio" >/dev/null
+  tar -C "$tmp" -cJf .bundle/fio.tar.xz fio fiolib
+  rm -rf "$tmp"
+  echo "gpu-build: .bundle/fio.tar.xz for tools/gpu-nvme.sh"
+fi

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Measures the NVMe tier on the GPU machine's own disk (a real NVMe drive, unlike the
+# development VM's virtio disk): `kvtier bench nvme` next to fio on the same slab, 64 KiB
+# and 16 KiB blocks. The GPU machine has none of our Debian packages, so fio travels too:
+# `tools/gpu-build.sh --with-fio` packs /usr/bin/fio and its libraries into
+# .bundle/fio.tar.xz. Writes under $OUT (default ./gpu-results): nvme.jsonl, nvme.txt.
+#   usage: tools/gpu-nvme.sh [DIR]     (DIR: where the slab goes; default $TMPDIR or /tmp)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-results}
+mkdir -p "$out"
+dir=${1:-${TMPDIR:-/tmp}}
+export LD_LIBRARY_PATH=$PWD/.bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+kv=build-cuda/tools/kvtier/kvtier
+fio_args=(--no-fio)
+if [ -f .bundle/fio.tar.xz ]; then
+  fio_dir=$(mktemp -d)
+  trap 'rm -rf "$fio_dir"' EXIT
+  tar -C "$fio_dir" -xJf .bundle/fio.tar.xz
+  cat >"$fio_dir/fio.sh" <<SH
+#!/usr/bin/env bash
+LD_LIBRARY_PATH=$fio_dir/fiolib exec $fio_dir/fio/fio "\$@"
+SH
+  chmod +x "$fio_dir/fio.sh"
+  fio_args=(--fio "$fio_dir/fio.sh")
+fi
+status=0
+{
+  df -h "$dir" | tail -1
+  findmnt -T "$dir" -o SOURCE,FSTYPE | tail -1
+  lsblk -d -o NAME,MODEL,SIZE,ROTA 2>/dev/null
+} >"$out/nvme.txt" 2>&1
+: >"$out/nvme.jsonl"
+for bs in 65536 16384; do
+  "$kv" bench nvme --dir "$dir" --block-size "$bs" --qd 32 --seconds 3 --runs 3 --file-bytes $((4 << 30)) \
+    --no-restore "${fio_args[@]}" --json >>"$out/nvme.jsonl" 2>>"$out/nvme.txt" || status=1
+done
+cat "$out/nvme.jsonl" >>"$out/nvme.txt"
+cat "$out/nvme.txt"
+exit $status
