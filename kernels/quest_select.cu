@@ -1,7 +1,8 @@
 // Why the shapes: the score pass reads 2·d + 4 bytes per slice and does ~4 flops per byte,
-// so like attention it is a streaming read, spread over many CTAs (a batch of one 32K-token
-// sequence is 16 × 8 CTAs). The top-k pass touches only n floats per row (L2-resident right
-// after the scores), so one CTA per row suffices; its cost is its serial steps (staging fused
+// so like attention it is a streaming read, spread over one wave of CTAs that loop over their
+// passes with loads in flight (a batch of one 32K-token sequence is 32 × 8 CTAs of 2 passes).
+// The top-k pass touches only n floats per row (L2-resident right after the scores), so one
+// CTA per row suffices; its cost is its serial steps (staging fused
 // with the first radix pass, ≤ 4 passes of 2 block syncs each, the compaction), not bytes.
 #include "quest_select.cuh"
 
@@ -9,6 +10,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <utility>
 
 namespace kvtier::kernels {
@@ -17,8 +19,8 @@ namespace {
 constexpr int kScoreThreads = 256;
 constexpr int kLanesPerSlice = 8;
 constexpr int kSlicesPerPass = kScoreThreads / kLanesPerSlice;  // 32
-constexpr int kPasses = 4;
-constexpr int kTileBlocks = kSlicesPerPass * kPasses;           // 128 blocks per score CTA
+constexpr int kStages = 4;       // passes whose loads are in flight per thread
+constexpr int kGroupChunk = 4;   // query heads per set of max accumulators (staged zero-padded)
 constexpr int kSelectThreads = 1024;
 constexpr uint32_t kMaxStagedQueryFloats = 12288;               // 48 KiB of shared memory
 
@@ -46,12 +48,19 @@ struct Bytes<8> {
   __device__ uint32_t Word(int i) const { return i == 0 ? v.x : v.y; }
 };
 
+// int8 → fp32, exact, without I2F (a quarter-rate conversion: 16 per SM per clock, the
+// score kernel's bottleneck when it did 2·d of them per slice): bias every byte to u = b + 128
+// (one XOR per 4 bytes), place u in the mantissa of 2^23 (0x4B0000uu = 8388608 + u, one PRMT),
+// subtract 8388736 (exact: both are integers below 2^24).
 template <int kC>
 __device__ __forceinline__ void ToFloat(const Bytes<kC>& b, float (&f)[kC]) {
 #pragma unroll
-  for (int i = 0; i < kC; ++i) {
-    const uint32_t w = b.Word(i / 4);
-    f[i] = static_cast<float>(static_cast<int32_t>(w << (24 - 8 * (i % 4))) >> 24);  // sign-extended byte
+  for (int w = 0; w < kC / 4; ++w) {
+    const uint32_t u = b.Word(w) ^ 0x80808080u;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      f[4 * w + j] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7650u + j)) - 8388736.0f;
+    }
   }
 }
 
@@ -245,25 +254,59 @@ constexpr size_t kSmemLimit = 48 * 1024 - sizeof(TopKShared) - 64;  // dynamic b
 // kFused: the last CTA of a row (request, KV head) to finish its scores (a counter per row,
 // the threadFenceReduction pattern) runs the row's top-k with its 256 threads, the keys
 // staged in the same dynamic shared memory that held the queries (`cap` keys).
+//
+// A CTA scores `passes` passes of 32 blocks of one row; each thread keeps kStages passes of
+// loads in flight (a ring of registers: a pass's bytes are converted, then the same registers
+// are refilled with the pass kStages ahead before the math), so loads overlap the math of the
+// CTA itself instead of relying on other CTAs. The first loads are issued before the queries
+// are staged (independent round trips).
+// Sum: per channel P_i = Σ_g max(q_gi, 0), N_i = Σ_g min(q_gi, 0) in registers, one fused
+// dot per slice. Max: staged per (chunk of 4 heads, channel) as float4 q⁺ and float4 q⁻
+// (zero-padded heads; laid out so a slice's 8 lanes read consecutive float4), so one
+// channel's int8 → fp32 conversion serves every head and each (head, channel) costs 2 FFMA
+// (no compare/select: the sign split is done once per CTA); the 4 heads' 8-lane sums are
+// reduced by a transposing butterfly (4 shuffles, not 12), then maxed over the chunk (2 more). Every bound is summed on the int8 values in fp32 and
+// scaled once at the end (scale > 0 commutes with max).
 template <int kD, bool kSum, bool kFused>
-__global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDeviceArgs a, uint32_t cap) {
+__global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDeviceArgs a, uint32_t cap,
+                                                                  uint32_t passes) {
   constexpr int kC = kD / kLanesPerSlice;
-  extern __shared__ float staged[];  // sum: P [kD] then N [kD]; max: q [group][kD]
+  extern __shared__ float4 staged4[];  // sum: P [kD] then N [kD] (floats); max: [chunk][kC][q⁺, q⁻][lane]
+  float* staged = reinterpret_cast<float*>(staged4);
   __shared__ TopKShared sh;
   __shared__ bool last_s;
   cudaGridDependencySynchronize();            // launched with PDL: the previous kernel's writes are visible
   cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
   const uint32_t r = blockIdx.z, h = blockIdx.y;
   const uint32_t first = a.block_offsets[r], n = a.block_offsets[r + 1] - first;
-  const uint32_t b0 = blockIdx.x * kTileBlocks;
+  const uint32_t tile_blocks = passes * kSlicesPerPass;
+  const uint32_t b0 = blockIdx.x * tile_blocks;
   if (b0 >= n) {
     if constexpr (kFused) {
       if (n == 0 && blockIdx.x == 0) TopKRow<kScoreThreads>(a, r * a.kv_heads + h, reinterpret_cast<uint32_t*>(staged), 0, sh);
     }
     return;
   }
-  const uint32_t group = a.q_heads / a.kv_heads;
+  const uint32_t my_passes = min(passes, (n - b0 + kSlicesPerPass - 1) / kSlicesPerPass);
   const int tid = static_cast<int>(threadIdx.x);
+  const int c = tid % kLanesPerSlice, slot = tid / kLanesPerSlice;
+  const size_t slice0 = size_t{first} * a.kv_heads + size_t{h} * n;  // slice of block 0 of this (request, head)
+  Bytes<kC> lo[kStages] = {}, hi[kStages] = {};
+  float scale[kStages] = {};
+  auto load = [&](int s, uint32_t p) {
+    const uint32_t b = b0 + p * kSlicesPerPass + slot;
+    if (p < my_passes && b < n) {
+      const int8_t* m = a.bounds + (slice0 + b) * 2 * kD + c * kC;
+      lo[s].Load(m);
+      hi[s].Load(m + kD);
+      scale[s] = __ldg(&a.scales[slice0 + b]);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) load(s, s);
+
+  const uint32_t group = a.q_heads / a.kv_heads;
+  const uint32_t chunks = (group + kGroupChunk - 1) / kGroupChunk;
   const size_t q_base = (size_t{r} * a.q_heads + size_t{h} * group) * kD;
   if constexpr (kSum) {
     for (int i = tid; i < kD; i += kScoreThreads) {
@@ -277,24 +320,19 @@ __global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDev
       staged[kD + i] = neg;
     }
   } else {
-    for (uint32_t i = tid; i < group * kD; i += kScoreThreads) staged[i] = LoadQuery(a.queries, a.query_type, q_base + i);
+    for (uint32_t i = tid; i < chunks * kGroupChunk * kD; i += kScoreThreads) {
+      const uint32_t g = i / kD, ch = i % kD;
+      const float x = g < group ? LoadQuery(a.queries, a.query_type, q_base + i) : 0.0f;
+      const bool up = x >= 0.0f;  // NaN goes to q⁻ and propagates as it does in the reference
+      // float4 index ((chunk·kC + i)·2 + sign)·8 + lane for channel ch = lane·kC + i: the 8
+      // lanes of a slice read 8 consecutive float4 (one wavefront, no bank conflict).
+      const size_t at = ((size_t{g / kGroupChunk} * kC + ch % kC) * 2 * kLanesPerSlice + ch / kC) * 4 + g % kGroupChunk;
+      staged[at] = up ? x : 0.0f;
+      staged[at + kLanesPerSlice * 4] = up ? 0.0f : x;
+    }
   }
   __syncthreads();
 
-  const int c = tid % kLanesPerSlice, slot = tid / kLanesPerSlice;
-  const size_t slice0 = size_t{first} * a.kv_heads + size_t{h} * n;  // slice of block 0 of this (request, head)
-  Bytes<kC> lo[kPasses], hi[kPasses];
-  float scale[kPasses] = {};
-#pragma unroll
-  for (int p = 0; p < kPasses; ++p) {  // every pass's loads first: 4 slices per lane in flight
-    const uint32_t b = b0 + p * kSlicesPerPass + slot;
-    if (b < n) {
-      const int8_t* m = a.bounds + (slice0 + b) * 2 * kD + c * kC;
-      lo[p].Load(m);
-      hi[p].Load(m + kD);
-      scale[p] = __ldg(&a.scales[slice0 + b]);
-    }
-  }
   float pos[kC], neg[kC];
   if constexpr (kSum) {
 #pragma unroll
@@ -303,42 +341,60 @@ __global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDev
       neg[i] = staged[kD + c * kC + i];
     }
   }
+  for (uint32_t p0 = 0; p0 < my_passes; p0 += kStages) {
 #pragma unroll
-  for (int p = 0; p < kPasses; ++p) {
-    const uint32_t b = b0 + p * kSlicesPerPass + slot;
-    if (b0 + p * kSlicesPerPass >= n) break;  // uniform over the CTA: no later pass has a block
-    float fl[kC], fh[kC];
-    if (b < n) {
-      ToFloat(lo[p], fl);
-      ToFloat(hi[p], fh);
-    } else {
-#pragma unroll
-      for (int i = 0; i < kC; ++i) fl[i] = fh[i] = 0.0f;
-    }
-    float score;
-    if constexpr (kSum) {
-      float acc = 0.0f;
-#pragma unroll
-      for (int i = 0; i < kC; ++i) acc = fmaf(fh[i], pos[i], fmaf(fl[i], neg[i], acc));
-#pragma unroll
-      for (int off = kLanesPerSlice / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-      score = acc;
-    } else {
-      score = -INFINITY;
-      for (uint32_t g = 0; g < group; ++g) {
-        const float* qg = staged + size_t{g} * kD + c * kC;
+    for (int s = 0; s < kStages; ++s) {
+      const uint32_t p = p0 + s;
+      if (p >= my_passes) break;  // uniform over the CTA
+      const uint32_t b = b0 + p * kSlicesPerPass + slot;
+      const bool valid = b < n;
+      float fl[kC], fh[kC];
+      ToFloat(lo[s], fl);
+      ToFloat(hi[s], fh);
+      const float sc = scale[s];
+      load(s, p + kStages);  // refill this stage: its bytes are consumed
+      float score;
+      if constexpr (kSum) {
         float acc = 0.0f;
 #pragma unroll
-        for (int i = 0; i < kC; ++i) acc = fmaf(qg[i], qg[i] >= 0.0f ? fh[i] : fl[i], acc);
+        for (int i = 0; i < kC; ++i) acc = fmaf(fh[i], pos[i], fmaf(fl[i], neg[i], acc));
 #pragma unroll
         for (int off = kLanesPerSlice / 2; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
-        score = fmaxf(score, acc);
+        score = acc;
+      } else {
+        score = -INFINITY;
+        // After the butterfly, lane c holds head j = 2·bit2(c) + bit1(c) of the chunk.
+        const uint32_t j_mine = ((c >> 2) & 1) * 2 + ((c >> 1) & 1);
+        for (uint32_t k = 0; k < chunks; ++k) {
+          const float4* q = staged4 + size_t{k} * kC * 2 * kLanesPerSlice + c;
+          float acc0 = 0.0f, acc1 = 0.0f, acc2 = 0.0f, acc3 = 0.0f;
+#pragma unroll
+          for (int i = 0; i < kC; ++i) {
+            const float4 qp = q[(2 * i) * kLanesPerSlice], qn = q[(2 * i + 1) * kLanesPerSlice];
+            acc0 = fmaf(qp.x, fh[i], fmaf(qn.x, fl[i], acc0));
+            acc1 = fmaf(qp.y, fh[i], fmaf(qn.y, fl[i], acc1));
+            acc2 = fmaf(qp.z, fh[i], fmaf(qn.z, fl[i], acc2));
+            acc3 = fmaf(qp.w, fh[i], fmaf(qn.w, fl[i], acc3));
+          }
+          // Butterfly over the 8 lanes of the slice: xor 4 halves the heads held (keep 0,1 or
+          // 2,3), xor 2 halves again, xor 1 finishes the sum.
+          const bool hi4 = (c & 4) != 0, hi2 = (c & 2) != 0;
+          const float send_a = hi4 ? acc0 : acc2, send_b = hi4 ? acc1 : acc3;
+          float x0 = (hi4 ? acc2 : acc0) + __shfl_xor_sync(0xffffffffu, send_a, 4);
+          float x1 = (hi4 ? acc3 : acc1) + __shfl_xor_sync(0xffffffffu, send_b, 4);
+          float y = (hi2 ? x1 : x0) + __shfl_xor_sync(0xffffffffu, hi2 ? x0 : x1, 2);
+          y += __shfl_xor_sync(0xffffffffu, y, 1);
+          if (k * kGroupChunk + j_mine >= group) y = -INFINITY;  // a zero-padded head
+          y = fmaxf(y, __shfl_xor_sync(0xffffffffu, y, 2));
+          y = fmaxf(y, __shfl_xor_sync(0xffffffffu, y, 4));
+          score = fmaxf(score, y);
+        }
       }
+      if (c == 0 && valid) a.scores[slice0 + b] = score * sc;  // scale > 0 commutes with max
     }
-    if (c == 0 && b < n) a.scores[slice0 + b] = score * scale[p];  // scale > 0 commutes with max
   }
   if constexpr (kFused) {
-    const uint32_t row = r * a.kv_heads + h, tiles = (n + kTileBlocks - 1) / kTileBlocks;
+    const uint32_t row = r * a.kv_heads + h, tiles = (n + tile_blocks - 1) / tile_blocks;
     __threadfence();
     __syncthreads();  // also: `staged` is free for the keys
     if (tid == 0) last_s = atomicAdd(&a.row_counters[row], 1u) == tiles - 1;
@@ -392,25 +448,71 @@ cudaError_t LaunchEx(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, c
 }
 
 size_t ScoreSmem(const QuestSelectDeviceArgs& a) {
+  const size_t chunks = (a.q_heads / a.kv_heads + kGroupChunk - 1) / kGroupChunk;
   return a.params.combine == GqaCombine::kSum ? 2 * a.head_dim * sizeof(float)
-                                              : size_t{a.q_heads / a.kv_heads} * a.head_dim * sizeof(float);
+                                              : chunks * kGroupChunk * a.head_dim * 2 * sizeof(float);
 }
 
 bool CanFuse(const QuestSelectDeviceArgs& a) { return a.row_counters != nullptr && ScoreSmem(a) <= kSmemLimit; }
 
+// Passes (of 32 blocks) per score CTA so that the grid is one wave of the resident CTAs
+// (2 per SM at d = 128: ~120–128 registers): at b1/32K 2 passes per CTA (256 CTAs, latency),
+// at b8/128K 64 (4 CTAs per row, a streaming loop with kStages passes in flight).
+template <int kD, bool kSum, bool kFused>
+uint32_t PassesPerCta(const QuestSelectDeviceArgs& a, size_t smem) {
+  static std::atomic<int> resident{0};  // CTAs per SM of this instantiation (a hint: only speed depends on it)
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
+    sms = 132;
+  }
+  int per_sm = resident.load(std::memory_order_relaxed);
+  if (per_sm == 0) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, QuestScoreKernel<kD, kSum, kFused>, kScoreThreads,
+                                                      smem) != cudaSuccess ||
+        per_sm <= 0) {
+      per_sm = 2;
+    }
+    resident.store(per_sm, std::memory_order_relaxed);
+  }
+  const uint64_t per_row = (uint64_t{a.max_blocks} + kSlicesPerPass - 1) / kSlicesPerPass;
+  // One wave: split each row into as many tiles as the resident slots allow (a row in one
+  // CTA when rows outnumber them), then the passes per tile.
+  const uint64_t rows = uint64_t{a.kv_heads} * a.requests, slots = uint64_t(sms) * uint64_t(per_sm);
+  const uint64_t tiles = std::max<uint64_t>(1, slots / rows);
+  const uint64_t ppc = std::clamp<uint64_t>((per_row + tiles - 1) / tiles, 1, per_row);
+  return static_cast<uint32_t>(ppc);
+}
+
+template <int kD, bool kSum, bool kFused>
+cudaError_t LaunchScoresOf(const QuestSelectDeviceArgs& a, cudaStream_t stream, size_t smem, uint32_t cap) {
+  auto k = QuestScoreKernel<kD, kSum, kFused>;
+  if (smem > 48 * 1024) {  // a large max group (≤ 12288 query floats, ≤ ~99 KiB split in q⁺/q⁻)
+    if (cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        e != cudaSuccess) {
+      return e;
+    }
+  }
+  const uint32_t passes = PassesPerCta<kD, kSum, kFused>(a, smem);
+  const uint32_t tile_blocks = passes * kSlicesPerPass;
+  const dim3 grid((a.max_blocks + tile_blocks - 1) / tile_blocks, a.kv_heads, a.requests);
+  return LaunchEx(k, grid, dim3(kScoreThreads), smem, stream, a.programmatic_dependent_launch, a, cap, passes);
+}
+
 template <int kD>
 cudaError_t LaunchScores(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool fused) {
-  const dim3 grid((a.max_blocks + kTileBlocks - 1) / kTileBlocks, a.kv_heads, a.requests);
   size_t smem = ScoreSmem(a);
   uint32_t cap = 0;
   if (fused) {
     cap = static_cast<uint32_t>(std::min<size_t>(std::min(a.max_blocks, kTopKStageKeys), kSmemLimit / 4));
     smem = std::max(smem, size_t{cap} * 4);
   }
-  const bool sum = a.params.combine == GqaCombine::kSum, pdl = a.programmatic_dependent_launch;
-  auto k = sum ? (fused ? QuestScoreKernel<kD, true, true> : QuestScoreKernel<kD, true, false>)
-               : (fused ? QuestScoreKernel<kD, false, true> : QuestScoreKernel<kD, false, false>);
-  return LaunchEx(k, grid, dim3(kScoreThreads), smem, stream, pdl, a, cap);
+  if (a.params.combine == GqaCombine::kSum) {
+    return fused ? LaunchScoresOf<kD, true, true>(a, stream, smem, cap)
+                 : LaunchScoresOf<kD, true, false>(a, stream, smem, cap);
+  }
+  return fused ? LaunchScoresOf<kD, false, true>(a, stream, smem, cap)
+               : LaunchScoresOf<kD, false, false>(a, stream, smem, cap);
 }
 
 cudaError_t LaunchScoresAny(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool fused) {

@@ -4,12 +4,14 @@
 // head) at once. The caller owns every buffer; nothing here allocates or synchronises.
 //
 // Two launches on `stream`:
-//   1. scores  grid (tiles of 128 blocks, KV heads, requests), 256 threads: 8 lanes per
-//              slice (16 channels each at d = 128), so a warp reads 4 slices' int8 bounds
-//              per instruction and 4 passes are in flight; the group's query heads are
+//   1. scores  grid (tiles of 32·passes blocks, KV heads, requests), 256 threads, `passes`
+//              sized so the grid is one wave: 8 lanes per slice (16 channels each at d =
+//              128), so a warp reads 4 slices' int8 bounds per instruction; each thread keeps
+//              4 passes' loads in flight in a register ring; the group's query heads are
 //              staged once per CTA. Sum: Σ_g q_gi·(q_gi ≥ 0 ? M_i : m_i) = M_i·P_i + m_i·N_i with
 //              P_i = Σ_g max(q_gi, 0), N_i = Σ_g min(q_gi, 0), two registers per channel
-//              whatever the group; max: one sum per query head, then the max.
+//              whatever the group; max: the same split per query head (q⁺, q⁻ staged per chunk
+//              of 4 heads), one int8 conversion per channel for all heads, then the max.
 //   2. top-k   one CTA of 1024 threads per (request, KV head): the row's order-preserving
 //              keys staged once in shared memory (rows ≤ 11264 blocks); radix select (up to
 //              4 passes of 8 bits, warp-aggregated histogram, early exit once the selected
@@ -66,11 +68,11 @@ struct QuestSelectDeviceArgs {
   // Optional: a counter per row ([requests·kv_heads], zeroed once by the caller; every launch
   // leaves them at zero). Given, LaunchQuestSelect is ONE launch: the last score CTA of each
   // row to finish runs the row's top-k (same algorithm, same result, bit for bit, as the two
-  // launches). Ignored for a kMax group whose queries take more than ~46 KiB. Measured on an
-  // H100 (docs/sparse.md, tuning log) it is no faster than the two launches (slower at batch 8
-  // and at 128K: the top-k runs on 256 threads behind the slowest score CTA of its row), so
-  // leave it null unless a measurement says otherwise; without it the top-k launch rides PDL
-  // behind the scores (no launch gap).
+  // launches). Ignored for a kMax group whose queries take more than ~23 KiB (they are staged
+  // as q⁺ and q⁻). Measured on an H100 (docs/sparse.md, tuning log) it is no faster than the
+  // two launches (slower at batch 8 and at 128K: the top-k runs on 256 threads behind the
+  // slowest score CTA of its row), so leave it null unless a measurement says otherwise;
+  // without it the top-k launch rides PDL behind the scores (no launch gap).
   uint32_t* row_counters = nullptr;
   // Launch the scores with programmatic dependent launch (PDL): the kernel's CTAs may start
   // while the previous kernel on the stream finishes, and wait for it (and its writes) in

@@ -246,7 +246,12 @@ INSTANTIATE_TEST_SUITE_P(
         Case{4, 4, 128, {777, 64, 2}, P(256, 0, kSum)},                   // group 1, no sinks
         Case{4, 4, 128, {777}, P(100000, 1, kMax)},                       // budget above every block
         Case{12, 4, 64, {300, 301, 302}, P(48, 2, kMax)},                 // group 3, budget = min_blocks
-        Case{16, 2, 128, {65536}, P(4096, 1, kSum)}));                    // 1M tokens, 256 selected
+        Case{16, 2, 128, {65536}, P(4096, 1, kSum)},                      // 1M tokens, 256 selected
+        // Max with many passes per score CTA (the register ring wraps, partial last tiles) and
+        // a group that is not a multiple of the 4-head chunk (zero-padded heads, masked out of the max).
+        Case{40, 8, 128, {16384, 33, 4000}, P(2048, 1, kMax), QuestQueryType::kFp16},
+        Case{16, 2, 64, {20000, 7}, P(1024, 2, kMax)},                    // group 8: two chunks
+        Case{2, 1, 128, {9000}, P(512, 1, kMax)}));                       // group 2: half a chunk
 
 // The top-k kernel alone on crafted scores: few distinct values (ties everywhere), ±0, ±inf,
 // NaN; then scores of one sign and exponent (every warp's first digit the same: the
