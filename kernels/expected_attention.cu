@@ -245,7 +245,8 @@ cudaError_t LaunchExpectedAttention(const ExpectedAttentionDeviceArgs& a, cudaSt
       a.block_scores == nullptr || (exact && a.rotated_cov == nullptr) ||
       (low_rank && (a.covariance_rank % 8 != 0 || a.covariance_rank > s.head_dim || a.cov_factors == nullptr ||
                     a.cov_residual == nullptr)) ||
-      (a.use_value_norm && a.values == nullptr && a.value_norms == nullptr) || !Aligned16(a.keys) ||
+      (a.use_value_norm && a.values == nullptr && a.value_norms == nullptr) ||
+      (a.logits_stages != 0 && (a.logits_stages < 2 || a.logits_stages > 4)) || !Aligned16(a.keys) ||
       !Aligned16(a.values) || reinterpret_cast<uintptr_t>(a.value_norms) % alignof(float) != 0 ||
       !Aligned16(a.workspace)) {
     return cudaErrorInvalidValue;

@@ -12,7 +12,8 @@
 //               query head μ̄ᵀk/√d + kᵀΣ̄k/(2d), plus each CTA's softmax partial (max, Σexp)
 //               per head and ‖v‖ per token. Two forms:
 //               - tensor cores (bf16/fp16 keys; every dtype for low-rank or mean-only):
-//                 key tiles of 64 streamed by cp.async into shared memory, read once for every
+//                 key tiles of 64 streamed by cp.async into shared memory (a ring of up to 4
+//                 tiles, logits_stages), read once for every
 //                 query head of the GQA group; exact: K_tile·Σ̄ with mma.sync m16n8k16 (Σ̄ in
 //                 bf16/fp16, fp32 accumulate), then the row-wise dot with K (and μ̄) in fp32;
 //                 low-rank: K_tile·Wᵀ on tensor cores, Σ_j P_j² + Σ_i ρ_i k_i² + μ̄ᵀk in fp32;
@@ -57,6 +58,12 @@ struct ExpectedAttentionDeviceArgs {
   const float* cov_residual = nullptr;  // [q_heads][d], device (low-rank only): ρ
   void* workspace = nullptr;            // ExpectedAttentionWorkspaceBytes(shape), device, 16-B aligned
   float* block_scores = nullptr;        // [kv_heads][blocks], device (output)
+  // Tensor-core logits pass only: key tiles in the cp.async ring (2: double buffering, one
+  // tile in flight per CTA; up to 4: three in flight). 0 (default): the deepest ring that fits
+  // shared memory without losing CTAs per SM. Other values are for tuning and benchmarks
+  // (`kvtier bench score --gpu` times 2 against the default); a depth that does not fit is
+  // lowered to one that does. The result does not depend on it (same arithmetic, same order).
+  uint32_t logits_stages = 0;
 };
 
 // ‖v‖₂ of every token of `heads` KV heads × `tokens` tokens (ExpectedAttentionDeviceArgs::
@@ -87,7 +94,7 @@ size_t ExpectedAttentionWorkspaceBytes(const ExpectedAttentionShape& shape);
 
 // Enqueues the scorer on `stream`. cudaErrorInvalidValue for an unsupported head_dim or
 // kv_dtype, a q_heads that is not a multiple of kv_heads, zero tokens or blocks, a rank that
-// is not a multiple of 8 in [8, head_dim], a null pointer the options need (values only when
+// is not a multiple of 8 in [8, head_dim], logits_stages other than 0, 2, 3 or 4, a null pointer the options need (values only when
 // the value norm is on and value_norms is null), keys/values not 16-B aligned or value_norms
 // not 4-B aligned; otherwise the launch error, if any. Thread-safe (no state); the launch
 // sets the tensor-core kernel's shared-memory attribute on the current device.

@@ -6,7 +6,9 @@
 //   (group·r rows of W, a few KB) stays in shared memory for the CTA's whole life, so the
 //   pass streams keys at close to the copy rate.
 // - CTAs are persistent over the tiles of one KV head (grid = one wave): Σ̄ / W is staged once
-//   per CTA, the next key tile is prefetched by cp.async while the current one is computed,
+//   per CTA, the next key tiles are in flight in a cp.async ring (up to 4 slots, 3 tiles =
+//   48 KB in flight per CTA for bf16 at d = 128; double buffering left ≤ 32 KB per SM, short
+//   of what HBM3 needs) while the current one is computed,
 //   and each CTA leaves one softmax partial (max, Σexp) per query head, so no second pass over
 //   the logits is needed for the softmax statistics.
 // - Without precomputed norms the pass also streams the values for ‖v‖ (twice the key bytes);
@@ -31,6 +33,8 @@ constexpr int kWarpsN = 4;          // column groups; 2 row halves
 constexpr int kPad = 8;             // elements of padding per shared row: conflict-free fragment loads
 constexpr int kMaxHeadsPerCta = 8;  // one warp per head for the softmax partials
 constexpr size_t kSmemLimit = 220 * 1024;
+constexpr uint32_t kMinStages = 2;  // double buffering: at most one tile (64·d·sizeof(T) B) in flight
+constexpr uint32_t kMaxStages = 4;  // three tiles in flight per CTA (48 KB for bf16, d = 128)
 
 template <class T>
 struct MmaOf {
@@ -70,6 +74,35 @@ __device__ __forceinline__ float2 LoadPair(const __nv_bfloat16* p) {
 }
 __device__ __forceinline__ float2 LoadPair(const __half* p) {
   return __half22float2(*reinterpret_cast<const __half2*>(p));
+}
+
+// Two consecutive key elements as stored (fp32: a float2; 16-bit: one packed word), kept in
+// registers and widened when used.
+template <class T>
+struct RawPairOf {
+  using type = uint32_t;
+};
+template <>
+struct RawPairOf<float> {
+  using type = float2;
+};
+template <class T>
+using RawPair = typename RawPairOf<T>::type;
+__device__ __forceinline__ float2 LoadRaw(const float* p) { return LoadPair(p); }
+template <class T>
+__device__ __forceinline__ uint32_t LoadRaw(const T* p) {
+  return *reinterpret_cast<const uint32_t*>(p);
+}
+__device__ __forceinline__ float2 Unpack(float2 v, const float*) { return v; }
+__device__ __forceinline__ float2 Unpack(uint32_t u, const __nv_bfloat16*) {
+  __nv_bfloat162 v;
+  memcpy(&v, &u, sizeof(u));
+  return __bfloat1622float2(v);
+}
+__device__ __forceinline__ float2 Unpack(uint32_t u, const __half*) {
+  __half2 v;
+  memcpy(&v, &u, sizeof(u));
+  return __half22float2(v);
 }
 
 // Sum of squares of the elements in 16 bytes of T.
@@ -113,6 +146,16 @@ template <int kPending>
 __device__ __forceinline__ void CpAsyncWait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
+// wait_group takes an immediate: pending = stages − 2 ∈ {0, 1, 2}.
+__device__ __forceinline__ void CpAsyncWaitPending(uint32_t pending) {
+  if (pending == 0) {
+    CpAsyncWait<0>();
+  } else if (pending == 1) {
+    CpAsyncWait<1>();
+  } else {
+    CpAsyncWait<2>();
+  }
+}
 
 struct Params {
   const void* keys;
@@ -124,16 +167,17 @@ struct Params {
   float* vnorm;
   float2* partials;  // [q_heads][gridDim.x]
   uint32_t tokens, sinks, group, heads_per_cta, cols, tiles;
+  uint32_t stages;  // key-tile buffers, kMinStages .. kMaxStages: stages − 1 tiles in flight per CTA
   bool value_norm;
 };
 
-// Shared memory: key tiles [2][64][d + pad] of T, then B rows [heads·cols][d + pad] of the mma
+// Shared memory: key tiles [stages][64][d + pad] of T, then B rows [heads·cols][d + pad] of the mma
 // type, μ̄/√d and ρ/(2d) [heads][d] floats, and the per-column-group row sums [4][heads][64].
 template <class T, int kD>
-size_t SmemBytes(uint32_t heads, uint32_t cols) {
+size_t SmemBytes(uint32_t heads, uint32_t cols, uint32_t stages) {
   using M = typename MmaOf<T>::type;
   constexpr size_t kStride = kD + kPad;
-  return 2 * kTileKeys * kStride * sizeof(T) + size_t{heads} * cols * kStride * sizeof(M) +
+  return size_t{stages} * kTileKeys * kStride * sizeof(T) + size_t{heads} * cols * kStride * sizeof(M) +
          2 * size_t{heads} * kD * sizeof(float) + size_t{kWarpsN} * heads * kTileKeys * sizeof(float);
 }
 
@@ -163,7 +207,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 1 : 2) MmaLogitsKer
 
   extern __shared__ __align__(16) unsigned char smem[];
   T* ks = reinterpret_cast<T*>(smem);
-  M* bt = reinterpret_cast<M*>(smem + 2 * kTileKeys * kStride * sizeof(T));
+  M* bt = reinterpret_cast<M*>(smem + size_t{p.stages} * kTileKeys * kStride * sizeof(T));
   const uint32_t hc = p.heads_per_cta, cols = p.cols, b_rows = hc * cols;
   float* ms = reinterpret_cast<float*>(bt + size_t{b_rows} * kStride);
   float* rs = ms + hc * kD;
@@ -201,11 +245,21 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 1 : 2) MmaLogitsKer
 
   const bool do_vnorm = p.value_norm && blockIdx.z == 0;
   float run_m = -FLT_MAX, run_s = 0.0f;  // softmax partial of head `warp` (warp < hc)
-  int buf = 0;
-  load_tile(blockIdx.x, 0);  // gridDim.x <= tiles: every CTA has a first tile
-  for (uint32_t tile = blockIdx.x; tile < p.tiles; tile += gridDim.x, buf ^= 1) {
-    const uint32_t next = tile + gridDim.x;
-    if (next < p.tiles) load_tile(next, buf ^ 1);
+  // cp.async ring of p.stages buffers: tiles it .. it + stages − 2 are in flight while tile `it`
+  // is computed. One commit group per tile slot (empty past the end), so before iteration `it`
+  // the groups committed are stages − 1 + it and waiting down to stages − 2 pending completes
+  // tile `it`. gridDim.x <= tiles: every CTA has a first tile.
+  for (uint32_t s = 0; s + 1 < p.stages; ++s) {
+    const uint32_t t0 = blockIdx.x + s * gridDim.x;
+    if (t0 < p.tiles) {
+      load_tile(t0, static_cast<int>(s));
+    } else {
+      CpAsyncCommit();
+    }
+  }
+  uint32_t it = 0;
+  for (uint32_t tile = blockIdx.x; tile < p.tiles; tile += gridDim.x, ++it) {
+    const int buf = static_cast<int>(it % p.stages);
     uint4 vraw[kVPerThread];
     if (do_vnorm) {  // issued now, consumed after the math: the loads overlap it
 #pragma unroll
@@ -218,12 +272,18 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 1 : 2) MmaLogitsKer
         }
       }
     }
-    if (next < p.tiles) {
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
-    }
+    CpAsyncWaitPending(p.stages - 2);
     __syncthreads();  // this tile's keys (and, the first time, B, μ̄, ρ) are visible to all
+    {
+      // Refill the buffer of tile it − 1: every read of it ended before the trailing
+      // __syncthreads of the previous iteration.
+      const uint32_t ahead = tile + (p.stages - 1) * gridDim.x;
+      if (ahead < p.tiles) {
+        load_tile(ahead, static_cast<int>((it + p.stages - 1) % p.stages));
+      } else {
+        CpAsyncCommit();
+      }
+    }
     const T* kt = ks + buf * kTileKeys * kStride;
     if (t == 0) {
       for (uint32_t h = 0; h < hc; ++h)
@@ -285,20 +345,36 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 1 : 2) MmaLogitsKer
         FlushRows(part, qp + (wn * hc + h) * kTileKeys, row0, g, t);
       }
     } else {
-      // Per head: Σ_c k_c·(μ̄_c/√d + ρ_c/(2d)·k_c), fp32, over the same columns as above.
+      // Per head: Σ_c k_c·(μ̄_c/√d + ρ_c/(2d)·k_c), fp32, over the same columns as above. The
+      // thread's key pairs are read from shared memory once per tile (packed, as stored) and
+      // reused by every head: the per-head re-reads were 4× the tile's bytes through the
+      // shared-memory pipe at group 4. Same arithmetic, same order, same bits.
+      RawPair<T> kr[kNI][2][2];
+#pragma unroll
+      for (int i = 0; i < kNI; ++i) {
+        const int c = static_cast<int>(wn + kWarpsN * i) * 8 + 2 * t;
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int hr = 0; hr < 2; ++hr) {
+            kr[i][mi][hr] = (wn + kWarpsN * i < kD / 8) ? LoadRaw(kt + (row0 + mi * 16 + hr * 8 + g) * kStride + c)
+                                                        : RawPair<T>{};
+          }
+      }
       for (uint32_t h = 0; h < hc; ++h) {
 #pragma unroll
         for (int i = 0; i < kNI; ++i) {
           const uint32_t j = wn + kWarpsN * i;
           if (j >= kD / 8) continue;
           const int c = static_cast<int>(j) * 8 + 2 * t;
-          const float m0 = ms[h * kD + c], m1 = ms[h * kD + c + 1], r0 = rs[h * kD + c], r1 = rs[h * kD + c + 1];
+          const float2 m = *reinterpret_cast<const float2*>(ms + h * kD + c);
+          const float2 r = *reinterpret_cast<const float2*>(rs + h * kD + c);
 #pragma unroll
           for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
             for (int hr = 0; hr < 2; ++hr) {
-              const float2 k = LoadPair(kt + (row0 + mi * 16 + hr * 8 + g) * kStride + c);
-              part[mi][hr] += k.x * fmaf(r0, k.x, m0) + k.y * fmaf(r1, k.y, m1);
+              const float2 k = Unpack(kr[i][mi][hr], static_cast<const T*>(nullptr));
+              part[mi][hr] += k.x * fmaf(r.x, k.x, m.x) + k.y * fmaf(r.y, k.y, m.y);
             }
         }
         FlushRows(part, qp + (wn * hc + h) * kTileKeys, row0, g, t);
@@ -371,11 +447,12 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 1 : 2) MmaLogitsKer
   }
 }
 
-// Largest divisor of `group` (<= kMaxHeadsPerCta) whose shared memory fits.
+// Largest divisor of `group` (<= kMaxHeadsPerCta) whose shared memory fits with double
+// buffering (more heads per CTA = fewer passes over the keys; that comes before depth).
 template <class T, int kD>
 uint32_t HeadsPerCta(uint32_t group, uint32_t cols) {
   for (uint32_t h = std::min<uint32_t>(group, kMaxHeadsPerCta); h > 1; --h) {
-    if (group % h == 0 && SmemBytes<T, kD>(h, cols) <= kSmemLimit) return h;
+    if (group % h == 0 && SmemBytes<T, kD>(h, cols, kMinStages) <= kSmemLimit) return h;
   }
   return 1;
 }
@@ -386,18 +463,42 @@ cudaError_t Launch(const ExpectedAttentionDeviceArgs& a, const Params& base, uin
   const auto& s = a.shape;
   Params p = base;
   p.heads_per_cta = HeadsPerCta<T, kD>(s.group(), p.cols);
-  const size_t smem = SmemBytes<T, kD>(p.heads_per_cta, p.cols);
   auto* kernel = MmaLogitsKernel<T, kD, kExact>;
-  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  uint32_t top = kMaxStages;  // deepest ring that fits one CTA
+  while (top > kMinStages && SmemBytes<T, kD>(p.heads_per_cta, p.cols, top) > kSmemLimit) --top;
+  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(SmemBytes<T, kD>(p.heads_per_cta, p.cols, top)));
       e != cudaSuccess) {
     return e;
   }
   int device = 0, sms = 0, per_sm = 0;
   if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
   if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess) return e;
-  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem); e != cudaSuccess) {
-    return e;
+  // Bytes in flight per SM = CTAs per SM × (stages − 1) tiles. CTAs per SM are set by
+  // registers for 16-bit keys (2 at 256 threads × ≤ 128 registers, __launch_bounds__), so take
+  // the deepest ring that keeps the double-buffered occupancy: for bf16, d = 128, mean-only or
+  // low-rank, 4 stages = 3 × 16 KB in flight per CTA, 96 KB per SM where double buffering had
+  // at most 32 KB (HBM3 needs ≳ 24 KB per SM, and more to cover the gaps between a CTA's tiles).
+  auto occupancy = [&](uint32_t stages, int* n) {
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(n, kernel, kThreads,
+                                                         SmemBytes<T, kD>(p.heads_per_cta, p.cols, stages));
+  };
+  if (a.logits_stages != 0) {  // a forced depth (tuning, benchmarks), lowered to what fits
+    p.stages = std::min(top, a.logits_stages);
+    if (cudaError_t e = occupancy(p.stages, &per_sm); e != cudaSuccess) return e;
+  } else {
+    p.stages = kMinStages;
+    if (cudaError_t e = occupancy(kMinStages, &per_sm); e != cudaSuccess) return e;
+    for (uint32_t st = top; st > kMinStages; --st) {
+      int n = 0;
+      if (cudaError_t e = occupancy(st, &n); e != cudaSuccess) return e;
+      if (n >= per_sm) {
+        p.stages = st;
+        break;
+      }
+    }
   }
+  const size_t smem = SmemBytes<T, kD>(p.heads_per_cta, p.cols, p.stages);
   const uint32_t chunks = s.group() / p.heads_per_cta;
   const uint32_t resident = static_cast<uint32_t>(std::max(1, sms * std::max(1, per_sm)));
   // One wave: rounding up would leave a few CTAs (each with a full share of the tiles) for a

@@ -74,15 +74,19 @@ struct Case {
   uint32_t rank = 0;  // 0: exact covariance term
   bool covariance = true, vnorm = true;
   bool precomputed_norms = false;  // also score from LaunchValueNorms output, values not passed
+  uint32_t stages = 0;             // ExpectedAttentionDeviceArgs::logits_stages
 };
 
 const char* Name(KvDType t) { return t == KvDType::kFp32 ? "fp32" : (t == KvDType::kBf16 ? "bf16" : "fp16"); }
 
-void RunCase(const Case& c, uint32_t seed) {
+// Checks the scores against the reference (and the norms path against both); the block scores
+// of the first launch go to `scores` when given.
+void RunCase(const Case& c, uint32_t seed, std::vector<float>* scores = nullptr) {
   SCOPED_TRACE(::testing::Message() << Name(c.dtype) << " rank=" << c.rank << " cov=" << c.covariance
                                     << " vnorm=" << c.vnorm << " q=" << c.q_heads << " kv=" << c.kv_heads
                                     << " d=" << c.head_dim << " tokens=" << c.tokens << " block=" << c.block_tokens
-                                    << " sinks=" << c.sinks << " precomputed_norms=" << c.precomputed_norms);
+                                    << " sinks=" << c.sinks << " precomputed_norms=" << c.precomputed_norms
+                                    << " stages=" << c.stages);
   ExpectedAttentionShape s{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.head_dim,
                            .tokens = c.tokens, .block_tokens = c.block_tokens, .sink_tokens = c.sinks};
   ExpectedAttentionParams p{.position = c.tokens, .future = 512, .rope_theta = 500000, .epsilon = 0.02f,
@@ -123,7 +127,7 @@ void RunCase(const Case& c, uint32_t seed) {
                                 .use_value_norm = c.vnorm, .kv_dtype = c.dtype, .covariance_rank = c.rank,
                                 .keys = dk.p, .values = dv.p, .rotated_mean = dm.f(), .rotated_cov = dc.f(),
                                 .cov_factors = df.f(), .cov_residual = dr.f(), .workspace = ws,
-                                .block_scores = out.f()};
+                                .block_scores = out.f(), .logits_stages = c.stages};
   ASSERT_CUDA(LaunchExpectedAttention(a, nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
   std::vector<float> got(want.size());
@@ -132,6 +136,7 @@ void RunCase(const Case& c, uint32_t seed) {
     ASSERT_LE(std::abs(got[i] - want[i]), 1e-3 * std::abs(want[i]) + 1e-12)
         << "block score " << i << " got " << got[i] << " want " << want[i];
   }
+  if (scores != nullptr) *scores = got;
   if (!c.precomputed_norms) {
     cudaFree(ws);
     return;
@@ -245,6 +250,37 @@ TEST_F(ExpectedAttentionGpuTest, PrecomputedValueNormsMatchTheValuesPath) {
   }
 }
 
+TEST_F(ExpectedAttentionGpuTest, LogitsRingDepthDoesNotChangeTheScores) {
+  // The tensor-core logits pass with 2, 3 and 4 key tiles in its cp.async ring, and the
+  // automatic depth: each against the reference, and bit-equal to double buffering (same
+  // arithmetic in the same order). Shapes: CTAs looping over many tiles (200000 keys of one
+  // KV head at d = 32: ~8 tiles per CTA, the ring wraps), fewer tiles per CTA than ring slots (100 keys = 2 tiles), Llama-3-8B heads, a
+  // group whose Σ̄ does not fit one CTA (exact, group 8, d = 128).
+  uint32_t seed = 700;
+  for (KvDType t : kDtypes)
+    for (uint32_t rank : {0u, 8u, 1000u})  // 1000: mean only
+      for (const Case& shape : {Case{4, 1, 32, 200000, 16, 4}, Case{8, 2, 64, 100, 16, 4}, Case{32, 8, 128, 1000, 16, 4},
+                                Case{64, 8, 128, 700, 16, 4}}) {
+        if (t == KvDType::kFp32 && rank == 0) continue;  // the fp32 SIMT kernel: no ring
+        Case c = shape;
+        c.dtype = t;
+        c.covariance = rank != 1000;
+        c.rank = rank == 1000 ? 0 : rank;
+        std::vector<float> base;
+        c.stages = 2;
+        RunCase(c, seed, &base);
+        for (uint32_t stages : {3u, 4u, 0u}) {
+          c.stages = stages;
+          std::vector<float> got;
+          RunCase(c, seed, &got);
+          ASSERT_EQ(got.size(), base.size());
+          ASSERT_EQ(std::memcmp(got.data(), base.data(), got.size() * sizeof(float)), 0)
+              << Name(t) << " rank " << rank << " tokens " << c.tokens << ": " << stages << " stages vs 2";
+        }
+        ++seed;
+      }
+}
+
 TEST_F(ExpectedAttentionGpuTest, ValueNormsPerWrittenBlockEqualOneWholeSequenceLaunch) {
   // A sequence of 8 KV heads × 200 tokens (capacity 208): norms written block by block (16
   // tokens, the last block partial) into the sequence layout must equal one launch over the
@@ -319,6 +355,12 @@ TEST_F(ExpectedAttentionGpuTest, RejectsUnsupportedArguments) {
   EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);  // value norm: neither values nor norms
   a.value_norms = reinterpret_cast<const float*>(reinterpret_cast<const char*>(dummy) + 2);
   EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);  // norms not 4-B aligned
+  a.value_norms = nullptr;
+  a.values = dummy;
+  for (uint32_t stages : {1u, 5u}) {
+    a.logits_stages = stages;
+    EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue) << "logits_stages " << stages;
+  }
 
   ValueNormsArgs v{.dtype = KvDType::kBf16, .head_dim = 96, .heads = 1, .tokens = 1, .values = dummy,
                    .values_head_stride = 96, .norms = dummy, .norms_head_stride = 1};
