@@ -24,6 +24,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <ostream>
 #include <random>
 #include <set>
 #include <vector>
@@ -64,6 +65,15 @@ struct Case {
   QuestSelectParams params;
   QuestQueryType query_type = QuestQueryType::kFloat32;
 };
+
+// Readable, deterministic parameter text (ctest shows it; the default prints raw bytes,
+// pointers included).
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.q_heads << "q/" << c.kv_heads << "kv d" << c.d << " blocks";
+  for (uint32_t b : c.blocks) *os << ' ' << b;
+  *os << " budget " << c.params.budget_tokens << " sinks " << c.params.sink_blocks
+      << (c.params.combine == GqaCombine::kMax ? " max" : " sum") << " query type " << static_cast<int>(c.query_type);
+}
 
 struct Batch {
   std::vector<uint32_t> block_offsets{0};

@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <ostream>
 #include <random>
 #include <vector>
 
@@ -54,6 +55,15 @@ struct Case {
   uint32_t chunk = 0;            // pages per CTA; 0 = the device plan
   bool empty_first_row = false;  // row 0 lists no page
 };
+
+// Readable, deterministic parameter text (ctest shows it; the default prints raw bytes,
+// pointers included).
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.q_heads << "q/" << c.kv_heads << "kv d" << c.d << " bt" << c.bt << " tokens";
+  for (uint32_t t : c.tokens) *os << ' ' << t;
+  *os << (c.type == HalfType::kBf16 ? " bf16" : " fp16") << (c.output == AttentionOutput::kFloat32 ? " out-f32" : " out-half")
+      << (c.sparse ? " sparse" : " dense") << " chunk " << c.chunk << (c.empty_first_row ? " empty-row0" : "");
+}
 
 constexpr uint16_t kHalfNaN = 0x7fff;  // NaN in both bf16 and fp16
 

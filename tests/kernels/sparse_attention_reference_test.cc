@@ -10,6 +10,7 @@
 #include <bit>
 #include <cmath>
 #include <numeric>
+#include <ostream>
 #include <random>
 #include <vector>
 
@@ -175,6 +176,14 @@ struct Shape {
   uint32_t q_heads, kv_heads, d, bt;
   std::vector<uint32_t> blocks, tail;
 };
+
+// Readable, deterministic parameter text (the default prints raw bytes, pointers included).
+void PrintTo(const Shape& c, std::ostream* os) {
+  *os << c.q_heads << "q/" << c.kv_heads << "kv d" << c.d << " bt" << c.bt << " blocks";
+  for (uint32_t b : c.blocks) *os << ' ' << b;
+  *os << " tail";
+  for (uint32_t t : c.tail) *os << ' ' << t;
+}
 
 class SparseAttentionReference : public ::testing::TestWithParam<Shape> {};
 
