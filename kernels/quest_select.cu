@@ -2,7 +2,8 @@
 // so like attention it is a streaming read, spread over one wave of CTAs that loop over their
 // passes with loads in flight (a batch of one 32K-token sequence is 32 × 8 CTAs of 2 passes).
 // The top-k pass touches only n floats per row (L2-resident right after the scores), so one
-// CTA per row suffices; its cost is its serial steps (staging fused
+// CTA per row suffices; its cost is its serial steps (one barrier per key bit of the
+// bisection, ≤ 64 and usually ~35–45, then one per compaction round; long rows: staging fused
 // with the first radix pass, ≤ 4 passes of 2 block syncs each, the compaction), not bytes.
 #include "quest_select.cuh"
 
@@ -11,6 +12,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <utility>
 
 namespace kvtier::kernels {
@@ -22,6 +24,7 @@ constexpr int kSlicesPerPass = kScoreThreads / kLanesPerSlice;  // 32
 constexpr int kStages = 4;       // passes whose loads are in flight per thread
 constexpr int kGroupChunk = 4;   // query heads per set of max accumulators (staged zero-padded)
 constexpr int kSelectThreads = 1024;
+constexpr int kMaxKeysPerThread = 8;  // top-k rows of ≤ 8·threads blocks: bisection in registers
 constexpr uint32_t kMaxStagedQueryFloats = 12288;               // 48 KiB of shared memory
 
 __device__ __forceinline__ float LoadQuery(const void* q, QuestQueryType t, size_t i) {
@@ -99,8 +102,10 @@ __device__ __forceinline__ void CountDigit(uint32_t* hist, uint32_t digit, uint3
 }
 
 // The top-k of one row (request r, KV head h) by a CTA of kThreads threads: the reference's
-// QuestSelectTopK. The row's order-preserving keys are staged once in `keys_s` when the row
-// has ≤ `cap` blocks (else every pass re-reads the scores from L2). Radix select, 8 bits a
+// QuestSelectTopK. Rows of ≤ kMaxKeysPerThread·kThreads blocks (8192 at 1024 threads, 2048 in
+// the fused 256-thread CTA): bisection on 64-bit (score, index) keys in registers, one barrier
+// per key bit (see by_bisection below). Longer rows: the order-preserving keys are staged once
+// in `keys_s` when the row has ≤ `cap` blocks (else every pass re-reads the scores from L2). Radix select, 8 bits a
 // pass from the top, with a warp-aggregated shared histogram (__match_any_sync: the first
 // digit is sign + 7 exponent bits, nearly one bin for scores of one magnitude, so plain
 // atomics would serialise 32-way); it stops as soon as the selected bin is taken whole. Then
@@ -139,6 +144,117 @@ __device__ void TopKRow(const QuestSelectDeviceArgs& a, uint32_t row, uint32_t* 
   // k < n, so k ≥ sink_blocks + 1 and block n - 1 is not a sink.
   const uint32_t sinks = a.params.sink_blocks;
   const uint32_t rest = k - sinks - 1;  // chosen by score among blocks [sinks, n - 1)
+  // Compaction in block order, one round of kThreads blocks (block b = round·kThreads + tid;
+  // every thread calls it, one __syncthreads per round): a block's output position is
+  // (forced or above before it) + min(ties before it, need). Both paths below use it.
+  uint32_t above_total = 0, tie_total = 0;  // over the rounds before this one
+  int buf = 0;
+  auto compact_round = [&](uint32_t b, bool forced, bool tie, uint32_t need) {
+    const uint32_t fb = __ballot_sync(0xffffffffu, forced), tb = __ballot_sync(0xffffffffu, tie);
+    if (lane == 0) sh.warp_counts[buf][warp] = __popc(fb) | (__popc(tb) << 16);
+    __syncthreads();
+    // Every warp scans the kW packed counts by shuffles (one shared load per lane; a field
+    // never exceeds kThreads, so the 16-bit halves do not carry into each other).
+    const uint32_t v = lane < static_cast<uint32_t>(kW) ? sh.warp_counts[buf][lane] : 0u;
+    uint32_t incl = v;
+#pragma unroll
+    for (int off = 1; off < kW; off *= 2) {
+      const uint32_t t = __shfl_up_sync(0xffffffffu, incl, off);
+      if (lane >= static_cast<uint32_t>(off)) incl += t;
+    }
+    const uint32_t mine = __shfl_sync(0xffffffffu, incl - v, warp);  // warps before this one
+    const uint32_t all = __shfl_sync(0xffffffffu, incl, kW - 1);
+    const uint32_t below = (1u << lane) - 1u;
+    const uint32_t f_before = above_total + (mine & 0xffffu) + __popc(fb & below);
+    const uint32_t t_before = tie_total + (mine >> 16) + __popc(tb & below);
+    above_total += all & 0xffffu;
+    tie_total += all >> 16;
+    if (forced) emit(f_before + min(t_before, need), b);
+    else if (tie && t_before < need) emit(f_before + t_before, b);
+    buf ^= 1;
+  };
+
+  // Rows of ≤ kThreads·kMaxKeysPerThread blocks: bisection on distinct 64-bit keys held in
+  // registers. Candidate b (block b = e·kThreads + tid, slot e) has the key
+  // K = OrderedKey(score) << 32 | (0xffffffff − b): K orders candidates exactly as the
+  // reference ranks them (higher score first, then the lower index), all K are distinct and
+  // ≥ 1; a non-candidate (forced block, past the row) holds 0. The selection is the `rest`
+  // largest K, i.e. K ≥ T for T = the rest-th largest K, found bit by bit from the top: keep
+  // bit `bit` of the prefix if at least `rest` keys are ≥ prefix | bit (index bits above
+  // log2(n) are 1 in every key: set without a count, so ≤ 32 + 13 rounds). The count is one
+  // __syncthreads_count with one key per thread; with several, a warp REDUX, one shared store
+  // per warp and a REDUX of the kW warp sums (double-buffered in sh.hist, unused here: one
+  // barrier per bit). It stops as soon as exactly `rest` keys are ≥ the candidate (usually
+  // within the score bits, the index bits only break ties). Then selected = forced || K ≥ T —
+  // no tie pass.
+  auto by_bisection = [&](auto per_thread) {
+    constexpr int kE = decltype(per_thread)::value;
+    uint64_t keys[kE];
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      const uint32_t b = static_cast<uint32_t>(e * kThreads) + tid;
+      keys[e] = 0;
+      if (b >= sinks && b + 1 < n) {
+        keys[e] = (uint64_t{OrderedKey(__ldcg(scores + b))} << 32) | (0xffffffffu - b);
+      }
+    }
+    uint64_t t = ~uint64_t{0};  // rest = 0: no key reaches it (OrderedKey ≤ 0xff800000)
+    if (rest > 0) {
+      uint64_t prefix = 0;  // invariant: at least `rest` keys are ≥ prefix
+      int par = 0;
+      // Index bits that can differ: every candidate b < n < 2^idx_bits (n ≥ 2 here), so
+      // bits 31..idx_bits of 0xffffffff − b are 1 in every key.
+      const int idx_bits = 32 - __clz(n - 1);
+      for (int bit = 63; bit >= 0; --bit) {
+        if (bit == 31) {  // the score half of T is settled: its constant index bits need no count
+          prefix |= uint64_t{0xffffffffu << idx_bits};
+          bit = idx_bits - 1;
+        }
+        const uint64_t cand = prefix | (uint64_t{1} << bit);
+        uint32_t mine = 0;
+#pragma unroll
+        for (int e = 0; e < kE; ++e) mine += keys[e] >= cand ? 1u : 0u;
+        uint32_t count;
+        if constexpr (kE == 1) {
+          count = static_cast<uint32_t>(__syncthreads_count(static_cast<int>(mine)));
+        } else {
+          const uint32_t w = __reduce_add_sync(0xffffffffu, mine);
+          if (lane == 0) sh.hist[par][warp] = w;
+          __syncthreads();
+          count = __reduce_add_sync(0xffffffffu, lane < static_cast<uint32_t>(kW) ? sh.hist[par][lane] : 0u);
+          par ^= 1;  // the next bit's stores go to the other buffer: no second barrier
+        }
+        if (count >= rest) {  // uniform
+          prefix = cand;
+          if (count == rest) break;  // exactly the selection: the lower bits change nothing
+        }
+      }
+      t = prefix;  // ≥ 1: every candidate key is, and non-candidates (0) are never taken
+    }
+#pragma unroll
+    for (int e = 0; e < kE; ++e) {
+      const uint32_t c0 = static_cast<uint32_t>(e * kThreads);
+      if (c0 < n) {  // uniform
+        const uint32_t b = c0 + tid;
+        const bool forced = b < n && (b < sinks || b + 1 == n);
+        compact_round(b, forced || keys[e] >= t, false, 0);
+      }
+    }
+  };
+  if (n <= kThreads * kMaxKeysPerThread) {
+    if (n <= kThreads) {
+      by_bisection(std::integral_constant<int, 1>{});
+    } else if (n <= 2 * kThreads) {
+      by_bisection(std::integral_constant<int, 2>{});
+    } else if (n <= 4 * kThreads) {
+      by_bisection(std::integral_constant<int, 4>{});
+    } else {
+      by_bisection(std::integral_constant<int, kMaxKeysPerThread>{});
+    }
+    return;
+  }
+
+  // Longer rows: radix select on the 32-bit keys (staged in keys_s when n ≤ cap).
   // Candidates with (key & mask) > prefix are taken, and the first `need` with (key & mask)
   // == prefix. rest = 0: mask 0, need 0 — every candidate a tie, none taken.
   uint32_t prefix = 0, mask = 0, need = rest;
@@ -208,9 +324,7 @@ __device__ void TopKRow(const QuestSelectDeviceArgs& a, uint32_t row, uint32_t* 
   }
 
   // Compaction in block order.
-  uint32_t above_total = 0, tie_total = 0;  // over the rounds before this one
-  int buf = 0;
-  for (uint32_t c0 = 0; c0 < n; c0 += kThreads, buf ^= 1) {
+  for (uint32_t c0 = 0; c0 < n; c0 += kThreads) {
     const uint32_t b = c0 + tid;
     bool forced = false, tie = false;
     if (b < n) {
@@ -222,27 +336,7 @@ __device__ void TopKRow(const QuestSelectDeviceArgs& a, uint32_t row, uint32_t* 
         tie = m == prefix;
       }
     }
-    const uint32_t fb = __ballot_sync(0xffffffffu, forced), tb = __ballot_sync(0xffffffffu, tie);
-    if (lane == 0) sh.warp_counts[buf][warp] = __popc(fb) | (__popc(tb) << 16);
-    __syncthreads();
-    // Every warp scans the kW packed counts by shuffles (one shared load per lane; a field
-    // never exceeds kThreads, so the 16-bit halves do not carry into each other).
-    const uint32_t v = lane < static_cast<uint32_t>(kW) ? sh.warp_counts[buf][lane] : 0u;
-    uint32_t incl = v;
-#pragma unroll
-    for (int off = 1; off < kW; off *= 2) {
-      const uint32_t t = __shfl_up_sync(0xffffffffu, incl, off);
-      if (lane >= static_cast<uint32_t>(off)) incl += t;
-    }
-    const uint32_t mine = __shfl_sync(0xffffffffu, incl - v, warp);  // warps before this one
-    const uint32_t all = __shfl_sync(0xffffffffu, incl, kW - 1);
-    const uint32_t below = (1u << lane) - 1u;
-    const uint32_t f_before = above_total + (mine & 0xffffu) + __popc(fb & below);
-    const uint32_t t_before = tie_total + (mine >> 16) + __popc(tb & below);
-    above_total += all & 0xffffu;
-    tie_total += all >> 16;
-    if (forced) emit(f_before + min(t_before, need), b);
-    else if (tie && t_before < need) emit(f_before + t_before, b);
+    compact_round(b, forced, tie, need);
   }
 }
 
@@ -541,7 +635,9 @@ cudaError_t LaunchQuestScores(const QuestSelectDeviceArgs& a, cudaStream_t strea
 
 namespace {
 cudaError_t LaunchTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl) {
-  const uint32_t cap = std::min(a.max_blocks, kTopKStageKeys);
+  // Rows the bisection takes (≤ 8192 blocks) need no staged keys.
+  const uint32_t cap =
+      a.max_blocks <= uint32_t{kSelectThreads} * kMaxKeysPerThread ? 0u : std::min(a.max_blocks, kTopKStageKeys);
   return LaunchEx(QuestTopKKernel, dim3(a.requests * a.kv_heads), dim3(kSelectThreads), size_t{cap} * 4, stream, pdl,
                   a, cap);
 }

@@ -12,7 +12,12 @@
 //              P_i = Σ_g max(q_gi, 0), N_i = Σ_g min(q_gi, 0), two registers per channel
 //              whatever the group; max: the same split per query head (q⁺, q⁻ staged per chunk
 //              of 4 heads), one int8 conversion per channel for all heads, then the max.
-//   2. top-k   one CTA of 1024 threads per (request, KV head): the row's order-preserving
+//   2. top-k   one CTA of 1024 threads per (request, KV head). Rows of ≤ 8192 blocks: ≤ 8
+//              keys per thread in registers, K = OrderedKey(score) << 32 | ~index (distinct,
+//              ordered as the reference ranks: score, then lower index); the rest-th largest
+//              K found by bisection from the top bit (one block-wide count per bit, early exit
+//              once exactly `rest` keys are above), then one compaction in block order of the
+//              forced blocks and K ≥ T. Longer rows: the row's order-preserving
 //              keys staged once in shared memory (rows ≤ 11264 blocks); radix select (up to
 //              4 passes of 8 bits, warp-aggregated histogram, early exit once the selected
 //              bin is taken whole) finds the k-th largest value T and how many ties at T to

@@ -261,26 +261,34 @@ INSTANTIATE_TEST_SUITE_P(
         // a group that is not a multiple of the 4-head chunk (zero-padded heads, masked out of the max).
         Case{40, 8, 128, {16384, 33, 4000}, P(2048, 1, kMax), QuestQueryType::kFp16},
         Case{16, 2, 64, {20000, 7}, P(1024, 2, kMax)},                    // group 8: two chunks
-        Case{2, 1, 128, {9000}, P(512, 1, kMax)}));                       // group 2: half a chunk
+        Case{2, 1, 128, {9000}, P(512, 1, kMax)},                         // group 2: half a chunk
+        // Top-k path boundaries: the 1024-thread kernel bisects rows of ≤ 1024/2048/4096/8192
+        // blocks with 1/2/4/8 keys per thread, radix-selects longer ones; the fused 256-thread
+        // top-k bisects ≤ 2048 (here 256·k ± 1) and radix-selects above.
+        Case{8, 2, 64, {1024, 1025, 2049, 257, 2048, 513}, P(4096, 1, kSum)},
+        Case{8, 2, 64, {8192, 8193, 4097}, P(2048, 3, kMax)}));
 
 // The top-k kernel alone on crafted scores: few distinct values (ties everywhere), ±0, ±inf,
 // NaN; then scores of one sign and exponent (every warp's first digit the same: the
-// histogram's one-digit fast path) with many duplicates. The result must equal the
+// histogram's one-digit fast path) with many duplicates. Rows on both sides of every path
+// boundary (bisection with 1, 2, 4, 8 keys per thread up to 8192 blocks, radix above), and
+// budgets with 29 chosen, none chosen (rest = 0) and 1024 chosen. The result must equal the
 // reference's exactly, launched plain and with PDL behind a plain launch.
 TEST(QuestTopKGpu, TiesSignedZerosInfinitiesAndNaNMatchReferenceExactly) {
   if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
-  for (int kind = 0; kind < 2; ++kind) {
+  for (int kind = 0; kind < 6; ++kind) {
     const float inf = std::numeric_limits<float>::infinity();
     const std::vector<float> values{-inf, -1.0f, -0.0f, 0.0f, 0.5f, 1.0f, inf, std::nanf(""), 1e-30f, -1e-30f};
-    const std::vector<uint32_t> blocks{5000, 7, 64, 300, 2, 1024};
+    const std::vector<uint32_t> blocks{5000, 7, 64, 300, 2, 1024, 1025, 2048, 2049, 4097, 8192, 8193};
     const uint32_t kv_heads = 3;
-    const QuestSelectParams params = P(512, 2, kSum);
+    const uint32_t budget = kind / 2 == 0 ? 512 : kind / 2 == 1 ? 16 : 16384;
+    const QuestSelectParams params = P(budget, 2, kSum);
     std::mt19937 rng(5);
     std::vector<uint32_t> block_offsets{0};
     for (uint32_t n : blocks) block_offsets.push_back(block_offsets.back() + n);
     std::vector<float> scores(size_t{block_offsets.back()} * kv_heads);
     for (size_t i = 0; i < scores.size(); ++i) {
-      scores[i] = kind == 0 ? values[rng() % (i % 3 == 0 ? 3 : values.size())]
+      scores[i] = kind % 2 == 0 ? values[rng() % (i % 3 == 0 ? 3 : values.size())]
                             : 1.0f + static_cast<float>(rng() % 64) / 64.0f + (i % 7 == 0 ? 1e-7f * (i % 5) : 0.0f);
     }
     const auto requests = static_cast<uint32_t>(blocks.size());
@@ -290,7 +298,7 @@ TEST(QuestTopKGpu, TiesSignedZerosInfinitiesAndNaNMatchReferenceExactly) {
     DeviceArray<uint32_t> offsets(block_offsets), dsel_off(sel_off), selected(sel_off.back());
     ASSERT_CUDA(cudaMemset(selected.p, 0xAA, selected.n * sizeof(uint32_t)));
     QuestSelectDeviceArgs a{.requests = requests, .q_heads = kv_heads, .kv_heads = kv_heads, .head_dim = 128,
-                            .max_blocks = 5000, .params = params, .block_offsets = offsets.p, .scores = dscores.p,
+                            .max_blocks = *std::max_element(blocks.begin(), blocks.end()), .params = params, .block_offsets = offsets.p, .scores = dscores.p,
                             .selected_offsets = dsel_off.p, .selected = selected.p};
     ASSERT_CUDA(LaunchQuestTopK(a, nullptr));
     ASSERT_CUDA(cudaDeviceSynchronize());
