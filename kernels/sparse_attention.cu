@@ -450,11 +450,13 @@ bool ShapeSupported(const SparseAttentionShape& s) {
 
 }  // namespace
 
-SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
-                                        uint32_t sm_count, uint32_t ctas_per_sm) {
+namespace {
+
+SparseAttentionPlan PlanWithHeads(const SparseAttentionShape& shape, uint32_t heads, uint32_t max_pages_per_row,
+                                  uint32_t sm_count, uint32_t ctas_per_sm) {
   SparseAttentionPlan p;
   if (shape.kv_heads == 0) return p;
-  p.heads_per_cta = HeadsPerCta(shape.group());
+  p.heads_per_cta = heads;
   p.rows = shape.requests * shape.kv_heads * (shape.group() / p.heads_per_cta);
   const uint64_t slots = uint64_t{std::max(sm_count, 1u)} * std::max(ctas_per_sm, 1u);
   const uint32_t pages = std::max(max_pages_per_row, 1u);
@@ -478,9 +480,9 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
   return p;
 }
 
-SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
-                                        uint32_t sm_count, uint32_t ctas_per_sm, uint32_t deep_ctas_per_sm) {
-  SparseAttentionPlan p = PlanSparseAttention(shape, max_pages_per_row, sm_count, ctas_per_sm);
+SparseAttentionPlan PlanWithHeads(const SparseAttentionShape& shape, uint32_t heads, uint32_t max_pages_per_row,
+                                  uint32_t sm_count, uint32_t ctas_per_sm, uint32_t deep_ctas_per_sm) {
+  SparseAttentionPlan p = PlanWithHeads(shape, heads, max_pages_per_row, sm_count, ctas_per_sm);
   if (deep_ctas_per_sm == 0 || p.heads_per_cta > 4 || p.rows == 0 || shape.block_tokens == 0 ||
       (shape.head_dim != 64 && shape.head_dim != 128)) {
     return p;
@@ -501,23 +503,73 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
   return p;
 }
 
+uint32_t Log2Heads(uint32_t heads) { return heads >= 8 ? 3 : heads >= 4 ? 2 : heads >= 2 ? 1 : 0; }
+
+}  // namespace
+
+SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                        uint32_t sm_count, uint32_t ctas_per_sm) {
+  if (shape.kv_heads == 0) return {};
+  return PlanWithHeads(shape, HeadsPerCta(shape.group()), max_pages_per_row, sm_count, ctas_per_sm);
+}
+
+SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                        uint32_t sm_count, uint32_t ctas_per_sm, uint32_t deep_ctas_per_sm) {
+  if (shape.kv_heads == 0) return {};
+  return PlanWithHeads(shape, HeadsPerCta(shape.group()), max_pages_per_row, sm_count, ctas_per_sm, deep_ctas_per_sm);
+}
+
+SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                        uint32_t sm_count, const SparseAttentionOccupancy& occ) {
+  if (shape.kv_heads == 0) return {};
+  const uint32_t heads = HeadsPerCta(shape.group());
+  const uint32_t sms = std::max(sm_count, 1u);
+  auto plan = [&](uint32_t h) {
+    return PlanWithHeads(shape, h, max_pages_per_row, sm_count, occ.standard[Log2Heads(h)], occ.deep[Log2Heads(h)]);
+  };
+  // CTAs of `p` resident at once if the whole grid is one wave of its variant, else 0.
+  auto one_wave = [&](const SparseAttentionPlan& p) -> uint64_t {
+    const uint32_t per_sm = p.tile_loads == 8 ? occ.deep[Log2Heads(p.heads_per_cta)]
+                                              : occ.standard[Log2Heads(p.heads_per_cta)];
+    const uint64_t ctas = uint64_t{p.rows} * p.max_splits;
+    return per_sm > 0 && ctas <= uint64_t{sms} * per_sm ? ctas : 0;
+  };
+  const SparseAttentionPlan full = plan(heads);
+  if (heads < 2 || occ.standard[Log2Heads(heads / 2)] == 0) return full;
+  // Every K/V byte is read once per head chunk: half the heads per CTA reads it twice, the
+  // second time from L2 only if the launch's K/V fits in it with room (≤ half).
+  const uint64_t kv_bytes = uint64_t{shape.requests} * shape.kv_heads * std::max(max_pages_per_row, 1u) *
+                            shape.slice_bytes();
+  if (kv_bytes > occ.l2_bytes / 2) return full;
+  const uint64_t resident = one_wave(full);
+  if (resident == 0) return full;  // more than a wave: the SMs are full already
+  const SparseAttentionPlan half = plan(heads / 2);
+  return one_wave(half) > resident ? half : full;
+}
+
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionPlan* plan) {
   if (plan == nullptr || !ShapeSupported(shape)) return cudaErrorInvalidValue;
   int sms = 0, per_sm = 0;
   if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess) return e;
+  int l2 = 0;
+  if (cudaError_t e = cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device); e != cudaSuccess) return e;
+  SparseAttentionOccupancy occ;
+  occ.l2_bytes = static_cast<uint64_t>(std::max(l2, 0));
+  // Occupancy of the largest head chunk and of half of it (the batch-1 alternative).
   const uint32_t heads = HeadsPerCta(shape.group());
-  const KernelPtr k = Pick(shape.head_dim, heads, type, AttentionOutput::kFloat32);
-  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, 0); e != cudaSuccess) {
-    return e;
+  for (uint32_t h : {heads, heads / 2}) {
+    if (h == 0) continue;
+    for (bool deep : {false, true}) {
+      const KernelPtr k = Pick(shape.head_dim, h, type, AttentionOutput::kFloat32, deep);
+      if (k == nullptr) continue;
+      if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, 0); e != cudaSuccess) {
+        return e;
+      }
+      (deep ? occ.deep : occ.standard)[Log2Heads(h)] = static_cast<uint32_t>(std::max(per_sm, 0));
+    }
   }
-  int deep_per_sm = 0;
-  if (const KernelPtr kd = Pick(shape.head_dim, heads, type, AttentionOutput::kFloat32, true); kd != nullptr) {
-    const cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&deep_per_sm, kd, kThreads, 0);
-    if (e != cudaSuccess) return e;
-  }
-  *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), static_cast<uint32_t>(per_sm),
-                              static_cast<uint32_t>(deep_per_sm));
+  *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), occ);
   return cudaSuccess;
 }
 
@@ -541,7 +593,8 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
       reinterpret_cast<uintptr_t>(a.workspace) % 16 != 0) {
     return cudaErrorInvalidValue;
   }
-  if (plan.heads_per_cta != HeadsPerCta(s.group()) || plan.chunk_pages == 0 ||
+  const uint32_t h = plan.heads_per_cta;
+  if ((h != 1 && h != 2 && h != 4 && h != 8) || s.group() % h != 0 || plan.chunk_pages == 0 ||
       plan.chunk_pages > kSparseAttentionMaxChunkPages || plan.max_splits == 0 || plan.max_splits > 65535u * 1024u ||
       plan.rows != s.requests * s.kv_heads * (s.group() / plan.heads_per_cta) || plan.rows > 65535 ||
       (plan.tile_loads != 0 && plan.tile_loads != 4 && plan.tile_loads != 8)) {

@@ -65,8 +65,28 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
 SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
                                         uint32_t sm_count, uint32_t ctas_per_sm, uint32_t deep_ctas_per_sm);
 
-// The same with sm_count and ctas_per_sm of `device` for this shape and type (occupancy of
-// the kernel instance the launch will use).
+// CTAs per SM of each kernel variant, indexed by log2(heads_per_cta) (0 = unknown / none),
+// and the L2 size, for the planner below.
+struct SparseAttentionOccupancy {
+  uint32_t standard[4] = {};  // 4 loads per tile
+  uint32_t deep[4] = {};      // 8 loads per tile (heads_per_cta ≤ 4)
+  uint64_t l2_bytes = 0;
+};
+
+// The same, also choosing heads_per_cta: the largest of 8/4/2/1 dividing the group (as
+// above), or half of it when rows are few (batch 1): when the launch's K/V (requests ·
+// kv_heads · max_pages_per_row slices) fits in half the L2, the largest-chunk plan is one
+// wave, and the half-chunk plan (its own standard/deep choice) is one wave of more CTAs.
+// Half the heads per CTA = half the q/o/score registers (H100, d 128: 112 instead of 159
+// standard, 161 instead of 226–255 deep), so more CTAs resident; each K/V byte is then read
+// twice, the second time from L2. Same numbers up to the order of the merge's sums.
+// Llama-3-8B, budget 2048 at batch 1 on an H100: 16 rows × 32 pieces of 4 pages, 2 heads per
+// CTA, 4 loads per tile (512 CTAs at 4 per SM, instead of 256 at 2).
+SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                        uint32_t sm_count, const SparseAttentionOccupancy& occupancy);
+
+// The last, with sm_count, the L2 size and the occupancies of `device` for this shape and
+// type (of the kernel instances the launch may use).
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionPlan* plan);
 

@@ -189,6 +189,12 @@ void RunCase(const Case& c, uint32_t seed) {
     plan.max_splits = (std::max(p.max_pages, 1u) + c.chunk - 1) / c.chunk;
   }
   RunPlan(c, p, want, plan);
+  if (plan.heads_per_cta >= 2) {  // half the heads per CTA (the batch-1 plan's cut), twice the rows
+    SparseAttentionPlan half = plan;
+    half.heads_per_cta /= 2;
+    half.rows *= 2;
+    RunPlan(c, p, want, half);
+  }
   if (plan.heads_per_cta > 4) return;  // no deep variant
   // The other kernel variant on the same cut (the deep one, 8 loads per tile, or the standard
   // one if the planner chose deep), and the deep cut of one round per piece.
@@ -218,8 +224,11 @@ INSTANTIATE_TEST_SUITE_P(
         // Llama-3-8B shapes (group 4, d 128), dense, one request with a partial block.
         Case{32, 8, 128, 16, {1000}},
         Case{32, 8, 128, 16, {1000}, HT::kFp16, AO::kInputType},
-        // a budget-2048 selection at batch 1 (128 pages per row): the planner's deep plan.
+        // a budget-2048 selection at batch 1 (128 pages per row): the planner's half-heads plan
+        // (2 heads per CTA; on a device where that is not one wave, the deep plan).
         Case{32, 8, 128, 16, {2048}},
+        // the same at group 8: 4 heads per CTA instead of 8.
+        Case{64, 8, 128, 16, {2048}, HT::kFp16, AO::kInputType},
         Case{32, 8, 128, 16, {2040}, HT::kFp16, AO::kInputType},
         // batch 3, ragged, fp16; one request of a single token.
         Case{16, 4, 128, 16, {17, 1, 300}, HT::kFp16},
@@ -334,6 +343,62 @@ TEST(SparseAttentionPlan, DeepForShortLists) {
   p = PlanSparseAttention(d64, 128, 132, 3, 2);
   EXPECT_EQ(p.tile_loads, 8u);
   EXPECT_EQ(p.chunk_pages, 4u);
+}
+
+// heads_per_cta at batch 1: half the group's largest chunk where the K/V fits in half the L2,
+// the largest chunk is one wave and the half chunk is one wave of more CTAs.
+TEST(SparseAttentionPlan, FewerHeadsPerCtaWhenRowsAreFew) {
+  const SparseAttentionShape llama{.requests = 1, .q_heads = 32, .kv_heads = 8, .head_dim = 128, .block_tokens = 16,
+                                   .slot_bytes = 8192};
+  SparseAttentionOccupancy occ;  // H100-like: registers of the variants at d 128
+  occ.standard[0] = 6, occ.standard[1] = 4, occ.standard[2] = 3, occ.standard[3] = 2;
+  occ.deep[0] = 4, occ.deep[1] = 3, occ.deep[2] = 2;
+  occ.l2_bytes = 50u << 20;
+  // Budget 2048 at batch 1 (8.4 MB): 16 rows × 32 pieces of 4 pages at 2 heads per CTA, standard
+  // tiles (512 CTAs ≤ 132 × 4) instead of the deep 256 at 4 heads.
+  SparseAttentionPlan p = PlanSparseAttention(llama, 128, 132, occ);
+  EXPECT_EQ(p.heads_per_cta, 2u);
+  EXPECT_EQ(p.rows, 16u);
+  EXPECT_EQ(p.chunk_pages, 4u);
+  EXPECT_EQ(p.max_splits, 32u);
+  EXPECT_EQ(p.tile_loads, 0u);
+  // The largest chunk otherwise, exactly the 5-argument plan.
+  auto same_as_full = [&](const SparseAttentionShape& s, uint32_t pages, const SparseAttentionOccupancy& o) {
+    const SparseAttentionPlan got = PlanSparseAttention(s, pages, 132, o);
+    const uint32_t lg = s.group() >= 8 ? 3 : s.group() % 4 == 0 ? 2 : s.group() % 2 == 0 ? 1 : 0;
+    const SparseAttentionPlan want = PlanSparseAttention(s, pages, 132, o.standard[lg], o.deep[lg]);
+    EXPECT_EQ(got.heads_per_cta, want.heads_per_cta) << pages;
+    EXPECT_EQ(got.rows, want.rows) << pages;
+    EXPECT_EQ(got.chunk_pages, want.chunk_pages) << pages;
+    EXPECT_EQ(got.max_splits, want.max_splits) << pages;
+    EXPECT_EQ(got.tile_loads, want.tile_loads) << pages;
+    return got.heads_per_cta;
+  };
+  EXPECT_EQ(same_as_full(llama, 2048, occ), 4u);  // dense 32K: 134 MB of K/V, more than half the L2
+  SparseAttentionShape b8 = llama;
+  b8.requests = 8;  // 67 MB, and more than a wave
+  EXPECT_EQ(same_as_full(b8, 128, occ), 4u);
+  SparseAttentionOccupancy no_l2 = occ;
+  no_l2.l2_bytes = 0;
+  EXPECT_EQ(same_as_full(llama, 128, no_l2), 4u);
+  SparseAttentionOccupancy no_half = occ;
+  no_half.standard[1] = 0;  // occupancy of the half chunk unknown
+  EXPECT_EQ(same_as_full(llama, 128, no_half), 4u);
+  SparseAttentionShape g3 = llama;
+  g3.q_heads = 24;  // group 3: one head per CTA already
+  EXPECT_EQ(same_as_full(g3, 128, occ), 1u);
+  // Group 8: 8 heads (256 CTAs at 2 per SM) → 4 heads, standard: 16 rows × 22 pieces of 6 pages
+  // (352 CTAs ≤ 132 × 3).
+  SparseAttentionShape g8 = llama;
+  g8.q_heads = 64;
+  p = PlanSparseAttention(g8, 128, 132, occ);
+  EXPECT_EQ(p.heads_per_cta, 4u);
+  EXPECT_EQ(p.rows, 16u);
+  EXPECT_EQ(p.chunk_pages, 6u);
+  EXPECT_EQ(p.max_splits, 22u);
+  EXPECT_EQ(p.tile_loads, 0u);
+  // One page per row: 8 CTAs of one piece → 16 (both one wave).
+  EXPECT_EQ(PlanSparseAttention(llama, 1, 132, occ).heads_per_cta, 2u);
 }
 
 }  // namespace
