@@ -3,10 +3,27 @@
 #include <fmt/format.h>
 #include <liburing.h>
 
+#include <algorithm>
+#include <array>
 #include <cerrno>
+#include <limits>
 #include <vector>
 
 namespace kvtier {
+
+namespace {
+bool Vectored(IoOp op) { return op == IoOp::kReadv || op == IoOp::kWritev; }
+const char* OpName(IoOp op) {
+  switch (op) {
+    case IoOp::kRead: return "read";
+    case IoOp::kWrite: return "write";
+    case IoOp::kSyncData: return "fdatasync";
+    case IoOp::kReadv: return "readv";
+    case IoOp::kWritev: return "writev";
+  }
+  return "?";
+}
+}  // namespace
 
 struct UringQueue::Impl {
   io_uring ring{};
@@ -17,6 +34,11 @@ struct UringQueue::Impl {
     IoRequest req;         // the remaining part (advanced on short transfers)
     bool busy = false;
     bool queued = false;   // waiting for an SQE (a resubmission that found the SQ full)
+    // Vectored requests: the queue's own copy of the pieces; req.iov views
+    // [iov_first, iov_count), the first one trimmed by what a short transfer already moved.
+    std::array<iovec, kMaxIovecs> iov{};
+    uint32_t iov_first = 0;
+    uint32_t iov_count = 0;
   };
   std::vector<Op> ops;
   std::vector<uint32_t> free_ops;
@@ -27,6 +49,26 @@ struct UringQueue::Impl {
 
   ~Impl() {
     if (ring_ok) io_uring_queue_exit(&ring);
+  }
+
+  // A short transfer of `n` bytes (0 < n < op.req.length): the rest is what is left to do.
+  static void Advance(Op& op, uint32_t n) {
+    op.req.offset += n;
+    op.req.length -= n;
+    if (!Vectored(op.req.op)) {
+      op.req.data += n;
+      return;
+    }
+    uint64_t left = n;
+    while (op.iov_first < op.iov_count && left >= op.iov[op.iov_first].iov_len) {
+      left -= op.iov[op.iov_first].iov_len;
+      ++op.iov_first;
+    }
+    KVT_CHECK(op.iov_first < op.iov_count);  // n < length: some bytes are left
+    iovec& v = op.iov[op.iov_first];
+    v.iov_base = static_cast<std::byte*>(v.iov_base) + left;
+    v.iov_len -= left;
+    op.req.iov = {op.iov.data() + op.iov_first, op.iov_count - op.iov_first};
   }
 
   bool PrepSqe(uint32_t index) {
@@ -50,6 +92,12 @@ struct UringQueue::Impl {
         break;
       case IoOp::kSyncData:
         io_uring_prep_fsync(sqe, r.fd, IORING_FSYNC_DATASYNC);
+        break;
+      case IoOp::kReadv:
+        io_uring_prep_readv(sqe, r.fd, r.iov.data(), static_cast<unsigned>(r.iov.size()), r.offset);
+        break;
+      case IoOp::kWritev:
+        io_uring_prep_writev(sqe, r.fd, r.iov.data(), static_cast<unsigned>(r.iov.size()), r.offset);
         break;
     }
     io_uring_sqe_set_data64(sqe, index);
@@ -96,9 +144,31 @@ Status UringQueue::RegisterBuffers(std::span<const iovec> buffers) {
 
 Status UringQueue::Prep(const IoRequest& request) {
   Impl& m = *impl_;
+  uint64_t total = 0;
+  if (Vectored(request.op)) {
+    if (request.iov.empty() || request.iov.size() > kMaxIovecs) {
+      return Status::InvalidArgument(fmt::format("{} of {} pieces (1..{})", OpName(request.op), request.iov.size(), kMaxIovecs));
+    }
+    for (const iovec& v : request.iov) total += v.iov_len;
+    if (total > std::numeric_limits<uint32_t>::max()) {
+      return Status::InvalidArgument(fmt::format("{} of {} B (under 4 GiB)", OpName(request.op), total));
+    }
+  }
   if (m.free_ops.empty()) return Status::Unavailable("io_uring queue full: reap and retry");
   const uint32_t index = m.free_ops.back();
-  m.ops[index] = Impl::Op{request, true, false};
+  Impl::Op& op = m.ops[index];
+  op = Impl::Op{};
+  op.req = request;
+  op.busy = true;
+  op.req.iov = {};
+  if (Vectored(request.op)) {
+    std::copy(request.iov.begin(), request.iov.end(), op.iov.begin());
+    op.iov_count = static_cast<uint32_t>(request.iov.size());
+    op.req.iov = {op.iov.data(), op.iov_count};
+    op.req.length = static_cast<uint32_t>(total);
+    op.req.data = nullptr;
+    op.req.buffer_index = -1;
+  }
   if (!m.PrepSqe(index)) {  // cannot happen while ops <= ring entries, but never block
     m.ops[index].busy = false;
     return Status::Unavailable("io_uring SQ full: submit and retry");
@@ -147,18 +217,14 @@ Result<uint32_t> UringQueue::Reap(uint32_t min_complete, const std::function<voi
     if (m.fault) res = m.fault(op.req, res);
     Status status;
     if (res < 0) {
-      status = Status::FromErrno(-res, fmt::format("{} of {} B at offset {}",
-                                                   op.req.op == IoOp::kWrite ? "write" : op.req.op == IoOp::kRead ? "read" : "fdatasync",
-                                                   op.req.length, op.req.offset));
+      status = Status::FromErrno(-res, fmt::format("{} of {} B at offset {}", OpName(op.req.op), op.req.length, op.req.offset));
     } else if (op.req.op != IoOp::kSyncData && static_cast<uint32_t>(res) < op.req.length) {
       if (res == 0) {
-        status = Status::IoError(fmt::format("{} at offset {} made no progress (end of file?)",
-                                             op.req.op == IoOp::kWrite ? "write" : "read", op.req.offset));
+        status = Status::IoError(fmt::format("{} at offset {} made no progress (end of file?)", OpName(op.req.op), op.req.offset));
       } else {
-        // Short: the remainder goes back to the kernel; the request is not done.
-        op.req.offset += static_cast<uint64_t>(res);
-        op.req.data += res;
-        op.req.length -= static_cast<uint32_t>(res);
+        // Short: the remainder goes back to the kernel (vectored: from the piece where the
+        // transfer stopped); the request is not done.
+        Impl::Advance(op, static_cast<uint32_t>(res));
         ++m.counters.short_resubmits;
         if (!m.PrepSqe(index)) {
           op.queued = true;

@@ -9,6 +9,10 @@
 //             a Status through FromErrno.
 //
 // Buffers registered with RegisterBuffers are used by index (read_fixed / write_fixed).
+// kReadv / kWritev move up to kMaxIovecs pieces of memory to or from one contiguous file
+// range in one request (IORING_OP_READV / WRITEV; no registered buffers: the kernel pins the
+// pages per request). The queue keeps its own copy of the pieces, so the caller's array may
+// go away after Prep, and a short transfer is resubmitted for the remainder across them.
 #pragma once
 
 #include <sys/uio.h>
@@ -29,9 +33,14 @@ struct UringOptions {
   Status Validate() const;
 };
 
-enum class IoOp : uint8_t { kRead, kWrite, kSyncData };
+enum class IoOp : uint8_t { kRead, kWrite, kSyncData, kReadv, kWritev };
+
+inline constexpr size_t kMaxIovecs = 4;  // pieces of one kReadv / kWritev
 
 // One request. `buffer_index` >= 0 names a registered buffer that contains [data, data+len).
+// kReadv / kWritev: `iov` (1..kMaxIovecs pieces, in file order from `offset`) replaces `data`
+// and `buffer_index`; Prep sets `length` to the pieces' total. In the request a CompletionFault
+// sees, `iov` and `length` describe what is still to transfer.
 struct IoRequest {
   IoOp op = IoOp::kRead;
   int fd = -1;
@@ -40,6 +49,7 @@ struct IoRequest {
   uint32_t length = 0;
   int buffer_index = -1;
   uint64_t tag = 0;  // returned to done(); indexes the caller's own table
+  std::span<const iovec> iov = {};
 };
 
 // Fault injection for tests (seeded by the caller): called with each completion before it is
@@ -64,7 +74,9 @@ class UringQueue {
   // (ENOMEM when RLIMIT_MEMLOCK is too low).
   Status RegisterBuffers(std::span<const iovec> buffers);
 
-  // Queues one request. kUnavailable when `queue_depth` requests are already in flight.
+  // Queues one request. kUnavailable when `queue_depth` requests are already in flight;
+  // kInvalidArgument for a vectored request of 0 or more than kMaxIovecs pieces, or of
+  // 4 GiB or more in all.
   Status Prep(const IoRequest& request);
   // Submits queued requests; returns how many the kernel took.
   Result<uint32_t> Submit();

@@ -41,7 +41,7 @@ struct NvmeMover::Io {
   struct Segment {
     std::shared_ptr<Job> job;
     size_t index = 0;
-    int parts = 0;  // I/Os not yet completed
+    int parts = 0;  // I/Os not yet completed (1 vectored, 2 as a fixed pair)
     Status status;
   };
   std::vector<Segment> segments;  // by header sector index
@@ -200,6 +200,25 @@ void NvmeMover::IoLoop() {
   const bool writing = direction_ == NvmeDirection::kDramToNvme;
   const int fd = nvme_->fd();
   const nvme::SlabGeometry& g = nvme_->geometry();
+  const bool vectored = options_.slot_io == NvmeSlotIo::kVectored;
+  // Moves slot `slot`'s header (sector `h` of the header area) and `len` payload bytes at
+  // `payload` (a DRAM pool slot): one vectored request, or two fixed-buffer ones. Tags are
+  // h * 2 (+1 for the payload of a pair). Both pieces are 4 KiB aligned and 4 KiB multiples
+  // (O_DIRECT), and the payload follows the header sector on disk (payload_offset).
+  auto prep_slot = [&](bool write, uint32_t slot, uint32_t h, std::byte* payload, uint64_t len) {
+    const uint64_t at = g.header_offset(slot);
+    if (vectored) {
+      const iovec iov[2] = {{io.sector(h).data(), kSectorBytes}, {payload, len}};
+      KVT_CHECK(io.queue.Prep({.op = write ? IoOp::kWritev : IoOp::kReadv, .fd = fd, .offset = at,
+                               .tag = uint64_t{h} * 2, .iov = iov}).ok());
+      return;
+    }
+    const IoOp op = write ? IoOp::kWrite : IoOp::kRead;
+    KVT_CHECK(io.queue.Prep({op, fd, at, io.sector(h).data(), static_cast<uint32_t>(kSectorBytes), kHeaderBuffer,
+                             uint64_t{h} * 2}).ok());
+    KVT_CHECK(io.queue.Prep({op, fd, g.payload_offset(slot), payload, static_cast<uint32_t>(len), kPoolBuffer,
+                             uint64_t{h} * 2 + 1}).ok());
+  };
 
   // Indexes every job in to_publish in one WriteBatch (their writes, and in durable mode
   // their fdatasync, have completed successfully), then signals them.
@@ -246,7 +265,7 @@ void NvmeMover::IoLoop() {
     const CopySegment& c = job->batch.segments[i];
     const uint64_t len = RoundUp(c.bytes);
     Io::Segment& seg = io.segments[h];
-    seg = Io::Segment{job, i, 2, Status()};
+    seg = Io::Segment{job, i, vectored ? 1 : 2, Status()};
     if (writing) {
       std::byte* payload = std::get<MemoryAddress>(dram_->Locate(c.src)).ptr;
       nvme::SlotHeader hd;
@@ -257,10 +276,7 @@ void NvmeMover::IoLoop() {
       hd.checksum = nvme::SlotChecksum(hd, {payload, c.bytes});
       nvme::EncodeSlotHeader(hd, io.sector(h));
       job->headers[i] = hd;
-      KVT_CHECK(io.queue.Prep({IoOp::kWrite, fd, g.header_offset(c.dst.value()), io.sector(h).data(),
-                               static_cast<uint32_t>(kSectorBytes), kHeaderBuffer, uint64_t{h} * 2}).ok());
-      KVT_CHECK(io.queue.Prep({IoOp::kWrite, fd, hd.slot_offset, payload, static_cast<uint32_t>(len), kPoolBuffer,
-                               uint64_t{h} * 2 + 1}).ok());
+      prep_slot(true, c.dst.value(), h, payload, len);
     } else {
       std::byte* payload = std::get<MemoryAddress>(dram_->Locate(c.dst)).ptr;
       nvme::SlotExpectation want;
@@ -284,10 +300,10 @@ void NvmeMover::IoLoop() {
         segment_done(job, std::move(no_block));
         return;
       }
-      KVT_CHECK(io.queue.Prep({IoOp::kRead, fd, g.header_offset(c.src.value()), io.sector(h).data(),
-                               static_cast<uint32_t>(kSectorBytes), kHeaderBuffer, uint64_t{h} * 2}).ok());
-      KVT_CHECK(io.queue.Prep({IoOp::kRead, fd, want.slot_offset, payload, static_cast<uint32_t>(len), kPoolBuffer,
-                               uint64_t{h} * 2 + 1}).ok());
+      // The index's offset is the slot's own payload offset (NvmeTier::Expect); a header that
+      // names another one fails VerifySlot (misplaced block).
+      KVT_CHECK(want.slot_offset == g.payload_offset(c.src.value()));
+      prep_slot(false, c.src.value(), h, payload, len);
     }
   };
   auto on_complete = [&](uint64_t tag, Status s) {

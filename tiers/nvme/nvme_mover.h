@@ -1,11 +1,15 @@
-// NvmeMover: DRAM <-> NVMe over io_uring, one mover per direction. The DRAM pool is
-// registered with the mover's ring as a fixed buffer, so payloads go straight between the
-// pool's slots and the slab (O_DIRECT): no bounce copy. Slot headers go through a small
-// registered header area owned by the mover (one 4 KiB sector per in-flight segment).
+// NvmeMover: DRAM <-> NVMe over io_uring, one mover per direction. Payloads go straight
+// between the DRAM pool's slots and the slab (O_DIRECT): no bounce copy. Slot headers go
+// through a small header area owned by the mover (one 4 KiB sector per in-flight segment).
+// A slot's header sector and its payload are adjacent on disk, so by default a block is one
+// vectored request (NvmeSlotIo::kVectored: READV/WRITEV of [header sector, DRAM payload]);
+// NvmeSlotIo::kFixedPair moves it as two fixed-buffer requests instead (the pool and the
+// header area are registered with the ring either way). The bytes on disk are the same.
 //
 // Segments are whole blocks (offsets 0): a slot's checksum covers its whole payload.
 //   DRAM -> NVMe: header (key from MoveBatch::keys or NvmeTier::Bind, a new generation, the checksum of
-//                 the DRAM bytes) and payload are written; in durable mode the slab is
+//                 the DRAM bytes) and payload are written (all of both: a short write is
+//                 resubmitted for the rest); in durable mode the slab is
 //                 fdatasync'ed (one fdatasync covers every batch whose writes completed
 //                 before it was issued); then the tier publishes the blocks: all batches
 //                 completed in one reap pass in one index WriteBatch. A failed write
@@ -38,8 +42,15 @@ namespace kvtier {
 
 enum class NvmeDirection : uint8_t { kDramToNvme, kNvmeToDram };
 
+// How one block (slot header sector + payload, adjacent in the slab) goes to or from disk.
+enum class NvmeSlotIo : uint8_t {
+  kVectored,   // one IORING_OP_READV / WRITEV: the header sector, then the DRAM slot's payload
+  kFixedPair,  // two requests on registered buffers (READ_FIXED / WRITE_FIXED): header, payload
+};
+
 struct NvmeMoverOptions {
-  uint32_t queue_depth = 64;  // segments in flight (each is two I/Os: header and payload)
+  uint32_t queue_depth = 64;  // segments (blocks) in flight
+  NvmeSlotIo slot_io = NvmeSlotIo::kVectored;
   CompletionFault fault;      // tests only: rewrites completions (EIO, short transfers)
   // Benchmarks only: index each batch on its own as it completes (the pre-2026-11-27
   // behaviour) instead of all batches completed in one reap pass in one WriteBatch.

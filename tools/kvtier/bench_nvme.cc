@@ -6,9 +6,9 @@
 // HBM, memcpy mover) through TierManager::Onboard, against each hop measured alone.
 //
 // Each kvtier I/O is one single-block MoveBatch with its key (as the TierManager issues
-// them): a write puts the slot header and the payload, then indexes the key (RocksDB, cache
-// mode: WAL not synced); a read gets header and payload and verifies both. fio moves the
-// payload only. Latency is per block, from Submit to the fence's signal.
+// them): a write puts the slot header and the payload (one vectored request, or two with
+// --slot-io fixed-pair), then indexes the key (RocksDB, cache mode: WAL not synced); a read
+// gets header and payload and verifies both. fio moves the payload only. Latency is per block, from Submit to the fence's signal.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spawn.h>
@@ -57,7 +57,8 @@ struct BenchNvmeOptions {
   bool keep = false;
   bool json = false;
   bool no_keys = false;
-  bool publish_per_batch = false;  // index each block on its own (the old mover behaviour)  // unkeyed blocks: nothing is indexed (separates index from I/O cost)
+  bool publish_per_batch = false;  // index each block on its own (the old mover behaviour)
+  std::string slot_io = "vectored";  // vectored | fixed-pair (NvmeSlotIo)
 };
 
 class QuietLogger final : public Logger {
@@ -139,6 +140,7 @@ Result<Rig> OpenRig(const BenchNvmeOptions& o, const std::string& dir, Logger* l
   NvmeMoverOptions mo;
   mo.queue_depth = o.qd;
   mo.publish_per_batch = o.publish_per_batch;
+  mo.slot_io = o.slot_io == "fixed-pair" ? NvmeSlotIo::kFixedPair : NvmeSlotIo::kVectored;
   KVT_ASSIGN_OR_RETURN(r.down, NvmeMover::Create(r.dram.get(), r.nvme.get(), NvmeDirection::kDramToNvme, mo));
   KVT_ASSIGN_OR_RETURN(r.up, NvmeMover::Create(r.dram.get(), r.nvme.get(), NvmeDirection::kNvmeToDram, mo));
   KVT_ASSIGN_OR_RETURN(r.nvme_slots, r.nvme->Reserve(count));
@@ -487,9 +489,9 @@ int RunBenchNvme(const BenchNvmeOptions& o) {
     if (!rig.ok()) return fail(rig.status());
     const std::string slab = root + "/tier/slab.kvt";
     if (!o.json) {
-      fmt::print("bench nvme: {} slots of {} B in {} (O_DIRECT{}, XXH3 {}), qd {}, {} s per measurement, {} run(s)\n",
+      fmt::print("bench nvme: {} slots of {} B in {} (O_DIRECT{}, XXH3 {}, slot I/O {}), qd {}, {} s per measurement, {} run(s)\n",
                  rig->nvme_slots.size(), o.block_size, slab, rig->nvme->stats().direct ? "" : " OFF",
-                 rig->nvme->stats().checksum_path, o.qd, o.seconds, o.runs);
+                 rig->nvme->stats().checksum_path, o.slot_io, o.qd, o.seconds, o.runs);
     }
     for (uint32_t run = 0; run < o.runs; ++run) {
       for (const std::string& op : ops) {
@@ -631,6 +633,9 @@ void AddBenchNvmeCommand(CLI::App& bench, int* exit_code) {
   cmd->add_flag("--json", o->json, "one JSON line per measurement (medians)");
   cmd->add_flag("--publish-per-batch", o->publish_per_batch,
                 "index each written batch on its own as it completes (the old mover; for comparison)");
+  cmd->add_option("--slot-io", o->slot_io,
+                  "vectored: header + payload as one READV/WRITEV (default); fixed-pair: two fixed-buffer requests")
+      ->check(CLI::IsMember({"vectored", "fixed-pair"}));
   cmd->add_flag("--no-keys", o->no_keys, "move unkeyed blocks (nothing indexed): the I/O path without the RocksDB index");
   cmd->callback([o, exit_code] { *exit_code = RunBenchNvme(*o); });
 }
