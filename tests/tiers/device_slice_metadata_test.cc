@@ -4,8 +4,10 @@
 // device selection buffer poisoned before every launch). Selections must be equal, except
 // at a near-tie with the k-th score (the kernel sums in another order than the CPU: the same
 // tolerance as tests/kernels/quest_select_gpu_test.cc). Also: the arena's bytes in the
-// tier's usage, kExhausted for an arena or a layer that does not fit. Every case skips
-// without a CUDA device.
+// tier's usage, kExhausted for an arena or a layer that does not fit. And the sparse
+// runtime path on the real GPU tier: device selection -> CopySelectionToHost ->
+// SparsePrefetcher over the GpuMover, the HBM slices equal to the DRAM ones byte for byte.
+// Every case skips without a CUDA device.
 #include "device_slice_metadata.h"
 
 #include <gtest/gtest.h>
@@ -18,10 +20,16 @@
 #include <set>
 #include <vector>
 
+#include "cuda_host_pinner.h"
 #include "emulated_hbm_tier.h"
 #include "gpu_hbm_tier.h"
+#include "gpu_mover.h"
+#include "host_tier.h"
 #include "kvtier/quest_selector.h"
+#include "kvtier/slice_cache.h"
 #include "kvtier/slice_metadata.h"
+#include "kvtier/sparse_prefetcher.h"
+#include "kvtier/tier_manager.h"
 #include "reference/quest_select.h"
 
 #define ASSERT_CUDA(expr) ASSERT_EQ((expr), cudaSuccess) << #expr << ": " << cudaGetErrorString(cudaGetLastError())
@@ -307,6 +315,209 @@ TEST(DeviceSliceMetadata, UpdateRefusesALayerOverCapacityAndAShrunkenHost) {
   EXPECT_EQ(dev->SelectOnDevice(LayerId{0}, dq, kernels::QuestQueryType::kFloat32, 2, so).status().code(),
             StatusCode::kInvalidArgument);
   ASSERT_CUDA(cudaStreamSynchronize(stream.s));
+  ASSERT_CUDA(cudaFree(dq));
+}
+
+// The sparse runtime path on the GPU tier, end to end: a request's blocks of one layer in
+// DRAM (TierManager, pinned host pool) holding fresh random bf16 K/V; the host SliceMetadata
+// appended from the same keys; DeviceSliceMetadata::Update + SelectOnDevice +
+// CopySelectionToHost; SparsePrefetcher::Prefetch over a GpuMover into a GpuHbmTier of
+// slice-sized slots (with the metadata arena). The selection equals the CPU QuestSelector's
+// (up to near-ties, as above), every HBM slice the page table names holds exactly the DRAM
+// slice, and the same selection again is all hits (no bytes moved).
+TEST(DeviceSliceMetadata, SelectionOnDeviceDrivesThePrefetcherOnTheGpuTier) {
+  SKIP_WITHOUT_DEVICE();
+  const uint64_t seed = std::random_device{}();
+  ::testing::Test::RecordProperty("seed", std::to_string(seed));
+  SCOPED_TRACE(::testing::Message() << "seed " << seed);
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+
+  // 2 layers, 4 KV heads, d=128, 16-token bf16 blocks: 8 KiB slices, 32 KiB blocks.
+  const KvGeometry geo{.layers = 2, .kv_heads = 4, .head_dim = 128, .block_tokens = 16, .dtype = DType::kBF16};
+  const uint32_t kv = geo.kv_heads, d = geo.head_dim, bt = geo.block_tokens, q_heads = 16;
+  const uint32_t full_blocks = 40, tail_tokens = 5, tokens = full_blocks * bt + tail_tokens;
+  const LayerId layer{1};
+  const Case c{.layers = geo.layers, .kv_heads = kv, .q_heads = q_heads, .head_dim = d, .block_tokens = bt,
+               .budget_tokens = 128, .dense_layers = 0, .combine = GqaCombine::kMax, .bf16_queries = false};
+  const DeviceSliceMetadataOptions dopt{.layers = geo.layers, .kv_heads = kv, .head_dim = d, .block_tokens = bt,
+                                        .max_blocks = 64};
+
+  // Declared so that users go before what they borrow.
+  Stream stream;
+  auto hbm = Must(GpuHbmTier::Create({.device = 0, .slot_bytes = geo.slice_bytes(), .slot_count = 256,
+                                      .metadata_bytes = DeviceSliceMetadata::ArenaBytes(dopt)}),
+                  "GpuHbmTier::Create");
+  ASSERT_NE(hbm, nullptr);
+  auto dev = Must(DeviceSliceMetadata::Create(dopt, hbm.get(), stream.s), "DeviceSliceMetadata::Create");
+  ASSERT_NE(dev, nullptr);
+
+  HostTierOptions ho;
+  ho.slot_bytes = geo.block_bytes();
+  ho.slot_count = 64;
+  ho.pinner = Must(CudaHostPinner::Create(), "CudaHostPinner::Create");  // device-addressable: the mover reads it
+  ho.touch_threads = 1;
+  auto dram_owned = Must(HostTier::Create(ho), "HostTier::Create");
+  ASSERT_NE(dram_owned, nullptr);
+  HostTier* dram = dram_owned.get();
+  TierSet set;
+  set.tiers[TierIndex(TierKind::kDram)] = std::move(dram_owned);
+  TierManagerOptions to;
+  to.geometry = geo;
+  to.index_shards = 4;
+  auto tm = Must(TierManager::Create(to, std::move(set)), "TierManager::Create");
+  ASSERT_NE(tm, nullptr);
+  auto mover = Must(GpuMover::Create(dram, hbm.get(), {}), "GpuMover::Create");
+  ASSERT_NE(mover, nullptr);
+  SliceCacheOptions co;
+  co.geometry = geo;
+  auto cache = Must(SliceCache::Create(co, hbm.get()), "SliceCache::Create");
+  ASSERT_NE(cache, nullptr);
+  auto prefetcher = Must(SparsePrefetcher::Create(cache.get(), mover.get()), "SparsePrefetcher::Create");
+  ASSERT_NE(prefetcher, nullptr);
+
+  // The request's full blocks of `layer` in DRAM, committed, with random bf16 K and V (never
+  // zero bits); the keys, token-major fp32, the tail's included, for the metadata.
+  std::vector<BlockKey> keys;
+  for (uint32_t b = 0; b < full_blocks; ++b) {
+    ChainHash chain;
+    for (auto& x : chain.bytes) x = static_cast<uint8_t>(rng());
+    keys.push_back(BlockKey{chain, layer});
+  }
+  PinSet pins = Must(tm->Allocate(keys, TierKind::kDram), "Allocate");
+  ASSERT_EQ(pins.size(), keys.size());
+  auto bf16 = [&](uint32_t dim) {
+    uint16_t bits = Bf16Bits(normal(rng) + 0.5f * float(dim % 7) - 1.0f);  // channel offsets, as above
+    if ((bits & 0x7fffu) == 0) bits = 0x3f80;                               // never a zero
+    return bits;
+  };
+  std::vector<float> layer_keys(size_t{tokens} * kv * d);
+  for (uint32_t b = 0; b < full_blocks; ++b) {
+    const Location loc = Must(tm->Locate(pins, b, TierKind::kDram), "Locate");
+    std::byte* block = std::get<MemoryAddress>(loc).ptr;
+    for (uint32_t h = 0; h < kv; ++h) {
+      for (uint32_t part = 0; part < 2; ++part) {
+        for (uint32_t t = 0; t < bt; ++t) {
+          for (uint32_t i = 0; i < d; ++i) {
+            const uint16_t bits = bf16(i);
+            std::memcpy(block + geo.Offset(h, static_cast<KvPart>(part), t, i), &bits, 2);
+            if (part == 0) {
+              const uint32_t u = uint32_t{bits} << 16;
+              std::memcpy(&layer_keys[(size_t{b * bt + t} * kv + h) * d + i], &u, 4);
+            }
+          }
+        }
+      }
+    }
+  }
+  ASSERT_TRUE(tm->Commit(pins, Fence()).ok());
+  for (size_t j = size_t{full_blocks} * bt * kv * d; j < layer_keys.size(); ++j) {  // the tail: the engine's
+    const uint32_t u = uint32_t{bf16(static_cast<uint32_t>(j % d))} << 16;
+    std::memcpy(&layer_keys[j], &u, 4);
+  }
+  std::vector<SlotId> dram_slots;
+  ASSERT_TRUE(DramSlotsOf(*tm, pins, &dram_slots).ok());
+
+  SliceMetadata host = Must(SliceMetadata::Create({.layers = geo.layers, .kv_heads = kv, .head_dim = d,
+                                                   .block_tokens = bt}),
+                            "SliceMetadata::Create");
+  std::vector<float> other(size_t{tokens} * kv * d);  // layer 0: other keys, must not be the ones read
+  for (float& x : other) x = normal(rng);
+  ASSERT_TRUE(host.Append(LayerId{0}, other, tokens).ok());
+  ASSERT_TRUE(host.Append(layer, layer_keys, tokens).ok());
+  ASSERT_EQ(host.blocks(layer), full_blocks + 1);
+  ASSERT_TRUE(Must(dev->Update(LayerId{0}, host), "Update 0").Wait().ok());
+  Fence updated = Must(dev->Update(layer, host), "Update");
+
+  // Select on the device, bring the selection to pinned host memory (poisoned first).
+  std::vector<float> q(size_t{q_heads} * d);
+  for (float& x : q) x = normal(rng);
+  void* dq = nullptr;
+  ASSERT_CUDA(cudaMalloc(&dq, q.size() * 4));
+  ASSERT_CUDA(cudaMemcpyAsync(dq, q.data(), q.size() * 4, cudaMemcpyHostToDevice, stream.s));
+  ASSERT_CUDA(cudaStreamSynchronize(stream.s));  // `q` is pageable and ours
+  QuestSelectorOptions so;
+  so.budget_tokens = c.budget_tokens;
+  so.block_tokens = bt;
+  so.dense_layers = c.dense_layers;
+  so.combine = c.combine;
+  QuestSelector selector = Must(QuestSelector::Create(so), "QuestSelector::Create");
+  const Selection cpu = Must(selector.Select(layer, q, host), "Select");
+  DeviceSelection sel = Must(dev->SelectOnDevice(layer, dq, kernels::QuestQueryType::kFloat32, q_heads, so),
+                             "SelectOnDevice");
+  ASSERT_EQ(sel.blocks, cpu.blocks);
+  ASSERT_EQ(sel.per_head, cpu.per_head);
+  ASSERT_FALSE(sel.dense);
+  const size_t n = size_t{kv} * sel.per_head;
+  PinnedBuffer pinned = Must(PinnedBuffer::Allocate(size_t{kv} * dopt.max_blocks * sizeof(uint32_t)), "pinned");
+  std::span<uint32_t> out(reinterpret_cast<uint32_t*>(pinned.data()), size_t{kv} * dopt.max_blocks);
+  std::memset(pinned.data(), 0xAA, pinned.size());
+  EXPECT_EQ(dev->CopySelectionToHost(sel, out.first(n - 1)).status().code(), StatusCode::kInvalidArgument);
+  DeviceSelection foreign = sel;
+  foreign.indices = out.data();
+  EXPECT_EQ(dev->CopySelectionToHost(foreign, out).status().code(), StatusCode::kInvalidArgument);
+  Fence copied = Must(dev->CopySelectionToHost(sel, out), "CopySelectionToHost");
+  ASSERT_TRUE(copied.Wait().ok());
+  ASSERT_TRUE(updated.Wait().ok());
+  const std::vector<uint32_t> gpu(out.begin(), out.begin() + n);
+  uint32_t exact_rows = 0;
+  ASSERT_NO_FATAL_FAILURE(CheckSelection(c, layer, host, q, cpu, gpu, &exact_rows));
+
+  // The device selection drives the prefetcher.
+  const SequenceLayer seq{.request = RequestId{7}, .tokens = tokens, .keys = keys, .dram_slots = dram_slots};
+  const std::vector<LayerSelection> batch = {{.sequence = seq, .blocks = gpu, .blocks_per_head = sel.per_head}};
+  uint32_t tails = 0;
+  for (uint32_t b : gpu) tails += b == full_blocks;
+  EXPECT_GE(tails, 1u) << "Quest keeps the partial block";
+  const uint32_t want_loads = static_cast<uint32_t>(n) - tails;  // rows hold distinct blocks
+  LayerPrefetch p = Must(prefetcher->Prefetch(batch), "Prefetch");
+  ASSERT_TRUE(p.ready.Wait().ok());
+  ASSERT_EQ(p.tables.size(), 1u);
+  EXPECT_EQ(p.misses, want_loads);
+  EXPECT_EQ(p.hits, 0u);
+  EXPECT_EQ(p.tail, tails);
+  const MoverStats loaded = mover->stats();
+  EXPECT_EQ(loaded.batches, 1u);
+  EXPECT_EQ(loaded.segments, want_loads);
+  EXPECT_EQ(loaded.bytes, uint64_t{want_loads} * geo.slice_bytes());
+
+  auto check_bytes = [&](const PageTable& t) {
+    ASSERT_EQ(t.kv_heads, kv);
+    ASSERT_EQ(t.blocks_per_head, sel.per_head);
+    std::vector<std::byte> slice(geo.slice_bytes());
+    for (uint32_t h = 0; h < kv; ++h) {
+      for (uint32_t i = 0; i < sel.per_head; ++i) {
+        const uint32_t b = gpu[size_t{h} * sel.per_head + i];
+        const std::byte* at = t.pointers[size_t{h} * sel.per_head + i];
+        if (b == full_blocks) {
+          EXPECT_EQ(t.at(h, i), kNoSlot);
+          EXPECT_EQ(at, nullptr);
+          continue;
+        }
+        ASSERT_NE(at, nullptr) << "head " << h << " block " << b;
+        ASSERT_EQ(std::get<MemoryAddress>(hbm->Locate(t.at(h, i))).ptr, at);
+        std::fill(slice.begin(), slice.end(), std::byte{0x5A});
+        ASSERT_CUDA(cudaMemcpy(slice.data(), at, slice.size(), cudaMemcpyDeviceToHost));
+        const std::byte* want = std::get<MemoryAddress>(dram->Locate(dram_slots[b])).ptr + geo.SliceOffset(h);
+        ASSERT_EQ(std::memcmp(slice.data(), want, slice.size()), 0) << "head " << h << " block " << b;
+      }
+    }
+  };
+  ASSERT_NO_FATAL_FAILURE(check_bytes(p.tables[0]));
+
+  // The same selection in the next step: all hits, no bytes moved.
+  prefetcher->EndStep(Fence());
+  const uint64_t loaded_bytes = cache->Stats().loaded_bytes;
+  EXPECT_EQ(loaded_bytes, uint64_t{want_loads} * geo.slice_bytes());
+  LayerPrefetch again = Must(prefetcher->Prefetch(batch), "Prefetch again");
+  ASSERT_TRUE(again.ready.Wait().ok());
+  EXPECT_EQ(again.misses, 0u);
+  EXPECT_EQ(again.hits, want_loads);
+  EXPECT_EQ(mover->stats().batches, loaded.batches);
+  EXPECT_EQ(mover->stats().bytes, loaded.bytes);
+  EXPECT_EQ(cache->Stats().loaded_bytes, loaded_bytes);
+  ASSERT_NO_FATAL_FAILURE(check_bytes(again.tables[0]));
+  prefetcher->EndStep(Fence());
   ASSERT_CUDA(cudaFree(dq));
 }
 

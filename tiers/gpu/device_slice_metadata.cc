@@ -246,4 +246,29 @@ Result<DeviceSelection> DeviceSliceMetadata::SelectOnDevice(LayerId layer, const
   return out;
 }
 
+Result<Fence> DeviceSliceMetadata::CopySelectionToHost(const DeviceSelection& selection, std::span<uint32_t> out) {
+  if (selection.indices != selected_ || selection.kv_heads != options_.kv_heads ||
+      selection.per_head > options_.max_blocks) {
+    return Status::InvalidArgument("device slice metadata: the selection is not one of this object's");
+  }
+  const size_t n = size_t{selection.kv_heads} * selection.per_head;
+  if (out.size() < n) {
+    return Status::InvalidArgument(
+        fmt::format("device slice metadata: {} host entries for a selection of {} kv heads x {}", out.size(),
+                    selection.kv_heads, selection.per_head));
+  }
+  if (n == 0) return Fence();
+  DeviceGuard guard(device_);
+  KVT_RETURN_IF_CUDA_ERROR(
+      cudaMemcpyAsync(out.data(), selected_, n * sizeof(uint32_t), cudaMemcpyDeviceToHost, stream_),
+      "device slice metadata: selection copy");
+  auto [fence, signal] = Fence::Make();
+  auto* heap = new FenceSignal(std::move(signal));
+  if (const cudaError_t e = cudaLaunchHostFunc(stream_, SignalFence, heap); e != cudaSuccess) {
+    delete heap;  // signals kCancelled; the copy is enqueued, report the error
+    return FromCuda(e, "device slice metadata: selection fence");
+  }
+  return fence;
+}
+
 }  // namespace kvtier

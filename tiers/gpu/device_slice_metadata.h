@@ -22,6 +22,8 @@
 // is a one-request, one-KV-head launch with its GQA group's queries) and leaves the
 // selection on the device: [kv_heads][per_head] block indices, each row ascending, equal
 // to QuestSelector::Select on the same host metadata (the same reference contract).
+// CopySelectionToHost brings them to host memory (async, with a fence) for the
+// SparsePrefetcher, which takes host selections.
 //
 // The stream is borrowed and must outlive the object; the destructor synchronises it and
 // returns the arena. Not thread-safe: one engine thread calls Update and SelectOnDevice.
@@ -31,6 +33,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "cuda_util.h"
@@ -89,6 +92,17 @@ class DeviceSliceMetadata {
   // indices after it (or on it).
   Result<DeviceSelection> SelectOnDevice(LayerId layer, const void* queries, kernels::QuestQueryType type,
                                          uint32_t q_heads, const QuestSelectorOptions& options);
+
+  // Hands a device selection to host code (the SparsePrefetcher, which takes host block
+  // indices): one async copy of `selection.indices` ([kv_heads][per_head]) into `out` on the
+  // stream, after the SelectOnDevice launches. `out` is host memory of at least kv_heads ×
+  // per_head entries; pinned memory keeps the call asynchronous (pageable memory makes it
+  // wait for the copy). The fence signals once the indices have landed: then `out` is the
+  // `blocks` of a LayerSelection with blocks_per_head = per_head, laid out as
+  // Selection::indices (an index equal to the layer's full blocks is the partial block).
+  // kInvalidArgument for a selection this object did not produce or an `out` too small; an
+  // empty selection copies nothing (a ready fence). Keep `out` alive until the fence signals.
+  Result<Fence> CopySelectionToHost(const DeviceSelection& selection, std::span<uint32_t> out);
 
   uint32_t blocks(LayerId layer) const { return layer.value() < options_.layers ? blocks_[layer.value()] : 0; }
   // Device views of one (layer, KV head): [max_blocks][2][d] int8 and [max_blocks] fp32.
