@@ -39,25 +39,7 @@ namespace {
 
 bool HaveDevice() { return ::kvtier::testing::HaveCudaDevice(); }
 
-template <class T>
-struct DeviceArray {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit DeviceArray(size_t count) : n(count) {
-    if (cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)) != cudaSuccess) p = nullptr;
-  }
-  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
-    if (p != nullptr && n > 0) (void)cudaMemcpy(p, host.data(), n * sizeof(T), cudaMemcpyHostToDevice);
-  }
-  std::vector<T> Get() const {
-    std::vector<T> h(n);
-    if (n > 0) (void)cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost);
-    return h;
-  }
-  ~DeviceArray() { cudaFree(p); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-};
+using ::kvtier::testing::DeviceArray;
 
 struct Case {
   uint32_t q_heads, kv_heads, d;

@@ -31,20 +31,7 @@ namespace {
 
 bool HaveDevice() { return ::kvtier::testing::HaveCudaDevice(); }
 
-template <class T>
-struct DeviceArray {
-  T* p = nullptr;
-  size_t n = 0;
-  explicit DeviceArray(size_t count) : n(count) {
-    if (cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)) != cudaSuccess) p = nullptr;
-  }
-  explicit DeviceArray(const std::vector<T>& host) : DeviceArray(host.size()) {
-    if (p != nullptr && n > 0) (void)cudaMemcpy(p, host.data(), n * sizeof(T), cudaMemcpyHostToDevice);
-  }
-  ~DeviceArray() { cudaFree(p); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-};
+using ::kvtier::testing::DeviceArray;
 
 struct Case {
   uint32_t q_heads, kv_heads, d, bt;

@@ -34,29 +34,13 @@
 #include <vector>
 
 #include "decode_bench.h"
+#include "gpu_bench_support.h"
 #include "quest_select.cuh"
 #include "reference/sparse_attention.h"
 #include "sparse_attention.cuh"
 
 namespace kvtier::cli {
 namespace {
-
-#define KVT_CUDA_OR_RETURN(expr)                                                                           \
-  do {                                                                                                     \
-    if (cudaError_t kvt_e_ = (expr); kvt_e_ != cudaSuccess) {                                              \
-      return Status::Internal(fmt::format("{}: {}", #expr, cudaGetErrorString(kvt_e_)));                   \
-    }                                                                                                      \
-  } while (0)
-
-struct DeviceMem {
-  void* p = nullptr;
-  DeviceMem() = default;
-  DeviceMem(const DeviceMem&) = delete;
-  DeviceMem& operator=(const DeviceMem&) = delete;
-  ~DeviceMem() { cudaFree(p); }
-  template <class T>
-  T* as() const { return static_cast<T*>(p); }
-};
 
 Status Alloc(DeviceMem& m, size_t bytes) {
   KVT_CUDA_OR_RETURN(cudaMalloc(&m.p, std::max<size_t>(bytes, 16)));
@@ -85,11 +69,6 @@ uint16_t RandomBf16(Rng& rng) {
   const uint64_t r = rng.Next();
   const auto exp = static_cast<uint16_t>(123 + (r >> 8) % 6);
   return static_cast<uint16_t>(((r >> 16) & 0x8000u) | (exp << 7) | (r & 0x7fu));
-}
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 struct Row {

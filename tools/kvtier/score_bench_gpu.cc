@@ -27,30 +27,11 @@
 #include <vector>
 
 #include "expected_attention.cuh"
+#include "gpu_bench_support.h"
 #include "reference/low_rank_covariance.h"
 #include "score_bench.h"
 
 namespace kvtier::cli {
-namespace {
-
-#define KVT_CUDA_OR_RETURN(expr)                                                                           \
-  do {                                                                                                     \
-    if (cudaError_t kvt_e_ = (expr); kvt_e_ != cudaSuccess) {                                              \
-      return Status::Internal(fmt::format("{}: {}", #expr, cudaGetErrorString(kvt_e_)));                   \
-    }                                                                                                      \
-  } while (0)
-
-struct DeviceMem {
-  void* p = nullptr;
-  ~DeviceMem() { cudaFree(p); }
-};
-
-double Median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
-
-}  // namespace
 
 Status RunGpuScoreBench(const GpuScoreBenchOptions& o) {
   int devices = 0;
