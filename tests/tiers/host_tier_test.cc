@@ -250,6 +250,80 @@ TEST(HostTierTest, PoolIsFirstTouchedAtCreate) {
   EXPECT_EQ(missing, 0u) << "pages not touched before the pool was handed out";
 }
 
+// --- Huge pages -------------------------------------------------------------------------------
+
+TEST(HostTierHugePagesTest, NamesParseAndOnMeansTransparent) {
+  EXPECT_EQ(*ParseHugePages("off"), HugePages::kOff);
+  EXPECT_EQ(*ParseHugePages("on"), HugePages::kTransparent);
+  EXPECT_EQ(*ParseHugePages("transparent"), HugePages::kTransparent);
+  EXPECT_EQ(*ParseHugePages("hugetlb"), HugePages::kHugetlb);
+  EXPECT_EQ(ParseHugePages("2M").status().code(), StatusCode::kInvalidArgument);
+}
+
+TEST(HostTierHugePagesTest, DefaultPoolIsTransparentAnd2MiBAligned) {
+  CapturingLogger logger;
+  HostTierOptions o = SmallOptions(&logger);
+  o.slot_bytes = 64 * kKiB;
+  o.slot_count = 128;  // 8 MiB: four whole huge pages
+  EXPECT_EQ(o.huge_pages, HugePages::kTransparent);
+  auto created = HostTier::Create(o);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  const HostTier& tier = **created;
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(tier.base()) % (2u << 20), 0u) << "a huge page backs only whole aligned 2 MiB";
+  EXPECT_EQ(tier.info().huge_pages, HugePages::kTransparent);
+  EXPECT_LE(tier.info().huge_page_bytes, tier.bytes());
+  auto now = tier.HugePageBytes();
+  ASSERT_TRUE(now.ok()) << now.status().ToString();
+  // Whether THP gives pages depends on the kernel's setting and fragmentation: report it.
+  std::printf("transparent pool: %llu of %zu bytes in huge pages\n", static_cast<unsigned long long>(*now), tier.bytes());
+}
+
+TEST(HostTierHugePagesTest, OffMeansNoHugePages) {
+  CapturingLogger logger;
+  HostTierOptions o = SmallOptions(&logger);
+  o.slot_bytes = 64 * kKiB;
+  o.slot_count = 128;
+  o.huge_pages = HugePages::kOff;
+  auto created = HostTier::Create(o);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  EXPECT_EQ((*created)->info().huge_pages, HugePages::kOff);
+  EXPECT_EQ((*created)->info().huge_page_bytes, 0u);
+  EXPECT_EQ(*(*created)->HugePageBytes(), 0u);
+}
+
+TEST(HostTierHugePagesTest, HugetlbIsUsedWhenAvailableElseFallsBackCountedAndLogged) {
+  CapturingLogger logger;
+  HostTierOptions o = SmallOptions(&logger);
+  o.slot_bytes = 64 * kKiB;
+  o.slot_count = 64;  // 4 MiB
+  o.huge_pages = HugePages::kHugetlb;
+  auto created = HostTier::Create(o);
+  ASSERT_TRUE(created.ok()) << created.status().ToString();
+  const HostTier& tier = **created;
+  if (tier.info().huge_pages == HugePages::kHugetlb) {
+    EXPECT_EQ(tier.info().hugetlb_fallbacks, 0u);
+    EXPECT_EQ(tier.info().huge_page_bytes, tier.bytes()) << "hugetlb pages back the whole pool";
+  } else {
+    EXPECT_EQ(tier.info().huge_pages, HugePages::kTransparent);
+    EXPECT_EQ(tier.info().hugetlb_fallbacks, 1u);
+    EXPECT_EQ(logger.CountContaining("hugetlbfs"), 1u);
+  }
+  // Either way the pool is usable memory.
+  std::memset(tier.base(), 0x5A, tier.bytes());
+}
+
+TEST(HostTierHugePagesTest, HugePageBytesOfAnUnmappedOr4KRangeIsZero) {
+  void* p = mmap(nullptr, 4 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  ASSERT_EQ(madvise(p, 4 << 20, MADV_NOHUGEPAGE), 0);
+  std::memset(p, 1, 4 << 20);
+  auto bytes = HugePageBytesOf(p, 4 << 20);
+  ASSERT_TRUE(bytes.ok()) << bytes.status().ToString();
+  EXPECT_EQ(*bytes, 0u);
+  ASSERT_EQ(munmap(p, 4 << 20), 0);
+  EXPECT_EQ(*HugePageBytesOf(p, 4 << 20), 0u);
+}
+
 TEST(HostTierTest, UnpinnablePoolFallsBackToPageableOnlyWhenAllowed) {
   CapturingLogger logger;
   auto pinner = std::make_shared<FakePinner>(Status::PermissionDenied("no rights to pin"));

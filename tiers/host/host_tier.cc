@@ -52,7 +52,7 @@ Status HostTierOptions::Validate() const {
   return Status();
 }
 
-HostTier::HostTier(HostTierOptions options, MemoryRegion region, TierCaps caps)
+HostTier::HostTier(HostTierOptions options, PoolMapping region, TierCaps caps)
     : options_(std::move(options)), region_(std::move(region)), caps_(caps), slots_(caps.slot_count) {}
 
 Result<std::unique_ptr<HostTier>> HostTier::Create(HostTierOptions options) {
@@ -70,9 +70,17 @@ Result<std::unique_ptr<HostTier>> HostTier::Create(HostTierOptions options) {
   if (!pinnable.ok() && options.pinning == PinningPolicy::kRequired) return std::move(pinnable).Annotate("DRAM pool");
 
   // 2. Map, bind, touch.
-  KVT_ASSIGN_OR_RETURN(MemoryRegion region, MemoryRegion::Map(total));
-  (void)madvise(region.data(), region.size(), MADV_HUGEPAGE);  // fewer TLB misses; advisory
   HostTierInfo info;
+  Result<PoolMapping> mapped = PoolMapping::Map(total, options.huge_pages);
+  if (!mapped.ok() && options.huge_pages == HugePages::kHugetlb && mapped.status().code() == StatusCode::kExhausted) {
+    ++info.hugetlb_fallbacks;
+    log->Log(LogLevel::kWarning, "DRAM pool: no hugetlbfs pages for {:.2f} GiB, using transparent huge pages: {}",
+             double(total) / double(1ull << 30), mapped.status().ToString());
+    mapped = PoolMapping::Map(total, HugePages::kTransparent);
+  }
+  if (!mapped.ok()) return std::move(mapped).status().Annotate("mapping the DRAM pool");
+  PoolMapping region = std::move(mapped).value();
+  info.huge_pages = region.backing();
   info.bytes = total;
   const int node = options.numa_node >= 0 ? options.numa_node : 0;
   if (Status s = BindToNode(region.data(), region.size(), node); s.ok()) {
@@ -111,6 +119,16 @@ Result<std::unique_ptr<HostTier>> HostTier::Create(HostTierOptions options) {
              double(total) / double(1ull << 30), pinnable.ToString());
   }
   info.setup_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (Result<uint64_t> huge = HugePageBytesOf(region.data(), region.size()); huge.ok()) {
+    info.huge_page_bytes = *huge;
+  } else {
+    log->Log(LogLevel::kWarning, "DRAM pool: huge page backing unknown: {}", huge.status().ToString());
+  }
+  if (options.huge_pages != HugePages::kOff && info.huge_page_bytes < region.size() / 2) {
+    log->Log(LogLevel::kInfo, "DRAM pool: {:.1f}% of {:.2f} GiB in huge pages (asked for {})",
+             100.0 * double(info.huge_page_bytes) / double(region.size()), double(region.size()) / double(1ull << 30),
+             HugePagesName(options.huge_pages));
+  }
 
   TierCaps caps;
   caps.kind = TierKind::kDram;

@@ -1,5 +1,6 @@
-// HostTier: the DRAM pool. One region of fixed slots, mapped with mmap, bound to one NUMA
-// node through hwloc, first-touched in parallel, then pinned (cudaHostRegister through an
+// HostTier: the DRAM pool. One region of fixed slots, mapped with mmap (2 MiB aligned, huge
+// pages as HostTierOptions::huge_pages says), bound to one NUMA node through hwloc,
+// first-touched in parallel, then pinned (cudaHostRegister through an
 // injected CudaHostPinner when a GPU exists, else mlock). The memlock and cgroup budget is
 // checked before anything is touched; when pinning is impossible the pool refuses with a
 // clear error, unless the options allow unpinned memory, and then one log line and the
@@ -14,8 +15,8 @@
 
 #include "kvtier/logger.h"
 #include "kvtier/tier.h"
-#include "memory_region.h"
 #include "pinner.h"
+#include "pool_mapping.h"
 #include "slot_pool.h"
 
 namespace kvtier {
@@ -33,6 +34,11 @@ struct HostTierOptions {
   PinningPolicy pinning = PinningPolicy::kRequired;
   std::shared_ptr<MemoryPinner> pinner;  // null = mlock
   uint32_t touch_threads = 0;            // first-touch parallelism; 0 = all cores
+  // Page backing of the pool (pool_mapping.h). Default kTransparent: it costs nothing where
+  // THP is off, and 2 MiB pages cut the translations of a multi-GiB pool 512-fold. kHugetlb
+  // falls back to kTransparent when the hugetlbfs pool is short: logged once and counted
+  // (HostTierInfo::hugetlb_fallbacks). HostTierInfo::huge_page_bytes says what was obtained.
+  HugePages huge_pages = HugePages::kTransparent;
   Logger* logger = nullptr;
 
   Status Validate() const;
@@ -46,6 +52,9 @@ struct HostTierInfo {
   uint64_t unpinned_fallbacks = 0;
   uint64_t numa_bind_failures = 0;
   double setup_seconds = 0;  // map + touch + pin
+  HugePages huge_pages = HugePages::kOff;  // the backing the pool got (after any fallback)
+  uint64_t huge_page_bytes = 0;  // bytes of the pool in huge pages after pinning (smaps)
+  uint64_t hugetlb_fallbacks = 0;  // kHugetlb asked, kTransparent used
 };
 
 class HostTier final : public Tier {
@@ -61,14 +70,16 @@ class HostTier final : public Tier {
   TierUsage usage() const override { return slots_.usage(); }
 
   const HostTierInfo& info() const { return info_; }
+  // Bytes of the pool in huge pages now (reads /proc/self/smaps; not for hot paths).
+  Result<uint64_t> HugePageBytes() const { return HugePageBytesOf(region_.data(), region_.size()); }
   // The whole pool, for registering with io_uring or a device.
   std::byte* base() const { return region_.data(); }
   size_t bytes() const { return region_.size(); }
 
  private:
-  HostTier(HostTierOptions options, MemoryRegion region, TierCaps caps);
+  HostTier(HostTierOptions options, PoolMapping region, TierCaps caps);
   HostTierOptions options_;
-  MemoryRegion region_;
+  PoolMapping region_;
   TierCaps caps_;
   SlotPool slots_;
   HostTierInfo info_;

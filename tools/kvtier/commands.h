@@ -12,6 +12,7 @@ void AddBenchQstoreCommand(CLI::App& bench, int* exit_code);
 void AddQstoreCommand(CLI::App& app, int* exit_code);
 void AddBenchTransferCommand(CLI::App& bench, int* exit_code);  // CUDA builds measure; others explain
 void AddProbeCommand(CLI::App& app, int* exit_code);
+void AddBenchHostScatterCommand(CLI::App& bench, int* exit_code);  // CPU half of CPU-assisted D2H
 void AddScoreCommand(CLI::App& app, int* exit_code);
 void AddBenchScoreCommand(CLI::App& bench, int* exit_code);  // CPU quality part everywhere; GPU part on CUDA builds
 void AddStressNvmeCommand(CLI::App& stress, int* exit_code);

@@ -30,6 +30,7 @@ int main(int argc, char** argv) {
   kvtier::cli::AddQstoreCommand(app, &exit_code);
   kvtier::cli::AddBenchTransferCommand(*bench, &exit_code);
   kvtier::cli::AddProbeCommand(app, &exit_code);
+  kvtier::cli::AddBenchHostScatterCommand(*bench, &exit_code);
   kvtier::cli::AddScoreCommand(app, &exit_code);
   kvtier::cli::AddBenchScoreCommand(*bench, &exit_code);
   kvtier::cli::AddBenchNvmeCommand(*bench, &exit_code);
