@@ -6,6 +6,7 @@
 // bisection, ≤ 64 and usually ~35–45, then one per compaction round; long rows: staging fused
 // with the first radix pass, ≤ 4 passes of 2 block syncs each, the compaction), not bytes.
 #include "quest_select.cuh"
+#include "quest_select_internal.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -17,6 +18,8 @@
 
 namespace kvtier::kernels {
 namespace {
+
+using quest_internal::OrderedKey;
 
 constexpr int kScoreThreads = 256;
 constexpr int kLanesPerSlice = 8;
@@ -65,14 +68,6 @@ __device__ __forceinline__ void ToFloat(const Bytes<kC>& b, float (&f)[kC]) {
       f[4 * w + j] = __uint_as_float(__byte_perm(u, 0x4B000000u, 0x7650u + j)) - 8388736.0f;
     }
   }
-}
-
-// Order-preserving bits: larger key = larger score. NaN ranks as -inf and -0 as +0, as the
-// reference compares them.
-__device__ __forceinline__ uint32_t OrderedKey(float f) {
-  uint32_t u = __float_as_uint(isnan(f) ? -INFINITY : f);
-  if (u == 0x80000000u) u = 0;
-  return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
 }
 
 struct TopKShared {
@@ -635,6 +630,9 @@ cudaError_t LaunchQuestScores(const QuestSelectDeviceArgs& a, cudaStream_t strea
 
 namespace {
 cudaError_t LaunchTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl) {
+  if (a.topk_algorithm == QuestTopKAlgorithm::kDigits && a.max_blocks <= quest_internal::kDigitTopKMaxBlocks) {
+    return quest_internal::LaunchDigitTopK(a, stream, pdl);
+  }
   // Rows the bisection takes (≤ 8192 blocks) need no staged keys.
   const uint32_t cap =
       a.max_blocks <= uint32_t{kSelectThreads} * kMaxKeysPerThread ? 0u : std::min(a.max_blocks, kTopKStageKeys);

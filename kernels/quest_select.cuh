@@ -12,7 +12,10 @@
 //              P_i = Σ_g max(q_gi, 0), N_i = Σ_g min(q_gi, 0), two registers per channel
 //              whatever the group; max: the same split per query head (q⁺, q⁻ staged per chunk
 //              of 4 heads), one int8 conversion per channel for all heads, then the max.
-//   2. top-k   one CTA of 1024 threads per (request, KV head). Rows of ≤ 8192 blocks: ≤ 8
+//   2. top-k   one CTA per (request, KV head). Rows of ≤ 8192 blocks, by default
+//              (QuestTopKAlgorithm::kDigits): 256 or 1024 threads, 8 consecutive blocks per
+//              thread, ≤ 3 passes of an 11-bit digit below the bits all candidates share, one
+//              block-scan compaction (see the enum). With kBisection, 1024 threads: ≤ 8
 //              keys per thread in registers, K = OrderedKey(score) << 32 | ~index (distinct,
 //              ordered as the reference ranks: score, then lower index); the rest-th largest
 //              K found by bisection from the top bit (one block-wide count per bit, early exit
@@ -36,6 +39,17 @@
 namespace kvtier::kernels {
 
 enum class QuestQueryType : uint8_t { kFloat32 = 0, kBf16 = 1, kFp16 = 2 };
+
+// The top-k launch's algorithm for rows of ≤ 8192 blocks (longer rows always take the radix
+// path below). Same selection, bit for bit, either way.
+//   kDigits     (default, round 7) 8 consecutive blocks per thread in registers (256 threads
+//               per row up to 2048 blocks, 1024 up to 8192); the bits every candidate shares
+//               found by one AND/OR reduction, then ≤ 3 passes of an 11-bit digit (shared
+//               histogram, 2 barriers a pass, the bin search done redundantly by every
+//               warp), one block scan for the compaction: ~6–8 barriers per row.
+//   kBisection  (round 5) 64-bit (score, index) keys bisected bit by bit, one barrier per
+//               bit (~43 at 2048 blocks) — kept to compare the two in one run.
+enum class QuestTopKAlgorithm : uint8_t { kDigits = 0, kBisection = 1 };
 
 // QuestBudgetBlocks for a sequence of `blocks` blocks (host and device).
 __host__ __device__ inline uint32_t QuestBudgetBlocksOf(uint32_t blocks, const QuestSelectParams& p) {
@@ -85,6 +99,8 @@ struct QuestSelectDeviceArgs {
   // cudaTriggerProgrammaticLaunchCompletion() at its start, so a PDL-launched successor (the
   // sparse attention) is scheduled early and waits for this grid's completion the same way.
   bool programmatic_dependent_launch = false;
+  // The separate top-k launch's algorithm (the fused one-launch path keeps the bisection).
+  QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kDigits;
 };
 
 // Host: sel_off for `blocks[r]` blocks per request — the running sum of
