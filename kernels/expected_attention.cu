@@ -1,9 +1,11 @@
 // The launcher, the fp32 SIMT logits pass (fp32 keys with the exact covariance term) and the
-// passes after the logits. Why the shapes: the kᵀΣ̄k term is a (tokens × d) · (d × d) product
-// per query head, so the logits launch is a small GEMM whose A operand (the key tile) is
-// loaded once and reused by every head of the GQA group; everything after it reads only
-// logits (L2-sized: q_heads · tokens floats), ‖v‖ and per-head sums.
-// The tensor-core logits pass is in expected_attention_mma.cu.
+// score pass after the logits. Why the shapes: the kᵀΣ̄k term is a (tokens × d) · (d × d)
+// product per query head, so the logits launch is a small GEMM whose A operand (the key tile)
+// is loaded once and reused by every head of the GQA group; the score pass reads only logits
+// (L2-sized: q_heads · tokens floats), ‖v‖ and the softmax partials, in one launch: the
+// softmax finalisation, block sums and sink rule were three launches (2–4 µs of drain and
+// fill each per layer) and are one. The tensor-core logits passes are in
+// expected_attention_stream.cu (streaming) and expected_attention_mma.cu (cp.async ring).
 #include "expected_attention.cuh"
 
 #include <algorithm>
@@ -14,8 +16,6 @@
 
 namespace kvtier::kernels {
 namespace {
-
-__device__ uint32_t Blocks(const ExpectedAttentionShape& s) { return (s.tokens + s.block_tokens - 1) / s.block_tokens; }
 
 constexpr int kTile = static_cast<int>(detail::kTileKeys);  // keys per SIMT logits CTA
 constexpr int kChunk = 16;      // Σ̄ rows staged in shared memory at a time
@@ -111,7 +111,8 @@ __device__ float2 BlockMerge(float2 v, float2* scratch) {
 // grid (parts, q_heads): the softmax partial of one contiguous part of one head's non-sink keys
 // (the SIMT path; the tensor-core logits pass writes its partials itself).
 __global__ void SoftmaxPartialKernel(const float* __restrict__ logits, float2* __restrict__ partials, uint32_t tokens,
-                                     uint32_t sinks) {
+                                     uint32_t sinks, uint32_t* __restrict__ best) {
+  if (threadIdx.x < 2 && blockIdx.x == 0 && blockIdx.y == 0) best[threadIdx.x] = 0;
   __shared__ float2 scratch[32];
   const uint32_t per_part = (tokens + gridDim.x - 1) / gridDim.x;
   const uint32_t begin = max(sinks, blockIdx.x * per_part), end = min(tokens, (blockIdx.x + 1) * per_part);
@@ -120,19 +121,6 @@ __global__ void SoftmaxPartialKernel(const float* __restrict__ logits, float2* _
   for (uint32_t t = begin + threadIdx.x; t < end; t += blockDim.x) v = Merge(v, make_float2(row[t], 1.0f));
   v = BlockMerge(v, scratch);
   if (threadIdx.x == 0) partials[size_t{blockIdx.y} * gridDim.x + blockIdx.x] = v;
-}
-
-// One CTA per query head: stats = merge of its `parts` partials. Also clears `best`.
-__global__ void SoftmaxFinalizeKernel(const float2* __restrict__ partials, uint32_t parts, float2* __restrict__ stats,
-                                      uint32_t* __restrict__ best) {
-  __shared__ float2 scratch[32];
-  float2 v = make_float2(-FLT_MAX, 0.0f);
-  for (uint32_t i = threadIdx.x; i < parts; i += blockDim.x) v = Merge(v, partials[size_t{blockIdx.x} * parts + i]);
-  v = BlockMerge(v, scratch);
-  if (threadIdx.x == 0) {
-    stats[blockIdx.x] = v;
-    if (blockIdx.x == 0) *best = 0;
-  }
 }
 
 // One warp per token row: ‖v‖₂ of fp32 values (the SIMT path).
@@ -149,50 +137,89 @@ __global__ void ValueNormKernel(const float* __restrict__ values, float* __restr
   }
 }
 
-// One warp per (KV head, block), a lane per token. Scores are >= 0, so their bits order like
-// uint32; `best` is the max over every head, as kvpress pads sinks with scores.max() + 1.
-__global__ void BlockScoreKernel(const float* __restrict__ logits, const float2* __restrict__ stats,
-                                 const float* __restrict__ vnorm, float* __restrict__ block_scores,
-                                 uint32_t* __restrict__ best, ExpectedAttentionShape s, float eps, bool use_vnorm) {
-  const uint32_t warp = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  const uint32_t lane = threadIdx.x % 32;
-  const uint32_t blocks = Blocks(s);
-  if (warp >= s.kv_heads * blocks) return;
-  const uint32_t kv = warp / blocks, b = warp % blocks;
-  const uint32_t group = s.q_heads / s.kv_heads;
-  const uint32_t begin = max(b * s.block_tokens, s.sink_tokens);
-  const uint32_t end = min(s.tokens, (b + 1) * s.block_tokens);
-  float sum = 0, top = 0;
-  for (uint32_t t = begin + lane; t < end; t += 32) {
-    float w = 0;
-    for (uint32_t g = 0; g < group; ++g) {
-      const uint32_t qh = kv * group + g;
-      const float2 st = stats[qh];
-      w += expf(logits[size_t{qh} * s.tokens + t] - st.x) / st.y;
-    }
-    const float score = (w / group + eps) * (use_vnorm ? vnorm[size_t{kv} * s.tokens + t] : 1.0f);
-    sum += score;
-    top = fmaxf(top, score);
-  }
+__device__ float2 WarpMerge(float2 v) {
   for (int off = 16; off > 0; off /= 2) {
-    sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, off));
+    v = Merge(v, make_float2(__shfl_xor_sync(0xffffffffu, v.x, off), __shfl_xor_sync(0xffffffffu, v.y, off)));
   }
-  if (lane == 0) {
-    block_scores[size_t{kv} * blocks + b] = sum;
-    if (end > begin) atomicMax(best, __float_as_uint(top));  // one max over every head (kvpress)
-  }
+  return v;
 }
 
-__global__ void SinkKernel(float* __restrict__ block_scores, const uint32_t* __restrict__ best,
-                           ExpectedAttentionShape s) {
+constexpr int kScoreCtasMax = 1024;
+
+// The score pass, one launch. CTA c owns a contiguous range of (KV head, block) items; it
+// first merges the softmax partials of the query heads of the KV heads in its range into
+// shared memory (`stats`, indexed by query head; dynamic, q_heads float2), then scores its
+// items, `lanes` lanes per item (a power of two >= min(block_tokens, 32): two 16-token blocks
+// per warp), a lane per token. Scores are >= 0, so their bits order like uint32; `best[0]` is
+// the max over every head (kvpress pads sinks with scores.max() + 1), and the last CTA to
+// take a ticket (`best[1]`) adds the sink bonus. The logits pass zeroed both words.
+__global__ void __launch_bounds__(kThreads) ScoreKernel(const float* __restrict__ logits,
+                                                         const float2* __restrict__ partials, uint32_t parts,
+                                                         const float* __restrict__ vnorm, float* block_scores,
+                                                         uint32_t* best, ExpectedAttentionShape s, float eps,
+                                                         bool use_vnorm, uint32_t lanes) {
+  extern __shared__ float2 stats[];
+  __shared__ uint32_t cta_best;
+  __shared__ bool last;
+  const uint32_t blocks = (s.tokens + s.block_tokens - 1) / s.block_tokens, items = s.kv_heads * blocks, group = s.q_heads / s.kv_heads;
+  const uint32_t per_cta = (items + gridDim.x - 1) / gridDim.x;
+  const uint32_t first = blockIdx.x * per_cta, end = min(items, first + per_cta);
+  const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (threadIdx.x == 0) cta_best = 0;
+  if (first < end) {
+    const uint32_t h1 = ((end - 1) / blocks + 1) * group;
+    for (uint32_t h = first / blocks * group + warp; h < h1; h += kThreads / 32) {  // warp-uniform
+      float2 v = make_float2(-FLT_MAX, 0.0f);
+      for (uint32_t i = lane; i < parts; i += 32) v = Merge(v, partials[size_t{h} * parts + i]);
+      v = WarpMerge(v);
+      if (lane == 0) stats[h] = v;
+    }
+  }
+  __syncthreads();
+  const uint32_t per_warp = 32 / lanes, sub = lane / lanes, sl = lane % lanes;
+  float top = 0;
+  for (uint32_t base = first + warp * per_warp; base < end; base += (kThreads / 32) * per_warp) {  // warp-uniform
+    const uint32_t item = base + sub;
+    const uint32_t kv = item / blocks, b = item % blocks;
+    float sum = 0;
+    if (item < end) {
+      const uint32_t begin = max(b * s.block_tokens, s.sink_tokens);
+      const uint32_t stop = min(s.tokens, (b + 1) * s.block_tokens);
+      for (uint32_t t = begin + sl; t < stop; t += lanes) {
+        float w = 0;
+        for (uint32_t g = 0; g < group; ++g) {
+          const uint32_t qh = kv * group + g;
+          const float2 st = stats[qh];
+          w += expf(logits[size_t{qh} * s.tokens + t] - st.x) / st.y;
+        }
+        const float score = (w / group + eps) * (use_vnorm ? vnorm[size_t{kv} * s.tokens + t] : 1.0f);
+        sum += score;
+        top = fmaxf(top, score);
+      }
+    }
+    for (uint32_t off = lanes / 2; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (item < end && sl == 0) block_scores[size_t{kv} * blocks + b] = sum;
+  }
+  for (int off = 16; off > 0; off /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, off));
+  if (lane == 0) atomicMax(&cta_best, __float_as_uint(top));
+  __threadfence();  // this thread's block scores, before the ticket below
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    atomicMax(&best[0], cta_best);
+    __threadfence();
+    last = atomicAdd(&best[1], 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last || s.sink_tokens == 0) return;
+  __threadfence();
+  const float bonus = __uint_as_float(atomicAdd(&best[0], 0u)) + 1.0f;
   const uint32_t sinks = min(s.sink_tokens, s.tokens);
   const uint32_t sink_blocks = (sinks + s.block_tokens - 1) / s.block_tokens;
-  const uint32_t blocks = Blocks(s);
   for (uint32_t i = threadIdx.x; i < s.kv_heads * sink_blocks; i += blockDim.x) {
     const uint32_t kv = i / sink_blocks, b = i % sink_blocks;
     const uint32_t n = min(sinks, (b + 1) * s.block_tokens) - b * s.block_tokens;
-    block_scores[size_t{kv} * blocks + b] += static_cast<float>(n) * (__uint_as_float(*best) + 1.0f);
+    float* out = block_scores + size_t{kv} * blocks + b;
+    *out = __ldcg(out) + static_cast<float>(n) * bonus;
   }
 }
 
@@ -206,7 +233,7 @@ void LaunchLogits(const ExpectedAttentionDeviceArgs& a, float* logits, cudaStrea
 
 // The fp32 SIMT path: logits, then ‖v‖ and the softmax partials in their own passes.
 cudaError_t LaunchSimtLogits(const ExpectedAttentionDeviceArgs& a, float* logits, float* vnorm, float2* partials,
-                             uint32_t* parts, cudaStream_t stream) {
+                             uint32_t* best, uint32_t* parts, cudaStream_t stream) {
   const auto& s = a.shape;
   switch (s.head_dim) {
     case 16: LaunchLogits<1>(a, logits, stream); break;
@@ -222,7 +249,7 @@ cudaError_t LaunchSimtLogits(const ExpectedAttentionDeviceArgs& a, float* logits
     ValueNormKernel<<<ctas, 256, 0, stream>>>(static_cast<const float*>(a.values), vnorm, rows, s.head_dim);
   }
   *parts = (s.tokens + 4095) / 4096;  // <= Tiles(s), the workspace's room
-  SoftmaxPartialKernel<<<dim3(*parts, s.q_heads), 256, 0, stream>>>(logits, partials, s.tokens, s.sink_tokens);
+  SoftmaxPartialKernel<<<dim3(*parts, s.q_heads), 256, 0, stream>>>(logits, partials, s.tokens, s.sink_tokens, best);
   return cudaGetLastError();
 }
 
@@ -246,7 +273,8 @@ cudaError_t LaunchExpectedAttention(const ExpectedAttentionDeviceArgs& a, cudaSt
       (low_rank && (a.covariance_rank % 8 != 0 || a.covariance_rank > s.head_dim || a.cov_factors == nullptr ||
                     a.cov_residual == nullptr)) ||
       (a.use_value_norm && a.values == nullptr && a.value_norms == nullptr) ||
-      (a.logits_stages != 0 && (a.logits_stages < 2 || a.logits_stages > 4)) || !Aligned16(a.keys) ||
+      (a.logits_stages != 0 && (a.logits_stages < 2 || a.logits_stages > 4)) ||
+      (a.logits_pass != LogitsPass::kAuto && a.logits_pass != LogitsPass::kRing) || !Aligned16(a.keys) ||
       !Aligned16(a.values) || reinterpret_cast<uintptr_t>(a.value_norms) % alignof(float) != 0 ||
       !Aligned16(a.workspace)) {
     return cudaErrorInvalidValue;
@@ -254,21 +282,33 @@ cudaError_t LaunchExpectedAttention(const ExpectedAttentionDeviceArgs& a, cudaSt
   const detail::WorkspaceLayout l(s);
   auto* base = static_cast<char*>(a.workspace);
   auto* logits = reinterpret_cast<float*>(base + l.logits);
-  auto* vnorm = reinterpret_cast<float*>(base + l.vnorm);  // written by the logits pass unless precomputed
+  auto* vnorm = reinterpret_cast<float*>(base + l.vnorm);  // written before the score pass unless precomputed
   auto* partials = reinterpret_cast<float2*>(base + l.partials);
-  auto* stats = reinterpret_cast<float2*>(base + l.stats);
   auto* best = reinterpret_cast<uint32_t*>(base + l.best);
   uint32_t parts = 0;
-  const cudaError_t e = exact && a.kv_dtype == KvDType::kFp32
-                            ? LaunchSimtLogits(a, logits, vnorm, partials, &parts, stream)
-                            : detail::LaunchMmaLogits(a, logits, vnorm, partials, &parts, stream);
+  cudaError_t e = cudaSuccess;
+  if (detail::UseStreamLogits(a)) {
+    if (a.use_value_norm && a.value_norms == nullptr) {  // ‖v‖ first: the streaming pass reads only keys
+      e = LaunchValueNorms({.dtype = a.kv_dtype, .head_dim = s.head_dim, .heads = s.kv_heads, .tokens = s.tokens,
+                            .values = a.values, .values_head_stride = size_t{s.tokens} * s.head_dim, .norms = vnorm,
+                            .norms_head_stride = s.tokens},
+                           stream);
+    }
+    if (e == cudaSuccess) e = detail::LaunchStreamLogits(a, logits, partials, best, &parts, stream);
+  } else if (exact && a.kv_dtype == KvDType::kFp32) {
+    e = LaunchSimtLogits(a, logits, vnorm, partials, best, &parts, stream);
+  } else {
+    e = detail::LaunchMmaLogits(a, logits, vnorm, partials, best, &parts, stream);
+  }
   if (e != cudaSuccess) return e;
-  SoftmaxFinalizeKernel<<<s.q_heads, 256, 0, stream>>>(partials, parts, stats, best);
-  const uint32_t warps = s.kv_heads * s.blocks();
+  const uint32_t items = s.kv_heads * s.blocks();
+  uint32_t lanes = 32;
+  while (lanes / 2 >= s.block_tokens) lanes /= 2;  // the smallest power of two >= min(block_tokens, 32)
+  const uint32_t per_step = (kThreads / 32) * (32 / lanes);
+  const auto ctas = static_cast<unsigned>(std::min<uint32_t>((items + per_step - 1) / per_step, kScoreCtasMax));
   const float* norms = a.value_norms != nullptr ? a.value_norms : vnorm;
-  BlockScoreKernel<<<(warps + 7) / 8, 256, 0, stream>>>(logits, stats, norms, a.block_scores, best, s, a.epsilon,
-                                                        a.use_value_norm);
-  if (s.sink_tokens > 0) SinkKernel<<<1, 256, 0, stream>>>(a.block_scores, best, s);
+  ScoreKernel<<<ctas, kThreads, s.q_heads * sizeof(float2), stream>>>(logits, partials, parts, norms, a.block_scores,
+                                                                      best, s, a.epsilon, a.use_value_norm, lanes);
   return cudaGetLastError();
 }
 

@@ -7,22 +7,29 @@
 // and owns every buffer, the workspace included.
 //
 // Launches on `stream`, no host synchronisation, no allocation:
-//   1. logits   one pass over the keys (and, for the value norm without precomputed
-//               `value_norms`, the values): per key and
-//               query head μ̄ᵀk/√d + kᵀΣ̄k/(2d), plus each CTA's softmax partial (max, Σexp)
-//               per head and ‖v‖ per token. Two forms:
-//               - tensor cores (bf16/fp16 keys; every dtype for low-rank or mean-only):
-//                 key tiles of 64 streamed by cp.async into shared memory (a ring of up to 4
-//                 tiles, logits_stages), read once for every
-//                 query head of the GQA group; exact: K_tile·Σ̄ with mma.sync m16n8k16 (Σ̄ in
-//                 bf16/fp16, fp32 accumulate), then the row-wise dot with K (and μ̄) in fp32;
-//                 low-rank: K_tile·Wᵀ on tensor cores, Σ_j P_j² + Σ_i ρ_i k_i² + μ̄ᵀk in fp32;
+//   1. logits   one pass over the keys: per key and query head μ̄ᵀk/√d + kᵀΣ̄k/(2d), plus
+//               softmax partials (max, Σexp) per query head. Three forms:
+//               - streaming (bf16/fp16 keys with the low-rank or mean-only term; the
+//                 default for them): every warp streams its own 16-key m-tiles from global
+//                 memory into registers (the next one in flight while the current one is
+//                 computed; no shared-memory key staging, no CTA barrier in the loop) and
+//                 computes K·Wᵀ for the factor rows of all of the CTA's query heads with
+//                 mma.sync m16n8k16 (A fragments straight from the loaded registers), the
+//                 linear and diagonal terms in fp32 from the same registers. ‖v‖, when not
+//                 precomputed, comes from LaunchValueNorms first (one pass over the values);
+//               - cp.async ring on tensor cores (bf16/fp16 keys with the exact term; fp32
+//                 keys with the low-rank or mean-only term; every case but fp32-exact with
+//                 LogitsPass::kRing): key tiles of 64 streamed into shared memory, read once
+//                 for every query head of the GQA group; exact: K_tile·Σ̄ with mma.sync (Σ̄
+//                 in bf16/fp16, fp32 accumulate), then the row-wise dot with K (and μ̄) in
+//                 fp32; ‖v‖ in the same pass when not precomputed;
 //               - fp32 keys with the exact term: fp32 SIMT register tiling (K_tile·Σ̄) ⊙ K_tile,
 //                 then separate softmax-partial and value-norm passes.
-//   2. softmax  per query head: the partials merged into (max, Σexp) over the non-sink keys;
-//   3. score    one warp per (KV head, block): group-mean weight, + ε, × ‖v‖, summed over the
-//               block's non-sink tokens; the best token score over every head kept;
-//   4. sinks    blocks holding sink tokens add (best + 1) per sink token (kvpress rule).
+//   2. score    one launch: each CTA merges the softmax partials of the heads it needs,
+//               then per (KV head, block): group-mean weight, + ε, × ‖v‖, summed over the
+//               block's non-sink tokens; the best token score over every head kept; the
+//               last CTA to finish adds (best + 1) per sink token to the blocks holding
+//               sinks (kvpress rule).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -36,6 +43,14 @@ namespace kvtier::kernels {
 
 // Element type of the keys and values.
 enum class KvDType : uint32_t { kFp32, kBf16, kFp16 };
+
+// Which logits pass runs (tuning and benchmarks: the scores agree within rounding, not bit
+// for bit, because the two passes sum in different orders).
+enum class LogitsPass : uint32_t {
+  kAuto,  // streaming for bf16/fp16 keys with the low-rank or mean-only term; else kRing,
+          // or fp32 SIMT for fp32 keys with the exact term
+  kRing,  // the cp.async-ring tensor-core pass (fp32 keys with the exact term: SIMT as ever)
+};
 
 struct ExpectedAttentionDeviceArgs {
   ExpectedAttentionShape shape;  // head_dim ∈ {16, 32, 64, 128}
@@ -58,7 +73,8 @@ struct ExpectedAttentionDeviceArgs {
   const float* cov_residual = nullptr;  // [q_heads][d], device (low-rank only): ρ
   void* workspace = nullptr;            // ExpectedAttentionWorkspaceBytes(shape), device, 16-B aligned
   float* block_scores = nullptr;        // [kv_heads][blocks], device (output)
-  // Tensor-core logits pass only: key tiles in the cp.async ring (2: double buffering, one
+  LogitsPass logits_pass = LogitsPass::kAuto;
+  // cp.async-ring logits pass only (the streaming pass ignores it): key tiles in the cp.async ring (2: double buffering, one
   // tile in flight per CTA; up to 4: three in flight). 0 (default): the deepest ring that fits
   // shared memory without losing CTAs per SM. Other values are for tuning and benchmarks
   // (`kvtier bench score --gpu` times 2 against the default); a depth that does not fit is
@@ -89,12 +105,13 @@ struct ValueNormsArgs {
 cudaError_t LaunchValueNorms(const ValueNormsArgs& args, cudaStream_t stream);
 
 // Device bytes of scratch one launch needs: logits [q_heads][tokens], ‖v‖ [kv_heads][tokens],
-// softmax partials [q_heads][tiles of 64 keys] and a few per-head sums (~4·(q + kv)·tokens B).
+// softmax partials [q_heads][tiles of 64 keys] and two counters (~4·(q + kv)·tokens B).
 size_t ExpectedAttentionWorkspaceBytes(const ExpectedAttentionShape& shape);
 
 // Enqueues the scorer on `stream`. cudaErrorInvalidValue for an unsupported head_dim or
 // kv_dtype, a q_heads that is not a multiple of kv_heads, zero tokens or blocks, a rank that
-// is not a multiple of 8 in [8, head_dim], logits_stages other than 0, 2, 3 or 4, a null pointer the options need (values only when
+// is not a multiple of 8 in [8, head_dim], logits_stages other than 0, 2, 3 or 4, an unknown
+// logits_pass, a null pointer the options need (values only when
 // the value norm is on and value_norms is null), keys/values not 16-B aligned or value_norms
 // not 4-B aligned; otherwise the launch error, if any. Thread-safe (no state); the launch
 // sets the tensor-core kernel's shared-memory attribute on the current device.

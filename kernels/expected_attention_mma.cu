@@ -1,4 +1,7 @@
-// The logits pass on tensor cores. Why this shape:
+// The cp.async-ring logits pass on tensor cores: the exact covariance term on bf16/fp16 keys,
+// fp32 keys with the low-rank or mean-only term, and any case but fp32-exact under
+// LogitsPass::kRing (bf16/fp16 low-rank and mean-only keys stream through
+// expected_attention_stream.cu by default). Why this shape:
 // - The exact kᵀΣ̄k is 2·d² FLOP per key and query head (4.4 TFLOP for 128K tokens of
 //   Llama-3-8B): compute-bound in fp32 SIMT, so K_tile·Σ̄ runs as bf16/fp16 mma.sync with fp32
 //   accumulation, and only the row-wise dot with K (and the folded-in μ̄/√d) is SIMT.
@@ -122,20 +125,6 @@ __device__ __forceinline__ float SumSquares(uint4 raw, const T*) {
   return s;
 }
 
-// D += A·B, m16n8k16, fp32 accumulate (PTX ISA fragment layouts: A row-major, B column-major).
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __nv_bfloat16) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __half) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // 16 bytes global → shared, asynchronously; `valid` false writes zeros and reads nothing.
 __device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
   const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
@@ -166,6 +155,7 @@ struct Params {
   float* logits;
   float* vnorm;
   float2* partials;  // [q_heads][gridDim.x]
+  uint32_t* best;    // two words zeroed by CTA (0, 0, 0) for the score pass
   uint32_t tokens, sinks, group, heads_per_cta, cols, tiles;
   uint32_t stages;  // key-tile buffers, kMinStages .. kMaxStages: stages − 1 tiles in flight per CTA
   bool value_norm;
@@ -227,6 +217,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 1 : 2) MmaLogitsKer
     ms[i] = p.mean[size_t{qh0} * kD + i] / sqrtf(static_cast<float>(kD));
     rs[i] = p.residual != nullptr ? p.residual[size_t{qh0} * kD + i] * inv_2d : 0.0f;
   }
+  if (tid < 2 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0) p.best[tid] = 0;
 
   const T* keys = static_cast<const T*>(p.keys);
   const T* values = static_cast<const T*>(p.values);
@@ -568,14 +559,14 @@ cudaError_t LaunchValueNormsOf(const ValueNormsArgs& a, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t LaunchMmaLogits(const ExpectedAttentionDeviceArgs& a, float* logits, float* vnorm, float2* partials,
-                            uint32_t* partial_count, cudaStream_t stream) {
+                            uint32_t* best, uint32_t* partial_count, cudaStream_t stream) {
   const auto& s = a.shape;
   const bool exact = a.use_covariance && a.covariance_rank == 0;
   const bool low_rank = a.use_covariance && a.covariance_rank > 0;
   Params p{.keys = a.keys, .values = a.values, .mean = a.rotated_mean,
            .b_source = exact ? a.rotated_cov : (low_rank ? a.cov_factors : nullptr),
            .residual = low_rank ? a.cov_residual : nullptr, .logits = logits, .vnorm = vnorm, .partials = partials,
-           .tokens = s.tokens, .sinks = s.sink_tokens, .group = s.group(), .heads_per_cta = 1,
+           .best = best, .tokens = s.tokens, .sinks = s.sink_tokens, .group = s.group(), .heads_per_cta = 1,
            .cols = exact ? s.head_dim : (low_rank ? a.covariance_rank : 0), .tiles = Tiles(s),
            .value_norm = a.use_value_norm && a.value_norms == nullptr};
   switch (a.kv_dtype) {

@@ -8,7 +8,9 @@
 // blocks, CTAs looping over several tiles. Relative error <= 1e-3. The precomputed value-norm
 // path (LaunchValueNorms, then the scorer without values): the norms against the CPU
 // ValueNorms, per-block strided launches against one whole-sequence launch, and its block
-// scores against both the reference and the values path of the same data. Skips without a device.
+// scores against both the reference and the values path of the same data. The streaming
+// logits pass (bf16/fp16 low-rank and mean-only) against the reference and the cp.async-ring
+// pass; each case launched twice on the same workspace (same bits). Skips without a device.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -75,6 +77,7 @@ struct Case {
   bool covariance = true, vnorm = true;
   bool precomputed_norms = false;  // also score from LaunchValueNorms output, values not passed
   uint32_t stages = 0;             // ExpectedAttentionDeviceArgs::logits_stages
+  LogitsPass pass = LogitsPass::kAuto;
 };
 
 const char* Name(KvDType t) { return t == KvDType::kFp32 ? "fp32" : (t == KvDType::kBf16 ? "bf16" : "fp16"); }
@@ -86,7 +89,7 @@ void RunCase(const Case& c, uint32_t seed, std::vector<float>* scores = nullptr)
                                     << " vnorm=" << c.vnorm << " q=" << c.q_heads << " kv=" << c.kv_heads
                                     << " d=" << c.head_dim << " tokens=" << c.tokens << " block=" << c.block_tokens
                                     << " sinks=" << c.sinks << " precomputed_norms=" << c.precomputed_norms
-                                    << " stages=" << c.stages);
+                                    << " stages=" << c.stages << " ring=" << (c.pass == LogitsPass::kRing));
   ExpectedAttentionShape s{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.head_dim,
                            .tokens = c.tokens, .block_tokens = c.block_tokens, .sink_tokens = c.sinks};
   ExpectedAttentionParams p{.position = c.tokens, .future = 512, .rope_theta = 500000, .epsilon = 0.02f,
@@ -127,7 +130,7 @@ void RunCase(const Case& c, uint32_t seed, std::vector<float>* scores = nullptr)
                                 .use_value_norm = c.vnorm, .kv_dtype = c.dtype, .covariance_rank = c.rank,
                                 .keys = dk.p, .values = dv.p, .rotated_mean = dm.f(), .rotated_cov = dc.f(),
                                 .cov_factors = df.f(), .cov_residual = dr.f(), .workspace = ws,
-                                .block_scores = out.f(), .logits_stages = c.stages};
+                                .block_scores = out.f(), .logits_pass = c.pass, .logits_stages = c.stages};
   ASSERT_CUDA(LaunchExpectedAttention(a, nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
   std::vector<float> got(want.size());
@@ -136,6 +139,13 @@ void RunCase(const Case& c, uint32_t seed, std::vector<float>* scores = nullptr)
     ASSERT_LE(std::abs(got[i] - want[i]), 1e-3 * std::abs(want[i]) + 1e-12)
         << "block score " << i << " got " << got[i] << " want " << want[i];
   }
+  // Again on the used workspace and output (the score pass's best score and CTA ticket must
+  // start from zero every launch): the same bits.
+  ASSERT_CUDA(LaunchExpectedAttention(a, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  std::vector<float> again(want.size());
+  ASSERT_CUDA(cudaMemcpy(again.data(), out.p, again.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  ASSERT_EQ(std::memcmp(again.data(), got.data(), got.size() * sizeof(float)), 0) << "second launch differs";
   if (scores != nullptr) *scores = got;
   if (!c.precomputed_norms) {
     cudaFree(ws);
@@ -266,6 +276,7 @@ TEST_F(ExpectedAttentionGpuTest, LogitsRingDepthDoesNotChangeTheScores) {
         c.dtype = t;
         c.covariance = rank != 1000;
         c.rank = rank == 1000 ? 0 : rank;
+        c.pass = LogitsPass::kRing;  // kAuto streams 16-bit low-rank / mean-only keys (no ring)
         std::vector<float> base;
         c.stages = 2;
         RunCase(c, seed, &base);
@@ -276,6 +287,42 @@ TEST_F(ExpectedAttentionGpuTest, LogitsRingDepthDoesNotChangeTheScores) {
           ASSERT_EQ(got.size(), base.size());
           ASSERT_EQ(std::memcmp(got.data(), base.data(), got.size() * sizeof(float)), 0)
               << Name(t) << " rank " << rank << " tokens " << c.tokens << ": " << stages << " stages vs 2";
+        }
+        ++seed;
+      }
+}
+
+TEST_F(ExpectedAttentionGpuTest, StreamingPassMatchesReferenceAndRingPass) {
+  // The streaming logits pass (kAuto for bf16/fp16 keys with the low-rank or mean-only term)
+  // against the reference and against the cp.async-ring pass on the same data: every head_dim
+  // (16-byte and 8-byte key chunks), ranks 8 / 16 / d and mean only, heads per CTA 1, 2, 3
+  // (padded to 4), 4, 6 (padded to 8) and 8, group 8 at rank d split over two CTAs, partial
+  // m-tiles, sinks beyond the first m-tile, warps looping over many m-tiles, the values path
+  // (‖v‖ by LaunchValueNorms first) and precomputed norms.
+  uint32_t seed = 900;
+  for (KvDType t : {KvDType::kBf16, KvDType::kFp16})
+    for (uint32_t rank : {1000u, 8u, 16u, 2000u})  // 1000: mean only; 2000: rank = head_dim
+      for (const Case& shape :
+           {Case{8, 2, 16, 300, 16, 4}, Case{8, 2, 32, 301, 16, 4}, Case{8, 2, 64, 333, 16, 4},
+            Case{32, 8, 128, 1000, 16, 4}, Case{3, 1, 128, 77, 4, 20}, Case{6, 1, 64, 129, 16, 0},
+            Case{2, 2, 128, 15, 16, 4}, Case{16, 2, 128, 260, 16, 4}, Case{12, 2, 32, 100, 8, 17},
+            Case{4, 1, 32, 200000, 16, 4}}) {
+        Case c = shape;
+        c.dtype = t;
+        c.covariance = rank != 1000;
+        c.rank = rank == 1000 ? 0 : (rank == 2000 ? c.head_dim : rank);
+        if (c.rank > c.head_dim) continue;
+        c.precomputed_norms = (seed % 2) == 0;
+        std::vector<float> stream, ring;
+        c.pass = LogitsPass::kAuto;
+        RunCase(c, seed, &stream);
+        c.pass = LogitsPass::kRing;
+        RunCase(c, seed, &ring);
+        ASSERT_EQ(stream.size(), ring.size());
+        for (size_t i = 0; i < stream.size(); ++i) {
+          ASSERT_LE(std::abs(stream[i] - ring[i]), 1e-4 * std::abs(ring[i]) + 1e-12)
+              << Name(t) << " rank " << c.rank << " d " << c.head_dim << " tokens " << c.tokens << " block " << i
+              << ": streaming " << stream[i] << " ring " << ring[i];
         }
         ++seed;
       }
@@ -361,6 +408,9 @@ TEST_F(ExpectedAttentionGpuTest, RejectsUnsupportedArguments) {
     a.logits_stages = stages;
     EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue) << "logits_stages " << stages;
   }
+  a.logits_stages = 0;
+  a.logits_pass = static_cast<LogitsPass>(2);
+  EXPECT_EQ(LaunchExpectedAttention(a, nullptr), cudaErrorInvalidValue);  // unknown logits pass
 
   ValueNormsArgs v{.dtype = KvDType::kBf16, .head_dim = 96, .heads = 1, .tokens = 1, .values = dummy,
                    .values_head_stride = 96, .norms = dummy, .norms_head_stride = 1};
