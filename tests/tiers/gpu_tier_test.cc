@@ -229,6 +229,75 @@ TEST_P(GpuMoverTest, MillionBlockRoundTripsUnderForcedOverlapHaveNoMismatch) {
 INSTANTIATE_TEST_SUITE_P(D2hModes, GpuMoverTest, ::testing::Values(D2hMode::kKernel, D2hMode::kCpuAssisted),
                          [](const auto& p) { return std::string(D2hModeName(p.param)); });
 
+// CPU-assisted D2H with every scatter copy this CPU has (memcpy, AVX2 / AVX-512 streaming
+// stores), into pools of every page backing: bit-exact, nothing written outside the blocks.
+TEST(GpuMoverCpuCopyTest, EveryHostCopyPathAndPageBackingRoundTripsBitExact) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  auto pinner = CudaHostPinner::Create();
+  ASSERT_TRUE(pinner.ok()) << pinner.status().ToString();
+  for (HugePages pages : {HugePages::kOff, HugePages::kTransparent, HugePages::kHugetlb}) {
+    for (HostCopyPath path : {HostCopyPath::kMemcpy, HostCopyPath::kAvx2, HostCopyPath::kAvx512}) {
+      if (!HostCopyPathSupported(path)) continue;
+      for (uint64_t bytes : {48ull, 4112ull, 16384ull, 65552ull, 2097152ull}) {
+        const uint32_t slots = bytes >= (1u << 20) ? 8 : 32;
+        HostTierOptions ho;
+        ho.slot_bytes = bytes;
+        ho.slot_count = slots * 2;
+        ho.pinner = *pinner;
+        ho.huge_pages = pages;
+        auto dram = HostTier::Create(ho);
+        ASSERT_TRUE(dram.ok()) << dram.status().ToString();
+        auto hbm = GpuHbmTier::Create({.device = 0, .slot_bytes = bytes, .slot_count = slots});
+        ASSERT_TRUE(hbm.ok()) << hbm.status().ToString();
+        GpuMoverOptions o;
+        o.d2h_mode = D2hMode::kCpuAssisted;
+        o.cpu_copy = path;
+        auto up = GpuMover::Create(dram->get(), hbm->get(), o);
+        auto down = GpuMover::Create(hbm->get(), dram->get(), o);
+        ASSERT_TRUE(up.ok() && down.ok());
+        EXPECT_EQ((*down)->cpu_copy_path(), path);
+        const uint32_t n = slots / 2;
+        const uint64_t slot_bytes = (*dram)->caps().slot_bytes;
+        MoveBatch h2d, d2h;
+        for (uint32_t i = 0; i < n; ++i) {
+          FillRandom(Ptr(**dram, SlotId{i}), bytes, bytes * 17 + i);
+          std::memset(Ptr(**dram, SlotId{slots + i}), 0xA5, slot_bytes);
+          h2d.segments.push_back({SlotId{i}, SlotId{slots - 1 - i}, 0, 0, bytes});
+          d2h.segments.push_back({SlotId{slots - 1 - i}, SlotId{slots + (i * 5) % n}, 0, 0, bytes});
+        }
+        d2h.wait_for.push_back((*up)->Submit(std::move(h2d)));
+        ASSERT_TRUE((*down)->Submit(std::move(d2h)).Wait().ok());
+        std::vector<std::byte> want(bytes);
+        for (uint32_t i = 0; i < n; ++i) {
+          FillRandom(want.data(), bytes, bytes * 17 + i);
+          const std::byte* got = Ptr(**dram, SlotId{slots + (i * 5) % n});
+          ASSERT_EQ(std::memcmp(got, want.data(), bytes), 0)
+              << HostCopyPathName(path) << ", pages " << HugePagesName(pages) << ", " << bytes << " B block " << i;
+          for (uint64_t b = bytes; b < slot_bytes; ++b) ASSERT_EQ(got[b], std::byte{0xA5}) << "wrote past the block";
+        }
+      }
+    }
+  }
+}
+
+TEST(GpuMoverCpuCopyTest, AHostCopyPathThisCpuLacksIsRefusedAtCreate) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  HostCopyPath missing = HostCopyPath::kAuto;
+  for (HostCopyPath p : {HostCopyPath::kAvx2, HostCopyPath::kAvx512}) {
+    if (!HostCopyPathSupported(p)) missing = p;
+  }
+  if (missing == HostCopyPath::kAuto) GTEST_SKIP() << "this CPU has every streaming path";
+  auto dram = PinnedDram(4096, 8);
+  ASSERT_NE(dram, nullptr);
+  auto hbm = GpuHbmTier::Create({.device = 0, .slot_bytes = 4096, .slot_count = 8});
+  ASSERT_TRUE(hbm.ok());
+  GpuMoverOptions o;
+  o.cpu_copy = missing;
+  auto down = GpuMover::Create(hbm->get(), dram.get(), o);
+  ASSERT_FALSE(down.ok());
+  EXPECT_EQ(down.status().code(), StatusCode::kInvalidArgument);
+}
+
 TEST(GpuTierManagerTest, OnboardAndOffloadThroughTheGpuTierAreBitExact) {
   if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
   KvGeometry g{.layers = 2, .kv_heads = 2, .head_dim = 64, .block_tokens = 16, .dtype = DType::kBF16};

@@ -61,6 +61,7 @@ Status GpuMoverOptions::Validate() const {
   if (max_in_flight == 0 || max_in_flight > 64) return Status::InvalidArgument("gpu mover: max_in_flight out of [1, 64]");
   if (unroll != 4 && unroll != 8) return Status::InvalidArgument(fmt::format("gpu mover: unroll {} (4 or 8)", unroll));
   if (cpu_piece_bytes < (1u << 20)) return Status::InvalidArgument("gpu mover: cpu_piece_bytes below 1 MiB");
+  if (launch_bytes != 0 && launch_bytes < (1u << 20)) return Status::InvalidArgument("gpu mover: launch_bytes below 1 MiB");
   return Status();
 }
 
@@ -82,7 +83,9 @@ Result<std::unique_ptr<GpuMover>> GpuMover::Create(Tier* source, Tier* destinati
       return Status::InvalidArgument(fmt::format("gpu mover: tier '{}' slots are not 16-byte aligned", t->name()));
     }
   }
+  KVT_ASSIGN_OR_RETURN(StreamCopier copier, StreamCopier::For(options.cpu_copy));
   std::unique_ptr<GpuMover> m(new GpuMover(source, destination, std::move(options)));
+  m->copier_ = copier;
   KVT_RETURN_IF_ERROR(m->Init());
   return m;
 }
@@ -192,6 +195,25 @@ Status GpuMover::Launch(Job& job, Lane& lane) {
   first_desc.reserve(segments.size() + 1);
   size_t n = 0;
   uint64_t staged = 0;
+  cudaStream_t st = stream_.get();
+  const auto* dev_descs = reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data());
+  kernels::CopyLaunch launch{.ctas = options_.ctas, .unroll = options_.unroll,
+                             .uniform_bytes = uniform ? segments.front().bytes : 0, .streaming = options_.streaming};
+  // Kernel paths: upload and launch descriptors [flushed, n) while the next ones are built.
+  size_t flushed = 0;
+  uint64_t pending_bytes = 0;
+  auto flush = [&]() -> Status {
+    if (n == flushed) return Status();
+    KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.device_descriptors.data() + flushed * sizeof(DeviceCopyDescriptor),
+                                             descs + flushed, (n - flushed) * sizeof(DeviceCopyDescriptor),
+                                             cudaMemcpyHostToDevice, st),
+                             "copying descriptors");
+    KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchCopyBlocks(dev_descs + flushed, static_cast<uint32_t>(n - flushed), launch, st),
+                             "launching the copy kernel");
+    flushed = n;
+    pending_bytes = 0;
+    return Status();
+  };
   for (const CopySegment& c : segments) {
     first_desc.push_back(n);
     const std::byte* s = std::get<MemoryAddress>(src_->Locate(c.src)).ptr + c.src_offset;
@@ -212,19 +234,16 @@ Status GpuMover::Launch(Job& job, Lane& lane) {
       descs[n++] = DeviceCopyDescriptor{reinterpret_cast<uint64_t>(s + off), reinterpret_cast<uint64_t>(d + off),
                                         std::min<uint64_t>(piece, c.bytes - off), 0};
     }
+    pending_bytes += c.bytes;
+    if (!cpu_assisted && options_.launch_bytes != 0 && pending_bytes >= options_.launch_bytes) KVT_RETURN_IF_ERROR(flush());
   }
   first_desc.push_back(n);
-  cudaStream_t st = stream_.get();
-  KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.device_descriptors.data(), descs, n * sizeof(DeviceCopyDescriptor),
-                                           cudaMemcpyHostToDevice, st),
-                           "copying descriptors");
-  const auto* dev_descs = reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data());
-  kernels::CopyLaunch launch{.ctas = options_.ctas, .unroll = options_.unroll,
-                             .uniform_bytes = uniform ? segments.front().bytes : 0, .streaming = options_.streaming};
   if (!cpu_assisted) {
-    KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchCopyBlocks(dev_descs, static_cast<uint32_t>(n), launch, st),
-                             "launching the copy kernel");
+    KVT_RETURN_IF_ERROR(flush());
   } else {
+    KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.device_descriptors.data(), descs, n * sizeof(DeviceCopyDescriptor),
+                                             cudaMemcpyHostToDevice, st),
+                             "copying descriptors");
     // Pieces: pack a run of segments into staging, copy that run to the host, mark it; the
     // completion thread scatters piece i while the GPU works on piece i+1.
     size_t pieces = 0;
@@ -273,7 +292,12 @@ void GpuMover::LaunchLoop() {
     lock.unlock();
     job->lane = lane;
     job->launched = std::chrono::steady_clock::now();
-    if (job->status.ok()) job->status = Launch(*job, *lane);
+    if (job->status.ok()) {
+      job->status = Launch(*job, *lane);
+      // A launch that failed part-way may have left earlier pieces on the GPU: let them finish
+      // before the lane (its descriptors and staging) is handed to the next batch.
+      if (!job->status.ok()) (void)cudaStreamSynchronize(stream_.get());
+    }
     lock.lock();
     launched_.push_back(std::move(job));
     done_cv_.notify_all();
@@ -302,8 +326,9 @@ void GpuMover::CompleteLoop() {
         counters_->arena.execute([&] {
           tbb::parallel_for(tbb::blocked_range<size_t>(piece.first, piece.end, 2), [&](const tbb::blocked_range<size_t>& r) {
             for (size_t i = r.begin(); i != r.end(); ++i) {
-              std::memcpy(lane.scatter[i].second, lane.scatter[i].first, lane.scatter_bytes[i]);
+              copier_.CopyUnfenced(lane.scatter[i].second, lane.scatter[i].first, lane.scatter_bytes[i]);
             }
+            copier_.Fence();  // streaming stores visible before the batch's fence is signaled
           });
         });
       }

@@ -24,6 +24,7 @@
 #include "cuda_util.h"
 #include "kvtier/mover.h"
 #include "kvtier/tier.h"
+#include "stream_copy.h"
 #include "transfer_profile.h"
 
 namespace kvtier {
@@ -36,10 +37,19 @@ struct GpuMoverOptions {
   uint32_t unroll = 4;              // 16-byte loads in flight per thread (4 or 8)
   bool streaming = false;           // evict-first loads and stores in the copy kernel
   uint32_t cpu_threads = 8;         // CPU-assisted scatter threads
+  // How those threads copy: kAuto = non-temporal stores (AVX-512, else AVX2), which skip
+  // the read-for-ownership of the DRAM slots (2 instead of 3 bytes of DRAM traffic per byte;
+  // `kvtier bench host-scatter`); kMemcpy = plain memcpy. A path this CPU lacks fails Create.
+  HostCopyPath cpu_copy = HostCopyPath::kAuto;
   // CPU-assisted D2H is pipelined in pieces of this many bytes: the CPU scatters piece i
   // while the GPU packs and copies piece i+1.
   uint64_t cpu_piece_bytes = 16 << 20;
   uint32_t max_in_flight = 4;       // batches launched and not yet completed
+  // Kernel paths: a batch is launched in pieces of about this many bytes, so the GPU copies
+  // piece i while the host builds (and uploads) the descriptors of piece i + 1 — at 4 KiB
+  // blocks building a 1 GiB batch's 262,144 descriptors is milliseconds of host time, which
+  // one launch per batch would add to the copy. 0 = one launch per batch; else >= 1 MiB.
+  uint64_t launch_bytes = 32 << 20;
   TransferProfile profile;          // for kAuto; empty = the kernel everywhere
   Status Validate() const;
 };
@@ -59,6 +69,8 @@ class GpuMover final : public Mover {
 
   // The D2H path a batch of `block_bytes` blocks takes (kKernel for H2D movers).
   D2hMode ModeFor(uint64_t block_bytes) const;
+  // The copy the CPU-assisted scatter uses (options' cpu_copy, kAuto resolved).
+  HostCopyPath cpu_copy_path() const { return copier_.path(); }
 
  private:
   struct Job;
@@ -76,6 +88,7 @@ class GpuMover final : public Mover {
   bool to_device_;
   std::string name_;
   int sm_count_ = 0;
+  StreamCopier copier_;  // CPU-assisted scatter (options_.cpu_copy, resolved)
   CudaStream stream_;
   std::unique_ptr<Counters> counters_;
 

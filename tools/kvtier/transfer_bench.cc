@@ -6,6 +6,11 @@
 //   contiguous  one cudaMemcpyAsync of the same total bytes (the PCIe ceiling)
 //   per_block   one cudaMemcpyAsync per block
 //   batch       one cudaMemcpyBatchAsync of all blocks
+// Diagnostics: --pattern sequential puts block i at slot i of both pools (per-block cost
+// without the translation/locality cost of random slots); --huge-pages picks the DRAM pool's
+// page backing; --copy-share F (h2d) also runs the gather kernel on (1-F) of the blocks
+// concurrently with one contiguous cudaMemcpyAsync of F of the bytes on a second stream
+// (method "gather+copy"): does the link carry more than the SM-issued reads alone?
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <tbb/parallel_for.h>
@@ -19,6 +24,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "copy_blocks.cuh"
 #include "cuda_host_pinner.h"
 #include "gpu_hbm_tier.h"
 #include "gpu_mover.h"
@@ -62,13 +68,16 @@ struct Pools {
   std::unique_ptr<Tier> dram;
   std::byte* dram_base = nullptr;
   size_t dram_bytes = 0;
+  std::string dram_pages = "cuda-host-alloc";  // page backing of the DRAM pool, for the report
+  uint64_t dram_huge_bytes = 0;                // bytes of it in huge pages (smaps)
   std::unique_ptr<GpuHbmTier> hbm;
   CudaStream stream, stream2;
   uint64_t block = 0;
   uint32_t slots = 0;
 };
 
-Result<Pools> MakePools(uint64_t block, uint64_t pool_bytes, int device, bool host_alloc = false) {
+Result<Pools> MakePools(uint64_t block, uint64_t pool_bytes, int device, bool host_alloc = false,
+                        HugePages huge_pages = HugePages::kTransparent) {
   if (CudaDeviceCount() <= device) return Status::Unavailable("no CUDA device is visible");
   KVT_RETURN_IF_CUDA_ERROR(cudaSetDevice(device), "cudaSetDevice");
   Pools p;
@@ -80,6 +89,7 @@ Result<Pools> MakePools(uint64_t block, uint64_t pool_bytes, int device, bool ho
   ho.slot_count = p.slots;
   ho.pinner = pinner;
   ho.logger = StderrLogger::Default();
+  ho.huge_pages = huge_pages;
   if (host_alloc) {
     KVT_ASSIGN_OR_RETURN(auto t, HostAllocTier::Create(block, p.slots));
     p.dram_base = t->base();
@@ -89,6 +99,8 @@ Result<Pools> MakePools(uint64_t block, uint64_t pool_bytes, int device, bool ho
     KVT_ASSIGN_OR_RETURN(auto t, HostTier::Create(ho));  // slots 4 KiB aligned, as in the DRAM tier
     p.dram_base = t->base();
     p.dram_bytes = t->bytes();
+    p.dram_pages = std::string(HugePagesName(t->info().huge_pages));
+    p.dram_huge_bytes = t->info().huge_page_bytes;
     p.dram = std::move(t);
   }
   KVT_ASSIGN_OR_RETURN(p.hbm, GpuHbmTier::Create({.device = device, .slot_bytes = block, .slot_count = p.slots}));
@@ -127,8 +139,14 @@ struct Placement {
   std::vector<uint32_t> dram, hbm;  // slot of block i in each pool
 };
 
-Placement Place(uint32_t blocks, uint32_t slots, uint64_t seed) {
+Placement Place(uint32_t blocks, uint32_t slots, uint64_t seed, bool sequential = false) {
   Placement pl;
+  if (sequential) {  // block i at slot i of both pools: one contiguous range each
+    pl.dram.resize(blocks);
+    std::iota(pl.dram.begin(), pl.dram.end(), 0u);
+    pl.hbm = pl.dram;
+    return pl;
+  }
   std::vector<uint32_t> a(slots), b(slots);
   std::iota(a.begin(), a.end(), 0);
   std::iota(b.begin(), b.end(), 0);
@@ -213,6 +231,35 @@ Result<double> TimeBatch(const Pools& p, const Placement& pl, bool h2d) {
   return ev.Seconds();
 }
 
+// The copy kernel alone, timed with CUDA events, on descriptors built and uploaded before the
+// clock starts: the GPU-side ceiling of the mover, without its host work (descriptor
+// building, threads, fences). kvtier / kernel-only < 1 is host overhead in the mover.
+Result<double> TimeKernelOnly(const Pools& p, const Placement& pl, const kernels::CopyLaunch& launch,
+                              const DeviceBuffer& descs) {
+  TimingEvents ev;
+  cudaStream_t s = p.stream.get();
+  cudaEventRecord(ev.a, s);
+  KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchCopyBlocks(reinterpret_cast<const kernels::DeviceCopyDescriptor*>(descs.data()),
+                                                     static_cast<uint32_t>(pl.dram.size()), launch, s),
+                           "copy kernel");
+  cudaEventRecord(ev.b, s);
+  KVT_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(ev.b), "copy kernel");
+  return ev.Seconds();
+}
+
+Result<DeviceBuffer> UploadDescriptors(const Pools& p, const Placement& pl, bool h2d, int device) {
+  std::vector<kernels::DeviceCopyDescriptor> d(pl.dram.size());
+  for (size_t i = 0; i < d.size(); ++i) {
+    const auto dram = reinterpret_cast<uint64_t>(DramPtr(p, pl.dram[i]));
+    const auto hbm = reinterpret_cast<uint64_t>(HbmPtr(p, pl.hbm[i]));
+    d[i] = {h2d ? dram : hbm, h2d ? hbm : dram, p.block, 0};
+  }
+  const size_t bytes = d.size() * sizeof(d[0]);
+  KVT_ASSIGN_OR_RETURN(DeviceBuffer buf, DeviceBuffer::Allocate(device, bytes));
+  KVT_RETURN_IF_CUDA_ERROR(cudaMemcpy(buf.data(), d.data(), bytes, cudaMemcpyHostToDevice), "uploading descriptors");
+  return buf;
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0.0 : v[v.size() / 2];
@@ -231,6 +278,34 @@ Result<double> Gbps(uint64_t bytes, uint32_t repeats, Fn&& fn) {
   return Median(rates);
 }
 
+// H2D diagnostic: the gather kernel moves the first (1 - share) of the blocks while one
+// contiguous cudaMemcpyAsync moves share of the bytes (from the start of the DRAM pool to a
+// separate device buffer) on a second stream, concurrently. GB/s of all bytes over the wall
+// time of both. Above the gather alone = the link has headroom beyond the SM-issued reads.
+Result<double> GatherPlusCopy(const Pools& p, GpuMover& up, const Placement& pl, double share, uint32_t repeats,
+                              int device) {
+  const size_t n = pl.dram.size();
+  const size_t copied_blocks = std::min(n - 1, static_cast<size_t>(double(n) * share + 0.5));
+  Placement gathered = pl;
+  gathered.dram.resize(n - copied_blocks);
+  gathered.hbm.resize(n - copied_blocks);
+  const uint64_t copy_bytes = uint64_t{copied_blocks} * p.block;
+  const uint64_t all = uint64_t{n} * p.block;
+  if (copy_bytes == 0) return Status::InvalidArgument("--copy-share rounds to 0 blocks");
+  KVT_ASSIGN_OR_RETURN(DeviceBuffer target, DeviceBuffer::Allocate(device, copy_bytes));
+  return Gbps(all, repeats, [&]() -> Result<double> {
+    MoveBatch b = MakeBatch(gathered, true, p.block);
+    const auto t0 = std::chrono::steady_clock::now();
+    KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(target.data(), p.dram_base, copy_bytes, cudaMemcpyHostToDevice,
+                                             p.stream2.get()),
+                             "contiguous share");
+    Fence f = up.Submit(std::move(b));
+    KVT_RETURN_IF_ERROR(f.Wait());
+    KVT_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(p.stream2.get()), "contiguous share");
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  });
+}
+
 struct TransferOptions {
   std::string direction = "h2d";
   uint64_t block_size = 16384;
@@ -243,6 +318,12 @@ struct TransferOptions {
   uint32_t repeats = 5;
   int device = 0;
   std::string host_alloc = "register";
+  std::string huge_pages = "transparent";
+  std::string pattern = "random";
+  std::string cpu_copy = "auto";
+  uint32_t d2h_ctas = 0;  // 0 = --ctas
+  double copy_share = 0;  // h2d: also measure gather + concurrent contiguous copy of this share
+  uint64_t launch_bytes = 32 << 20;  // GpuMoverOptions::launch_bytes
   bool streaming = false;
   bool json = false;
 };
@@ -266,7 +347,18 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   if (o.host_alloc != "register" && o.host_alloc != "cuda") {
     return Status::InvalidArgument(fmt::format("--host-alloc {} (register or cuda)", o.host_alloc));
   }
-  KVT_ASSIGN_OR_RETURN(Pools p, MakePools(o.block_size, pool, o.device, o.host_alloc == "cuda"));
+  KVT_ASSIGN_OR_RETURN(HugePages huge, ParseHugePages(o.huge_pages));
+  KVT_ASSIGN_OR_RETURN(HostCopyPath cpu_copy, ParseHostCopyPath(o.cpu_copy));
+  if (o.pattern != "random" && o.pattern != "sequential") {
+    return Status::InvalidArgument(fmt::format("--pattern {} (random or sequential)", o.pattern));
+  }
+  if (!(o.copy_share >= 0 && o.copy_share < 1)) {
+    return Status::InvalidArgument(fmt::format("--copy-share {} out of [0, 1)", o.copy_share));
+  }
+  KVT_ASSIGN_OR_RETURN(Pools p, MakePools(o.block_size, pool, o.device, o.host_alloc == "cuda", huge));
+  fmt::print(stderr, "kvtier bench transfer: DRAM pool {:.2f} GiB, pages {}, {:.0f} MiB in huge pages; pattern {}\n",
+             double(p.dram_bytes) / double(1ull << 30), p.dram_pages, double(p.dram_huge_bytes) / double(1 << 20),
+             o.pattern);
   if (uint64_t{p.slots} < 2ull * blocks) return Status::InvalidArgument("--pool is too small for --total");
   GpuMoverOptions mo;
   mo.device = o.device;
@@ -275,14 +367,22 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   mo.ctas = o.ctas;
   mo.unroll = o.unroll;
   mo.streaming = o.streaming;
+  mo.cpu_copy = cpu_copy;
+  mo.launch_bytes = o.launch_bytes;
   KVT_ASSIGN_OR_RETURN(auto up, GpuMover::Create(p.dram.get(), p.hbm.get(), mo));
+  if (o.d2h_ctas != 0) mo.ctas = o.d2h_ctas;
   KVT_ASSIGN_OR_RETURN(auto down, GpuMover::Create(p.hbm.get(), p.dram.get(), mo));
-  const Placement pl = Place(blocks, p.slots, 5);
+  const Placement pl = Place(blocks, p.slots, 5, o.pattern == "sequential");
 
   auto one_direction = [&](bool h2d) -> Status {
     const std::string dir = h2d ? "h2d" : "d2h";
     GpuMover& m = h2d ? *up : *down;
-    const std::string method = h2d ? "kvtier" : fmt::format("kvtier-{}", D2hModeName(m.ModeFor(o.block_size)));
+    const D2hMode d2h_mode = m.ModeFor(o.block_size);
+    const std::string method =
+        h2d ? "kvtier"
+        : d2h_mode == D2hMode::kCpuAssisted
+            ? fmt::format("kvtier-cpu-{}", HostCopyPathName(m.cpu_copy_path()))
+            : fmt::format("kvtier-{}", D2hModeName(d2h_mode));
     KVT_ASSIGN_OR_RETURN(double k, Gbps(bytes, o.repeats, [&] { return TimeMover(m, pl, h2d, o.block_size); }));
     KVT_ASSIGN_OR_RETURN(double c, Gbps(bytes, o.repeats, [&] { return TimeContiguous(p, bytes, h2d, p.stream.get()); }));
     KVT_ASSIGN_OR_RETURN(double pb, Gbps(bytes, o.repeats, [&] { return TimePerBlock(p, pl, h2d); }));
@@ -291,7 +391,18 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
     rows->push_back({dir, "contiguous", c});
     rows->push_back({dir, "per_block", pb});
     rows->push_back({dir, "batch", bt.ok() ? *bt : 0.0});
+    if (h2d || d2h_mode == D2hMode::kKernel) {
+      KVT_ASSIGN_OR_RETURN(DeviceBuffer descs, UploadDescriptors(p, pl, h2d, o.device));
+      const kernels::CopyLaunch launch{.ctas = h2d || o.d2h_ctas == 0 ? o.ctas : o.d2h_ctas, .unroll = o.unroll,
+                                       .uniform_bytes = o.block_size, .streaming = o.streaming};
+      KVT_ASSIGN_OR_RETURN(double ko, Gbps(bytes, o.repeats, [&] { return TimeKernelOnly(p, pl, launch, descs); }));
+      rows->push_back({dir, "kernel-only", ko});
+    }
     if (!bt.ok()) fmt::print(stderr, "kvtier bench transfer: batch baseline failed: {}\n", bt.status().ToString());
+    if (h2d && o.copy_share > 0) {
+      KVT_ASSIGN_OR_RETURN(double g, GatherPlusCopy(p, m, pl, o.copy_share, o.repeats, o.device));
+      rows->push_back({dir, fmt::format("gather+copy{:.0f}%", 100 * o.copy_share), g});
+    }
     return Status();
   };
   if (o.direction == "h2d" || o.direction == "d2h") return one_direction(o.direction == "h2d");
@@ -339,7 +450,9 @@ void PrintRows(const TransferOptions& o, const std::vector<Row>& rows) {
     for (const Row& r : rows) {
       nlohmann::json j{{"bench", "transfer"}, {"direction", r.direction}, {"block_size", o.block_size},
                        {"total", o.total}, {"mode", o.mode}, {"ctas", o.ctas}, {"unroll", o.unroll},
-                       {"host_alloc", o.host_alloc}, {"streaming", o.streaming},
+                       {"host_alloc", o.host_alloc}, {"streaming", o.streaming}, {"huge_pages", o.huge_pages},
+                       {"pattern", o.pattern}, {"cpu_copy", o.cpu_copy}, {"d2h_ctas", o.d2h_ctas},
+                       {"cpu_threads", o.cpu_threads}, {"launch_bytes", o.launch_bytes},
                        {"method", r.method}, {"gbps", r.gbps}};
       fmt::print("{}\n", j.dump());
     }
@@ -431,6 +544,14 @@ void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
   cmd->add_flag("--streaming", o->streaming, "evict-first loads and stores in the copy kernel");
   cmd->add_option("--host-alloc", o->host_alloc,
                   "DRAM pool pinning: register (mmap + cudaHostRegister, the DRAM tier) or cuda (cudaHostAlloc)");
+  cmd->add_option("--huge-pages", o->huge_pages, "DRAM pool pages: off, transparent (= on, the default) or hugetlb");
+  cmd->add_option("--pattern", o->pattern, "block placement: random slots (default) or sequential (block i at slot i)");
+  cmd->add_option("--cpu-copy", o->cpu_copy, "CPU-assisted scatter copy: auto (non-temporal), memcpy, avx2, avx512");
+  cmd->add_option("--d2h-ctas", o->d2h_ctas, "copy kernel blocks of the D2H mover (0 = --ctas)");
+  cmd->add_option("--copy-share", o->copy_share,
+                  "h2d: also time the gather on 1-F of the blocks concurrent with a contiguous copy of F of the bytes");
+  cmd->add_option("--launch-bytes", o->launch_bytes,
+                  "kernel paths: bytes per launch, so host descriptor building overlaps the copy (0 = one launch)");
   cmd->add_option("--repeats", o->repeats, "timed runs; the median is reported");
   cmd->add_option("--device", o->device, "CUDA device");
   cmd->add_flag("--json", o->json, "one JSON line per method");
