@@ -8,6 +8,7 @@
 // domain: q is pre-scaled by log2(e)/√d), merged across row groups, warps and pieces with
 // the usual (m, l, o) rule at the end.
 #include "sparse_attention.cuh"
+#include "sparse_attention_internal.cuh"
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -547,8 +548,41 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
   return one_wave(half) > resident ? half : full;
 }
 
+SparseAttentionPlan PlanStagedSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                              uint32_t sm_count, const SparseAttentionStagedLimits& lim) {
+  SparseAttentionPlan p;  // cluster 0: no staged plan
+  if (shape.kv_heads == 0 || shape.q_heads % shape.kv_heads != 0 || lim.max_cluster < 2 || lim.ctas_per_sm == 0 ||
+      max_pages_per_row == 0) {
+    return p;
+  }
+  const uint32_t heads = std::min(HeadsPerCta(shape.group()), 4u);
+  const uint64_t rows = uint64_t{shape.requests} * shape.kv_heads * (shape.group() / heads);
+  if (rows == 0 || rows > 65535) return p;
+  uint32_t cl = lim.max_cluster;
+  while (cl > 2 && cl / 2 >= max_pages_per_row) cl /= 2;  // no cluster larger than the pages need
+  for (; cl >= 2; cl /= 2) {
+    const uint32_t chunk = (max_pages_per_row + cl - 1) / cl;
+    const uint64_t dyn = uint64_t{chunk} * shape.slice_bytes();
+    if (chunk > kStagedMaxChunkPages || dyn > lim.smem_per_cta) break;  // smaller clusters: longer pieces
+    const uint64_t per_sm = std::min<uint64_t>(lim.ctas_per_sm, lim.smem_per_sm / (dyn + lim.static_smem + 1024));
+    if (per_sm == 0 || rows * cl > uint64_t{std::max(sm_count, 1u)} * per_sm) continue;  // not one wave
+    p.heads_per_cta = heads;
+    p.rows = static_cast<uint32_t>(rows);
+    p.chunk_pages = chunk;
+    p.max_splits = cl;
+    p.cluster = cl;
+    return p;
+  }
+  return p;
+}
+
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionPlan* plan) {
+  return PlanSparseAttentionForDevice(shape, type, max_pages_per_row, device, SparseAttentionKernels::kAuto, plan);
+}
+
+cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
+                                         int device, SparseAttentionKernels kernels, SparseAttentionPlan* plan) {
   if (plan == nullptr || !ShapeSupported(shape)) return cudaErrorInvalidValue;
   int sms = 0, per_sm = 0;
   if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess) return e;
@@ -570,6 +604,15 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
     }
   }
   *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), occ);
+  if (kernels == SparseAttentionKernels::kAuto) {
+    SparseAttentionStagedLimits lim;
+    if (cudaError_t e = attention_internal::StagedLimitsForDevice(shape, type, std::min(heads, 4u), device, &lim);
+        e != cudaSuccess) {
+      return e;
+    }
+    const SparseAttentionPlan staged = PlanStagedSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), lim);
+    if (staged.cluster != 0) *plan = staged;
+  }
   return cudaSuccess;
 }
 
@@ -600,6 +643,7 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
       (plan.tile_loads != 0 && plan.tile_loads != 4 && plan.tile_loads != 8)) {
     return cudaErrorInvalidValue;
   }
+  if (plan.cluster != 0) return attention_internal::LaunchStaged(a, plan, stream);
   const KernelPtr kernel = Pick(s.head_dim, plan.heads_per_cta, a.type, a.output, plan.tile_loads == 8);
   if (kernel == nullptr) return cudaErrorInvalidValue;
   const Layout l = WorkspaceLayout(s, plan);

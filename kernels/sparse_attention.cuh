@@ -4,7 +4,9 @@
 // (request, KV head); dense attention lists every block. The caller owns every buffer, the
 // workspace included; nothing here allocates or synchronises.
 //
-// One launch on `stream`. Grid (splits, rows): a row is (request, KV head, head chunk), a
+// One launch on `stream`; two kernels. The staged one (plan.cluster > 0; short lists at small
+// batch, sparse_attention_staged.cu) is described at SparseAttentionPlan::cluster. The
+// streamed one: grid (splits, rows): a row is (request, KV head, head chunk), a
 // head chunk being `heads_per_cta` query heads of the KV head's GQA group (all of them for
 // groups 1, 2, 4, 8), so each K/V byte is read once per chunk. A row's page list is cut into
 // pieces of `chunk_pages`; the CTA of piece s streams its K/V tokens straight into registers
@@ -40,7 +42,35 @@ struct SparseAttentionPlan {
   // and the merge keeps 64 loads per thread in flight. Same numbers (same order of sums per
   // row group; only the cut into pieces differs, as with any chunk_pages).
   uint32_t tile_loads = 0;
+  // > 0: the STAGED kernel (PlanStagedSparseAttention): the max_splits (= cluster) pieces of a
+  // row are one thread-block cluster of 256-thread CTAs; each copies its whole piece into
+  // shared memory (cp.async) and the pieces merge through distributed shared memory (no
+  // workspace traffic, no counters). heads_per_cta ≤ 4; tile_loads unused. 0: the streamed kernel.
+  uint32_t cluster = 0;
 };
+
+// Pages one staged CTA may hold (its slot ids sit in a fixed shared array).
+inline constexpr uint32_t kStagedMaxChunkPages = 64;
+
+// What the staged planner needs to know of the device (StagedLimits... fills it from the
+// device; zeros mean "no staged kernel").
+struct SparseAttentionStagedLimits {
+  uint32_t max_cluster = 0;   // largest cluster launched (16 on an H100: non-portable opt-in; else 8)
+  uint32_t ctas_per_sm = 0;   // resident CTAs per SM by registers and threads
+  uint64_t smem_per_sm = 0;   // shared memory of an SM, bytes
+  uint64_t smem_per_cta = 0;  // dynamic shared memory one CTA may have (opt-in), bytes
+  uint64_t static_smem = 0;   // the kernel's fixed shared memory per CTA, bytes
+};
+
+// The staged plan (pure): heads_per_cta = the largest of 4/2/1 dividing the group, rows as
+// usual, and the LARGEST cluster c ≤ max_cluster (a power of two, no larger than the pages
+// need) whose pieces of ⌈pages / c⌉ pages fit a CTA's shared memory and whose rows · c CTAs
+// are one wave (resident at once, shared memory and registers counted). Returns a plan with
+// cluster = 0 where none fits (long lists, large batches: the streamed kernel's case).
+// Llama-3-8B, budget 2048 (128 pages of 16) at batch 1 on an H100: 8 rows × 16 CTAs of 8
+// pages (64 KB each) = 128 CTAs; batch 8 (1024 CTAs of 64 KB) is more than a wave: streamed.
+SparseAttentionPlan PlanStagedSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                              uint32_t sm_count, const SparseAttentionStagedLimits& limits);
 
 inline constexpr uint32_t kSparseAttentionMaxChunkPages = 256;  // slot ids staged in shared memory
 inline constexpr uint32_t kSparseAttentionMinChunkPages = 4;
@@ -89,6 +119,13 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
 // type (of the kernel instances the launch may use).
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionPlan* plan);
+
+// Which kernels PlanSparseAttentionForDevice may choose: kAuto = the staged plan where one
+// fits (PlanStagedSparseAttention), else the streamed one; kStreamed = the streamed plan only
+// (the round-6 choice, kept to compare the two in one run).
+enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1 };
+cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
+                                         int device, SparseAttentionKernels kernels, SparseAttentionPlan* plan);
 
 // Device bytes of scratch for `plan`: a counter per row, then per (row, piece, head) a
 // partial output [d] and its log2-sum-exp, fp32.

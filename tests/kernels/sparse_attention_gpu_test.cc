@@ -20,6 +20,7 @@
 #include <numeric>
 #include <ostream>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "kernels/cuda_test_support.h"
@@ -157,7 +158,7 @@ void RunPlan(const Case& c, const Problem& p, const std::vector<float>& want, co
         << "request " << i / (size_t{s.q_heads} * s.head_dim) << " head " << i / s.head_dim % s.q_heads << " dim "
         << i % s.head_dim << " got " << got << " want " << want[i] << " (plan: chunk " << plan.chunk_pages
         << ", splits " << plan.max_splits << ", heads/cta " << plan.heads_per_cta << ", tile loads "
-        << plan.tile_loads << ")";
+        << plan.tile_loads << ", cluster " << plan.cluster << ")";
   }
 }
 
@@ -169,8 +170,26 @@ void RunCase(const Case& c, uint32_t seed) {
   SparseAttention(s, c.type, p.arena, p.queries, {.offsets = p.offsets, .slots = p.slots, .last_page_tokens = p.last},
                   want);
 
+  // The staged kernel (short lists, small batch): the device's own choice if it makes one,
+  // then forced clusters of 2 and 8 CTAs (portable sizes) at the largest head chunk and a
+  // cluster of 4 at half of it, wherever the pieces fit a CTA's shared memory.
+  if (c.chunk == 0) {
+    SparseAttentionPlan automatic;
+    ASSERT_CUDA(PlanSparseAttentionForDevice(s, c.type, p.max_pages, 0, &automatic));
+    if (automatic.cluster != 0) RunPlan(c, p, want, automatic);
+    const uint32_t group = s.q_heads / s.kv_heads;
+    const uint32_t heads = group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
+    for (auto [cluster, h] : {std::pair{2u, heads}, std::pair{8u, heads}, std::pair{4u, std::max(heads / 2, 1u)}}) {
+      SparseAttentionPlan staged{.heads_per_cta = h, .chunk_pages = (std::max(p.max_pages, 1u) + cluster - 1) / cluster,
+                                 .max_splits = cluster, .rows = s.requests * s.kv_heads * (group / h), .cluster = cluster};
+      if (staged.chunk_pages > kStagedMaxChunkPages || staged.chunk_pages * s.slice_bytes() > (160u << 10)) continue;
+      RunPlan(c, p, want, staged);
+    }
+  }
+  // The streamed kernel (every variant on the same cut, below).
   SparseAttentionPlan plan;
-  ASSERT_CUDA(PlanSparseAttentionForDevice(s, c.type, p.max_pages, 0, &plan));
+  ASSERT_CUDA(PlanSparseAttentionForDevice(s, c.type, p.max_pages, 0, SparseAttentionKernels::kStreamed, &plan));
+  ASSERT_EQ(plan.cluster, 0u);
   if (c.chunk != 0) {
     plan.chunk_pages = c.chunk;
     plan.max_splits = (std::max(p.max_pages, 1u) + c.chunk - 1) / c.chunk;
@@ -241,7 +260,18 @@ INSTANTIATE_TEST_SUITE_P(
         Case{8, 1, 128, 16, {20000, 4097}, HT::kFp16, AO::kFloat32, false, 256},
         Case{16, 2, 64, 16, {9000}, HT::kBf16, AO::kInputType, true, 5},
         // an empty page list gets zeros.
-        Case{32, 8, 128, 16, {300, 40}, HT::kBf16, AO::kFloat32, false, 0, true}));
+        Case{32, 8, 128, 16, {300, 40}, HT::kBf16, AO::kFloat32, false, 0, true},
+        // staged kernel shapes: the budget-2048 page list at batch 1 (the device plan: clusters
+        // of 16 CTAs of 8 pages on an H100) with a partial last page, at batch 2 (16 rows) and
+        // batch 8 (the streamed plan; forced staged clusters of 8), sparse lists of ~128 pages
+        // at batch 1 and 8, d 64, and rows shorter than the cluster (CTAs with no page).
+        Case{32, 8, 128, 16, {2047}, HT::kBf16, AO::kInputType},
+        Case{32, 8, 128, 16, {2048, 1500}, HT::kFp16},
+        Case{32, 8, 128, 16, {2048, 2048, 2048, 2048, 2048, 2048, 2048, 2041}, HT::kBf16, AO::kInputType},
+        Case{32, 8, 128, 16, {8192}, HT::kBf16, AO::kFloat32, true},
+        Case{32, 8, 128, 16, {8192, 7000, 8192, 100, 8192, 8192, 3000, 8192}, HT::kBf16, AO::kInputType, true},
+        Case{16, 2, 64, 16, {2000, 20}, HT::kFp16, AO::kFloat32},
+        Case{32, 8, 128, 16, {40, 17, 3}, HT::kBf16}));
 
 TEST(SparseAttentionGpuApi, RejectsUnsupportedShapes) {
   if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
@@ -330,6 +360,44 @@ TEST(SparseAttentionPlan, DeepForShortLists) {
   p = PlanSparseAttention(d64, 128, 132, 3, 2);
   EXPECT_EQ(p.tile_loads, 8u);
   EXPECT_EQ(p.chunk_pages, 4u);
+}
+
+// The staged plan: the largest cluster whose pieces fit a CTA's shared memory and whose CTAs
+// are one wave; none for long lists or large batches.
+TEST(SparseAttentionPlan, StagedForShortListsAtSmallBatch) {
+  const SparseAttentionShape llama{.requests = 1, .q_heads = 32, .kv_heads = 8, .head_dim = 128, .block_tokens = 16,
+                                   .slot_bytes = 8192};
+  SparseAttentionStagedLimits h100{.max_cluster = 16, .ctas_per_sm = 2, .smem_per_sm = 228u << 10,
+                                   .smem_per_cta = (227u << 10) - 19000, .static_smem = 19000};
+  // Budget 2048 at batch 1: 8 rows × 16 CTAs of 8 pages (64 KB).
+  SparseAttentionPlan p = PlanStagedSparseAttention(llama, 128, 132, h100);
+  EXPECT_EQ(p.cluster, 16u);
+  EXPECT_EQ(p.max_splits, 16u);
+  EXPECT_EQ(p.chunk_pages, 8u);
+  EXPECT_EQ(p.rows, 8u);
+  EXPECT_EQ(p.heads_per_cta, 4u);
+  SparseAttentionShape b2 = llama;
+  b2.requests = 2;  // 256 CTAs of 64 KB ≤ 132 × 2
+  EXPECT_EQ(PlanStagedSparseAttention(b2, 128, 132, h100).cluster, 16u);
+  SparseAttentionShape b8 = llama;
+  b8.requests = 8;  // 1024 CTAs: no wave; clusters of 4 would need 256 KB pieces
+  EXPECT_EQ(PlanStagedSparseAttention(b8, 128, 132, h100).cluster, 0u);
+  EXPECT_EQ(PlanStagedSparseAttention(llama, 2048, 132, h100).cluster, 0u);  // dense 32K
+  SparseAttentionStagedLimits portable = h100;
+  portable.max_cluster = 8;  // 8 CTAs of 16 pages (128 KB, one per SM): 64 ≤ 132
+  p = PlanStagedSparseAttention(llama, 128, 132, portable);
+  EXPECT_EQ(p.cluster, 8u);
+  EXPECT_EQ(p.chunk_pages, 16u);
+  p = PlanStagedSparseAttention(llama, 3, 132, h100);  // 3 pages: a cluster of 4 (one CTA idle)
+  EXPECT_EQ(p.cluster, 4u);
+  EXPECT_EQ(p.chunk_pages, 1u);
+  SparseAttentionShape g8 = llama;
+  g8.q_heads = 64;  // group 8: 4 heads per CTA, 16 rows × 16 = 256 CTAs
+  p = PlanStagedSparseAttention(g8, 128, 132, h100);
+  EXPECT_EQ(p.heads_per_cta, 4u);
+  EXPECT_EQ(p.rows, 16u);
+  EXPECT_EQ(p.cluster, 16u);
+  EXPECT_EQ(PlanStagedSparseAttention(llama, 128, 132, SparseAttentionStagedLimits{}).cluster, 0u);  // no clusters
 }
 
 // heads_per_cta at batch 1: half the group's largest chunk where the K/V fits in half the L2,

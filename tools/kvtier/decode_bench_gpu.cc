@@ -10,14 +10,20 @@
 //   select_fused  the same as ONE launch (row_counters: the last score CTA of a row runs its
 //           top-k); its selection must equal select's exactly (checked);
 //   scores / topk   each launch of select alone (breakdown);
-//   attention       sparse attention alone over a fixed selection (the last select's);
+//   topk_bisect     the round-5 top-k (bisection) alone; its selection must equal topk's;
+//   attention       sparse attention alone over a fixed selection (the last select's), on the
+//                   device's plan (the staged kernel where it fits: batch 1); its output is
+//                   compared with attention_streamed's (max_abs_diff_vs_streamed);
+//   attention_streamed  the same on the round-6 streamed plan;
 //   sparse  select + attention over the selected slices (page list = the selection written
 //           as slots); speedup = dense / sparse (target ≥ 8× at 32K; ideal
 //           context / (budget + context / 32), the int8 metadata being 1/32 of the KV);
 //   sparse_pdl    the same with programmatic dependent launch on both launches (each kernel
 //           triggers at its start; the next one's CTAs wait in cudaGridDependencySynchronize);
 //           its output must equal sparse's bit for bit (checked);
-//   sparse_graph  the sparse_pdl steps captured in one CUDA graph.
+//   sparse_graph  the sparse_pdl steps captured in one CUDA graph;
+//   sparse_graph_r6  the round-6 step (bisection top-k, streamed attention) as a graph: the
+//           previous configuration measured in the same run.
 // The KV arena holds `layers` copies of the layer's slices at a random slot permutation (pages
 // are never contiguous) and steps cycle through them, so a step's bytes are never L2 hits
 // (a real decode step reads a different layer each time). K/V values are random finite bf16,
@@ -92,9 +98,12 @@ class Point {
   Status SelectFusedStep(uint32_t layer, cudaStream_t stream);
   Status ScoresStep(uint32_t layer, cudaStream_t stream);
   Status TopKStep(uint32_t layer, cudaStream_t stream);
+  Status TopKBisectionStep(uint32_t layer, cudaStream_t stream);
   Status AttentionStep(uint32_t layer, cudaStream_t stream);
+  Status AttentionStreamedStep(uint32_t layer, cudaStream_t stream);
   Status SparseStep(uint32_t layer, cudaStream_t stream);
   Status SparsePdlStep(uint32_t layer, cudaStream_t stream);
+  Status SparsePdlRound6Step(uint32_t layer, cudaStream_t stream);
   Status CheckFinite(const DeviceMem& out, const char* what);
 
   const DecodeBenchOptions& o_;
@@ -102,11 +111,13 @@ class Point {
   uint32_t blocks_ = 0, slices_ = 0, layers_ = 0, k_ = 0;
   size_t kv_bytes_ = 0;
   kernels::SparseAttentionShape shape_;
-  kernels::SparseAttentionPlan dense_plan_, sparse_plan_;
+  // sparse_plan_: the device's choice (the staged kernel where it fits); streamed_plan_: the
+  // streamed kernel's plan (round 6), for the comparison rows.
+  kernels::SparseAttentionPlan dense_plan_, sparse_plan_, streamed_plan_;
   kernels::QuestSelectParams params_;
   DeviceMem arena_, copy_dst_, queries_, bounds_, scales_, block_slots_, dense_offsets_, last_, scores_,
       block_offsets_, sel_offsets_, selected_, selected_slots_, out_, dense_ws_, sparse_ws_,
-      row_counters_;
+      streamed_ws_, row_counters_;
 };
 
 Status Point::Setup(const cudaDeviceProp& prop) {
@@ -200,6 +211,11 @@ Status Point::Setup(const cudaDeviceProp& prop) {
                                                            &dense_plan_));
   KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
                                                            &sparse_plan_));
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
+                                                           kernels::SparseAttentionKernels::kStreamed,
+                                                           &streamed_plan_));
+  KVT_RETURN_IF_ERROR(Alloc(streamed_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, streamed_plan_)));
+  KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(streamed_ws_.p, shape_, streamed_plan_, nullptr));
   KVT_RETURN_IF_ERROR(Alloc(dense_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, dense_plan_)));
   KVT_RETURN_IF_ERROR(Alloc(sparse_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, sparse_plan_)));
   KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(dense_ws_.p, shape_, dense_plan_, nullptr));
@@ -265,9 +281,25 @@ Status Point::TopKStep(uint32_t layer, cudaStream_t stream) {
   return Status::Ok();
 }
 
+// The round-5 top-k (bisection), for comparison.
+Status Point::TopKBisectionStep(uint32_t layer, cudaStream_t stream) {
+  kernels::QuestSelectDeviceArgs a = SelectArgs(layer);
+  a.topk_algorithm = kernels::QuestTopKAlgorithm::kBisection;
+  KVT_CUDA_OR_RETURN(kernels::LaunchQuestTopK(a, stream));
+  return Status::Ok();
+}
+
 // Over whatever selection the last select left in selected_slots (a fixed page list).
 Status Point::AttentionStep(uint32_t layer, cudaStream_t stream) {
   KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(AttentionArgs(layer), sparse_plan_, stream));
+  return Status::Ok();
+}
+
+// The same selection on the streamed kernel's plan (round 6), for comparison.
+Status Point::AttentionStreamedStep(uint32_t layer, cudaStream_t stream) {
+  kernels::SparseAttentionDeviceArgs a = AttentionArgs(layer);
+  a.workspace = streamed_ws_.p;
+  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, streamed_plan_, stream));
   return Status::Ok();
 }
 
@@ -283,6 +315,19 @@ Status Point::SparsePdlStep(uint32_t layer, cudaStream_t stream) {
   kernels::SparseAttentionDeviceArgs a = AttentionArgs(layer);
   a.programmatic_dependent_launch = true;
   KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, sparse_plan_, stream));
+  return Status::Ok();
+}
+
+// The round-6 sparse step (bisection top-k, streamed attention) with PDL, for comparison.
+Status Point::SparsePdlRound6Step(uint32_t layer, cudaStream_t stream) {
+  kernels::QuestSelectDeviceArgs s = SelectArgs(layer);
+  s.programmatic_dependent_launch = true;
+  s.topk_algorithm = kernels::QuestTopKAlgorithm::kBisection;
+  KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(s, stream));
+  kernels::SparseAttentionDeviceArgs a = AttentionArgs(layer);
+  a.programmatic_dependent_launch = true;
+  a.workspace = streamed_ws_.p;
+  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, streamed_plan_, stream));
   return Status::Ok();
 }
 
@@ -336,6 +381,9 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   // launches' exactly: same scores, same top-k algorithm).
   KVT_ASSIGN_OR_RETURN(const double t_scores, timed(loop(&Point::ScoresStep)));
   KVT_ASSIGN_OR_RETURN(const double t_topk, timed(loop(&Point::TopKStep)));
+  KVT_ASSIGN_OR_RETURN(const double t_topk_bisection, timed(loop(&Point::TopKBisectionStep)));
+  std::vector<uint32_t> sel_bisection(size_t{batch_} * o_.kv_heads * k_);
+  KVT_CUDA_OR_RETURN(cudaMemcpy(sel_bisection.data(), selected_.p, sel_bisection.size() * 4, cudaMemcpyDeviceToHost));
   KVT_ASSIGN_OR_RETURN(const double t_select_fused, timed(loop(&Point::SelectFusedStep)));
   std::vector<uint32_t> sel_unfused(size_t{batch_} * o_.kv_heads * k_), sel_fused(sel_unfused.size());
   KVT_CUDA_OR_RETURN(cudaMemcpy(sel_fused.data(), selected_.p, sel_fused.size() * 4, cudaMemcpyDeviceToHost));
@@ -344,7 +392,19 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   KVT_CUDA_OR_RETURN(cudaMemcpy(sel_unfused.data(), selected_.p, sel_unfused.size() * 4, cudaMemcpyDeviceToHost));
   const bool fused_matches = sel_fused == sel_unfused;  // else: a bug, reported loudly below
   if (!fused_matches) fmt::print(stderr, "bench decode: MISMATCH: fused Quest select differs from two launches\n");
+  const bool bisection_matches = sel_bisection == sel_unfused;  // the same scores (ScoresStep's and select's)
+  if (!bisection_matches) fmt::print(stderr, "bench decode: MISMATCH: bisection top-k differs from the digit top-k\n");
+  KVT_ASSIGN_OR_RETURN(const double t_attention_streamed, timed(loop(&Point::AttentionStreamedStep)));
+  std::vector<uint16_t> out_streamed(size_t{batch_} * o_.q_heads * o_.head_dim), out_staged(out_streamed.size());
+  KVT_CUDA_OR_RETURN(cudaMemcpy(out_streamed.data(), out_.p, out_streamed.size() * 2, cudaMemcpyDeviceToHost));
   KVT_ASSIGN_OR_RETURN(const double t_attention, timed(loop(&Point::AttentionStep)));
+  KVT_CUDA_OR_RETURN(cudaMemcpy(out_staged.data(), out_.p, out_staged.size() * 2, cudaMemcpyDeviceToHost));
+  // Two correct fp32 computations cut differently: equal up to a few bf16 ulps of the output.
+  double attention_max_diff = 0;
+  for (size_t i = 0; i < out_staged.size(); ++i) {
+    attention_max_diff = std::max(attention_max_diff, std::fabs(double(kernels::Bf16ToFloat(out_staged[i])) -
+                                                                kernels::Bf16ToFloat(out_streamed[i])));
+  }
   KVT_ASSIGN_OR_RETURN(const double t_sparse, timed(loop(&Point::SparseStep)));
   KVT_RETURN_IF_ERROR(CheckFinite(out_, "sparse"));
   std::vector<uint16_t> out_plain(size_t{batch_} * o_.q_heads * o_.head_dim), out_pdl(out_plain.size());
@@ -381,6 +441,16 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   KVT_ASSIGN_OR_RETURN(const double t_graph, timed(graph_run));
   cudaGraphExecDestroy(exec);
   cudaGraphDestroy(graph);
+  exec = nullptr;
+  graph = nullptr;
+  // The round-6 step (bisection top-k + streamed attention) as a graph too, same run.
+  double t_graph_r6 = 0;
+  if (graph_pdl) {
+    KVT_RETURN_IF_ERROR(capture(&Point::SparsePdlRound6Step));
+    KVT_ASSIGN_OR_RETURN(t_graph_r6, timed(graph_run));
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
   cudaEventDestroy(e0);
   cudaEventDestroy(e1);
 
@@ -396,26 +466,39 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                     {"chunk_pages", dense_plan_.chunk_pages},
                     {"splits", dense_plan_.max_splits}}});
   rows->push_back({"scores", "Quest scores alone (int8 metadata)", t_scores, meta / (t_scores * 1e3), meta, {}});
-  rows->push_back({"topk", "Quest top-k alone (one CTA per row)", t_topk, 0, 0, {}});
+  rows->push_back({"topk", "Quest top-k alone (digits; one CTA per row)", t_topk, 0, 0, {}});
+  rows->push_back({"topk_bisect", "Quest top-k alone (round-5 bisection)", t_topk_bisection, 0, 0,
+                   {{"matches_digits", bisection_matches}}});
   rows->push_back({"select", "Quest scores + top-k, two launches (top-k PDL)", t_select, meta / (t_select * 1e3),
                    meta, {{"vs_dense_over_block_tokens", t_select / (t_dense / o_.block_tokens)}}});
   rows->push_back({"select_fused", "Quest scores + top-k fused (one launch)", t_select_fused,
                    meta / (t_select_fused * 1e3), meta,
                    {{"vs_dense_over_block_tokens", t_select_fused / (t_dense / o_.block_tokens)},
                     {"matches_2launch", fused_matches}}});
-  rows->push_back({"attention", "sparse attention alone, fixed selection", t_attention,
-                   sparse_kv / (t_attention * 1e3), sparse_kv,
+  rows->push_back({"attention", sparse_plan_.cluster != 0 ? "sparse attention alone (staged, cluster merge)"
+                                                          : "sparse attention alone (streamed)",
+                   t_attention, sparse_kv / (t_attention * 1e3), sparse_kv,
                    {{"chunk_pages", sparse_plan_.chunk_pages}, {"splits", sparse_plan_.max_splits},
-                    {"tile_loads", sparse_plan_.tile_loads}}});
-  for (auto [name, what, t] : {std::tuple{"sparse", "select + attention over the selection", t_sparse},
-                               std::tuple{"sparse_pdl", "the same, PDL between launches", t_pdl},
-                               std::tuple{"sparse_graph", "sparse_pdl steps as one CUDA graph", t_graph}}) {
+                    {"tile_loads", sparse_plan_.tile_loads}, {"cluster", sparse_plan_.cluster},
+                    {"heads_per_cta", sparse_plan_.heads_per_cta}, {"max_abs_diff_vs_streamed", attention_max_diff}}});
+  rows->push_back({"attention_streamed", "sparse attention alone (round-6 streamed plan)", t_attention_streamed,
+                   sparse_kv / (t_attention_streamed * 1e3), sparse_kv,
+                   {{"chunk_pages", streamed_plan_.chunk_pages}, {"splits", streamed_plan_.max_splits},
+                    {"tile_loads", streamed_plan_.tile_loads}, {"heads_per_cta", streamed_plan_.heads_per_cta}}});
+  std::vector<std::tuple<const char*, const char*, double>> steps{
+      {"sparse", "select + attention over the selection", t_sparse},
+      {"sparse_pdl", "the same, PDL between launches", t_pdl},
+      {"sparse_graph", "sparse_pdl steps as one CUDA graph", t_graph}};
+  if (t_graph_r6 > 0) steps.emplace_back("sparse_graph_r6", "round 6 (bisection, streamed) as a graph", t_graph_r6);
+  for (auto [name, what, t] : steps) {
     rows->push_back({name, what, t, (meta + sparse_kv) / (t * 1e3), meta + sparse_kv,
                      {{"speedup", t_dense / t}, {"ideal_speedup", ideal}, {"selected_blocks", k_},
                       {"chunk_pages", sparse_plan_.chunk_pages}, {"splits", sparse_plan_.max_splits}}});
   }
-  rows->at(rows->size() - 2).extra["matches_plain"] = pdl_matches;
-  rows->back().extra["graph_pdl"] = graph_pdl;
+  for (Row& r : *rows) {
+    if (r.method == "sparse_pdl") r.extra["matches_plain"] = pdl_matches;
+    if (r.method == "sparse_graph") r.extra["graph_pdl"] = graph_pdl;
+  }
   for (Row& r : *rows) {
     r.extra["layers"] = layers_;
     r.extra["bytes"] = r.bytes;
