@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -59,6 +60,18 @@ Status Preallocate(int fd, uint64_t bytes) {
 Status SyncData(int fd) {
   if (::fdatasync(fd) == 0) return Status();
   return Status::FromErrno(errno, "fdatasync");
+}
+
+Result<uint32_t> DirectIoOffsetAlignment(int fd) {
+#ifdef STATX_DIOALIGN
+  struct statx st {};
+  if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &st) != 0) return Status::FromErrno(errno, "statx");
+  if ((st.stx_mask & STATX_DIOALIGN) == 0) return uint32_t{0};
+  return st.stx_dio_offset_align;
+#else
+  (void)fd;
+  return uint32_t{0};
+#endif
 }
 
 void AlignedBuffer::Unmap::operator()(void* p) const noexcept { ::munmap(p, bytes); }

@@ -63,6 +63,12 @@ Status Preallocate(int fd, uint64_t bytes);
 // fdatasync, with errno converted.
 Status SyncData(int fd);
 
+// The file offset alignment direct I/O needs on `fd`'s file (statx STATX_DIOALIGN,
+// dio_offset_align: typically the device's logical block size, 512 B). 0 when the kernel
+// or filesystem does not say (statx without STATX_DIOALIGN, before Linux 6.1) or the file
+// does not support direct I/O. Errors through FromErrno.
+Result<uint32_t> DirectIoOffsetAlignment(int fd);
+
 // A zeroed region aligned to the page size (mmap), for O_DIRECT I/O. Allocated once per
 // component, never per request.
 class AlignedBuffer {

@@ -98,26 +98,31 @@ TEST(NvmeXxh3, TheActivePathIsTheDefaultEntryPoint) {
   EXPECT_EQ(Xxh3_64Concat(buf.data(), 80, buf.data() + 80, 65536), XXH3_64bits(buf.data(), buf.size()));
 }
 
-// The slot checksum is what format version 1 defines: libxxhash's XXH3-64 of the 80 encoded
-// header bytes followed by the payload.
-TEST(NvmeXxh3, SlotChecksumIsLibxxhashOverHeaderThenPayload) {
+// The slot checksum is what format version 2 defines: libxxhash's XXH3-64 of the 80 encoded
+// checksum fields (which open the header record) followed by the payload; a reader rebuilds
+// those fields from the index alone.
+TEST(NvmeXxh3, SlotChecksumIsLibxxhashOverHeaderFieldsThenPayload) {
   SlotHeader h;
   h.key.chain.bytes[0] = 0x5a;
   h.key.layer = LayerId{3};
   h.generation = 12345;
   h.payload_bytes = 65536 - 100;
-  h.slot_offset = 8192;
+  h.slot_offset = 1 << 20;
   const std::vector<std::byte> payload = RandomBytes(h.payload_bytes, 9);
-  std::vector<std::byte> sector(kSectorBytes);
-  EncodeSlotHeader(h, sector);  // checksum field 0: it lies after the checksummed bytes
-  std::vector<std::byte> joined(sector.begin(), sector.begin() + kChecksummedHeaderBytes);
+  std::vector<std::byte> record(512);
+  EncodeSlotRecord(h, record);  // checksum field 0: it lies after the checksummed bytes
+  std::vector<std::byte> joined(record.begin(), record.begin() + kChecksummedHeaderBytes);
   joined.insert(joined.end(), payload.begin(), payload.end());
   const uint64_t want = XXH3_64bits(joined.data(), joined.size());
   EXPECT_EQ(SlotChecksum(h, payload), want);
   h.checksum = want;
-  EncodeSlotHeader(h, sector);
-  EXPECT_TRUE(VerifySlot(sector, payload, {.generation = h.generation, .payload_bytes = h.payload_bytes,
-                                           .slot_offset = h.slot_offset}).ok());
+  EncodeSlotRecord(h, record);
+  const SlotExpectation expect{.generation = h.generation, .payload_bytes = h.payload_bytes,
+                               .slot_offset = h.slot_offset, .checksum = want, .key = &h.key};
+  EXPECT_TRUE(VerifyPayload(payload, expect).ok());
+  auto decoded = DecodeSlotRecord(record);
+  ASSERT_TRUE(decoded.ok()) << decoded.status().ToString();
+  EXPECT_TRUE(CheckRecord(*decoded, expect).ok());
 }
 
 }  // namespace

@@ -14,7 +14,7 @@ using nvme::kSectorBytes;
 
 namespace {
 constexpr int kPoolBuffer = 0;    // registered buffer index of the DRAM pool
-constexpr int kHeaderBuffer = 1;  // ... of the mover's header area
+constexpr int kRecordBuffer = 1;  // ... of the mover's header record area
 constexpr uint64_t kSyncTag = ~uint64_t{0};
 uint64_t RoundUp(uint64_t n) { return (n + kSectorBytes - 1) / kSectorBytes * kSectorBytes; }
 uint64_t NowNs() {
@@ -37,15 +37,16 @@ struct NvmeMover::Job {
 // In-flight state, owned by the I/O thread.
 struct NvmeMover::Io {
   UringQueue queue;
-  AlignedBuffer header_area;  // queue_depth sectors
+  AlignedBuffer record_area;  // queue_depth header records
+  uint32_t record_bytes = 0;
   struct Segment {
     std::shared_ptr<Job> job;
     size_t index = 0;
-    int parts = 0;  // I/Os not yet completed (1 vectored, 2 as a fixed pair)
+    int parts = 0;  // I/Os not yet completed (write: payload + record; read: payload)
     Status status;
   };
-  std::vector<Segment> segments;  // by header sector index
-  std::vector<uint32_t> free_sectors;
+  std::vector<Segment> segments;  // by in-flight index (= its record in record_area)
+  std::vector<uint32_t> free_segments;
   std::deque<std::shared_ptr<Job>> active;
   std::vector<std::shared_ptr<Job>> awaiting_sync;  // durable mode: written, fdatasync not yet issued
   std::vector<std::shared_ptr<Job>> syncing;        // durable mode: the jobs whose fdatasync is in flight
@@ -53,7 +54,7 @@ struct NvmeMover::Io {
   std::atomic<uint64_t> bytes{0}, batches{0}, segment_count{0}, errors{0}, busy_ns{0};
   LatencyRecorder latency;
   explicit Io(UringQueue q) : queue(std::move(q)) {}
-  std::span<std::byte> sector(uint32_t i) { return {header_area.data() + uint64_t{i} * kSectorBytes, kSectorBytes}; }
+  std::span<std::byte> record(uint32_t i) { return {record_area.data() + uint64_t{i} * record_bytes, record_bytes}; }
 };
 
 Result<std::unique_ptr<NvmeMover>> NvmeMover::Create(HostTier* dram, NvmeTier* nvme, NvmeDirection direction,
@@ -76,15 +77,17 @@ Result<std::unique_ptr<NvmeMover>> NvmeMover::Create(HostTier* dram, NvmeTier* n
     const uint32_t qd = m->options_.queue_depth;
     auto q = UringQueue::Create({.queue_depth = 2 * qd});
     if (!q.ok()) return ready.set_value(q.status());
-    auto area = AlignedBuffer::Allocate(uint64_t{qd} * kSectorBytes);
+    const uint32_t record_bytes = m->nvme_->geometry().record_bytes;
+    auto area = AlignedBuffer::Allocate(uint64_t{qd} * record_bytes);
     if (!area.ok()) return ready.set_value(area.status());
     auto io = std::make_unique<Io>(std::move(q).value());
-    io->header_area = std::move(area).value();
-    const iovec iov[2] = {{m->dram_->base(), m->dram_->bytes()}, {io->header_area.data(), io->header_area.size()}};
+    io->record_area = std::move(area).value();
+    io->record_bytes = record_bytes;
+    const iovec iov[2] = {{m->dram_->base(), m->dram_->bytes()}, {io->record_area.data(), io->record_area.size()}};
     if (Status s = io->queue.RegisterBuffers(iov); !s.ok()) return ready.set_value(std::move(s).Annotate(m->name_));
     if (m->options_.fault) io->queue.set_fault(m->options_.fault);
     io->segments.resize(qd);
-    for (uint32_t i = qd; i > 0; --i) io->free_sectors.push_back(i - 1);
+    for (uint32_t i = qd; i > 0; --i) io->free_segments.push_back(i - 1);
     m->io_ = std::move(io);
     ready.set_value(Status());
     m->IoLoop();
@@ -200,24 +203,20 @@ void NvmeMover::IoLoop() {
   const bool writing = direction_ == NvmeDirection::kDramToNvme;
   const int fd = nvme_->fd();
   const nvme::SlabGeometry& g = nvme_->geometry();
-  const bool vectored = options_.slot_io == NvmeSlotIo::kVectored;
-  // Moves slot `slot`'s header (sector `h` of the header area) and `len` payload bytes at
-  // `payload` (a DRAM pool slot): one vectored request, or two fixed-buffer ones. Tags are
-  // h * 2 (+1 for the payload of a pair). Both pieces are 4 KiB aligned and 4 KiB multiples
-  // (O_DIRECT), and the payload follows the header sector on disk (payload_offset).
-  auto prep_slot = [&](bool write, uint32_t slot, uint32_t h, std::byte* payload, uint64_t len) {
-    const uint64_t at = g.header_offset(slot);
-    if (vectored) {
-      const iovec iov[2] = {{io.sector(h).data(), kSectorBytes}, {payload, len}};
-      KVT_CHECK(io.queue.Prep({.op = write ? IoOp::kWritev : IoOp::kReadv, .fd = fd, .offset = at,
-                               .tag = uint64_t{h} * 2, .iov = iov}).ok());
-      return;
-    }
-    const IoOp op = write ? IoOp::kWrite : IoOp::kRead;
-    KVT_CHECK(io.queue.Prep({op, fd, at, io.sector(h).data(), static_cast<uint32_t>(kSectorBytes), kHeaderBuffer,
+  // Segment `h` moves one block: a write is the payload (WRITE_FIXED from the DRAM pool slot)
+  // and the slot's header record (WRITE_FIXED from record h of the record area), tags h * 2
+  // and h * 2 + 1; a read is the payload alone (READ_FIXED into the DRAM pool slot), tag h * 2.
+  // Payloads are 4 KiB multiples at 4 KiB offsets; records are record_bytes at multiples of
+  // record_bytes (the slab's direct-I/O alignment).
+  auto prep_write = [&](uint32_t slot, uint32_t h, std::byte* payload, uint64_t len) {
+    KVT_CHECK(io.queue.Prep({IoOp::kWrite, fd, g.payload_offset(slot), payload, static_cast<uint32_t>(len), kPoolBuffer,
                              uint64_t{h} * 2}).ok());
-    KVT_CHECK(io.queue.Prep({op, fd, g.payload_offset(slot), payload, static_cast<uint32_t>(len), kPoolBuffer,
+    KVT_CHECK(io.queue.Prep({IoOp::kWrite, fd, g.record_offset(slot), io.record(h).data(), io.record_bytes, kRecordBuffer,
                              uint64_t{h} * 2 + 1}).ok());
+  };
+  auto prep_read = [&](uint32_t slot, uint32_t h, std::byte* payload, uint64_t len) {
+    KVT_CHECK(io.queue.Prep({IoOp::kRead, fd, g.payload_offset(slot), payload, static_cast<uint32_t>(len), kPoolBuffer,
+                             uint64_t{h} * 2}).ok());
   };
 
   // Indexes every job in to_publish in one WriteBatch (their writes, and in durable mode
@@ -257,15 +256,15 @@ void NvmeMover::IoLoop() {
     if (io.awaiting_sync.empty() || !io.syncing.empty()) return;
     io.syncing.swap(io.awaiting_sync);
     Status p = io.queue.Prep({IoOp::kSyncData, fd, 0, nullptr, 0, -1, kSyncTag});
-    KVT_CHECK(p.ok());  // called before new segments start: the finished jobs' sectors left room
+    KVT_CHECK(p.ok());  // called before new segments start: the finished jobs' segments left room
   };
-  // Starts segment `job->next` in sector `h`.
+  // Starts segment `job->next` as in-flight segment `h`.
   auto start = [&](const std::shared_ptr<Job>& job, uint32_t h) {
     const size_t i = job->next++;
     const CopySegment& c = job->batch.segments[i];
     const uint64_t len = RoundUp(c.bytes);
     Io::Segment& seg = io.segments[h];
-    seg = Io::Segment{job, i, vectored ? 1 : 2, Status()};
+    seg = Io::Segment{job, i, writing ? 2 : 1, Status()};
     if (writing) {
       std::byte* payload = std::get<MemoryAddress>(dram_->Locate(c.src)).ptr;
       nvme::SlotHeader hd;
@@ -274,9 +273,9 @@ void NvmeMover::IoLoop() {
       hd.payload_bytes = c.bytes;
       hd.slot_offset = g.payload_offset(c.dst.value());
       hd.checksum = nvme::SlotChecksum(hd, {payload, c.bytes});
-      nvme::EncodeSlotHeader(hd, io.sector(h));
+      nvme::EncodeSlotRecord(hd, io.record(h));
       job->headers[i] = hd;
-      prep_slot(true, c.dst.value(), h, payload, len);
+      prep_write(c.dst.value(), h, payload, len);
     } else {
       std::byte* payload = std::get<MemoryAddress>(dram_->Locate(c.dst)).ptr;
       nvme::SlotExpectation want;
@@ -296,14 +295,14 @@ void NvmeMover::IoLoop() {
       }
       if (!no_block.ok()) {
         seg.job.reset();
-        io.free_sectors.push_back(h);
+        io.free_segments.push_back(h);
         segment_done(job, std::move(no_block));
         return;
       }
-      // The index's offset is the slot's own payload offset (NvmeTier::Expect); a header that
-      // names another one fails VerifySlot (misplaced block).
+      // The expected offset is the slot's own payload offset (NvmeTier::Expect): a payload
+      // written for another slot fails the checksum (misplaced or swapped block).
       KVT_CHECK(want.slot_offset == g.payload_offset(c.src.value()));
-      prep_slot(false, c.src.value(), h, payload, len);
+      prep_read(c.src.value(), h, payload, len);
     }
   };
   auto on_complete = [&](uint64_t tag, Status s) {
@@ -334,13 +333,13 @@ void NvmeMover::IoLoop() {
           key = job->batch.keys[seg.index];
           want.key = &key;
         }
-        result = nvme::VerifySlot(io.sector(h), {payload, dram_->caps().slot_bytes}, want);
+        result = nvme::VerifyPayload({payload, c.bytes}, want);
       }
       if (!result.ok()) nvme_->ReportDataLoss(c.src);
-    } else if (!writing && result.code() != StatusCode::kOk) {
-      // A failed read is a miss: the block may be fine on disk, but it was not loaded.
     }
-    io.free_sectors.push_back(h);
+    // A failed read (an I/O error) is a miss too: the block may be fine on disk, but it
+    // was not loaded, so the batch fails.
+    io.free_segments.push_back(h);
     segment_done(job, std::move(result));
   };
 
@@ -357,18 +356,18 @@ void NvmeMover::IoLoop() {
         queue_.pop_front();
       }
     }
-    // Start as many segments as there are free header sectors (one fdatasync keeps one
-    // sector's worth of queue room: hold back while a sync is in flight).
+    // Start as many segments as there are free ones (one fdatasync keeps one segment's worth
+    // of queue room: hold back while a sync is in flight).
     start_sync();
-    while (!io.active.empty() && !io.free_sectors.empty() && io.syncing.empty()) {
+    while (!io.active.empty() && !io.free_segments.empty() && io.syncing.empty()) {
       std::shared_ptr<Job> job = io.active.front();
       if (job->next == job->batch.segments.size()) {
         io.active.pop_front();
         if (job->batch.segments.empty()) Finish(job);
         continue;
       }
-      const uint32_t h = io.free_sectors.back();
-      io.free_sectors.pop_back();
+      const uint32_t h = io.free_segments.back();
+      io.free_segments.pop_back();
       start(job, h);
     }
     if (io.queue.in_flight() == 0) continue;

@@ -1,23 +1,23 @@
 // NvmeMover: DRAM <-> NVMe over io_uring, one mover per direction. Payloads go straight
-// between the DRAM pool's slots and the slab (O_DIRECT): no bounce copy. Slot headers go
-// through a small header area owned by the mover (one 4 KiB sector per in-flight segment).
-// A slot's header sector and its payload are adjacent on disk, so by default a block is one
-// vectored request (NvmeSlotIo::kVectored: READV/WRITEV of [header sector, DRAM payload]);
-// NvmeSlotIo::kFixedPair moves it as two fixed-buffer requests instead (the pool and the
-// header area are registered with the ring either way). The bytes on disk are the same.
+// between the DRAM pool's slots and the slab's payload region (O_DIRECT, READ_FIXED /
+// WRITE_FIXED on the pool, which is registered with the ring): no bounce copy. Header records
+// (slot_format.h) go through a small registered header area owned by the mover (one record
+// per in-flight segment). A read is one request of the payload, nothing else; a write is the
+// payload request plus the record request (they are not adjacent on disk).
 //
 // Segments are whole blocks (offsets 0): a slot's checksum covers its whole payload.
-//   DRAM -> NVMe: header (key from MoveBatch::keys or NvmeTier::Bind, a new generation, the checksum of
-//                 the DRAM bytes) and payload are written (all of both: a short write is
-//                 resubmitted for the rest); in durable mode the slab is
+//   DRAM -> NVMe: payload and header record (key from MoveBatch::keys or NvmeTier::Bind, a new
+//                 generation, the checksum of the DRAM bytes) are written (all of both: a
+//                 short write is resubmitted for the rest); in durable mode the slab is
 //                 fdatasync'ed (one fdatasync covers every batch whose writes completed
 //                 before it was issued); then the tier publishes the blocks: all batches
 //                 completed in one reap pass in one index WriteBatch. A failed write
 //                 publishes nothing and fails the batch; a failed index write fails every
 //                 batch of that WriteBatch.
-//   NVMe -> DRAM: header and payload are read, then verified (magic, version, offset,
-//                 generation, length, key, checksum; the key is MoveBatch::keys[i] when
-//                 given, else the one the slot was published under). Any failure fails the batch with
+//   NVMe -> DRAM: the payload is read, then verified against the tier's expectation (the
+//                 index's generation, length and checksum, the slot's offset, and the key:
+//                 MoveBatch::keys[i] when given, else the one the slot was published under;
+//                 no header read). Any failure fails the batch with
 //                 kDataLoss (or the I/O error) and the block is dropped from the tier: it is
 //                 never reported loaded.
 // One I/O thread per mover submits and reaps; a batch starts once its wait_for fences have
@@ -42,15 +42,8 @@ namespace kvtier {
 
 enum class NvmeDirection : uint8_t { kDramToNvme, kNvmeToDram };
 
-// How one block (slot header sector + payload, adjacent in the slab) goes to or from disk.
-enum class NvmeSlotIo : uint8_t {
-  kVectored,   // one IORING_OP_READV / WRITEV: the header sector, then the DRAM slot's payload
-  kFixedPair,  // two requests on registered buffers (READ_FIXED / WRITE_FIXED): header, payload
-};
-
 struct NvmeMoverOptions {
   uint32_t queue_depth = 64;  // segments (blocks) in flight
-  NvmeSlotIo slot_io = NvmeSlotIo::kVectored;
   CompletionFault fault;      // tests only: rewrites completions (EIO, short transfers)
   // Benchmarks only: index each batch on its own as it completes (the pre-2026-11-27
   // behaviour) instead of all batches completed in one reap pass in one WriteBatch.

@@ -20,7 +20,24 @@ T Get(std::span<const std::byte> s, size_t at) {
   return v;
 }
 
-void EncodeFields(const SlotHeader& h, std::span<std::byte> s) {
+constexpr size_t kChecksumAt = kChecksummedHeaderBytes;        // u64 slot checksum
+constexpr size_t kRecordChecksumAt = kChecksumAt + 8;          // u64 XXH3 of record bytes [0, 88)
+constexpr size_t kSlabChecksummed = 48;                        // file header bytes under its checksum
+constexpr size_t kV1SlabChecksummed = 32;                      // version 1 kept its checksum at 32
+
+// XXH3-64 of the whole record but its own 8 bytes: a flip anywhere in it, the zero tail
+// included, is caught.
+uint64_t RecordChecksum(std::span<const std::byte> record) {
+  return Xxh3_64Concat(record.data(), kRecordChecksumAt, record.data() + kRecordUsedBytes,
+                       record.size() - kRecordUsedBytes);
+}
+}  // namespace
+
+bool ValidRecordBytes(uint64_t n) {
+  return n >= kMinRecordBytes && n <= kMaxRecordBytes && (n & (n - 1)) == 0;
+}
+
+void EncodeChecksumFields(const SlotHeader& h, std::span<std::byte, kChecksummedHeaderBytes> s) {
   std::memset(s.data(), 0, kChecksummedHeaderBytes);
   Put<uint64_t>(s, 0, kSlotMagic);
   Put<uint32_t>(s, 8, kFormatVersion);
@@ -31,32 +48,31 @@ void EncodeFields(const SlotHeader& h, std::span<std::byte> s) {
   Put<uint64_t>(s, 64, h.payload_bytes);
   Put<uint64_t>(s, 72, h.slot_offset);
 }
-}  // namespace
 
-// XXH3-64 over the header's first kChecksummedHeaderBytes bytes as they are, then the payload
-// (the run-time chosen vector path: the same value as libxxhash's XXH3_64bits).
-static uint64_t ChecksumOf(std::span<const std::byte> header_bytes, std::span<const std::byte> payload) {
-  return Xxh3_64Concat(header_bytes.data(), kChecksummedHeaderBytes, payload.data(), payload.size());
-}
-
+// XXH3-64 over the 80 encoded fields, then the payload (the run-time chosen vector path:
+// the same value as libxxhash's XXH3_64bits of the concatenation).
 uint64_t SlotChecksum(const SlotHeader& h, std::span<const std::byte> payload) {
   std::byte fields[kChecksummedHeaderBytes];
-  EncodeFields(h, fields);
-  return ChecksumOf(fields, payload);
+  EncodeChecksumFields(h, fields);
+  return Xxh3_64Concat(fields, kChecksummedHeaderBytes, payload.data(), payload.size());
 }
 
-void EncodeSlotHeader(const SlotHeader& h, std::span<std::byte> sector) {
-  KVT_CHECK(sector.size() >= kSectorBytes);
-  std::memset(sector.data(), 0, kSectorBytes);
-  EncodeFields(h, sector);
-  Put<uint64_t>(sector, kChecksummedHeaderBytes, h.checksum);
+void EncodeSlotRecord(const SlotHeader& h, std::span<std::byte> record) {
+  KVT_CHECK(record.size() >= kRecordUsedBytes);
+  std::memset(record.data(), 0, record.size());
+  EncodeChecksumFields(h, record.first<kChecksummedHeaderBytes>());
+  Put<uint64_t>(record, kChecksumAt, h.checksum);
+  Put<uint64_t>(record, kRecordChecksumAt, RecordChecksum(record));
 }
 
-Result<SlotHeader> DecodeSlotHeader(std::span<const std::byte> s) {
-  if (s.size() < kSectorBytes) return Status::DataLoss("slot header shorter than a sector");
-  if (Get<uint64_t>(s, 0) != kSlotMagic) return Status::DataLoss("slot header: bad magic");
+Result<SlotHeader> DecodeSlotRecord(std::span<const std::byte> s) {
+  if (s.size() < kRecordUsedBytes) return Status::DataLoss("header record shorter than its fields");
+  if (Get<uint64_t>(s, 0) != kSlotMagic) return Status::DataLoss("header record: bad magic (never written, or damaged)");
   if (const auto v = Get<uint32_t>(s, 8); v != kFormatVersion) {
-    return Status::DataLoss(fmt::format("slot header: format version {} (this build reads {})", v, kFormatVersion));
+    return Status::DataLoss(fmt::format("header record: format version {} (this build reads {})", v, kFormatVersion));
+  }
+  if (Get<uint64_t>(s, kRecordChecksumAt) != RecordChecksum(s)) {
+    return Status::DataLoss("header record: checksum mismatch (torn or damaged record)");
   }
   SlotHeader h;
   std::memcpy(h.key.chain.bytes.data(), s.data() + 16, 32);
@@ -64,28 +80,44 @@ Result<SlotHeader> DecodeSlotHeader(std::span<const std::byte> s) {
   h.generation = Get<uint64_t>(s, 56);
   h.payload_bytes = Get<uint64_t>(s, 64);
   h.slot_offset = Get<uint64_t>(s, 72);
-  h.checksum = Get<uint64_t>(s, kChecksummedHeaderBytes);
+  h.checksum = Get<uint64_t>(s, kChecksumAt);
   return h;
 }
 
-Status VerifySlot(std::span<const std::byte> sector, std::span<const std::byte> payload, const SlotExpectation& want) {
-  KVT_ASSIGN_OR_RETURN(SlotHeader h, DecodeSlotHeader(sector));
+Status VerifyPayload(std::span<const std::byte> payload, const SlotExpectation& want) {
+  if (want.payload_bytes > payload.size()) {
+    return Status::DataLoss(fmt::format("payload of {} B expected, {} B read", want.payload_bytes, payload.size()));
+  }
+  SlotHeader h;
+  if (want.key != nullptr) h.key = *want.key;
+  h.generation = want.generation;
+  h.payload_bytes = want.payload_bytes;
+  h.slot_offset = want.slot_offset;
+  if (SlotChecksum(h, payload.first(want.payload_bytes)) != want.checksum) {
+    // Without the header record the cause cannot be told apart; fsck reads the record too.
+    return Status::DataLoss(fmt::format(
+        "checksum mismatch at offset {} (torn, corrupted, stale, swapped or misplaced block)", want.slot_offset));
+  }
+  return Status();
+}
+
+Status CheckRecord(const SlotHeader& h, const SlotExpectation& want) {
   if (h.slot_offset != want.slot_offset) {
-    return Status::DataLoss(fmt::format("misplaced block: header says offset {}, read at {}", h.slot_offset, want.slot_offset));
+    return Status::DataLoss(fmt::format("misplaced record: names offset {}, slot is at {}", h.slot_offset, want.slot_offset));
   }
   if (h.generation != want.generation) {
-    return Status::DataLoss(fmt::format("stale block: generation {}, expected {}", h.generation, want.generation));
+    return Status::DataLoss(fmt::format("stale record: generation {}, index says {}", h.generation, want.generation));
   }
-  if (h.payload_bytes != want.payload_bytes || h.payload_bytes > payload.size()) {
-    return Status::DataLoss(fmt::format("payload of {} B, expected {}", h.payload_bytes, want.payload_bytes));
+  if (h.payload_bytes != want.payload_bytes) {
+    return Status::DataLoss(fmt::format("record says {} B, index says {}", h.payload_bytes, want.payload_bytes));
   }
-  if (want.key != nullptr && !(h.key == *want.key)) {
-    return Status::DataLoss(fmt::format("block {} found where {} was expected", h.key.ToString(), want.key->ToString()));
+  const BlockKey zero{};
+  const BlockKey& key = want.key != nullptr ? *want.key : zero;
+  if (!(h.key == key)) {
+    return Status::DataLoss(fmt::format("record names block {}, index says {}", h.key.ToString(), key.ToString()));
   }
-  // Over the bytes as read, not re-encoded fields: a flip in the flags or a reserved zero
-  // field must fail too.
-  if (ChecksumOf(sector, payload.first(h.payload_bytes)) != h.checksum) {
-    return Status::DataLoss(fmt::format("checksum mismatch (torn or corrupted block) at offset {}", want.slot_offset));
+  if (h.checksum != want.checksum) {
+    return Status::DataLoss(fmt::format("record checksum {:016x}, index says {:016x}", h.checksum, want.checksum));
   }
   return Status();
 }
@@ -95,18 +127,39 @@ void EncodeSlabHeader(const SlabGeometry& g, std::span<std::byte> sector) {
   std::memset(sector.data(), 0, kSectorBytes);
   Put<uint64_t>(sector, 0, kSlabMagic);
   Put<uint32_t>(sector, 8, kFormatVersion);
+  Put<uint32_t>(sector, 12, g.record_bytes);
   Put<uint64_t>(sector, 16, g.slot_bytes);
   Put<uint32_t>(sector, 24, g.slot_count);
-  Put<uint64_t>(sector, 32, Xxh3_64(sector.data(), 32));
+  Put<uint64_t>(sector, 32, g.records_offset());
+  Put<uint64_t>(sector, 40, g.payloads_offset());
+  Put<uint64_t>(sector, kSlabChecksummed, Xxh3_64(sector.data(), kSlabChecksummed));
 }
 
 Result<SlabGeometry> DecodeSlabHeader(std::span<const std::byte> s) {
+  if (s.size() < kSectorBytes) return Status::DataLoss("slab file header shorter than a sector");
   if (Get<uint64_t>(s, 0) != kSlabMagic) return Status::DataLoss("not a kvtier slab (bad magic)");
-  if (Get<uint64_t>(s, 32) != Xxh3_64(s.data(), 32)) return Status::DataLoss("slab header checksum mismatch");
-  if (const auto v = Get<uint32_t>(s, 8); v != kFormatVersion) {
-    return Status::DataLoss(fmt::format("slab format version {} (this build reads {})", v, kFormatVersion));
+  const auto version = Get<uint32_t>(s, 8);
+  if (Get<uint64_t>(s, kSlabChecksummed) != Xxh3_64(s.data(), kSlabChecksummed)) {
+    if (version != kFormatVersion && Get<uint64_t>(s, kV1SlabChecksummed) == Xxh3_64(s.data(), kV1SlabChecksummed)) {
+      // An intact header of format version 1 (or of another version that kept that layout).
+      return Status::FailedPrecondition(fmt::format(
+          "slab format version {}; this build reads only version {} (a header sector per slot was replaced by a "
+          "header region): remove the tier directory (its blocks become misses) or open it with an older kvtier",
+          version, kFormatVersion));
+    }
+    return Status::DataLoss("slab header checksum mismatch");
   }
-  return SlabGeometry{Get<uint64_t>(s, 16), Get<uint32_t>(s, 24)};
+  if (version != kFormatVersion) {
+    return Status::FailedPrecondition(
+        fmt::format("slab format version {}; this build reads only version {}", version, kFormatVersion));
+  }
+  SlabGeometry g{Get<uint64_t>(s, 16), Get<uint32_t>(s, 24), Get<uint32_t>(s, 12)};
+  if (g.slot_bytes == 0 || g.slot_bytes % kSectorBytes != 0 || g.slot_count == 0 || !ValidRecordBytes(g.record_bytes) ||
+      Get<uint64_t>(s, 32) != g.records_offset() || Get<uint64_t>(s, 40) != g.payloads_offset()) {
+    return Status::DataLoss(fmt::format("slab header: inconsistent geometry ({} slots of {} B, records of {} B)",
+                                        g.slot_count, g.slot_bytes, g.record_bytes));
+  }
+  return g;
 }
 
 }  // namespace kvtier::nvme

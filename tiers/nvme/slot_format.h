@@ -1,14 +1,24 @@
-// The on-disk format of an NVMe slab (format version 1; docs/formats.md is the reference).
+// The on-disk format of an NVMe slab (format version 2; docs/formats.md is the reference).
 //
-//   file header   4096 B at offset 0: magic "KVTSLAB1", version, slot_bytes, slot_count
-//   slot i        at 4096 + i * (4096 + slot_bytes):
-//                   slot header  4096 B (SlotHeader below, then zeros)
-//                   payload      slot_bytes (the block, then padding to a 4 KiB multiple)
+//   file header     4096 B at offset 0: magic "HVTSLAB1", version 2, record_bytes, slot_bytes,
+//                   slot_count, the two region offsets, an XXH3-64 of the fields
+//   header region   at 4096: slot_count records of record_bytes (the file's direct-I/O
+//                   alignment, 512..4096): record i describes slot i (SlotHeader below)
+//   payload region  at payloads_offset (1 MiB aligned): slot i's payload at
+//                   payloads_offset + i * slot_bytes, exactly the block then zero padding to a
+//                   4 KiB multiple. No header inside: a read of a block is one plain request
+//                   of its payload, the same request fio makes.
 //
-// The slot checksum is XXH3-64 over the first 80 header bytes (which hold the key, the
-// generation and the payload's own file offset) followed by the payload's first
-// payload_bytes bytes: a torn, bit-flipped, stale (old generation) or misplaced (other
-// offset) block fails verification. All integers are little-endian.
+// The slot checksum is XXH3-64 over the record's first 80 bytes (magic, version, key,
+// generation, length and the payload's own file offset) followed by the payload's first
+// payload_bytes bytes. The index keeps (generation, checksum, length) per key, so a reader
+// rebuilds those 80 bytes from the index (EncodeChecksumFields) and checks the payload
+// alone: a torn, bit-flipped, stale (other generation), swapped or misplaced (other offset,
+// other key) payload fails. The header record is read only by fsck (and is what an index
+// rebuild would use). All integers are little-endian.
+//
+// Format version 1 (a 4 KiB header sector before each payload) is refused at open with a
+// kFailedPrecondition that names the version.
 #pragma once
 
 #include <cstddef>
@@ -20,20 +30,34 @@
 
 namespace kvtier::nvme {
 
-inline constexpr uint64_t kSectorBytes = 4096;
+inline constexpr uint64_t kSectorBytes = 4096;       // file header; payload size unit
+inline constexpr uint64_t kPayloadRegionAlign = 1ull << 20;
 inline constexpr uint64_t kSlabMagic = 0x31424c4153545648ull;  // "HVTSLAB1" read little-endian
-inline constexpr uint64_t kSlotMagic = 0x31544f4c53545648ull;  // "HVTSLOT1"
-inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr uint64_t kSlotMagic = 0x32544f4c53545648ull;  // "HVTSLOT2"
+inline constexpr uint32_t kFormatVersion = 2;
 inline constexpr size_t kChecksummedHeaderBytes = 80;
+inline constexpr size_t kRecordUsedBytes = 96;        // fields of a header record; the rest is zero
+inline constexpr uint32_t kMinRecordBytes = 512;
+inline constexpr uint32_t kMaxRecordBytes = 4096;
 
 struct SlabGeometry {
-  uint64_t slot_bytes = 0;  // payload bytes per slot, a multiple of 4096
+  uint64_t slot_bytes = 0;     // payload bytes per slot, a multiple of 4096
   uint32_t slot_count = 0;
-  uint64_t stride() const { return kSectorBytes + slot_bytes; }
-  uint64_t header_offset(uint32_t slot) const { return kSectorBytes + uint64_t{slot} * stride(); }
-  uint64_t payload_offset(uint32_t slot) const { return header_offset(slot) + kSectorBytes; }
-  uint64_t file_bytes() const { return kSectorBytes + uint64_t{slot_count} * stride(); }
+  uint32_t record_bytes = 0;   // header record bytes per slot: a power of two in [512, 4096]
+
+  uint64_t records_offset() const { return kSectorBytes; }
+  uint64_t record_offset(uint32_t slot) const { return records_offset() + uint64_t{slot} * record_bytes; }
+  uint64_t payloads_offset() const {
+    const uint64_t end = records_offset() + uint64_t{slot_count} * record_bytes;
+    return (end + kPayloadRegionAlign - 1) / kPayloadRegionAlign * kPayloadRegionAlign;
+  }
+  uint64_t payload_offset(uint32_t slot) const { return payloads_offset() + uint64_t{slot} * slot_bytes; }
+  uint64_t file_bytes() const { return payloads_offset() + uint64_t{slot_count} * slot_bytes; }
+  bool operator==(const SlabGeometry&) const = default;
 };
+
+// Whether `record_bytes` is a valid record size (a power of two in [512, 4096]).
+bool ValidRecordBytes(uint64_t record_bytes);
 
 struct SlotHeader {
   BlockKey key;               // all zero for a block written without a key
@@ -43,24 +67,35 @@ struct SlotHeader {
   uint64_t checksum = 0;
 };
 
-// Encodes `h` (checksum included) into a 4096-byte sector.
-void EncodeSlotHeader(const SlotHeader& h, std::span<std::byte> sector);
-// Decodes a sector; kDataLoss on a bad magic or an unknown version.
-Result<SlotHeader> DecodeSlotHeader(std::span<const std::byte> sector);
+// The 80 checksummed bytes of `h` (magic, version, flags 0, key, generation, length, offset).
+void EncodeChecksumFields(const SlotHeader& h, std::span<std::byte, kChecksummedHeaderBytes> out);
 // The checksum of header `h` (its checksum field ignored) and `payload`.
 uint64_t SlotChecksum(const SlotHeader& h, std::span<const std::byte> payload);
 
-// What a reader expects of a slot; nullptr key = any key.
+// Encodes `h` (checksum included) as a header record; `record` is zeroed first (its size is
+// the record size, at least kRecordUsedBytes).
+void EncodeSlotRecord(const SlotHeader& h, std::span<std::byte> record);
+// Decodes a header record; kDataLoss on a bad magic, version or record checksum.
+Result<SlotHeader> DecodeSlotRecord(std::span<const std::byte> record);
+
+// What a reader expects of a slot, from the index (or the tier's state).
 struct SlotExpectation {
   uint64_t generation = 0;
   uint64_t payload_bytes = 0;
   uint64_t slot_offset = 0;
-  const BlockKey* key = nullptr;
+  uint64_t checksum = 0;
+  const BlockKey* key = nullptr;  // nullptr = the all-zero key (a block written without one)
 };
-// Verifies a slot read from disk (header sector + payload). kDataLoss says which check failed.
-Status VerifySlot(std::span<const std::byte> sector, std::span<const std::byte> payload, const SlotExpectation& want);
+// Verifies a payload read from disk (at least want.payload_bytes bytes) against the
+// expectation: kDataLoss when the checksum over the expected fields and the payload differs.
+Status VerifyPayload(std::span<const std::byte> payload, const SlotExpectation& want);
+// fsck: checks a decoded header record against the expectation (offset, generation, length,
+// key, checksum); kDataLoss says which field differs.
+Status CheckRecord(const SlotHeader& record, const SlotExpectation& want);
 
 void EncodeSlabHeader(const SlabGeometry& g, std::span<std::byte> sector);
+// kFailedPrecondition for a slab of another format version (version 1 included, named in
+// the message); kDataLoss for a damaged or foreign file header.
 Result<SlabGeometry> DecodeSlabHeader(std::span<const std::byte> sector);
 
 }  // namespace kvtier::nvme

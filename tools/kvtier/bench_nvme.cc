@@ -6,9 +6,10 @@
 // HBM, memcpy mover) through TierManager::Onboard, against each hop measured alone.
 //
 // Each kvtier I/O is one single-block MoveBatch with its key (as the TierManager issues
-// them): a write puts the slot header and the payload (one vectored request, or two with
-// --slot-io fixed-pair), then indexes the key (RocksDB, cache mode: WAL not synced); a read
-// gets header and payload and verifies both. fio moves the payload only. Latency is per block, from Submit to the fence's signal.
+// them): a write puts the payload and the slot's header record (two fixed-buffer requests),
+// then indexes the key (RocksDB, cache mode: WAL not synced); a read gets the payload (one
+// fixed-buffer request, the same one fio makes) and verifies it against the index. fio moves
+// the payload only. Latency is per block, from Submit to the fence's signal.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spawn.h>
@@ -58,7 +59,7 @@ struct BenchNvmeOptions {
   bool json = false;
   bool no_keys = false;
   bool publish_per_batch = false;  // index each block on its own (the old mover behaviour)
-  std::string slot_io = "vectored";  // vectored | fixed-pair (NvmeSlotIo)
+  uint32_t record_bytes = 0;         // header record bytes (0 = the file's direct-I/O alignment)
 };
 
 class QuietLogger final : public Logger {
@@ -123,7 +124,8 @@ struct Rig {
 Result<Rig> OpenRig(const BenchNvmeOptions& o, const std::string& dir, Logger* log) {
   Rig r;
   const auto count = static_cast<uint32_t>(o.file_bytes / o.block_size);
-  auto nvme = NvmeTier::Open({.dir = dir, .slot_bytes = o.block_size, .slot_count = count, .mode = NvmeMode::kCache,
+  auto nvme = NvmeTier::Open({.dir = dir, .slot_bytes = o.block_size, .slot_count = count,
+                              .header_record_bytes = o.record_bytes, .mode = NvmeMode::kCache,
                               .direct_io = DirectIo::kRequired, .logger = log});
   if (!nvme.ok()) {
     return Status(nvme.status().code(),
@@ -140,7 +142,6 @@ Result<Rig> OpenRig(const BenchNvmeOptions& o, const std::string& dir, Logger* l
   NvmeMoverOptions mo;
   mo.queue_depth = o.qd;
   mo.publish_per_batch = o.publish_per_batch;
-  mo.slot_io = o.slot_io == "fixed-pair" ? NvmeSlotIo::kFixedPair : NvmeSlotIo::kVectored;
   KVT_ASSIGN_OR_RETURN(r.down, NvmeMover::Create(r.dram.get(), r.nvme.get(), NvmeDirection::kDramToNvme, mo));
   KVT_ASSIGN_OR_RETURN(r.up, NvmeMover::Create(r.dram.get(), r.nvme.get(), NvmeDirection::kNvmeToDram, mo));
   KVT_ASSIGN_OR_RETURN(r.nvme_slots, r.nvme->Reserve(count));
@@ -252,7 +253,7 @@ Status Refill(Rig& r, const BenchNvmeOptions& o) {
   return RunKvtier(r, o, true, 0, &todo).status();
 }
 
-// Runs fio on the slab's payload extents: offsets first_payload + k * stride.
+// Runs fio on the slab's payload region: offsets payloads_offset + k * slot_bytes.
 Result<Measurement> RunFio(const BenchNvmeOptions& o, const std::string& slab, const nvme::SlabGeometry& g, bool write,
                            const std::string& out_json) {
   std::vector<std::string> args = {
@@ -264,9 +265,9 @@ Result<Measurement> RunFio(const BenchNvmeOptions& o, const std::string& slab, c
       "--direct=1",
       fmt::format("--rw={}", write ? "randwrite" : "randread"),
       fmt::format("--bs={}", o.block_size),
-      fmt::format("--ba={}", g.stride()),
-      fmt::format("--offset={}", g.payload_offset(0)),
-      fmt::format("--size={}", uint64_t{g.slot_count} * g.stride()),
+      fmt::format("--ba={}", g.slot_bytes),
+      fmt::format("--offset={}", g.payloads_offset()),
+      fmt::format("--size={}", uint64_t{g.slot_count} * g.slot_bytes),
       fmt::format("--iodepth={}", o.qd),
       "--norandommap",
       "--randrepeat=0",
@@ -489,9 +490,10 @@ int RunBenchNvme(const BenchNvmeOptions& o) {
     if (!rig.ok()) return fail(rig.status());
     const std::string slab = root + "/tier/slab.kvt";
     if (!o.json) {
-      fmt::print("bench nvme: {} slots of {} B in {} (O_DIRECT{}, XXH3 {}, slot I/O {}), qd {}, {} s per measurement, {} run(s)\n",
-                 rig->nvme_slots.size(), o.block_size, slab, rig->nvme->stats().direct ? "" : " OFF",
-                 rig->nvme->stats().checksum_path, o.slot_io, o.qd, o.seconds, o.runs);
+      fmt::print("bench nvme: {} slots of {} B in {} (format v{}, header records of {} B, O_DIRECT{}, XXH3 {}), qd {}, {} s "
+                 "per measurement, {} run(s)\n",
+                 rig->nvme_slots.size(), o.block_size, slab, nvme::kFormatVersion, rig->nvme->geometry().record_bytes,
+                 rig->nvme->stats().direct ? "" : " OFF", rig->nvme->stats().checksum_path, o.qd, o.seconds, o.runs);
     }
     for (uint32_t run = 0; run < o.runs; ++run) {
       for (const std::string& op : ops) {
@@ -633,9 +635,9 @@ void AddBenchNvmeCommand(CLI::App& bench, int* exit_code) {
   cmd->add_flag("--json", o->json, "one JSON line per measurement (medians)");
   cmd->add_flag("--publish-per-batch", o->publish_per_batch,
                 "index each written batch on its own as it completes (the old mover; for comparison)");
-  cmd->add_option("--slot-io", o->slot_io,
-                  "vectored: header + payload as one READV/WRITEV (default); fixed-pair: two fixed-buffer requests")
-      ->check(CLI::IsMember({"vectored", "fixed-pair"}));
+  cmd->add_option("--record-bytes", o->record_bytes,
+                  "header record bytes per slot: 0 = the file's direct-I/O alignment (default), or 512..4096")
+      ->check(CLI::IsMember({0u, 512u, 1024u, 2048u, 4096u}));
   cmd->add_flag("--no-keys", o->no_keys, "move unkeyed blocks (nothing indexed): the I/O path without the RocksDB index");
   cmd->callback([o, exit_code] { *exit_code = RunBenchNvme(*o); });
 }

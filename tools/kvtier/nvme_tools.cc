@@ -1,5 +1,6 @@
 // `kvtier stress nvme` (the SIGKILL crash loop, crash_stress.h) and `kvtier fsck` (reads
-// and verifies every indexed block of an NVMe tier directory; --drop unindexes bad ones).
+// every indexed block's payload and header record of an NVMe tier directory and checks both
+// against the index; --drop unindexes bad ones).
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <unistd.h>
@@ -89,10 +90,13 @@ int RunFsck(const FsckOptions& c) {
     return 2;
   }
   const NvmeTierStats st = (*tier)->stats();
-  fmt::print("{}: {} slots of {} B, {} indexed blocks ({} index entries dropped at open)\n", c.dir, g->slot_count,
-             g->slot_bytes, st.recovered_blocks, st.dropped_at_open);
+  fmt::print("{}: format v{}, {} slots of {} B, header records of {} B, {} indexed blocks ({} index entries dropped at "
+             "open)\n",
+             c.dir, nvme::kFormatVersion, g->slot_count, g->slot_bytes, g->record_bytes, st.recovered_blocks,
+             st.dropped_at_open);
   for (const auto& p : report->problems) fmt::print("bad: {}\n", p);
-  fmt::print("checked {}, bad {}, dropped {}\n", report->checked, report->bad, report->dropped);
+  fmt::print("checked {}, bad {} (payloads {}, header records {}), dropped {}\n", report->checked, report->bad,
+             report->bad_payloads, report->bad_records, report->dropped);
   if (report->bad == 0) return 0;
   if (!c.drop) fmt::print("run with --drop to unindex the bad blocks (their reads are misses either way)\n");
   return 1;
