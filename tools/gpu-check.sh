@@ -10,9 +10,13 @@
 #   decode.jsonl         `kvtier bench decode --json` (sparse vs dense decode attention vs copy)
 #   decode.txt           the same as a table
 #   summary.txt          the transfer table printed last
-#   usage: tools/gpu-check.sh [quick|sparse]
+#   usage: tools/gpu-check.sh [quick|sparse|diag]
 #     quick   fewer transfer block sizes
 #     sparse  only the sparse-attention tests and `kvtier bench decode` (gpu-tests.*, decode.*)
+#     diag    every test, then the transfer diagnostics (page backing, placement pattern, piecewise
+#             vs single launch, gather + concurrent copy, CPU copy path, D2H launch size; contiguous
+#             baseline only, 512 MiB runs) into transfer.jsonl, `kvtier bench host-scatter` and
+#             `kvtier bench score --gpu` into log.txt, and `kvtier bench decode`
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-results}
@@ -29,7 +33,7 @@ if [ "$mode" = sparse ]; then
   tests=(sparse_attention_gpu_test quest_select_gpu_test device_slice_metadata_test)
 else
   tests=(copy_blocks_gpu_test gpu_tier_test expected_attention_gpu_test sparse_attention_gpu_test quest_select_gpu_test
-    device_slice_metadata_test)
+    device_slice_metadata_test stream_copy_test host_tier_test)
 fi
 {
   nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current,memory.total,driver_version --format=csv
@@ -74,6 +78,46 @@ if [ "$mode" = sparse ]; then
 fi
 
 log=$out/log.txt
+if [ "$mode" = diag ]; then
+  : >"$out/transfer.jsonl"
+  echo "== kvtier bench host-scatter" >"$log"
+  "$kv" bench host-scatter --threads 1 2 4 8 --pool 4294967296 --total 1073741824 >>"$log" 2>&1 || status=1
+  echo "== kvtier bench transfer diagnostics (stderr)" >>"$log"
+  d() { echo "-- $*" >>"$log"; "$kv" bench transfer --json --total 536870912 --repeats 3 --baselines contiguous "$@" \
+    | sed "s|^{|{\"args\": \"$*\", |" >>"$out/transfer.jsonl" 2>>"$log" || status=1; }
+  for bs in 4096 16384 65536; do
+    d --direction h2d --block-size "$bs"
+    d --direction h2d --block-size "$bs" --launch-bytes 0
+    d --direction h2d --block-size "$bs" --huge-pages off
+    d --direction h2d --block-size "$bs" --pattern sequential
+  done
+  d --direction h2d --block-size 8192
+  for f in 0.1 0.2 0.3; do d --direction h2d --block-size 16384 --copy-share "$f"; done
+  for bs in 16384 65536; do
+    d --direction d2h --block-size "$bs" --mode kernel
+    d --direction d2h --block-size "$bs" --mode cpu --cpu-threads 8
+    d --direction d2h --block-size "$bs" --mode cpu --cpu-threads 8 --cpu-copy memcpy
+    d --direction both --block-size "$bs" --mode kernel
+  done
+  for c in 264 396; do d --direction both --block-size 16384 --mode kernel --d2h-ctas "$c"; done
+  d --direction both --block-size 16384 --mode kernel --unroll 8
+  echo "== kvtier bench score --gpu" >>"$log"
+  { "$kv" bench score --gpu || status=1; } >>"$log" 2>&1
+  grep -v '^-- ' "$log" | tail -60
+  python3 - "$out/transfer.jsonl" <<'PY' | tee "$out/summary.txt"
+import json, sys, collections
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+by = collections.OrderedDict()
+for r in rows:
+    by.setdefault(r["args"], {})[r["method"]] = r["gbps"]
+for args, v in by.items():
+    c = v.get("contiguous", 0)
+    print(f"{args:70} " + "  ".join(f"{m} {g:.2f}" + (f" ({g / c:.2f}x)" if c and m != "contiguous" else "")
+                                     for m, g in v.items()))
+PY
+  decode
+  exit $status
+fi
 echo "== kvtier probe" >"$log"
 "$kv" probe --out "$out/profile.json" >>"$log" 2>&1 || status=1
 

@@ -322,6 +322,7 @@ struct TransferOptions {
   std::string pattern = "random";
   std::string cpu_copy = "auto";
   uint32_t d2h_ctas = 0;  // 0 = --ctas
+  std::string baselines = "all";  // all, or contiguous (skips per_block and batch: diagnostic runs)
   double copy_share = 0;  // h2d: also measure gather + concurrent contiguous copy of this share
   uint64_t launch_bytes = 32 << 20;  // GpuMoverOptions::launch_bytes
   bool streaming = false;
@@ -351,6 +352,9 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   KVT_ASSIGN_OR_RETURN(HostCopyPath cpu_copy, ParseHostCopyPath(o.cpu_copy));
   if (o.pattern != "random" && o.pattern != "sequential") {
     return Status::InvalidArgument(fmt::format("--pattern {} (random or sequential)", o.pattern));
+  }
+  if (o.baselines != "all" && o.baselines != "contiguous") {
+    return Status::InvalidArgument(fmt::format("--baselines {} (all or contiguous)", o.baselines));
   }
   if (!(o.copy_share >= 0 && o.copy_share < 1)) {
     return Status::InvalidArgument(fmt::format("--copy-share {} out of [0, 1)", o.copy_share));
@@ -385,12 +389,15 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
             : fmt::format("kvtier-{}", D2hModeName(d2h_mode));
     KVT_ASSIGN_OR_RETURN(double k, Gbps(bytes, o.repeats, [&] { return TimeMover(m, pl, h2d, o.block_size); }));
     KVT_ASSIGN_OR_RETURN(double c, Gbps(bytes, o.repeats, [&] { return TimeContiguous(p, bytes, h2d, p.stream.get()); }));
-    KVT_ASSIGN_OR_RETURN(double pb, Gbps(bytes, o.repeats, [&] { return TimePerBlock(p, pl, h2d); }));
-    auto bt = Gbps(bytes, o.repeats, [&] { return TimeBatch(p, pl, h2d); });
     rows->push_back({dir, method, k});
     rows->push_back({dir, "contiguous", c});
-    rows->push_back({dir, "per_block", pb});
-    rows->push_back({dir, "batch", bt.ok() ? *bt : 0.0});
+    Result<double> bt = 0.0;
+    if (o.baselines == "all") {
+      KVT_ASSIGN_OR_RETURN(double pb, Gbps(bytes, o.repeats, [&] { return TimePerBlock(p, pl, h2d); }));
+      bt = Gbps(bytes, o.repeats, [&] { return TimeBatch(p, pl, h2d); });
+      rows->push_back({dir, "per_block", pb});
+      rows->push_back({dir, "batch", bt.ok() ? *bt : 0.0});
+    }
     if (h2d || d2h_mode == D2hMode::kKernel) {
       KVT_ASSIGN_OR_RETURN(DeviceBuffer descs, UploadDescriptors(p, pl, h2d, o.device));
       const kernels::CopyLaunch launch{.ctas = h2d || o.d2h_ctas == 0 ? o.ctas : o.d2h_ctas, .unroll = o.unroll,
@@ -548,6 +555,8 @@ void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--pattern", o->pattern, "block placement: random slots (default) or sequential (block i at slot i)");
   cmd->add_option("--cpu-copy", o->cpu_copy, "CPU-assisted scatter copy: auto (non-temporal), memcpy, avx2, avx512");
   cmd->add_option("--d2h-ctas", o->d2h_ctas, "copy kernel blocks of the D2H mover (0 = --ctas)");
+  cmd->add_option("--baselines", o->baselines,
+                  "all (contiguous, per_block, batch) or contiguous (diagnostic runs; skips the slow baselines)");
   cmd->add_option("--copy-share", o->copy_share,
                   "h2d: also time the gather on 1-F of the blocks concurrent with a contiguous copy of F of the bytes");
   cmd->add_option("--launch-bytes", o->launch_bytes,
