@@ -153,11 +153,11 @@ constexpr int kScoreCtasMax = 1024;
 // per warp), a lane per token. Scores are >= 0, so their bits order like uint32; `best[0]` is
 // the max over every head (kvpress pads sinks with scores.max() + 1), and the last CTA to
 // take a ticket (`best[1]`) adds the sink bonus. The logits pass zeroed both words.
-__global__ void __launch_bounds__(kThreads) ScoreKernel(const float* __restrict__ logits,
-                                                         const float2* __restrict__ partials, uint32_t parts,
-                                                         const float* __restrict__ vnorm, float* block_scores,
-                                                         uint32_t* best, ExpectedAttentionShape s, float eps,
-                                                         bool use_vnorm, uint32_t lanes) {
+// No __launch_bounds__: with it ptxas caps the kernel at 32 registers (8 CTAs per SM) and
+// spills; 40 registers keep 6.
+__global__ void ScoreKernel(const float* __restrict__ logits, const float2* __restrict__ partials, uint32_t parts,
+                            const float* __restrict__ vnorm, float* block_scores, uint32_t* best,
+                            ExpectedAttentionShape s, float eps, bool use_vnorm, uint32_t lanes) {
   extern __shared__ float2 stats[];
   __shared__ uint32_t cta_best;
   __shared__ bool last;
