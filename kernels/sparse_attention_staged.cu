@@ -393,12 +393,14 @@ cudaError_t StagedLimitsForDevice(const SparseAttentionShape& shape, HalfType ty
       e != cudaSuccess) {
     return e;
   }
-  const size_t fixed = StaticSmem(shape.head_dim, heads);
+  // The compiled instance's static shared memory, not only the struct's size: the opt-in
+  // fails (cudaErrorInvalidValue) when static + dynamic exceeds the per-block limit.
+  cudaFuncAttributes attr{};
+  if (cudaError_t e = cudaFuncGetAttributes(&attr, k); e != cudaSuccess) return e;
+  const size_t fixed = std::max(StaticSmem(shape.head_dim, heads), attr.sharedSizeBytes);
   if (static_cast<size_t>(smem_optin) <= fixed) return cudaSuccess;
   const size_t dyn_max = static_cast<size_t>(smem_optin) - fixed;
   if (cudaError_t e = Prepare(k, dyn_max); e != cudaSuccess) return e;
-  cudaFuncAttributes attr{};
-  if (cudaError_t e = cudaFuncGetAttributes(&attr, k); e != cudaSuccess) return e;
   const int regs = std::max(attr.numRegs, 1);
   limits->ctas_per_sm = static_cast<uint32_t>(std::min(65536 / (regs * kThreads), 2048 / kThreads));
   limits->smem_per_sm = static_cast<uint64_t>(smem_sm);
