@@ -4,11 +4,12 @@
 // head) at once. The caller owns every buffer; nothing here allocates or synchronises.
 //
 // Two launches on `stream`:
-//   1. scores  grid (tiles of 32·passes blocks, KV heads, requests), 256 threads, `passes`
-//              sized so the grid is one wave: 8 lanes per slice (16 channels each at d =
-//              128), so a warp reads 4 slices' int8 bounds per instruction; each thread keeps
-//              4 passes' loads in flight in a register ring; the group's query heads are
-//              staged once per CTA. Sum: Σ_g q_gi·(q_gi ≥ 0 ? M_i : m_i) = M_i·P_i + m_i·N_i with
+//   1. scores  grid (pieces of a row, KV heads, requests), 256 threads, sized so the grid
+//              is one wave: 8 lanes per slice (16 channels each at d = 128). By default
+//              (QuestScoreAlgorithm::kPipelined) a CTA copies tiles of 64 slices to shared
+//              memory with cp.async, 3 tiles in flight while it scores the 4th, each thread
+//              2 slices per tile; kRegisterRing keeps 4 passes of 32 slices in flight per
+//              thread in registers. The group's query heads are staged once per CTA. Sum: Σ_g q_gi·(q_gi ≥ 0 ? M_i : m_i) = M_i·P_i + m_i·N_i with
 //              P_i = Σ_g max(q_gi, 0), N_i = Σ_g min(q_gi, 0), two registers per channel
 //              whatever the group; max: the same split per query head (q⁺, q⁻ staged per chunk
 //              of 4 heads), one int8 conversion per channel for all heads, then the max.
@@ -50,6 +51,18 @@ enum class QuestQueryType : uint8_t { kFloat32 = 0, kBf16 = 1, kFp16 = 2 };
 //   kBisection  (round 5) 64-bit (score, index) keys bisected bit by bit, one barrier per
 //               bit (~43 at 2048 blocks) — kept to compare the two in one run.
 enum class QuestTopKAlgorithm : uint8_t { kDigits = 0, kBisection = 1 };
+
+// The score launch's kernel (the separate launch; the fused one-launch path always takes
+// kRegisterRing). Same scores, bit for bit, either way (same lane → channel split, same order
+// of every sum).
+//   kPipelined     (default, round 8) tiles of 64 slices copied to shared memory with
+//                  cp.async, 4 buffers (3 tiles in flight while one is scored, no register
+//                  budget for loads: ≤ 80 registers, 3 CTAs of 256 per SM); each thread scores
+//                  2 slices per tile, so one shared q⁺/q⁻ load serves both. Needs `bounds`
+//                  16-byte and `scales` 4-byte aligned (else kRegisterRing is used).
+//   kRegisterRing  (round 4) 4 passes of 16-byte loads in flight per thread in registers
+//                  (~127 registers, 2 CTAs per SM) — kept to compare the two in one run.
+enum class QuestScoreAlgorithm : uint8_t { kPipelined = 0, kRegisterRing = 1 };
 
 // QuestBudgetBlocks for a sequence of `blocks` blocks (host and device).
 __host__ __device__ inline uint32_t QuestBudgetBlocksOf(uint32_t blocks, const QuestSelectParams& p) {
@@ -101,6 +114,8 @@ struct QuestSelectDeviceArgs {
   bool programmatic_dependent_launch = false;
   // The separate top-k launch's algorithm (the fused one-launch path keeps the bisection).
   QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kDigits;
+  // The separate score launch's kernel (see the enum).
+  QuestScoreAlgorithm score_algorithm = QuestScoreAlgorithm::kPipelined;
 };
 
 // Host: sel_off for `blocks[r]` blocks per request — the running sum of

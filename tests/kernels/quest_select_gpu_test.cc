@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <ostream>
@@ -190,6 +191,19 @@ void RunCase(const Case& c, uint32_t seed) {
       }
     }
   }
+  // The round-4 register-ring score kernel, plain and with PDL: the same scores as the
+  // default pipelined kernel, bit for bit (same lane → channel split, same order of sums).
+  for (bool pdl : {false, true}) {
+    ASSERT_CUDA(cudaMemset(scores.p, 0xff, scores.n * sizeof(float)));
+    QuestSelectDeviceArgs ring = a;
+    ring.score_algorithm = QuestScoreAlgorithm::kRegisterRing;
+    ring.programmatic_dependent_launch = pdl;
+    ASSERT_CUDA(LaunchQuestScores(ring, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    const std::vector<float> ring_scores = scores.Get();
+    ASSERT_EQ(std::memcmp(ring_scores.data(), gpu_scores.data(), gpu_scores.size() * sizeof(float)), 0)
+        << "register-ring scores differ from the pipelined kernel's (pdl " << pdl << ")";
+  }
   // Fused (one launch, the last score CTA of a row runs its top-k) with PDL, twice (the row
   // counters must come back to zero): scores and selection bit-identical to the two launches.
   DeviceArray<uint32_t> counters(size_t{requests} * c.kv_heads);
@@ -248,7 +262,15 @@ INSTANTIATE_TEST_SUITE_P(
         // blocks with 1/2/4/8 keys per thread, radix-selects longer ones; the fused 256-thread
         // top-k bisects ≤ 2048 (here 256·k ± 1) and radix-selects above.
         Case{8, 2, 64, {1024, 1025, 2049, 257, 2048, 513}, P(4096, 1, kSum)},
-        Case{8, 2, 64, {8192, 8193, 4097}, P(2048, 3, kMax)}));
+        Case{8, 2, 64, {8192, 8193, 4097}, P(2048, 3, kMax)},
+        // Round 8 (pipelined scores, tiles of 64 slices, 4 buffers): Llama-3-8B at batch 8, a
+        // ragged batch 8, rows at the tile boundaries (64·k ± 1), and a long max row whose
+        // CTAs loop over many tiles (the buffer ring wraps).
+        Case{32, 8, 128, {2048, 2048, 2048, 2048, 2048, 2048, 2048, 2048}, P(2048, 1, kMax), QuestQueryType::kBf16},
+        Case{32, 8, 128, {2047, 3, 129, 1000, 2048, 16, 17, 65}, P(2048, 1, kMax), QuestQueryType::kBf16},
+        Case{8, 2, 128, {63, 64, 65, 127, 128, 129, 1537}, P(256, 1, kMax)},
+        Case{8, 2, 64, {63, 64, 65, 1537}, P(256, 1, kSum), QuestQueryType::kFp16},
+        Case{32, 8, 128, {32768}, P(2048, 1, kMax), QuestQueryType::kBf16}));
 
 // The top-k kernel alone on crafted scores: few distinct values (ties everywhere), ±0, ±inf,
 // NaN; then scores of one sign and exponent (every warp's first digit the same: the
