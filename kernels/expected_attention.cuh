@@ -60,7 +60,13 @@ struct ExpectedAttentionDeviceArgs {
   KvDType kv_dtype = KvDType::kFp32;  // of keys and values
   // 0: the exact kᵀΣ̄k from rotated_cov. r > 0 (a multiple of 8, <= head_dim): the low-rank
   // form Σ_j (w_jᵀk)² + Σ_i ρ_i k_i² from cov_factors and cov_residual (LowRankCovariance).
-  uint32_t covariance_rank = 0;
+  // Default kDefaultCovarianceRank (16, docs/scoring.md "Default"): the caller passes rank-16
+  // factors. Set DeviceCovarianceRank(requested, head_dim) (reference/expected_attention.h):
+  // 16 at head_dim 32/64/128, 0 (exact: pass rotated_cov) at head_dim 16. The launch takes
+  // the value as given (rank == head_dim is accepted: low-rank of full rank, exact up to
+  // rounding). With bf16/fp16 keys a rank > 0 or the mean term alone runs the streaming
+  // pass; with value_norms also set it reads only the keys (the measured configuration).
+  uint32_t covariance_rank = kDefaultCovarianceRank;
   const void* keys = nullptr;           // [kv_heads][tokens][d] of kv_dtype, device, 16-B aligned
   const void* values = nullptr;         // same shape and type (unused without value norm or with value_norms)
   // Optional, device, [kv_heads][tokens] fp32: ‖v‖₂ per token, precomputed when the tokens

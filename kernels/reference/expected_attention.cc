@@ -186,10 +186,10 @@ void ExactOrFactored(const ExpectedAttentionShape& shape, const ExpectedAttentio
                      std::span<const float> keys, Norm norm_of, std::span<const float> rotated_mean,
                      std::span<const float> rotated_cov, std::span<float> token_scores) {
   const size_t d = shape.head_dim;
-  if (params.use_covariance && params.covariance_rank > 0) {
-    const size_t r = LowRankOf(params, d);
+  const uint32_t r = EffectiveCovarianceRank(params.covariance_rank, shape.head_dim);
+  if (params.use_covariance && r > 0) {
     std::vector<float> factors(size_t{shape.q_heads} * r * d), residual(size_t{shape.q_heads} * d);
-    LowRankCovariance(shape.q_heads, shape.head_dim, static_cast<uint32_t>(r), rotated_cov, factors, residual);
+    LowRankCovariance(shape.q_heads, shape.head_dim, r, rotated_cov, factors, residual);
     TokenScores(shape, params, keys, norm_of, rotated_mean, LowRankQuad(factors, residual, d, r), token_scores);
     return;
   }

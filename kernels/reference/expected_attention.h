@@ -39,6 +39,11 @@ struct ExpectedAttentionShape {
   uint32_t blocks() const { return (tokens + block_tokens - 1) / block_tokens; }
 };
 
+// The default covariance_rank of the scorer's options (ExpectedAttentionParams, the CUDA
+// ExpectedAttentionDeviceArgs): docs/scoring.md "Default". Exact stays available as
+// covariance_rank = 0.
+inline constexpr uint32_t kDefaultCovarianceRank = 16;
+
 struct ExpectedAttentionParams {
   uint64_t position = 0;      // P: the position of the next token
   uint32_t future = 512;      // T: positions averaged over
@@ -46,11 +51,30 @@ struct ExpectedAttentionParams {
   float epsilon = 0.0f;       // ε added to the attention weight before the value norm
   bool use_covariance = true; // the kᵀΣ̄k/(2d) term
   bool use_value_norm = true; // multiply by ‖v‖₂
-  // 0: the exact kᵀΣ̄k. r >= 1: Σ̄ ≈ Σ_{j<r} λ_j u_j u_jᵀ + diag(ρ) (LowRankCovariance,
-  // reference/low_rank_covariance.h; r >= d is exact up to rounding), d·r + d multiply-adds
-  // per key instead of d². docs/scoring.md gives the quality of each rank.
-  uint32_t covariance_rank = 0;
+  // 0: the exact kᵀΣ̄k. 1 <= r < d: Σ̄ ≈ Σ_{j<r} λ_j u_j u_jᵀ + diag(ρ) (LowRankCovariance,
+  // reference/low_rank_covariance.h), d·r + d multiply-adds per key instead of d². r >= d:
+  // the exact term (EffectiveCovarianceRank below). Default kDefaultCovarianceRank (16):
+  // rank 16 at head_dim >= 32, the exact term at head_dim <= 16. docs/scoring.md gives the
+  // quality and the GPU speed of each rank.
+  uint32_t covariance_rank = kDefaultCovarianceRank;
 };
+
+// The covariance term a requested rank gives at this head_dim: 0 (the exact kᵀΣ̄k) for 0 and
+// for any r >= head_dim (the low-rank form would be exact up to rounding and cost d·r + d >= d²
+// per key: nothing to gain), else r. The CPU reference entry points that take Σ̄ apply it.
+constexpr uint32_t EffectiveCovarianceRank(uint32_t requested, uint32_t head_dim) {
+  return requested >= head_dim ? 0 : requested;
+}
+
+// The same for the CUDA scorer, which takes ranks that are multiples of 8 (<= head_dim): r
+// rounded up to a multiple of 8, then 0 (exact) where that reaches head_dim. The default 16
+// gives 16 at head_dim 32, 64 and 128 and 0 at head_dim 16. What an engine sets as
+// ExpectedAttentionDeviceArgs::covariance_rank, and the rank it factors Σ̄ to (or, for 0, the
+// Σ̄ it passes as rotated_cov).
+constexpr uint32_t DeviceCovarianceRank(uint32_t requested, uint32_t head_dim) {
+  const uint64_t rounded = (uint64_t{requested} + 7) / 8 * 8;
+  return rounded >= head_dim ? 0 : static_cast<uint32_t>(rounded);
+}
 
 // c̄[i] = mean_j cos((P+j)·θ_i), s̄[i] = mean_j sin((P+j)·θ_i), θ_i = theta^(-2i/d), for
 // i < d/2. `cbar` and `sbar` hold head_dim / 2 floats each.
@@ -69,16 +93,19 @@ void RotateQueryMoments(uint32_t q_heads, uint32_t head_dim, std::span<const flo
                         std::span<float> mean_out, std::span<float> cov_out);
 
 // Steps 2–4 from rotated moments: token scores [kv_heads][tokens]. keys and values are
-// [kv_heads][tokens][d]; sinks get max + 1 (step 5). With params.covariance_rank > 0 the
-// rotated covariance is first factored (LowRankCovariance) and the low-rank form below used.
+// [kv_heads][tokens][d]; sinks get max + 1 (step 5). With EffectiveCovarianceRank(params.
+// covariance_rank, d) > 0 (the default: 16 at d >= 32) the rotated covariance is first
+// factored (LowRankCovariance) and the low-rank form below used; with 0 the exact term.
 void ExpectedAttentionTokenScores(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
                                   std::span<const float> keys, std::span<const float> values,
                                   std::span<const float> rotated_mean, std::span<const float> rotated_cov,
                                   std::span<float> token_scores);
 
 // Steps 2–4 with a factored covariance: kᵀΣ̄k is replaced by Σ_j (w_jᵀk)² + Σ_i ρ_i k_i²,
-// rank = min(params.covariance_rank, d) >= 1, factors [q_heads][rank][d] and residual
-// [q_heads][d] from LowRankCovariance (the same fp32 arrays the CUDA kernel is given).
+// rank = min(max(params.covariance_rank, 1), d), factors [q_heads][rank][d] and residual
+// [q_heads][d] from LowRankCovariance (the same fp32 arrays the CUDA kernel is given). Set
+// params.covariance_rank to the rank of the factors (the default is 16). Any rank up to d
+// is used as given here (rank d: exact up to rounding).
 void ExpectedAttentionTokenScoresLowRank(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
                                          std::span<const float> keys, std::span<const float> values,
                                          std::span<const float> rotated_mean, std::span<const float> factors,
@@ -107,7 +134,8 @@ void SumBlockScores(const ExpectedAttentionShape& shape, std::span<const float> 
                     std::span<float> block_scores);
 
 // The whole pipeline from raw moments (mean [q_heads][d], cov [q_heads][d][d], pre-RoPE):
-// block scores [kv_heads][blocks] (low-rank when params.covariance_rank > 0).
+// block scores [kv_heads][blocks] (low-rank when EffectiveCovarianceRank(params.
+// covariance_rank, d) > 0: by default rank 16 at d >= 32; covariance_rank = 0 for exact).
 void ExpectedAttentionBlockScores(const ExpectedAttentionShape& shape, const ExpectedAttentionParams& params,
                                   std::span<const float> keys, std::span<const float> values,
                                   std::span<const float> mean, std::span<const float> cov,

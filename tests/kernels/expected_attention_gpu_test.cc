@@ -210,6 +210,31 @@ TEST_F(ExpectedAttentionGpuTest, MatchesReferenceForEveryHeadDimAndKeyType) {
     }
 }
 
+// No device needed: the defaults docs/scoring.md "Default" states for the device arguments.
+TEST(ExpectedAttentionDeviceArgsDefaults, AreRankSixteenAndTheAutomaticPass) {
+  const ExpectedAttentionDeviceArgs a;
+  EXPECT_EQ(a.covariance_rank, kDefaultCovarianceRank);
+  EXPECT_EQ(a.covariance_rank, 16u);
+  EXPECT_EQ(a.covariance_rank, ExpectedAttentionParams{}.covariance_rank);  // CPU reference agrees
+  EXPECT_TRUE(a.use_covariance);
+  EXPECT_TRUE(a.use_value_norm);
+  EXPECT_EQ(a.logits_pass, LogitsPass::kAuto);
+  EXPECT_EQ(a.value_norms, nullptr);  // the caller opts in to key-only by passing its norms
+}
+
+TEST_F(ExpectedAttentionGpuTest, DefaultRankWithPrecomputedNormsMatchesReference) {
+  // The configuration docs/scoring.md recommends for an engine: covariance_rank =
+  // DeviceCovarianceRank(kDefaultCovarianceRank, d) (16; the exact term at d = 16), bf16/fp16
+  // keys, value norms precomputed (the scores also checked against the values path).
+  uint32_t seed = 700;
+  for (KvDType t : {KvDType::kBf16, KvDType::kFp16})
+    for (uint32_t d : {16u, 32u, 64u, 128u}) {
+      const uint32_t rank = DeviceCovarianceRank(kDefaultCovarianceRank, d);
+      ASSERT_EQ(rank, d == 16 ? 0u : 16u);
+      RunCase({32, 8, d, 1000, 16, 4, t, rank, true, true, true}, seed++);
+    }
+}
+
 TEST_F(ExpectedAttentionGpuTest, MatchesReferenceWithGqaSinksAndPartialBlocks) {
   uint32_t seed = 100;
   for (KvDType t : kDtypes)

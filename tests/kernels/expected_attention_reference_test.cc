@@ -61,7 +61,9 @@ Problem RandomProblem(uint32_t q_heads, uint32_t kv_heads, uint32_t d, uint32_t 
   Problem p;
   p.shape = {.q_heads = q_heads, .kv_heads = kv_heads, .head_dim = d, .tokens = tokens, .block_tokens = 4,
              .sink_tokens = 2};
-  p.params = {.position = tokens + 3, .future = 64, .rope_theta = 10000, .epsilon = 0.02f};
+  // The exact covariance term (not the default rank 16): it is what the straightforward
+  // implementation computes. Tests of the low-rank form and of the default set the rank.
+  p.params = {.position = tokens + 3, .future = 64, .rope_theta = 10000, .epsilon = 0.02f, .covariance_rank = 0};
   std::mt19937 rng(seed);
   std::normal_distribution<float> nd(0.0f, 1.0f);
   p.keys.resize(size_t{kv_heads} * tokens * d);
@@ -240,14 +242,102 @@ void ExpectRelativelyClose(const std::vector<float>& got, const std::vector<floa
   }
 }
 
+// Token scores [kv_heads][tokens] from the rotated moments: the entry point that takes Σ̄
+// (factors internally when EffectiveCovarianceRank > 0), or, with `factor_rank` > 0,
+// LowRankCovariance of that rank and the low-rank entry point.
+std::vector<float> TokenScoresOf(const Problem& p, uint32_t factor_rank = 0) {
+  const auto& s = p.shape;
+  const size_t d = s.head_dim;
+  std::vector<float> mean(size_t{s.q_heads} * d), cov(mean.size() * d), rm(mean.size()), rc(cov.size());
+  std::vector<float> cb(d / 2), sb(d / 2), token(size_t{s.kv_heads} * s.tokens);
+  QueryMoments(p.queries, p.n_queries, s.q_heads, s.head_dim, mean, cov);
+  AveragedRope(s.head_dim, p.params, cb, sb);
+  RotateQueryMoments(s.q_heads, s.head_dim, cb, sb, mean, cov, rm, rc);
+  if (factor_rank == 0) {
+    ExpectedAttentionTokenScores(s, p.params, p.keys, p.values, rm, rc, token);
+  } else {
+    std::vector<float> f(size_t{s.q_heads} * factor_rank * d), r(size_t{s.q_heads} * d);
+    LowRankCovariance(s.q_heads, s.head_dim, factor_rank, rc, f, r);
+    ExpectedAttentionParams params = p.params;
+    params.covariance_rank = factor_rank;
+    ExpectedAttentionTokenScoresLowRank(s, params, p.keys, p.values, rm, f, r, token);
+  }
+  return token;
+}
+
+double MaxRelativeDifference(const std::vector<float>& a, const std::vector<float>& b) {
+  double m = 0;
+  for (size_t i = 0; i < a.size(); ++i) m = std::max<double>(m, std::abs(a[i] - b[i]) / std::abs(b[i]));
+  return m;
+}
+
 TEST(ExpectedAttentionReference, LowRankCovarianceOfFullRankEqualsExact) {
   for (auto [q, kv, d, tokens, seed] : {std::tuple{8u, 2u, 32u, 37u, 1u}, std::tuple{6u, 1u, 64u, 50u, 3u}}) {
     SCOPED_TRACE(::testing::Message() << "q=" << q << " kv=" << kv << " d=" << d);
     Problem p = RandomProblem(q, kv, d, tokens, seed);
-    const std::vector<float> exact = Reference(p);
-    p.params.covariance_rank = d;
-    ExpectRelativelyClose(Reference(p), exact, 1e-4);
+    const std::vector<float> exact = TokenScoresOf(p);
+    // Factors of rank d through the low-rank form: exact up to rounding.
+    ExpectRelativelyClose(TokenScoresOf(p, d), exact, 1e-4);
+    // covariance_rank >= d through the Σ̄ entry points is the exact term itself.
+    for (uint32_t rank : {d, d + 5}) {
+      p.params.covariance_rank = rank;
+      EXPECT_EQ(TokenScoresOf(p), exact) << "rank " << rank;
+      EXPECT_EQ(Reference(p), [&] {
+        Problem e = p;
+        e.params.covariance_rank = 0;
+        return Reference(e);
+      }()) << "rank " << rank;
+    }
   }
+}
+
+TEST(ExpectedAttentionReference, DefaultCovarianceRankIsSixteenAsDocumented) {
+  // docs/scoring.md "Default": rank 16; exact where 16 >= head_dim; on the GPU multiples of 8.
+  EXPECT_EQ(kDefaultCovarianceRank, 16u);
+  EXPECT_EQ(ExpectedAttentionParams{}.covariance_rank, 16u);
+  for (auto [requested, d, want] : {std::tuple{16u, 128u, 16u}, std::tuple{16u, 64u, 16u}, std::tuple{16u, 32u, 16u},
+                                    std::tuple{16u, 16u, 0u}, std::tuple{16u, 8u, 0u}, std::tuple{0u, 128u, 0u},
+                                    std::tuple{4u, 128u, 4u}, std::tuple{127u, 128u, 127u},
+                                    std::tuple{128u, 128u, 0u}, std::tuple{500u, 128u, 0u}}) {
+    EXPECT_EQ(EffectiveCovarianceRank(requested, d), want) << "requested " << requested << " d " << d;
+  }
+  for (auto [requested, d, want] : {std::tuple{16u, 128u, 16u}, std::tuple{16u, 64u, 16u}, std::tuple{16u, 32u, 16u},
+                                    std::tuple{16u, 16u, 0u}, std::tuple{0u, 128u, 0u}, std::tuple{4u, 128u, 8u},
+                                    std::tuple{12u, 64u, 16u}, std::tuple{57u, 128u, 64u},
+                                    std::tuple{60u, 64u, 0u}, std::tuple{64u, 64u, 0u}, std::tuple{9u, 16u, 0u},
+                                    std::tuple{0xFFFFFFFFu, 128u, 0u}}) {
+    const uint32_t got = DeviceCovarianceRank(requested, d);
+    EXPECT_EQ(got, want) << "requested " << requested << " d " << d;
+    EXPECT_TRUE(got == 0 || (got % 8 == 0 && got < d)) << "not a GPU rank: " << got;  // what the launch accepts
+  }
+
+  // Default options score with rank 16 at d = 64 (24 queries: Σ̄ has rank 23, so rank 16
+  // truncates): the same bits as factors of rank 16, and not the exact scores.
+  Problem p = RandomProblem(4, 2, 64, 40, 37);
+  const ExpectedAttentionParams explicit_exact = p.params;
+  p.params = {.position = explicit_exact.position, .future = explicit_exact.future,
+              .rope_theta = explicit_exact.rope_theta, .epsilon = explicit_exact.epsilon};  // rank left default
+  const std::vector<float> by_default = TokenScoresOf(p);
+  EXPECT_EQ(by_default, TokenScoresOf(p, 16));
+  Problem e = p;
+  e.params.covariance_rank = 0;
+  const std::vector<float> exact = TokenScoresOf(e);
+  EXPECT_GT(MaxRelativeDifference(by_default, exact), 1e-3);
+  ExpectRelativelyClose(by_default, exact, 0.2);  // an approximation of it, not another score
+  // The block-score pipeline follows the same default.
+  const std::vector<float> blocks_default = Reference(p);
+  EXPECT_NE(blocks_default, Reference(e));
+
+  // d = 16: the default is the exact term, bit for bit.
+  Problem small = RandomProblem(4, 2, 16, 30, 41);
+  const std::vector<float> small_exact = TokenScoresOf(small);
+  small.params.covariance_rank = ExpectedAttentionParams{}.covariance_rank;
+  EXPECT_EQ(TokenScoresOf(small), small_exact);
+  EXPECT_EQ(Reference(small), [&] {
+    Problem x = small;
+    x.params.covariance_rank = 0;
+    return Reference(x);
+  }());
 }
 
 TEST(ExpectedAttentionReference, LowRankCoveringTheCovarianceRankEqualsExact) {

@@ -27,6 +27,30 @@ case $case in
     expect_rc "$rc" 0
     expect_out "kv_head 0: 3 blocks:"
     ;;
+  default_is_exact)
+    # The command's default stays the exact covariance term (docs/scoring.md "kvtier score"),
+    # unlike the scorer's options (rank 16): the default output equals --covariance-rank 0 and
+    # r >= dim (also exact), and differs from rank 16 at dim 32 (40 queries: Σ has rank > 16).
+    npy k.npy 2,40,32; npy v.npy 2,40,32; npy q.npy 40,4,32
+    rc=$(run $(args) --json); expect_rc "$rc" 0; cp "$work/out" "$work/default"
+    rc=$(run $(args) --json --covariance-rank 0); expect_rc "$rc" 0
+    cmp -s "$work/out" "$work/default" || fail "default output differs from --covariance-rank 0"
+    rc=$(run $(args) --json --covariance-rank 32); expect_rc "$rc" 0
+    cmp -s "$work/out" "$work/default" || fail "--covariance-rank 32 (= dim) differs from the exact default"
+    rc=$(run $(args) --json --covariance-rank 16); expect_rc "$rc" 0
+    [[ $(wc -l <"$work/out") == 2 ]] || fail "expected one line per KV head"
+    cmp -s "$work/out" "$work/default" && fail "--covariance-rank 16 gives the exact scores (option ignored?)"
+    python3 - "$work/out" "$work/default" <<'PY' || fail "rank 16 is not close to exact"
+import json, sys
+low = [json.loads(l)["block_scores"] for l in open(sys.argv[1])]
+ex = [json.loads(l)["block_scores"] for l in open(sys.argv[2])]
+assert len(low) == len(ex) == 2
+for a, b in zip(low, ex):
+    assert len(a) == len(b) == 3
+    # sinks dominate block 0; the low-rank term keeps every variance, so scores stay close
+    assert all(abs(x - y) <= 0.2 * abs(y) for x, y in zip(a, b)), (a, b)
+PY
+    ;;
   missing_file)
     good
     rc=$(run --keys "$work/none.npy" --values "$work/v.npy" --queries "$work/q.npy" --position 40)

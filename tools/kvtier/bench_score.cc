@@ -148,7 +148,8 @@ Trial RunTrial(uint32_t tokens, uint32_t seed) {
   kernels::ExpectedAttentionShape shape{.q_heads = qh, .kv_heads = kvh, .head_dim = d, .tokens = tokens,
                                         .block_tokens = bt, .sink_tokens = 0};
   kernels::ExpectedAttentionParams params{.position = tokens, .future = future, .rope_theta = theta,
-                                          .epsilon = 0.0f, .use_covariance = true, .use_value_norm = false};
+                                          .epsilon = 0.0f, .use_covariance = true, .use_value_norm = false,
+                                          .covariance_rank = 0};  // the exact row; ranks set below
   Trial tr;
   {
     std::vector<float> cb(d / 2), sb(d / 2), rm(mean.size()), rc(cov.size()), token(tokens), blocks(shape.blocks());

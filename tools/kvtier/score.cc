@@ -1,6 +1,7 @@
 // `kvtier score`: the Expected Attention scorer (kernels/reference/expected_attention.h) on
 // .npy files, for evaluation against other implementations (e.g. kvpress) and for looking
-// at what the demotion policy would see. CPU reference; one JSON line per KV head.
+// at what the demotion policy would see. CPU reference, the exact covariance term unless
+// --covariance-rank asks for the low-rank one; one JSON line per KV head.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
@@ -22,6 +23,9 @@ struct ScoreOptions {
   double rope_theta = 10000;
   uint32_t sink_tokens = 4;
   float epsilon = 0.02f;
+  // 0 (exact) here, unlike the scorer's options (kernels::kDefaultCovarianceRank = 16): this
+  // command is for comparing with other implementations (kvpress computes the exact term).
+  uint32_t covariance_rank = 0;
   bool json = false;
 };
 
@@ -75,7 +79,7 @@ Status RunScore(const ScoreOptions& o) {
                            .head_dim = static_cast<uint32_t>(k.shape[2]), .tokens = static_cast<uint32_t>(k.shape[1]),
                            .block_tokens = o.block_tokens, .sink_tokens = o.sink_tokens};
   ExpectedAttentionParams p{.position = static_cast<uint64_t>(o.position), .future = o.future,
-                            .rope_theta = o.rope_theta, .epsilon = o.epsilon};
+                            .rope_theta = o.rope_theta, .epsilon = o.epsilon, .covariance_rank = o.covariance_rank};
   const auto n = static_cast<uint32_t>(q.shape[0]);
   std::vector<float> mean(size_t{s.q_heads} * s.head_dim), cov(mean.size() * s.head_dim);
   QueryMoments(q.data, n, s.q_heads, s.head_dim, mean, cov);
@@ -109,6 +113,10 @@ void AddScoreCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--rope-theta", o->rope_theta, "RoPE base")->capture_default_str();
   cmd->add_option("--sink-tokens", o->sink_tokens, "first tokens always kept (score max + 1)")->capture_default_str();
   cmd->add_option("--epsilon", o->epsilon, "added to the attention weight before the value norm")->capture_default_str();
+  cmd->add_option("--covariance-rank", o->covariance_rank,
+                  "0: the exact covariance term; r: low-rank (r dominant eigenpairs + diagonal; r >= dim: exact). "
+                  "The runtime/GPU scorer's default is 16")
+      ->capture_default_str();
   cmd->add_flag("--json", o->json, "one JSON line per KV head: {\"kv_head\": h, \"block_scores\": [...]}");
   cmd->callback([o, exit_code] {
     if (Status s = RunScore(*o); !s.ok()) {

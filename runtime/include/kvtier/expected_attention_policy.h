@@ -7,6 +7,11 @@
 //   engine, at prefill            ScoreBoard::TagSpan (system prompt, tool schema, ...) / ForceKeep
 //   TierManager demotion thread   ExpectedAttentionPolicy::SelectVictims (reads a snapshot)
 //
+// The runtime does not score (no GPU path here): the engine runs LaunchExpectedAttention. The
+// configuration measured for the default (docs/scoring.md "Default": covariance_rank =
+// DeviceCovarianceRank(kDefaultCovarianceRank, head_dim), i.e. 16, bf16/fp16 keys, value_norms
+// from LaunchValueNorms at block write so only the keys are read) is the engine's to set.
+//
 // Order of victims in a tier: the lowest block score first (unscored blocks after every
 // scored one: they are the newest), ties by recency (older first), then a clean copy below
 // first. Demotion is preferred to deletion by the TierManager itself; this policy adds:
