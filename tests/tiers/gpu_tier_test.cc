@@ -1,11 +1,14 @@
 // The GPU tier and movers on a real device: the tier conformance suite, bit-exact round trips
 // DRAM -> HBM -> DRAM through the movers (kernel and CPU-assisted D2H), producer/consumer
-// fences, a forced-overlap stress of 10^6 block round trips, and the TierManager end to end
-// on GpuHbmTier. Every case skips without a CUDA device.
+// fences, a forced-overlap stress of 10^6 block round trips, every launch shape of the kernel
+// paths (one launch, inline / side-stream descriptor uploads, ramped pieces), and the
+// TierManager end to end on GpuHbmTier. Every case skips without a CUDA device.
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <random>
 #include <thread>
 
@@ -178,14 +181,14 @@ TEST_P(GpuMoverTest, BatchWaitsForItsFencesAndFailsWithThem) {
 
 // Forced overlap: H2D of round r+1 runs while D2H of round r drains; an HBM slot is reused
 // only after the D2H that read it (consumer fence), and every D2H waits for its H2D
-// (producer fence). 10^6 blocks make the round trip; every byte is checked.
-TEST_P(GpuMoverTest, MillionBlockRoundTripsUnderForcedOverlapHaveNoMismatch) {
+// (producer fence). `total` blocks of 4 KiB make the round trip; every byte is checked.
+// `dram` has 2 * 4 * per_batch slots, the HBM tier behind the movers 4 * per_batch.
+void ExpectForcedOverlapRoundTripsExact(HostTier& dram, GpuMover& up_mover, GpuMover& down_mover, uint32_t per_batch,
+                                        uint64_t total) {
   const uint64_t bytes = 4096;
-  const uint32_t per_batch = 8192, hbm_slots = 4 * per_batch;
-  Build(bytes, hbm_slots);
+  const uint32_t hbm_slots = 4 * per_batch;
   const uint32_t src_slots = hbm_slots, dst_base = hbm_slots;  // dram: [0, n) sources, [n, 2n) destinations
-  for (uint32_t i = 0; i < src_slots; ++i) FillRandom(Ptr(*dram_, SlotId{i}), bytes, 1000 + i);
-  const uint64_t total = 1'000'000;
+  for (uint32_t i = 0; i < src_slots; ++i) FillRandom(Ptr(dram, SlotId{i}), bytes, 1000 + i);
   std::mt19937_64 rng(42);
   std::vector<Fence> consumer(4);  // last D2H reading each quarter of HBM
   std::vector<std::pair<Fence, std::vector<std::pair<uint32_t, uint32_t>>>> checks;  // (fence, (src, dst))
@@ -204,26 +207,33 @@ TEST_P(GpuMoverTest, MillionBlockRoundTripsUnderForcedOverlapHaveNoMismatch) {
       d2h.segments.push_back({SlotId{hbm}, SlotId{dst}, 0, 0, bytes});
       pairs.emplace_back(src, dst);
     }
-    Fence up = up_->Submit(std::move(h2d));
+    Fence up = up_mover.Submit(std::move(h2d));
     d2h.wait_for.push_back(up);
     // The destination quarter of DRAM is checked before it is overwritten again.
     if (checks.size() >= 4) {
       auto& [f, ps] = checks[checks.size() - 4];
       ASSERT_TRUE(f.Wait().ok());
-      for (auto [s, d] : ps) mismatches += std::memcmp(Ptr(*dram_, SlotId{s}), Ptr(*dram_, SlotId{d}), bytes) != 0;
+      for (auto [s, d] : ps) mismatches += std::memcmp(Ptr(dram, SlotId{s}), Ptr(dram, SlotId{d}), bytes) != 0;
     }
-    Fence down = down_->Submit(std::move(d2h));
+    Fence down = down_mover.Submit(std::move(d2h));
     consumer[quarter] = down;
     checks.emplace_back(down, std::move(pairs));
     done += per_batch;
   }
   for (size_t c = checks.size() >= 4 ? checks.size() - 4 : 0; c < checks.size(); ++c) {
     ASSERT_TRUE(checks[c].first.Wait().ok());
-    for (auto [s, d] : checks[c].second) mismatches += std::memcmp(Ptr(*dram_, SlotId{s}), Ptr(*dram_, SlotId{d}), bytes) != 0;
+    for (auto [s, d] : checks[c].second) mismatches += std::memcmp(Ptr(dram, SlotId{s}), Ptr(dram, SlotId{d}), bytes) != 0;
   }
   EXPECT_EQ(mismatches, 0u);
-  EXPECT_GE(up_->stats().segments, total);
-  EXPECT_GE(down_->stats().segments, total);
+  EXPECT_GE(up_mover.stats().segments, total);
+  EXPECT_GE(down_mover.stats().segments, total);
+}
+
+TEST_P(GpuMoverTest, MillionBlockRoundTripsUnderForcedOverlapHaveNoMismatch) {
+  const uint32_t per_batch = 8192;
+  Build(4096, 4 * per_batch);
+  if (HasFatalFailure()) return;
+  ExpectForcedOverlapRoundTripsExact(*dram_, *up_, *down_, per_batch, 1'000'000);
 }
 
 INSTANTIATE_TEST_SUITE_P(D2hModes, GpuMoverTest, ::testing::Values(D2hMode::kKernel, D2hMode::kCpuAssisted),
@@ -297,6 +307,121 @@ TEST(GpuMoverCpuCopyTest, AHostCopyPathThisCpuLacksIsRefusedAtCreate) {
   ASSERT_FALSE(down.ok());
   EXPECT_EQ(down.status().code(), StatusCode::kInvalidArgument);
 }
+
+// The kernel paths' launch shapes: one launch, fixed pieces with descriptors uploaded on the
+// copy stream (inline) or on the upload stream (side), and pieces ramped from 64 KiB. Many
+// pieces per batch (1 MiB launches over ~12-24 MiB batches), uniform and ragged batches
+// (ragged segments split into 4 KiB chunks), poisoned destinations on both sides.
+struct LaunchShape {
+  const char* name;
+  uint64_t launch_bytes;
+  uint64_t first_launch_bytes;
+  DescriptorUpload upload;
+};
+
+class GpuMoverLaunchTest : public ::testing::TestWithParam<LaunchShape> {
+ protected:
+  void SetUp() override {
+    if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  }
+  GpuMoverOptions Options() const {
+    GpuMoverOptions o;
+    o.d2h_mode = D2hMode::kKernel;
+    o.chunk_bytes = 4096;
+    o.launch_bytes = GetParam().launch_bytes;
+    o.first_launch_bytes = GetParam().first_launch_bytes;
+    o.descriptor_upload = GetParam().upload;
+    return o;
+  }
+};
+
+TEST_P(GpuMoverLaunchTest, ManyPieceRoundTripsAreBitExactAndWriteNothingElse) {
+  const uint64_t slot = 8192;
+  const uint32_t n = 3000;
+  auto dram = PinnedDram(slot, 2 * n);
+  ASSERT_NE(dram, nullptr);
+  auto hbm = GpuHbmTier::Create({.device = 0, .slot_bytes = slot, .slot_count = n});
+  ASSERT_TRUE(hbm.ok()) << hbm.status().ToString();
+  auto up = GpuMover::Create(dram.get(), hbm->get(), Options());
+  auto down = GpuMover::Create(hbm->get(), dram.get(), Options());
+  ASSERT_TRUE(up.ok() && down.ok());
+  std::byte* hbm_base = Ptr(**hbm, SlotId{0});
+  for (bool ragged : {false, true}) {
+    std::mt19937_64 rng(ragged ? 7 : 3);
+    std::vector<uint32_t> hbm_of(n), dst_of(n);
+    std::iota(hbm_of.begin(), hbm_of.end(), 0u);
+    std::iota(dst_of.begin(), dst_of.end(), n);
+    std::shuffle(hbm_of.begin(), hbm_of.end(), rng);
+    std::shuffle(dst_of.begin(), dst_of.end(), rng);
+    std::vector<uint64_t> size(n);
+    MoveBatch h2d, d2h;
+    for (uint32_t i = 0; i < n; ++i) {
+      size[i] = ragged ? 16 * (1 + rng() % (slot / 16)) : 4096;
+      FillRandom(Ptr(*dram, SlotId{i}), slot, 5000 * ragged + i);
+      std::memset(Ptr(*dram, SlotId{dst_of[i]}), 0xA5, slot);
+      h2d.segments.push_back({SlotId{i}, SlotId{hbm_of[i]}, 0, 0, size[i]});
+      d2h.segments.push_back({SlotId{hbm_of[i]}, SlotId{dst_of[i]}, 0, 0, size[i]});
+    }
+    ASSERT_EQ(cudaMemset(hbm_base, 0x5A, uint64_t{n} * slot), cudaSuccess);
+    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+    Fence in = (*up)->Submit(std::move(h2d));
+    d2h.wait_for.push_back(in);
+    ASSERT_TRUE((*down)->Submit(std::move(d2h)).Wait().ok());
+    std::vector<std::byte> device(uint64_t{n} * slot);
+    ASSERT_EQ(cudaMemcpy(device.data(), hbm_base, device.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    std::vector<std::byte> want(slot);
+    for (uint32_t i = 0; i < n; ++i) {
+      FillRandom(want.data(), slot, 5000 * ragged + i);
+      const std::byte* on_device = device.data() + uint64_t{hbm_of[i]} * slot;
+      const std::byte* back = Ptr(*dram, SlotId{dst_of[i]});
+      ASSERT_EQ(std::memcmp(on_device, want.data(), size[i]), 0) << "ragged " << ragged << ", HBM block " << i;
+      ASSERT_EQ(std::memcmp(back, want.data(), size[i]), 0) << "ragged " << ragged << ", DRAM block " << i;
+      for (uint64_t b = size[i]; b < slot; ++b) {
+        ASSERT_EQ(on_device[b], std::byte{0x5A}) << "HBM written past block " << i;
+        ASSERT_EQ(back[b], std::byte{0xA5}) << "DRAM written past block " << i;
+      }
+    }
+  }
+  EXPECT_EQ((*up)->stats().errors, 0u);
+  EXPECT_EQ((*down)->stats().errors, 0u);
+}
+
+// Batches of many small pieces in flight on every lane, both directions at once.
+TEST_P(GpuMoverLaunchTest, ForcedOverlapRoundTripsHaveNoMismatch) {
+  const uint32_t per_batch = 2048;  // 8 MiB batches: up to 12 pieces each
+  auto dram = PinnedDram(4096, 8 * per_batch);
+  ASSERT_NE(dram, nullptr);
+  auto hbm = GpuHbmTier::Create({.device = 0, .slot_bytes = 4096, .slot_count = 4 * per_batch});
+  ASSERT_TRUE(hbm.ok()) << hbm.status().ToString();
+  auto up = GpuMover::Create(dram.get(), hbm->get(), Options());
+  auto down = GpuMover::Create(hbm->get(), dram.get(), Options());
+  ASSERT_TRUE(up.ok() && down.ok());
+  ExpectForcedOverlapRoundTripsExact(*dram, **up, **down, per_batch, 200'000);
+}
+
+TEST(GpuMoverOptionsTest, LaunchShapeOptionsAreValidated) {
+  GpuMoverOptions o;
+  EXPECT_TRUE(o.Validate().ok());
+  EXPECT_EQ(o.descriptor_upload, DescriptorUpload::kSideStream);
+  o.first_launch_bytes = 4096;
+  EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument);
+  o.first_launch_bytes = 0;
+  EXPECT_TRUE(o.Validate().ok());
+  EXPECT_EQ(*ParseDescriptorUpload("inline"), DescriptorUpload::kInline);
+  EXPECT_EQ(*ParseDescriptorUpload(DescriptorUploadName(DescriptorUpload::kSideStream)), DescriptorUpload::kSideStream);
+  EXPECT_FALSE(ParseDescriptorUpload("both").ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, GpuMoverLaunchTest,
+    ::testing::Values(LaunchShape{"one_launch", 0, 0, DescriptorUpload::kSideStream},
+                      LaunchShape{"inline_pieces", 1 << 20, 0, DescriptorUpload::kInline},
+                      LaunchShape{"side_pieces", 1 << 20, 0, DescriptorUpload::kSideStream},
+                      LaunchShape{"side_ramped", 1 << 20, 64 << 10, DescriptorUpload::kSideStream},
+                      LaunchShape{"inline_ramped", 1 << 20, 64 << 10, DescriptorUpload::kInline},
+                      LaunchShape{"defaults", GpuMoverOptions{}.launch_bytes, GpuMoverOptions{}.first_launch_bytes,
+                                  GpuMoverOptions{}.descriptor_upload}),
+    [](const auto& p) { return std::string(p.param.name); });
 
 TEST(GpuTierManagerTest, OnboardAndOffloadThroughTheGpuTierAreBitExact) {
   if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";

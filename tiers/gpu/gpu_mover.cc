@@ -5,9 +5,11 @@
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <variant>
 
 #include "copy_blocks.cuh"
 #include "memcpy_mover.h"  // ValidateSegments
@@ -17,11 +19,33 @@ namespace kvtier {
 
 using kernels::DeviceCopyDescriptor;
 
+namespace {
+
+// The tier's slot 0 address when every slot s sits at slot 0 + s * slot_bytes (checked for
+// each slot, once per mover: a few ms for millions of slots), else nullptr. Saves a virtual
+// Locate and a variant check per segment on the launch path.
+std::byte* LinearBase(const Tier& tier) {
+  const TierCaps& caps = tier.caps();
+  if (caps.slot_count == 0) return nullptr;
+  const Location first = tier.Locate(SlotId{0});
+  const auto* base = std::get_if<MemoryAddress>(&first);
+  if (base == nullptr) return nullptr;
+  for (uint32_t i = 1; i < caps.slot_count; ++i) {
+    const Location at = tier.Locate(SlotId{i});
+    const auto* a = std::get_if<MemoryAddress>(&at);
+    if (a == nullptr || a->device != base->device || a->ptr != base->ptr + uint64_t{i} * caps.slot_bytes) return nullptr;
+  }
+  return base->ptr;
+}
+
+}  // namespace
+
 struct GpuMover::Job {
   MoveBatch batch;
   FenceSignal signal;
   std::chrono::steady_clock::time_point submitted, launched;
   uint64_t bytes = 0;
+  bool uniform = false;  // every segment the same size: one descriptor per segment
   D2hMode mode = D2hMode::kKernel;
   Status status;  // a launch failure, reported at completion
   Lane* lane = nullptr;
@@ -34,6 +58,7 @@ struct GpuMover::Lane {
   DeviceBuffer device_descriptors;
   DeviceBuffer device_staging;  // CPU-assisted D2H only
   PinnedBuffer host_staging;
+  CudaEvent uploaded;  // kSideStream: after the latest piece's descriptor upload
   CudaEvent done;
   // CPU-assisted D2H: pieces of the batch, each with the event after its D2H copy, and the
   // (staging -> DRAM slot, bytes) scatters of its segments.
@@ -52,6 +77,16 @@ struct GpuMover::Counters {
   explicit Counters(int threads) : arena(threads) {}
 };
 
+std::string_view DescriptorUploadName(DescriptorUpload upload) {
+  return upload == DescriptorUpload::kInline ? "inline" : "side";
+}
+
+Result<DescriptorUpload> ParseDescriptorUpload(std::string_view name) {
+  if (name == "inline") return DescriptorUpload::kInline;
+  if (name == "side") return DescriptorUpload::kSideStream;
+  return Status::InvalidArgument(fmt::format("descriptor upload '{}' (inline or side)", name));
+}
+
 Status GpuMoverOptions::Validate() const {
   if (device < 0) return Status::InvalidArgument(fmt::format("gpu mover: device {}", device));
   if (chunk_bytes < 16 || chunk_bytes % 16 != 0) {
@@ -62,6 +97,12 @@ Status GpuMoverOptions::Validate() const {
   if (unroll != 4 && unroll != 8) return Status::InvalidArgument(fmt::format("gpu mover: unroll {} (4 or 8)", unroll));
   if (cpu_piece_bytes < (1u << 20)) return Status::InvalidArgument("gpu mover: cpu_piece_bytes below 1 MiB");
   if (launch_bytes != 0 && launch_bytes < (1u << 20)) return Status::InvalidArgument("gpu mover: launch_bytes below 1 MiB");
+  if (first_launch_bytes != 0 && first_launch_bytes < (64u << 10)) {
+    return Status::InvalidArgument("gpu mover: first_launch_bytes below 64 KiB");
+  }
+  if (descriptor_upload != DescriptorUpload::kInline && descriptor_upload != DescriptorUpload::kSideStream) {
+    return Status::InvalidArgument("gpu mover: unknown descriptor_upload");
+  }
   return Status();
 }
 
@@ -102,8 +143,14 @@ Status GpuMover::Init() {
   KVT_RETURN_IF_CUDA_ERROR(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, options_.device),
                            "reading the multiprocessor count");
   KVT_ASSIGN_OR_RETURN(stream_, CudaStream::Create(options_.device));
+  KVT_ASSIGN_OR_RETURN(upload_stream_, CudaStream::Create(options_.device));
+  src_base_ = LinearBase(*src_);
+  dst_base_ = LinearBase(*dst_);
+  src_slot_bytes_ = src_->caps().slot_bytes;
+  dst_slot_bytes_ = dst_->caps().slot_bytes;
   for (uint32_t i = 0; i < options_.max_in_flight; ++i) {
     auto lane = std::make_unique<Lane>();
+    KVT_ASSIGN_OR_RETURN(lane->uploaded, CudaEvent::Create(options_.device));
     KVT_ASSIGN_OR_RETURN(lane->done, CudaEvent::Create(options_.device));
     free_lanes_.push_back(lane.get());
     lanes_.push_back(std::move(lane));
@@ -130,26 +177,57 @@ D2hMode GpuMover::ModeFor(uint64_t block_bytes) const {
   return options_.profile.ChooseD2h(block_bytes);
 }
 
+const std::byte* GpuMover::SourceSlot(SlotId slot) const {
+  if (src_base_ != nullptr) return src_base_ + uint64_t{slot.value()} * src_slot_bytes_;
+  return std::get<MemoryAddress>(src_->Locate(slot)).ptr;
+}
+
+std::byte* GpuMover::DestinationSlot(SlotId slot) const {
+  if (dst_base_ != nullptr) return dst_base_ + uint64_t{slot.value()} * dst_slot_bytes_;
+  return std::get<MemoryAddress>(dst_->Locate(slot)).ptr;
+}
+
 Fence GpuMover::Submit(MoveBatch batch) {
-  if (Status s = ValidateSegments(batch, *src_, *dst_); !s.ok()) {
+  // One branch-free pass over the segments (at 4 KiB blocks a 1 GiB batch has 262,144 of
+  // them, and this runs on the caller's thread before anything moves): the checks of
+  // ValidateSegments plus 16-byte alignment, the byte total and whether the batch is uniform.
+  // Only a batch that fails goes through the per-check passes, for their messages.
+  const TierCaps& sc = src_->caps();
+  const TierCaps& dc = dst_->caps();
+  const uint64_t src_slots = sc.slot_count, dst_slots = dc.slot_count;
+  const uint64_t src_bytes = sc.slot_bytes, dst_bytes = dc.slot_bytes;
+  const auto& segments = batch.segments;
+  const uint64_t first_bytes = segments.empty() ? 0 : segments.front().bytes;
+  bool bad = false, uniform = !segments.empty();
+  uint64_t total = 0;
+  for (const CopySegment& c : segments) {
+    const uint64_t src_end = c.src_offset + c.bytes, dst_end = c.dst_offset + c.bytes;
+    bad |= (c.bytes == 0) | (c.src.value() >= src_slots) | (c.dst.value() >= dst_slots) | (src_end > src_bytes) |
+           (dst_end > dst_bytes) | (src_end < c.bytes) | (dst_end < c.bytes) |
+           (((c.bytes | c.src_offset | c.dst_offset) & 15u) != 0);
+    uniform &= c.bytes == first_bytes;
+    total += c.bytes;
+  }
+  if (bad) {
+    Status s = ValidateSegments(batch, *src_, *dst_);
+    for (size_t i = 0; s.ok() && i < segments.size(); ++i) {
+      const CopySegment& c = segments[i];
+      if (c.bytes % 16 != 0 || c.src_offset % 16 != 0 || c.dst_offset % 16 != 0) {
+        s = Status::InvalidArgument(fmt::format("segment {} ({} B at offsets {} -> {}) is not 16-byte aligned", i,
+                                                c.bytes, c.src_offset, c.dst_offset));
+      }
+    }
+    KVT_CHECK_MSG(!s.ok(), "gpu mover: the fused segment check and ValidateSegments disagree");
     counters_->stats.RecordRejected();
     return Fence::Failed(std::move(s).Annotate(name_));
-  }
-  for (size_t i = 0; i < batch.segments.size(); ++i) {
-    const CopySegment& c = batch.segments[i];
-    if (c.bytes % 16 != 0 || c.src_offset % 16 != 0 || c.dst_offset % 16 != 0) {
-      counters_->stats.RecordRejected();
-      return Fence::Failed(Status::InvalidArgument(
-          fmt::format("{}: segment {} ({} B at offsets {} -> {}) is not 16-byte aligned", name_, i, c.bytes,
-                      c.src_offset, c.dst_offset)));
-    }
   }
   auto [fence, signal] = Fence::Make();
   auto job = std::make_shared<Job>();
   job->signal = std::move(signal);
   job->submitted = std::chrono::steady_clock::now();
-  for (const CopySegment& c : batch.segments) job->bytes += c.bytes;
-  job->mode = batch.segments.empty() ? D2hMode::kKernel : ModeFor(batch.segments.front().bytes);
+  job->bytes = total;
+  job->uniform = uniform;
+  job->mode = segments.empty() ? D2hMode::kKernel : ModeFor(first_bytes);
   std::vector<Fence> waits = std::move(batch.wait_for);
   job->batch = std::move(batch);
   {
@@ -169,113 +247,161 @@ Fence GpuMover::Submit(MoveBatch batch) {
 Status GpuMover::Launch(Job& job, Lane& lane) {
   DeviceGuard guard(options_.device);
   const auto& segments = job.batch.segments;
-  const bool cpu_assisted = !to_device_ && job.mode == D2hMode::kCpuAssisted;
   // Uniform batches (every segment the same size: whole blocks or slices) take the flat
   // kernel with one descriptor per segment; ragged ones are split into chunks.
-  bool uniform = !segments.empty();
-  for (const CopySegment& c : segments) uniform = uniform && c.bytes == segments.front().bytes;
-  size_t count = 0;
-  for (const CopySegment& c : segments) count += uniform ? 1 : (c.bytes + options_.chunk_bytes - 1) / options_.chunk_bytes;
+  size_t count = segments.size();
+  if (!job.uniform) {
+    count = 0;
+    for (const CopySegment& c : segments) count += (c.bytes + options_.chunk_bytes - 1) / options_.chunk_bytes;
+  }
   const size_t desc_bytes = std::max<size_t>(count, 1) * sizeof(DeviceCopyDescriptor);
   if (lane.host_descriptors.size() < desc_bytes) {
     KVT_ASSIGN_OR_RETURN(lane.host_descriptors, PinnedBuffer::Allocate(desc_bytes * 2));
     KVT_ASSIGN_OR_RETURN(lane.device_descriptors, DeviceBuffer::Allocate(options_.device, desc_bytes * 2));
   }
-  if (cpu_assisted && lane.device_staging.size() < job.bytes) {
+  const bool cpu_assisted = !to_device_ && job.mode == D2hMode::kCpuAssisted;
+  KVT_RETURN_IF_ERROR(cpu_assisted ? LaunchCpuAssisted(job, lane) : LaunchKernelPieces(job, lane));
+  KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(lane.done.get(), stream_.get()), "recording the batch event");
+  return Status();
+}
+
+// Kernel paths: descriptors [flushed, n) are uploaded and launched while the next ones are
+// built. Every piece has its own range of the lane's descriptor buffers, so nothing a queued
+// upload or kernel reads is rewritten within the batch; the lane (and so its buffers) is
+// reused only after `done` — recorded behind the last kernel, which waited for every
+// upload — has completed.
+Status GpuMover::LaunchKernelPieces(Job& job, Lane& lane) {
+  const auto& segments = job.batch.segments;
+  auto* descs = reinterpret_cast<DeviceCopyDescriptor*>(lane.host_descriptors.data());
+  const auto* dev_descs = reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data());
+  const cudaStream_t st = stream_.get();
+  const bool side = options_.descriptor_upload == DescriptorUpload::kSideStream;
+  const cudaStream_t up = side ? upload_stream_.get() : st;
+  const kernels::CopyLaunch launch{.ctas = options_.ctas, .unroll = options_.unroll,
+                                   .uniform_bytes = job.uniform ? segments.front().bytes : 0,
+                                   .streaming = options_.streaming};
+  const uint64_t launch_bytes = options_.launch_bytes == 0 ? UINT64_MAX : options_.launch_bytes;
+  uint64_t target = options_.launch_bytes == 0 || options_.first_launch_bytes == 0
+                        ? launch_bytes
+                        : std::min(options_.first_launch_bytes, launch_bytes);
+  size_t n = 0, flushed = 0;
+  uint64_t pending = 0;
+  auto flush = [&]() -> Status {
+    if (n == flushed) return Status();
+    KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.device_descriptors.data() + flushed * sizeof(DeviceCopyDescriptor),
+                                             descs + flushed, (n - flushed) * sizeof(DeviceCopyDescriptor),
+                                             cudaMemcpyHostToDevice, up),
+                             "copying descriptors");
+    if (side) {
+      // The wait binds to this record; re-recording the event for the next piece is safe.
+      KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(lane.uploaded.get(), up), "recording a descriptor upload");
+      KVT_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(st, lane.uploaded.get(), 0), "waiting for a descriptor upload");
+    }
+    KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchCopyBlocks(dev_descs + flushed, static_cast<uint32_t>(n - flushed), launch, st),
+                             "launching the copy kernel");
+    flushed = n;
+    pending = 0;
+    target = target > launch_bytes / 2 ? launch_bytes : target * 2;
+    return Status();
+  };
+  if (job.uniform) {
+    for (const CopySegment& c : segments) {
+      descs[n++] = DeviceCopyDescriptor{reinterpret_cast<uint64_t>(SourceSlot(c.src) + c.src_offset),
+                                        reinterpret_cast<uint64_t>(DestinationSlot(c.dst) + c.dst_offset), c.bytes, 0};
+      pending += c.bytes;
+      if (pending >= target) KVT_RETURN_IF_ERROR(flush());
+    }
+  } else {
+    const uint64_t chunk = options_.chunk_bytes;
+    for (const CopySegment& c : segments) {
+      const std::byte* s = SourceSlot(c.src) + c.src_offset;
+      std::byte* d = DestinationSlot(c.dst) + c.dst_offset;
+      for (uint64_t off = 0; off < c.bytes; off += chunk) {
+        descs[n++] = DeviceCopyDescriptor{reinterpret_cast<uint64_t>(s + off), reinterpret_cast<uint64_t>(d + off),
+                                          std::min<uint64_t>(chunk, c.bytes - off), 0};
+      }
+      pending += c.bytes;
+      if (pending >= target) KVT_RETURN_IF_ERROR(flush());
+    }
+  }
+  return flush();
+}
+
+// CPU-assisted D2H: pack a run of segments into device staging, copy that run to pinned
+// staging, mark it; the completion thread scatters piece i while the GPU works on piece i+1.
+Status GpuMover::LaunchCpuAssisted(Job& job, Lane& lane) {
+  const auto& segments = job.batch.segments;
+  if (lane.device_staging.size() < job.bytes) {
     lane.device_staging = DeviceBuffer();
     lane.host_staging = PinnedBuffer();
     KVT_ASSIGN_OR_RETURN(lane.device_staging, DeviceBuffer::Allocate(options_.device, job.bytes));
     KVT_ASSIGN_OR_RETURN(lane.host_staging, PinnedBuffer::Allocate(job.bytes));
   }
   auto* descs = reinterpret_cast<DeviceCopyDescriptor*>(lane.host_descriptors.data());
+  const auto* dev_descs = reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data());
+  const cudaStream_t st = stream_.get();
+  const kernels::CopyLaunch launch{.ctas = options_.ctas, .unroll = options_.unroll,
+                                   .uniform_bytes = job.uniform ? segments.front().bytes : 0,
+                                   .streaming = options_.streaming};
   lane.scatter.clear();
   lane.scatter_bytes.clear();
-  std::vector<size_t> scatter_end;  // CPU-assisted: per segment, the end of its scatter pieces
-  std::vector<size_t> first_desc;  // per segment, its first descriptor
+  std::vector<size_t> scatter_end;  // per segment, the end of its scatter pieces
+  std::vector<size_t> first_desc;   // per segment, its first descriptor
+  scatter_end.reserve(segments.size());
   first_desc.reserve(segments.size() + 1);
   size_t n = 0;
   uint64_t staged = 0;
-  cudaStream_t st = stream_.get();
-  const auto* dev_descs = reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data());
-  kernels::CopyLaunch launch{.ctas = options_.ctas, .unroll = options_.unroll,
-                             .uniform_bytes = uniform ? segments.front().bytes : 0, .streaming = options_.streaming};
-  // Kernel paths: upload and launch descriptors [flushed, n) while the next ones are built.
-  size_t flushed = 0;
-  uint64_t pending_bytes = 0;
-  auto flush = [&]() -> Status {
-    if (n == flushed) return Status();
-    KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.device_descriptors.data() + flushed * sizeof(DeviceCopyDescriptor),
-                                             descs + flushed, (n - flushed) * sizeof(DeviceCopyDescriptor),
-                                             cudaMemcpyHostToDevice, st),
-                             "copying descriptors");
-    KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchCopyBlocks(dev_descs + flushed, static_cast<uint32_t>(n - flushed), launch, st),
-                             "launching the copy kernel");
-    flushed = n;
-    pending_bytes = 0;
-    return Status();
-  };
   for (const CopySegment& c : segments) {
     first_desc.push_back(n);
-    const std::byte* s = std::get<MemoryAddress>(src_->Locate(c.src)).ptr + c.src_offset;
-    std::byte* d = std::get<MemoryAddress>(dst_->Locate(c.dst)).ptr + c.dst_offset;
-    if (cpu_assisted) {
-      // Scatter work in pieces of at most 256 KiB, so large blocks spread over the threads.
-      constexpr uint64_t kScatterPiece = 256 << 10;
-      for (uint64_t off = 0; off < c.bytes; off += kScatterPiece) {
-        lane.scatter.emplace_back(lane.host_staging.data() + staged + off, d + off);
-        lane.scatter_bytes.push_back(std::min(kScatterPiece, c.bytes - off));
-      }
-      scatter_end.push_back(lane.scatter.size());
-      d = lane.device_staging.data() + staged;  // pack on the device first
-      staged += c.bytes;
+    const std::byte* s = SourceSlot(c.src) + c.src_offset;
+    std::byte* d = DestinationSlot(c.dst) + c.dst_offset;
+    // Scatter work in pieces of at most 256 KiB, so large blocks spread over the threads.
+    constexpr uint64_t kScatterPiece = 256 << 10;
+    for (uint64_t off = 0; off < c.bytes; off += kScatterPiece) {
+      lane.scatter.emplace_back(lane.host_staging.data() + staged + off, d + off);
+      lane.scatter_bytes.push_back(std::min(kScatterPiece, c.bytes - off));
     }
-    const uint64_t piece = uniform ? c.bytes : options_.chunk_bytes;
+    scatter_end.push_back(lane.scatter.size());
+    d = lane.device_staging.data() + staged;  // pack on the device first
+    staged += c.bytes;
+    const uint64_t piece = job.uniform ? c.bytes : options_.chunk_bytes;
     for (uint64_t off = 0; off < c.bytes; off += piece) {
       descs[n++] = DeviceCopyDescriptor{reinterpret_cast<uint64_t>(s + off), reinterpret_cast<uint64_t>(d + off),
                                         std::min<uint64_t>(piece, c.bytes - off), 0};
     }
-    pending_bytes += c.bytes;
-    if (!cpu_assisted && options_.launch_bytes != 0 && pending_bytes >= options_.launch_bytes) KVT_RETURN_IF_ERROR(flush());
   }
   first_desc.push_back(n);
-  if (!cpu_assisted) {
-    KVT_RETURN_IF_ERROR(flush());
-  } else {
-    KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.device_descriptors.data(), descs, n * sizeof(DeviceCopyDescriptor),
-                                             cudaMemcpyHostToDevice, st),
-                             "copying descriptors");
-    // Pieces: pack a run of segments into staging, copy that run to the host, mark it; the
-    // completion thread scatters piece i while the GPU works on piece i+1.
-    size_t pieces = 0;
-    uint64_t start = 0;  // staging offset of the piece
-    for (size_t seg = 0; seg < segments.size();) {
-      size_t end = seg;
-      uint64_t bytes = 0;
-      while (end < segments.size() && (end == seg || bytes + segments[end].bytes <= options_.cpu_piece_bytes)) {
-        bytes += segments[end++].bytes;
-      }
-      if (lane.pieces.size() <= pieces) {
-        Lane::Piece p;
-        KVT_ASSIGN_OR_RETURN(p.copied, CudaEvent::Create(options_.device));
-        lane.pieces.push_back(std::move(p));
-      }
-      Lane::Piece& piece = lane.pieces[pieces++];
-      piece.first = seg == 0 ? 0 : scatter_end[seg - 1];  // scatter entries of segments [seg, end)
-      piece.end = scatter_end[end - 1];
-      KVT_RETURN_IF_CUDA_ERROR(
-          kernels::LaunchCopyBlocks(dev_descs + first_desc[seg], static_cast<uint32_t>(first_desc[end] - first_desc[seg]),
-                                    launch, st),
-          "launching the pack kernel");
-      KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.host_staging.data() + start, lane.device_staging.data() + start,
-                                               bytes, cudaMemcpyDeviceToHost, st),
-                               "contiguous device-to-host copy");
-      KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(piece.copied.get(), st), "recording a piece event");
-      seg = end;
-      start += bytes;
+  KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.device_descriptors.data(), descs, n * sizeof(DeviceCopyDescriptor),
+                                           cudaMemcpyHostToDevice, st),
+                           "copying descriptors");
+  size_t pieces = 0;
+  uint64_t start = 0;  // staging offset of the piece
+  for (size_t seg = 0; seg < segments.size();) {
+    size_t end = seg;
+    uint64_t bytes = 0;
+    while (end < segments.size() && (end == seg || bytes + segments[end].bytes <= options_.cpu_piece_bytes)) {
+      bytes += segments[end++].bytes;
     }
-    job.pieces = pieces;
+    if (lane.pieces.size() <= pieces) {
+      Lane::Piece p;
+      KVT_ASSIGN_OR_RETURN(p.copied, CudaEvent::Create(options_.device));
+      lane.pieces.push_back(std::move(p));
+    }
+    Lane::Piece& piece = lane.pieces[pieces++];
+    piece.first = seg == 0 ? 0 : scatter_end[seg - 1];  // scatter entries of segments [seg, end)
+    piece.end = scatter_end[end - 1];
+    KVT_RETURN_IF_CUDA_ERROR(
+        kernels::LaunchCopyBlocks(dev_descs + first_desc[seg], static_cast<uint32_t>(first_desc[end] - first_desc[seg]),
+                                  launch, st),
+        "launching the pack kernel");
+    KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.host_staging.data() + start, lane.device_staging.data() + start,
+                                             bytes, cudaMemcpyDeviceToHost, st),
+                             "contiguous device-to-host copy");
+    KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(piece.copied.get(), st), "recording a piece event");
+    seg = end;
+    start += bytes;
   }
-  KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(lane.done.get(), st), "recording the batch event");
+  job.pieces = pieces;
   return Status();
 }
 
@@ -294,9 +420,13 @@ void GpuMover::LaunchLoop() {
     job->launched = std::chrono::steady_clock::now();
     if (job->status.ok()) {
       job->status = Launch(*job, *lane);
-      // A launch that failed part-way may have left earlier pieces on the GPU: let them finish
-      // before the lane (its descriptors and staging) is handed to the next batch.
-      if (!job->status.ok()) (void)cudaStreamSynchronize(stream_.get());
+      // A launch that failed part-way may have left earlier pieces (kernels, uploads) on the
+      // GPU: let them finish before the lane (its descriptors and staging) is handed to the
+      // next batch. The batch's fence reports the failure.
+      if (!job->status.ok()) {
+        (void)cudaStreamSynchronize(stream_.get());
+        (void)cudaStreamSynchronize(upload_stream_.get());
+      }
     }
     lock.lock();
     launched_.push_back(std::move(job));
@@ -333,15 +463,24 @@ void GpuMover::CompleteLoop() {
         });
       }
     }
-    if (s.ok()) s = FromCuda(cudaEventSynchronize(job->lane->done.get()), fmt::format("{} batch", name_));
+    // A launched batch's event is waited for even when a piece failed above: the lane is
+    // handed back only after its last use on the GPU is over.
+    if (job->status.ok() && job->lane != nullptr) {
+      Status batch = FromCuda(cudaEventSynchronize(job->lane->done.get()), fmt::format("{} batch", name_));
+      if (s.ok()) s = std::move(batch);
+    }
     const auto done = std::chrono::steady_clock::now();
     auto ns = [](auto d) { return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()); };
     counters_->stats.RecordBatch(job->batch.segments.size(), job->bytes, s.ok(), ns(done - job->submitted),
                                  ns(done - job->launched));
-    Lane* lane = job->lane;
+    // The lane's last use (done, or the failure path's synchronize) is over: hand it back
+    // before signaling, so a batch submitted by the fence's waiter finds it free.
+    lock.lock();
+    if (job->lane != nullptr) free_lanes_.push_back(job->lane);
+    cv_.notify_all();
+    lock.unlock();
     job->signal.Signal(std::move(s));
     lock.lock();
-    if (lane != nullptr) free_lanes_.push_back(lane);
     --outstanding_;
     cv_.notify_all();
     done_cv_.notify_all();

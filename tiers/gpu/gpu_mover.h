@@ -9,8 +9,9 @@
 //
 // Every batch waits (on the host, without blocking the mover's threads) for the fences in
 // its wait_for — the producers of its source bytes and the last users of its destination
-// slots — before anything is launched. Each mover owns its stream, its events and its
-// staging; up to `max_in_flight` batches are on the GPU at once. Thread-safe.
+// slots — before anything is launched. Each mover owns its streams (copy and descriptor
+// upload), its events and its staging; up to `max_in_flight` batches are on the GPU at once.
+// Thread-safe.
 #pragma once
 
 #include <condition_variable>
@@ -18,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -28,6 +30,19 @@
 #include "transfer_profile.h"
 
 namespace kvtier {
+
+// Where the kernel paths upload each launch piece's descriptors (pinned host -> device).
+enum class DescriptorUpload {
+  // On the copy stream, right before the piece's kernel: the upload of piece i + 1 waits for
+  // kernel i to finish and kernel i + 1 for the upload (a copy-engine round trip between
+  // every two kernels, slower still while the other direction loads the link).
+  kInline,
+  // On the mover's upload stream, as soon as the piece is built; kernel i + 1 waits for its
+  // upload through an event and so queues directly behind kernel i.
+  kSideStream,
+};
+std::string_view DescriptorUploadName(DescriptorUpload upload);
+Result<DescriptorUpload> ParseDescriptorUpload(std::string_view name);  // "inline" or "side"
 
 struct GpuMoverOptions {
   int device = 0;
@@ -50,6 +65,11 @@ struct GpuMoverOptions {
   // blocks building a 1 GiB batch's 262,144 descriptors is milliseconds of host time, which
   // one launch per batch would add to the copy. 0 = one launch per batch; else >= 1 MiB.
   uint64_t launch_bytes = 32 << 20;
+  // The first piece of a batch, so the GPU starts after microseconds of host work instead of
+  // a whole launch_bytes piece's; each next piece doubles, up to launch_bytes. 0 = every
+  // piece launch_bytes; else >= 64 KiB. Ignored when launch_bytes is 0.
+  uint64_t first_launch_bytes = 1 << 20;
+  DescriptorUpload descriptor_upload = DescriptorUpload::kSideStream;
   TransferProfile profile;          // for kAuto; empty = the kernel everywhere
   Status Validate() const;
 };
@@ -81,6 +101,12 @@ class GpuMover final : public Mover {
   void LaunchLoop();
   void CompleteLoop();
   Status Launch(Job& job, Lane& lane);
+  Status LaunchKernelPieces(Job& job, Lane& lane);
+  Status LaunchCpuAssisted(Job& job, Lane& lane);
+  // Address of a slot: base + slot * slot_bytes when Init found the tier laid out that way
+  // (checked for every slot), else the tier's Locate.
+  const std::byte* SourceSlot(SlotId slot) const;
+  std::byte* DestinationSlot(SlotId slot) const;
 
   Tier* src_;
   Tier* dst_;
@@ -89,7 +115,11 @@ class GpuMover final : public Mover {
   std::string name_;
   int sm_count_ = 0;
   StreamCopier copier_;  // CPU-assisted scatter (options_.cpu_copy, resolved)
-  CudaStream stream_;
+  CudaStream stream_;         // copies (kernels, CPU-assisted D2H memcpys), in batch order
+  CudaStream upload_stream_;  // descriptor uploads (DescriptorUpload::kSideStream)
+  std::byte* src_base_ = nullptr;  // linear layouts (see SourceSlot); nullptr = Locate
+  std::byte* dst_base_ = nullptr;
+  uint64_t src_slot_bytes_ = 0, dst_slot_bytes_ = 0;
   std::unique_ptr<Counters> counters_;
 
   std::mutex mu_;

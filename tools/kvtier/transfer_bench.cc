@@ -325,6 +325,8 @@ struct TransferOptions {
   std::string baselines = "all";  // all, or contiguous (skips per_block and batch: diagnostic runs)
   double copy_share = 0;  // h2d: also measure gather + concurrent contiguous copy of this share
   uint64_t launch_bytes = 32 << 20;  // GpuMoverOptions::launch_bytes
+  uint64_t first_launch_bytes = 1 << 20;  // GpuMoverOptions::first_launch_bytes (0 = no ramp)
+  std::string descriptor_upload = "side";  // GpuMoverOptions::descriptor_upload: side or inline
   bool streaming = false;
   bool json = false;
 };
@@ -350,6 +352,7 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   }
   KVT_ASSIGN_OR_RETURN(HugePages huge, ParseHugePages(o.huge_pages));
   KVT_ASSIGN_OR_RETURN(HostCopyPath cpu_copy, ParseHostCopyPath(o.cpu_copy));
+  KVT_ASSIGN_OR_RETURN(DescriptorUpload upload, ParseDescriptorUpload(o.descriptor_upload));
   if (o.pattern != "random" && o.pattern != "sequential") {
     return Status::InvalidArgument(fmt::format("--pattern {} (random or sequential)", o.pattern));
   }
@@ -373,6 +376,8 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   mo.streaming = o.streaming;
   mo.cpu_copy = cpu_copy;
   mo.launch_bytes = o.launch_bytes;
+  mo.first_launch_bytes = o.first_launch_bytes;
+  mo.descriptor_upload = upload;
   KVT_ASSIGN_OR_RETURN(auto up, GpuMover::Create(p.dram.get(), p.hbm.get(), mo));
   if (o.d2h_ctas != 0) mo.ctas = o.d2h_ctas;
   KVT_ASSIGN_OR_RETURN(auto down, GpuMover::Create(p.hbm.get(), p.dram.get(), mo));
@@ -460,13 +465,16 @@ void PrintRows(const TransferOptions& o, const std::vector<Row>& rows) {
                        {"host_alloc", o.host_alloc}, {"streaming", o.streaming}, {"huge_pages", o.huge_pages},
                        {"pattern", o.pattern}, {"cpu_copy", o.cpu_copy}, {"d2h_ctas", o.d2h_ctas},
                        {"cpu_threads", o.cpu_threads}, {"launch_bytes", o.launch_bytes},
+                       {"first_launch_bytes", o.first_launch_bytes}, {"descriptor_upload", o.descriptor_upload},
                        {"method", r.method}, {"gbps", r.gbps}};
       fmt::print("{}\n", j.dump());
     }
     return;
   }
-  fmt::print("kvtier bench transfer: {} B blocks, {:.0f} MiB per run, median of {} runs\n", o.block_size,
-             double(o.total) / double(1 << 20), o.repeats);
+  fmt::print("kvtier bench transfer: {} B blocks, {:.0f} MiB per run, median of {} runs; launches of {} B "
+             "(first {} B), descriptor upload {}\n",
+             o.block_size, double(o.total) / double(1 << 20), o.repeats, o.launch_bytes, o.first_launch_bytes,
+             o.descriptor_upload);
   fmt::print("{:<6} {:<14} {:>9} {:>18}\n", "dir", "method", "GB/s", "kvtier / this");
   for (const Row& r : rows) {
     double kv = 0;
@@ -561,6 +569,11 @@ void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
                   "h2d: also time the gather on 1-F of the blocks concurrent with a contiguous copy of F of the bytes");
   cmd->add_option("--launch-bytes", o->launch_bytes,
                   "kernel paths: bytes per launch, so host descriptor building overlaps the copy (0 = one launch)");
+  cmd->add_option("--first-launch-bytes", o->first_launch_bytes,
+                  "kernel paths: bytes of a batch's first launch, doubling up to --launch-bytes (0 = no ramp)");
+  cmd->add_option("--descriptor-upload", o->descriptor_upload,
+                  "kernel paths: side (descriptors uploaded on a second stream, kernels queue back to back) or "
+                  "inline (on the copy stream before each kernel, the previous behaviour)");
   cmd->add_option("--repeats", o->repeats, "timed runs; the median is reported");
   cmd->add_option("--device", o->device, "CUDA device");
   cmd->add_flag("--json", o->json, "one JSON line per method");
