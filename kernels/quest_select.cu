@@ -735,7 +735,8 @@ bool ValidForScores(const QuestSelectDeviceArgs& a) {
 
 bool ValidForTopK(const QuestSelectDeviceArgs& a) {
   return ValidShape(a) && a.selected_offsets != nullptr && a.selected != nullptr &&
-         (a.block_slots == nullptr) == (a.selected_slots == nullptr);
+         (a.block_slots == nullptr) == (a.selected_slots == nullptr) &&
+         static_cast<uint8_t>(a.topk_algorithm) <= static_cast<uint8_t>(QuestTopKAlgorithm::kAuto);
 }
 
 template <class... P, class... A>
@@ -901,7 +902,10 @@ cudaError_t LaunchQuestScores(const QuestSelectDeviceArgs& a, cudaStream_t strea
 
 namespace {
 cudaError_t LaunchTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl) {
-  if (a.topk_algorithm == QuestTopKAlgorithm::kDigits && a.max_blocks <= quest_internal::kDigitTopKMaxBlocks) {
+  const bool digits = a.topk_algorithm == QuestTopKAlgorithm::kDigits
+                          ? a.max_blocks <= quest_internal::kDigitTopKMaxBlocks
+                          : a.topk_algorithm == QuestTopKAlgorithm::kAuto && a.max_blocks <= kDigitTopKAutoMaxBlocks;
+  if (digits) {
     return quest_internal::LaunchDigitTopK(a, stream, pdl);
   }
   // Rows the bisection takes (≤ 8192 blocks) need no staged keys.

@@ -13,8 +13,9 @@
 //              P_i = Σ_g max(q_gi, 0), N_i = Σ_g min(q_gi, 0), two registers per channel
 //              whatever the group; max: the same split per query head (q⁺, q⁻ staged per chunk
 //              of 4 heads), one int8 conversion per channel for all heads, then the max.
-//   2. top-k   one CTA per (request, KV head). Rows of ≤ 8192 blocks, by default
-//              (QuestTopKAlgorithm::kDigits): 256 or 1024 threads, 8 consecutive blocks per
+//   2. top-k   one CTA per (request, KV head). Rows of ≤ 2048 blocks, by default
+//              (QuestTopKAlgorithm::kAuto → kDigits; longer rows → kBisection, faster there on
+//              the H100): 256 threads (1024 when kDigits is forced up to 8192), 8 consecutive blocks per
 //              thread, ≤ 3 passes of an 11-bit digit below the bits all candidates share, one
 //              block-scan compaction (see the enum). With kBisection, 1024 threads: ≤ 8
 //              keys per thread in registers, K = OrderedKey(score) << 32 | ~index (distinct,
@@ -49,8 +50,13 @@ enum class QuestQueryType : uint8_t { kFloat32 = 0, kBf16 = 1, kFp16 = 2 };
 //               histogram, 2 barriers a pass, the bin search done redundantly by every
 //               warp), one block scan for the compaction: ~6–8 barriers per row.
 //   kBisection  (round 5) 64-bit (score, index) keys bisected bit by bit, one barrier per
-//               bit (~43 at 2048 blocks) — kept to compare the two in one run.
-enum class QuestTopKAlgorithm : uint8_t { kDigits = 0, kBisection = 1 };
+//               bit (~43 at 2048 blocks).
+//   kAuto       (default) kDigits for rows of ≤ kDigitTopKAutoMaxBlocks (2048) blocks, else
+//               kBisection: on the H100 (docs/sparse.md, round 8 run) the digits took 8.3 µs
+//               against 9.5 at 2048 blocks per row but 21.5 against 15.9 at 8192 (its
+//               1024-thread form).
+enum class QuestTopKAlgorithm : uint8_t { kDigits = 0, kBisection = 1, kAuto = 2 };
+inline constexpr uint32_t kDigitTopKAutoMaxBlocks = 2048;
 
 // The score launch's kernel (the separate launch; the fused one-launch path always takes
 // kRegisterRing). Same scores, bit for bit, either way (same lane → channel split, same order
@@ -113,7 +119,7 @@ struct QuestSelectDeviceArgs {
   // sparse attention) is scheduled early and waits for this grid's completion the same way.
   bool programmatic_dependent_launch = false;
   // The separate top-k launch's algorithm (the fused one-launch path keeps the bisection).
-  QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kDigits;
+  QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kAuto;
   // The separate score launch's kernel (see the enum).
   QuestScoreAlgorithm score_algorithm = QuestScoreAlgorithm::kPipelined;
 };

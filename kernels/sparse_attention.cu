@@ -522,8 +522,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
         const uint32_t f = st * kStageTok + tok;
         if (f < valid) {
           const char* src = arena + size_t{slots_s[f >> block_shift]} * s.slot_bytes + (kv != 0 ? v_offset : 0) +
-                            size_t{f & (bt - 1)} * kD * sizeof(uint16_t) + vec * 16;
-          AttnCpAsync16(buf + kv * kHalfBytes + (size_t{tok} * kL + vec) * 16, src);
+                            static_cast<size_t>(f & (bt - 1)) * kD * sizeof(uint16_t) + vec * 16;
+          AttnCpAsync16(buf + kv * kHalfBytes + (static_cast<size_t>(tok) * kL + vec) * 16, src);
         }
       }
     }
@@ -547,13 +547,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     issue(st + kAttnPipeStages - 1);
     const uint32_t t0 = st * kStageTok + warp * kTile;  // this warp's first token of the stage
     if (t0 >= valid) continue;                          // warp-uniform: nothing of this stage is ours
-    const char* kbuf = stages + (st % kAttnPipeStages) * kAttnStageBytes<kD> + size_t{warp} * kTile * kD * 2;
+    const char* kbuf = stages + (st % kAttnPipeStages) * kAttnStageBytes<kD> + static_cast<size_t>(warp) * kTile * kD * 2;
     const char* vbuf = kbuf + kHalfBytes;
     float sc[kT][kHeads];
 #pragma unroll
     for (int i = 0; i < kT; ++i) {
       float kf[8];
-      Unpack<kType>(*reinterpret_cast<const uint4*>(kbuf + (size_t{i * kR + rr} * kL + c) * 16), kf);
+      Unpack<kType>(*reinterpret_cast<const uint4*>(kbuf + (static_cast<size_t>(i * kR + rr) * kL + c) * 16), kf);
 #pragma unroll
       for (int g = 0; g < kHeads; ++g) {
         float acc = 0.0f;
@@ -597,7 +597,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
       // 0 · (a stale NaN pattern) cannot reach o.
       if (t0 + i * kR + rr >= valid) continue;
       float vf[8];
-      Unpack<kType>(*reinterpret_cast<const uint4*>(vbuf + (size_t{i * kR + rr} * kL + c) * 16), vf);
+      Unpack<kType>(*reinterpret_cast<const uint4*>(vbuf + (static_cast<size_t>(i * kR + rr) * kL + c) * 16), vf);
 #pragma unroll
       for (int g = 0; g < kHeads; ++g) {
 #pragma unroll
@@ -877,7 +877,7 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
     }
   }
   *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), occ);
-  if (kernels != SparseAttentionKernels::kStreamed) {  // the pipelined plan (round 8)
+  if (kernels == SparseAttentionKernels::kPipelined) {  // the pipelined plan (round 8; slower on the H100)
     const KernelPtr k = PickPipelined(shape.head_dim, heads, type, AttentionOutput::kFloat32);
     if (k == nullptr) return cudaErrorInvalidValue;
     if (cudaError_t e = OptInPipelined(k); e != cudaSuccess) return e;

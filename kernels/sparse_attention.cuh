@@ -131,11 +131,12 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
                                          int device, SparseAttentionPlan* plan);
 
 // Which kernels PlanSparseAttentionForDevice may choose: kAuto = the staged plan where one
-// fits (PlanStagedSparseAttention), else the pipelined streamed one (round 8: the streamed
-// plan's pieces with heads_per_cta = the largest of 8/4/2/1 dividing the group, its own
-// occupancy, pipeline_stages = 4); kStreamed = the register-tile streamed plan only (the
-// round-6 choice); kPipelined = the pipelined plan only (never the staged one). The last two
-// are kept to compare the kernels in one run.
+// fits (PlanStagedSparseAttention), else the register-tile streamed one (round 6);
+// kStreamed = the streamed plan only (never the staged one); kPipelined = the pipelined
+// streamed plan (round 8: the streamed plan's pieces with heads_per_cta = the largest of
+// 8/4/2/1 dividing the group, its own occupancy, pipeline_stages = 4). kPipelined is not
+// chosen automatically: on the H100 it was slower than the streamed kernel in every case
+// measured (docs/sparse.md, round 8); it is kept to compare the kernels in one run.
 enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1, kPipelined = 2 };
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionKernels kernels, SparseAttentionPlan* plan);

@@ -334,7 +334,8 @@ void CraftedTopK(const std::vector<uint32_t>& blocks, QuestTopKAlgorithm algorit
 
 TEST(QuestTopKGpu, TiesSignedZerosInfinitiesAndNaNMatchReferenceExactly) {
   if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
-  for (QuestTopKAlgorithm algorithm : {QuestTopKAlgorithm::kDigits, QuestTopKAlgorithm::kBisection}) {
+  for (QuestTopKAlgorithm algorithm :
+       {QuestTopKAlgorithm::kDigits, QuestTopKAlgorithm::kBisection, QuestTopKAlgorithm::kAuto}) {
     CraftedTopK({5000, 7, 64, 300, 2, 1024, 1025, 2048, 2049, 4097, 8192, 8193}, algorithm);  // radix: 8193
     CraftedTopK({1024, 1025, 2048, 2049, 4097, 8192, 7, 2, 300, 64}, algorithm);  // digits: 1024 threads
     CraftedTopK({2048, 2047, 7, 2, 300, 64, 1025, 129, 1}, algorithm);            // digits: 256 threads
@@ -398,6 +399,11 @@ TEST(QuestTopKGpu, DigitsEqualBisectionOnQuestScores) {
       }
     }
   }
+}
+
+TEST(QuestSelectGpuApi, DefaultTopKIsAutoAsDocumented) {  // no device needed
+  EXPECT_EQ(QuestSelectDeviceArgs{}.topk_algorithm, QuestTopKAlgorithm::kAuto);
+  EXPECT_EQ(kDigitTopKAutoMaxBlocks, 2048u);
 }
 
 TEST(QuestSelectGpuApi, RejectsBadArguments) {

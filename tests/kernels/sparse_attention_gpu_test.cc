@@ -307,7 +307,7 @@ INSTANTIATE_TEST_SUITE_P(
 
 // The device's default plan: the staged kernel for short lists at batch 1, the pipelined
 // streamed kernel elsewhere (sparse at batch 8, dense at batch 1 and 8), Llama-3-8B shapes.
-TEST(SparseAttentionGpuApi, AutoPlanIsPipelinedWhereNotStaged) {
+TEST(SparseAttentionGpuApi, AutoPlanIsStreamedWhereNotStaged) {
   if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
   for (uint32_t batch : {1u, 8u}) {
     const SparseAttentionShape s{.requests = batch, .q_heads = 32, .kv_heads = 8, .head_dim = 128,
@@ -315,12 +315,16 @@ TEST(SparseAttentionGpuApi, AutoPlanIsPipelinedWhereNotStaged) {
     SparseAttentionPlan dense, sparse;
     ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 2048, 0, &dense));
     EXPECT_EQ(dense.cluster, 0u);
-    EXPECT_EQ(dense.pipeline_stages, kSparseAttentionPipelineStages) << "dense, batch " << batch;
+    EXPECT_EQ(dense.pipeline_stages, 0u) << "dense, batch " << batch;
     EXPECT_EQ(dense.heads_per_cta, 4u);
     ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, &sparse));
     if (sparse.cluster == 0) {
-      EXPECT_EQ(sparse.pipeline_stages, kSparseAttentionPipelineStages) << "batch " << batch;
+      EXPECT_EQ(sparse.pipeline_stages, 0u) << "batch " << batch;
     }
+    SparseAttentionPlan piped;
+    ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, SparseAttentionKernels::kPipelined, &piped));
+    EXPECT_EQ(piped.pipeline_stages, kSparseAttentionPipelineStages);
+    EXPECT_EQ(piped.cluster, 0u);
     SparseAttentionPlan streamed;
     ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, SparseAttentionKernels::kStreamed, &streamed));
     EXPECT_EQ(streamed.pipeline_stages, 0u);

@@ -552,7 +552,8 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                    {}});
   rows->push_back({"scores_r4", "Quest scores alone (round-4 register ring)", t_scores_ring,
                    meta / (t_scores_ring * 1e3), meta, {{"matches_pipelined", scores_match}}});
-  rows->push_back({"topk", "Quest top-k alone (digits; one CTA per row)", t_topk, 0, 0, {}});
+  rows->push_back(
+      {"topk", "Quest top-k alone (default: digits up to 2048 blocks per row, else bisection)", t_topk, 0, 0, {}});
   rows->push_back({"topk_bisect", "Quest top-k alone (round-5 bisection)", t_topk_bisection, 0, 0,
                    {{"matches_digits", bisection_matches}}});
   rows->push_back({"select", "Quest scores + top-k, two launches (top-k PDL)", t_select, meta / (t_select * 1e3),
