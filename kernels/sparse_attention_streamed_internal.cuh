@@ -1,0 +1,244 @@
+// Internal to the streamed sparse attention kernels (sparse_attention_streamed.cu: round 6,
+// registers; sparse_attention_pipelined.cu: round 8, cp.async) and their planner and launch
+// (sparse_attention.cu): the CTA shape, the device helpers and the end-of-piece merge both
+// kernels share, and the kernel selection. Not part of the public API. (The staged variant,
+// sparse_attention_staged.cu, has its own CTA shape and helpers: it does not include this.)
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "sparse_attention.cuh"
+
+namespace kvtier::kernels::attention_internal {
+
+inline constexpr int kWarps = 4;
+inline constexpr int kThreads = 32 * kWarps;
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr uint32_t kMergeStage = 1024;  // (piece, head) weights of a row staged for the merge
+
+// 8 consecutive 16-bit values → fp32.
+template <HalfType kType>
+__device__ __forceinline__ void Unpack(const uint4& v, float (&f)[8]) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (kType == HalfType::kBf16) {
+      f[2 * i] = __uint_as_float(w[i] << 16);
+      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    } else {
+      const float2 x = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+      f[2 * i] = x.x;
+      f[2 * i + 1] = x.y;
+    }
+  }
+}
+
+template <HalfType kType>
+__device__ __forceinline__ uint16_t ToHalfBits(float x) {
+  if constexpr (kType == HalfType::kBf16) return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+  else return __half_as_ushort(__float2half_rn(x));
+}
+
+// (m, l, o) ⊕ (m2, l2, o2) in the log2 domain; an empty side has m = -inf, l = 0, o = 0.
+__device__ __forceinline__ void MergeScale(float m, float m2, float& a, float& b, float& m_new) {
+  m_new = fmaxf(m, m2);
+  const float base = m_new == -INFINITY ? 0.0f : m_new;  // both empty: keep zeros, no NaN
+  a = exp2f(m - base);
+  b = exp2f(m2 - base);
+}
+
+struct Row {
+  uint32_t request, kv_head, head0;  // head0: first query head of this CTA
+  uint32_t page_row;                 // r·kv_heads + h
+};
+
+template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
+__device__ __forceinline__ void WriteOutput(void* out, size_t index, float value) {
+  if constexpr (kOut == AttentionOutput::kFloat32) static_cast<float*>(out)[index] = value;
+  else static_cast<uint16_t*>(out)[index] = ToHalfBits<kType>(value);
+}
+
+// The end of a piece, shared by the streamed kernels: merge the row groups of each warp and
+// the warps (fixed order), then write the output (a row of one piece) or the piece's
+// (o/l, log2 Σ) and, in the last CTA of the row to finish, merge the row's pieces.
+// merge_o holds kWarps·kHeads·kD floats, merge_w kMergeStage (the pipelined kernel aliases
+// both onto its drained K/V buffers). kDeep: the deep variant's wider merge rounds.
+template <int kD, int kHeads, HalfType kType, AttentionOutput kOut, bool kDeep>
+__device__ __forceinline__ void FinishPiece(const SparseAttentionDeviceArgs& a, float (&m)[kHeads], float (&l)[kHeads],
+                                            float (&o)[kHeads][8], uint32_t row, uint32_t piece, uint32_t pieces,
+                                            size_t out_base, float* __restrict__ partial, float* __restrict__ lse,
+                                            uint32_t* __restrict__ counters, float (&merge_m)[kWarps][kHeads],
+                                            float (&merge_l)[kWarps][kHeads], float (*merge_o)[kHeads][kD],
+                                            float* merge_w, bool& last_s) {
+  constexpr int kL = kD / 8;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const int c = lane % kL, rr = lane / kL;
+  // Merge the row groups of the warp (lanes c, c + kL, ...), then the warps.
+#pragma unroll
+  for (int off = kL; off < 32; off *= 2) {
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m[g], off);
+      const float l2 = __shfl_xor_sync(0xffffffffu, l[g], off);
+      float wa, wb, m_new;
+      MergeScale(m[g], m2, wa, wb, m_new);
+      m[g] = m_new;
+      l[g] = l[g] * wa + l2 * wb;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) o[g][j] = o[g][j] * wa + __shfl_xor_sync(0xffffffffu, o[g][j], off) * wb;
+    }
+  }
+  if (rr == 0) {
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+      if (c == 0) {
+        merge_m[warp][g] = m[g];
+        merge_l[warp][g] = l[g];
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) merge_o[warp][g][c * 8 + j] = o[g][j];
+    }
+  }
+  __syncthreads();
+  const bool single = pieces == 1;
+  const size_t piece_base = (size_t{row} * gridDim.x + piece) * kHeads;  // (row, piece, head 0)
+  for (int i = tid; i < kHeads * kD; i += kThreads) {
+    const int g = i / kD, dim = i % kD;
+    float mm = -INFINITY, ll = 0.0f, oo = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      float wa, wb, m_new;
+      MergeScale(mm, merge_m[w][g], wa, wb, m_new);
+      mm = m_new;
+      ll = ll * wa + merge_l[w][g] * wb;
+      oo = oo * wa + merge_o[w][g][dim] * wb;
+    }
+    const float value = ll > 0.0f ? oo / ll : 0.0f;
+    if (single) {
+      WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, value);
+    } else {
+      partial[(piece_base + g) * kD + dim] = value;
+      if (dim == 0) lse[piece_base + g] = ll > 0.0f ? mm + log2f(ll) : -INFINITY;
+    }
+  }
+  if (single) return;
+
+  // Last CTA of the row merges (threadFenceReduction pattern: every thread fences its
+  // partial writes before the count; the last one fences again before reading).
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last_s = atomicAdd(&counters[row], 1u) == pieces - 1;
+  __syncthreads();
+  if (!last_s) return;
+  __threadfence();
+  // Parallel merge. Entry i = p·kHeads + g of the row's (piece, head) list; thread t sees
+  // only head t % kHeads (kHeads divides kThreads). 1: every thread loads its entries' lse
+  // (independent loads, all in flight), the per-head max M_g by shuffles + one shared step;
+  // 2: the weights 2^(lse − M_g) (staged in shared memory when the row has ≤ kMergeStage
+  // entries) and their per-head sum l_g the same way; 3: each thread's outputs as
+  // Σ_p w_pg · partial_pg / l_g, kU pieces × kOuts outputs of loads in flight per round.
+  // Fixed order of every sum: deterministic whatever the arrival order of the pieces.
+  const size_t row_base = size_t{row} * gridDim.x * kHeads;
+  const uint32_t entries = pieces * kHeads;
+  const bool stage = entries <= kMergeStage;
+  {
+    float mx = -INFINITY;
+    for (uint32_t i = tid; i < entries; i += kThreads) {
+      const float v = __ldcg(&lse[row_base + i]);
+      if (stage) merge_w[i] = v;
+      mx = fmaxf(mx, v);
+    }
+#pragma unroll
+    for (int off = 16; off >= kHeads; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    if (lane < kHeads) merge_m[warp][lane] = mx;
+  }
+  __syncthreads();
+  auto head_max = [&](int g) {
+    float mx = merge_m[0][g];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) mx = fmaxf(mx, merge_m[w][g]);
+    return mx == -INFINITY ? 0.0f : mx;  // all pieces empty: weights 0, output 0
+  };
+  {
+    const float base = head_max(tid % kHeads);
+    float sum = 0.0f;
+    for (uint32_t i = tid; i < entries; i += kThreads) {
+      const float w = exp2f((stage ? merge_w[i] : __ldcg(&lse[row_base + i])) - base);
+      if (stage) merge_w[i] = w;
+      sum += w;
+    }
+#pragma unroll
+    for (int off = 16; off >= kHeads; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane < kHeads) merge_l[warp][lane] = sum;
+  }
+  __syncthreads();
+  constexpr int kOuts = (kHeads * kD + kThreads - 1) / kThreads;  // outputs per thread
+  // Pieces per round: the deep plan (many short pieces, registers to spare once the K/V
+  // registers are dead) keeps 64 loads in flight per thread, the others 32.
+  constexpr int kU = kDeep ? (64 / kOuts < 32 ? 64 / kOuts : 32) : (kOuts >= 8 ? 4 : 8);
+  float acc[kOuts], base_j[kOuts];
+  int g_j[kOuts];
+#pragma unroll
+  for (int j = 0; j < kOuts; ++j) {
+    acc[j] = 0.0f;
+    g_j[j] = min((tid + j * kThreads) / kD, kHeads - 1);
+    base_j[j] = stage ? 0.0f : head_max(g_j[j]);
+  }
+  for (uint32_t p0 = 0; p0 < pieces; p0 += kU) {
+    float x[kU][kOuts];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+#pragma unroll
+      for (int j = 0; j < kOuts; ++j) {
+        const int i = tid + j * kThreads;
+        const size_t at = row_base + size_t{p0 + u} * kHeads + g_j[j];
+        x[u][j] = p0 + u < pieces && i < kHeads * kD ? __ldcg(&partial[at * kD + i % kD]) : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      if (p0 + u >= pieces) break;
+#pragma unroll
+      for (int j = 0; j < kOuts; ++j) {
+        const uint32_t e = (p0 + u) * kHeads + g_j[j];
+        const float w = stage ? merge_w[e] : exp2f(__ldcg(&lse[row_base + e]) - base_j[j]);
+        acc[j] = fmaf(w, x[u][j], acc[j]);
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kOuts; ++j) {
+    const int i = tid + j * kThreads;
+    if (i >= kHeads * kD) break;
+    float l = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) l += merge_l[w][g_j[j]];
+    WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, l > 0.0f ? acc[j] / l : 0.0f);
+  }
+  if (tid == 0) counters[row] = 0;  // ready for the next launch (stream order)
+}
+
+// CTAs per SM the register budget is sized for: 3 × 128 threads (≤ 168 registers) up to 4
+// heads per CTA, 2 (≤ 255) for 8, whose q and o take 128 registers on their own.
+// The deep variant (8 loads per tile, ≤ 4 heads) is sized for 2 (≤ 255).
+constexpr int MinBlocks(int heads, bool deep) { return heads >= 8 || deep ? 2 : 3; }
+
+using KernelPtr = void (*)(SparseAttentionDeviceArgs, uint32_t, uint32_t, float*, float*, uint32_t*);
+
+// The streamed kernel (sparse_attention_streamed.cu) of (head_dim, heads, type, out); deep:
+// the deep variant (8 loads per tile, ≤ 4 heads). nullptr where there is none.
+KernelPtr Pick(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out, bool deep = false);
+
+// The pipelined kernel (sparse_attention_pipelined.cu) of (head_dim, heads, type, out), or
+// nullptr; its dynamic shared memory, and the opt-in above the 48 KiB default it needs.
+KernelPtr PickPipelined(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out);
+size_t PipelinedSmemBytes();
+cudaError_t OptInPipelined(KernelPtr k);
+
+}  // namespace kvtier::kernels::attention_internal
