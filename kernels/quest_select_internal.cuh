@@ -1,10 +1,14 @@
-// Internal to the Quest selection kernels (quest_select.cu, quest_select_topk.cu): shared
-// device helpers and the launch of the digit top-k. Not part of the public API.
+// Internal to the Quest selection kernels (quest_select.cu: validation and the public
+// launches; quest_select_scores.cu: the score kernels; quest_select_bisection.cu and
+// quest_select_topk.cu: the two top-k kernels): shared helpers and the launches each file
+// exposes. Not part of the public API. (TopKRow: quest_select_bisection_internal.cuh.)
 #pragma once
 
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <utility>
 
 #include "quest_select.cuh"
 
@@ -18,11 +22,39 @@ __device__ __forceinline__ uint32_t OrderedKey(float f) {
   return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
 }
 
+inline constexpr uint32_t kMaxStagedQueryFloats = 12288;  // 48 KiB of shared memory
+
+template <class... P, class... A>
+cudaError_t LaunchEx(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream, bool pdl,
+                     A&&... args) {
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...);
+}
+
 // Rows the digit top-k takes: ≤ 8 keys per thread of a 1024-thread CTA.
 inline constexpr uint32_t kDigitTopKMaxBlocks = 8192;
 
 // The digit top-k (quest_select_topk.cu) over every row of `a` (requests · kv_heads CTAs of
 // 256 threads when max_blocks ≤ 2048, else 1024); requires a.max_blocks ≤ kDigitTopKMaxBlocks.
 cudaError_t LaunchDigitTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl);
+
+// The score kernels (quest_select_scores.cu). CanFuse: the fused score + top-k launch
+// applies (row counters given, the queries' shared memory small enough).
+// LaunchScoresAny: the scores of every row of `a`, fused with the bisection top-k if `fused`.
+bool CanFuse(const QuestSelectDeviceArgs& a);
+cudaError_t LaunchScoresAny(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool fused);
+
+// The bisection top-k (quest_select_bisection.cu) over every row of `a` (requests · kv_heads
+// CTAs of 1024 threads).
+cudaError_t LaunchBisectionTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl);
 
 }  // namespace kvtier::kernels::quest_internal
