@@ -1,9 +1,8 @@
 // Paged sparse decode attention: the planner (PlanSparseAttention*, the workspace) and the
-// public launch, which dispatches to one of three kernels:
+// public launch, which dispatches to one of two kernels:
 //   - the streamed kernel (round 6, K/V in registers): sparse_attention_streamed.cu;
-//   - the pipelined streamed kernel (round 8, cp.async stages): sparse_attention_pipelined.cu;
 //   - the staged kernel (round 7, thread-block clusters): sparse_attention_staged.cu.
-// The streamed kernels' shared helpers and merge: sparse_attention_streamed_internal.cuh.
+// The streamed kernel's helpers and merge: sparse_attention_streamed_internal.cuh.
 #include "sparse_attention.cuh"
 #include "sparse_attention_internal.cuh"
 #include "sparse_attention_streamed_internal.cuh"
@@ -17,10 +16,7 @@ namespace {
 using attention_internal::KernelPtr;
 using attention_internal::kThreads;
 using attention_internal::kWarps;
-using attention_internal::OptInPipelined;
 using attention_internal::Pick;
-using attention_internal::PickPipelined;
-using attention_internal::PipelinedSmemBytes;
 
 size_t AlignUp(size_t x) { return (x + 255) / 256 * 256; }
 
@@ -210,18 +206,6 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
     }
   }
   *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), occ);
-  if (kernels == SparseAttentionKernels::kPipelined) {  // the pipelined plan (round 8; slower on the H100)
-    const KernelPtr k = PickPipelined(shape.head_dim, heads, type, AttentionOutput::kFloat32);
-    if (k == nullptr) return cudaErrorInvalidValue;
-    if (cudaError_t e = OptInPipelined(k); e != cudaSuccess) return e;
-    if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, PipelinedSmemBytes());
-        e != cudaSuccess) {
-      return e;
-    }
-    *plan = PlanWithHeads(shape, heads, max_pages_per_row, static_cast<uint32_t>(sms),
-                          static_cast<uint32_t>(std::max(per_sm, 1)));
-    plan->pipeline_stages = kSparseAttentionPipelineStages;
-  }
   if (kernels == SparseAttentionKernels::kAuto) {
     SparseAttentionStagedLimits lim;
     if (cudaError_t e = attention_internal::StagedLimitsForDevice(shape, type, std::min(heads, 4u), device, &lim);
@@ -258,19 +242,12 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
   if ((h != 1 && h != 2 && h != 4 && h != 8) || s.group() % h != 0 || plan.chunk_pages == 0 ||
       plan.chunk_pages > kSparseAttentionMaxChunkPages || plan.max_splits == 0 || plan.max_splits > 65535u * 1024u ||
       plan.rows != s.requests * s.kv_heads * (s.group() / plan.heads_per_cta) || plan.rows > 65535 ||
-      (plan.tile_loads != 0 && plan.tile_loads != 4 && plan.tile_loads != 8) ||
-      (plan.pipeline_stages != 0 && (plan.pipeline_stages != kSparseAttentionPipelineStages || plan.tile_loads == 8 ||
-                                     plan.cluster != 0))) {
+      (plan.tile_loads != 0 && plan.tile_loads != 4 && plan.tile_loads != 8)) {
     return cudaErrorInvalidValue;
   }
   if (plan.cluster != 0) return attention_internal::LaunchStaged(a, plan, stream);
-  const bool pipelined = plan.pipeline_stages != 0;
-  const KernelPtr kernel = pipelined ? PickPipelined(s.head_dim, plan.heads_per_cta, a.type, a.output)
-                                     : Pick(s.head_dim, plan.heads_per_cta, a.type, a.output, plan.tile_loads == 8);
+  const KernelPtr kernel = Pick(s.head_dim, plan.heads_per_cta, a.type, a.output, plan.tile_loads == 8);
   if (kernel == nullptr) return cudaErrorInvalidValue;
-  if (pipelined) {
-    if (cudaError_t e = OptInPipelined(kernel); e != cudaSuccess) return e;
-  }
   const Layout l = WorkspaceLayout(s, plan);
   char* ws = static_cast<char*>(a.workspace);
   const auto shift = static_cast<uint32_t>(__builtin_ctz(s.block_tokens));
@@ -280,7 +257,7 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(plan.max_splits, plan.rows);
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = pipelined ? PipelinedSmemBytes() : 0;
+  cfg.dynamicSmemBytes = 0;
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = a.programmatic_dependent_launch ? 1 : 0;

@@ -47,17 +47,7 @@ struct SparseAttentionPlan {
   // shared memory (cp.async) and the pieces merge through distributed shared memory (no
   // workspace traffic, no counters). heads_per_cta ≤ 4; tile_loads unused. 0: the streamed kernel.
   uint32_t cluster = 0;
-  // > 0 (cluster 0, tile_loads 0): the PIPELINED streamed kernel (round 8), the same grid and
-  // pieces as the streamed one, but each CTA copies its piece's K/V to shared memory with
-  // cp.async in stages of 32 tokens (d 128; 64 at d 64), `pipeline_stages` (4) buffers of
-  // 16 KiB: 3 stages in flight while its 4 warps compute the 4th from shared memory. Same
-  // lane layout, online softmax and merge order as the streamed kernel; 3 CTAs per SM up to
-  // 4 heads per CTA, 2 for 8. 0: the register-tile streamed kernel.
-  uint32_t pipeline_stages = 0;
 };
-
-// Buffers of the pipelined kernel (SparseAttentionPlan::pipeline_stages).
-inline constexpr uint32_t kSparseAttentionPipelineStages = 4;
 
 // Pages one staged CTA may hold (its slot ids sit in a fixed shared array).
 inline constexpr uint32_t kStagedMaxChunkPages = 64;
@@ -130,14 +120,13 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionPlan* plan);
 
-// Which kernels PlanSparseAttentionForDevice may choose: kAuto = the staged plan where one
-// fits (PlanStagedSparseAttention), else the register-tile streamed one (round 6);
-// kStreamed = the streamed plan only (never the staged one); kPipelined = the pipelined
-// streamed plan (round 8: the streamed plan's pieces with heads_per_cta = the largest of
-// 8/4/2/1 dividing the group, its own occupancy, pipeline_stages = 4). kPipelined is not
-// chosen automatically: on the H100 it was slower than the streamed kernel in every case
-// measured (docs/sparse.md, round 8); it is kept to compare the kernels in one run.
-enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1, kPipelined = 2 };
+// Which kernels PlanSparseAttentionForDevice may choose (every value names a plan):
+//   kAuto = 0      the staged plan where one fits (PlanStagedSparseAttention), else the
+//                  register-tile streamed one (round 6) — the default;
+//   kStreamed = 1  the streamed plan only (never the staged one).
+// (Round 8's pipelined streamed kernel, value 2, was slower than the streamed one in every
+// case measured on the H100 and was removed: docs/sparse.md, round 8.)
+enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1 };
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionKernels kernels, SparseAttentionPlan* plan);
 

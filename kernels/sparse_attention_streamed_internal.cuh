@@ -1,8 +1,8 @@
-// Internal to the streamed sparse attention kernels (sparse_attention_streamed.cu: round 6,
-// registers; sparse_attention_pipelined.cu: round 8, cp.async) and their planner and launch
-// (sparse_attention.cu): the CTA shape, the device helpers and the end-of-piece merge both
-// kernels share, and the kernel selection. Not part of the public API. (The staged variant,
-// sparse_attention_staged.cu, has its own CTA shape and helpers: it does not include this.)
+// Internal to the streamed sparse attention kernel (sparse_attention_streamed.cu: round 6,
+// registers) and its planner and launch (sparse_attention.cu): the CTA shape, the device
+// helpers, the end-of-piece merge and the kernel selection. Not part of the public API. (The
+// staged variant, sparse_attention_staged.cu, has its own CTA shape and helpers: it does not
+// include this.)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -63,11 +63,11 @@ __device__ __forceinline__ void WriteOutput(void* out, size_t index, float value
   else static_cast<uint16_t*>(out)[index] = ToHalfBits<kType>(value);
 }
 
-// The end of a piece, shared by the streamed kernels: merge the row groups of each warp and
+// The end of a piece of the streamed kernel: merge the row groups of each warp and
 // the warps (fixed order), then write the output (a row of one piece) or the piece's
 // (o/l, log2 Σ) and, in the last CTA of the row to finish, merge the row's pieces.
-// merge_o holds kWarps·kHeads·kD floats, merge_w kMergeStage (the pipelined kernel aliases
-// both onto its drained K/V buffers). kDeep: the deep variant's wider merge rounds.
+// merge_o holds kWarps·kHeads·kD floats, merge_w kMergeStage. kDeep: the deep variant's
+// wider merge rounds.
 template <int kD, int kHeads, HalfType kType, AttentionOutput kOut, bool kDeep>
 __device__ __forceinline__ void FinishPiece(const SparseAttentionDeviceArgs& a, float (&m)[kHeads], float (&l)[kHeads],
                                             float (&o)[kHeads][8], uint32_t row, uint32_t piece, uint32_t pieces,
@@ -234,11 +234,5 @@ using KernelPtr = void (*)(SparseAttentionDeviceArgs, uint32_t, uint32_t, float*
 // The streamed kernel (sparse_attention_streamed.cu) of (head_dim, heads, type, out); deep:
 // the deep variant (8 loads per tile, ≤ 4 heads). nullptr where there is none.
 KernelPtr Pick(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out, bool deep = false);
-
-// The pipelined kernel (sparse_attention_pipelined.cu) of (head_dim, heads, type, out), or
-// nullptr; its dynamic shared memory, and the opt-in above the 48 KiB default it needs.
-KernelPtr PickPipelined(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out);
-size_t PipelinedSmemBytes();
-cudaError_t OptInPipelined(KernelPtr k);
 
 }  // namespace kvtier::kernels::attention_internal

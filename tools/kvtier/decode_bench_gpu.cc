@@ -2,10 +2,9 @@
 // heads, d = 128, bf16, 16-token blocks) for each (context, batch):
 //   copy    cudaMemcpyAsync D2D of a buffer the size of the layer's KV: the baseline; its
 //           rate counts bytes read + written (2 × size / time);
-//   dense   the attention kernel over every block on the device's plan (round 8: the pipelined
-//           streamed kernel); rate = K/V bytes read / time; vs_copy = that rate over the
-//           copy's read+write rate (target ≥ 0.9);
-//   dense_streamed  the same on the round-6 register-tile streamed plan;
+//   dense   the attention kernel over every block on the device's plan (the round-6 streamed
+//           kernel at the default contexts: the staged one needs ≤ 1024 pages per row); rate =
+//           K/V bytes read / time; vs_copy = that rate over the copy's read+write rate (target ≥ 0.9);
 //   select  Quest scores on the int8 metadata + top-k as LaunchQuestSelect does by default:
 //           two launches, the top-k riding PDL behind the scores; compared with dense /
 //           block_tokens (Quest's estimate target: ≤ 1.1×). The sparse steps use it;
@@ -20,7 +19,6 @@
 //                   device's plan (the staged kernel where it fits: batch 1); its output is
 //                   compared with attention_streamed's (max_abs_diff_vs_streamed);
 //   attention_streamed  the same on the round-6 streamed plan;
-//   attention_pipelined the same on the round-8 pipelined plan (what b8 takes by default);
 //   sparse  select + attention over the selected slices (page list = the selection written
 //           as slots); speedup = dense / sparse (target ≥ 8× at 32K; ideal
 //           context / (budget + context / 32), the int8 metadata being 1/32 of the KV);
@@ -99,9 +97,7 @@ class Point {
  private:
   Status Setup(const cudaDeviceProp& prop);
   Status DenseStep(uint32_t layer, cudaStream_t stream);
-  Status DenseStreamedStep(uint32_t layer, cudaStream_t stream);
   Status ScoresRingStep(uint32_t layer, cudaStream_t stream);
-  Status AttentionPipelinedStep(uint32_t layer, cudaStream_t stream);
   kernels::QuestSelectDeviceArgs SelectArgs(uint32_t layer) const;
   kernels::SparseAttentionDeviceArgs AttentionArgs(uint32_t layer) const;
   Status SelectStep(uint32_t layer, cudaStream_t stream);
@@ -123,12 +119,11 @@ class Point {
   kernels::SparseAttentionShape shape_;
   // sparse_plan_: the device's choice (the staged kernel where it fits); streamed_plan_: the
   // streamed kernel's plan (round 6), for the comparison rows.
-  // dense_streamed_plan_ / pipelined_plan_: dense on the round-6 kernel, sparse on round 8's.
-  kernels::SparseAttentionPlan dense_plan_, sparse_plan_, streamed_plan_, dense_streamed_plan_, pipelined_plan_;
+  kernels::SparseAttentionPlan dense_plan_, sparse_plan_, streamed_plan_;
   kernels::QuestSelectParams params_;
   DeviceMem arena_, copy_dst_, queries_, bounds_, scales_, block_slots_, dense_offsets_, last_, scores_,
       block_offsets_, sel_offsets_, selected_, selected_slots_, out_, dense_ws_, sparse_ws_,
-      streamed_ws_, row_counters_, dense_streamed_ws_, pipelined_ws_;
+      streamed_ws_, row_counters_;
 };
 
 Status Point::Setup(const cudaDeviceProp& prop) {
@@ -225,17 +220,6 @@ Status Point::Setup(const cudaDeviceProp& prop) {
   KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
                                                            kernels::SparseAttentionKernels::kStreamed,
                                                            &streamed_plan_));
-  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, blocks_, o_.device,
-                                                           kernels::SparseAttentionKernels::kStreamed,
-                                                           &dense_streamed_plan_));
-  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
-                                                           kernels::SparseAttentionKernels::kPipelined,
-                                                           &pipelined_plan_));
-  KVT_RETURN_IF_ERROR(
-      Alloc(dense_streamed_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, dense_streamed_plan_)));
-  KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(dense_streamed_ws_.p, shape_, dense_streamed_plan_, nullptr));
-  KVT_RETURN_IF_ERROR(Alloc(pipelined_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, pipelined_plan_)));
-  KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(pipelined_ws_.p, shape_, pipelined_plan_, nullptr));
   KVT_RETURN_IF_ERROR(Alloc(streamed_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, streamed_plan_)));
   KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(streamed_ws_.p, shape_, streamed_plan_, nullptr));
   KVT_RETURN_IF_ERROR(Alloc(dense_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, dense_plan_)));
@@ -256,20 +240,6 @@ Status Point::DenseStep(uint32_t layer, cudaStream_t stream) {
                                        .last_page_tokens = last_.as<uint32_t>(), .out = out_.p,
                                        .workspace = dense_ws_.p};
   KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, dense_plan_, stream));
-  return Status::Ok();
-}
-
-// Dense on the round-6 register-tile streamed plan, for comparison.
-Status Point::DenseStreamedStep(uint32_t layer, cudaStream_t stream) {
-  const size_t qn = size_t{batch_} * o_.q_heads * o_.head_dim;
-  kernels::SparseAttentionDeviceArgs a{.shape = shape_, .type = kernels::HalfType::kBf16,
-                                       .output = kernels::AttentionOutput::kInputType, .arena = arena_.p,
-                                       .queries = queries_.as<uint16_t>() + layer * qn,
-                                       .page_offsets = dense_offsets_.as<uint32_t>(),
-                                       .page_slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
-                                       .last_page_tokens = last_.as<uint32_t>(), .out = out_.p,
-                                       .workspace = dense_streamed_ws_.p};
-  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, dense_streamed_plan_, stream));
   return Status::Ok();
 }
 
@@ -344,14 +314,6 @@ Status Point::AttentionStreamedStep(uint32_t layer, cudaStream_t stream) {
   kernels::SparseAttentionDeviceArgs a = AttentionArgs(layer);
   a.workspace = streamed_ws_.p;
   KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, streamed_plan_, stream));
-  return Status::Ok();
-}
-
-// The same selection on the round-8 pipelined plan (never the staged kernel).
-Status Point::AttentionPipelinedStep(uint32_t layer, cudaStream_t stream) {
-  kernels::SparseAttentionDeviceArgs a = AttentionArgs(layer);
-  a.workspace = pipelined_ws_.p;
-  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, pipelined_plan_, stream));
   return Status::Ok();
 }
 
@@ -430,11 +392,6 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   KVT_ASSIGN_OR_RETURN(const double t_copy, timed(copy));
   KVT_ASSIGN_OR_RETURN(const double t_dense, timed(loop(&Point::DenseStep)));
   KVT_RETURN_IF_ERROR(CheckFinite(out_, "dense"));
-  std::vector<uint16_t> out_dense(size_t{batch_} * o_.q_heads * o_.head_dim), out_dense_r6(out_dense.size());
-  KVT_CUDA_OR_RETURN(cudaMemcpy(out_dense.data(), out_.p, out_dense.size() * 2, cudaMemcpyDeviceToHost));
-  KVT_ASSIGN_OR_RETURN(const double t_dense_streamed, timed(loop(&Point::DenseStreamedStep)));
-  KVT_RETURN_IF_ERROR(CheckFinite(out_, "dense (streamed)"));
-  KVT_CUDA_OR_RETURN(cudaMemcpy(out_dense_r6.data(), out_.p, out_dense_r6.size() * 2, cudaMemcpyDeviceToHost));
   // Two correct fp32 computations cut differently: equal up to a few bf16 ulps of the output.
   auto max_diff = [](const std::vector<uint16_t>& x, const std::vector<uint16_t>& y) {
     double d = 0;
@@ -443,7 +400,6 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
     }
     return d;
   };
-  const double dense_max_diff = max_diff(out_dense, out_dense_r6);
   // Breakdown: each launch alone, then the fused select (its selection must equal the two
   // launches' exactly: same scores, same top-k algorithm).
   KVT_ASSIGN_OR_RETURN(const double t_scores_ring, timed(loop(&Point::ScoresRingStep)));
@@ -473,10 +429,6 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   KVT_ASSIGN_OR_RETURN(const double t_attention_streamed, timed(loop(&Point::AttentionStreamedStep)));
   std::vector<uint16_t> out_streamed(size_t{batch_} * o_.q_heads * o_.head_dim), out_staged(out_streamed.size());
   KVT_CUDA_OR_RETURN(cudaMemcpy(out_streamed.data(), out_.p, out_streamed.size() * 2, cudaMemcpyDeviceToHost));
-  KVT_ASSIGN_OR_RETURN(const double t_attention_pipelined, timed(loop(&Point::AttentionPipelinedStep)));
-  std::vector<uint16_t> out_pipelined(out_streamed.size());
-  KVT_CUDA_OR_RETURN(cudaMemcpy(out_pipelined.data(), out_.p, out_pipelined.size() * 2, cudaMemcpyDeviceToHost));
-  const double pipelined_max_diff = max_diff(out_pipelined, out_streamed);
   KVT_ASSIGN_OR_RETURN(const double t_attention, timed(loop(&Point::AttentionStep)));
   KVT_CUDA_OR_RETURN(cudaMemcpy(out_staged.data(), out_.p, out_staged.size() * 2, cudaMemcpyDeviceToHost));
   const double attention_max_diff = max_diff(out_staged, out_streamed);
@@ -540,14 +492,7 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                    {{"vs_copy", dense_gbps / copy_rw_gbps},
                     {"chunk_pages", dense_plan_.chunk_pages},
                     {"splits", dense_plan_.max_splits},
-                    {"pipeline_stages", dense_plan_.pipeline_stages}}});
-  const double dense_r6_gbps = double(kv_bytes_) / (t_dense_streamed * 1e3);
-  rows->push_back({"dense_streamed", "dense on the round-6 register-tile plan", t_dense_streamed, dense_r6_gbps,
-                   double(kv_bytes_),
-                   {{"vs_copy", dense_r6_gbps / copy_rw_gbps},
-                    {"chunk_pages", dense_streamed_plan_.chunk_pages},
-                    {"splits", dense_streamed_plan_.max_splits},
-                    {"max_abs_diff_vs_dense", dense_max_diff}}});
+                    {"cluster", dense_plan_.cluster}}});
   rows->push_back({"scores", "Quest scores alone (int8 metadata, pipelined)", t_scores, meta / (t_scores * 1e3), meta,
                    {}});
   rows->push_back({"scores_r4", "Quest scores alone (round-4 register ring)", t_scores_ring,
@@ -562,9 +507,8 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                    meta / (t_select_fused * 1e3), meta,
                    {{"vs_dense_over_block_tokens", t_select_fused / (t_dense / o_.block_tokens)},
                     {"matches_2launch", fused_matches}}});
-  rows->push_back({"attention", sparse_plan_.cluster != 0          ? "sparse attention alone (staged, cluster merge)"
-                                : sparse_plan_.pipeline_stages != 0 ? "sparse attention alone (pipelined)"
-                                                                    : "sparse attention alone (streamed)",
+  rows->push_back({"attention", sparse_plan_.cluster != 0 ? "sparse attention alone (staged, cluster merge)"
+                                                       : "sparse attention alone (streamed)",
                    t_attention, sparse_kv / (t_attention * 1e3), sparse_kv,
                    {{"chunk_pages", sparse_plan_.chunk_pages}, {"splits", sparse_plan_.max_splits},
                     {"tile_loads", sparse_plan_.tile_loads}, {"cluster", sparse_plan_.cluster},
@@ -573,11 +517,6 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                    sparse_kv / (t_attention_streamed * 1e3), sparse_kv,
                    {{"chunk_pages", streamed_plan_.chunk_pages}, {"splits", streamed_plan_.max_splits},
                     {"tile_loads", streamed_plan_.tile_loads}, {"heads_per_cta", streamed_plan_.heads_per_cta}}});
-  rows->push_back({"attention_pipelined", "sparse attention alone (round-8 pipelined plan)", t_attention_pipelined,
-                   sparse_kv / (t_attention_pipelined * 1e3), sparse_kv,
-                   {{"chunk_pages", pipelined_plan_.chunk_pages}, {"splits", pipelined_plan_.max_splits},
-                    {"heads_per_cta", pipelined_plan_.heads_per_cta},
-                    {"max_abs_diff_vs_streamed", pipelined_max_diff}}});
   std::vector<std::tuple<const char*, const char*, double>> steps{
       {"sparse", "select + attention over the selection", t_sparse},
       {"sparse_pdl", "the same, PDL between launches", t_pdl},
@@ -650,9 +589,6 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
       for (const Row& r : rows) {
         std::string note;
         if (r.method == "dense") note = fmt::format("{:.2f}x copy (target >= 0.9)", r.extra["vs_copy"].get<double>());
-        if (r.method == "dense_streamed") {
-          note = fmt::format("{:.2f}x copy (round 6)", r.extra["vs_copy"].get<double>());
-        }
         if (r.method.starts_with("select")) {
           note = fmt::format("{:.2f}x dense/{} (target <= 1.1)", r.extra["vs_dense_over_block_tokens"].get<double>(),
                              o.block_tokens);
