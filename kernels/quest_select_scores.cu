@@ -62,6 +62,40 @@ __device__ __forceinline__ void ToFloat(const Bytes<kC>& b, float (&f)[kC]) {
   }
 }
 
+// The CTA's queries staged in shared memory (`staged`), shared by both score kernels (the
+// same operations in the same order, so their scores stay bit for bit equal). Sum: per
+// channel P_i = Σ_g max(q_gi, 0) at staged[i], N_i = Σ_g min(q_gi, 0) at staged[kD + i].
+// Max: per (chunk of kGroupChunk heads, channel) q⁺ and q⁻ as float4 over the chunk's heads
+// (zero-padded past the group).
+template <int kD, bool kSum>
+__device__ __forceinline__ void StageQueries(const QuestSelectDeviceArgs& a, float* staged, int tid, size_t q_base,
+                                             uint32_t group, uint32_t chunks) {
+  constexpr int kC = kD / kLanesPerSlice;
+  if constexpr (kSum) {
+    for (int i = tid; i < kD; i += kScoreThreads) {
+      float pos = 0.0f, neg = 0.0f;
+      for (uint32_t g = 0; g < group; ++g) {
+        const float x = LoadQuery(a.queries, a.query_type, q_base + size_t{g} * kD + i);
+        pos += fmaxf(x, 0.0f);
+        neg += fminf(x, 0.0f);
+      }
+      staged[i] = pos;
+      staged[kD + i] = neg;
+    }
+  } else {
+    for (uint32_t i = tid; i < chunks * kGroupChunk * kD; i += kScoreThreads) {
+      const uint32_t g = i / kD, ch = i % kD;
+      const float x = g < group ? LoadQuery(a.queries, a.query_type, q_base + i) : 0.0f;
+      const bool up = x >= 0.0f;  // NaN goes to q⁻ and propagates as it does in the reference
+      // float4 index ((chunk·kC + i)·2 + sign)·8 + lane for channel ch = lane·kC + i: the 8
+      // lanes of a slice read 8 consecutive float4 (one wavefront, no bank conflict).
+      const size_t at = ((size_t{g / kGroupChunk} * kC + ch % kC) * 2 * kLanesPerSlice + ch / kC) * 4 + g % kGroupChunk;
+      staged[at] = up ? x : 0.0f;
+      staged[at + kLanesPerSlice * 4] = up ? 0.0f : x;
+    }
+  }
+}
+
 constexpr size_t kSmemLimit = 48 * 1024 - sizeof(TopKShared) - 64;  // dynamic bytes of a fused score CTA
 
 // kFused: the last CTA of a row (request, KV head) to finish its scores (a counter per row,
@@ -121,29 +155,7 @@ __global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDev
   const uint32_t group = a.q_heads / a.kv_heads;
   const uint32_t chunks = (group + kGroupChunk - 1) / kGroupChunk;
   const size_t q_base = (size_t{r} * a.q_heads + size_t{h} * group) * kD;
-  if constexpr (kSum) {
-    for (int i = tid; i < kD; i += kScoreThreads) {
-      float pos = 0.0f, neg = 0.0f;
-      for (uint32_t g = 0; g < group; ++g) {
-        const float x = LoadQuery(a.queries, a.query_type, q_base + size_t{g} * kD + i);
-        pos += fmaxf(x, 0.0f);
-        neg += fminf(x, 0.0f);
-      }
-      staged[i] = pos;
-      staged[kD + i] = neg;
-    }
-  } else {
-    for (uint32_t i = tid; i < chunks * kGroupChunk * kD; i += kScoreThreads) {
-      const uint32_t g = i / kD, ch = i % kD;
-      const float x = g < group ? LoadQuery(a.queries, a.query_type, q_base + i) : 0.0f;
-      const bool up = x >= 0.0f;  // NaN goes to q⁻ and propagates as it does in the reference
-      // float4 index ((chunk·kC + i)·2 + sign)·8 + lane for channel ch = lane·kC + i: the 8
-      // lanes of a slice read 8 consecutive float4 (one wavefront, no bank conflict).
-      const size_t at = ((size_t{g / kGroupChunk} * kC + ch % kC) * 2 * kLanesPerSlice + ch / kC) * 4 + g % kGroupChunk;
-      staged[at] = up ? x : 0.0f;
-      staged[at + kLanesPerSlice * 4] = up ? 0.0f : x;
-    }
-  }
+  StageQueries<kD, kSum>(a, staged, tid, q_base, group, chunks);
   __syncthreads();
 
   float pos[kC], neg[kC];
@@ -321,27 +333,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) QuestScorePipelinedKernel(Qu
   const uint32_t group = a.q_heads / a.kv_heads;
   const uint32_t chunks = (group + kGroupChunk - 1) / kGroupChunk;
   const size_t q_base = (size_t{r} * a.q_heads + size_t{h} * group) * kD;
-  if constexpr (kSum) {
-    for (int i = tid; i < kD; i += kScoreThreads) {
-      float pos = 0.0f, neg = 0.0f;
-      for (uint32_t g = 0; g < group; ++g) {
-        const float x = LoadQuery(a.queries, a.query_type, q_base + size_t{g} * kD + i);
-        pos += fmaxf(x, 0.0f);
-        neg += fminf(x, 0.0f);
-      }
-      staged[i] = pos;
-      staged[kD + i] = neg;
-    }
-  } else {
-    for (uint32_t i = tid; i < chunks * kGroupChunk * kD; i += kScoreThreads) {
-      const uint32_t g = i / kD, ch = i % kD;
-      const float x = g < group ? LoadQuery(a.queries, a.query_type, q_base + i) : 0.0f;
-      const bool up = x >= 0.0f;  // NaN goes to q⁻ and propagates as it does in the reference
-      const size_t at = ((size_t{g / kGroupChunk} * kC + ch % kC) * 2 * kLanesPerSlice + ch / kC) * 4 + g % kGroupChunk;
-      staged[at] = up ? x : 0.0f;
-      staged[at + kLanesPerSlice * 4] = up ? 0.0f : x;
-    }
-  }
+  StageQueries<kD, kSum>(a, staged, tid, q_base, group, chunks);
   __syncthreads();
   float pos[kSum ? kC : 1], neg[kSum ? kC : 1];
   if constexpr (kSum) {
