@@ -397,7 +397,9 @@ TEST_P(NvmeRecordBytesTest, FailedOrShortWritesAndFailedReadsAreNeverPublishedOr
     mode = m;
     auto w = rig->Write(ids);
     EXPECT_EQ(w.status().code(), StatusCode::kIoError) << "mode " << m;
-    if (m == 5) EXPECT_GT(shorts.exchange(0), 0);
+    if (m == 5) {
+      EXPECT_GT(shorts.exchange(0), 0);
+    }
     EXPECT_EQ(rig->nvme->stats().published, 0u) << "mode " << m;
     EXPECT_EQ(rig->nvme->Find(KeyOf(ids[0])).status().code(), StatusCode::kNotFound) << "mode " << m;
     EXPECT_EQ(rig->nvme->usage().reserved_slots, 0u) << "mode " << m;
