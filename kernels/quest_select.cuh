@@ -13,11 +13,11 @@
 //              P_i = Σ_g max(q_gi, 0), N_i = Σ_g min(q_gi, 0), two registers per channel
 //              whatever the group; max: the same split per query head (q⁺, q⁻ staged per chunk
 //              of 4 heads), one int8 conversion per channel for all heads, then the max.
-//   2. top-k   one CTA per (request, KV head). Rows of ≤ 2048 blocks, by default
-//              (QuestTopKAlgorithm::kAuto → kDigits; longer rows → kBisection, faster there on
-//              the H100): 256 threads (1024 when kDigits is forced up to 8192), 8 consecutive blocks per
-//              thread, ≤ 3 passes of an 11-bit digit below the bits all candidates share, one
-//              block-scan compaction (see the enum). With kBisection, 1024 threads: ≤ 8
+//   2. top-k   one CTA per (request, KV head). By default (QuestTopKAlgorithm::kAuto) a
+//              launch whose max_blocks is ≤ 2048 takes kDigits, a longer one kBisection for
+//              every row (faster there on the H100): 256 threads (1024 when kDigits is forced,
+//              up to 8192 blocks), 8 consecutive blocks per thread, ≤ 3 passes of an 11-bit
+//              digit below the bits all candidates share, one block-scan compaction (see the enum). With kBisection, 1024 threads: ≤ 8
 //              keys per thread in registers, K = OrderedKey(score) << 32 | ~index (distinct,
 //              ordered as the reference ranks: score, then lower index); the rest-th largest
 //              K found by bisection from the top bit (one block-wide count per bit, early exit
@@ -44,17 +44,17 @@ enum class QuestQueryType : uint8_t { kFloat32 = 0, kBf16 = 1, kFp16 = 2 };
 
 // The top-k launch's algorithm for rows of ≤ 8192 blocks (longer rows always take the radix
 // path below). Same selection, bit for bit, either way.
-//   kDigits     (default, round 7) 8 consecutive blocks per thread in registers (256 threads
+//   kDigits     (round 7) 8 consecutive blocks per thread in registers (256 threads
 //               per row up to 2048 blocks, 1024 up to 8192); the bits every candidate shares
 //               found by one AND/OR reduction, then ≤ 3 passes of an 11-bit digit (shared
 //               histogram, 2 barriers a pass, the bin search done redundantly by every
 //               warp), one block scan for the compaction: ~6–8 barriers per row.
 //   kBisection  (round 5) 64-bit (score, index) keys bisected bit by bit, one barrier per
 //               bit (~43 at 2048 blocks).
-//   kAuto       (default) kDigits for rows of ≤ kDigitTopKAutoMaxBlocks (2048) blocks, else
-//               kBisection: on the H100 (docs/sparse.md, round 8 run) the digits took 8.3 µs
-//               against 9.5 at 2048 blocks per row but 21.5 against 15.9 at 8192 (its
-//               1024-thread form).
+//   kAuto       (default) kDigits when the launch's max_blocks is ≤ kDigitTopKAutoMaxBlocks
+//               (2048), else kBisection for every row of the launch: on the H100
+//               (docs/sparse.md, round 8 run) the digits took 8.3 µs against 9.5 at 2048
+//               blocks per row but 21.5 against 15.9 at 8192 (its 1024-thread form).
 enum class QuestTopKAlgorithm : uint8_t { kDigits = 0, kBisection = 1, kAuto = 2 };
 inline constexpr uint32_t kDigitTopKAutoMaxBlocks = 2048;
 
