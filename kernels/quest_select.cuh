@@ -17,7 +17,8 @@
 //              launch whose max_blocks is ≤ 2048 takes kDigits, a longer one kBisection for
 //              every row (faster there on the H100): 256 threads (1024 when kDigits is forced,
 //              up to 8192 blocks), 8 consecutive blocks per thread, ≤ 3 passes of an 11-bit
-//              digit below the bits all candidates share, one block-scan compaction (see the enum). With kBisection, 1024 threads: ≤ 8
+//              digit below the bits all candidates share, one block-scan compaction (see the
+//              enum). With kBisection, 1024 threads: ≤ 8
 //              keys per thread in registers, K = OrderedKey(score) << 32 | ~index (distinct,
 //              ordered as the reference ranks: score, then lower index); the rest-th largest
 //              K found by bisection from the top bit (one block-wide count per bit, early exit
