@@ -25,6 +25,7 @@
 #include <mutex>
 
 #include "sparse_attention_internal.cuh"
+#include "sparse_attention_tile.cuh"
 
 namespace kvtier::kernels::attention_internal {
 namespace {
@@ -34,23 +35,6 @@ namespace cg = cooperative_groups;
 constexpr int kWarps = 8;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kT = 4;  // token-row instructions per warp tile
-constexpr float kLog2e = 1.4426950408889634f;
-
-template <HalfType kType>
-__device__ __forceinline__ void Unpack(const uint4& v, float (&f)[8]) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (kType == HalfType::kBf16) {
-      f[2 * i] = __uint_as_float(w[i] << 16);
-      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    } else {
-      const float2 x = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
-      f[2 * i] = x.x;
-      f[2 * i + 1] = x.y;
-    }
-  }
-}
 
 template <HalfType kType, AttentionOutput kOut>
 __device__ __forceinline__ void Write(void* out, size_t index, float value) {
@@ -61,14 +45,6 @@ __device__ __forceinline__ void Write(void* out, size_t index, float value) {
   } else {
     static_cast<uint16_t*>(out)[index] = __half_as_ushort(__float2half_rn(value));
   }
-}
-
-// (m, l, o) ⊕ (m2, l2, o2) in the log2 domain; an empty side has m = -inf, l = 0, o = 0.
-__device__ __forceinline__ void MergeScale(float m, float m2, float& a, float& b, float& m_new) {
-  m_new = fmaxf(m, m2);
-  const float base = m_new == -INFINITY ? 0.0f : m_new;  // both empty: keep zeros, no NaN
-  a = exp2f(m - base);
-  b = exp2f(m2 - base);
 }
 
 __device__ __forceinline__ void CpAsync16(void* smem, const void* global) {
@@ -132,16 +108,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int warp = tid / 32, lane = tid % 32;
   const int c = lane % kL, rr = lane / kL;  // channel vector, token row within an instruction
   float q[kHeads][8];
-  {
-    const float qscale = kLog2e * rsqrtf(static_cast<float>(kD));
-#pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
-      const uint4 v = *reinterpret_cast<const uint4*>(a.queries + out_base + static_cast<size_t>(g) * kD + c * 8);
-      Unpack<kType>(v, q[g]);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) q[g][j] *= qscale;
-    }
-  }
+  LoadQueries<kD, kHeads, kType>(a, out_base, c, q);
   __syncthreads();  // sh.slots
 
   // Copy the valid tokens of the piece: 16-byte chunk x of page p is byte 16·x of its slice
@@ -167,13 +134,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   copy_pages(half, np);
 
   float m[kHeads], l[kHeads], o[kHeads][8];
-#pragma unroll
-  for (int g = 0; g < kHeads; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) o[g][j] = 0.0f;
-  }
+  InitState(m, l, o);
   const char* smem = reinterpret_cast<const char*>(staged);
   const uint32_t v_offset = bt * kD * 2u;
   auto token_off = [&](uint32_t f) {
@@ -189,55 +150,17 @@ __global__ void __launch_bounds__(kThreads, 2)
         const bool ok = f < t1;
         float kf[8];
         Unpack<kType>(ok ? *reinterpret_cast<const uint4*>(smem + token_off(f)) : make_uint4(0, 0, 0, 0), kf);
-#pragma unroll
-        for (int g = 0; g < kHeads; ++g) {
-          float acc = 0.0f;
-#pragma unroll
-          for (int j = 0; j < 8; ++j) acc = fmaf(q[g][j], kf[j], acc);
-          sc[i][g] = acc;
-        }
+        RowScores(q, kf, sc[i]);
       }
-#pragma unroll
-      for (int i = 0; i < kT; ++i) {
-#pragma unroll
-        for (int g = 0; g < kHeads; ++g) {
-#pragma unroll
-          for (int off = kL / 2; off > 0; off /= 2) sc[i][g] += __shfl_xor_sync(0xffffffffu, sc[i][g], off);
-        }
-        const bool ok = base + i * kR + rr < t1;  // the same for the whole row group
-#pragma unroll
-        for (int g = 0; g < kHeads; ++g) sc[i][g] = ok ? sc[i][g] : -INFINITY;
-      }
-#pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
-        float mx = sc[0][g];
-#pragma unroll
-        for (int i = 1; i < kT; ++i) mx = fmaxf(mx, sc[i][g]);
-        float alpha, unused, m_new;
-        MergeScale(m[g], mx, alpha, unused, m_new);
-        const float base_m = m_new == -INFINITY ? 0.0f : m_new;
-        m[g] = m_new;
-        l[g] *= alpha;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) o[g][j] *= alpha;
-#pragma unroll
-        for (int i = 0; i < kT; ++i) {
-          sc[i][g] = exp2f(sc[i][g] - base_m);  // now the weight p (0 for a masked token)
-          l[g] += sc[i][g];
-        }
-      }
-#pragma unroll
-      for (int i = 0; i < kT; ++i) {
-        const uint32_t f = base + i * kR + rr;
-        float vf[8];
-        Unpack<kType>(f < t1 ? *reinterpret_cast<const uint4*>(smem + token_off(f) + v_offset) : make_uint4(0, 0, 0, 0),
-                      vf);
-#pragma unroll
-        for (int g = 0; g < kHeads; ++g) {
-#pragma unroll
-          for (int j = 0; j < 8; ++j) o[g][j] = fmaf(sc[i][g], vf[j], o[g][j]);
-        }
-      }
+      ReduceMaskScores<kL, kR>(sc, base, rr, t1);
+      OnlineSoftmax(sc, m, l, o);
+      AccumulatePV<kType>(
+          sc,
+          [&](int i) {
+            const uint32_t f = base + i * kR + rr;
+            return f < t1 ? *reinterpret_cast<const uint4*>(smem + token_off(f) + v_offset) : make_uint4(0, 0, 0, 0);
+          },
+          o);
     }
   };
   const uint32_t split = min(half * bt, valid);
@@ -249,43 +172,13 @@ __global__ void __launch_bounds__(kThreads, 2)
   compute(split, valid);
 
   // Merge the row groups of the warp (lanes c, c + kL, ...), then the warps, into cta_*.
-#pragma unroll
-  for (int off = kL; off < 32; off *= 2) {
-#pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
-      const float m2 = __shfl_xor_sync(0xffffffffu, m[g], off);
-      const float l2 = __shfl_xor_sync(0xffffffffu, l[g], off);
-      float wa, wb, m_new;
-      MergeScale(m[g], m2, wa, wb, m_new);
-      m[g] = m_new;
-      l[g] = l[g] * wa + l2 * wb;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) o[g][j] = o[g][j] * wa + __shfl_xor_sync(0xffffffffu, o[g][j], off) * wb;
-    }
-  }
-  if (rr == 0) {
-#pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
-      if (c == 0) {
-        sh.warp_m[warp][g] = m[g];
-        sh.warp_l[warp][g] = l[g];
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) sh.warp_o[warp][g][c * 8 + j] = o[g][j];
-    }
-  }
+  MergeRowGroups<kL>(m, l, o);
+  StoreWarpState<kD>(m, l, o, warp, c, rr, sh.warp_m, sh.warp_l, sh.warp_o);
   __syncthreads();
   for (int i = tid; i < kHeads * kD; i += kThreads) {
     const int g = i / kD, dim = i % kD;
-    float mm = -INFINITY, ll = 0.0f, oo = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      float wa, wb, m_new;
-      MergeScale(mm, sh.warp_m[w][g], wa, wb, m_new);
-      mm = m_new;
-      ll = ll * wa + sh.warp_l[w][g] * wb;
-      oo = oo * wa + sh.warp_o[w][g][dim] * wb;
-    }
+    float mm, ll, oo;
+    MergeWarps(sh.warp_m, sh.warp_l, sh.warp_o, g, dim, mm, ll, oo);
     sh.cta_o[g][dim] = oo;
     if (dim == 0) {
       sh.cta_m[g] = mm;

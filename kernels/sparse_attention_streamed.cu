@@ -66,16 +66,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   const int warp = tid / 32, lane = tid % 32;
   const int c = lane % kL, rr = lane / kL;  // channel vector, token row within an instruction
   float q[kHeads][8];
-  {
-    const float qscale = kLog2e * rsqrtf(static_cast<float>(kD));
-#pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
-      const uint4 v = *reinterpret_cast<const uint4*>(a.queries + out_base + static_cast<size_t>(g) * kD + c * 8);
-      Unpack<kType>(v, q[g]);
-#pragma unroll
-      for (int j = 0; j < 8; ++j) q[g][j] *= qscale;
-    }
-  }
+  LoadQueries<kD, kHeads, kType>(a, out_base, c, q);
   __syncthreads();  // slots_s
 
   const char* arena = static_cast<const char*>(a.arena);
@@ -103,13 +94,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   };
 
   float m[kHeads], l[kHeads], o[kHeads][8];
-#pragma unroll
-  for (int g = 0; g < kHeads; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < 8; ++j) o[g][j] = 0.0f;
-  }
+  InitState(m, l, o);
 
   const uint32_t tiles = (valid + kTile - 1) / kTile;
   uint32_t tile = warp;
@@ -125,54 +110,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     for (int i = 0; i < kT; ++i) {
       float kf[8];
       Unpack<kType>(kreg[i], kf);
-#pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
-        float acc = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 8; ++j) acc = fmaf(q[g][j], kf[j], acc);
-        sc[i][g] = acc;
-      }
+      RowScores(q, kf, sc[i]);
     }
     if (next < tiles) load_k(next, kreg);
-#pragma unroll
-    for (int i = 0; i < kT; ++i) {
-#pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
-#pragma unroll
-        for (int off = kL / 2; off > 0; off /= 2) sc[i][g] += __shfl_xor_sync(0xffffffffu, sc[i][g], off);
-      }
-      const bool ok = tile * kTile + i * kR + rr < valid;  // the same for the whole row group
-#pragma unroll
-      for (int g = 0; g < kHeads; ++g) sc[i][g] = ok ? sc[i][g] : -INFINITY;
-    }
-#pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
-      float mx = sc[0][g];
-#pragma unroll
-      for (int i = 1; i < kT; ++i) mx = fmaxf(mx, sc[i][g]);
-      float alpha, unused, m_new;
-      MergeScale(m[g], mx, alpha, unused, m_new);
-      const float base = m_new == -INFINITY ? 0.0f : m_new;
-      m[g] = m_new;
-      l[g] *= alpha;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) o[g][j] *= alpha;
-#pragma unroll
-      for (int i = 0; i < kT; ++i) {
-        sc[i][g] = exp2f(sc[i][g] - base);  // now the weight p
-        l[g] += sc[i][g];
-      }
-    }
-#pragma unroll
-    for (int i = 0; i < kT; ++i) {
-      float vf[8];
-      Unpack<kType>(vreg[i], vf);
-#pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
-#pragma unroll
-        for (int j = 0; j < 8; ++j) o[g][j] = fmaf(sc[i][g], vf[j], o[g][j]);
-      }
-    }
+    ReduceMaskScores<kL, kR>(sc, tile * kTile, rr, valid);
+    OnlineSoftmax(sc, m, l, o);
+    AccumulatePV<kType>(sc, [&](int i) -> const uint4& { return vreg[i]; }, o);
     if (next < tiles) load_v(next, vreg);
   }
 

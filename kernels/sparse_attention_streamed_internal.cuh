@@ -1,8 +1,8 @@
 // Internal to the streamed sparse attention kernel (sparse_attention_streamed.cu: round 6,
 // registers) and its planner and launch (sparse_attention.cu): the CTA shape, the device
 // helpers, the end-of-piece merge and the kernel selection. Not part of the public API. (The
-// staged variant, sparse_attention_staged.cu, has its own CTA shape and helpers: it does not
-// include this.)
+// staged variant, sparse_attention_staged.cu, has its own CTA shape: it does not include
+// this; the tile math both use is in sparse_attention_tile.cuh.)
 #pragma once
 
 #include <cuda_bf16.h>
@@ -13,43 +13,18 @@
 #include <cstdint>
 
 #include "sparse_attention.cuh"
+#include "sparse_attention_tile.cuh"
 
 namespace kvtier::kernels::attention_internal {
 
 inline constexpr int kWarps = 4;
 inline constexpr int kThreads = 32 * kWarps;
-inline constexpr float kLog2e = 1.4426950408889634f;
 inline constexpr uint32_t kMergeStage = 1024;  // (piece, head) weights of a row staged for the merge
-
-// 8 consecutive 16-bit values → fp32.
-template <HalfType kType>
-__device__ __forceinline__ void Unpack(const uint4& v, float (&f)[8]) {
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    if constexpr (kType == HalfType::kBf16) {
-      f[2 * i] = __uint_as_float(w[i] << 16);
-      f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    } else {
-      const float2 x = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
-      f[2 * i] = x.x;
-      f[2 * i + 1] = x.y;
-    }
-  }
-}
 
 template <HalfType kType>
 __device__ __forceinline__ uint16_t ToHalfBits(float x) {
   if constexpr (kType == HalfType::kBf16) return __bfloat16_as_ushort(__float2bfloat16_rn(x));
   else return __half_as_ushort(__float2half_rn(x));
-}
-
-// (m, l, o) ⊕ (m2, l2, o2) in the log2 domain; an empty side has m = -inf, l = 0, o = 0.
-__device__ __forceinline__ void MergeScale(float m, float m2, float& a, float& b, float& m_new) {
-  m_new = fmaxf(m, m2);
-  const float base = m_new == -INFINITY ? 0.0f : m_new;  // both empty: keep zeros, no NaN
-  a = exp2f(m - base);
-  b = exp2f(m2 - base);
 }
 
 struct Row {
@@ -80,45 +55,15 @@ __device__ __forceinline__ void FinishPiece(const SparseAttentionDeviceArgs& a, 
   const int warp = tid / 32, lane = tid % 32;
   const int c = lane % kL, rr = lane / kL;
   // Merge the row groups of the warp (lanes c, c + kL, ...), then the warps.
-#pragma unroll
-  for (int off = kL; off < 32; off *= 2) {
-#pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
-      const float m2 = __shfl_xor_sync(0xffffffffu, m[g], off);
-      const float l2 = __shfl_xor_sync(0xffffffffu, l[g], off);
-      float wa, wb, m_new;
-      MergeScale(m[g], m2, wa, wb, m_new);
-      m[g] = m_new;
-      l[g] = l[g] * wa + l2 * wb;
-#pragma unroll
-      for (int j = 0; j < 8; ++j) o[g][j] = o[g][j] * wa + __shfl_xor_sync(0xffffffffu, o[g][j], off) * wb;
-    }
-  }
-  if (rr == 0) {
-#pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
-      if (c == 0) {
-        merge_m[warp][g] = m[g];
-        merge_l[warp][g] = l[g];
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) merge_o[warp][g][c * 8 + j] = o[g][j];
-    }
-  }
+  MergeRowGroups<kL>(m, l, o);
+  StoreWarpState<kD>(m, l, o, warp, c, rr, merge_m, merge_l, merge_o);
   __syncthreads();
   const bool single = pieces == 1;
   const size_t piece_base = (size_t{row} * gridDim.x + piece) * kHeads;  // (row, piece, head 0)
   for (int i = tid; i < kHeads * kD; i += kThreads) {
     const int g = i / kD, dim = i % kD;
-    float mm = -INFINITY, ll = 0.0f, oo = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      float wa, wb, m_new;
-      MergeScale(mm, merge_m[w][g], wa, wb, m_new);
-      mm = m_new;
-      ll = ll * wa + merge_l[w][g] * wb;
-      oo = oo * wa + merge_o[w][g][dim] * wb;
-    }
+    float mm, ll, oo;
+    MergeWarps(merge_m, merge_l, merge_o, g, dim, mm, ll, oo);
     const float value = ll > 0.0f ? oo / ll : 0.0f;
     if (single) {
       WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, value);
