@@ -6,12 +6,17 @@
 #include <algorithm>
 #include <array>
 #include <cerrno>
+#include <chrono>
 #include <limits>
 #include <vector>
 
 namespace kvtier {
 
 namespace {
+uint64_t NowNs() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
+}
 bool Vectored(IoOp op) { return op == IoOp::kReadv || op == IoOp::kWritev; }
 const char* OpName(IoOp op) {
   switch (op) {
@@ -184,17 +189,23 @@ Result<uint32_t> UringQueue::Submit() {
     m.ops[m.retry.back()].queued = false;
     m.retry.pop_back();
   }
+  const uint64_t t0 = NowNs();
   const int rc = io_uring_submit(&m.ring);
+  m.counters.submit_ns += NowNs() - t0;
+  ++m.counters.submit_calls;
   if (rc < 0) return Status::FromErrno(-rc, "io_uring_submit");
   m.counters.submitted += static_cast<uint64_t>(rc);
   return static_cast<uint32_t>(rc);
 }
 
-Result<uint32_t> UringQueue::Reap(uint32_t min_complete, const std::function<void(uint64_t, Status)>& done) {
+Result<uint32_t> UringQueue::Reap(uint32_t min_complete, const std::function<void(uint64_t, Status)>& done,
+                                  uint32_t max_complete) {
   Impl& m = *impl_;
+  max_complete = std::max({max_complete, min_complete, 1u});
   uint32_t finished = 0;
   bool resubmit = !m.retry.empty();
-  while (true) {
+  ++m.counters.reap_calls;
+  while (finished < max_complete) {
     io_uring_cqe* cqe = nullptr;
     int rc;
     if (finished < min_complete && m.busy > 0) {
@@ -202,7 +213,10 @@ Result<uint32_t> UringQueue::Reap(uint32_t min_complete, const std::function<voi
         KVT_RETURN_IF_ERROR(Submit().status());
         resubmit = false;
       }
+      const uint64_t t0 = NowNs();
       rc = io_uring_wait_cqe(&m.ring, &cqe);
+      m.counters.wait_ns += NowNs() - t0;
+      ++m.counters.waits;
     } else {
       rc = io_uring_peek_cqe(&m.ring, &cqe);
       if (rc == -EAGAIN) break;

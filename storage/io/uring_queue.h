@@ -61,6 +61,12 @@ struct IoCounters {
   uint64_t completed = 0;       // requests done (ok or not)
   uint64_t errors = 0;          // requests done with an error
   uint64_t short_resubmits = 0; // short transfers resubmitted for the remainder
+  // Timing of the owning thread (steady clock; a few clock reads per Submit / Reap call):
+  uint64_t submit_calls = 0;    // io_uring_submit calls
+  uint64_t submit_ns = 0;       // ... time in them
+  uint64_t waits = 0;           // io_uring_wait_cqe calls (Reap with min_complete > 0)
+  uint64_t wait_ns = 0;         // ... time blocked in them (the thread was idle)
+  uint64_t reap_calls = 0;      // Reap calls
 };
 
 class UringQueue {
@@ -81,8 +87,11 @@ class UringQueue {
   // Submits queued requests; returns how many the kernel took.
   Result<uint32_t> Submit();
   // Waits for at least `min_complete` finished requests (0: only what is ready), calling
-  // done(tag, status) for each. Returns how many finished.
-  Result<uint32_t> Reap(uint32_t min_complete, const std::function<void(uint64_t, Status)>& done);
+  // done(tag, status) for each, and stops after `max_complete` (>= min_complete) so that the
+  // caller can submit the work those completions freed before handling the rest (which
+  // stay in the completion queue for the next call). Returns how many finished.
+  Result<uint32_t> Reap(uint32_t min_complete, const std::function<void(uint64_t, Status)>& done,
+                        uint32_t max_complete = UINT32_MAX);
 
   uint32_t in_flight() const;  // prepped, not yet done
   uint32_t capacity() const;

@@ -247,3 +247,37 @@ TEST(DirectIoPolicy, RequiredFailsWhereO_DirectIsRefusedAndPreferredFallsBackCou
 
 }  // namespace
 }  // namespace kvtier
+
+namespace kvtier {
+namespace {
+
+// Reap stops after max_complete completions and leaves the rest in the completion queue for
+// the next call (the caller submits the work those completions freed first).
+TEST_F(UringQueueTest, ReapStopsAfterMaxCompleteAndKeepsTheRestForTheNextCall) {
+  auto q = UringQueue::Create({.queue_depth = 8});
+  ASSERT_TRUE(q.ok());
+  for (uint64_t t = 0; t < 8; ++t) {
+    ASSERT_TRUE(q->Prep({IoOp::kRead, file_.fd.get(), t * 4096, buf_.data() + t * 4096, 4096, -1, t}).ok());
+  }
+  ASSERT_TRUE(q->Submit().ok());
+  std::vector<int> seen(8, 0);
+  auto done = [&](uint64_t tag, Status s) {
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    ++seen[tag];
+  };
+  uint32_t total = 0;
+  while (q->in_flight() > 0) {
+    const uint32_t n = q->Reap(1, done, 3).value();
+    EXPECT_GE(n, 1u);
+    EXPECT_LE(n, 3u);  // the old Reap handled every ready completion in one call
+    total += n;
+  }
+  EXPECT_EQ(total, 8u);
+  for (int c : seen) EXPECT_EQ(c, 1);
+  EXPECT_EQ(q->counters().completed, 8u);
+  EXPECT_GE(q->counters().reap_calls, 3u);
+  EXPECT_GE(q->counters().submit_calls, 1u);
+}
+
+}  // namespace
+}  // namespace kvtier

@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <future>
 #include <unordered_map>
@@ -21,13 +23,89 @@ uint64_t NowNs() {
   return static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch()).count());
 }
+
+// Relaxed, thread-safe recorder behind an NvmeStageHistogram.
+struct StageRecorder {
+  std::array<std::atomic<uint64_t>, NvmeStageHistogram::kBuckets> counts{};
+  std::atomic<uint64_t> sum_ns{0};
+  void Record(uint64_t ns) {
+    counts[NvmeStageHistogram::BucketOf(ns)].fetch_add(1, std::memory_order_relaxed);
+    sum_ns.fetch_add(ns, std::memory_order_relaxed);
+  }
+  NvmeStageHistogram Snapshot() const {
+    NvmeStageHistogram h;
+    for (size_t i = 0; i < h.counts.size(); ++i) h.counts[i] = counts[i].load(std::memory_order_relaxed);
+    h.sum_ns = sum_ns.load(std::memory_order_relaxed);
+    return h;
+  }
+};
+// Saturating difference of two clock readings (a stage that did not happen reads 0).
+uint64_t Span(uint64_t from, uint64_t to) { return to > from ? to - from : 0; }
 }  // namespace
+
+size_t NvmeStageHistogram::BucketOf(uint64_t ns) {
+  if (ns < 8) return static_cast<size_t>(ns);
+  const auto msb = static_cast<size_t>(63 - std::countl_zero(ns));  // >= 3
+  const auto sub = static_cast<size_t>((ns >> (msb - 3)) & 7);
+  return std::min(kBuckets - 1, 8 + (msb - 3) * 8 + sub);
+}
+uint64_t NvmeStageHistogram::total() const {
+  uint64_t n = 0;
+  for (uint64_t c : counts) n += c;
+  return n;
+}
+double NvmeStageHistogram::MeanUs() const {
+  const uint64_t n = total();
+  return n == 0 ? 0.0 : double(sum_ns) / double(n) / 1000.0;
+}
+double NvmeStageHistogram::QuantileUs(double q) const {
+  const uint64_t n = total();
+  if (n == 0) return 0;
+  const auto rank = static_cast<uint64_t>(std::clamp(q, 0.0, 1.0) * double(n - 1));
+  uint64_t seen = 0;
+  for (size_t i = 0; i < kBuckets; ++i) {
+    seen += counts[i];
+    if (seen <= rank) continue;
+    if (i < 8) return (double(i) + 0.5) / 1000.0;
+    const size_t msb = (i - 8) / 8 + 3, sub = (i - 8) % 8;
+    const double lo = double((8 + sub) << (msb - 3)), width = double(uint64_t{1} << (msb - 3));
+    return (lo + width / 2) / 1000.0;
+  }
+  return 0;
+}
+
+const char* NvmeMoverBreakdown::StageName(size_t stage) {
+  static constexpr const char* kNames[kStages] = {"wait_for", "queue hop", "slot wait", "to submit", "device+reap",
+                                                  "verify",   "to signal", "callbacks", "total"};
+  return stage < kStages ? kNames[stage] : "?";
+}
+
+NvmeMoverBreakdown NvmeMoverBreakdown::Since(const NvmeMoverBreakdown& before) const {
+  auto diff = [](const NvmeStageHistogram& a, const NvmeStageHistogram& b) {
+    NvmeStageHistogram d;
+    for (size_t i = 0; i < d.counts.size(); ++i) d.counts[i] = a.counts[i] - b.counts[i];
+    d.sum_ns = a.sum_ns - b.sum_ns;
+    return d;
+  };
+  NvmeMoverBreakdown d;
+  for (size_t i = 0; i < kStages; ++i) d.stages[i] = diff(stages[i], before.stages[i]);
+  d.passes = passes - before.passes;
+  d.idle_ns = idle_ns - before.idle_ns;
+  d.submit_calls = submit_calls - before.submit_calls;
+  d.submit_ns = submit_ns - before.submit_ns;
+  d.reap_calls = reap_calls - before.reap_calls;
+  d.reaped = reaped - before.reaped;
+  d.reap_pass = diff(reap_pass, before.reap_pass);
+  return d;
+}
 
 struct NvmeMover::Job {
   MoveBatch batch;
   FenceSignal signal;
   uint64_t submitted_ns = 0;
   uint64_t started_ns = 0;
+  uint64_t queued_ns = 0;     // its wait_for fences signaled: queued for the I/O thread
+  uint64_t verified_ns = 0;   // its last segment finished (timing only)
   size_t next = 0;          // next segment to start
   size_t unfinished = 0;    // segments started or not, not yet finished
   Status status;            // first error
@@ -44,15 +122,21 @@ struct NvmeMover::Io {
     size_t index = 0;
     int parts = 0;  // I/Os not yet completed (write: payload + record; read: payload)
     Status status;
+    uint64_t prepped_ns = 0, submitted_ns = 0;  // timing only
   };
   std::vector<Segment> segments;  // by in-flight index (= its record in record_area)
   std::vector<uint32_t> free_segments;
+  std::vector<uint32_t> unsubmitted;  // segments prepped since the last io_uring_submit (timing)
   std::deque<std::shared_ptr<Job>> active;
   std::vector<std::shared_ptr<Job>> awaiting_sync;  // durable mode: written, fdatasync not yet issued
   std::vector<std::shared_ptr<Job>> syncing;        // durable mode: the jobs whose fdatasync is in flight
   std::vector<std::shared_ptr<Job>> to_publish;     // written (and synced): indexed at the end of the reap pass
   std::atomic<uint64_t> bytes{0}, batches{0}, segment_count{0}, errors{0}, busy_ns{0};
   LatencyRecorder latency;
+  std::array<StageRecorder, NvmeMoverBreakdown::kStages> stages;
+  StageRecorder reap_pass;
+  // The queue's counters, mirrored after each loop pass for breakdown() on other threads.
+  std::atomic<uint64_t> passes{0}, idle_ns{0}, submit_calls{0}, submit_ns{0}, reap_calls{0}, reaped{0};
   explicit Io(UringQueue q) : queue(std::move(q)) {}
   std::span<std::byte> record(uint32_t i) { return {record_area.data() + uint64_t{i} * record_bytes, record_bytes}; }
 };
@@ -172,6 +256,7 @@ Fence NvmeMover::Submit(MoveBatch batch) {
     }
     {
       std::lock_guard lock(mu_);
+      job->queued_ns = NowNs();
       queue_.push_back(job);
     }
     cv_.notify_one();
@@ -186,6 +271,10 @@ void NvmeMover::Finish(const std::shared_ptr<Job>& job) {
   io.busy_ns.fetch_add(now - job->started_ns, std::memory_order_relaxed);
   io.batches.fetch_add(1, std::memory_order_relaxed);
   io.segment_count.fetch_add(job->batch.segments.size(), std::memory_order_relaxed);
+  if (!job->batch.segments.empty()) {
+    io.stages[NvmeMoverBreakdown::kToSignal].Record(Span(job->verified_ns, now));
+    io.stages[NvmeMoverBreakdown::kTotal].Record(now - job->submitted_ns);
+  }
   if (job->status.ok()) {
     uint64_t b = 0;
     for (const CopySegment& c : job->batch.segments) b += c.bytes;
@@ -194,6 +283,7 @@ void NvmeMover::Finish(const std::shared_ptr<Job>& job) {
     io.errors.fetch_add(1, std::memory_order_relaxed);
   }
   job->signal.Signal(job->status);
+  if (!job->batch.segments.empty()) io.stages[NvmeMoverBreakdown::kCallbacks].Record(NowNs() - now);
   std::lock_guard lock(mu_);
   if (--outstanding_ == 0) idle_cv_.notify_all();
 }
@@ -201,6 +291,7 @@ void NvmeMover::Finish(const std::shared_ptr<Job>& job) {
 void NvmeMover::IoLoop() {
   Io& io = *io_;
   const bool writing = direction_ == NvmeDirection::kDramToNvme;
+  const uint32_t reap_batch = options_.reap_batch != 0 ? options_.reap_batch : std::max(1u, options_.queue_depth / 8);
   const int fd = nvme_->fd();
   const nvme::SlabGeometry& g = nvme_->geometry();
   // Segment `h` moves one block: a write is the payload (WRITE_FIXED from the DRAM pool slot)
@@ -264,7 +355,7 @@ void NvmeMover::IoLoop() {
     const CopySegment& c = job->batch.segments[i];
     const uint64_t len = RoundUp(c.bytes);
     Io::Segment& seg = io.segments[h];
-    seg = Io::Segment{job, i, writing ? 2 : 1, Status()};
+    seg = Io::Segment{job, i, writing ? 2 : 1, Status(), 0, 0};
     if (writing) {
       std::byte* payload = std::get<MemoryAddress>(dram_->Locate(c.src)).ptr;
       nvme::SlotHeader hd;
@@ -276,6 +367,8 @@ void NvmeMover::IoLoop() {
       nvme::EncodeSlotRecord(hd, io.record(h));
       job->headers[i] = hd;
       prep_write(c.dst.value(), h, payload, len);
+      seg.prepped_ns = NowNs();
+      io.unsubmitted.push_back(h);
     } else {
       std::byte* payload = std::get<MemoryAddress>(dram_->Locate(c.dst)).ptr;
       nvme::SlotExpectation want;
@@ -303,6 +396,8 @@ void NvmeMover::IoLoop() {
       // written for another slot fails the checksum (misplaced or swapped block).
       KVT_CHECK(want.slot_offset == g.payload_offset(c.src.value()));
       prep_read(c.src.value(), h, payload, len);
+      seg.prepped_ns = NowNs();
+      io.unsubmitted.push_back(h);
     }
   };
   auto on_complete = [&](uint64_t tag, Status s) {
@@ -319,6 +414,7 @@ void NvmeMover::IoLoop() {
     Io::Segment& seg = io.segments[h];
     if (!s.ok() && seg.status.ok()) seg.status = std::move(s);
     if (--seg.parts > 0) return;
+    const uint64_t reaped_ns = NowNs();
     std::shared_ptr<Job> job = std::move(seg.job);
     Status result = std::move(seg.status);
     const CopySegment& c = job->batch.segments[seg.index];
@@ -337,6 +433,14 @@ void NvmeMover::IoLoop() {
       }
       if (!result.ok()) nvme_->ReportDataLoss(c.src);
     }
+    const uint64_t verified_ns = NowNs();
+    io.stages[NvmeMoverBreakdown::kWaitFor].Record(Span(job->submitted_ns, job->queued_ns));
+    io.stages[NvmeMoverBreakdown::kQueueHop].Record(Span(job->queued_ns, job->started_ns));
+    io.stages[NvmeMoverBreakdown::kSlotWait].Record(Span(job->started_ns, seg.prepped_ns));
+    io.stages[NvmeMoverBreakdown::kToSubmit].Record(Span(seg.prepped_ns, seg.submitted_ns));
+    io.stages[NvmeMoverBreakdown::kDevice].Record(Span(seg.submitted_ns, reaped_ns));
+    io.stages[NvmeMoverBreakdown::kVerify].Record(verified_ns - reaped_ns);
+    job->verified_ns = verified_ns;
     // A failed read (an I/O error) is a miss too: the block may be fine on disk, but it
     // was not loaded, so the batch fails.
     io.free_segments.push_back(h);
@@ -375,9 +479,37 @@ void NvmeMover::IoLoop() {
       // The ring itself failed: nothing in flight can complete. A broken invariant.
       KVT_CHECK_MSG(false, n.status().ToString());
     }
-    if (auto r = io.queue.Reap(1, on_complete); !r.ok()) KVT_CHECK_MSG(false, r.status().ToString());
+    const uint64_t submitted_ns = NowNs();
+    for (uint32_t h : io.unsubmitted) io.segments[h].submitted_ns = submitted_ns;
+    io.unsubmitted.clear();
+    const uint64_t wait_before = io.queue.counters().wait_ns;
+    const uint64_t reap_start = NowNs();
+    auto r = io.queue.Reap(1, on_complete, reap_batch);
+    if (!r.ok()) KVT_CHECK_MSG(false, r.status().ToString());
     publish();  // everything this pass completed, in one index WriteBatch
+    const IoCounters& qc = io.queue.counters();
+    io.reap_pass.Record(Span(qc.wait_ns - wait_before, NowNs() - reap_start));
+    io.reaped.fetch_add(*r, std::memory_order_relaxed);
+    io.passes.fetch_add(1, std::memory_order_relaxed);
+    io.idle_ns.store(qc.wait_ns, std::memory_order_relaxed);
+    io.submit_calls.store(qc.submit_calls, std::memory_order_relaxed);
+    io.submit_ns.store(qc.submit_ns, std::memory_order_relaxed);
+    io.reap_calls.store(qc.reap_calls, std::memory_order_relaxed);
   }
+}
+
+NvmeMoverBreakdown NvmeMover::breakdown() const {
+  NvmeMoverBreakdown b;
+  const Io& io = *io_;
+  for (size_t i = 0; i < b.stages.size(); ++i) b.stages[i] = io.stages[i].Snapshot();
+  b.reap_pass = io.reap_pass.Snapshot();
+  b.passes = io.passes.load(std::memory_order_relaxed);
+  b.idle_ns = io.idle_ns.load(std::memory_order_relaxed);
+  b.submit_calls = io.submit_calls.load(std::memory_order_relaxed);
+  b.submit_ns = io.submit_ns.load(std::memory_order_relaxed);
+  b.reap_calls = io.reap_calls.load(std::memory_order_relaxed);
+  b.reaped = io.reaped.load(std::memory_order_relaxed);
+  return b;
 }
 
 MoverStats NvmeMover::stats() const {

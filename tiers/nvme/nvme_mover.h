@@ -26,6 +26,8 @@
 // Thread-safe.
 #pragma once
 
+#include <array>
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <memory>
@@ -48,6 +50,53 @@ struct NvmeMoverOptions {
   // Benchmarks only: index each batch on its own as it completes (the pre-2026-11-27
   // behaviour) instead of all batches completed in one reap pass in one WriteBatch.
   bool publish_per_batch = false;
+  // Completions the I/O thread handles per reap pass before it submits the blocks they let
+  // start (fence callbacks queue new batches; freed segments take queued ones). 0: queue
+  // depth / 8 (at least 1). Benchmarks only: UINT32_MAX handles every ready completion,
+  // including those arriving during the pass (the pre-2026-11-27 behaviour: at qd 32 it
+  // settled into submit-32 / reap-32 lockstep).
+  uint32_t reap_batch = 0;
+};
+
+// Where a block's time goes between Submit and its fence (always on: a few steady_clock
+// reads per block on the I/O thread, relaxed counters). Stages, per block (segment):
+//   kWaitFor   Submit -> its wait_for fences signaled and the batch queued for the I/O thread
+//   kQueueHop  queued -> the I/O thread took the batch
+//   kSlotWait  taken -> its SQE prepared (waits for a free in-flight segment)
+//   kToSubmit  SQE prepared -> io_uring_submit returned (the rest of the pass's preparation)
+//   kDevice    submitted -> the (last) CQE reaped: the device plus however long the CQE
+//              waited for the I/O thread (busy elsewhere in a reap pass)
+//   kVerify    reaped -> verified (reads: expectation + checksum; writes: nothing)
+//   kToSignal  verified -> the fence's Signal begins (other segments of the batch, the rest
+//              of the reap pass, fdatasync, the index WriteBatch)
+//   kCallbacks the fence's Signal: callbacks it runs on the I/O thread (per batch)
+//   kTotal     Submit -> Signal begins (per batch)
+struct NvmeStageHistogram {
+  // Log-linear buckets over ns: 8 per power of two (12.5% resolution).
+  static constexpr size_t kBuckets = 8 + 61 * 8;
+  std::array<uint64_t, kBuckets> counts{};
+  uint64_t sum_ns = 0;
+  uint64_t total() const;
+  double QuantileUs(double q) const;  // the bucket's midpoint; 0 when empty
+  double MeanUs() const;
+  static size_t BucketOf(uint64_t ns);
+};
+
+struct NvmeMoverBreakdown {
+  enum Stage : size_t { kWaitFor, kQueueHop, kSlotWait, kToSubmit, kDevice, kVerify, kToSignal, kCallbacks, kTotal, kStages };
+  static const char* StageName(size_t stage);
+  std::array<NvmeStageHistogram, kStages> stages;
+  // The I/O thread: loop passes, time blocked waiting for a CQE (idle), time in
+  // io_uring_submit, CQEs handled per reap pass.
+  uint64_t passes = 0;
+  uint64_t idle_ns = 0;
+  uint64_t submit_calls = 0;
+  uint64_t submit_ns = 0;
+  uint64_t reap_calls = 0;
+  uint64_t reaped = 0;  // completions delivered by Reap (requests, not blocks)
+  NvmeStageHistogram reap_pass;  // a Reap call's time apart from waiting (its CQEs' processing)
+  // The difference of two snapshots (counters since `before`).
+  NvmeMoverBreakdown Since(const NvmeMoverBreakdown& before) const;
 };
 
 class NvmeMover final : public Mover {
@@ -62,6 +111,7 @@ class NvmeMover final : public Mover {
   TierKind destination() const override;
   Fence Submit(MoveBatch batch) override;
   MoverStats stats() const override;
+  NvmeMoverBreakdown breakdown() const;  // any thread
 
   struct Job;
 
