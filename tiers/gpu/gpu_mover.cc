@@ -19,27 +19,6 @@ namespace kvtier {
 
 using kernels::DeviceCopyDescriptor;
 
-namespace {
-
-// The tier's slot 0 address when every slot s sits at slot 0 + s * slot_bytes (checked for
-// each slot, once per mover: a few ms for millions of slots), else nullptr. Saves a virtual
-// Locate and a variant check per segment on the launch path.
-std::byte* LinearBase(const Tier& tier) {
-  const TierCaps& caps = tier.caps();
-  if (caps.slot_count == 0) return nullptr;
-  const Location first = tier.Locate(SlotId{0});
-  const auto* base = std::get_if<MemoryAddress>(&first);
-  if (base == nullptr) return nullptr;
-  for (uint32_t i = 1; i < caps.slot_count; ++i) {
-    const Location at = tier.Locate(SlotId{i});
-    const auto* a = std::get_if<MemoryAddress>(&at);
-    if (a == nullptr || a->device != base->device || a->ptr != base->ptr + uint64_t{i} * caps.slot_bytes) return nullptr;
-  }
-  return base->ptr;
-}
-
-}  // namespace
-
 struct GpuMover::Job {
   MoveBatch batch;
   FenceSignal signal;
@@ -144,10 +123,6 @@ Status GpuMover::Init() {
                            "reading the multiprocessor count");
   KVT_ASSIGN_OR_RETURN(stream_, CudaStream::Create(options_.device));
   KVT_ASSIGN_OR_RETURN(upload_stream_, CudaStream::Create(options_.device));
-  src_base_ = LinearBase(*src_);
-  dst_base_ = LinearBase(*dst_);
-  src_slot_bytes_ = src_->caps().slot_bytes;
-  dst_slot_bytes_ = dst_->caps().slot_bytes;
   for (uint32_t i = 0; i < options_.max_in_flight; ++i) {
     auto lane = std::make_unique<Lane>();
     KVT_ASSIGN_OR_RETURN(lane->uploaded, CudaEvent::Create(options_.device));
@@ -178,12 +153,10 @@ D2hMode GpuMover::ModeFor(uint64_t block_bytes) const {
 }
 
 const std::byte* GpuMover::SourceSlot(SlotId slot) const {
-  if (src_base_ != nullptr) return src_base_ + uint64_t{slot.value()} * src_slot_bytes_;
   return std::get<MemoryAddress>(src_->Locate(slot)).ptr;
 }
 
 std::byte* GpuMover::DestinationSlot(SlotId slot) const {
-  if (dst_base_ != nullptr) return dst_base_ + uint64_t{slot.value()} * dst_slot_bytes_;
   return std::get<MemoryAddress>(dst_->Locate(slot)).ptr;
 }
 

@@ -117,9 +117,6 @@ class GpuMover final : public Mover {
   StreamCopier copier_;  // CPU-assisted scatter (options_.cpu_copy, resolved)
   CudaStream stream_;         // copies (kernels, CPU-assisted D2H memcpys), in batch order
   CudaStream upload_stream_;  // descriptor uploads (DescriptorUpload::kSideStream)
-  std::byte* src_base_ = nullptr;  // linear layouts (see SourceSlot); nullptr = Locate
-  std::byte* dst_base_ = nullptr;
-  uint64_t src_slot_bytes_ = 0, dst_slot_bytes_ = 0;
   std::unique_ptr<Counters> counters_;
 
   std::mutex mu_;
