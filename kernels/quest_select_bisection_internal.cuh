@@ -57,11 +57,7 @@ template <int kThreads>
 __device__ void TopKRow(const QuestSelectDeviceArgs& a, uint32_t row, uint32_t* keys_s, uint32_t cap,
                         TopKShared& sh) {
   constexpr int kW = kThreads / 32;
-  const uint32_t r = row / a.kv_heads, h = row % a.kv_heads;
-  const uint32_t first = a.block_offsets[r], n = a.block_offsets[r + 1] - first;
-  const size_t slice0 = size_t{first} * a.kv_heads + size_t{h} * n;
-  const uint32_t k = QuestBudgetBlocksOf(n, a.params);
-  const uint32_t out0 = a.selected_offsets[row], space = a.selected_offsets[row + 1] - out0;
+  const auto [n, slice0, k, out0, space] = PlaceTopKRow(a, row);
   const uint32_t tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const bool slots = a.block_slots != nullptr && a.selected_slots != nullptr;
   auto emit = [&](uint32_t pos, uint32_t b) {

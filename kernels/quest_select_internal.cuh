@@ -22,6 +22,23 @@ __device__ __forceinline__ uint32_t OrderedKey(float f) {
   return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
 }
 
+// Where row `row` (request row / kv_heads, KV head row % kv_heads) of a top-k launch reads
+// its scores and slots and writes its selection; both top-k algorithms start from it.
+struct TopKRowPlace {
+  uint32_t n;       // the request's blocks
+  size_t slice0;    // index of the row's first score (and slot)
+  uint32_t k;       // blocks the budget selects
+  uint32_t out0;    // the row's first output position
+  uint32_t space;   // output positions the caller reserved (must equal k)
+};
+__device__ __forceinline__ TopKRowPlace PlaceTopKRow(const QuestSelectDeviceArgs& a, uint32_t row) {
+  const uint32_t r = row / a.kv_heads, h = row % a.kv_heads;
+  const uint32_t first = a.block_offsets[r], n = a.block_offsets[r + 1] - first;
+  const uint32_t out0 = a.selected_offsets[row];
+  return {n, size_t{first} * a.kv_heads + size_t{h} * n, QuestBudgetBlocksOf(n, a.params), out0,
+          a.selected_offsets[row + 1] - out0};
+}
+
 inline constexpr uint32_t kMaxStagedQueryFloats = 12288;  // 48 KiB of shared memory
 
 template <class... P, class... A>
