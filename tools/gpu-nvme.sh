@@ -4,12 +4,17 @@
 # and 16 KiB blocks. The GPU machine has none of our Debian packages, so fio travels too:
 # `tools/gpu-build.sh --with-fio` packs /usr/bin/fio and its libraries into
 # .bundle/fio.tar.xz. Writes under $OUT (default ./gpu-results): nvme.jsonl, nvme.txt.
-#   usage: tools/gpu-nvme.sh [DIR]     (DIR: where the slab goes; default $TMPDIR or /tmp)
+#   usage: tools/gpu-nvme.sh [DIR [BASELINE]]
+#     DIR       where the slab goes; default $TMPDIR or /tmp
+#     BASELINE  another kvtier binary (e.g. the previous build) to run in the same call: each
+#               block size then runs this build and the baseline alternately, twice each
+#               (--runs 1 per invocation), into nvme.jsonl and nvme-baseline.jsonl
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-results}
 mkdir -p "$out"
 dir=${1:-${TMPDIR:-/tmp}}
+baseline=${2:-}
 export LD_LIBRARY_PATH=$PWD/.bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 kv=build-cuda/tools/kvtier/kvtier
 fio_args=(--no-fio)
@@ -31,10 +36,22 @@ status=0
   lsblk -d -o NAME,MODEL,SIZE,ROTA 2>/dev/null
 } >"$out/nvme.txt" 2>&1
 : >"$out/nvme.jsonl"
+bench() {  # binary, runs, output, block size
+  "$1" bench nvme --dir "$dir" --block-size "$4" --qd 32 --seconds 3 --runs "$2" --file-bytes $((4 << 30)) \
+    --no-restore "${fio_args[@]}" --json >>"$3" 2>>"$out/nvme.txt" || status=1
+}
 for bs in 65536 16384; do
-  "$kv" bench nvme --dir "$dir" --block-size "$bs" --qd 32 --seconds 3 --runs 3 --file-bytes $((4 << 30)) \
-    --no-restore "${fio_args[@]}" --json >>"$out/nvme.jsonl" 2>>"$out/nvme.txt" || status=1
+  if [ -z "$baseline" ]; then
+    bench "$kv" 3 "$out/nvme.jsonl" "$bs"
+  else
+    for round in 1 2; do
+      echo "== block $bs, round $round: this build, then $baseline" >>"$out/nvme.txt"
+      bench "$kv" 1 "$out/nvme.jsonl" "$bs"
+      bench "$baseline" 1 "$out/nvme-baseline.jsonl" "$bs"
+    done
+  fi
 done
 cat "$out/nvme.jsonl" >>"$out/nvme.txt"
+[ -z "$baseline" ] || { echo "== baseline" && cat "$out/nvme-baseline.jsonl"; } >>"$out/nvme.txt"
 cat "$out/nvme.txt"
 exit $status

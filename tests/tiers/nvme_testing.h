@@ -88,13 +88,13 @@ struct NvmeRig {
   uint64_t block_bytes = 0;
 
   static Result<NvmeRig> Open(const std::string& dir, uint64_t block_bytes, uint32_t dram_slots, uint32_t nvme_slots,
-                              NvmeMode mode = NvmeMode::kCache, NvmeMoverOptions mo = {}, uint32_t record_bytes = 0) {
+                              NvmeMode mode = NvmeMode::kCache, NvmeMoverOptions mo = {}) {
     NvmeRig r;
     r.block_bytes = block_bytes;
     r.dram = MakeDram(block_bytes, dram_slots);
     if (!r.dram) return Status::Internal("dram");
     KVT_ASSIGN_OR_RETURN(r.nvme, NvmeTier::Open({.dir = dir, .slot_bytes = block_bytes, .slot_count = nvme_slots,
-                                                 .header_record_bytes = record_bytes, .mode = mode,
+                                                 .mode = mode,
                                                  .direct_io = DirectIo::kPreferred,
                                                  .logger = QuietNvmeLogger::Get()}));
     KVT_ASSIGN_OR_RETURN(r.down, NvmeMover::Create(r.dram.get(), r.nvme.get(), NvmeDirection::kDramToNvme, mo));

@@ -275,40 +275,45 @@ TEST(NvmeTier, InjectedCorruptionIsDetectedDroppedAndCountedExactly) {
   EXPECT_EQ(report->bad, 0u);
 }
 
-// The request shapes of format version 2: a read is exactly one fixed-buffer read of the
-// payload (what fio does), a write is a fixed-buffer payload write and a fixed-buffer header
-// record write, at the geometry's offsets.
-TEST(NvmeTier, AReadIsOneFixedPayloadRequestAndAWriteAPayloadAndARecord) {
+// The request shapes of format version 3: a read is exactly one fixed-buffer read of the
+// payload (what fio does); a write is exactly one vectored request, the header record then
+// the payload, at the slot's record offset.
+TEST(NvmeTier, AReadIsOneFixedPayloadRequestAndAWriteOneRecordAndPayloadRequest) {
   TempDir dir;
+  struct Seen {
+    IoRequest request;
+    std::vector<size_t> pieces;  // iov lengths (the request's iov is the queue's own storage)
+  };
   std::mutex mu;
-  std::vector<IoRequest> seen;
+  std::vector<Seen> seen;
   NvmeMoverOptions mo;
   mo.fault = [&](const IoRequest& r, int res) {
     std::lock_guard lock(mu);
-    seen.push_back(r);
+    Seen s{r, {}};
+    for (const iovec& v : r.iov) s.pieces.push_back(v.iov_len);
+    s.request.iov = {};
+    seen.push_back(std::move(s));
     return res;
   };
   auto rig = NvmeRig::Open(dir.str(), kBlock, 8, 8, NvmeMode::kCache, mo);
   ASSERT_TRUE(rig.ok()) << rig.status().ToString();
   const nvme::SlabGeometry g = rig->nvme->geometry();
-  EXPECT_EQ(g.payloads_offset() % nvme::kPayloadRegionAlign, 0u);
-  EXPECT_GE(g.payloads_offset(), g.record_offset(g.slot_count - 1) + g.record_bytes);
+  EXPECT_EQ(g.record_bytes, 4096u);
+  EXPECT_EQ(g.payload_offset(0), g.record_offset(0) + g.record_bytes);
+  EXPECT_EQ(g.record_offset(1), g.payload_offset(0) + g.slot_bytes);
+  EXPECT_EQ(g.payload_offset(g.slot_count - 1) + g.slot_bytes, g.file_bytes());
   const auto ids = Ids(std::random_device{}(), 1);
   auto w = rig->Write(ids);
   ASSERT_TRUE(w.ok()) << w.status().ToString();
   const uint32_t slot = (*w)[0].value();
   {
     std::lock_guard lock(mu);
-    ASSERT_EQ(seen.size(), 2u);
-    std::sort(seen.begin(), seen.end(), [](const IoRequest& a, const IoRequest& b) { return a.buffer_index < b.buffer_index; });
-    EXPECT_EQ(seen[0].op, IoOp::kWrite);
-    EXPECT_EQ(seen[0].buffer_index, 0);  // the DRAM pool
-    EXPECT_EQ(seen[0].offset, g.payload_offset(slot));
-    EXPECT_EQ(seen[0].length, g.slot_bytes);
-    EXPECT_EQ(seen[1].op, IoOp::kWrite);
-    EXPECT_EQ(seen[1].buffer_index, 1);  // the record area
-    EXPECT_EQ(seen[1].offset, g.record_offset(slot));
-    EXPECT_EQ(seen[1].length, g.record_bytes);
+    ASSERT_EQ(seen.size(), 1u);
+    const IoRequest& r = seen[0].request;
+    EXPECT_EQ(r.op, IoOp::kWritev);
+    EXPECT_EQ(r.offset, g.record_offset(slot));
+    EXPECT_EQ(r.length, g.record_bytes + g.slot_bytes);
+    EXPECT_EQ(seen[0].pieces, (std::vector<size_t>{g.record_bytes, g.slot_bytes}));
     seen.clear();
   }
   bool match = false;
@@ -316,10 +321,11 @@ TEST(NvmeTier, AReadIsOneFixedPayloadRequestAndAWriteAPayloadAndARecord) {
   EXPECT_TRUE(match);
   std::lock_guard lock(mu);
   ASSERT_EQ(seen.size(), 1u);
-  EXPECT_EQ(seen[0].op, IoOp::kRead);
-  EXPECT_EQ(seen[0].buffer_index, 0);
-  EXPECT_EQ(seen[0].offset, g.payload_offset(slot));
-  EXPECT_EQ(seen[0].length, g.slot_bytes);
+  const IoRequest& r = seen[0].request;
+  EXPECT_EQ(r.op, IoOp::kRead);
+  EXPECT_EQ(r.buffer_index, 0);  // the DRAM pool
+  EXPECT_EQ(r.offset, g.payload_offset(slot));
+  EXPECT_EQ(r.length, g.slot_bytes);
 }
 
 // The I/O thread handles at most queue depth / 8 completions per reap pass before it
@@ -378,10 +384,11 @@ TEST(NvmeTier, TheIoThreadSubmitsBetweenSmallReapPassesAndTimesEveryStage) {
   rig->dram->Release(*dst, Fence());
 }
 
-// A slab of format version 1 (a 4 KiB header sector before each payload) is refused with a
-// Status that names its version; so is a newer version; nothing is written to the file.
+// Slabs of format versions 1 (a 4 KiB header sector before each payload, read with it) and 2
+// (header records in a region of their own) are refused with a Status that names the
+// version; so is a newer version; nothing is written to the file.
 TEST(NvmeTier, SlabsOfOtherFormatVersionsAreRefusedNamingTheVersion) {
-  for (const uint32_t version : {1u, 3u}) {
+  for (const uint32_t version : {1u, 2u, 4u}) {
     TempDir dir;
     std::vector<std::byte> header(4096);
     const uint64_t magic = nvme::kSlabMagic, slot_bytes = 20480;
@@ -394,9 +401,9 @@ TEST(NvmeTier, SlabsOfOtherFormatVersionsAreRefusedNamingTheVersion) {
       const uint64_t sum = nvme::Xxh3_64(header.data(), 32);  // version 1: XXH3 of [0, 32) at 32
       std::memcpy(header.data() + 32, &sum, 8);
     } else {
+      // Version 2's layout: 512 B records from 4096, payloads from 1 MiB; XXH3 of [0, 48) at 48.
       const uint32_t record_bytes = 512;
-      const nvme::SlabGeometry g{slot_bytes, slot_count, record_bytes};
-      const uint64_t records = g.records_offset(), payloads = g.payloads_offset();
+      const uint64_t records = 4096, payloads = 1 << 20;
       std::memcpy(header.data() + 12, &record_bytes, 4);
       std::memcpy(header.data() + 32, &records, 8);
       std::memcpy(header.data() + 40, &payloads, 8);
@@ -418,40 +425,35 @@ TEST(NvmeTier, SlabsOfOtherFormatVersionsAreRefusedNamingTheVersion) {
   }
 }
 
-// Both header record sizes a slab can get on common devices (512 B: the logical block
-// size; 4096 B) under the same faults.
-class NvmeRecordBytesTest : public ::testing::TestWithParam<uint32_t> {};
-
-TEST_P(NvmeRecordBytesTest, FailedOrShortWritesAndFailedReadsAreNeverPublishedOrLoaded) {
+// Faults on a write's one request (header record + payload) and on reads.
+TEST(NvmeTier, FailedOrShortWritesAndFailedReadsAreNeverPublishedOrLoaded) {
   TempDir dir;
-  const uint32_t record_bytes = GetParam();
   constexpr uint32_t kPayload = (kBlock + 4095) / 4096 * 4096;
-  // 0 none, 1 EIO on payload writes, 2 short (half) payload transfers, 3 EIO on reads, 4
-  // short inside the first 4 KiB of a payload (2 KiB) and short record writes (half a
-  // record, 4096 B records only), 5 short payload writes whose remainder then fails with EIO,
-  // 6 EIO on record writes
+  constexpr uint32_t kWrite = nvme::kRecordBytes + kPayload;
+  // 0 none, 1 EIO on writes, 2 short (half) transfers, 3 EIO on reads, 4 short inside a
+  // write's record and inside a read's first 4 KiB (2 KiB), 5 short writes whose remainder
+  // then fails with EIO, 6 short writes that end exactly where the payload starts, then a
+  // short remainder inside the payload's first 4 KiB
   std::atomic<int> mode{0};
   std::atomic<int> shorts{0};
   NvmeMoverOptions mo;
   mo.fault = [&](const IoRequest& r, int res) {
     const int m = mode.load();
-    const bool payload_write = r.op == IoOp::kWrite && r.buffer_index == 0;
-    const bool record_write = r.op == IoOp::kWrite && r.buffer_index == 1;
+    const bool write = r.op == IoOp::kWritev;
     const bool whole = res == static_cast<int>(r.length);
-    if (m == 1 && payload_write) return -EIO;
+    if (m == 1 && write) return -EIO;
     if (m == 2 && res > 4096 && whole) return ++shorts, res / 2;
     if (m == 3 && r.op == IoOp::kRead) return -EIO;
-    if (m == 4 && whole && r.length == kPayload) return ++shorts, 2048;
-    if (m == 4 && whole && record_write && r.length == 4096) return ++shorts, 2048;
-    if (m == 5 && payload_write) return r.length == kPayload && whole ? (++shorts, res / 2) : -EIO;
-    if (m == 6 && record_write) return -EIO;
+    if (m == 4 && whole && (r.length == kWrite || r.length == kPayload)) return ++shorts, 2048;
+    if (m == 5 && write) return r.length == kWrite && whole ? (++shorts, res / 2) : -EIO;
+    if (m == 6 && write && whole && r.length == kWrite) return ++shorts, 4096;
+    if (m == 6 && write && whole && r.length == kPayload) return ++shorts, 2048;
     return res;
   };
-  auto rig = NvmeRig::Open(dir.str(), kBlock, 64, 64, NvmeMode::kCache, mo, record_bytes);
+  auto rig = NvmeRig::Open(dir.str(), kBlock, 64, 64, NvmeMode::kCache, mo);
   ASSERT_TRUE(rig.ok()) << rig.status().ToString();
-  ASSERT_EQ(rig->nvme->geometry().record_bytes, record_bytes);
   const auto ids = Ids(std::random_device{}(), 8);
-  for (const int m : {1, 5, 6}) {  // a failed payload or record write: nothing published
+  for (const int m : {1, 5}) {  // a failed write: nothing published
     mode = m;
     auto w = rig->Write(ids);
     EXPECT_EQ(w.status().code(), StatusCode::kIoError) << "mode " << m;
@@ -463,9 +465,10 @@ TEST_P(NvmeRecordBytesTest, FailedOrShortWritesAndFailedReadsAreNeverPublishedOr
     EXPECT_EQ(rig->nvme->usage().reserved_slots, 0u) << "mode " << m;
   }
   Result<std::vector<SlotId>> w = Status::Internal("not written");
-  for (const int m : {2, 4}) {  // short transfers are finished, not reported done early
+  std::vector<uint64_t> some;
+  for (const int m : {2, 4, 6}) {  // short transfers are finished, not reported done early
     mode = m;
-    const auto some = Ids(ids.back() + 1 + 100 * static_cast<uint64_t>(m), 8);
+    some = Ids(ids.back() + 1 + 100 * static_cast<uint64_t>(m), 8);
     w = rig->Write(some);
     ASSERT_TRUE(w.ok()) << "mode " << m << ": " << w.status().ToString();
     for (size_t i = 0; i < some.size(); ++i) {
@@ -484,18 +487,15 @@ TEST_P(NvmeRecordBytesTest, FailedOrShortWritesAndFailedReadsAreNeverPublishedOr
   // The records of short-written blocks are whole too: fsck agrees with the index.
   auto report = rig->nvme->Fsck(false);
   ASSERT_TRUE(report.ok());
-  EXPECT_EQ(report->checked, 16u);
+  EXPECT_EQ(report->checked, 24u);
   EXPECT_EQ(report->bad, 0u) << (report->problems.empty() ? "" : report->problems[0]);
   mode = 3;
   bool match = false;
-  EXPECT_EQ(rig->ReadAndCheck((*w)[0], ids.back() + 401, 0, &match).code(), StatusCode::kIoError);
+  EXPECT_EQ(rig->ReadAndCheck((*w)[0], some[0], 0, &match).code(), StatusCode::kIoError);
   mode = 0;  // the block was not loaded, but it is still on disk and reads again
-  ASSERT_TRUE(rig->ReadAndCheck((*w)[0], ids.back() + 401, 0, &match).ok());
+  ASSERT_TRUE(rig->ReadAndCheck((*w)[0], some[0], 0, &match).ok());
   EXPECT_TRUE(match);
 }
-
-INSTANTIATE_TEST_SUITE_P(RecordBytes, NvmeRecordBytesTest, ::testing::Values(512u, 4096u),
-                         [](const ::testing::TestParamInfo<uint32_t>& p) { return "Records" + std::to_string(p.param); });
 
 }  // namespace
 }  // namespace kvtier::testing

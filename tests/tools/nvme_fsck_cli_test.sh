@@ -11,11 +11,10 @@ trap 'rm -rf "$D"' EXIT
 "$KV" fsck --dir "$D/t" > "$D/out1"; rc=$?
 [ $rc -eq 0 ] || { cat "$D/out1"; echo "clean fsck exited $rc"; exit 11; }
 grep -q "checked [1-9][0-9]*, bad 0 (payloads 0, header records 0), dropped 0" "$D/out1" || { cat "$D/out1"; exit 12; }
-grep -q "format v2" "$D/out1" || { cat "$D/out1"; exit 12; }
-# Junk over every header record (at most 32 of at most 4096 B after the 4 KiB file header)
-# and every payload (32 slots of 4096 B at the payload region, 1 MiB into the file).
-dd if=/dev/urandom of="$D/t/slab.kvt" bs=4096 seek=1 count=32 conv=notrunc status=none
-dd if=/dev/urandom of="$D/t/slab.kvt" bs=4096 seek=256 count=32 conv=notrunc status=none
+grep -q "format v3" "$D/out1" || { cat "$D/out1"; exit 12; }
+# Junk over every slot: 32 slots of a 4 KiB header record and a 4 KiB payload each, after the
+# 4 KiB file header.
+dd if=/dev/urandom of="$D/t/slab.kvt" bs=4096 seek=1 count=64 conv=notrunc status=none
 "$KV" fsck --dir "$D/t" > "$D/out2"; rc=$?
 [ $rc -eq 1 ] || { cat "$D/out2"; echo "fsck of a damaged slab exited $rc"; exit 13; }
 grep -q "^bad: slot" "$D/out2" || { cat "$D/out2"; exit 14; }

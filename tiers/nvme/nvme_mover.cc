@@ -15,8 +15,7 @@ namespace kvtier {
 using nvme::kSectorBytes;
 
 namespace {
-constexpr int kPoolBuffer = 0;    // registered buffer index of the DRAM pool
-constexpr int kRecordBuffer = 1;  // ... of the mover's header record area
+constexpr int kPoolBuffer = 0;  // registered buffer index of the DRAM pool (reads)
 constexpr uint64_t kSyncTag = ~uint64_t{0};
 uint64_t RoundUp(uint64_t n) { return (n + kSectorBytes - 1) / kSectorBytes * kSectorBytes; }
 uint64_t NowNs() {
@@ -115,13 +114,10 @@ struct NvmeMover::Job {
 // In-flight state, owned by the I/O thread.
 struct NvmeMover::Io {
   UringQueue queue;
-  AlignedBuffer record_area;  // queue_depth header records
-  uint32_t record_bytes = 0;
+  AlignedBuffer record_area;  // queue_depth header records of nvme::kRecordBytes
   struct Segment {
     std::shared_ptr<Job> job;
     size_t index = 0;
-    int parts = 0;  // I/Os not yet completed (write: payload + record; read: payload)
-    Status status;
     uint64_t prepped_ns = 0, submitted_ns = 0;  // timing only
   };
   std::vector<Segment> segments;  // by in-flight index (= its record in record_area)
@@ -138,7 +134,9 @@ struct NvmeMover::Io {
   // The queue's counters, mirrored after each loop pass for breakdown() on other threads.
   std::atomic<uint64_t> passes{0}, idle_ns{0}, submit_calls{0}, submit_ns{0}, reap_calls{0}, reaped{0};
   explicit Io(UringQueue q) : queue(std::move(q)) {}
-  std::span<std::byte> record(uint32_t i) { return {record_area.data() + uint64_t{i} * record_bytes, record_bytes}; }
+  std::span<std::byte> record(uint32_t i) {
+    return {record_area.data() + uint64_t{i} * nvme::kRecordBytes, nvme::kRecordBytes};
+  }
 };
 
 Result<std::unique_ptr<NvmeMover>> NvmeMover::Create(HostTier* dram, NvmeTier* nvme, NvmeDirection direction,
@@ -161,14 +159,12 @@ Result<std::unique_ptr<NvmeMover>> NvmeMover::Create(HostTier* dram, NvmeTier* n
     const uint32_t qd = m->options_.queue_depth;
     auto q = UringQueue::Create({.queue_depth = 2 * qd});
     if (!q.ok()) return ready.set_value(q.status());
-    const uint32_t record_bytes = m->nvme_->geometry().record_bytes;
-    auto area = AlignedBuffer::Allocate(uint64_t{qd} * record_bytes);
+    auto area = AlignedBuffer::Allocate(uint64_t{qd} * nvme::kRecordBytes);
     if (!area.ok()) return ready.set_value(area.status());
     auto io = std::make_unique<Io>(std::move(q).value());
     io->record_area = std::move(area).value();
-    io->record_bytes = record_bytes;
-    const iovec iov[2] = {{m->dram_->base(), m->dram_->bytes()}, {io->record_area.data(), io->record_area.size()}};
-    if (Status s = io->queue.RegisterBuffers(iov); !s.ok()) return ready.set_value(std::move(s).Annotate(m->name_));
+    const iovec pool{m->dram_->base(), m->dram_->bytes()};
+    if (Status s = io->queue.RegisterBuffers({&pool, 1}); !s.ok()) return ready.set_value(std::move(s).Annotate(m->name_));
     if (m->options_.fault) io->queue.set_fault(m->options_.fault);
     io->segments.resize(qd);
     for (uint32_t i = qd; i > 0; --i) io->free_segments.push_back(i - 1);
@@ -294,20 +290,19 @@ void NvmeMover::IoLoop() {
   const uint32_t reap_batch = options_.reap_batch != 0 ? options_.reap_batch : std::max(1u, options_.queue_depth / 8);
   const int fd = nvme_->fd();
   const nvme::SlabGeometry& g = nvme_->geometry();
-  // Segment `h` moves one block: a write is the payload (WRITE_FIXED from the DRAM pool slot)
-  // and the slot's header record (WRITE_FIXED from record h of the record area), tags h * 2
-  // and h * 2 + 1; a read is the payload alone (READ_FIXED into the DRAM pool slot), tag h * 2.
-  // Payloads are 4 KiB multiples at 4 KiB offsets; records are record_bytes at multiples of
-  // record_bytes (the slab's direct-I/O alignment).
+  // Segment `h` moves one block in one request, tag h: a write is a WRITEV of record h of the
+  // record area then the DRAM pool slot's payload, at the slot's record offset (a vectored
+  // request cannot use the registered pool: the kernel pins the pages per request); a read is
+  // the payload alone (READ_FIXED into the DRAM pool slot). Records and payloads are 4 KiB
+  // multiples at 4 KiB offsets.
   auto prep_write = [&](uint32_t slot, uint32_t h, std::byte* payload, uint64_t len) {
-    KVT_CHECK(io.queue.Prep({IoOp::kWrite, fd, g.payload_offset(slot), payload, static_cast<uint32_t>(len), kPoolBuffer,
-                             uint64_t{h} * 2}).ok());
-    KVT_CHECK(io.queue.Prep({IoOp::kWrite, fd, g.record_offset(slot), io.record(h).data(), io.record_bytes, kRecordBuffer,
-                             uint64_t{h} * 2 + 1}).ok());
+    const std::span<std::byte> record = io.record(h);
+    const iovec pieces[2] = {{record.data(), record.size()}, {payload, len}};
+    KVT_CHECK(io.queue.Prep({.op = IoOp::kWritev, .fd = fd, .offset = g.record_offset(slot), .tag = h, .iov = pieces}).ok());
   };
   auto prep_read = [&](uint32_t slot, uint32_t h, std::byte* payload, uint64_t len) {
     KVT_CHECK(io.queue.Prep({IoOp::kRead, fd, g.payload_offset(slot), payload, static_cast<uint32_t>(len), kPoolBuffer,
-                             uint64_t{h} * 2}).ok());
+                             uint64_t{h}}).ok());
   };
 
   // Indexes every job in to_publish in one WriteBatch (their writes, and in durable mode
@@ -355,7 +350,7 @@ void NvmeMover::IoLoop() {
     const CopySegment& c = job->batch.segments[i];
     const uint64_t len = RoundUp(c.bytes);
     Io::Segment& seg = io.segments[h];
-    seg = Io::Segment{job, i, writing ? 2 : 1, Status(), 0, 0};
+    seg = Io::Segment{job, i, 0, 0};
     if (writing) {
       std::byte* payload = std::get<MemoryAddress>(dram_->Locate(c.src)).ptr;
       nvme::SlotHeader hd;
@@ -410,13 +405,11 @@ void NvmeMover::IoLoop() {
       }
       return;
     }
-    const auto h = static_cast<uint32_t>(tag / 2);
+    const auto h = static_cast<uint32_t>(tag);
     Io::Segment& seg = io.segments[h];
-    if (!s.ok() && seg.status.ok()) seg.status = std::move(s);
-    if (--seg.parts > 0) return;
     const uint64_t reaped_ns = NowNs();
     std::shared_ptr<Job> job = std::move(seg.job);
-    Status result = std::move(seg.status);
+    Status result = std::move(s);
     const CopySegment& c = job->batch.segments[seg.index];
     if (!writing && result.ok()) {
       nvme::SlotExpectation want;

@@ -1,13 +1,13 @@
 // NvmeMover: DRAM <-> NVMe over io_uring, one mover per direction. Payloads go straight
-// between the DRAM pool's slots and the slab's payload region (O_DIRECT, READ_FIXED /
-// WRITE_FIXED on the pool, which is registered with the ring): no bounce copy. Header records
-// (slot_format.h) go through a small registered header area owned by the mover (one record
-// per in-flight segment). A read is one request of the payload, nothing else; a write is the
-// payload request plus the record request (they are not adjacent on disk).
+// between the DRAM pool's slots and the slab's slots (O_DIRECT): no bounce copy. A read is
+// one READ_FIXED of the payload into the DRAM slot (the pool is registered with the ring),
+// nothing else. A write is one WRITEV of two pieces, the slot's header record (slot_format.h;
+// from a small area owned by the mover, one record per in-flight segment) and then the DRAM
+// slot's payload, which are adjacent on disk: one device request per block, as fio makes.
 //
 // Segments are whole blocks (offsets 0): a slot's checksum covers its whole payload.
-//   DRAM -> NVMe: payload and header record (key from MoveBatch::keys or NvmeTier::Bind, a new
-//                 generation, the checksum of the DRAM bytes) are written (all of both: a
+//   DRAM -> NVMe: header record and payload (key from MoveBatch::keys or NvmeTier::Bind, a
+//                 new generation, the checksum of the DRAM bytes) are written (all of them: a
 //                 short write is resubmitted for the rest); in durable mode the slab is
 //                 fdatasync'ed (one fdatasync covers every batch whose writes completed
 //                 before it was issued); then the tier publishes the blocks: all batches

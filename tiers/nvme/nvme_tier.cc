@@ -21,10 +21,6 @@ Status NvmeTierOptions::Validate() const {
     return Status::InvalidArgument(fmt::format("nvme tier: slot of {} B", slot_bytes));
   }
   if (slot_count == 0) return Status::InvalidArgument("nvme tier: 0 slots");
-  if (header_record_bytes != 0 && !nvme::ValidRecordBytes(header_record_bytes)) {
-    return Status::InvalidArgument(
-        fmt::format("nvme tier: header records of {} B (0, or a power of two in [512, 4096])", header_record_bytes));
-  }
   return Status();
 }
 
@@ -51,30 +47,6 @@ Status PwriteFull(int fd, const std::byte* src, size_t n, uint64_t offset) {
   return Status();
 }
 
-// The record size of a new slab: the file's direct-I/O offset alignment unless asked.
-Result<uint32_t> RecordBytesFor(const NvmeTierOptions& options, int fd) {
-  if (options.header_record_bytes != 0) return options.header_record_bytes;
-  KVT_ASSIGN_OR_RETURN(uint32_t align, DirectIoOffsetAlignment(fd));
-  if (align == 0) return static_cast<uint32_t>(kSectorBytes);  // unknown: a sector is always enough
-  align = std::max(align, nvme::kMinRecordBytes);
-  if (!nvme::ValidRecordBytes(align)) {
-    return Status::InvalidArgument(fmt::format("nvme tier: direct I/O alignment of {} B (records of 512..4096 B)", align));
-  }
-  return align;
-}
-
-// Zeroes [from, to) with real writes: the header region then holds written (not merely
-// allocated) blocks, so the small O_DIRECT writes of header records are plain overwrites
-// (ext4 serializes sub-block direct writes into unwritten extents).
-Status ZeroRange(int fd, uint64_t from, uint64_t to) {
-  constexpr uint64_t kChunk = 1ull << 20;
-  KVT_ASSIGN_OR_RETURN(AlignedBuffer zeros, AlignedBuffer::Allocate(kChunk));
-  for (uint64_t at = from; at < to; at += kChunk) {
-    KVT_RETURN_IF_ERROR(PwriteFull(fd, zeros.data(), std::min(kChunk, to - at), at));
-  }
-  return Status();
-}
-
 bool AllZero(std::span<const std::byte> s) {
   return std::all_of(s.begin(), s.end(), [](std::byte b) { return b == std::byte{0}; });
 }
@@ -93,7 +65,7 @@ Result<std::unique_ptr<NvmeTier>> NvmeTier::Open(NvmeTierOptions options) {
   KVT_ASSIGN_OR_RETURN(AlignedBuffer sector, AlignedBuffer::Allocate(kSectorBytes));
   const auto sector_span = std::span(sector.data(), kSectorBytes);
   bool fresh = !existed || std::filesystem::file_size(slab) < kSectorBytes;
-  nvme::SlabGeometry geometry{slot_bytes, options.slot_count, 0};
+  const nvme::SlabGeometry geometry{slot_bytes, options.slot_count};
   if (!fresh) {
     KVT_RETURN_IF_ERROR(PreadFull(file.fd.get(), sector.data(), kSectorBytes, 0));
     // An all-zero file header: a slab whose creation never finished (the header is written last).
@@ -102,31 +74,22 @@ Result<std::unique_ptr<NvmeTier>> NvmeTier::Open(NvmeTierOptions options) {
   if (!fresh) {
     auto g = nvme::DecodeSlabHeader(sector_span);
     if (!g.ok()) return std::move(g).status().Annotate(slab);
-    if (g->slot_bytes != slot_bytes || g->slot_count != options.slot_count ||
-        (options.header_record_bytes != 0 && g->record_bytes != options.header_record_bytes)) {
-      return Status::InvalidArgument(fmt::format("{} holds {} slots of {} B (records of {} B); asked for {} of {} B{}", slab,
-                                                 g->slot_count, g->slot_bytes, g->record_bytes, options.slot_count,
-                                                 slot_bytes,
-                                                 options.header_record_bytes != 0
-                                                     ? fmt::format(" (records of {} B)", options.header_record_bytes)
-                                                     : std::string()));
+    if (*g != geometry) {
+      return Status::InvalidArgument(fmt::format("{} holds {} slots of {} B; asked for {} of {} B", slab, g->slot_count,
+                                                 g->slot_bytes, options.slot_count, slot_bytes));
     }
-    geometry = *g;
-    if (file.direct) {
-      KVT_ASSIGN_OR_RETURN(uint32_t align, DirectIoOffsetAlignment(file.fd.get()));
-      if (align > geometry.record_bytes) {
-        return Status::FailedPrecondition(fmt::format(
-            "{}: header records of {} B, but direct I/O here needs {} B alignment (slab moved to another device?)", slab,
-            geometry.record_bytes, align));
-      }
+  }
+  if (file.direct) {
+    // Records and payloads sit at 4 KiB multiples and are 4 KiB multiples long.
+    KVT_ASSIGN_OR_RETURN(uint32_t align, DirectIoOffsetAlignment(file.fd.get()));
+    if (align > kSectorBytes || (align != 0 && kSectorBytes % align != 0)) {
+      return Status::FailedPrecondition(
+          fmt::format("{}: direct I/O here needs {} B alignment; slots are laid out in {} B units", slab, align,
+                      kSectorBytes));
     }
-  } else {
-    KVT_ASSIGN_OR_RETURN(geometry.record_bytes, RecordBytesFor(options, file.fd.get()));
   }
   KVT_RETURN_IF_ERROR(Preallocate(file.fd.get(), geometry.file_bytes()));  // ENOSPC -> kNoSpace
   if (fresh) {
-    KVT_RETURN_IF_ERROR(ZeroRange(file.fd.get(), geometry.records_offset(), geometry.payloads_offset()));
-    KVT_RETURN_IF_ERROR(SyncData(file.fd.get()));
     nvme::EncodeSlabHeader(geometry, sector_span);
     KVT_RETURN_IF_ERROR(PwriteFull(file.fd.get(), sector.data(), kSectorBytes, 0));
     KVT_RETURN_IF_ERROR(SyncData(file.fd.get()));
@@ -375,19 +338,19 @@ Result<FsckReport> NvmeTier::Fsck(bool drop) {
     for (const auto& [key, slot] : published_) indexed.emplace_back(slot, key);
   }
   std::sort(indexed.begin(), indexed.end());
-  const uint64_t record_at = geometry_.slot_bytes;  // the record after the payload in `buf`
-  KVT_ASSIGN_OR_RETURN(AlignedBuffer buf, AlignedBuffer::Allocate(geometry_.slot_bytes + geometry_.record_bytes));
+  // One pread per slot: its record and payload are adjacent.
+  KVT_ASSIGN_OR_RETURN(AlignedBuffer buf, AlignedBuffer::Allocate(geometry_.stride()));
+  const std::span<const std::byte> record_bytes(buf.data(), nvme::kRecordBytes);
+  const std::span<const std::byte> payload_bytes(buf.data() + nvme::kRecordBytes, geometry_.slot_bytes);
   for (const auto& [slot, key] : indexed) {
     nvme::SlotExpectation want;
     BlockKey expected_key;
     if (!Expect(slot, &want, &expected_key)) continue;
     ++report.checked;
-    KVT_RETURN_IF_ERROR(PreadFull(fd(), buf.data(), geometry_.slot_bytes, geometry_.payload_offset(slot.value())));
-    KVT_RETURN_IF_ERROR(
-        PreadFull(fd(), buf.data() + record_at, geometry_.record_bytes, geometry_.record_offset(slot.value())));
-    const Status payload = nvme::VerifyPayload({buf.data(), geometry_.slot_bytes}, want);
+    KVT_RETURN_IF_ERROR(PreadFull(fd(), buf.data(), geometry_.stride(), geometry_.record_offset(slot.value())));
+    const Status payload = nvme::VerifyPayload(payload_bytes, want);
     Status record;
-    if (auto r = nvme::DecodeSlotRecord({buf.data() + record_at, geometry_.record_bytes}); !r.ok()) {
+    if (auto r = nvme::DecodeSlotRecord(record_bytes); !r.ok()) {
       record = r.status();
     } else {
       record = nvme::CheckRecord(*r, want);

@@ -1,12 +1,12 @@
-// NvmeTier: the NVMe tier. One preallocated slab file (slot_format.h: a header region of one
-// small record per slot, then a payload region of fixed slots) opened O_DIRECT under a
+// NvmeTier: the NVMe tier. One preallocated slab file (slot_format.h: fixed slots, each a
+// 4 KiB header record followed by the block's payload) opened O_DIRECT under a
 // DirectIo policy, plus its RocksDB key index (nvme_index.h), both in a directory the user
 // names. A tier owns capacity and addresses; NvmeMover moves the bytes.
 //
 // Blocks and keys. A caller that wants a block to survive a restart names its key: in the
 // MoveBatch (`keys`, as the TierManager does) or with Bind before the mover writes it; the mover
-// then writes the payload and the slot's header record (key, generation, checksum) and, once
-// both writes (and, in durable mode, their fdatasync) have completed, publishes
+// then writes the slot's header record (key, generation, checksum) and the payload as one
+// request and, once it (and, in durable mode, its fdatasync) has completed, publishes
 // key -> (slot, generation, checksum) in the index. A read verifies the payload against
 // what the index says (no header read). Unbound writes are verified the same way (with the
 // all-zero key) but not indexed: they live until the process ends. Release of a published
@@ -16,7 +16,7 @@
 // handed out by TakeRecovered(); nothing is read at open, each block is verified when it is
 // read. A missing or empty index opens an empty tier: the slab's old blocks are dropped
 // (their generations are below the new base, so they can never verify), not rebuilt from
-// the header records. A slab of format version 1 is refused (kFailedPrecondition).
+// the header records. A slab of format version 1 or 2 is refused (kFailedPrecondition).
 //
 // Modes. kCache: index writes are not synced (a block whose entry is lost is a miss; a
 // doubtful block fails verification: a miss). kDurable: a write is acknowledged only after
@@ -50,10 +50,6 @@ struct NvmeTierOptions {
   std::string dir;            // created if missing; holds slab.kvt and index/
   uint64_t slot_bytes = 0;    // block bytes; rounded up to 4096
   uint32_t slot_count = 0;
-  // Bytes of a slot's header record in a new slab: 0 = the file's direct-I/O offset alignment
-  // (statx STATX_DIOALIGN; at least 512, and 4096 when the kernel does not say), else a power
-  // of two in [512, 4096]. An existing slab keeps its own (a mismatch is kInvalidArgument).
-  uint32_t header_record_bytes = 0;
   NvmeMode mode = NvmeMode::kCache;
   DirectIo direct_io = DirectIo::kPreferred;
   Logger* logger = nullptr;   // null = StderrLogger::Default()

@@ -33,10 +33,6 @@ uint64_t RecordChecksum(std::span<const std::byte> record) {
 }
 }  // namespace
 
-bool ValidRecordBytes(uint64_t n) {
-  return n >= kMinRecordBytes && n <= kMaxRecordBytes && (n & (n - 1)) == 0;
-}
-
 void EncodeChecksumFields(const SlotHeader& h, std::span<std::byte, kChecksummedHeaderBytes> s) {
   std::memset(s.data(), 0, kChecksummedHeaderBytes);
   Put<uint64_t>(s, 0, kSlotMagic);
@@ -127,11 +123,11 @@ void EncodeSlabHeader(const SlabGeometry& g, std::span<std::byte> sector) {
   std::memset(sector.data(), 0, kSectorBytes);
   Put<uint64_t>(sector, 0, kSlabMagic);
   Put<uint32_t>(sector, 8, kFormatVersion);
-  Put<uint32_t>(sector, 12, g.record_bytes);
+  Put<uint32_t>(sector, 12, static_cast<uint32_t>(g.record_bytes));
   Put<uint64_t>(sector, 16, g.slot_bytes);
   Put<uint32_t>(sector, 24, g.slot_count);
-  Put<uint64_t>(sector, 32, g.records_offset());
-  Put<uint64_t>(sector, 40, g.payloads_offset());
+  Put<uint64_t>(sector, 32, g.slots_offset());
+  Put<uint64_t>(sector, 40, g.stride());
   Put<uint64_t>(sector, kSlabChecksummed, Xxh3_64(sector.data(), kSlabChecksummed));
 }
 
@@ -139,25 +135,27 @@ Result<SlabGeometry> DecodeSlabHeader(std::span<const std::byte> s) {
   if (s.size() < kSectorBytes) return Status::DataLoss("slab file header shorter than a sector");
   if (Get<uint64_t>(s, 0) != kSlabMagic) return Status::DataLoss("not a kvtier slab (bad magic)");
   const auto version = Get<uint32_t>(s, 8);
+  // Version 2 kept this header layout (its records in a region of their own); version 1 kept
+  // its checksum at 32. Either way: refused, named, and nothing written.
+  const auto other_version = [&] {
+    return Status::FailedPrecondition(fmt::format(
+        "slab format version {}; this build reads only version {}: remove the tier directory (its blocks "
+        "become misses) or open it with an older kvtier",
+        version, kFormatVersion));
+  };
   if (Get<uint64_t>(s, kSlabChecksummed) != Xxh3_64(s.data(), kSlabChecksummed)) {
     if (version != kFormatVersion && Get<uint64_t>(s, kV1SlabChecksummed) == Xxh3_64(s.data(), kV1SlabChecksummed)) {
-      // An intact header of format version 1 (or of another version that kept that layout).
-      return Status::FailedPrecondition(fmt::format(
-          "slab format version {}; this build reads only version {} (a header sector per slot was replaced by a "
-          "header region): remove the tier directory (its blocks become misses) or open it with an older kvtier",
-          version, kFormatVersion));
+      return other_version();
     }
     return Status::DataLoss("slab header checksum mismatch");
   }
-  if (version != kFormatVersion) {
-    return Status::FailedPrecondition(
-        fmt::format("slab format version {}; this build reads only version {}", version, kFormatVersion));
-  }
-  SlabGeometry g{Get<uint64_t>(s, 16), Get<uint32_t>(s, 24), Get<uint32_t>(s, 12)};
-  if (g.slot_bytes == 0 || g.slot_bytes % kSectorBytes != 0 || g.slot_count == 0 || !ValidRecordBytes(g.record_bytes) ||
-      Get<uint64_t>(s, 32) != g.records_offset() || Get<uint64_t>(s, 40) != g.payloads_offset()) {
+  if (version != kFormatVersion) return other_version();
+  const SlabGeometry g{Get<uint64_t>(s, 16), Get<uint32_t>(s, 24)};
+  if (g.slot_bytes == 0 || g.slot_bytes % kSectorBytes != 0 || g.slot_count == 0 ||
+      Get<uint32_t>(s, 12) != kRecordBytes || Get<uint64_t>(s, 32) != g.slots_offset() ||
+      Get<uint64_t>(s, 40) != g.stride()) {
     return Status::DataLoss(fmt::format("slab header: inconsistent geometry ({} slots of {} B, records of {} B)",
-                                        g.slot_count, g.slot_bytes, g.record_bytes));
+                                        g.slot_count, g.slot_bytes, Get<uint32_t>(s, 12)));
   }
   return g;
 }

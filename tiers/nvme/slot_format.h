@@ -1,13 +1,13 @@
-// The on-disk format of an NVMe slab (format version 2; docs/formats.md is the reference).
+// The on-disk format of an NVMe slab (format version 3; docs/formats.md is the reference).
 //
-//   file header     4096 B at offset 0: magic "HVTSLAB1", version 2, record_bytes, slot_bytes,
-//                   slot_count, the two region offsets, an XXH3-64 of the fields
-//   header region   at 4096: slot_count records of record_bytes (the file's direct-I/O
-//                   alignment, 512..4096): record i describes slot i (SlotHeader below)
-//   payload region  at payloads_offset (1 MiB aligned): slot i's payload at
-//                   payloads_offset + i * slot_bytes, exactly the block then zero padding to a
-//                   4 KiB multiple. No header inside: a read of a block is one plain request
-//                   of its payload, the same request fio makes.
+//   file header   4096 B at offset 0: magic "HVTSLAB1", version 3, record bytes (4096),
+//                 slot_bytes, slot_count, the first slot's offset, the slot stride, an XXH3-64
+//                 of the fields
+//   slots         at 4096, back to back, each kRecordBytes + slot_bytes: the slot's header
+//                 record (one 4 KiB sector, SlotHeader below), then its payload (the block,
+//                 then padding up to a 4 KiB multiple). A write of a block is ONE request of
+//                 record + payload; a read is one plain request of the payload alone, the
+//                 same request fio makes.
 //
 // The slot checksum is XXH3-64 over the record's first 80 bytes (magic, version, key,
 // generation, length and the payload's own file offset) followed by the payload's first
@@ -17,7 +17,8 @@
 // other key) payload fails. The header record is read only by fsck (and is what an index
 // rebuild would use). All integers are little-endian.
 //
-// Format version 1 (a 4 KiB header sector before each payload) is refused at open with a
+// Format versions 1 (a header sector per payload, read with it) and 2 (header records in a
+// region of their own, a second request per write) are refused at open with a
 // kFailedPrecondition that names the version.
 #pragma once
 
@@ -30,34 +31,27 @@
 
 namespace kvtier::nvme {
 
-inline constexpr uint64_t kSectorBytes = 4096;       // file header; payload size unit
-inline constexpr uint64_t kPayloadRegionAlign = 1ull << 20;
+inline constexpr uint64_t kSectorBytes = 4096;       // file header; record; payload size unit
 inline constexpr uint64_t kSlabMagic = 0x31424c4153545648ull;  // "HVTSLAB1" read little-endian
-inline constexpr uint64_t kSlotMagic = 0x32544f4c53545648ull;  // "HVTSLOT2"
-inline constexpr uint32_t kFormatVersion = 2;
+inline constexpr uint64_t kSlotMagic = 0x33544f4c53545648ull;  // "HVTSLOT3"
+inline constexpr uint32_t kFormatVersion = 3;
 inline constexpr size_t kChecksummedHeaderBytes = 80;
 inline constexpr size_t kRecordUsedBytes = 96;        // fields of a header record; the rest is zero
-inline constexpr uint32_t kMinRecordBytes = 512;
-inline constexpr uint32_t kMaxRecordBytes = 4096;
+inline constexpr uint64_t kRecordBytes = kSectorBytes;  // a slot's header record: one sector
 
 struct SlabGeometry {
   uint64_t slot_bytes = 0;     // payload bytes per slot, a multiple of 4096
   uint32_t slot_count = 0;
-  uint32_t record_bytes = 0;   // header record bytes per slot: a power of two in [512, 4096]
+  static constexpr uint64_t record_bytes = kRecordBytes;
 
-  uint64_t records_offset() const { return kSectorBytes; }
-  uint64_t record_offset(uint32_t slot) const { return records_offset() + uint64_t{slot} * record_bytes; }
-  uint64_t payloads_offset() const {
-    const uint64_t end = records_offset() + uint64_t{slot_count} * record_bytes;
-    return (end + kPayloadRegionAlign - 1) / kPayloadRegionAlign * kPayloadRegionAlign;
-  }
-  uint64_t payload_offset(uint32_t slot) const { return payloads_offset() + uint64_t{slot} * slot_bytes; }
-  uint64_t file_bytes() const { return payloads_offset() + uint64_t{slot_count} * slot_bytes; }
+  // Slot i is [record_offset(i), record_offset(i) + stride()): record, then payload.
+  uint64_t stride() const { return kRecordBytes + slot_bytes; }
+  uint64_t slots_offset() const { return kSectorBytes; }
+  uint64_t record_offset(uint32_t slot) const { return slots_offset() + uint64_t{slot} * stride(); }
+  uint64_t payload_offset(uint32_t slot) const { return record_offset(slot) + kRecordBytes; }
+  uint64_t file_bytes() const { return slots_offset() + uint64_t{slot_count} * stride(); }
   bool operator==(const SlabGeometry&) const = default;
 };
-
-// Whether `record_bytes` is a valid record size (a power of two in [512, 4096]).
-bool ValidRecordBytes(uint64_t record_bytes);
 
 struct SlotHeader {
   BlockKey key;               // all zero for a block written without a key
@@ -72,8 +66,8 @@ void EncodeChecksumFields(const SlotHeader& h, std::span<std::byte, kChecksummed
 // The checksum of header `h` (its checksum field ignored) and `payload`.
 uint64_t SlotChecksum(const SlotHeader& h, std::span<const std::byte> payload);
 
-// Encodes `h` (checksum included) as a header record; `record` is zeroed first (its size is
-// the record size, at least kRecordUsedBytes).
+// Encodes `h` (checksum included) as a header record; `record` (kRecordBytes; tests may pass
+// any size of at least kRecordUsedBytes) is zeroed first.
 void EncodeSlotRecord(const SlotHeader& h, std::span<std::byte> record);
 // Decodes a header record; kDataLoss on a bad magic, version or record checksum.
 Result<SlotHeader> DecodeSlotRecord(std::span<const std::byte> record);
@@ -94,8 +88,8 @@ Status VerifyPayload(std::span<const std::byte> payload, const SlotExpectation& 
 Status CheckRecord(const SlotHeader& record, const SlotExpectation& want);
 
 void EncodeSlabHeader(const SlabGeometry& g, std::span<std::byte> sector);
-// kFailedPrecondition for a slab of another format version (version 1 included, named in
-// the message); kDataLoss for a damaged or foreign file header.
+// kFailedPrecondition for a slab of another format version (versions 1 and 2 included, named
+// in the message); kDataLoss for a damaged or foreign file header.
 Result<SlabGeometry> DecodeSlabHeader(std::span<const std::byte> sector);
 
 }  // namespace kvtier::nvme

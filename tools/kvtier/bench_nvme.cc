@@ -6,10 +6,10 @@
 // HBM, memcpy mover) through TierManager::Onboard, against each hop measured alone.
 //
 // Each kvtier I/O is one single-block MoveBatch with its key (as the TierManager issues
-// them): a write puts the payload and the slot's header record (two fixed-buffer requests),
-// then indexes the key (RocksDB, cache mode: WAL not synced); a read gets the payload (one
-// fixed-buffer request, the same one fio makes) and verifies it against the index. fio moves
-// the payload only. Latency is per block, from Submit to the fence's signal.
+// them): a write puts the slot's header record and the payload (one vectored request of
+// 4 KiB + the block), then indexes the key (RocksDB, cache mode: WAL not synced); a read gets
+// the payload (one fixed-buffer request, the same one fio makes) and verifies it against the
+// index. fio moves the payload only (its writes are 4 KiB shorter than kvtier's). Latency is per block, from Submit to the fence's signal.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spawn.h>
@@ -60,7 +60,6 @@ struct BenchNvmeOptions {
   bool no_keys = false;
   bool publish_per_batch = false;  // index each block on its own (the old mover behaviour)
   uint32_t reap_batch = 0;           // completions per reap pass (0: the mover's default)
-  uint32_t record_bytes = 0;         // header record bytes (0 = the file's direct-I/O alignment)
 };
 
 class QuietLogger final : public Logger {
@@ -145,7 +144,7 @@ Result<Rig> OpenRig(const BenchNvmeOptions& o, const std::string& dir, Logger* l
   Rig r;
   const auto count = static_cast<uint32_t>(o.file_bytes / o.block_size);
   auto nvme = NvmeTier::Open({.dir = dir, .slot_bytes = o.block_size, .slot_count = count,
-                              .header_record_bytes = o.record_bytes, .mode = NvmeMode::kCache,
+                              .mode = NvmeMode::kCache,
                               .direct_io = DirectIo::kRequired, .logger = log});
   if (!nvme.ok()) {
     return Status(nvme.status().code(),
@@ -274,7 +273,7 @@ Status Refill(Rig& r, const BenchNvmeOptions& o) {
   return RunKvtier(r, o, true, 0, &todo).status();
 }
 
-// Runs fio on the slab's payload region: offsets payloads_offset + k * slot_bytes.
+// Runs fio on the slab's payloads: offsets payload_offset(0) + k * stride, slot_bytes each.
 Result<Measurement> RunFio(const BenchNvmeOptions& o, const std::string& slab, const nvme::SlabGeometry& g, bool write,
                            const std::string& out_json) {
   std::vector<std::string> args = {
@@ -286,9 +285,9 @@ Result<Measurement> RunFio(const BenchNvmeOptions& o, const std::string& slab, c
       "--direct=1",
       fmt::format("--rw={}", write ? "randwrite" : "randread"),
       fmt::format("--bs={}", o.block_size),
-      fmt::format("--ba={}", g.slot_bytes),
-      fmt::format("--offset={}", g.payloads_offset()),
-      fmt::format("--size={}", uint64_t{g.slot_count} * g.slot_bytes),
+      fmt::format("--ba={}", g.stride()),
+      fmt::format("--offset={}", g.payload_offset(0)),
+      fmt::format("--size={}", uint64_t{g.slot_count - 1} * g.stride() + g.slot_bytes),  // to the last payload's end
       fmt::format("--iodepth={}", o.qd),
       "--norandommap",
       "--randrepeat=0",
@@ -511,9 +510,9 @@ int RunBenchNvme(const BenchNvmeOptions& o) {
     if (!rig.ok()) return fail(rig.status());
     const std::string slab = root + "/tier/slab.kvt";
     if (!o.json) {
-      fmt::print("bench nvme: {} slots of {} B in {} (format v{}, header records of {} B, O_DIRECT{}, XXH3 {}), qd {}, {} s "
-                 "per measurement, {} run(s)\n",
-                 rig->nvme_slots.size(), o.block_size, slab, nvme::kFormatVersion, rig->nvme->geometry().record_bytes,
+      fmt::print("bench nvme: {} slots of {} B in {} (format v{}, a {} B header record before each payload, O_DIRECT{}, "
+                 "XXH3 {}), qd {}, {} s per measurement, {} run(s)\n",
+                 rig->nvme_slots.size(), o.block_size, slab, nvme::kFormatVersion, nvme::kRecordBytes,
                  rig->nvme->stats().direct ? "" : " OFF", rig->nvme->stats().checksum_path, o.qd, o.seconds, o.runs);
     }
     for (uint32_t run = 0; run < o.runs; ++run) {
@@ -665,9 +664,6 @@ void AddBenchNvmeCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--reap-batch", o->reap_batch,
                   "completions the mover's I/O thread handles before submitting again: 0 = its default (qd / 8), "
                   "4294967295 = every ready one (the old mover; for comparison)");
-  cmd->add_option("--record-bytes", o->record_bytes,
-                  "header record bytes per slot: 0 = the file's direct-I/O alignment (default), or 512..4096")
-      ->check(CLI::IsMember({0u, 512u, 1024u, 2048u, 4096u}));
   cmd->add_flag("--no-keys", o->no_keys, "move unkeyed blocks (nothing indexed): the I/O path without the RocksDB index");
   cmd->callback([o, exit_code] { *exit_code = RunBenchNvme(*o); });
 }
