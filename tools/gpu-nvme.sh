@@ -16,7 +16,7 @@ mkdir -p "$out"
 dir=${1:-${TMPDIR:-/tmp}}
 baseline=${2:-}
 export LD_LIBRARY_PATH=$PWD/.bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-kv=build-cuda/tools/kvtier/kvtier
+kv=${KV:-build-cuda/tools/kvtier/kvtier}  # KV=path: another kvtier build (e.g. a CPU one)
 fio_args=(--no-fio)
 if [ -f .bundle/fio.tar.xz ]; then
   fio_dir=$(mktemp -d)
