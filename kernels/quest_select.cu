@@ -22,8 +22,18 @@ bool ValidShape(const QuestSelectDeviceArgs& a) {
          a.block_offsets != nullptr && a.scores != nullptr;
 }
 
+// A non-default score shape applies only where the pipelined kernel runs: never a silent
+// fallback to the register ring (misaligned metadata, kRegisterRing).
+bool ScoreShapeApplies(const QuestSelectDeviceArgs& a) {
+  if (IsDefault(a.score_shape)) return true;
+  return QuestScoreShapeError(a.score_shape, a.head_dim) == nullptr &&
+         a.score_algorithm == QuestScoreAlgorithm::kPipelined && reinterpret_cast<uintptr_t>(a.bounds) % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(a.scales) % 4 == 0;
+}
+
 bool ValidForScores(const QuestSelectDeviceArgs& a) {
   if (!ValidShape(a) || a.queries == nullptr || a.bounds == nullptr || a.scales == nullptr) return false;
+  if (!ScoreShapeApplies(a)) return false;
   return a.params.combine != GqaCombine::kMax || (a.q_heads / a.kv_heads) * a.head_dim <= kMaxStagedQueryFloats;
 }
 
@@ -45,6 +55,23 @@ void QuestSelectedOffsets(const uint32_t* blocks, uint32_t requests, uint32_t kv
       offsets[r * kv_heads + h + 1] = at;
     }
   }
+}
+
+const char* QuestScoreShapeError(const QuestScoreShape& shape, uint32_t head_dim) {
+  if (IsDefault(shape)) return nullptr;
+  if (head_dim != 128) return "score shape overrides are instantiated for head_dim 128 only";
+  if (shape.stages != 0 && shape.stages != 2 && shape.stages != 3 && shape.stages != 4 && shape.stages != 6) {
+    return "score stages must be 2, 3, 4 or 6 (0 = default 4)";
+  }
+  if (shape.slices_per_thread != 0 && shape.slices_per_thread != 2 && shape.slices_per_thread != 4) {
+    return "score slices per thread must be 2 or 4 (0 = default 2)";
+  }
+  return nullptr;  // tiles_per_cta: any value (0 = one wave; more than a row's tiles = one CTA per row)
+}
+
+cudaError_t PlanQuestScores(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
+  if (plan == nullptr || !ValidForScores(a)) return cudaErrorInvalidValue;
+  return quest_internal::PlanScores(a, plan);
 }
 
 cudaError_t LaunchQuestScores(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
@@ -72,6 +99,8 @@ cudaError_t LaunchQuestTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream)
 
 cudaError_t LaunchQuestSelect(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
   if (!ValidForScores(a) || !ValidForTopK(a)) return cudaErrorInvalidValue;  // nothing enqueued
+  // The fused path has its own score kernel: a score shape there would be ignored.
+  if (a.row_counters != nullptr && !IsDefault(a.score_shape)) return cudaErrorInvalidValue;
   if (a.max_blocks == 0) return LaunchQuestTopK(a, stream);  // rows of no block: only the output fill
   if (CanFuse(a)) return LaunchScoresAny(a, stream, true);
   if (cudaError_t e = LaunchScoresAny(a, stream, false); e != cudaSuccess) return e;

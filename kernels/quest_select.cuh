@@ -71,6 +71,31 @@ inline constexpr uint32_t kDigitTopKAutoMaxBlocks = 2048;
 //                  (~127 registers, 2 CTAs per SM) — kept to compare the two in one run.
 enum class QuestScoreAlgorithm : uint8_t { kPipelined = 0, kRegisterRing = 1 };
 
+// Launch shape of the pipelined score kernel (kPipelined), for tuning (`kvtier bench decode
+// --sweep`, round 9). Every field 0 = the default, so a default-constructed shape launches
+// exactly the round-8 kernel and grid. Any shape gives the same scores bit for bit (each
+// slice is scored by the same lanes in the same order whatever the tiling); only speed
+// changes. QuestScoreShapeError says what is wrong with one; the launches refuse a bad one
+// (cudaErrorInvalidValue), never run something else instead.
+struct QuestScoreShape {
+  // Tiles of a row per CTA (gridDim.x = ⌈tiles of the longest row / tiles_per_cta⌉). 0: as
+  // many CTAs per row as one wave of resident CTAs allows (b8/32K on an H100: 6 CTAs of ≤ 6
+  // tiles per row). Any value ≥ 1 is valid (one larger than a row's tiles = one CTA per row).
+  uint32_t tiles_per_cta = 0;
+  // Tile buffers per CTA (tiles in flight while one is scored = stages − 1): 2, 3, 4, 6.
+  // 0 = 4. Shared memory per CTA = stages · tile bytes (+ the staged queries).
+  uint32_t stages = 0;
+  // Slices each thread scores per tile: 2 (tiles of 64 slices, 16.6 KB at d = 128) or 4 (128
+  // slices: one shared q⁺/q⁻ load feeds 4 slices instead of 2). 0 = 2.
+  uint32_t slices_per_thread = 0;
+};
+inline constexpr uint32_t kQuestScoreDefaultStages = 4;
+inline constexpr uint32_t kQuestScoreDefaultSlicesPerThread = 2;
+
+inline bool IsDefault(const QuestScoreShape& s) {
+  return s.tiles_per_cta == 0 && s.stages == 0 && s.slices_per_thread == 0;
+}
+
 // QuestBudgetBlocks for a sequence of `blocks` blocks (host and device).
 __host__ __device__ inline uint32_t QuestBudgetBlocksOf(uint32_t blocks, const QuestSelectParams& p) {
   const uint32_t by_budget = p.block_tokens == 0 ? 0 : p.budget_tokens / p.block_tokens;
@@ -123,7 +148,32 @@ struct QuestSelectDeviceArgs {
   QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kAuto;
   // The separate score launch's kernel (see the enum).
   QuestScoreAlgorithm score_algorithm = QuestScoreAlgorithm::kPipelined;
+  // The pipelined kernel's launch shape (default: the round-8 one). A non-default shape needs
+  // score_algorithm kPipelined, head_dim 128, `bounds` 16-byte and `scales` 4-byte aligned and
+  // no row_counters (the fused path has its own kernel); otherwise the launch is refused.
+  QuestScoreShape score_shape{};
 };
+
+// What a score launch of `args` runs (the pipelined kernel's grid as LaunchQuestScores sizes
+// it, overrides applied), for benchmarks and tests.
+struct QuestScorePlan {
+  bool pipelined = false;        // false: the register-ring kernel (and the fields below are 0)
+  uint32_t tile_slices = 0;      // slices per tile (64 · slices_per_thread / 2)
+  uint32_t stages = 0;           // tile buffers per CTA
+  uint32_t tiles_per_row = 0;    // tiles of the longest row
+  uint32_t tiles_per_cta = 0;
+  uint32_t ctas_per_row = 0;     // gridDim.x
+  uint32_t ctas_per_sm = 0;      // resident CTAs per SM (occupancy of the instance at its shared memory)
+  uint32_t smem_bytes = 0;       // dynamic shared memory per CTA
+};
+
+// nullptr if `shape` is valid for scores of head_dim `head_dim`, else what is wrong with it
+// (a static string).
+const char* QuestScoreShapeError(const QuestScoreShape& shape, uint32_t head_dim);
+
+// The plan of a score launch of `a` (queries the device's occupancy once per kernel
+// instance). cudaErrorInvalidValue where LaunchQuestScores would refuse `a`.
+cudaError_t PlanQuestScores(const QuestSelectDeviceArgs& a, QuestScorePlan* plan);
 
 // Host: sel_off for `blocks[r]` blocks per request — the running sum of
 // QuestBudgetBlocksOf over rows (requests · kv_heads + 1 entries).
@@ -136,7 +186,8 @@ cudaError_t LaunchQuestScores(const QuestSelectDeviceArgs& args, cudaStream_t st
 cudaError_t LaunchQuestTopK(const QuestSelectDeviceArgs& args, cudaStream_t stream);
 // Both. cudaErrorInvalidValue for an unsupported head_dim, a q_heads that is not a multiple
 // of kv_heads, a group whose queries do not fit in shared memory (group·d > 12288 with max),
-// or a null pointer; otherwise the launch error, if any.
+// a null pointer, or a score_shape that is invalid or does not apply (see the field);
+// otherwise the launch error, if any.
 cudaError_t LaunchQuestSelect(const QuestSelectDeviceArgs& args, cudaStream_t stream);
 
 }  // namespace kvtier::kernels

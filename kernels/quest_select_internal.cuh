@@ -67,8 +67,10 @@ cudaError_t LaunchDigitTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream,
 // The score kernels (quest_select_scores.cu). CanFuse: the fused score + top-k launch
 // applies (row counters given, the queries' shared memory small enough).
 // LaunchScoresAny: the scores of every row of `a`, fused with the bisection top-k if `fused`.
+// PlanScores: what the separate (unfused) score launch of `a` runs (PlanQuestScores).
 bool CanFuse(const QuestSelectDeviceArgs& a);
 cudaError_t LaunchScoresAny(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool fused);
+cudaError_t PlanScores(const QuestSelectDeviceArgs& a, QuestScorePlan* plan);
 
 // The bisection top-k (quest_select_bisection.cu) over every row of `a` (requests · kv_heads
 // CTAs of 1024 threads).

@@ -241,13 +241,17 @@ __global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDev
 // `slot` and `slot + 32`) with the same lane → channel split as the register-ring kernel
 // (lane c: channels c·kC .. c·kC + kC − 1, summed in that order, then the same butterfly), so
 // every score is bit for bit the same; one shared load of q⁺/q⁻ (4 heads) feeds both slices.
-constexpr int kPipeSlicesPerThread = 2;
-constexpr int kPipeTile = kSlicesPerPass * kPipeSlicesPerThread;  // 64 slices per tile
-constexpr int kPipeStages = 4;                                    // tile buffers per CTA
+// Round 9: the slices per thread (kS: tile = 32·kS slices) and the tile buffers (kStages) are
+// template parameters so that a sweep can try other shapes (QuestScoreShape); the default
+// instance is kS = 2, kStages = 4, as in round 8.
+template <int kS>
+__host__ __device__ constexpr int PipeTile() {
+  return kSlicesPerPass * kS;  // 64 slices per tile at kS = 2
+}
 
-template <int kD>
+template <int kD, int kS>
 __host__ __device__ constexpr size_t PipeStageBytes() {
-  return size_t{kPipeTile} * 2 * kD + size_t{kPipeTile} * sizeof(float);  // bounds, then scales
+  return size_t{PipeTile<kS>()} * 2 * kD + size_t{PipeTile<kS>()} * sizeof(float);  // bounds, then scales
 }
 
 __device__ __forceinline__ void ScoreCpAsync16(void* smem, const void* global) {
@@ -291,12 +295,19 @@ __device__ __forceinline__ void LoadBiased(const int8_t* p, uint32_t (&w)[kC / 4
 // kernel's layout). One barrier per tile: wait for the tile's copies, barrier (every thread's
 // copies landed, every warp done with the buffer scored last), refill that buffer with the
 // tile kPipeStages − 1 ahead, score.
-template <int kD, bool kSum>
-__global__ void __launch_bounds__(kScoreThreads, 3) QuestScorePipelinedKernel(QuestSelectDeviceArgs a,
-                                                                             uint32_t tiles_per_cta) {
+// Every instance is bounded for 3 CTAs per SM (≤ 80 registers; ptxas: no spills at 4 slices
+// per thread either), so the shared memory of the stages alone sets the occupancy.
+template <int kD, bool kSum, int kS, int kStages>
+__global__ void __launch_bounds__(kScoreThreads, 3)
+    QuestScorePipelinedKernel(QuestSelectDeviceArgs a, uint32_t tiles_per_cta) {
+  static_assert(kStages >= 2, "one buffer is scored while the others load");
   constexpr int kC = kD / kLanesPerSlice;
+  constexpr int kPipeSlicesPerThread = kS;
+  constexpr int kPipeTile = PipeTile<kS>();
+  constexpr int kPipeStages = kStages;
+  static_assert(kPipeTile <= kScoreThreads, "one thread copies each slice's scale");
   constexpr size_t kBoundBytes = size_t{kPipeTile} * 2 * kD;
-  constexpr size_t kStageBytes = PipeStageBytes<kD>();
+  constexpr size_t kStageBytes = PipeStageBytes<kD, kS>();
   extern __shared__ float4 smem4[];
   char* tiles_s = reinterpret_cast<char*>(smem4);
   float4* staged4 = reinterpret_cast<float4*>(tiles_s + kPipeStages * kStageBytes);
@@ -485,22 +496,48 @@ cudaError_t LaunchScoresOf(const QuestSelectDeviceArgs& a, cudaStream_t stream, 
   return LaunchEx(k, grid, dim3(kScoreThreads), smem, stream, a.programmatic_dependent_launch, a, cap, passes);
 }
 
-// The pipelined kernel: pieces of `tiles_per_cta` tiles of 64 slices, as many per row as one
-// wave of resident CTAs allows (b1/32K on an H100: 8 rows × 32 CTAs of 1 tile; b8/32K: 64
-// rows × 6 CTAs of ≤ 6 tiles; b8/128K: 64 × 6 of ≤ 22).
-template <int kD, bool kSum>
-cudaError_t LaunchPipelinedScoresOf(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
-  auto k = QuestScorePipelinedKernel<kD, kSum>;
-  const size_t smem = kPipeStages * PipeStageBytes<kD>() + ScoreSmem(a);
-  static std::atomic<bool> opted_in{false};
-  if (!opted_in.load(std::memory_order_relaxed)) {  // once: the largest this kernel may be given
-    const size_t most = kPipeStages * PipeStageBytes<kD>() + size_t{kMaxStagedQueryFloats} * 2 * sizeof(float);
+int DeviceSms() {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
+    (void)cudaGetLastError();
+    sms = 132;
+  }
+  return sms;
+}
+
+// The plan of the pipelined instance <kD, kSum, kS, kStages> for `a`: pieces of
+// `tiles_per_cta` tiles of 32·kS slices; by default as many per row as one wave of resident
+// CTAs allows (b1/32K on an H100: 8 rows × 32 CTAs of 1 tile; b8/32K: 64 rows × 6 CTAs of
+// ≤ 6 tiles; b8/128K: 64 × 6 of ≤ 22), else a.score_shape.tiles_per_cta.
+template <int kD, bool kSum, int kS, int kStages>
+cudaError_t PlanPipelinedOf(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
+  auto k = QuestScorePipelinedKernel<kD, kSum, kS, kStages>;
+  constexpr size_t kTiles = size_t{kStages} * PipeStageBytes<kD, kS>();
+  const size_t smem = kTiles + ScoreSmem(a);
+  // Once per instance: opt in to the largest shared memory it may be given (its tiles plus
+  // the largest staged queries), within what the device allows a CTA.
+  static std::atomic<int> opted_in{0};
+  int limit = opted_in.load(std::memory_order_relaxed);
+  if (limit == 0) {
+    int dev = 0, optin = 0;
+    if (cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) return e;
+    if (cudaError_t e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev);
+        e != cudaSuccess) {
+      return e;
+    }
+    cudaFuncAttributes attr{};  // the dynamic opt-in must leave room for any static shared memory
+    if (cudaError_t e = cudaFuncGetAttributes(&attr, k); e != cudaSuccess) return e;
+    const size_t room = size_t(optin) > attr.sharedSizeBytes ? size_t(optin) - attr.sharedSizeBytes : 0;
+    const size_t most = std::min(kTiles + size_t{kMaxStagedQueryFloats} * 2 * sizeof(float), room);
     if (cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most));
         e != cudaSuccess) {
       return e;
     }
-    opted_in.store(true, std::memory_order_relaxed);
+    limit = static_cast<int>(most);
+    opted_in.store(limit, std::memory_order_relaxed);
   }
+  if (smem > size_t(limit)) return cudaErrorInvalidValue;  // these buffers and queries do not fit a CTA
   // Resident CTAs per SM for this shared-memory size (a hint: only speed depends on it),
   // cached as smem << 8 | CTAs.
   static std::atomic<uint64_t> cached{0};
@@ -515,18 +552,66 @@ cudaError_t LaunchPipelinedScoresOf(const QuestSelectDeviceArgs& a, cudaStream_t
     per_sm = std::min(per_sm, 255);
     cached.store((uint64_t{smem} << 8) | static_cast<uint64_t>(per_sm), std::memory_order_relaxed);
   }
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
-    sms = 132;
+  const uint64_t tiles_per_row = std::max<uint64_t>(1, (uint64_t{a.max_blocks} + PipeTile<kS>() - 1) / PipeTile<kS>());
+  uint64_t per_cta = a.score_shape.tiles_per_cta;
+  if (per_cta == 0) {
+    const uint64_t rows = uint64_t{a.kv_heads} * a.requests, slots = uint64_t(DeviceSms()) * uint64_t(per_sm);
+    const uint64_t ctas_per_row = std::max<uint64_t>(1, slots / rows);
+    per_cta = std::max<uint64_t>(1, (tiles_per_row + ctas_per_row - 1) / ctas_per_row);
   }
-  const uint64_t tiles_per_row = (uint64_t{a.max_blocks} + kPipeTile - 1) / kPipeTile;
-  const uint64_t rows = uint64_t{a.kv_heads} * a.requests, slots = uint64_t(sms) * uint64_t(per_sm);
-  const uint64_t ctas_per_row = std::max<uint64_t>(1, slots / rows);
-  const uint64_t per_cta = std::max<uint64_t>(1, (tiles_per_row + ctas_per_row - 1) / ctas_per_row);
-  const dim3 grid(static_cast<uint32_t>((tiles_per_row + per_cta - 1) / per_cta), a.kv_heads, a.requests);
-  return LaunchEx(k, grid, dim3(kScoreThreads), smem, stream, a.programmatic_dependent_launch, a,
-                  static_cast<uint32_t>(per_cta));
+  per_cta = std::min(per_cta, tiles_per_row);  // more than a row's tiles: one CTA per row
+  *plan = {.pipelined = true, .tile_slices = static_cast<uint32_t>(PipeTile<kS>()),
+           .stages = static_cast<uint32_t>(kStages), .tiles_per_row = static_cast<uint32_t>(tiles_per_row),
+           .tiles_per_cta = static_cast<uint32_t>(per_cta),
+           .ctas_per_row = static_cast<uint32_t>((tiles_per_row + per_cta - 1) / per_cta),
+           .ctas_per_sm = static_cast<uint32_t>(per_sm), .smem_bytes = static_cast<uint32_t>(smem)};
+  return cudaSuccess;
+}
+
+template <int kD, bool kSum, int kS, int kStages>
+cudaError_t LaunchPipelinedScoresOf(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
+  QuestScorePlan p;
+  if (cudaError_t e = PlanPipelinedOf<kD, kSum, kS, kStages>(a, &p); e != cudaSuccess) return e;
+  const dim3 grid(p.ctas_per_row, a.kv_heads, a.requests);
+  return LaunchEx(QuestScorePipelinedKernel<kD, kSum, kS, kStages>, grid, dim3(kScoreThreads), p.smem_bytes, stream,
+                  a.programmatic_dependent_launch, a, p.tiles_per_cta);
+}
+
+// Calls f.template operator()<kS, kStages>() for the instance a.score_shape names (d = 128:
+// every shape QuestScoreShapeError accepts; d = 64: the default only).
+template <int kD, class F>
+cudaError_t WithPipelinedInstance(const QuestSelectDeviceArgs& a, F&& f) {
+  const uint32_t sp = a.score_shape.slices_per_thread == 0 ? kQuestScoreDefaultSlicesPerThread
+                                                           : a.score_shape.slices_per_thread;
+  const uint32_t st = a.score_shape.stages == 0 ? kQuestScoreDefaultStages : a.score_shape.stages;
+  if constexpr (kD == 128) {
+    switch (sp * 16 + st) {
+      case 2 * 16 + 2: return f.template operator()<2, 2>();
+      case 2 * 16 + 3: return f.template operator()<2, 3>();
+      case 2 * 16 + 4: return f.template operator()<2, 4>();
+      case 2 * 16 + 6: return f.template operator()<2, 6>();
+      case 4 * 16 + 2: return f.template operator()<4, 2>();
+      case 4 * 16 + 3: return f.template operator()<4, 3>();
+      case 4 * 16 + 4: return f.template operator()<4, 4>();
+      case 4 * 16 + 6: return f.template operator()<4, 6>();
+      default: return cudaErrorInvalidValue;
+    }
+  } else {
+    if (sp != kQuestScoreDefaultSlicesPerThread || st != kQuestScoreDefaultStages) return cudaErrorInvalidValue;
+    return f.template operator()<2, 4>();
+  }
+}
+
+template <int kD, bool kSum>
+cudaError_t PlanPipelined(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
+  return WithPipelinedInstance<kD>(
+      a, [&]<int kS, int kStages>() { return PlanPipelinedOf<kD, kSum, kS, kStages>(a, plan); });
+}
+
+template <int kD, bool kSum>
+cudaError_t LaunchPipelined(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
+  return WithPipelinedInstance<kD>(
+      a, [&]<int kS, int kStages>() { return LaunchPipelinedScoresOf<kD, kSum, kS, kStages>(a, stream); });
 }
 
 bool PipelinedScoresApply(const QuestSelectDeviceArgs& a) {
@@ -537,9 +622,10 @@ bool PipelinedScoresApply(const QuestSelectDeviceArgs& a) {
 template <int kD>
 cudaError_t LaunchScores(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool fused) {
   if (!fused && PipelinedScoresApply(a)) {
-    return a.params.combine == GqaCombine::kSum ? LaunchPipelinedScoresOf<kD, true>(a, stream)
-                                                : LaunchPipelinedScoresOf<kD, false>(a, stream);
+    return a.params.combine == GqaCombine::kSum ? LaunchPipelined<kD, true>(a, stream)
+                                                : LaunchPipelined<kD, false>(a, stream);
   }
+  if (!IsDefault(a.score_shape)) return cudaErrorInvalidValue;  // a shape only the pipelined kernel has
   size_t smem = ScoreSmem(a);
   uint32_t cap = 0;
   if (fused) {
@@ -558,6 +644,17 @@ cudaError_t LaunchScores(const QuestSelectDeviceArgs& a, cudaStream_t stream, bo
 
 cudaError_t LaunchScoresAny(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool fused) {
   return a.head_dim == 128 ? LaunchScores<128>(a, stream, fused) : LaunchScores<64>(a, stream, fused);
+}
+
+cudaError_t PlanScores(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
+  if (!PipelinedScoresApply(a)) {
+    if (!IsDefault(a.score_shape)) return cudaErrorInvalidValue;
+    *plan = {};  // the register-ring kernel
+    return cudaSuccess;
+  }
+  const bool sum = a.params.combine == GqaCombine::kSum;
+  if (a.head_dim == 128) return sum ? PlanPipelined<128, true>(a, plan) : PlanPipelined<128, false>(a, plan);
+  return sum ? PlanPipelined<64, true>(a, plan) : PlanPipelined<64, false>(a, plan);
 }
 
 }  // namespace kvtier::kernels::quest_internal

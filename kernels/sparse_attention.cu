@@ -218,6 +218,44 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
   return cudaSuccess;
 }
 
+const char* ApplySparseAttentionOverrides(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                          const SparseAttentionPlan& base, const SparseAttentionPlanOverrides& o,
+                                          SparseAttentionPlan* plan) {
+  if (plan == nullptr) return "no plan to write";
+  if (!ShapeSupported(shape)) return "unsupported attention shape";
+  if (base.cluster != 0) return "overrides apply to the streamed plan (plan with SparseAttentionKernels::kStreamed)";
+  if (base.heads_per_cta == 0 || base.chunk_pages == 0) return "the base plan is empty";
+  SparseAttentionPlan p = base;
+  if (o.heads_per_cta != 0) {
+    const uint32_t h = o.heads_per_cta;
+    if (h != 1 && h != 2 && h != 4 && h != 8) return "heads per CTA must be 1, 2, 4 or 8";
+    if (shape.group() % h != 0) return "heads per CTA must divide the GQA group (q_heads / kv_heads)";
+    p.heads_per_cta = h;
+  }
+  const uint64_t rows = uint64_t{shape.requests} * shape.kv_heads * (shape.group() / p.heads_per_cta);
+  if (rows > 65535) return "more than 65535 rows (requests x KV heads x head chunks)";
+  p.rows = static_cast<uint32_t>(rows);
+  if (o.chunk_pages != 0 && o.splits != 0) return "give chunk pages or splits, not both";
+  const uint32_t pages = std::max(max_pages_per_row, 1u);
+  if (o.chunk_pages != 0) {
+    if (o.chunk_pages > kSparseAttentionMaxChunkPages) return "chunk pages must be 1 .. 256";
+    p.chunk_pages = o.chunk_pages;
+  } else if (o.splits != 0) {
+    const uint32_t chunk = (pages + o.splits - 1) / o.splits;
+    if (chunk > kSparseAttentionMaxChunkPages) return "too few splits: pieces would exceed 256 pages";
+    p.chunk_pages = chunk;
+  }
+  p.max_splits = (pages + p.chunk_pages - 1) / p.chunk_pages;
+  if (p.max_splits > 65535u * 1024u) return "too many pieces per row";
+  if (o.tile_loads != 0) {
+    if (o.tile_loads != 4 && o.tile_loads != 8) return "tile loads must be 4 or 8";
+    p.tile_loads = o.tile_loads;
+  }
+  if (p.tile_loads == 8 && p.heads_per_cta > 4) return "deep tiles (8 loads) need heads per CTA <= 4";
+  *plan = p;
+  return nullptr;
+}
+
 size_t SparseAttentionWorkspaceBytes(const SparseAttentionShape& shape, const SparseAttentionPlan& plan) {
   return WorkspaceLayout(shape, plan).total;
 }

@@ -130,6 +130,30 @@ enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1 };
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionKernels kernels, SparseAttentionPlan* plan);
 
+// Overrides of the streamed plan, for tuning (`kvtier bench decode --sweep`, round 9). A zero
+// field keeps the planner's choice, so a default-constructed one changes nothing.
+struct SparseAttentionPlanOverrides {
+  uint32_t heads_per_cta = 0;  // 1, 2, 4 or 8, dividing the group (rows follow)
+  uint32_t chunk_pages = 0;    // pages per CTA, 1 .. kSparseAttentionMaxChunkPages
+  uint32_t splits = 0;         // or: pieces per row (chunk_pages = ⌈pages / splits⌉; the plan's
+                               // max_splits may come out lower); not together with chunk_pages
+  uint32_t tile_loads = 0;     // 4 (standard tiles, 3 CTAs per SM at 4 heads) or 8 (deep, 2 CTAs
+                               // per SM: twice the loads in flight per warp; heads_per_cta ≤ 4)
+};
+
+inline bool IsDefault(const SparseAttentionPlanOverrides& o) {
+  return o.heads_per_cta == 0 && o.chunk_pages == 0 && o.splits == 0 && o.tile_loads == 0;
+}
+
+// Pure (no device). `base`: a streamed plan (cluster 0) for `shape`, rows of ≤
+// max_pages_per_row pages (PlanSparseAttentionForDevice with SparseAttentionKernels::kStreamed).
+// Sets *plan to `base` with `overrides` applied and returns nullptr, or returns what is wrong
+// (a static string) and leaves *plan alone. Any plan it returns computes the same attention
+// (up to the order of the merge's fp32 sums); only speed changes.
+const char* ApplySparseAttentionOverrides(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                          const SparseAttentionPlan& base, const SparseAttentionPlanOverrides& overrides,
+                                          SparseAttentionPlan* plan);
+
 // Device bytes of scratch for `plan`: a counter per row, then per (row, piece, head) a
 // partial output [d] and its log2-sum-exp, fp32.
 size_t SparseAttentionWorkspaceBytes(const SparseAttentionShape& shape, const SparseAttentionPlan& plan);

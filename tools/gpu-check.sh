@@ -10,9 +10,15 @@
 #   decode.jsonl         `kvtier bench decode --json` (sparse vs dense decode attention vs copy)
 #   decode.txt           the same as a table
 #   summary.txt          the transfer table printed last
-#   usage: tools/gpu-check.sh [quick|sparse|diag]
+#   sweep.txt            (sweep mode) the launch-shape sweep of `kvtier bench decode --sweep`:
+#                        per point, µs of every score shape and attention plan as grids, the
+#                        fastest matching ones, mismatches, and the tuned sparse step
+#   usage: tools/gpu-check.sh [quick|sparse|sweep|diag]
 #     quick   fewer transfer block sizes
 #     sparse  only the sparse-attention tests and `kvtier bench decode` (gpu-tests.*, decode.*)
+#     sweep   the sparse-attention tests, then `kvtier bench decode --sweep` at 32K and 128K,
+#             batch 1 and 8, in one process (gpu-tests.*, decode.{jsonl,txt} with every row,
+#             sweep.txt); about 2-3 minutes on an H100 after the tests
 #     diag    every test, then the transfer diagnostics (page backing, placement pattern, piecewise
 #             vs single launch, gather + concurrent copy, CPU copy path, D2H launch size; contiguous
 #             baseline only, 512 MiB runs) into transfer.jsonl, `kvtier bench host-scatter` and
@@ -29,7 +35,7 @@ status=0
 xml=$(mktemp -d)
 trap 'rm -rf "$xml"' EXIT
 
-if [ "$mode" = sparse ]; then
+if [ "$mode" = sparse ] || [ "$mode" = sweep ]; then
   tests=(sparse_attention_gpu_test quest_select_gpu_test device_slice_metadata_test)
 else
   tests=(copy_blocks_gpu_test gpu_tier_test expected_attention_gpu_test sparse_attention_gpu_test quest_select_gpu_test
@@ -57,12 +63,13 @@ ET.ElementTree(root).write(sys.argv[1], encoding="unicode")
 PY
 
 decode() {
-  "$kv" bench decode --json >"$out/decode.jsonl" 2>>"$out/decode.txt" || status=1
+  "$kv" bench decode --json "$@" >"$out/decode.jsonl" 2>>"$out/decode.txt" || status=1
   python3 - "$out/decode.jsonl" <<'PY' >>"$out/decode.txt"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 print(f'{"context":>8} {"batch":>5} {"method":<15} {"us":>10} {"GB/s":>8}  note')
 for r in rows:
+    if r["method"].startswith("sweep_"): continue  # sweep.txt
     note = ""
     if r["method"] == "dense": note = f'{r["vs_copy"]:.2f}x copy (read+write rate; target >= 0.9)'
     if r["method"].startswith("select"): note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
@@ -74,6 +81,71 @@ PY
 : >"$out/decode.txt"
 if [ "$mode" = sparse ]; then
   decode
+  exit $status
+fi
+if [ "$mode" = sweep ]; then
+  decode --sweep --contexts 32768,131072 --batches 1,8
+  python3 - "$out/decode.jsonl" <<'PY' | tee "$out/sweep.txt"
+import json, sys, collections
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+points = collections.OrderedDict()
+for r in rows:
+    points.setdefault((r["context"], r["batch"]), []).append(r)
+def grid(title, rs, key_row, key_col, fmt_row):
+    # µs per (row key, column key); '*' = output differs from the default's, '-' = not run
+    cols = sorted({key_col(r) for r in rs})
+    print(f"  {title}: us ('*' = MISMATCH)")
+    print("    " + f'{"":<22}' + "".join(f"{c:>8}" for c in cols))
+    for k in sorted({key_row(r) for r in rs}, reverse=True):
+        cells = {key_col(r): r for r in rs if key_row(r) == k}
+        line = "".join(f'{"-":>8}' if c not in cells or "error" in cells[c] else
+                       f'{cells[c]["us"]:>7.1f}' + (" " if cells[c]["matches"] else "*") for c in cols)
+        print("    " + f"{fmt_row(k):<22}" + line)
+for (ctx, b), rs in points.items():
+    by = {r["method"]: r for r in rs}
+    print(f"== context {ctx} batch {b} ({rs[0].get('device', '')})")
+    for m in ("scores", "topk", "attention", "sparse_graph", "sparse_graph_tuned"):
+        if m in by:
+            r = by[m]
+            extra = f'  speedup {r["speedup"]:.2f}x' if "speedup" in r else ""
+            print(f'  {m:<19} {r["us"]:>8.1f} us {r["gbps"]:>8.1f} GB/s{extra}')
+    if "sparse_graph_tuned" in by:
+        t = by["sparse_graph_tuned"]
+        print(f'  tuned: scores {t["score_slices_per_thread"]} slices/thread, {t["score_stages"]} stages, '
+              f'{t["score_tiles_per_cta"]} tiles/CTA; attention {t["heads_per_cta"]} heads/CTA, {t["tile_loads"]} loads, '
+              f'{t["chunk_pages"]} pages x {t["splits"]}; matches default: {t["matches_default"]}')
+    if "sweep_failed" in by:
+        print(f'  SWEEP FAILED: {by["sweep_failed"]["error"]}')
+    sc = [r for r in rs if r["method"] == "sweep_scores"]
+    at = [r for r in rs if r["method"] == "sweep_attention" and not r["default"]]
+    if sc:
+        grid("scores, rows (slices/thread, stages), columns tiles/CTA (0 = one wave)", sc,
+             lambda r: (r["slices_per_thread"], r["stages"]), lambda r: r["tiles_per_cta"],
+             lambda k: f"{k[0]} slices, {k[1]} stages")
+        ok = sorted((r for r in sc if "error" not in r and r["matches"]), key=lambda r: r["us"])
+        print("  fastest score shapes:")
+        for r in ok[:6]:
+            print(f'    {r["us"]:>7.1f} us {r["gbps"]:>7.1f} GB/s {r["vs_default"]:.2f}x  {r["slices_per_thread"]} slices, '
+                  f'{r["stages"]} stages, {r["tiles_per_cta_used"]} tiles x {r["ctas_per_row"]} CTAs/row, {r["ctas_per_sm"]}/SM')
+        bad = [r for r in sc if "error" not in r and not r["matches"]]
+        err = [r for r in sc if "error" in r]
+        print(f"  score shapes: {len(sc)}, mismatches {len(bad)}, not launched {len(err)}")
+    if at:
+        d = next(r for r in rs if r["method"] == "sweep_attention" and r["default"])
+        print(f'  attention default: {d["us"]:.1f} us (cluster {d["cluster"]}, {d["heads_per_cta"]} heads, '
+              f'{d["chunk_pages"]} pages x {d["splits"]})')
+        grid("attention (streamed), rows (heads/CTA, loads), columns pages/CTA (0 = planner's)", at,
+             lambda r: (r["heads_per_cta"], r["tile_loads"]), lambda r: r["chunk_pages_requested"],
+             lambda k: f"{k[0]} heads, {k[1]} loads")
+        ok = sorted((r for r in at if r["matches"]), key=lambda r: r["us"])
+        print("  fastest attention plans:")
+        for r in ok[:6]:
+            print(f'    {r["us"]:>7.1f} us {r["gbps"]:>7.1f} GB/s {r["vs_default"]:.2f}x  {r["heads_per_cta"]} heads, '
+                  f'{r["tile_loads"]} loads, {r["chunk_pages"]} pages x {r["splits"]} ({r["ctas"]} CTAs), '
+                  f'max diff {r["max_abs_diff"]:.2g}')
+        bad = [r for r in at if not r["matches"]]
+        print(f"  attention plans: {len(at)}, mismatches {len(bad)}")
+PY
   exit $status
 fi
 

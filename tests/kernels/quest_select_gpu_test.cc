@@ -28,6 +28,7 @@
 #include <ostream>
 #include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "kernels/cuda_test_support.h"
@@ -203,6 +204,44 @@ void RunCase(const Case& c, uint32_t seed) {
     const std::vector<float> ring_scores = scores.Get();
     ASSERT_EQ(std::memcmp(ring_scores.data(), gpu_scores.data(), gpu_scores.size() * sizeof(float)), 0)
         << "register-ring scores differ from the pipelined kernel's (pdl " << pdl << ")";
+  }
+  // Round 9: other launch shapes of the pipelined kernel (QuestScoreShape; d 128 only): the
+  // same scores bit for bit and the same selection, through LaunchQuestSelect, poisoned first.
+  if (d == 128) {
+    const QuestScoreShape shapes[] = {{.tiles_per_cta = 1, .stages = 2, .slices_per_thread = 2},
+                                      {.tiles_per_cta = 3, .stages = 3, .slices_per_thread = 4},
+                                      {.tiles_per_cta = 0, .stages = 6, .slices_per_thread = 4},
+                                      {.tiles_per_cta = 1u << 20, .stages = 6, .slices_per_thread = 2},
+                                      {.tiles_per_cta = 2, .stages = 4, .slices_per_thread = 4},
+                                      {.tiles_per_cta = 5, .stages = 0, .slices_per_thread = 0}};
+    for (const QuestScoreShape& shape : shapes) {
+      QuestSelectDeviceArgs t = a;
+      t.score_shape = shape;
+      t.programmatic_dependent_launch = shape.stages == 3;
+      QuestScorePlan plan;
+      ASSERT_CUDA(PlanQuestScores(t, &plan));
+      const uint32_t per_thread = shape.slices_per_thread == 0 ? 2 : shape.slices_per_thread;
+      EXPECT_TRUE(plan.pipelined);
+      EXPECT_EQ(plan.tile_slices, 32 * per_thread);
+      EXPECT_EQ(plan.stages, shape.stages == 0 ? 4u : shape.stages);
+      EXPECT_EQ(plan.tiles_per_row, (t.max_blocks + plan.tile_slices - 1) / plan.tile_slices);
+      EXPECT_GE(uint64_t{plan.ctas_per_row} * plan.tiles_per_cta, plan.tiles_per_row);
+      EXPECT_LT(uint64_t{plan.ctas_per_row - 1} * plan.tiles_per_cta, plan.tiles_per_row);
+      if (shape.tiles_per_cta != 0) {
+        EXPECT_EQ(plan.tiles_per_cta, std::min(shape.tiles_per_cta, plan.tiles_per_row));
+      }
+      ASSERT_CUDA(cudaMemset(scores.p, 0xff, scores.n * sizeof(float)));
+      ASSERT_CUDA(cudaMemset(selected.p, 0xAA, selected.n * sizeof(uint32_t)));
+      ASSERT_CUDA(cudaMemset(selected_slots.p, 0xAA, selected_slots.n * sizeof(uint32_t)));
+      ASSERT_CUDA(LaunchQuestSelect(t, nullptr));
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      const std::vector<float> shaped = scores.Get();
+      ASSERT_EQ(std::memcmp(shaped.data(), gpu_scores.data(), gpu_scores.size() * sizeof(float)), 0)
+          << "scores of shape (tiles/CTA " << shape.tiles_per_cta << ", stages " << shape.stages
+          << ", slices/thread " << shape.slices_per_thread << ") differ from the default's";
+      ASSERT_EQ(selected.Get(), gpu_sel) << "selection, shape stages " << shape.stages;
+      ASSERT_EQ(selected_slots.Get(), gpu_slots) << "slots, shape stages " << shape.stages;
+    }
   }
   // Fused (one launch, the last score CTA of a row runs its top-k) with PDL, twice (the row
   // counters must come back to zero): scores and selection bit-identical to the two launches.
@@ -404,6 +443,81 @@ TEST(QuestTopKGpu, DigitsEqualBisectionOnQuestScores) {
 TEST(QuestSelectGpuApi, DefaultTopKIsAutoAsDocumented) {  // no device needed
   EXPECT_EQ(QuestSelectDeviceArgs{}.topk_algorithm, QuestTopKAlgorithm::kAuto);
   EXPECT_EQ(kDigitTopKAutoMaxBlocks, 2048u);
+}
+
+// QuestScoreShape validation (no device needed): the default everywhere, overrides at d 128
+// only, stages 2/3/4/6, slices per thread 2/4, any tiles per CTA.
+TEST(QuestSelectGpuApi, ScoreShapeErrorsNameTheProblem) {
+  EXPECT_EQ(QuestScoreShapeError({}, 64), nullptr);
+  EXPECT_EQ(QuestScoreShapeError({}, 128), nullptr);
+  EXPECT_TRUE(IsDefault(QuestSelectDeviceArgs{}.score_shape));
+  for (uint32_t stages : {0u, 2u, 3u, 4u, 6u}) {
+    for (uint32_t per_thread : {0u, 2u, 4u}) {
+      for (uint32_t tiles : {0u, 1u, 7u, 1u << 30}) {
+        EXPECT_EQ(QuestScoreShapeError({.tiles_per_cta = tiles, .stages = stages, .slices_per_thread = per_thread}, 128),
+                  nullptr)
+            << tiles << " " << stages << " " << per_thread;
+      }
+    }
+  }
+  auto error = [](const QuestScoreShape& s, uint32_t d) {
+    const char* e = QuestScoreShapeError(s, d);
+    return std::string(e == nullptr ? "" : e);
+  };
+  EXPECT_NE(error({.stages = 1}, 128).find("stages"), std::string::npos);
+  EXPECT_NE(error({.stages = 5}, 128).find("stages"), std::string::npos);
+  EXPECT_NE(error({.stages = 8}, 128).find("stages"), std::string::npos);
+  EXPECT_NE(error({.slices_per_thread = 1}, 128).find("slices"), std::string::npos);
+  EXPECT_NE(error({.slices_per_thread = 3}, 128).find("slices"), std::string::npos);
+  EXPECT_NE(error({.slices_per_thread = 8}, 128).find("slices"), std::string::npos);
+  EXPECT_NE(error({.tiles_per_cta = 2}, 64).find("head_dim"), std::string::npos);
+  EXPECT_NE(error({.stages = 4}, 64).find("head_dim"), std::string::npos);
+}
+
+// A non-default score shape is refused wherever it would not be what runs: the register-ring
+// kernel, the fused path, misaligned metadata, d 64; and an invalid shape everywhere.
+TEST(QuestSelectGpuApi, RefusesScoreShapesThatWouldNotApply) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  const Case c{32, 8, 128, {100}, P(512, 1, kMax)};
+  const Batch b = Build(c, 7);
+  std::vector<uint32_t> sel_off(c.kv_heads + 1);
+  QuestSelectedOffsets(c.blocks.data(), 1, c.kv_heads, c.params, sel_off.data());
+  DeviceArray<float> queries(b.queries), scales(b.scales), scores(b.scales.size());
+  DeviceArray<int8_t> bounds(b.bounds.size() + 16);
+  DeviceArray<uint32_t> offsets(b.block_offsets), sel_offsets(sel_off), selected(sel_off.back()),
+      counters(c.kv_heads);
+  ASSERT_CUDA(cudaMemcpy(bounds.p, b.bounds.data(), b.bounds.size(), cudaMemcpyHostToDevice));
+  ASSERT_CUDA(cudaMemset(counters.p, 0, counters.n * sizeof(uint32_t)));
+  QuestSelectDeviceArgs a{.requests = 1, .q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.d,
+                          .max_blocks = 100, .params = c.params, .queries = queries.p, .block_offsets = offsets.p,
+                          .bounds = bounds.p, .scales = scales.p, .scores = scores.p,
+                          .selected_offsets = sel_offsets.p, .selected = selected.p};
+  a.score_shape = {.tiles_per_cta = 1, .stages = 2, .slices_per_thread = 4};
+  QuestScorePlan plan;
+  ASSERT_CUDA(PlanQuestScores(a, &plan));  // valid as given
+  ASSERT_CUDA(LaunchQuestSelect(a, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  QuestSelectDeviceArgs x = a;
+  x.score_algorithm = QuestScoreAlgorithm::kRegisterRing;
+  EXPECT_EQ(LaunchQuestScores(x, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(PlanQuestScores(x, &plan), cudaErrorInvalidValue);
+  x = a;
+  x.row_counters = counters.p;
+  EXPECT_EQ(LaunchQuestSelect(x, nullptr), cudaErrorInvalidValue);
+  x = a;
+  x.bounds = bounds.p + 8;  // not 16-byte aligned: the default shape would fall back to the ring
+  EXPECT_EQ(LaunchQuestScores(x, nullptr), cudaErrorInvalidValue);
+  x = a;
+  x.score_shape.stages = 5;
+  EXPECT_EQ(LaunchQuestScores(x, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchQuestSelect(x, nullptr), cudaErrorInvalidValue);
+  x = a;
+  x.head_dim = 64;
+  x.q_heads = 8;
+  x.kv_heads = 2;
+  EXPECT_EQ(LaunchQuestScores(x, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(PlanQuestScores(a, nullptr), cudaErrorInvalidValue);
+  ASSERT_CUDA(cudaDeviceSynchronize());
 }
 
 TEST(QuestSelectGpuApi, RejectsBadArguments) {

@@ -20,6 +20,7 @@
 #include <numeric>
 #include <ostream>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -200,6 +201,18 @@ void RunCase(const Case& c, uint32_t seed) {
     half.heads_per_cta /= 2;
     half.rows *= 2;
     RunPlan(c, p, want, half);
+  }
+  // Round 9: the streamed plan with overrides (ApplySparseAttentionOverrides, what `kvtier
+  // bench decode --sweep` runs): one head per CTA with deep tiles in ≥ 3 pieces per row, and
+  // standard tiles of about a fifth of the row per CTA.
+  const uint32_t pages = std::max(p.max_pages, 1u);
+  for (const SparseAttentionPlanOverrides& v :
+       {SparseAttentionPlanOverrides{.heads_per_cta = 1, .splits = std::max(3u, (pages + 255) / 256), .tile_loads = 8},
+        SparseAttentionPlanOverrides{.chunk_pages = std::min(256u, 1 + pages / 5), .tile_loads = 4}}) {
+    SparseAttentionPlan overridden;
+    const char* error = ApplySparseAttentionOverrides(s, p.max_pages, plan, v, &overridden);
+    ASSERT_EQ(error, nullptr) << error;
+    RunPlan(c, p, want, overridden);
   }
   if (plan.heads_per_cta > 4) return;  // no deep variant
   // The other kernel variant on the same cut (the deep one, 8 loads per tile, or the standard
@@ -428,6 +441,83 @@ TEST(SparseAttentionPlan, StagedForShortListsAtSmallBatch) {
   EXPECT_EQ(p.rows, 16u);
   EXPECT_EQ(p.cluster, 16u);
   EXPECT_EQ(PlanStagedSparseAttention(llama, 128, 132, SparseAttentionStagedLimits{}).cluster, 0u);  // no clusters
+}
+
+// Overrides of the streamed plan (round 9, no device needed): applied field by field, rows
+// following heads_per_cta, pieces following chunk_pages or splits; every invalid value is a
+// message and leaves the output plan alone.
+TEST(SparseAttentionPlan, OverridesAreAppliedAndValidated) {
+  SparseAttentionShape b8{.requests = 8, .q_heads = 32, .kv_heads = 8, .head_dim = 128, .block_tokens = 16,
+                          .slot_bytes = 8192};
+  const SparseAttentionPlan base = PlanSparseAttention(b8, 128, 132, 3);  // 64 rows × 6 pieces of 22 pages
+  ASSERT_EQ(base.heads_per_cta, 4u);
+  ASSERT_EQ(base.chunk_pages, 22u);
+  ASSERT_EQ(base.max_splits, 6u);
+  auto apply = [&](const SparseAttentionPlanOverrides& v, SparseAttentionPlan* out, const SparseAttentionShape& s,
+                   uint32_t pages, const SparseAttentionPlan& from) {
+    const char* e = ApplySparseAttentionOverrides(s, pages, from, v, out);
+    return std::string(e == nullptr ? "" : e);
+  };
+  SparseAttentionPlan p;
+  EXPECT_EQ(apply({}, &p, b8, 128, base), "");
+  EXPECT_EQ(p.heads_per_cta, base.heads_per_cta);
+  EXPECT_EQ(p.chunk_pages, base.chunk_pages);
+  EXPECT_EQ(p.max_splits, base.max_splits);
+  EXPECT_EQ(p.rows, base.rows);
+  EXPECT_EQ(p.tile_loads, base.tile_loads);
+  EXPECT_EQ(apply({.heads_per_cta = 2}, &p, b8, 128, base), "");
+  EXPECT_EQ(p.rows, 128u);
+  EXPECT_EQ(p.chunk_pages, 22u);
+  EXPECT_EQ(apply({.heads_per_cta = 1, .chunk_pages = 8, .tile_loads = 8}, &p, b8, 128, base), "");
+  EXPECT_EQ(p.rows, 256u);
+  EXPECT_EQ(p.chunk_pages, 8u);
+  EXPECT_EQ(p.max_splits, 16u);
+  EXPECT_EQ(p.tile_loads, 8u);
+  EXPECT_EQ(apply({.splits = 5}, &p, b8, 128, base), "");
+  EXPECT_EQ(p.chunk_pages, 26u);
+  EXPECT_EQ(p.max_splits, 5u);
+  EXPECT_EQ(apply({.splits = 100}, &p, b8, 128, base), "");  // chunks of 2 pages: 64 pieces
+  EXPECT_EQ(p.chunk_pages, 2u);
+  EXPECT_EQ(p.max_splits, 64u);
+  EXPECT_EQ(apply({.chunk_pages = 256}, &p, b8, 128, base), "");
+  EXPECT_EQ(p.max_splits, 1u);
+  EXPECT_EQ(apply({.chunk_pages = 1}, &p, b8, 128, base), "");
+  EXPECT_EQ(p.max_splits, 128u);
+
+  // Errors: the plan is left alone.
+  const SparseAttentionPlan sentinel{.heads_per_cta = 77};
+  auto refused = [&](const SparseAttentionPlanOverrides& v, const char* word, const SparseAttentionShape& s = {},
+                     uint32_t pages = 128, const SparseAttentionPlan* from = nullptr) {
+    SparseAttentionPlan out = sentinel;
+    const std::string e = apply(v, &out, s.kv_heads == 0 ? b8 : s, pages, from == nullptr ? base : *from);
+    EXPECT_NE(e.find(word), std::string::npos) << "'" << e << "' lacks '" << word << "'";
+    EXPECT_EQ(out.heads_per_cta, 77u) << e;
+  };
+  refused({.heads_per_cta = 3}, "heads per CTA");
+  refused({.heads_per_cta = 8}, "divide");  // group 4
+  refused({.heads_per_cta = 16}, "heads per CTA");
+  refused({.chunk_pages = 257}, "chunk pages");
+  refused({.chunk_pages = 4, .splits = 4}, "not both");
+  refused({.tile_loads = 6}, "tile loads");
+  refused({.splits = 1}, "256 pages", {}, 4096);
+  SparseAttentionShape g8 = b8;
+  g8.q_heads = 64;
+  const SparseAttentionPlan g8_base = PlanSparseAttention(g8, 128, 132, 3);
+  ASSERT_EQ(g8_base.heads_per_cta, 8u);
+  refused({.tile_loads = 8}, "deep tiles", g8, 128, &g8_base);
+  SparseAttentionShape huge = b8;
+  huge.requests = 4096;  // 4096 × 8 × 4 rows of one head
+  const SparseAttentionPlan huge_base = PlanSparseAttention(huge, 128, 132, 3);
+  refused({.heads_per_cta = 1}, "65535 rows", huge, 128, &huge_base);
+  SparseAttentionPlan staged = base;
+  staged.cluster = 16;
+  refused({.chunk_pages = 4}, "streamed plan", {}, 128, &staged);
+  SparseAttentionShape bad = b8;
+  bad.head_dim = 96;
+  refused({.chunk_pages = 4}, "shape", bad);
+  SparseAttentionPlan out = sentinel;
+  EXPECT_NE(ApplySparseAttentionOverrides(b8, 128, base, {}, nullptr), nullptr);
+  EXPECT_EQ(out.heads_per_cta, 77u);
 }
 
 // heads_per_cta at batch 1: half the group's largest chunk where the K/V fits in half the L2,

@@ -21,6 +21,20 @@ void AddBenchDecodeCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--layers", o->layers, "KV copies cycled through (0: enough to defeat L2)")->capture_default_str();
   cmd->add_option("--device", o->device, "CUDA device")->capture_default_str();
   cmd->add_flag("--json", o->json, "JSON lines instead of a table");
+  cmd->add_flag("--sweep", o->sweep,
+                "also time the score and attention launches over a grid of launch shapes (checked against the "
+                "defaults' output) and the sparse step with the fastest pair");
+  DecodeBenchOverrides& v = o->overrides;
+  cmd->add_option("--score-tiles-per-cta", v.score_tiles_per_cta, "score tiles per CTA (0: one wave of CTAs)");
+  cmd->add_option("--score-stages", v.score_stages, "score tile buffers per CTA: 2, 3, 4, 6 (0: 4)");
+  cmd->add_option("--score-slices-per-thread", v.score_slices_per_thread, "score slices per thread per tile: 2, 4 (0: 2)");
+  cmd->add_option("--attention-heads-per-cta", v.attention_heads_per_cta,
+                  "streamed attention: query heads per CTA, 1/2/4/8 dividing the group (0: planner)");
+  cmd->add_option("--attention-chunk-pages", v.attention_chunk_pages, "streamed attention: pages per CTA (0: planner)");
+  cmd->add_option("--attention-splits", v.attention_splits,
+                  "streamed attention: pieces per row instead of --attention-chunk-pages (0: planner)");
+  cmd->add_option("--attention-tile-loads", v.attention_tile_loads,
+                  "streamed attention: loads per warp tile, 4 or 8 (deep) (0: planner)");
   cmd->callback([o, exit_code] {
     if (Status s = RunDecodeBench(*o); !s.ok()) {
       fmt::print(stderr, "kvtier bench decode: {}\n", s.message());

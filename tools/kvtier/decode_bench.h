@@ -10,6 +10,21 @@
 
 namespace kvtier::cli {
 
+// Launch-shape overrides of the default rows (round 9; 0 = the default choice). The score
+// fields are kernels::QuestScoreShape's, the attention fields
+// kernels::SparseAttentionPlanOverrides' (applied to the streamed plan: with any of them set,
+// the `attention` row and the sparse steps run the streamed kernel even where the default
+// would be the staged one). Invalid values make the bench exit 2 with what is wrong.
+struct DecodeBenchOverrides {
+  uint32_t score_tiles_per_cta = 0;
+  uint32_t score_stages = 0;
+  uint32_t score_slices_per_thread = 0;
+  uint32_t attention_heads_per_cta = 0;
+  uint32_t attention_chunk_pages = 0;
+  uint32_t attention_splits = 0;
+  uint32_t attention_tile_loads = 0;
+};
+
 struct DecodeBenchOptions {
   std::vector<uint32_t> contexts{32768, 131072};  // tokens per request
   std::vector<uint32_t> batches{1, 8};            // requests
@@ -23,6 +38,11 @@ struct DecodeBenchOptions {
   uint32_t layers = 0;       // KV copies cycled through so L2 cannot hold a step's bytes; 0 = auto
   int device = 0;
   bool json = false;
+  DecodeBenchOverrides overrides{};
+  // After each point's rows: the score and attention launches over a grid of launch shapes,
+  // each checked against the default's output, and the sparse step (graph) with the fastest
+  // matching pair (docs/sparse.md, `kvtier bench decode`).
+  bool sweep = false;
 };
 
 // kUnavailable without a device, kUnimplemented without CUDA.

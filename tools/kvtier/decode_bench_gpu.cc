@@ -28,6 +28,9 @@
 //   sparse_graph  the sparse_pdl steps captured in one CUDA graph;
 //   sparse_graph_r6  the round-6 step (register-ring scores, bisection top-k, register-tile
 //           streamed attention) as a graph: the earlier configuration in the same run.
+// options.overrides (round 9) change the launch shape of the scores (scores, select, sparse
+// rows) and the attention plan (attention and sparse rows); `--sweep` adds the rows of
+// decode_sweep_gpu.cc (a grid of launch shapes, each checked against the default's output).
 // The KV arena holds `layers` copies of the layer's slices at a random slot permutation (pages
 // are never contiguous) and steps cycle through them, so a step's bytes are never L2 hits
 // (a real decode step reads a different layer each time). K/V values are random finite bf16,
@@ -45,12 +48,13 @@
 #include <vector>
 
 #include "decode_bench.h"
+#include "decode_bench_point.h"
 #include "gpu_bench_support.h"
 #include "quest_select.cuh"
 #include "reference/sparse_attention.h"
 #include "sparse_attention.cuh"
 
-namespace kvtier::cli {
+namespace kvtier::cli::decode_internal {
 namespace {
 
 Status Alloc(DeviceMem& m, size_t bytes) {
@@ -82,49 +86,12 @@ uint16_t RandomBf16(Rng& rng) {
   return static_cast<uint16_t>(((r >> 16) & 0x8000u) | (exp << 7) | (r & 0x7fu));
 }
 
-struct Row {
-  std::string method, what;
-  double us = 0, gbps = 0, bytes = 0;
-  nlohmann::json extra = nlohmann::json::object();
-};
+}  // namespace
 
-class Point {
- public:
-  Point(const DecodeBenchOptions& o, uint32_t context, uint32_t batch) : o_(o), context_(context), batch_(batch) {}
-
-  Status Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<Row>* rows);
-
- private:
-  Status Setup(const cudaDeviceProp& prop);
-  Status DenseStep(uint32_t layer, cudaStream_t stream);
-  Status ScoresRingStep(uint32_t layer, cudaStream_t stream);
-  kernels::QuestSelectDeviceArgs SelectArgs(uint32_t layer) const;
-  kernels::SparseAttentionDeviceArgs AttentionArgs(uint32_t layer) const;
-  Status SelectStep(uint32_t layer, cudaStream_t stream);
-  Status SelectFusedStep(uint32_t layer, cudaStream_t stream);
-  Status ScoresStep(uint32_t layer, cudaStream_t stream);
-  Status TopKStep(uint32_t layer, cudaStream_t stream);
-  Status TopKBisectionStep(uint32_t layer, cudaStream_t stream);
-  Status AttentionStep(uint32_t layer, cudaStream_t stream);
-  Status AttentionStreamedStep(uint32_t layer, cudaStream_t stream);
-  Status SparseStep(uint32_t layer, cudaStream_t stream);
-  Status SparsePdlStep(uint32_t layer, cudaStream_t stream);
-  Status SparsePdlRound6Step(uint32_t layer, cudaStream_t stream);
-  Status CheckFinite(const DeviceMem& out, const char* what);
-
-  const DecodeBenchOptions& o_;
-  uint32_t context_, batch_;
-  uint32_t blocks_ = 0, slices_ = 0, layers_ = 0, k_ = 0;
-  size_t kv_bytes_ = 0;
-  kernels::SparseAttentionShape shape_;
-  // sparse_plan_: the device's choice (the staged kernel where it fits); streamed_plan_: the
-  // streamed kernel's plan (round 6), for the comparison rows.
-  kernels::SparseAttentionPlan dense_plan_, sparse_plan_, streamed_plan_;
-  kernels::QuestSelectParams params_;
-  DeviceMem arena_, copy_dst_, queries_, bounds_, scales_, block_slots_, dense_offsets_, last_, scores_,
-      block_offsets_, sel_offsets_, selected_, selected_slots_, out_, dense_ws_, sparse_ws_,
-      streamed_ws_, row_counters_;
-};
+Point::~Point() {
+  if (e0_ != nullptr) cudaEventDestroy(e0_);
+  if (e1_ != nullptr) cudaEventDestroy(e1_);
+}
 
 Status Point::Setup(const cudaDeviceProp& prop) {
   const uint32_t d = o_.head_dim, bt = o_.block_tokens;
@@ -220,6 +187,21 @@ Status Point::Setup(const cudaDeviceProp& prop) {
   KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
                                                            kernels::SparseAttentionKernels::kStreamed,
                                                            &streamed_plan_));
+  const DecodeBenchOverrides& v = o_.overrides;
+  const kernels::SparseAttentionPlanOverrides attention{.heads_per_cta = v.attention_heads_per_cta,
+                                                        .chunk_pages = v.attention_chunk_pages,
+                                                        .splits = v.attention_splits,
+                                                        .tile_loads = v.attention_tile_loads};
+  if (!kernels::IsDefault(attention)) {
+    if (const char* e = kernels::ApplySparseAttentionOverrides(shape_, k_, streamed_plan_, attention, &sparse_plan_)) {
+      return Status::InvalidArgument(fmt::format("attention overrides: {}", e));
+    }
+  }
+  score_shape_ = {.tiles_per_cta = v.score_tiles_per_cta, .stages = v.score_stages,
+                  .slices_per_thread = v.score_slices_per_thread};
+  if (const char* e = kernels::QuestScoreShapeError(score_shape_, d)) {
+    return Status::InvalidArgument(fmt::format("score overrides: {}", e));
+  }
   KVT_RETURN_IF_ERROR(Alloc(streamed_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, streamed_plan_)));
   KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(streamed_ws_.p, shape_, streamed_plan_, nullptr));
   KVT_RETURN_IF_ERROR(Alloc(dense_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, dense_plan_)));
@@ -252,7 +234,7 @@ kernels::QuestSelectDeviceArgs Point::SelectArgs(uint32_t layer) const {
           .scales = scales_.as<float>() + size_t{layer} * slices_, .scores = scores_.as<float>(),
           .selected_offsets = sel_offsets_.as<uint32_t>(), .selected = selected_.as<uint32_t>(),
           .block_slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
-          .selected_slots = selected_slots_.as<uint32_t>()};
+          .selected_slots = selected_slots_.as<uint32_t>(), .score_shape = score_shape_};
 }
 
 kernels::SparseAttentionDeviceArgs Point::AttentionArgs(uint32_t layer) const {
@@ -273,6 +255,7 @@ Status Point::SelectStep(uint32_t layer, cudaStream_t stream) {
 Status Point::SelectFusedStep(uint32_t layer, cudaStream_t stream) {
   kernels::QuestSelectDeviceArgs a = SelectArgs(layer);
   a.row_counters = row_counters_.as<uint32_t>();
+  a.score_shape = {};  // the fused path has its own score kernel
   KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(a, stream));
   return Status::Ok();
 }
@@ -286,6 +269,7 @@ Status Point::ScoresStep(uint32_t layer, cudaStream_t stream) {
 Status Point::ScoresRingStep(uint32_t layer, cudaStream_t stream) {
   kernels::QuestSelectDeviceArgs a = SelectArgs(layer);
   a.score_algorithm = kernels::QuestScoreAlgorithm::kRegisterRing;
+  a.score_shape = {};
   KVT_CUDA_OR_RETURN(kernels::LaunchQuestScores(a, stream));
   return Status::Ok();
 }
@@ -338,6 +322,7 @@ Status Point::SparsePdlRound6Step(uint32_t layer, cudaStream_t stream) {
   s.programmatic_dependent_launch = true;
   s.topk_algorithm = kernels::QuestTopKAlgorithm::kBisection;
   s.score_algorithm = kernels::QuestScoreAlgorithm::kRegisterRing;
+  s.score_shape = {};
   KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(s, stream));
   kernels::SparseAttentionDeviceArgs a = AttentionArgs(layer);
   a.programmatic_dependent_launch = true;
@@ -357,31 +342,62 @@ Status Point::CheckFinite(const DeviceMem& out, const char* what) {
   return Status::Ok();
 }
 
+Result<double> Point::Timed(const std::function<Status()>& enqueue, cudaStream_t stream) {
+  const uint32_t iters = std::max(o_.iterations, 1u), reps = std::max(o_.repeats, 1u);
+  std::vector<double> t;
+  for (uint32_t r = 0; r <= reps; ++r) {  // r = 0 warms up
+    KVT_CUDA_OR_RETURN(cudaEventRecord(e0_, stream));
+    KVT_RETURN_IF_ERROR(enqueue());
+    KVT_CUDA_OR_RETURN(cudaEventRecord(e1_, stream));
+    KVT_CUDA_OR_RETURN(cudaEventSynchronize(e1_));
+    float ms = 0;
+    KVT_CUDA_OR_RETURN(cudaEventElapsedTime(&ms, e0_, e1_));
+    if (r > 0) t.push_back(ms * 1e3 / iters);
+  }
+  return Median(t);
+}
+
+std::function<Status()> Point::Loop(Step step, cudaStream_t stream) {
+  return [this, step, stream]() -> Status {
+    for (uint32_t i = 0; i < std::max(o_.iterations, 1u); ++i) KVT_RETURN_IF_ERROR((this->*step)(i % layers_, stream));
+    return Status::Ok();
+  };
+}
+
+Result<double> Point::TimedGraph(Step step, cudaStream_t stream) {
+  cudaGraph_t graph = nullptr;
+  KVT_CUDA_OR_RETURN(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  Status captured = Loop(step, stream)();
+  const cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  if (!captured.ok() || ended != cudaSuccess) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    if (!captured.ok()) return captured;
+    KVT_CUDA_OR_RETURN(ended);
+  }
+  cudaGraphExec_t exec = nullptr;
+  if (cudaError_t e = cudaGraphInstantiate(&exec, graph, 0); e != cudaSuccess) {
+    cudaGraphDestroy(graph);
+    KVT_CUDA_OR_RETURN(e);
+  }
+  Result<double> t = Timed(
+      [&]() -> Status {
+        KVT_CUDA_OR_RETURN(cudaGraphLaunch(exec, stream));
+        return Status::Ok();
+      },
+      stream);
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return t;
+}
+
 Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<Row>* rows) {
   KVT_RETURN_IF_ERROR(Setup(prop));
-  cudaEvent_t e0, e1;
-  KVT_CUDA_OR_RETURN(cudaEventCreate(&e0));
-  KVT_CUDA_OR_RETURN(cudaEventCreate(&e1));
-  const uint32_t iters = std::max(o_.iterations, 1u), reps = std::max(o_.repeats, 1u);
-  auto timed = [&](auto&& enqueue) -> Result<double> {  // µs per step, median of reps
-    std::vector<double> t;
-    for (uint32_t r = 0; r <= reps; ++r) {  // r = 0 warms up
-      KVT_CUDA_OR_RETURN(cudaEventRecord(e0, stream));
-      KVT_RETURN_IF_ERROR(enqueue());
-      KVT_CUDA_OR_RETURN(cudaEventRecord(e1, stream));
-      KVT_CUDA_OR_RETURN(cudaEventSynchronize(e1));
-      float ms = 0;
-      KVT_CUDA_OR_RETURN(cudaEventElapsedTime(&ms, e0, e1));
-      if (r > 0) t.push_back(ms * 1e3 / iters);
-    }
-    return Median(t);
-  };
-  auto loop = [&](auto step) {
-    return [&, step]() -> Status {
-      for (uint32_t i = 0; i < iters; ++i) KVT_RETURN_IF_ERROR((this->*step)(i % layers_, stream));
-      return Status::Ok();
-    };
-  };
+  KVT_CUDA_OR_RETURN(cudaEventCreate(&e0_));
+  KVT_CUDA_OR_RETURN(cudaEventCreate(&e1_));
+  const uint32_t iters = std::max(o_.iterations, 1u);
+  auto timed = [&](const std::function<Status()>& enqueue) { return Timed(enqueue, stream); };
+  auto loop = [&](Step step) { return Loop(step, stream); };
   auto copy = [&]() -> Status {
     for (uint32_t i = 0; i < iters; ++i) {
       KVT_CUDA_OR_RETURN(cudaMemcpyAsync(copy_dst_.p, arena_.as<char>() + (i % layers_) * kv_bytes_, kv_bytes_,
@@ -442,44 +458,21 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   if (!pdl_matches) fmt::print(stderr, "bench decode: MISMATCH: sparse step with PDL differs from plain launches\n");
   // The PDL sparse step captured in one graph of `iters` steps (the plain step if the PDL
   // capture fails: graph_pdl = false).
-  cudaGraph_t graph = nullptr;
-  cudaGraphExec_t exec = nullptr;
-  auto capture = [&](Status (Point::*step)(uint32_t, cudaStream_t)) -> Status {
-    KVT_CUDA_OR_RETURN(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    Status captured = loop(step)();
-    KVT_CUDA_OR_RETURN(cudaStreamEndCapture(stream, &graph));
-    KVT_RETURN_IF_ERROR(captured);
-    KVT_CUDA_OR_RETURN(cudaGraphInstantiate(&exec, graph, 0));
-    return Status::Ok();
-  };
   bool graph_pdl = true;
-  if (Status st = capture(&Point::SparsePdlStep); !st.ok()) {
-    fmt::print(stderr, "bench decode: PDL graph capture failed ({}); graph of plain steps\n", st.ToString());
-    (void)cudaGetLastError();
-    if (graph != nullptr) cudaGraphDestroy(graph);
-    graph = nullptr;
+  Result<double> graph_time = TimedGraph(&Point::SparsePdlStep, stream);
+  if (!graph_time.ok()) {
+    fmt::print(stderr, "bench decode: PDL graph capture failed ({}); graph of plain steps\n",
+               graph_time.status().ToString());
     graph_pdl = false;
-    KVT_RETURN_IF_ERROR(capture(&Point::SparseStep));
+    graph_time = TimedGraph(&Point::SparseStep, stream);
   }
-  auto graph_run = [&]() -> Status {
-    KVT_CUDA_OR_RETURN(cudaGraphLaunch(exec, stream));
-    return Status::Ok();
-  };
-  KVT_ASSIGN_OR_RETURN(const double t_graph, timed(graph_run));
-  cudaGraphExecDestroy(exec);
-  cudaGraphDestroy(graph);
-  exec = nullptr;
-  graph = nullptr;
+  KVT_ASSIGN_OR_RETURN(const double t_graph, std::move(graph_time));
   // The round-6 step (bisection top-k + streamed attention) as a graph too, same run.
   double t_graph_r6 = 0;
   if (graph_pdl) {
-    KVT_RETURN_IF_ERROR(capture(&Point::SparsePdlRound6Step));
-    KVT_ASSIGN_OR_RETURN(t_graph_r6, timed(graph_run));
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
+    KVT_ASSIGN_OR_RETURN(t_graph_r6, TimedGraph(&Point::SparsePdlRound6Step, stream));
   }
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
+  t_dense_ = t_dense;
 
   const double slice_bytes = double(shape_.slice_bytes());
   const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
@@ -493,8 +486,12 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                     {"chunk_pages", dense_plan_.chunk_pages},
                     {"splits", dense_plan_.max_splits},
                     {"cluster", dense_plan_.cluster}}});
+  kernels::QuestScorePlan score_plan;
+  KVT_CUDA_OR_RETURN(kernels::PlanQuestScores(SelectArgs(0), &score_plan));
   rows->push_back({"scores", "Quest scores alone (int8 metadata, pipelined)", t_scores, meta / (t_scores * 1e3), meta,
-                   {}});
+                   {{"tiles_per_cta", score_plan.tiles_per_cta}, {"ctas_per_row", score_plan.ctas_per_row},
+                    {"stages", score_plan.stages}, {"tile_slices", score_plan.tile_slices},
+                    {"ctas_per_sm", score_plan.ctas_per_sm}}});
   rows->push_back({"scores_r4", "Quest scores alone (round-4 register ring)", t_scores_ring,
                    meta / (t_scores_ring * 1e3), meta, {{"matches_pipelined", scores_match}}});
   rows->push_back(
@@ -531,6 +528,13 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
     if (r.method == "sparse_pdl") r.extra["matches_plain"] = pdl_matches;
     if (r.method == "sparse_graph") r.extra["graph_pdl"] = graph_pdl;
   }
+  if (o_.sweep) {  // a failed sweep keeps the rows above (RunDecodeBench then exits non-zero)
+    if (Status st = Sweep(stream, rows); !st.ok()) {
+      (void)cudaGetLastError();
+      fmt::print(stderr, "bench decode: sweep failed: {}\n", st.ToString());
+      rows->push_back({"sweep_failed", st.ToString(), 0, 0, 0, {{"error", st.ToString()}}});
+    }
+  }
   for (Row& r : *rows) {
     r.extra["layers"] = layers_;
     r.extra["bytes"] = r.bytes;
@@ -538,9 +542,23 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   return Status::Ok();
 }
 
-}  // namespace
+}  // namespace kvtier::cli::decode_internal
+
+namespace kvtier::cli {
+
+using decode_internal::Point;
+using decode_internal::Row;
 
 Status RunDecodeBench(const DecodeBenchOptions& o) {
+  const DecodeBenchOverrides& v = o.overrides;
+  if (const char* e = kernels::QuestScoreShapeError({.tiles_per_cta = v.score_tiles_per_cta, .stages = v.score_stages,
+                                                     .slices_per_thread = v.score_slices_per_thread},
+                                                    o.head_dim)) {
+    return Status::InvalidArgument(fmt::format("score overrides: {}", e));
+  }
+  if (v.attention_chunk_pages != 0 && v.attention_splits != 0) {
+    return Status::InvalidArgument("give --attention-chunk-pages or --attention-splits, not both");
+  }
   int devices = 0;
   if (cudaGetDeviceCount(&devices) != cudaSuccess || devices <= o.device) {
     (void)cudaGetLastError();
@@ -573,6 +591,11 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
         result = std::move(s).Annotate(fmt::format("context {} batch {}", context, batch));
         break;
       }
+      for (const Row& r : rows) {
+        if (r.method == "sweep_failed") {
+          result = Status::Internal(fmt::format("context {} batch {}: sweep failed: {}", context, batch, r.what));
+        }
+      }
       if (o.json) {
         for (const Row& r : rows) {
           nlohmann::json j{{"bench", "decode"}, {"device", prop.name}, {"context", context}, {"batch", batch},
@@ -596,6 +619,17 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
         if (r.method.starts_with("sparse")) {
           note = fmt::format("speedup {:.2f}x (ideal {:.1f}x; target >= 8x at 32K)", r.extra["speedup"].get<double>(),
                              r.extra["ideal_speedup"].get<double>());
+        }
+        if (r.method.starts_with("sweep_")) {
+          note = r.extra.contains("error")
+                     ? fmt::format("not launched: {}", r.extra["error"].get<std::string>())
+                     : fmt::format("{:.2f}x default{}", r.extra["vs_default"].get<double>(),
+                                   r.extra["matches"].get<bool>() ? "" : "  MISMATCH");
+        }
+        if (r.method == "sparse_graph_tuned" && !r.extra["matches_default"].get<bool>()) note += "  MISMATCH";
+        if (r.method.starts_with("sweep_")) {  // long descriptions: the setting
+          fmt::print("  {:<19} {:<70} {:>10.1f} us {:>8.1f} GB/s  {}\n", r.method, r.what, r.us, r.gbps, note);
+          continue;
         }
         fmt::print("  {:<19} {:<46} {:>10.1f} us {:>8.1f} GB/s  {}\n", r.method, r.what, r.us, r.gbps, note);
       }
