@@ -57,6 +57,19 @@ Status Preallocate(int fd, uint64_t bytes) {
   return Status::FromErrno(err, fmt::format("fallocate of {} B", bytes));
 }
 
+Result<bool> PreallocateWrittenZeroes(int fd, uint64_t bytes) {
+#ifdef FALLOC_FL_WRITE_ZEROES
+  constexpr int kWriteZeroes = FALLOC_FL_WRITE_ZEROES;
+#else
+  constexpr int kWriteZeroes = 0x80;  // linux/falloc.h of Linux 6.17
+#endif
+  if (::fallocate(fd, kWriteZeroes, 0, static_cast<off_t>(bytes)) == 0) return true;
+  const int err = errno;
+  // Unknown mode bits (older kernels) or not offered for this file or device.
+  if (err == EOPNOTSUPP || err == EINVAL) return false;
+  return Status::FromErrno(err, fmt::format("fallocate(FALLOC_FL_WRITE_ZEROES) of {} B", bytes));
+}
+
 Status SyncData(int fd) {
   if (::fdatasync(fd) == 0) return Status();
   return Status::FromErrno(errno, "fdatasync");

@@ -60,6 +60,15 @@ Result<OpenedFile> OpenForBlockIo(const std::string& path, DirectIo policy, Logg
 // Filesystems without fallocate -> kUnimplemented.
 Status Preallocate(int fd, uint64_t bytes);
 
+// Makes [0, bytes) of `fd` zeroed, *written* extents with fallocate(FALLOC_FL_WRITE_ZEROES)
+// (Linux 6.17+; ext4 and block devices offer it only where the device zeroes by unmapping, so
+// it is fast or refused). Then the first direct write into each block is a plain overwrite:
+// plain fallocate leaves unwritten extents, which ext4 converts (a journaled extent-tree
+// change) at the end of the first write into each. true = done; false = not offered here
+// (older kernel, filesystem or device: nothing changed, use Preallocate); errors otherwise
+// (ENOSPC -> kNoSpace).
+Result<bool> PreallocateWrittenZeroes(int fd, uint64_t bytes);
+
 // fdatasync, with errno converted.
 Status SyncData(int fd);
 

@@ -6,6 +6,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -277,6 +278,39 @@ TEST_F(UringQueueTest, ReapStopsAfterMaxCompleteAndKeepsTheRestForTheNextCall) {
   EXPECT_EQ(q->counters().completed, 8u);
   EXPECT_GE(q->counters().reap_calls, 3u);
   EXPECT_GE(q->counters().submit_calls, 1u);
+}
+
+// PreallocateWrittenZeroes either makes the whole range zeroed, allocated and of the asked
+// size (where the kernel, filesystem and device offer FALLOC_FL_WRITE_ZEROES), or says it is
+// not offered and leaves the file untouched; either way the data written before is gone or
+// kept, never half.
+TEST(Preallocation, WrittenZeroesEitherZeroesTheRangeOrLeavesTheFileUntouched) {
+  const auto dir = std::filesystem::temp_directory_path() / ("kvtier_wz_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto f = OpenForBlockIo((dir / "f").string(), DirectIo::kOff, nullptr);
+  ASSERT_TRUE(f.ok()) << f.status().ToString();
+  const int fd = f->fd.get();
+  std::vector<char> junk(8192);
+  std::mt19937_64 rng(std::random_device{}());
+  for (char& c : junk) c = static_cast<char>(rng() | 1);  // never zero
+  ASSERT_EQ(::pwrite(fd, junk.data(), junk.size(), 0), static_cast<ssize_t>(junk.size()));
+  constexpr uint64_t kBytes = 1 << 20;
+  auto done = PreallocateWrittenZeroes(fd, kBytes);
+  ASSERT_TRUE(done.ok()) << done.status().ToString();
+  std::vector<char> back(kBytes);
+  if (*done) {
+    EXPECT_EQ(std::filesystem::file_size(dir / "f"), kBytes);
+    ASSERT_EQ(::pread(fd, back.data(), back.size(), 0), static_cast<ssize_t>(kBytes));
+    EXPECT_TRUE(std::all_of(back.begin(), back.end(), [](char c) { return c == 0; }));
+  } else {
+    EXPECT_EQ(std::filesystem::file_size(dir / "f"), junk.size()) << "a refused FALLOC_FL_WRITE_ZEROES changed the file";
+    ASSERT_EQ(::pread(fd, back.data(), junk.size(), 0), static_cast<ssize_t>(junk.size()));
+    EXPECT_EQ(std::memcmp(back.data(), junk.data(), junk.size()), 0);
+    // ... and plain preallocation still works.
+    EXPECT_TRUE(Preallocate(fd, kBytes).ok());
+    EXPECT_EQ(std::filesystem::file_size(dir / "f"), kBytes);
+  }
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

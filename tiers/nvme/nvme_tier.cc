@@ -88,7 +88,17 @@ Result<std::unique_ptr<NvmeTier>> NvmeTier::Open(NvmeTierOptions options) {
                       kSectorBytes));
     }
   }
-  KVT_RETURN_IF_ERROR(Preallocate(file.fd.get(), geometry.file_bytes()));  // ENOSPC -> kNoSpace
+  // A new slab gets written (zeroed) extents where the kernel and device offer it cheaply, so
+  // its first writes are plain overwrites; else (and for an existing slab) plain fallocate.
+  bool written_extents = false;
+  if (fresh) {
+    KVT_ASSIGN_OR_RETURN(written_extents, PreallocateWrittenZeroes(file.fd.get(), geometry.file_bytes()));
+    options.logger->Log(LogLevel::kInfo, "nvme tier: new slab {}",
+                        written_extents ? "preallocated with written extents (FALLOC_FL_WRITE_ZEROES)"
+                                        : "preallocated with unwritten extents (FALLOC_FL_WRITE_ZEROES not offered "
+                                          "here): the first write into each slot also converts its extent");
+  }
+  if (!written_extents) KVT_RETURN_IF_ERROR(Preallocate(file.fd.get(), geometry.file_bytes()));  // ENOSPC -> kNoSpace
   if (fresh) {
     nvme::EncodeSlabHeader(geometry, sector_span);
     KVT_RETURN_IF_ERROR(PwriteFull(file.fd.get(), sector.data(), kSectorBytes, 0));
@@ -96,6 +106,7 @@ Result<std::unique_ptr<NvmeTier>> NvmeTier::Open(NvmeTierOptions options) {
   }
   KVT_ASSIGN_OR_RETURN(auto index, nvme::NvmeIndex::Open(options.dir + "/index"));
   auto tier = std::unique_ptr<NvmeTier>(new NvmeTier(std::move(options), std::move(file), geometry, std::move(index)));
+  tier->stats_.written_extents = written_extents;
   KVT_RETURN_IF_ERROR(tier->Recover());
   return tier;
 }

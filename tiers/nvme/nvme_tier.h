@@ -69,6 +69,7 @@ struct NvmeTierStats {
   uint64_t index_reopens = 0;        // index reopens that ended a failed-write state (nvme_index.h)
   bool index_writable = true;        // false while index writes are refused after a failed one
   bool direct = false;               // the slab is open with O_DIRECT
+  bool written_extents = false;      // this open made the slab with written extents (PreallocateWrittenZeroes)
   std::string_view checksum_path;    // XXH3 vector path of the slot checksums ("avx512", "avx2", "sse2", ...)
 };
 

@@ -514,9 +514,10 @@ int RunBenchNvme(const BenchNvmeOptions& o) {
     const std::string slab = root + "/tier/slab.kvt";
     if (!o.json) {
       fmt::print("bench nvme: {} slots of {} B in {} (format v{}, a {} B header record before each payload, O_DIRECT{}, "
-                 "XXH3 {}), qd {}, {} s per measurement, {} run(s)\n",
+                 "XXH3 {}, {} extents at creation), qd {}, {} s per measurement, {} run(s)\n",
                  rig->nvme_slots.size(), o.block_size, slab, nvme::kFormatVersion, nvme::kRecordBytes,
-                 rig->nvme->stats().direct ? "" : " OFF", rig->nvme->stats().checksum_path, o.qd, o.seconds, o.runs);
+                 rig->nvme->stats().direct ? "" : " OFF", rig->nvme->stats().checksum_path,
+                 rig->nvme->stats().written_extents ? "written" : "unwritten", o.qd, o.seconds, o.runs);
     }
     if (!o.no_prefill) {
       // Every slot written once (not measured): the extents fallocate left unwritten are then
