@@ -155,6 +155,7 @@ Result<Rig> OpenRig(const NvmeStressOptions& o, uint32_t dram_slots, NvmeDirecti
     }
   };
   const Status s = run();
+  if (!s.ok()) fmt::print(stderr, "kvtier stress nvme (child): {}\n", s.ToString());  // the parent only gets the code
   Send(fd, 'E', static_cast<uint64_t>(s.code()));
   ::_exit(3);
 }
@@ -234,7 +235,8 @@ Result<NvmeStressReport> RunNvmeCrashStress(const NvmeStressOptions& o) {
     ::close(fds[0]);
     for (const Record& r : records) {
       if (r.op == 'E') {
-        return Status::Internal(fmt::format("stress cycle {}: the child failed with status code {}", cycle, r.id));
+        return Status::Internal(fmt::format("stress cycle {}: the child failed with {} (its message is on stderr)", cycle,
+                                            StatusCodeName(static_cast<StatusCode>(r.id))));
       }
       if (r.op == 'A') {
         acked[r.id] = true;
