@@ -71,12 +71,36 @@ inline constexpr uint32_t kDigitTopKAutoMaxBlocks = 2048;
 //                  (~127 registers, 2 CTAs per SM) — kept to compare the two in one run.
 enum class QuestScoreAlgorithm : uint8_t { kPipelined = 0, kRegisterRing = 1 };
 
+// Rules that choose the pipelined score kernel's launch shape (QuestScoreShape::preset).
+// kRound8 is the default; the round-9 ones are CANDIDATES for it, kept selectable so that one
+// GPU run can time them against the default (`kvtier bench decode`: scores_r9*,
+// sparse_graph_r9*, `--score-preset`; docs/sparse.md, round 9). Each resolves, per launch, to
+// an explicit shape (QuestScoreShapeOfPreset):
+//   kRound8      4 tile buffers, 2 slices per thread, one wave of resident CTAs per launch.
+//   kRound9      2 buffers, 2 slices per thread (tiles of 64 slices), ⌊2·SMs / rows⌋ CTAs
+//                per row (≈ 2 CTAs per SM in all, of the 3 resident), each ⌈tiles of the
+//                row / that⌉ tiles. The H100 sweep's single-launch best at b8/32K (8 tiles
+//                per CTA, 19.3 µs vs 23.9) and b1/128K (4, 11.7 vs 15.5); 61.5 vs 65.3 at
+//                b8/128K.
+//   kRound9Wave  2 buffers, 2 slices per thread, the round-8 one-wave grid (⌊resident·SMs /
+//                rows⌋ CTAs per row): the default's grid with fewer buffers (21.2, 12.7,
+//                62.2 µs at those points).
+// Both round-9 rules give the round-8 shape where they would give a CTA fewer than
+// kQuestScorePresetMinTilesPerCta tiles (b1/32K: 8 rows of 32 tiles — one tile per CTA, where
+// 2 buffers measured 30 µs against 6.2), at head_dim 64, and wherever the pipelined kernel
+// does not run (register ring, misaligned metadata, the fused path): a preset never makes a
+// launch fail. Same scores bit for bit whatever the rule.
+enum class QuestScorePreset : uint8_t { kRound8 = 0, kRound9 = 1, kRound9Wave = 2 };
+inline constexpr uint32_t kQuestScorePresetMinTilesPerCta = 3;
+
 // Launch shape of the pipelined score kernel (kPipelined), for tuning (`kvtier bench decode
 // --sweep`, round 9). Every field 0 = the default, so a default-constructed shape launches
 // exactly the round-8 kernel and grid. Any shape gives the same scores bit for bit (each
 // slice is scored by the same lanes in the same order whatever the tiling); only speed
 // changes. QuestScoreShapeError says what is wrong with one; the launches refuse a bad one
-// (cudaErrorInvalidValue), never run something else instead.
+// (cudaErrorInvalidValue), never run something else instead. A `preset` other than kRound8
+// sets the three fields itself (given together with any of them, the shape is invalid) and,
+// unlike explicit fields, falls back to the default where it does not apply (see the enum).
 struct QuestScoreShape {
   // Tiles of a row per CTA (gridDim.x = ⌈tiles of the longest row / tiles_per_cta⌉). 0: as
   // many CTAs per row as one wave of resident CTAs allows (b8/32K on an H100: 6 CTAs of ≤ 6
@@ -88,13 +112,28 @@ struct QuestScoreShape {
   // Slices each thread scores per tile: 2 (tiles of 64 slices, 16.6 KB at d = 128) or 4 (128
   // slices: one shared q⁺/q⁻ load feeds 4 slices instead of 2). 0 = 2.
   uint32_t slices_per_thread = 0;
+  // A rule instead of the fields above (kRound8 = none: the fields, or the default).
+  QuestScorePreset preset = QuestScorePreset::kRound8;
 };
 inline constexpr uint32_t kQuestScoreDefaultStages = 4;
 inline constexpr uint32_t kQuestScoreDefaultSlicesPerThread = 2;
 
-inline bool IsDefault(const QuestScoreShape& s) {
-  return s.tiles_per_cta == 0 && s.stages == 0 && s.slices_per_thread == 0;
+// Any of the explicit fields set (a shape the launches refuse where it would not run as asked).
+inline bool HasExplicitFields(const QuestScoreShape& s) {
+  return s.tiles_per_cta != 0 || s.stages != 0 || s.slices_per_thread != 0;
 }
+inline bool IsDefault(const QuestScoreShape& s) {
+  return !HasExplicitFields(s) && s.preset == QuestScorePreset::kRound8;
+}
+
+// Pure (no device): the explicit shape `preset` gives a pipelined score launch over `rows`
+// rows (requests · kv_heads) of ≤ max_blocks blocks at `head_dim`, on a device of `sms` SMs
+// where the 2-buffer, 2-slice instance has `ctas_per_sm` resident CTAs per SM; {} (the
+// round-8 default) where the rule does not apply (see QuestScorePreset). H100 (132 SMs, 3 per
+// SM), Llama-3-8B (8 KV heads): kRound9 gives b1/32K {}, b8/32K 8 tiles per CTA, b1/128K 4,
+// b8/128K 32; kRound9Wave {}, 6, 3, 22 — all with 2 buffers and 2 slices per thread.
+QuestScoreShape QuestScoreShapeOfPreset(QuestScorePreset preset, uint32_t rows, uint32_t max_blocks,
+                                        uint32_t head_dim, uint32_t sms, uint32_t ctas_per_sm);
 
 // QuestBudgetBlocks for a sequence of `blocks` blocks (host and device).
 __host__ __device__ inline uint32_t QuestBudgetBlocksOf(uint32_t blocks, const QuestSelectParams& p) {
@@ -148,9 +187,10 @@ struct QuestSelectDeviceArgs {
   QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kAuto;
   // The separate score launch's kernel (see the enum).
   QuestScoreAlgorithm score_algorithm = QuestScoreAlgorithm::kPipelined;
-  // The pipelined kernel's launch shape (default: the round-8 one). A non-default shape needs
-  // score_algorithm kPipelined, head_dim 128, `bounds` 16-byte and `scales` 4-byte aligned and
-  // no row_counters (the fused path has its own kernel); otherwise the launch is refused.
+  // The pipelined kernel's launch shape (default: the round-8 one). A shape with explicit
+  // fields needs score_algorithm kPipelined, head_dim 128, `bounds` 16-byte and `scales`
+  // 4-byte aligned and no row_counters (the fused path has its own kernel); otherwise the
+  // launch is refused. A preset alone applies where it can and is the default elsewhere.
   QuestScoreShape score_shape{};
 };
 
@@ -165,6 +205,9 @@ struct QuestScorePlan {
   uint32_t ctas_per_row = 0;     // gridDim.x
   uint32_t ctas_per_sm = 0;      // resident CTAs per SM (occupancy of the instance at its shared memory)
   uint32_t smem_bytes = 0;       // dynamic shared memory per CTA
+  // The rule that set this grid: score_shape.preset where it applied, else kRound8 (no
+  // preset, explicit fields, or a preset that fell back to the default).
+  QuestScorePreset preset = QuestScorePreset::kRound8;
 };
 
 // nullptr if `shape` is valid for scores of head_dim `head_dim`, else what is wrong with it

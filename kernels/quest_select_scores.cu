@@ -602,16 +602,41 @@ cudaError_t WithPipelinedInstance(const QuestSelectDeviceArgs& a, F&& f) {
   }
 }
 
+// `a` with a.score_shape's preset resolved to the explicit shape it gives this launch
+// (QuestScoreShapeOfPreset; the occupancy of the 2-buffer, 2-slice instance at this launch's
+// shared memory). Without a preset, `a` itself.
+template <int kD, bool kSum>
+cudaError_t ResolvePreset(const QuestSelectDeviceArgs& a, QuestSelectDeviceArgs* resolved) {
+  *resolved = a;
+  if (a.score_shape.preset == QuestScorePreset::kRound8) return cudaSuccess;
+  resolved->score_shape = {};
+  if constexpr (kD == 128) {
+    QuestSelectDeviceArgs probe = a;
+    probe.score_shape = {.stages = 2, .slices_per_thread = 2};
+    QuestScorePlan p;
+    if (cudaError_t e = PlanPipelinedOf<kD, kSum, 2, 2>(probe, &p); e != cudaSuccess) return e;
+    resolved->score_shape = QuestScoreShapeOfPreset(a.score_shape.preset, a.requests * a.kv_heads, a.max_blocks, kD,
+                                                    static_cast<uint32_t>(DeviceSms()), p.ctas_per_sm);
+  }
+  return cudaSuccess;
+}
+
 template <int kD, bool kSum>
 cudaError_t PlanPipelined(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
-  return WithPipelinedInstance<kD>(
-      a, [&]<int kS, int kStages>() { return PlanPipelinedOf<kD, kSum, kS, kStages>(a, plan); });
+  QuestSelectDeviceArgs r;
+  if (cudaError_t e = ResolvePreset<kD, kSum>(a, &r); e != cudaSuccess) return e;
+  const cudaError_t e = WithPipelinedInstance<kD>(
+      r, [&]<int kS, int kStages>() { return PlanPipelinedOf<kD, kSum, kS, kStages>(r, plan); });
+  if (e == cudaSuccess && !IsDefault(r.score_shape)) plan->preset = a.score_shape.preset;  // applied
+  return e;
 }
 
 template <int kD, bool kSum>
 cudaError_t LaunchPipelined(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
+  QuestSelectDeviceArgs r;
+  if (cudaError_t e = ResolvePreset<kD, kSum>(a, &r); e != cudaSuccess) return e;
   return WithPipelinedInstance<kD>(
-      a, [&]<int kS, int kStages>() { return LaunchPipelinedScoresOf<kD, kSum, kS, kStages>(a, stream); });
+      r, [&]<int kS, int kStages>() { return LaunchPipelinedScoresOf<kD, kSum, kS, kStages>(r, stream); });
 }
 
 bool PipelinedScoresApply(const QuestSelectDeviceArgs& a) {
@@ -625,7 +650,8 @@ cudaError_t LaunchScores(const QuestSelectDeviceArgs& a, cudaStream_t stream, bo
     return a.params.combine == GqaCombine::kSum ? LaunchPipelined<kD, true>(a, stream)
                                                 : LaunchPipelined<kD, false>(a, stream);
   }
-  if (!IsDefault(a.score_shape)) return cudaErrorInvalidValue;  // a shape only the pipelined kernel has
+  // Explicit fields only the pipelined kernel has (a preset alone falls back to this kernel).
+  if (HasExplicitFields(a.score_shape)) return cudaErrorInvalidValue;
   size_t smem = ScoreSmem(a);
   uint32_t cap = 0;
   if (fused) {
@@ -648,8 +674,8 @@ cudaError_t LaunchScoresAny(const QuestSelectDeviceArgs& a, cudaStream_t stream,
 
 cudaError_t PlanScores(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
   if (!PipelinedScoresApply(a)) {
-    if (!IsDefault(a.score_shape)) return cudaErrorInvalidValue;
-    *plan = {};  // the register-ring kernel
+    if (HasExplicitFields(a.score_shape)) return cudaErrorInvalidValue;
+    *plan = {};  // the register-ring kernel (a preset alone falls back to it)
     return cudaSuccess;
   }
   const bool sum = a.params.combine == GqaCombine::kSum;

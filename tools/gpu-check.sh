@@ -18,7 +18,8 @@
 #     sparse  only the sparse-attention tests and `kvtier bench decode` (gpu-tests.*, decode.*)
 #     sweep   the sparse-attention tests, then `kvtier bench decode --sweep` at 32K and 128K,
 #             batch 1 and 8, in one process (gpu-tests.*, decode.{jsonl,txt} with every row,
-#             sweep.txt); about 2-3 minutes on an H100 after the tests
+#             sweep.txt: grids, the graph table of the fastest pairs, the candidate score
+#             rules r9/r9w against sparse_graph); about 2-3 minutes on an H100 with the tests
 #     diag    every test, then the transfer diagnostics (page backing, placement pattern, piecewise
 #             vs single launch, gather + concurrent copy, CPU copy path, D2H launch size; contiguous
 #             baseline only, 512 MiB runs) into transfer.jsonl, `kvtier bench host-scatter` and
@@ -67,14 +68,22 @@ decode() {
   python3 - "$out/decode.jsonl" <<'PY' >>"$out/decode.txt"
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-print(f'{"context":>8} {"batch":>5} {"method":<15} {"us":>10} {"GB/s":>8}  note')
+print(f'{"context":>8} {"batch":>5} {"method":<18} {"us":>10} {"GB/s":>8}  note')
 for r in rows:
     if r["method"].startswith("sweep_"): continue  # sweep.txt
     note = ""
     if r["method"] == "dense": note = f'{r["vs_copy"]:.2f}x copy (read+write rate; target >= 0.9)'
     if r["method"].startswith("select"): note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
     if r["method"].startswith("sparse"): note = f'speedup {r["speedup"]:.2f}x (ideal {r["ideal_speedup"]:.1f}x; target >= 8x at 32K)'
-    print(f'{r["context"]:>8} {r["batch"]:>5} {r["method"]:<15} {r["us"]:>10.1f} {r["gbps"]:>8.1f}  {note}')
+    if "preset" in r:  # scores_r9*, sparse_graph_r9*: the round-9 candidate rules
+        rule = (f'{r["score_stages"]} buffers, {r["score_tiles_per_cta"]} tiles x {r["score_ctas_per_row"]} CTAs/row'
+                if r["applied"] else "falls back to r8")
+        if r["method"].startswith("scores"):
+            note = f'{r["vs_scores"]:.3f}x scores; {rule}' + ("" if r["matches_default"] else "  MISMATCH")
+        else:
+            note += (f'; {r["vs_sparse_graph"]:.3f}x sparse_graph; {rule}'
+                     + ("" if r["matches_sparse_graph"] else "  MISMATCH"))
+    print(f'{r["context"]:>8} {r["batch"]:>5} {r["method"]:<18} {r["us"]:>10.1f} {r["gbps"]:>8.1f}  {note}')
 PY
   cat "$out/decode.txt"
 }
@@ -104,19 +113,40 @@ def grid(title, rs, key_row, key_col, fmt_row):
 for (ctx, b), rs in points.items():
     by = {r["method"]: r for r in rs}
     print(f"== context {ctx} batch {b} ({rs[0].get('device', '')})")
-    for m in ("scores", "topk", "attention", "sparse_graph", "sparse_graph_tuned"):
+    for m in ("scores", "scores_r9", "scores_r9w", "topk", "attention", "sparse_graph", "sparse_graph_r9",
+              "sparse_graph_r9w", "sparse_graph_tuned"):
         if m in by:
             r = by[m]
             extra = f'  speedup {r["speedup"]:.2f}x' if "speedup" in r else ""
+            if "preset" in r:
+                extra += (f'  {r["score_stages"]} buffers, {r["score_tiles_per_cta"]} tiles x {r["score_ctas_per_row"]}'
+                          f' CTAs/row' if r["applied"] else "  (falls back to r8)")
+                ok = r["matches_default"] if m.startswith("scores") else r["matches_sparse_graph"]
+                extra += "" if ok else "  MISMATCH"
             print(f'  {m:<19} {r["us"]:>8.1f} us {r["gbps"]:>8.1f} GB/s{extra}')
     if "sparse_graph_tuned" in by:
         t = by["sparse_graph_tuned"]
-        print(f'  tuned: scores {t["score_slices_per_thread"]} slices/thread, {t["score_stages"]} stages, '
-              f'{t["score_tiles_per_cta"]} tiles/CTA; attention {t["heads_per_cta"]} heads/CTA, {t["tile_loads"]} loads, '
-              f'{t["chunk_pages"]} pages x {t["splits"]}; matches default: {t["matches_default"]}')
+        print(f'  tuned (fastest of {t["graph_pairs"]} graphs): scores {t["score_label"]}; '
+              f'attention {t["attention_label"]}; {t["us"]:.1f} us vs default pair {t["default_graph_us"]:.1f} ({t["vs_default_graph"]:.3f}x); '
+              f'single launches summed {t["sum_single_us"]:.1f}')
     if "sweep_failed" in by:
         print(f'  SWEEP FAILED: {by["sweep_failed"]["error"]}')
-    sc = [r for r in rs if r["method"] == "sweep_scores"]
+    gr = [r for r in rs if r["method"] == "sweep_graph"]
+    if gr:
+        si = sorted({r["score_index"] for r in gr})
+        pi = sorted({r["attention_index"] for r in gr})
+        cell = {(r["score_index"], r["attention_index"]): r for r in gr}
+        print("  step as a graph (PDL, 20 steps, median of 7), us [single launches summed]; '*' = MISMATCH")
+        for p in pi:
+            print(f'    A{p} = {next(r for r in gr if r["attention_index"] == p)["attention_label"]} '
+                  f'({next(r for r in gr if r["attention_index"] == p)["attention_us"]:.1f} us alone)')
+        print("    " + f'{"scores (us alone)":<44}' + "".join(f'{"A" + str(p):>16}' for p in pi))
+        for s_ in si:
+            r0 = cell[(s_, pi[0])]
+            line = "".join(f'{cell[(s_, p)]["us"]:>8.1f}{"*" if not cell[(s_, p)]["matches"] else " "}'
+                           f'[{cell[(s_, p)]["sum_single_us"]:>5.1f}]' for p in pi)
+            print("    " + f'{r0["score_label"][:36] + " (" + format(r0["score_us"], ".1f") + ")":<44}' + line)
+    sc = [r for r in rs if r["method"] == "sweep_scores" and "preset" not in r]
     at = [r for r in rs if r["method"] == "sweep_attention" and not r["default"]]
     if sc:
         grid("scores, rows (slices/thread, stages), columns tiles/CTA (0 = one wave)", sc,
@@ -145,6 +175,20 @@ for (ctx, b), rs in points.items():
                   f'max diff {r["max_abs_diff"]:.2g}')
         bad = [r for r in at if not r["matches"]]
         print(f"  attention plans: {len(at)}, mismatches {len(bad)}")
+# The decision the round-9 rows are for: a candidate rule becomes the default only if its
+# graph is at least as fast as sparse_graph at every point (docs/sparse.md, round 9).
+print("== candidate score rules, step as a graph (us; ratio = sparse_graph / it)")
+print(f'{"context":>8} {"batch":>5} {"sparse_graph":>12} {"r9":>16} {"r9w":>16} {"tuned":>16}')
+for (ctx, b), rs in points.items():
+    by = {r["method"]: r for r in rs}
+    if "sparse_graph" not in by: continue
+    g = by["sparse_graph"]["us"]
+    def cell(m):
+        if m not in by: return f'{"-":>16}'
+        r = by[m]
+        bad = not r.get("matches_sparse_graph", r.get("matches_default", True))
+        return f'{r["us"]:>8.1f} {g / r["us"]:>5.3f}x' + ("*" if bad else " ")
+    print(f'{ctx:>8} {b:>5} {g:>12.1f} {cell("sparse_graph_r9")}{cell("sparse_graph_r9w")}{cell("sparse_graph_tuned")}')
 PY
   exit $status
 fi

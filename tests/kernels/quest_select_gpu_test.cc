@@ -205,30 +205,65 @@ void RunCase(const Case& c, uint32_t seed) {
     ASSERT_EQ(std::memcmp(ring_scores.data(), gpu_scores.data(), gpu_scores.size() * sizeof(float)), 0)
         << "register-ring scores differ from the pipelined kernel's (pdl " << pdl << ")";
   }
-  // Round 9: other launch shapes of the pipelined kernel (QuestScoreShape; d 128 only): the
-  // same scores bit for bit and the same selection, through LaunchQuestSelect, poisoned first.
-  if (d == 128) {
-    const QuestScoreShape shapes[] = {{.tiles_per_cta = 1, .stages = 2, .slices_per_thread = 2},
-                                      {.tiles_per_cta = 3, .stages = 3, .slices_per_thread = 4},
-                                      {.tiles_per_cta = 0, .stages = 6, .slices_per_thread = 4},
-                                      {.tiles_per_cta = 1u << 20, .stages = 6, .slices_per_thread = 2},
-                                      {.tiles_per_cta = 2, .stages = 4, .slices_per_thread = 4},
-                                      {.tiles_per_cta = 5, .stages = 0, .slices_per_thread = 0}};
+  // Round 9: other launch shapes of the pipelined kernel (QuestScoreShape; explicit fields at
+  // d 128 only) and the candidate rules (presets r9 and r9w, any d: the default where they do
+  // not apply): the same scores bit for bit and the same selection, through
+  // LaunchQuestSelect, poisoned first. The rules apply (2 buffers, ≥ 3 tiles per CTA) to the
+  // long-row and many-row d-128 cases (on an H100: b8/32K, the ragged b8 up to 8192 blocks,
+  // the 16384-block max case, 65536 and 32768 blocks), else fall back (e.g. one 2048-block
+  // request: 1 tile per CTA).
+  {
+    std::vector<QuestScoreShape> shapes{{.preset = QuestScorePreset::kRound9},
+                                        {.preset = QuestScorePreset::kRound9Wave}};
+    if (d == 128) {
+      shapes.insert(shapes.end(), {{.tiles_per_cta = 1, .stages = 2, .slices_per_thread = 2},
+                                   {.tiles_per_cta = 3, .stages = 3, .slices_per_thread = 4},
+                                   {.tiles_per_cta = 0, .stages = 6, .slices_per_thread = 4},
+                                   {.tiles_per_cta = 1u << 20, .stages = 6, .slices_per_thread = 2},
+                                   {.tiles_per_cta = 2, .stages = 4, .slices_per_thread = 4},
+                                   {.tiles_per_cta = 5, .stages = 0, .slices_per_thread = 0}});
+    }
+    int device = 0, sms = 0;
+    ASSERT_CUDA(cudaGetDevice(&device));
+    ASSERT_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     for (const QuestScoreShape& shape : shapes) {
       QuestSelectDeviceArgs t = a;
       t.score_shape = shape;
-      t.programmatic_dependent_launch = shape.stages == 3;
+      t.programmatic_dependent_launch = shape.stages == 3 || shape.preset == QuestScorePreset::kRound9Wave;
+      // What a preset resolves to: the rule on this device (the 2-buffer instance's occupancy).
+      QuestScoreShape expect = shape;
+      if (shape.preset != QuestScorePreset::kRound8) {
+        uint32_t per_sm = 0;
+        if (d == 128) {
+          QuestSelectDeviceArgs probe = a;
+          probe.score_shape = {.stages = 2, .slices_per_thread = 2};
+          QuestScorePlan p2;
+          ASSERT_CUDA(PlanQuestScores(probe, &p2));
+          per_sm = p2.ctas_per_sm;
+        }
+        expect = QuestScoreShapeOfPreset(shape.preset, requests * c.kv_heads, a.max_blocks, d,
+                                         static_cast<uint32_t>(sms), per_sm);
+        if (d != 128) {
+          EXPECT_TRUE(IsDefault(expect));
+        }
+        if (!IsDefault(expect)) {
+          EXPECT_EQ(expect.stages, 2u);
+          EXPECT_GE(expect.tiles_per_cta, kQuestScorePresetMinTilesPerCta);
+        }
+      }
       QuestScorePlan plan;
       ASSERT_CUDA(PlanQuestScores(t, &plan));
-      const uint32_t per_thread = shape.slices_per_thread == 0 ? 2 : shape.slices_per_thread;
+      const bool applies = shape.preset != QuestScorePreset::kRound8 && !IsDefault(expect);
+      EXPECT_EQ(plan.preset, applies ? shape.preset : QuestScorePreset::kRound8);
+      const uint32_t per_thread = expect.slices_per_thread == 0 ? 2 : expect.slices_per_thread;
       EXPECT_TRUE(plan.pipelined);
       EXPECT_EQ(plan.tile_slices, 32 * per_thread);
-      EXPECT_EQ(plan.stages, shape.stages == 0 ? 4u : shape.stages);
+      EXPECT_EQ(plan.stages, expect.stages == 0 ? 4u : expect.stages);
       EXPECT_EQ(plan.tiles_per_row, (t.max_blocks + plan.tile_slices - 1) / plan.tile_slices);
       EXPECT_GE(uint64_t{plan.ctas_per_row} * plan.tiles_per_cta, plan.tiles_per_row);
       EXPECT_LT(uint64_t{plan.ctas_per_row - 1} * plan.tiles_per_cta, plan.tiles_per_row);
-      if (shape.tiles_per_cta != 0) {
-        EXPECT_EQ(plan.tiles_per_cta, std::min(shape.tiles_per_cta, plan.tiles_per_row));
+      if (expect.tiles_per_cta != 0) {
+        EXPECT_EQ(plan.tiles_per_cta, std::min(expect.tiles_per_cta, plan.tiles_per_row));
       }
       ASSERT_CUDA(cudaMemset(scores.p, 0xff, scores.n * sizeof(float)));
       ASSERT_CUDA(cudaMemset(selected.p, 0xAA, selected.n * sizeof(uint32_t)));
@@ -238,7 +273,8 @@ void RunCase(const Case& c, uint32_t seed) {
       const std::vector<float> shaped = scores.Get();
       ASSERT_EQ(std::memcmp(shaped.data(), gpu_scores.data(), gpu_scores.size() * sizeof(float)), 0)
           << "scores of shape (tiles/CTA " << shape.tiles_per_cta << ", stages " << shape.stages
-          << ", slices/thread " << shape.slices_per_thread << ") differ from the default's";
+          << ", slices/thread " << shape.slices_per_thread << ", preset " << static_cast<int>(shape.preset)
+          << " -> tiles/CTA " << plan.tiles_per_cta << ", stages " << plan.stages << ") differ from the default's";
       ASSERT_EQ(selected.Get(), gpu_sel) << "selection, shape stages " << shape.stages;
       ASSERT_EQ(selected_slots.Get(), gpu_slots) << "slots, shape stages " << shape.stages;
     }
@@ -472,6 +508,52 @@ TEST(QuestSelectGpuApi, ScoreShapeErrorsNameTheProblem) {
   EXPECT_NE(error({.slices_per_thread = 8}, 128).find("slices"), std::string::npos);
   EXPECT_NE(error({.tiles_per_cta = 2}, 64).find("head_dim"), std::string::npos);
   EXPECT_NE(error({.stages = 4}, 64).find("head_dim"), std::string::npos);
+  // Presets: valid alone at any head_dim (the default where they do not apply), never with
+  // explicit fields; unknown values refused.
+  for (QuestScorePreset p : {QuestScorePreset::kRound9, QuestScorePreset::kRound9Wave}) {
+    EXPECT_EQ(QuestScoreShapeError({.preset = p}, 128), nullptr);
+    EXPECT_EQ(QuestScoreShapeError({.preset = p}, 64), nullptr);
+    EXPECT_FALSE(IsDefault(QuestScoreShape{.preset = p}));
+    EXPECT_FALSE(HasExplicitFields(QuestScoreShape{.preset = p}));
+    EXPECT_NE(error({.stages = 2, .preset = p}, 128).find("preset"), std::string::npos);
+    EXPECT_NE(error({.tiles_per_cta = 8, .preset = p}, 128).find("preset"), std::string::npos);
+  }
+  EXPECT_NE(error({.preset = static_cast<QuestScorePreset>(3)}, 128).find("preset"), std::string::npos);
+}
+
+// The round-9 candidate rules (no device needed): the shapes docs/sparse.md quotes for
+// Llama-3-8B (8 KV heads) on an H100 (132 SMs, 3 CTAs of the 2-buffer instance per SM), the
+// fallbacks, and the round-8 default (no rule) everywhere.
+TEST(QuestSelectGpuApi, ScorePresetsResolveAsDocumented) {
+  constexpr QuestScorePreset kR9 = QuestScorePreset::kRound9, kR9w = QuestScorePreset::kRound9Wave;
+  auto tiles = [](QuestScorePreset p, uint32_t batch, uint32_t blocks, uint32_t d = 128, uint32_t sms = 132,
+                  uint32_t per_sm = 3) {
+    const QuestScoreShape s = QuestScoreShapeOfPreset(p, batch * 8, blocks, d, sms, per_sm);
+    if (IsDefault(s)) return 0u;
+    EXPECT_EQ(s.stages, 2u);
+    EXPECT_EQ(s.slices_per_thread, 2u);
+    EXPECT_EQ(s.preset, QuestScorePreset::kRound8);  // an explicit shape
+    EXPECT_EQ(QuestScoreShapeError(s, d), nullptr);
+    return s.tiles_per_cta;
+  };
+  // context / 16 blocks: 32K = 2048 blocks (32 tiles of 64), 128K = 8192 (128 tiles).
+  EXPECT_EQ(tiles(kR9, 1, 2048), 0u);    // 33 CTAs per row of 1 tile: latency-bound, default
+  EXPECT_EQ(tiles(kR9, 8, 2048), 8u);    // 4 CTAs per row
+  EXPECT_EQ(tiles(kR9, 1, 8192), 4u);    // 33 per row → 4 tiles (32 CTAs)
+  EXPECT_EQ(tiles(kR9, 8, 8192), 32u);   // 4 per row
+  EXPECT_EQ(tiles(kR9w, 1, 2048), 0u);   // 49 per row of 1 tile: default
+  EXPECT_EQ(tiles(kR9w, 8, 2048), 6u);   // 6 per row
+  EXPECT_EQ(tiles(kR9w, 1, 8192), 3u);   // 49 per row → 3 tiles (43 CTAs)
+  EXPECT_EQ(tiles(kR9w, 8, 8192), 22u);  // 6 per row
+  EXPECT_EQ(tiles(kR9, 8, 128), 0u);     // 2 tiles per row: default
+  EXPECT_EQ(tiles(kR9, 64, 2048), 32u);  // more rows than 2·SMs: one CTA per row
+  EXPECT_EQ(tiles(kR9, 8, 8192, 64), 0u);                       // d 64: the default kernel only
+  EXPECT_EQ(tiles(kR9, 8, 8192, 128, 132, 1), 64u);             // kRound9: at most the resident CTAs
+  EXPECT_EQ(tiles(kR9w, 8, 8192, 128, 132, 1), 64u);
+  EXPECT_EQ(tiles(kR9, 8, 0), 0u);
+  EXPECT_EQ(tiles(kR9, 0, 8192), 0u);
+  EXPECT_TRUE(IsDefault(QuestScoreShapeOfPreset(QuestScorePreset::kRound8, 64, 8192, 128, 132, 3)));
+  EXPECT_EQ(QuestSelectDeviceArgs{}.score_shape.preset, QuestScorePreset::kRound8);  // default unchanged
 }
 
 // A non-default score shape is refused wherever it would not be what runs: the register-ring
@@ -517,6 +599,34 @@ TEST(QuestSelectGpuApi, RefusesScoreShapesThatWouldNotApply) {
   x.kv_heads = 2;
   EXPECT_EQ(LaunchQuestScores(x, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(PlanQuestScores(a, nullptr), cudaErrorInvalidValue);
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  // A preset alone is never refused: where the pipelined kernel does not run it is the
+  // default (the register ring, the fused path, misaligned metadata); with explicit fields it
+  // is invalid everywhere.
+  for (QuestScorePreset p : {QuestScorePreset::kRound9, QuestScorePreset::kRound9Wave}) {
+    x = a;
+    x.score_shape = {.preset = p};
+    ASSERT_CUDA(PlanQuestScores(x, &plan));
+    EXPECT_EQ(plan.preset, QuestScorePreset::kRound8) << "100 blocks: 2 tiles per row, too few for the rule";
+    x.score_algorithm = QuestScoreAlgorithm::kRegisterRing;
+    ASSERT_CUDA(LaunchQuestScores(x, nullptr));
+    ASSERT_CUDA(PlanQuestScores(x, &plan));
+    EXPECT_FALSE(plan.pipelined);
+    x = a;
+    x.score_shape = {.preset = p};
+    x.row_counters = counters.p;
+    ASSERT_CUDA(LaunchQuestSelect(x, nullptr));
+    x = a;
+    x.score_shape = {.preset = p};
+    x.bounds = bounds.p + 8;  // planned only: the ring's 16-byte loads need aligned bounds too
+    ASSERT_CUDA(PlanQuestScores(x, &plan));
+    EXPECT_FALSE(plan.pipelined);
+    x = a;
+    x.score_shape = {.tiles_per_cta = 4, .preset = p};
+    EXPECT_EQ(LaunchQuestScores(x, nullptr), cudaErrorInvalidValue);
+    EXPECT_EQ(LaunchQuestSelect(x, nullptr), cudaErrorInvalidValue);
+    EXPECT_EQ(PlanQuestScores(x, &plan), cudaErrorInvalidValue);
+  }
   ASSERT_CUDA(cudaDeviceSynchronize());
 }
 

@@ -28,6 +28,10 @@ void AddBenchDecodeCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--score-tiles-per-cta", v.score_tiles_per_cta, "score tiles per CTA (0: one wave of CTAs)");
   cmd->add_option("--score-stages", v.score_stages, "score tile buffers per CTA: 2, 3, 4, 6 (0: 4)");
   cmd->add_option("--score-slices-per-thread", v.score_slices_per_thread, "score slices per thread per tile: 2, 4 (0: 2)");
+  cmd->add_option("--score-preset", v.score_preset,
+                  "score launch-shape rule: r8 (default), r9 or r9w (round-9 candidates; docs/sparse.md)")
+      ->check(CLI::IsMember({"r8", "r9", "r9w"}))
+      ->capture_default_str();
   cmd->add_option("--attention-heads-per-cta", v.attention_heads_per_cta,
                   "streamed attention: query heads per CTA, 1/2/4/8 dividing the group (0: planner)");
   cmd->add_option("--attention-chunk-pages", v.attention_chunk_pages, "streamed attention: pages per CTA (0: planner)");

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "kvtier/status.h"
@@ -19,6 +20,9 @@ struct DecodeBenchOverrides {
   uint32_t score_tiles_per_cta = 0;
   uint32_t score_stages = 0;
   uint32_t score_slices_per_thread = 0;
+  // kernels::QuestScorePreset of the same rows: "r8" (the default rule), "r9" or "r9w" (the
+  // round-9 candidates); not together with the score fields above.
+  std::string score_preset = "r8";
   uint32_t attention_heads_per_cta = 0;
   uint32_t attention_chunk_pages = 0;
   uint32_t attention_splits = 0;
@@ -40,8 +44,9 @@ struct DecodeBenchOptions {
   bool json = false;
   DecodeBenchOverrides overrides{};
   // After each point's rows: the score and attention launches over a grid of launch shapes,
-  // each checked against the default's output, and the sparse step (graph) with the fastest
-  // matching pair (docs/sparse.md, `kvtier bench decode`).
+  // each checked against the default's output, then the sparse step as a graph for the
+  // fastest few of each (and the presets), the fastest matching graph kept
+  // (docs/sparse.md, `kvtier bench decode`).
   bool sweep = false;
 };
 

@@ -27,7 +27,12 @@
 //           its output must equal sparse's bit for bit (checked);
 //   sparse_graph  the sparse_pdl steps captured in one CUDA graph;
 //   sparse_graph_r6  the round-6 step (register-ring scores, bisection top-k, register-tile
-//           streamed attention) as a graph: the earlier configuration in the same run.
+//           streamed attention) as a graph: the earlier configuration in the same run;
+//   scores_r9, scores_r9w  the score launch with the round-9 candidate rules
+//           (QuestScorePreset kRound9 / kRound9Wave); bit-equal to `scores` (checked);
+//   sparse_graph_r9, sparse_graph_r9w  the sparse_graph step with them (attention as
+//           sparse_graph's); one step's selection must equal sparse_graph's and its output
+//           agree within AttentionClose (checked, matches_sparse_graph); vs_sparse_graph.
 // options.overrides (round 9) change the launch shape of the scores (scores, select, sparse
 // rows) and the attention plan (attention and sparse rows); `--sweep` adds the rows of
 // decode_sweep_gpu.cc (a grid of launch shapes, each checked against the default's output).
@@ -42,6 +47,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <numeric>
 #include <random>
 #include <string>
@@ -87,6 +93,39 @@ uint16_t RandomBf16(Rng& rng) {
 }
 
 }  // namespace
+
+bool ParseScorePreset(const std::string& name, kernels::QuestScorePreset* preset) {
+  if (name == "r8") *preset = kernels::QuestScorePreset::kRound8;
+  else if (name == "r9") *preset = kernels::QuestScorePreset::kRound9;
+  else if (name == "r9w") *preset = kernels::QuestScorePreset::kRound9Wave;
+  else return false;
+  return true;
+}
+
+const char* ScorePresetName(kernels::QuestScorePreset preset) {
+  switch (preset) {
+    case kernels::QuestScorePreset::kRound9: return "r9";
+    case kernels::QuestScorePreset::kRound9Wave: return "r9w";
+    default: return "r8";
+  }
+}
+
+bool AttentionClose(float got, float want) {
+  if (!std::isfinite(got) || !std::isfinite(want)) return false;
+  return std::fabs(double(got) - want) <= (4e-3 + 1.0 / 256 + 1.0 / 128) * std::fabs(want) + 4e-4;
+}
+
+Agreement CompareAttention(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want) {
+  Agreement a;
+  if (got.size() != want.size()) return {false, INFINITY};
+  for (size_t i = 0; i < got.size(); ++i) {
+    const float g = kernels::Bf16ToFloat(got[i]), w = kernels::Bf16ToFloat(want[i]);
+    if (!AttentionClose(g, w)) a.matches = false;
+    const double d = std::fabs(double(g) - w);
+    a.max_abs_diff = std::isnan(d) ? INFINITY : std::max(a.max_abs_diff, d);
+  }
+  return a;
+}
 
 Point::~Point() {
   if (e0_ != nullptr) cudaEventDestroy(e0_);
@@ -197,8 +236,12 @@ Status Point::Setup(const cudaDeviceProp& prop) {
       return Status::InvalidArgument(fmt::format("attention overrides: {}", e));
     }
   }
+  kernels::QuestScorePreset preset{};
+  if (!ParseScorePreset(v.score_preset, &preset)) {
+    return Status::InvalidArgument(fmt::format("unknown score preset '{}' (r8, r9, r9w)", v.score_preset));
+  }
   score_shape_ = {.tiles_per_cta = v.score_tiles_per_cta, .stages = v.score_stages,
-                  .slices_per_thread = v.score_slices_per_thread};
+                  .slices_per_thread = v.score_slices_per_thread, .preset = preset};
   if (const char* e = kernels::QuestScoreShapeError(score_shape_, d)) {
     return Status::InvalidArgument(fmt::format("score overrides: {}", e));
   }
@@ -391,6 +434,93 @@ Result<double> Point::TimedGraph(Step step, cudaStream_t stream) {
   return t;
 }
 
+Result<StepOutcome> Point::OneStep(cudaStream_t stream) {
+  StepOutcome o;
+  o.selected.resize(size_t{batch_} * o_.kv_heads * k_);
+  o.out.resize(size_t{batch_} * o_.q_heads * o_.head_dim);
+  KVT_CUDA_OR_RETURN(cudaMemsetAsync(selected_.p, 0xff, o.selected.size() * 4, stream));
+  KVT_CUDA_OR_RETURN(cudaMemsetAsync(out_.p, 0xff, o.out.size() * 2, stream));  // NaN
+  KVT_RETURN_IF_ERROR(SparsePdlStep(0, stream));
+  KVT_CUDA_OR_RETURN(cudaStreamSynchronize(stream));
+  KVT_CUDA_OR_RETURN(cudaMemcpy(o.selected.data(), selected_.p, o.selected.size() * 4, cudaMemcpyDeviceToHost));
+  KVT_CUDA_OR_RETURN(cudaMemcpy(o.out.data(), out_.p, o.out.size() * 2, cudaMemcpyDeviceToHost));
+  return o;
+}
+
+Result<StepOutcome> Point::GraphStepWith(const kernels::QuestScoreShape& shape,
+                                         const kernels::SparseAttentionPlan& plan, void* ws, cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(ws, shape_, plan, stream));
+  const kernels::QuestScoreShape saved_shape = score_shape_;
+  const kernels::SparseAttentionPlan saved_plan = sparse_plan_;
+  void* const saved_ws = sparse_ws_.p;
+  score_shape_ = shape;
+  sparse_plan_ = plan;
+  sparse_ws_.p = ws;
+  Result<double> t = TimedGraph(&Point::SparsePdlStep, stream);
+  Result<StepOutcome> o = t.ok() ? OneStep(stream) : Result<StepOutcome>(t.status());
+  score_shape_ = saved_shape;
+  sparse_plan_ = saved_plan;
+  sparse_ws_.p = saved_ws;
+  if (!o.ok()) return o;
+  o->us = *t;
+  return o;
+}
+
+Result<double> Point::TimedScores(const kernels::QuestScoreShape& shape, cudaStream_t stream) {
+  const kernels::QuestScoreShape saved = score_shape_;
+  score_shape_ = shape;
+  Result<double> t = Timed(Loop(&Point::ScoresStep, stream), stream);
+  score_shape_ = saved;
+  return t;
+}
+
+Status Point::PresetRows(kernels::QuestScorePreset preset, const char* name, const std::vector<float>& scores,
+                         double t_scores_ref, const StepOutcome& ref, double t_graph, cudaStream_t stream,
+                         std::vector<Row>* rows) {
+  const kernels::QuestScoreShape shape{.preset = preset};
+  kernels::QuestSelectDeviceArgs args = SelectArgs(0);
+  args.score_shape = shape;
+  kernels::QuestScorePlan plan;
+  KVT_CUDA_OR_RETURN(kernels::PlanQuestScores(args, &plan));
+  // Scores alone: the loop ends on the layer the `scores` row's did, so bit-equal scores.
+  KVT_ASSIGN_OR_RETURN(const double t_scores, TimedScores(shape, stream));
+  std::vector<float> got(slices_);
+  KVT_CUDA_OR_RETURN(cudaMemcpy(got.data(), scores_.p, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  const bool scores_match = std::memcmp(got.data(), scores.data(), got.size() * sizeof(float)) == 0;
+  if (!scores_match) fmt::print(stderr, "bench decode: MISMATCH: {} scores differ from the default's\n", name);
+  // The whole step as a graph, attention plan and workspace as sparse_graph's.
+  KVT_ASSIGN_OR_RETURN(const StepOutcome step, GraphStepWith(shape, sparse_plan_, sparse_ws_.p, stream));
+  const bool selection_match = step.selected == ref.selected;
+  const Agreement agree = CompareAttention(step.out, ref.out);
+  if (!selection_match || !agree.matches) {
+    fmt::print(stderr, "bench decode: MISMATCH: sparse_graph_{} step differs from sparse_graph's\n", name);
+  }
+  const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
+  const double sparse_kv = double(batch_) * o_.kv_heads * k_ * double(shape_.slice_bytes());
+  const bool applied = plan.preset == preset;
+  const nlohmann::json grid{{"preset", name},
+                            {"applied", applied},
+                            {"score_stages", plan.stages},
+                            {"score_slices_per_thread", plan.tile_slices / 32},
+                            {"score_tiles_per_cta", plan.tiles_per_cta},
+                            {"score_ctas_per_row", plan.ctas_per_row},
+                            {"score_ctas_per_sm", plan.ctas_per_sm}};
+  Row scores_row{fmt::format("scores_{}", name), fmt::format("Quest scores alone, candidate rule {}", name),
+                 t_scores, meta / (t_scores * 1e3), meta, grid};
+  scores_row.extra["matches_default"] = scores_match;
+  scores_row.extra["vs_scores"] = t_scores_ref / t_scores;
+  rows->push_back(std::move(scores_row));
+  Row graph_row{fmt::format("sparse_graph_{}", name), fmt::format("sparse_graph, score rule {}", name), step.us,
+                (meta + sparse_kv) / (step.us * 1e3), meta + sparse_kv, grid};
+  graph_row.extra.update({{"speedup", t_dense_ / step.us}, {"ideal_speedup", double(kv_bytes_) / (sparse_kv + meta)},
+                          {"selected_blocks", k_}, {"chunk_pages", sparse_plan_.chunk_pages},
+                          {"splits", sparse_plan_.max_splits}, {"vs_sparse_graph", t_graph / step.us},
+                          {"selection_matches", selection_match}, {"max_abs_diff", agree.max_abs_diff},
+                          {"matches_sparse_graph", selection_match && agree.matches}});
+  rows->push_back(std::move(graph_row));
+  return Status::Ok();
+}
+
 Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<Row>* rows) {
   KVT_RETURN_IF_ERROR(Setup(prop));
   KVT_CUDA_OR_RETURN(cudaEventCreate(&e0_));
@@ -467,12 +597,15 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
     graph_time = TimedGraph(&Point::SparseStep, stream);
   }
   KVT_ASSIGN_OR_RETURN(const double t_graph, std::move(graph_time));
+  // sparse_graph's outputs (one step on layer 0), for the round-9 rows' check.
+  KVT_ASSIGN_OR_RETURN(const StepOutcome graph_ref, OneStep(stream));
   // The round-6 step (bisection top-k + streamed attention) as a graph too, same run.
   double t_graph_r6 = 0;
   if (graph_pdl) {
     KVT_ASSIGN_OR_RETURN(t_graph_r6, TimedGraph(&Point::SparsePdlRound6Step, stream));
   }
   t_dense_ = t_dense;
+  t_topk_ = t_topk;
 
   const double slice_bytes = double(shape_.slice_bytes());
   const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
@@ -526,7 +659,30 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   }
   for (Row& r : *rows) {
     if (r.method == "sparse_pdl") r.extra["matches_plain"] = pdl_matches;
-    if (r.method == "sparse_graph") r.extra["graph_pdl"] = graph_pdl;
+    if (r.method == "sparse_graph") {
+      r.extra["graph_pdl"] = graph_pdl;
+      r.extra["score_preset"] = ScorePresetName(score_shape_.preset);
+    }
+  }
+  // Round 9: the candidate score rules, scores_r9* after scores_r4 and sparse_graph_r9* after
+  // sparse_graph.
+  if (graph_pdl) {
+    std::vector<Row> preset_rows;
+    KVT_RETURN_IF_ERROR(PresetRows(kernels::QuestScorePreset::kRound9, "r9", scores_pipelined, t_scores, graph_ref,
+                                   t_graph, stream, &preset_rows));
+    KVT_RETURN_IF_ERROR(PresetRows(kernels::QuestScorePreset::kRound9Wave, "r9w", scores_pipelined, t_scores,
+                                   graph_ref, t_graph, stream, &preset_rows));
+    auto insert_after = [&](const char* anchor, bool scores) {
+      std::vector<Row> kind;
+      for (Row& r : preset_rows) {
+        if (r.method.starts_with("scores_") == scores) kind.push_back(std::move(r));
+      }
+      auto at = std::find_if(rows->begin(), rows->end(), [&](const Row& x) { return x.method == anchor; });
+      rows->insert(at == rows->end() ? at : at + 1, std::make_move_iterator(kind.begin()),
+                   std::make_move_iterator(kind.end()));
+    };
+    insert_after("scores_r4", true);
+    insert_after("sparse_graph", false);
   }
   if (o_.sweep) {  // a failed sweep keeps the rows above (RunDecodeBench then exits non-zero)
     if (Status st = Sweep(stream, rows); !st.ok()) {
@@ -551,8 +707,12 @@ using decode_internal::Row;
 
 Status RunDecodeBench(const DecodeBenchOptions& o) {
   const DecodeBenchOverrides& v = o.overrides;
+  kernels::QuestScorePreset preset{};
+  if (!decode_internal::ParseScorePreset(v.score_preset, &preset)) {
+    return Status::InvalidArgument(fmt::format("unknown score preset '{}' (r8, r9, r9w)", v.score_preset));
+  }
   if (const char* e = kernels::QuestScoreShapeError({.tiles_per_cta = v.score_tiles_per_cta, .stages = v.score_stages,
-                                                     .slices_per_thread = v.score_slices_per_thread},
+                                                     .slices_per_thread = v.score_slices_per_thread, .preset = preset},
                                                     o.head_dim)) {
     return Status::InvalidArgument(fmt::format("score overrides: {}", e));
   }
@@ -627,6 +787,21 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
                                    r.extra["matches"].get<bool>() ? "" : "  MISMATCH");
         }
         if (r.method == "sparse_graph_tuned" && !r.extra["matches_default"].get<bool>()) note += "  MISMATCH";
+        if (!r.method.starts_with("sweep_") && r.extra.contains("preset")) {  // scores_r9*, sparse_graph_r9*
+          const std::string rule =
+              r.extra["applied"].get<bool>()
+                  ? fmt::format("{} buffers, {} tiles x {} CTAs/row", r.extra["score_stages"].get<uint32_t>(),
+                                r.extra["score_tiles_per_cta"].get<uint32_t>(),
+                                r.extra["score_ctas_per_row"].get<uint32_t>())
+                  : std::string("falls back to r8");
+          if (r.method.starts_with("scores")) {
+            note = fmt::format("{:.3f}x scores; {}{}", r.extra["vs_scores"].get<double>(), rule,
+                               r.extra["matches_default"].get<bool>() ? "" : "  MISMATCH");
+          } else {
+            note += fmt::format("; {:.3f}x sparse_graph; {}{}", r.extra["vs_sparse_graph"].get<double>(), rule,
+                                r.extra["matches_sparse_graph"].get<bool>() ? "" : "  MISMATCH");
+          }
+        }
         if (r.method.starts_with("sweep_")) {  // long descriptions: the setting
           fmt::print("  {:<19} {:<70} {:>10.1f} us {:>8.1f} GB/s  {}\n", r.method, r.what, r.us, r.gbps, note);
           continue;

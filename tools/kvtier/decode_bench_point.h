@@ -28,6 +28,43 @@ struct Row {
   nlohmann::json extra = nlohmann::json::object();
 };
 
+// "r8", "r9", "r9w" (DecodeBenchOverrides::score_preset) ↔ kernels::QuestScorePreset.
+bool ParseScorePreset(const std::string& name, kernels::QuestScorePreset* preset);
+const char* ScorePresetName(kernels::QuestScorePreset preset);
+
+// Two bf16 outputs of correct fp32 computations cut differently: the GPU test's tolerance
+// against the reference (2e-3·|x| + 2e-4, plus half a bf16 ulp) for each, so twice it, plus
+// one bf16 ulp (2^-7·|x|) for rounding on different sides. Non-finite never matches.
+bool AttentionClose(float got, float want);
+struct Agreement {
+  bool matches = true;
+  double max_abs_diff = 0;
+};
+// Every element of `got` AttentionClose to `want`'s (bf16 bits), and the largest difference.
+Agreement CompareAttention(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want);
+
+// What one sparse step leaves: the selection (block indices, every row) and the attention
+// output (bf16 bits); with the graph time of the configuration that produced it.
+struct StepOutcome {
+  double us = 0;
+  std::vector<uint32_t> selected;
+  std::vector<uint16_t> out;
+};
+
+// Sweep candidates for the graph stage (decode_sweep_gpu.cc): a label, the setting, its
+// single-launch µs.
+struct ScoreCandidate {
+  std::string label;
+  kernels::QuestScoreShape shape;
+  kernels::QuestScorePlan plan;
+  double us = 0;
+};
+struct AttentionCandidate {
+  std::string label;
+  kernels::SparseAttentionPlan plan;
+  double us = 0;
+};
+
 class Point {
  public:
   Point(const DecodeBenchOptions& o, uint32_t context, uint32_t batch) : o_(o), context_(context), batch_(batch) {}
@@ -64,14 +101,33 @@ class Point {
   std::function<Status()> Loop(Step step, cudaStream_t stream);
   // `iterations` steps of `step` captured as one CUDA graph, timed like Timed.
   Result<double> TimedGraph(Step step, cudaStream_t stream);
+  // One SparsePdlStep on layer 0 as configured now; its selection and output (us = 0).
+  Result<StepOutcome> OneStep(cudaStream_t stream);
+  // The sparse_graph step (SparsePdlStep: PDL, `iterations` steps as one graph, TimedGraph)
+  // with score shape `shape` and attention plan `plan` on workspace `ws` (counters zeroed
+  // here; enough bytes for `plan`), then OneStep; the members are restored afterwards.
+  Result<StepOutcome> GraphStepWith(const kernels::QuestScoreShape& shape, const kernels::SparseAttentionPlan& plan,
+                                    void* ws, cudaStream_t stream);
+  // µs per launch of the score launch alone with `shape` (the `scores` row's loop).
+  Result<double> TimedScores(const kernels::QuestScoreShape& shape, cudaStream_t stream);
+  // The standard rows' round-9 candidates (`scores_r9*`, `sparse_graph_r9*`): the score
+  // launch and the sparse_graph step with score_shape_ = {.preset = preset}, checked against
+  // `scores` (the `scores` row's output, bit for bit; t_scores its µs) and `ref`
+  // (sparse_graph's step: same selection, attention within AttentionClose; t_graph its µs).
+  Status PresetRows(kernels::QuestScorePreset preset, const char* name, const std::vector<float>& scores,
+                    double t_scores, const StepOutcome& ref, double t_graph, cudaStream_t stream,
+                    std::vector<Row>* rows);
 
   // decode_sweep_gpu.cc: the score launch and the attention launch on a grid of launch shapes
-  // (each checked against the default's output), then the sparse step as a graph with the
-  // fastest matching pair (`sparse_graph_tuned`). Needs Run's rows done (t_dense_, the
-  // selection in selected_slots_).
+  // (each checked against the default's output), then the sparse step as a graph for every
+  // pair of the fastest few of each (`sweep_graph`), the fastest matching graph kept
+  // (`sparse_graph_tuned`). Needs Run's rows done (t_dense_, t_topk_, the selection in
+  // selected_slots_).
   Status Sweep(cudaStream_t stream, std::vector<Row>* rows);
-  Status SweepScores(cudaStream_t stream, std::vector<Row>* rows, kernels::QuestScoreShape* best);
-  Status SweepAttention(cudaStream_t stream, std::vector<Row>* rows, kernels::SparseAttentionPlan* best);
+  // Appends the matching shapes (default first, then fastest first, distinct grids).
+  Status SweepScores(cudaStream_t stream, std::vector<Row>* rows, std::vector<ScoreCandidate>* ranked);
+  // Appends the matching plans (the device's default first, then fastest first, distinct).
+  Status SweepAttention(cudaStream_t stream, std::vector<Row>* rows, std::vector<AttentionCandidate>* ranked);
   // The scores of one launch on layer 0 with `shape` (output poisoned first).
   Result<std::vector<float>> ScoresOnce(const kernels::QuestScoreShape& shape, cudaStream_t stream);
   // The attention output (bf16 bits) of one launch on layer 0 with `plan` and `workspace`.
@@ -82,7 +138,7 @@ class Point {
   uint32_t context_, batch_;
   uint32_t blocks_ = 0, slices_ = 0, layers_ = 0, k_ = 0;
   size_t kv_bytes_ = 0;
-  double t_dense_ = 0;  // µs, set by Run
+  double t_dense_ = 0, t_topk_ = 0;  // µs, set by Run
   cudaEvent_t e0_ = nullptr, e1_ = nullptr;
   kernels::SparseAttentionShape shape_;
   // sparse_plan_: the plan of the `attention` row and of the sparse steps — the device's

@@ -1,20 +1,28 @@
 // `kvtier bench decode --sweep` (round 9): after a point's standard rows, the score launch and
 // the attention launch over a grid of launch shapes, then the sparse step as one CUDA graph
-// with the fastest shapes whose output matched the default's.
-//   sweep_scores     every QuestScoreShape instance (2 or 4 slices per thread × 2/3/4/6 tile
-//                    buffers) × tiles per CTA (0 = one wave, then 1, 2, 3, 4, 6, ... up to a
-//                    whole row per CTA); rate = metadata bytes / time. Each shape's scores (one
-//                    launch on layer 0, output poisoned first) must equal the default's bit for
-//                    bit (`matches`).
+// for every pair of the fastest few of each, the fastest matching graph kept.
+//   sweep_scores     every QuestScoreShape instance the sweep keeps (2 or 4 slices per thread
+//                    × 2/3/4 tile buffers; the 6-buffer instances, never ahead of the 4-buffer
+//                    ones on the H100, are left out) × tiles per CTA (0 = one wave, then 1, 2,
+//                    3, 4, 6, 8, 12, 16, 24, 32, ≤ a row), then the presets r9 / r9w (`preset`);
+//                    rate = metadata bytes / time. Each shape's scores (one launch on layer
+//                    0, output poisoned first) must equal the default's bit for bit (`matches`).
 //   sweep_attention  the device's default plan first, then the streamed kernel with every
 //                    heads per CTA dividing the group × 4 or 8 loads per tile × pages per CTA
 //                    (0 = the planner's, then 1, 2, 3, 4, 6, 8, 11, 16, 22, 32, 43, 64, 128, 256
 //                    up to the selection's pages); rate = selected K/V bytes / time. Each plan's
 //                    output (bf16) must agree with the default plan's within two correct
 //                    computations' tolerance (`matches`, `max_abs_diff`).
-//   sparse_graph_tuned  the sparse_graph step (PDL, one graph of `iterations` steps) with the
-//                    fastest matching score shape and attention plan (the default plan
-//                    included); speedup = dense / it.
+//   sweep_graph      the sparse_graph step (PDL, `iterations` steps as one graph, median of
+//                    `repeats`) for every pair of: the default score shape, the presets r9 and
+//                    r9w and the kGraphScores fastest matching shapes (distinct grids) × the
+//                    device's default attention plan and the kGraphPlans fastest matching
+//                    plans; `sum_single_us` = the pair's single-launch µs + the top-k's. One
+//                    step of each (layer 0) must give the default pair's selection exactly and
+//                    its output within the attention tolerance (`matches`).
+//   sparse_graph_tuned  the fastest matching sweep_graph pair (by graph time, not by the
+//                    single launches: those did not compose — docs/sparse.md, round 9);
+//                    speedup = dense / it, vs_default_graph = the default pair's graph / it.
 // Every row carries vs_default = default time / its time. A shape that cannot launch on this
 // device (shared memory) is a row with `error` and no time, never a skipped line.
 #include <cuda_runtime.h>
@@ -31,28 +39,26 @@
 namespace kvtier::cli::decode_internal {
 namespace {
 
-// Two bf16 outputs of correct fp32 computations cut differently: the GPU test's tolerance
-// against the reference (2e-3·|x| + 2e-4, plus half a bf16 ulp) for each, so twice it, plus
-// one bf16 ulp (2^-7·|x|) for rounding on different sides. Non-finite never matches.
-bool AttentionClose(float got, float want) {
-  if (!std::isfinite(got) || !std::isfinite(want)) return false;
-  return std::fabs(double(got) - want) <= (4e-3 + 1.0 / 256 + 1.0 / 128) * std::fabs(want) + 4e-4;
+constexpr size_t kGraphScores = 4;  // fastest matching score shapes timed in the graph
+constexpr size_t kGraphPlans = 3;   // fastest matching attention plans timed in the graph
+
+std::string ScoreLabel(const kernels::QuestScorePlan& p) {
+  return fmt::format("{}s {}b {}t x{}", p.tile_slices / 32, p.stages, p.tiles_per_cta, p.ctas_per_row);
 }
 
-struct Agreement {
-  bool matches = true;
-  double max_abs_diff = 0;
-};
+std::string AttentionLabel(const kernels::SparseAttentionPlan& p) {
+  return fmt::format("{}{}h {}l {}p x{}", p.cluster != 0 ? "staged " : "", p.heads_per_cta,
+                     p.tile_loads == 8 ? 8 : 4, p.chunk_pages, p.max_splits);
+}
 
-Agreement Compare(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want) {
-  Agreement a;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const float g = kernels::Bf16ToFloat(got[i]), w = kernels::Bf16ToFloat(want[i]);
-    if (!AttentionClose(g, w)) a.matches = false;
-    const double d = std::fabs(double(g) - w);
-    a.max_abs_diff = std::isnan(d) ? INFINITY : std::max(a.max_abs_diff, d);
-  }
-  return a;
+bool SamePlan(const kernels::SparseAttentionPlan& a, const kernels::SparseAttentionPlan& b) {
+  return a.cluster == b.cluster && a.heads_per_cta == b.heads_per_cta && a.tile_loads == b.tile_loads &&
+         a.chunk_pages == b.chunk_pages && a.max_splits == b.max_splits && a.rows == b.rows;
+}
+
+bool SameGrid(const kernels::QuestScorePlan& a, const kernels::QuestScorePlan& b) {
+  return a.pipelined == b.pipelined && a.tile_slices == b.tile_slices && a.stages == b.stages &&
+         a.tiles_per_cta == b.tiles_per_cta && a.ctas_per_row == b.ctas_per_row;
 }
 
 }  // namespace
@@ -80,60 +86,88 @@ Result<std::vector<uint16_t>> Point::AttentionOnce(const kernels::SparseAttentio
   return h;
 }
 
-Status Point::SweepScores(cudaStream_t stream, std::vector<Row>* rows, kernels::QuestScoreShape* best) {
+Status Point::SweepScores(cudaStream_t stream, std::vector<Row>* rows, std::vector<ScoreCandidate>* ranked) {
   const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
   KVT_ASSIGN_OR_RETURN(const std::vector<float> want, ScoresOnce({}, stream));
-  const std::pair<uint32_t, uint32_t> instances[] = {{2, 4}, {2, 2}, {2, 3}, {2, 6}, {4, 2}, {4, 3}, {4, 4}, {4, 6}};
-  double t_default = 0, t_best = INFINITY;
+  // (slices per thread, buffers); the first is the default instance, and its tiles 0 the default.
+  const std::pair<uint32_t, uint32_t> instances[] = {{2, 4}, {2, 2}, {2, 3}, {4, 2}, {4, 3}, {4, 4}};
+  std::vector<std::pair<kernels::QuestScoreShape, const char*>> shapes;
   for (auto [per_thread, stages] : instances) {
     const uint32_t tile = 32 * per_thread, tiles_per_row = (blocks_ + tile - 1) / tile;
-    std::vector<uint32_t> tiles{0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128};
-    std::erase_if(tiles, [&](uint32_t t) { return t > tiles_per_row; });
-    if (tiles.back() != tiles_per_row) tiles.push_back(tiles_per_row);  // one CTA per row
-    for (uint32_t tpc : tiles) {
-      const kernels::QuestScoreShape shape{.tiles_per_cta = tpc, .stages = stages, .slices_per_thread = per_thread};
-      kernels::QuestSelectDeviceArgs args = SelectArgs(0);
-      args.score_shape = shape;
-      Row row{"sweep_scores",
-              fmt::format("{} slices/thread, {} stages, {} tiles/CTA", per_thread, stages, tpc), 0, 0, meta,
-              {{"slices_per_thread", per_thread}, {"stages", stages}, {"tiles_per_cta", tpc}}};
-      kernels::QuestScorePlan plan;
-      if (cudaError_t e = kernels::PlanQuestScores(args, &plan); e != cudaSuccess) {
-        (void)cudaGetLastError();
-        row.extra["error"] = cudaGetErrorString(e);
-        rows->push_back(std::move(row));
-        continue;
-      }
-      const std::function<Status()> loop = [&]() -> Status {
-        for (uint32_t i = 0; i < std::max(o_.iterations, 1u); ++i) {
-          kernels::QuestSelectDeviceArgs a = SelectArgs(i % layers_);
-          a.score_shape = shape;
-          KVT_CUDA_OR_RETURN(kernels::LaunchQuestScores(a, stream));
-        }
-        return Status::Ok();
-      };
-      KVT_ASSIGN_OR_RETURN(const double t, Timed(loop, stream));
-      KVT_ASSIGN_OR_RETURN(const std::vector<float> got, ScoresOnce(shape, stream));
-      const bool matches = std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0;
-      if (t_default == 0) t_default = t;  // the first instance and tiles 0: the default shape
-      if (matches && t < t_best) {
-        t_best = t;
-        *best = shape;
-      }
-      row.what += fmt::format(" = {} x {} CTAs, {} per SM", plan.tiles_per_cta, plan.ctas_per_row, plan.ctas_per_sm);
-      row.us = t;
-      row.gbps = meta / (t * 1e3);
-      row.extra.update({{"tiles_per_cta_used", plan.tiles_per_cta}, {"ctas_per_row", plan.ctas_per_row},
-                        {"ctas_per_sm", plan.ctas_per_sm}, {"smem_bytes", plan.smem_bytes}, {"matches", matches},
-                        {"vs_default", t_default / t}});
-      if (!matches) fmt::print(stderr, "bench decode: MISMATCH: scores of sweep shape '{}' differ\n", row.what);
-      rows->push_back(std::move(row));
+    for (uint32_t tpc : {0u, 1u, 2u, 3u, 4u, 6u, 8u, 12u, 16u, 24u, 32u}) {
+      if (tpc > tiles_per_row) continue;
+      shapes.push_back({{.tiles_per_cta = tpc, .stages = stages, .slices_per_thread = per_thread}, nullptr});
     }
+  }
+  shapes.push_back({{.preset = kernels::QuestScorePreset::kRound9}, "r9"});
+  shapes.push_back({{.preset = kernels::QuestScorePreset::kRound9Wave}, "r9w"});
+  double t_default = 0;
+  std::vector<ScoreCandidate> matching;
+  for (const auto& [shape, preset] : shapes) {
+    kernels::QuestSelectDeviceArgs args = SelectArgs(0);
+    args.score_shape = shape;
+    Row row{"sweep_scores",
+            preset != nullptr ? fmt::format("rule {}", preset)
+                              : fmt::format("{} slices/thread, {} stages, {} tiles/CTA", shape.slices_per_thread,
+                                            shape.stages, shape.tiles_per_cta),
+            0, 0, meta,
+            {{"slices_per_thread", shape.slices_per_thread}, {"stages", shape.stages},
+             {"tiles_per_cta", shape.tiles_per_cta}}};
+    if (preset != nullptr) row.extra["preset"] = preset;
+    kernels::QuestScorePlan plan;
+    if (cudaError_t e = kernels::PlanQuestScores(args, &plan); e != cudaSuccess) {
+      (void)cudaGetLastError();
+      row.extra["error"] = cudaGetErrorString(e);
+      rows->push_back(std::move(row));
+      continue;
+    }
+    KVT_ASSIGN_OR_RETURN(const double t, TimedScores(shape, stream));
+    KVT_ASSIGN_OR_RETURN(const std::vector<float> got, ScoresOnce(shape, stream));
+    const bool matches = std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0;
+    if (t_default == 0) t_default = t;  // the first instance and tiles 0: the default shape
+    if (matches) matching.push_back({preset != nullptr ? std::string(preset) : ScoreLabel(plan), shape, plan, t});
+    row.what += fmt::format(" = {} x {} CTAs, {} per SM", plan.tiles_per_cta, plan.ctas_per_row, plan.ctas_per_sm);
+    row.us = t;
+    row.gbps = meta / (t * 1e3);
+    if (preset != nullptr) {
+      row.extra.update({{"slices_per_thread", plan.tile_slices / 32}, {"stages", plan.stages},
+                        {"applied", plan.preset != kernels::QuestScorePreset::kRound8}});
+    }
+    row.extra.update({{"tiles_per_cta_used", plan.tiles_per_cta}, {"ctas_per_row", plan.ctas_per_row},
+                      {"ctas_per_sm", plan.ctas_per_sm}, {"smem_bytes", plan.smem_bytes}, {"matches", matches},
+                      {"vs_default", t_default / t}});
+    if (!matches) fmt::print(stderr, "bench decode: MISMATCH: scores of sweep shape '{}' differ\n", row.what);
+    rows->push_back(std::move(row));
+  }
+  // The default first (it competes too), then the presets that apply (a preset that falls
+  // back is the default's grid), then the others fastest first; one candidate per grid.
+  if (matching.empty() || matching.front().shape.tiles_per_cta != 0 || matching.front().shape.stages != 4 ||
+      matching.front().shape.slices_per_thread != 2) {
+    return Status::Internal("sweep: the default score shape did not match itself");
+  }
+  matching.front().shape = {};
+  matching.front().label = "r8 default (" + matching.front().label + ")";
+  std::stable_sort(matching.begin() + 1, matching.end(),
+                   [](const ScoreCandidate& x, const ScoreCandidate& y) { return x.us < y.us; });
+  auto add = [&](ScoreCandidate& c) {
+    const bool seen = std::any_of(ranked->begin(), ranked->end(),
+                                  [&](const ScoreCandidate& r) { return SameGrid(r.plan, c.plan); });
+    if (!seen) ranked->push_back(c);
+  };
+  add(matching.front());
+  for (ScoreCandidate& c : matching) {
+    if (c.shape.preset != kernels::QuestScorePreset::kRound8) {
+      c.label += " (" + ScoreLabel(c.plan) + ")";
+      add(c);
+    }
+  }
+  for (ScoreCandidate& c : matching) {
+    if (c.shape.preset == kernels::QuestScorePreset::kRound8) add(c);
   }
   return Status::Ok();
 }
 
-Status Point::SweepAttention(cudaStream_t stream, std::vector<Row>* rows, kernels::SparseAttentionPlan* best) {
+Status Point::SweepAttention(cudaStream_t stream, std::vector<Row>* rows, std::vector<AttentionCandidate>* ranked) {
   const double sparse_kv = double(batch_) * o_.kv_heads * k_ * double(shape_.slice_bytes());
   // The grid: the device's default plan, then the streamed plan with every override.
   kernels::SparseAttentionPlan automatic;
@@ -162,7 +196,8 @@ Status Point::SweepAttention(cudaStream_t stream, std::vector<Row>* rows, kernel
   DeviceMem ws;
   KVT_CUDA_OR_RETURN(cudaMalloc(&ws.p, ws_bytes));
   std::vector<uint16_t> want;
-  double t_default = 0, t_best = INFINITY;
+  double t_default = 0;
+  std::vector<AttentionCandidate> matching;
   for (const auto& [v, plan] : grid) {
     const bool is_default = want.empty();
     // Counters at zero for this plan's layout (another plan may have left partials there).
@@ -181,11 +216,8 @@ Status Point::SweepAttention(cudaStream_t stream, std::vector<Row>* rows, kernel
       want = got;
       t_default = t;
     }
-    const Agreement agree = Compare(got, want);
-    if (agree.matches && t < t_best) {  // the default plan competes too (the staged one at b1)
-      t_best = t;
-      *best = plan;
-    }
+    const Agreement agree = CompareAttention(got, want);
+    if (agree.matches) matching.push_back({AttentionLabel(plan), plan, t});
     const uint64_t ctas = uint64_t{plan.rows} * plan.max_splits;
     Row row{"sweep_attention",
             is_default ? fmt::format("default ({}), {} heads/CTA, {} pages x {} pieces ({} CTAs)",
@@ -201,75 +233,104 @@ Status Point::SweepAttention(cudaStream_t stream, std::vector<Row>* rows, kernel
     if (!agree.matches) fmt::print(stderr, "bench decode: MISMATCH: attention of sweep plan '{}' differs\n", row.what);
     rows->push_back(std::move(row));
   }
-  if (t_best == INFINITY) *best = automatic;
+  if (matching.empty()) return Status::Internal("sweep: the default attention plan did not match itself");
+  matching.front().label = "default (" + matching.front().label + ")";
+  std::stable_sort(matching.begin() + 1, matching.end(),
+                   [](const AttentionCandidate& x, const AttentionCandidate& y) { return x.us < y.us; });
+  for (AttentionCandidate& c : matching) {
+    const bool seen = std::any_of(ranked->begin(), ranked->end(),
+                                  [&](const AttentionCandidate& r) { return SamePlan(r.plan, c.plan); });
+    if (!seen) ranked->push_back(std::move(c));
+  }
   return Status::Ok();
 }
 
 Status Point::Sweep(cudaStream_t stream, std::vector<Row>* rows) {
-  kernels::QuestScoreShape best_shape;
-  kernels::SparseAttentionPlan best_plan;
-  KVT_RETURN_IF_ERROR(SweepScores(stream, rows, &best_shape));
-  KVT_RETURN_IF_ERROR(SweepAttention(stream, rows, &best_plan));
-  // The sparse step with both winners, as one graph; then one step of it against one default
-  // step (the same selection: every score shape gives the same scores).
-  const kernels::QuestScoreShape saved_shape = score_shape_;
-  const kernels::SparseAttentionPlan saved_plan = sparse_plan_;
-  DeviceMem tuned_ws;
-  KVT_CUDA_OR_RETURN(cudaMalloc(&tuned_ws.p, kernels::SparseAttentionWorkspaceBytes(shape_, best_plan)));
-  KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(tuned_ws.p, shape_, best_plan, stream));
-  auto run_tuned = [&]() -> Result<std::pair<double, std::vector<uint16_t>>> {
-    score_shape_ = best_shape;
-    sparse_plan_ = best_plan;
-    std::swap(sparse_ws_.p, tuned_ws.p);
-    Result<double> t = TimedGraph(&Point::SparsePdlStep, stream);
-    std::vector<uint16_t> out(size_t{batch_} * o_.q_heads * o_.head_dim);
-    Status st = t.ok() ? SparsePdlStep(0, stream) : t.status();
-    if (st.ok()) st = FromCuda(cudaStreamSynchronize(stream), "tuned step");
-    if (st.ok()) st = FromCuda(cudaMemcpy(out.data(), out_.p, out.size() * 2, cudaMemcpyDeviceToHost), "tuned output");
-    std::swap(sparse_ws_.p, tuned_ws.p);
-    score_shape_ = saved_shape;
-    sparse_plan_ = saved_plan;
-    if (!st.ok()) return st;
-    return std::pair{*t, std::move(out)};
-  };
-  KVT_ASSIGN_OR_RETURN(auto tuned, run_tuned());
-  // The default step (no overrides at all) for the comparison.
-  score_shape_ = {};
-  kernels::SparseAttentionPlan automatic;
-  KVT_CUDA_OR_RETURN(
-      kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device, &automatic));
-  DeviceMem default_ws;
-  KVT_CUDA_OR_RETURN(cudaMalloc(&default_ws.p, kernels::SparseAttentionWorkspaceBytes(shape_, automatic)));
-  KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(default_ws.p, shape_, automatic, stream));
-  sparse_plan_ = automatic;
-  std::swap(sparse_ws_.p, default_ws.p);
-  Status st = SparsePdlStep(0, stream);
-  if (st.ok()) st = FromCuda(cudaStreamSynchronize(stream), "default step");
-  std::vector<uint16_t> want(tuned.second.size());
-  if (st.ok()) st = FromCuda(cudaMemcpy(want.data(), out_.p, want.size() * 2, cudaMemcpyDeviceToHost), "default output");
-  std::swap(sparse_ws_.p, default_ws.p);
-  score_shape_ = saved_shape;
-  sparse_plan_ = saved_plan;
-  KVT_RETURN_IF_ERROR(st);
-  const Agreement agree = Compare(tuned.second, want);
-  if (!agree.matches) fmt::print(stderr, "bench decode: MISMATCH: tuned sparse step differs from the default step\n");
+  std::vector<ScoreCandidate> scores;
+  std::vector<AttentionCandidate> plans;
+  KVT_RETURN_IF_ERROR(SweepScores(stream, rows, &scores));
+  KVT_RETURN_IF_ERROR(SweepAttention(stream, rows, &plans));
+  // Graph candidates: the default and the presets (wherever they rank), then the fastest
+  // others up to kGraphScores; the default plan, then the fastest kGraphPlans others.
+  std::vector<ScoreCandidate> score_set{scores.front()};
+  for (const ScoreCandidate& c : scores) {
+    if (c.shape.preset != kernels::QuestScorePreset::kRound8) score_set.push_back(c);
+  }
+  size_t others = 0;
+  for (size_t i = 1; i < scores.size() && others < kGraphScores; ++i) {
+    if (scores[i].shape.preset != kernels::QuestScorePreset::kRound8) continue;
+    score_set.push_back(scores[i]);
+    ++others;
+  }
+  const std::vector<AttentionCandidate> plan_set(plans.begin(),
+                                                 plans.begin() + std::min(plans.size(), kGraphPlans + 1));
+  size_t ws_bytes = 0;
+  for (const AttentionCandidate& p : plan_set) {
+    ws_bytes = std::max(ws_bytes, kernels::SparseAttentionWorkspaceBytes(shape_, p.plan));
+  }
+  DeviceMem ws;
+  KVT_CUDA_OR_RETURN(cudaMalloc(&ws.p, ws_bytes));
 
   const double slice_bytes = double(shape_.slice_bytes());
   const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
   const double sparse_kv = double(batch_) * o_.kv_heads * k_ * slice_bytes;
-  const double t = tuned.first;
+  // The default pair first: the reference of every other pair's output and time.
+  StepOutcome ref;
+  struct Best {
+    double us = INFINITY;
+    const ScoreCandidate* score = nullptr;
+    const AttentionCandidate* plan = nullptr;
+    Agreement agree;
+  } best;
+  for (size_t si = 0; si < score_set.size(); ++si) {
+    for (size_t pi = 0; pi < plan_set.size(); ++pi) {
+      const ScoreCandidate& sc = score_set[si];
+      const AttentionCandidate& pc = plan_set[pi];
+      KVT_ASSIGN_OR_RETURN(StepOutcome step, GraphStepWith(sc.shape, pc.plan, ws.p, stream));
+      const bool is_default = si == 0 && pi == 0;
+      if (is_default) ref = step;
+      const bool selection_matches = step.selected == ref.selected;
+      const Agreement agree = CompareAttention(step.out, ref.out);
+      const bool matches = selection_matches && agree.matches;
+      if (matches && step.us < best.us) best = {step.us, &sc, &pc, agree};
+      const double sum_single = sc.us + t_topk_ + pc.us;
+      Row row{"sweep_graph", fmt::format("scores {}, attention {}", sc.label, pc.label), step.us,
+              (meta + sparse_kv) / (step.us * 1e3), meta + sparse_kv,
+              {{"score_index", si}, {"attention_index", pi}, {"score_label", sc.label},
+               {"attention_label", pc.label}, {"score_slices_per_thread", sc.plan.tile_slices / 32},
+               {"score_stages", sc.plan.stages}, {"score_tiles_per_cta", sc.plan.tiles_per_cta},
+               {"score_ctas_per_row", sc.plan.ctas_per_row}, {"score_us", sc.us}, {"attention_us", pc.us},
+               {"topk_us", t_topk_}, {"sum_single_us", sum_single}, {"cluster", pc.plan.cluster},
+               {"heads_per_cta", pc.plan.heads_per_cta}, {"tile_loads", pc.plan.tile_loads == 8 ? 8 : 4},
+               {"chunk_pages", pc.plan.chunk_pages}, {"splits", pc.plan.max_splits},
+               {"selection_matches", selection_matches}, {"matches", matches},
+               {"max_abs_diff", agree.max_abs_diff}, {"vs_default", ref.us / step.us},
+               {"speedup", t_dense_ / step.us}}};
+      if (!matches) {
+        fmt::print(stderr, "bench decode: MISMATCH: sweep graph '{}' differs from the default step\n", row.what);
+      }
+      rows->push_back(std::move(row));
+    }
+  }
+  if (best.score == nullptr) return Status::Internal("sweep: no graph pair matched the default step");
+  const ScoreCandidate& bs = *best.score;
+  const kernels::SparseAttentionPlan& bp = best.plan->plan;
+  const double t = best.us;
   rows->push_back({"sparse_graph_tuned",
-                   fmt::format("graph, fastest matching sweep shapes (scores {}/{}/{}, attention {}h {}l {}p)",
-                               best_shape.slices_per_thread, best_shape.stages, best_shape.tiles_per_cta,
-                               best_plan.heads_per_cta, best_plan.tile_loads == 8 ? 8 : 4, best_plan.chunk_pages),
+                   fmt::format("graph, fastest matching pair by graph time (scores {}, attention {})", bs.label,
+                               best.plan->label),
                    t, (meta + sparse_kv) / (t * 1e3), meta + sparse_kv,
                    {{"speedup", t_dense_ / t}, {"ideal_speedup", double(kv_bytes_) / (sparse_kv + meta)},
-                    {"selected_blocks", k_}, {"score_slices_per_thread", best_shape.slices_per_thread},
-                    {"score_stages", best_shape.stages}, {"score_tiles_per_cta", best_shape.tiles_per_cta},
-                    {"heads_per_cta", best_plan.heads_per_cta}, {"tile_loads", best_plan.tile_loads == 8 ? 8 : 4},
-                    {"chunk_pages", best_plan.chunk_pages}, {"splits", best_plan.max_splits},
-                    {"cluster", best_plan.cluster}, {"matches_default", agree.matches},
-                    {"max_abs_diff", agree.max_abs_diff}}});
+                    {"selected_blocks", k_}, {"score_label", bs.label},
+                    {"score_preset", ScorePresetName(bs.shape.preset)},
+                    {"score_slices_per_thread", bs.plan.tile_slices / 32}, {"score_stages", bs.plan.stages},
+                    {"score_tiles_per_cta", bs.plan.tiles_per_cta}, {"score_ctas_per_row", bs.plan.ctas_per_row},
+                    {"attention_label", best.plan->label}, {"heads_per_cta", bp.heads_per_cta},
+                    {"tile_loads", bp.tile_loads == 8 ? 8 : 4}, {"chunk_pages", bp.chunk_pages},
+                    {"splits", bp.max_splits}, {"cluster", bp.cluster}, {"matches_default", true},
+                    {"max_abs_diff", best.agree.max_abs_diff}, {"default_graph_us", ref.us},
+                    {"vs_default_graph", ref.us / t}, {"sum_single_us", bs.us + t_topk_ + best.plan->us},
+                    {"graph_pairs", score_set.size() * plan_set.size()}}});
   return Status::Ok();
 }
 
