@@ -24,8 +24,9 @@ bool ValidShape(const QuestSelectDeviceArgs& a) {
 }
 
 // A score shape with explicit fields applies only where the pipelined kernel runs: never a
-// silent fallback to the register ring (misaligned metadata, kRegisterRing). A preset alone
-// is valid everywhere (it falls back to the default where it does not apply).
+// silent fallback to the register ring (misaligned metadata, kRegisterRing). A rule alone (the
+// default shape included) is valid everywhere: it falls back to round 8's shape or to the
+// other kernels where it does not apply.
 bool ScoreShapeApplies(const QuestSelectDeviceArgs& a) {
   if (QuestScoreShapeError(a.score_shape, a.head_dim) != nullptr) return false;
   if (!HasExplicitFields(a.score_shape)) return true;
@@ -60,36 +61,35 @@ void QuestSelectedOffsets(const uint32_t* blocks, uint32_t requests, uint32_t kv
 }
 
 const char* QuestScoreShapeError(const QuestScoreShape& shape, uint32_t head_dim) {
-  if (static_cast<uint8_t>(shape.preset) > static_cast<uint8_t>(QuestScorePreset::kRound9Wave)) {
+  if (static_cast<uint8_t>(shape.preset) > static_cast<uint8_t>(QuestScorePreset::kRound9)) {
     return "unknown score preset";
   }
-  if (shape.preset != QuestScorePreset::kRound8) {
-    return HasExplicitFields(shape) ? "a score preset sets tiles per CTA, stages and slices per thread itself: give "
-                                      "either the preset or explicit fields"
-                                    : nullptr;  // any head_dim: the default where the rule does not apply
+  if (!HasExplicitFields(shape)) return nullptr;  // a rule alone: any head_dim (see QuestScorePreset)
+  if (shape.preset != kQuestScoreDefaultPreset) {
+    return "a score preset sets tiles per CTA, stages and slices per thread itself: give either the preset or "
+           "explicit fields";
   }
-  if (IsDefault(shape)) return nullptr;
   if (head_dim != 128) return "score shape overrides are instantiated for head_dim 128 only";
   if (shape.stages != 0 && shape.stages != 2 && shape.stages != 3 && shape.stages != 4 && shape.stages != 6) {
-    return "score stages must be 2, 3, 4 or 6 (0 = default 4)";
+    return "score stages must be 2, 3, 4 or 6 (0 = 4)";
   }
   if (shape.slices_per_thread != 0 && shape.slices_per_thread != 2 && shape.slices_per_thread != 4) {
-    return "score slices per thread must be 2 or 4 (0 = default 2)";
+    return "score slices per thread must be 2 or 4 (0 = 2)";
   }
   return nullptr;  // tiles_per_cta: any value (0 = one wave; more than a row's tiles = one CTA per row)
 }
 
 QuestScoreShape QuestScoreShapeOfPreset(QuestScorePreset preset, uint32_t rows, uint32_t max_blocks,
                                         uint32_t head_dim, uint32_t sms, uint32_t ctas_per_sm) {
-  if (preset != QuestScorePreset::kRound9 && preset != QuestScorePreset::kRound9Wave) return {};
-  if (head_dim != 128 || rows == 0 || max_blocks == 0 || sms == 0 || ctas_per_sm == 0) return {};
+  if (preset != QuestScorePreset::kRound9 && preset != QuestScorePreset::kRound9Wave) return kQuestScoreRound8Shape;
+  if (head_dim != 128 || rows == 0 || max_blocks == 0 || sms == 0 || ctas_per_sm == 0) return kQuestScoreRound8Shape;
   constexpr uint32_t kSlicesPerThread = 2, kTileSlices = 32 * kSlicesPerThread;
   // kRound9: about 2 CTAs per SM in all (of those resident); kRound9Wave: one wave of them.
   const uint64_t per_sm = preset == QuestScorePreset::kRound9 ? std::min<uint32_t>(2, ctas_per_sm) : ctas_per_sm;
   const uint64_t tiles_per_row = (uint64_t{max_blocks} + kTileSlices - 1) / kTileSlices;
   const uint64_t ctas_per_row = std::max<uint64_t>(1, per_sm * sms / rows);
   const uint64_t per_cta = (tiles_per_row + ctas_per_row - 1) / ctas_per_row;
-  if (per_cta < kQuestScorePresetMinTilesPerCta) return {};  // latency-bound: too little to pipeline
+  if (per_cta < kQuestScorePresetMinTilesPerCta) return kQuestScoreRound8Shape;  // latency-bound: too few to pipeline
   return {.tiles_per_cta = static_cast<uint32_t>(per_cta), .stages = 2, .slices_per_thread = kSlicesPerThread};
 }
 
@@ -123,8 +123,8 @@ cudaError_t LaunchQuestTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream)
 
 cudaError_t LaunchQuestSelect(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
   if (!ValidForScores(a) || !ValidForTopK(a)) return cudaErrorInvalidValue;  // nothing enqueued
-  // The fused path has its own score kernel: explicit fields there would be ignored (a preset
-  // alone falls back to it, as it does to the register ring).
+  // The fused path has its own score kernel: explicit fields there would be ignored (a rule
+  // alone, the default included, falls back to it, as it does to the register ring).
   if (a.row_counters != nullptr && HasExplicitFields(a.score_shape)) return cudaErrorInvalidValue;
   if (a.max_blocks == 0) return LaunchQuestTopK(a, stream);  // rows of no block: only the output fill
   if (CanFuse(a)) return LaunchScoresAny(a, stream, true);

@@ -6,10 +6,12 @@
 // Two launches on `stream`:
 //   1. scores  grid (pieces of a row, KV heads, requests), 256 threads, sized so the grid
 //              is one wave: 8 lanes per slice (16 channels each at d = 128). By default
-//              (QuestScoreAlgorithm::kPipelined) a CTA copies tiles of 64 slices to shared
-//              memory with cp.async, 3 tiles in flight while it scores the 4th, each thread
-//              2 slices per tile; kRegisterRing keeps 4 passes of 32 slices in flight per
-//              thread in registers. The group's query heads are staged once per CTA. Sum: Σ_g q_gi·(q_gi ≥ 0 ? M_i : m_i) = M_i·P_i + m_i·N_i with
+//              (QuestScoreAlgorithm::kPipelined, rule QuestScorePreset::kRound9Wave) a CTA
+//              copies tiles of 64 slices to shared memory with cp.async, 2 buffers (the next
+//              tile in flight while it scores one; 4 buffers, round 8's, where a CTA would
+//              get < 3 tiles), each thread 2 slices per tile; kRegisterRing keeps 4 passes
+//              of 32 slices in flight per thread in registers. The group's query heads are
+//              staged once per CTA. Sum: Σ_g q_gi·(q_gi ≥ 0 ? M_i : m_i) = M_i·P_i + m_i·N_i with
 //              P_i = Σ_g max(q_gi, 0), N_i = Σ_g min(q_gi, 0), two registers per channel
 //              whatever the group; max: the same split per query head (q⁺, q⁻ staged per chunk
 //              of 4 heads), one int8 conversion per channel for all heads, then the max.
@@ -63,44 +65,50 @@ inline constexpr uint32_t kDigitTopKAutoMaxBlocks = 2048;
 // kRegisterRing). Same scores, bit for bit, either way (same lane → channel split, same order
 // of every sum).
 //   kPipelined     (default, round 8) tiles of 64 slices copied to shared memory with
-//                  cp.async, 4 buffers (3 tiles in flight while one is scored, no register
-//                  budget for loads: ≤ 80 registers, 3 CTAs of 256 per SM); each thread scores
-//                  2 slices per tile, so one shared q⁺/q⁻ load serves both. Needs `bounds`
+//                  cp.async into a ring of tile buffers (no register budget for loads: ≤ 80
+//                  registers, 3 CTAs of 256 per SM); each thread scores 2 slices per tile, so
+//                  one shared q⁺/q⁻ load serves both. Its launch shape (buffers, tiles per
+//                  CTA) is QuestScoreShape's (default: the kRound9Wave rule). Needs `bounds`
 //                  16-byte and `scales` 4-byte aligned (else kRegisterRing is used).
 //   kRegisterRing  (round 4) 4 passes of 16-byte loads in flight per thread in registers
 //                  (~127 registers, 2 CTAs per SM) — kept to compare the two in one run.
 enum class QuestScoreAlgorithm : uint8_t { kPipelined = 0, kRegisterRing = 1 };
 
-// Rules that choose the pipelined score kernel's launch shape (QuestScoreShape::preset).
-// kRound8 is the default; the round-9 ones are CANDIDATES for it, kept selectable so that one
-// GPU run can time them against the default (`kvtier bench decode`: scores_r9*,
-// sparse_graph_r9*, `--score-preset`; docs/sparse.md, round 9). Each resolves, per launch, to
-// an explicit shape (QuestScoreShapeOfPreset):
-//   kRound8      4 tile buffers, 2 slices per thread, one wave of resident CTAs per launch.
-//   kRound9      2 buffers, 2 slices per thread (tiles of 64 slices), ⌊2·SMs / rows⌋ CTAs
-//                per row (≈ 2 CTAs per SM in all, of the 3 resident), each ⌈tiles of the
-//                row / that⌉ tiles. The H100 sweep's single-launch best at b8/32K (8 tiles
-//                per CTA, 19.3 µs vs 23.9) and b1/128K (4, 11.7 vs 15.5); 61.5 vs 65.3 at
-//                b8/128K.
-//   kRound9Wave  2 buffers, 2 slices per thread, the round-8 one-wave grid (⌊resident·SMs /
-//                rows⌋ CTAs per row): the default's grid with fewer buffers (21.2, 12.7,
-//                62.2 µs at those points).
-// Both round-9 rules give the round-8 shape where they would give a CTA fewer than
+// Rules that choose the pipelined score kernel's launch shape (QuestScoreShape::preset). The
+// zero value, kRound9Wave, is the rule in force (a default-constructed shape runs it); the
+// others stay selectable so that one GPU run can time them against it (`kvtier bench
+// decode`: sparse_graph_r8, `--score-preset`; docs/sparse.md, round 9). Each resolves, per
+// launch, to the shape it gives (QuestScoreShapeOfPreset):
+//   kRound9Wave  (default since round 9) 2 tile buffers, 2 slices per thread (tiles of 64
+//                slices), the one-wave grid: ⌊resident·SMs / rows⌋ CTAs per row (3 per SM
+//                on the H100), each ⌈tiles of the row / that⌉ tiles. H100 graph step vs
+//                round 8: 1.00x b1/32K (falls back), 1.05x b8/32K, 1.08x b1/128K, 1.03x
+//                b8/128K (docs/sparse.md, "Round 9, default").
+//   kRound8      (the default of round 8, for comparison) 4 buffers, 2 slices per thread,
+//                the same one-wave grid: kQuestScoreRound8Shape.
+//   kRound9      (a candidate that lost: 0.86x at b8/128K) 2 buffers, 2 slices per thread,
+//                ⌊2·SMs / rows⌋ CTAs per row (≈ 2 CTAs per SM in all, of the 3 resident).
+// The round-9 rules give the round-8 shape where they would give a CTA fewer than
 // kQuestScorePresetMinTilesPerCta tiles (b1/32K: 8 rows of 32 tiles — one tile per CTA, where
 // 2 buffers measured 30 µs against 6.2), at head_dim 64, and wherever the pipelined kernel
-// does not run (register ring, misaligned metadata, the fused path): a preset never makes a
-// launch fail. Same scores bit for bit whatever the rule.
-enum class QuestScorePreset : uint8_t { kRound8 = 0, kRound9 = 1, kRound9Wave = 2 };
+// does not run (register ring, misaligned metadata, the fused path: their own kernels): a
+// rule never makes a launch fail. Same scores bit for bit whatever the rule.
+enum class QuestScorePreset : uint8_t { kRound9Wave = 0, kRound8 = 1, kRound9 = 2 };
+inline constexpr QuestScorePreset kQuestScoreDefaultPreset = QuestScorePreset::kRound9Wave;
 inline constexpr uint32_t kQuestScorePresetMinTilesPerCta = 3;
 
-// Launch shape of the pipelined score kernel (kPipelined), for tuning (`kvtier bench decode
-// --sweep`, round 9). Every field 0 = the default, so a default-constructed shape launches
-// exactly the round-8 kernel and grid. Any shape gives the same scores bit for bit (each
-// slice is scored by the same lanes in the same order whatever the tiling); only speed
-// changes. QuestScoreShapeError says what is wrong with one; the launches refuse a bad one
-// (cudaErrorInvalidValue), never run something else instead. A `preset` other than kRound8
-// sets the three fields itself (given together with any of them, the shape is invalid) and,
-// unlike explicit fields, falls back to the default where it does not apply (see the enum).
+// Launch shape of the pipelined score kernel (kPipelined): a rule (`preset`, default
+// kRound9Wave) or, for tuning (`kvtier bench decode --sweep`, round 9), explicit fields. A
+// default-constructed shape runs the default rule. Any shape gives the same scores bit for
+// bit (each slice is scored by the same lanes in the same order whatever the tiling); only
+// speed changes. QuestScoreShapeError says what is wrong with one.
+//   A rule alone (no field set) is valid everywhere and falls back to the round-8 shape where
+//     it does not apply (see QuestScorePreset).
+//   Explicit fields (any set) replace the rule: `preset` must then be left at the default
+//     (explicit fields with kRound8 or kRound9 are invalid). Fields left 0 take round 8's
+//     values (one wave, 4 buffers, 2 slices per thread). They apply only where the pipelined
+//     kernel runs at head_dim 128: elsewhere the launches refuse them (cudaErrorInvalidValue),
+//     never run something else instead.
 struct QuestScoreShape {
   // Tiles of a row per CTA (gridDim.x = ⌈tiles of the longest row / tiles_per_cta⌉). 0: as
   // many CTAs per row as one wave of resident CTAs allows (b8/32K on an H100: 6 CTAs of ≤ 6
@@ -112,26 +120,31 @@ struct QuestScoreShape {
   // Slices each thread scores per tile: 2 (tiles of 64 slices, 16.6 KB at d = 128) or 4 (128
   // slices: one shared q⁺/q⁻ load feeds 4 slices instead of 2). 0 = 2.
   uint32_t slices_per_thread = 0;
-  // A rule instead of the fields above (kRound8 = none: the fields, or the default).
-  QuestScorePreset preset = QuestScorePreset::kRound8;
+  // The rule, where no field above is set.
+  QuestScorePreset preset = kQuestScoreDefaultPreset;
 };
-inline constexpr uint32_t kQuestScoreDefaultStages = 4;
-inline constexpr uint32_t kQuestScoreDefaultSlicesPerThread = 2;
+// Values of explicit fields left 0 (round 8's shape).
+inline constexpr uint32_t kQuestScoreRound8Stages = 4;
+inline constexpr uint32_t kQuestScoreRound8SlicesPerThread = 2;
+// The round-8 shape, as a rule (valid everywhere, like any rule).
+inline constexpr QuestScoreShape kQuestScoreRound8Shape{.preset = QuestScorePreset::kRound8};
 
 // Any of the explicit fields set (a shape the launches refuse where it would not run as asked).
 inline bool HasExplicitFields(const QuestScoreShape& s) {
   return s.tiles_per_cta != 0 || s.stages != 0 || s.slices_per_thread != 0;
 }
+// What a default-constructed shape is: no field set, the default rule.
 inline bool IsDefault(const QuestScoreShape& s) {
-  return !HasExplicitFields(s) && s.preset == QuestScorePreset::kRound8;
+  return !HasExplicitFields(s) && s.preset == kQuestScoreDefaultPreset;
 }
 
-// Pure (no device): the explicit shape `preset` gives a pipelined score launch over `rows`
-// rows (requests · kv_heads) of ≤ max_blocks blocks at `head_dim`, on a device of `sms` SMs
-// where the 2-buffer, 2-slice instance has `ctas_per_sm` resident CTAs per SM; {} (the
-// round-8 default) where the rule does not apply (see QuestScorePreset). H100 (132 SMs, 3 per
-// SM), Llama-3-8B (8 KV heads): kRound9 gives b1/32K {}, b8/32K 8 tiles per CTA, b1/128K 4,
-// b8/128K 32; kRound9Wave {}, 6, 3, 22 — all with 2 buffers and 2 slices per thread.
+// Pure (no device): the shape `preset` gives a pipelined score launch over `rows` rows
+// (requests · kv_heads) of ≤ max_blocks blocks at `head_dim`, on a device of `sms` SMs where
+// the 2-buffer, 2-slice instance has `ctas_per_sm` resident CTAs per SM: explicit fields where
+// a round-9 rule applies, else kQuestScoreRound8Shape (kRound8 itself, or a fallback; see
+// QuestScorePreset). H100 (132 SMs, 3 per SM), Llama-3-8B (8 KV heads): kRound9Wave gives
+// b1/32K the round-8 shape, b8/32K 6 tiles per CTA, b1/128K 3, b8/128K 22; kRound9 the
+// round-8 shape, 8, 4, 32 — all with 2 buffers and 2 slices per thread.
 QuestScoreShape QuestScoreShapeOfPreset(QuestScorePreset preset, uint32_t rows, uint32_t max_blocks,
                                         uint32_t head_dim, uint32_t sms, uint32_t ctas_per_sm);
 
@@ -187,10 +200,11 @@ struct QuestSelectDeviceArgs {
   QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kAuto;
   // The separate score launch's kernel (see the enum).
   QuestScoreAlgorithm score_algorithm = QuestScoreAlgorithm::kPipelined;
-  // The pipelined kernel's launch shape (default: the round-8 one). A shape with explicit
-  // fields needs score_algorithm kPipelined, head_dim 128, `bounds` 16-byte and `scales`
-  // 4-byte aligned and no row_counters (the fused path has its own kernel); otherwise the
-  // launch is refused. A preset alone applies where it can and is the default elsewhere.
+  // The pipelined kernel's launch shape (default: the kRound9Wave rule). A rule alone applies
+  // where it can and gives the round-8 shape or the other kernels elsewhere, never a refusal.
+  // A shape with explicit fields needs score_algorithm kPipelined, head_dim 128, `bounds`
+  // 16-byte and `scales` 4-byte aligned and no row_counters (the fused path has its own
+  // kernel); otherwise the launch is refused.
   QuestScoreShape score_shape{};
 };
 
@@ -205,8 +219,9 @@ struct QuestScorePlan {
   uint32_t ctas_per_row = 0;     // gridDim.x
   uint32_t ctas_per_sm = 0;      // resident CTAs per SM (occupancy of the instance at its shared memory)
   uint32_t smem_bytes = 0;       // dynamic shared memory per CTA
-  // The rule that set this grid: score_shape.preset where it applied, else kRound8 (no
-  // preset, explicit fields, or a preset that fell back to the default).
+  // The rule that set this grid: score_shape.preset where a round-9 rule applied; kRound8
+  // for the round-8 shape (asked for, or a rule's fallback), explicit fields (no rule) and
+  // the register-ring kernel.
   QuestScorePreset preset = QuestScorePreset::kRound8;
 };
 

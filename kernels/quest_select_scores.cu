@@ -242,8 +242,9 @@ __global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDev
 // (lane c: channels c·kC .. c·kC + kC − 1, summed in that order, then the same butterfly), so
 // every score is bit for bit the same; one shared load of q⁺/q⁻ (4 heads) feeds both slices.
 // Round 9: the slices per thread (kS: tile = 32·kS slices) and the tile buffers (kStages) are
-// template parameters so that a sweep can try other shapes (QuestScoreShape); the default
-// instance is kS = 2, kStages = 4, as in round 8.
+// template parameters so that a sweep can try other shapes (QuestScoreShape). The default
+// rule (kRound9Wave) takes kS = 2, kStages = 2 — one tile in flight while one is scored, on
+// the same one-wave grid — where a CTA gets ≥ 3 tiles, else round 8's kS = 2, kStages = 4.
 template <int kS>
 __host__ __device__ constexpr int PipeTile() {
   return kSlicesPerPass * kS;  // 64 slices per tile at kS = 2
@@ -507,8 +508,8 @@ int DeviceSms() {
 }
 
 // The plan of the pipelined instance <kD, kSum, kS, kStages> for `a`: pieces of
-// `tiles_per_cta` tiles of 32·kS slices; by default as many per row as one wave of resident
-// CTAs allows (b1/32K on an H100: 8 rows × 32 CTAs of 1 tile; b8/32K: 64 rows × 6 CTAs of
+// `tiles_per_cta` tiles of 32·kS slices; with 0 (round 8's shape) as many per row as one wave
+// of resident CTAs allows (b1/32K on an H100: 8 rows × 32 CTAs of 1 tile; b8/32K: 64 rows × 6 CTAs of
 // ≤ 6 tiles; b8/128K: 64 × 6 of ≤ 22), else a.score_shape.tiles_per_cta.
 template <int kD, bool kSum, int kS, int kStages>
 cudaError_t PlanPipelinedOf(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
@@ -578,12 +579,12 @@ cudaError_t LaunchPipelinedScoresOf(const QuestSelectDeviceArgs& a, cudaStream_t
 }
 
 // Calls f.template operator()<kS, kStages>() for the instance a.score_shape names (d = 128:
-// every shape QuestScoreShapeError accepts; d = 64: the default only).
+// every shape QuestScoreShapeError accepts; d = 64: round 8's only, what every rule gives there).
 template <int kD, class F>
 cudaError_t WithPipelinedInstance(const QuestSelectDeviceArgs& a, F&& f) {
-  const uint32_t sp = a.score_shape.slices_per_thread == 0 ? kQuestScoreDefaultSlicesPerThread
+  const uint32_t sp = a.score_shape.slices_per_thread == 0 ? kQuestScoreRound8SlicesPerThread
                                                            : a.score_shape.slices_per_thread;
-  const uint32_t st = a.score_shape.stages == 0 ? kQuestScoreDefaultStages : a.score_shape.stages;
+  const uint32_t st = a.score_shape.stages == 0 ? kQuestScoreRound8Stages : a.score_shape.stages;
   if constexpr (kD == 128) {
     switch (sp * 16 + st) {
       case 2 * 16 + 2: return f.template operator()<2, 2>();
@@ -597,19 +598,20 @@ cudaError_t WithPipelinedInstance(const QuestSelectDeviceArgs& a, F&& f) {
       default: return cudaErrorInvalidValue;
     }
   } else {
-    if (sp != kQuestScoreDefaultSlicesPerThread || st != kQuestScoreDefaultStages) return cudaErrorInvalidValue;
+    if (sp != kQuestScoreRound8SlicesPerThread || st != kQuestScoreRound8Stages) return cudaErrorInvalidValue;
     return f.template operator()<2, 4>();
   }
 }
 
-// `a` with a.score_shape's preset resolved to the explicit shape it gives this launch
+// `a` with a.score_shape's rule resolved to the shape it gives this launch
 // (QuestScoreShapeOfPreset; the occupancy of the 2-buffer, 2-slice instance at this launch's
-// shared memory). Without a preset, `a` itself.
+// shared memory): explicit fields, or kQuestScoreRound8Shape. With explicit fields, `a` itself.
 template <int kD, bool kSum>
 cudaError_t ResolvePreset(const QuestSelectDeviceArgs& a, QuestSelectDeviceArgs* resolved) {
   *resolved = a;
+  if (HasExplicitFields(a.score_shape)) return cudaSuccess;
+  resolved->score_shape = kQuestScoreRound8Shape;
   if (a.score_shape.preset == QuestScorePreset::kRound8) return cudaSuccess;
-  resolved->score_shape = {};
   if constexpr (kD == 128) {
     QuestSelectDeviceArgs probe = a;
     probe.score_shape = {.stages = 2, .slices_per_thread = 2};
@@ -627,7 +629,10 @@ cudaError_t PlanPipelined(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) 
   if (cudaError_t e = ResolvePreset<kD, kSum>(a, &r); e != cudaSuccess) return e;
   const cudaError_t e = WithPipelinedInstance<kD>(
       r, [&]<int kS, int kStages>() { return PlanPipelinedOf<kD, kSum, kS, kStages>(r, plan); });
-  if (e == cudaSuccess && !IsDefault(r.score_shape)) plan->preset = a.score_shape.preset;  // applied
+  // A round-9 rule that applied (resolved to explicit fields); else plan->preset stays kRound8.
+  if (e == cudaSuccess && !HasExplicitFields(a.score_shape) && HasExplicitFields(r.score_shape)) {
+    plan->preset = a.score_shape.preset;
+  }
   return e;
 }
 
@@ -650,7 +655,8 @@ cudaError_t LaunchScores(const QuestSelectDeviceArgs& a, cudaStream_t stream, bo
     return a.params.combine == GqaCombine::kSum ? LaunchPipelined<kD, true>(a, stream)
                                                 : LaunchPipelined<kD, false>(a, stream);
   }
-  // Explicit fields only the pipelined kernel has (a preset alone falls back to this kernel).
+  // Explicit fields only the pipelined kernel has (a rule alone, the default included, falls
+  // back to this kernel).
   if (HasExplicitFields(a.score_shape)) return cudaErrorInvalidValue;
   size_t smem = ScoreSmem(a);
   uint32_t cap = 0;
@@ -675,7 +681,7 @@ cudaError_t LaunchScoresAny(const QuestSelectDeviceArgs& a, cudaStream_t stream,
 cudaError_t PlanScores(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
   if (!PipelinedScoresApply(a)) {
     if (HasExplicitFields(a.score_shape)) return cudaErrorInvalidValue;
-    *plan = {};  // the register-ring kernel (a preset alone falls back to it)
+    *plan = {};  // the register-ring kernel (a rule alone, the default included, falls back to it)
     return cudaSuccess;
   }
   const bool sum = a.params.combine == GqaCombine::kSum;

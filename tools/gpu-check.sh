@@ -18,8 +18,9 @@
 #     sparse  only the sparse-attention tests and `kvtier bench decode` (gpu-tests.*, decode.*)
 #     sweep   the sparse-attention tests, then `kvtier bench decode --sweep` at 32K and 128K,
 #             batch 1 and 8, in one process (gpu-tests.*, decode.{jsonl,txt} with every row,
-#             sweep.txt: grids, the graph table of the fastest pairs, the candidate score
-#             rules r9/r9w against sparse_graph); about 2-3 minutes on an H100 with the tests
+#             sweep.txt: grids, the graph table of the fastest pairs, sparse_graph (default
+#             score rule r9w) against round 8's rule and the tuned step); about 2-3 minutes
+#             on an H100 with the tests
 #     diag    every test, then the transfer diagnostics (page backing, placement pattern, piecewise
 #             vs single launch, gather + concurrent copy, CPU copy path, D2H launch size; contiguous
 #             baseline only, 512 MiB runs) into transfer.jsonl, `kvtier bench host-scatter` and
@@ -75,7 +76,10 @@ for r in rows:
     if r["method"] == "dense": note = f'{r["vs_copy"]:.2f}x copy (read+write rate; target >= 0.9)'
     if r["method"].startswith("select"): note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
     if r["method"].startswith("sparse"): note = f'speedup {r["speedup"]:.2f}x (ideal {r["ideal_speedup"]:.1f}x; target >= 8x at 32K)'
-    if "preset" in r:  # scores_r9*, sparse_graph_r9*: the round-9 candidate rules
+    if r["method"] == "scores" and "score_preset" in r:  # the grid of the default rule (or --score-*)
+        note = (f'{r["score_preset"]}: {r["stages"]} buffers, {r["tiles_per_cta"]} tiles x {r["ctas_per_row"]} CTAs/row'
+                + (" (falls back to r8)" if r["score_preset"] != "explicit" and not r["score_rule_applied"] else ""))
+    if "preset" in r:  # scores_r8, sparse_graph_r8: round 8's score rule, the previous default
         rule = (f'{r["score_stages"]} buffers, {r["score_tiles_per_cta"]} tiles x {r["score_ctas_per_row"]} CTAs/row'
                 if r["applied"] else "falls back to r8")
         if r["method"].startswith("scores"):
@@ -113,11 +117,15 @@ def grid(title, rs, key_row, key_col, fmt_row):
 for (ctx, b), rs in points.items():
     by = {r["method"]: r for r in rs}
     print(f"== context {ctx} batch {b} ({rs[0].get('device', '')})")
-    for m in ("scores", "scores_r9", "scores_r9w", "topk", "attention", "sparse_graph", "sparse_graph_r9",
-              "sparse_graph_r9w", "sparse_graph_tuned"):
+    for m in ("scores", "scores_r8", "topk", "attention", "sparse_graph", "sparse_graph_r8", "sparse_graph_tuned"):
         if m in by:
             r = by[m]
             extra = f'  speedup {r["speedup"]:.2f}x' if "speedup" in r else ""
+            if m == "scores" and "score_preset" in r:
+                extra += (f'  {r["score_preset"]}: {r["stages"]} buffers, {r["tiles_per_cta"]} tiles x '
+                          f'{r["ctas_per_row"]} CTAs/row'
+                          + (" (falls back to r8)" if r["score_preset"] != "explicit" and not r["score_rule_applied"]
+                             else ""))
             if "preset" in r:
                 extra += (f'  {r["score_stages"]} buffers, {r["score_tiles_per_cta"]} tiles x {r["score_ctas_per_row"]}'
                           f' CTAs/row' if r["applied"] else "  (falls back to r8)")
@@ -175,10 +183,10 @@ for (ctx, b), rs in points.items():
                   f'max diff {r["max_abs_diff"]:.2g}')
         bad = [r for r in at if not r["matches"]]
         print(f"  attention plans: {len(at)}, mismatches {len(bad)}")
-# The decision the round-9 rows are for: a candidate rule becomes the default only if its
-# graph is at least as fast as sparse_graph at every point (docs/sparse.md, round 9).
-print("== candidate score rules, step as a graph (us; ratio = sparse_graph / it)")
-print(f'{"context":>8} {"batch":>5} {"sparse_graph":>12} {"r9":>16} {"r9w":>16} {"tuned":>16}')
+# The default score rule (r9w since round 9) against the previous one (r8) and the tuned
+# step, each as a graph in the same run (docs/sparse.md, "Round 9, default").
+print("== score rules, step as a graph (us; ratio = sparse_graph / it: < 1 = slower than the default)")
+print(f'{"context":>8} {"batch":>5} {"sparse_graph":>12} {"r8":>16} {"tuned":>16}')
 for (ctx, b), rs in points.items():
     by = {r["method"]: r for r in rs}
     if "sparse_graph" not in by: continue
@@ -188,7 +196,7 @@ for (ctx, b), rs in points.items():
         r = by[m]
         bad = not r.get("matches_sparse_graph", r.get("matches_default", True))
         return f'{r["us"]:>8.1f} {g / r["us"]:>5.3f}x' + ("*" if bad else " ")
-    print(f'{ctx:>8} {b:>5} {g:>12.1f} {cell("sparse_graph_r9")}{cell("sparse_graph_r9w")}{cell("sparse_graph_tuned")}')
+    print(f'{ctx:>8} {b:>5} {g:>12.1f} {cell("sparse_graph_r8")}{cell("sparse_graph_tuned")}')
 PY
   exit $status
 fi

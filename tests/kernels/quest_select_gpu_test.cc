@@ -205,16 +205,17 @@ void RunCase(const Case& c, uint32_t seed) {
     ASSERT_EQ(std::memcmp(ring_scores.data(), gpu_scores.data(), gpu_scores.size() * sizeof(float)), 0)
         << "register-ring scores differ from the pipelined kernel's (pdl " << pdl << ")";
   }
-  // Round 9: other launch shapes of the pipelined kernel (QuestScoreShape; explicit fields at
-  // d 128 only) and the candidate rules (presets r9 and r9w, any d: the default where they do
-  // not apply): the same scores bit for bit and the same selection, through
-  // LaunchQuestSelect, poisoned first. The rules apply (2 buffers, ≥ 3 tiles per CTA) to the
-  // long-row and many-row d-128 cases (on an H100: b8/32K, the ragged b8 up to 8192 blocks,
-  // the 16384-block max case, 65536 and 32768 blocks), else fall back (e.g. one 2048-block
-  // request: 1 tile per CTA).
+  // Round 9: the score rules (any d: round 8's shape where they do not apply) — the default
+  // (kRound9Wave; `a` above, checked against the CPU, planned here), round 8's rule asked for
+  // explicitly and kRound9 — and other launch shapes of the pipelined kernel (explicit
+  // fields, d 128 only): the same scores bit for bit and the same selection as the default,
+  // through LaunchQuestSelect, poisoned first. The round-9 rules apply (2 buffers, ≥ 3 tiles
+  // per CTA) to the long-row and many-row d-128 cases (on an H100: b8/32K, the ragged b8 up to
+  // 8192 blocks, the 16384-block max case, 65536 and 32768 blocks), else fall back (e.g. one
+  // 2048-block request: 1 tile per CTA).
   {
-    std::vector<QuestScoreShape> shapes{{.preset = QuestScorePreset::kRound9},
-                                        {.preset = QuestScorePreset::kRound9Wave}};
+    std::vector<QuestScoreShape> shapes{QuestScoreShape{}, kQuestScoreRound8Shape,
+                                        {.preset = QuestScorePreset::kRound9}};
     if (d == 128) {
       shapes.insert(shapes.end(), {{.tiles_per_cta = 1, .stages = 2, .slices_per_thread = 2},
                                    {.tiles_per_cta = 3, .stages = 3, .slices_per_thread = 4},
@@ -229,10 +230,10 @@ void RunCase(const Case& c, uint32_t seed) {
     for (const QuestScoreShape& shape : shapes) {
       QuestSelectDeviceArgs t = a;
       t.score_shape = shape;
-      t.programmatic_dependent_launch = shape.stages == 3 || shape.preset == QuestScorePreset::kRound9Wave;
-      // What a preset resolves to: the rule on this device (the 2-buffer instance's occupancy).
+      t.programmatic_dependent_launch = shape.stages == 3 || shape.preset == QuestScorePreset::kRound8;
+      // What a rule resolves to on this device (the 2-buffer instance's occupancy).
       QuestScoreShape expect = shape;
-      if (shape.preset != QuestScorePreset::kRound8) {
+      if (!HasExplicitFields(shape)) {
         uint32_t per_sm = 0;
         if (d == 128) {
           QuestSelectDeviceArgs probe = a;
@@ -243,17 +244,19 @@ void RunCase(const Case& c, uint32_t seed) {
         }
         expect = QuestScoreShapeOfPreset(shape.preset, requests * c.kv_heads, a.max_blocks, d,
                                          static_cast<uint32_t>(sms), per_sm);
-        if (d != 128) {
-          EXPECT_TRUE(IsDefault(expect));
+        if (d != 128 || shape.preset == QuestScorePreset::kRound8) {
+          EXPECT_FALSE(HasExplicitFields(expect));
         }
-        if (!IsDefault(expect)) {
+        if (HasExplicitFields(expect)) {
           EXPECT_EQ(expect.stages, 2u);
           EXPECT_GE(expect.tiles_per_cta, kQuestScorePresetMinTilesPerCta);
+        } else {
+          EXPECT_EQ(expect.preset, QuestScorePreset::kRound8);  // round 8's shape
         }
       }
       QuestScorePlan plan;
       ASSERT_CUDA(PlanQuestScores(t, &plan));
-      const bool applies = shape.preset != QuestScorePreset::kRound8 && !IsDefault(expect);
+      const bool applies = !HasExplicitFields(shape) && HasExplicitFields(expect);
       EXPECT_EQ(plan.preset, applies ? shape.preset : QuestScorePreset::kRound8);
       const uint32_t per_thread = expect.slices_per_thread == 0 ? 2 : expect.slices_per_thread;
       EXPECT_TRUE(plan.pipelined);
@@ -273,7 +276,7 @@ void RunCase(const Case& c, uint32_t seed) {
       const std::vector<float> shaped = scores.Get();
       ASSERT_EQ(std::memcmp(shaped.data(), gpu_scores.data(), gpu_scores.size() * sizeof(float)), 0)
           << "scores of shape (tiles/CTA " << shape.tiles_per_cta << ", stages " << shape.stages
-          << ", slices/thread " << shape.slices_per_thread << ", preset " << static_cast<int>(shape.preset)
+          << ", slices/thread " << shape.slices_per_thread << ", rule " << static_cast<int>(shape.preset)
           << " -> tiles/CTA " << plan.tiles_per_cta << ", stages " << plan.stages << ") differ from the default's";
       ASSERT_EQ(selected.Get(), gpu_sel) << "selection, shape stages " << shape.stages;
       ASSERT_EQ(selected_slots.Get(), gpu_slots) << "slots, shape stages " << shape.stages;
@@ -481,12 +484,13 @@ TEST(QuestSelectGpuApi, DefaultTopKIsAutoAsDocumented) {  // no device needed
   EXPECT_EQ(kDigitTopKAutoMaxBlocks, 2048u);
 }
 
-// QuestScoreShape validation (no device needed): the default everywhere, overrides at d 128
-// only, stages 2/3/4/6, slices per thread 2/4, any tiles per CTA.
+// QuestScoreShape validation (no device needed): the default (rule kRound9Wave) everywhere,
+// explicit fields at d 128 only, stages 2/3/4/6, slices per thread 2/4, any tiles per CTA.
 TEST(QuestSelectGpuApi, ScoreShapeErrorsNameTheProblem) {
   EXPECT_EQ(QuestScoreShapeError({}, 64), nullptr);
   EXPECT_EQ(QuestScoreShapeError({}, 128), nullptr);
   EXPECT_TRUE(IsDefault(QuestSelectDeviceArgs{}.score_shape));
+  EXPECT_TRUE(IsDefault(QuestScoreShape{.preset = QuestScorePreset::kRound9Wave}));
   for (uint32_t stages : {0u, 2u, 3u, 4u, 6u}) {
     for (uint32_t per_thread : {0u, 2u, 4u}) {
       for (uint32_t tiles : {0u, 1u, 7u, 1u << 30}) {
@@ -508,9 +512,10 @@ TEST(QuestSelectGpuApi, ScoreShapeErrorsNameTheProblem) {
   EXPECT_NE(error({.slices_per_thread = 8}, 128).find("slices"), std::string::npos);
   EXPECT_NE(error({.tiles_per_cta = 2}, 64).find("head_dim"), std::string::npos);
   EXPECT_NE(error({.stages = 4}, 64).find("head_dim"), std::string::npos);
-  // Presets: valid alone at any head_dim (the default where they do not apply), never with
-  // explicit fields; unknown values refused.
-  for (QuestScorePreset p : {QuestScorePreset::kRound9, QuestScorePreset::kRound9Wave}) {
+  // The rules other than the default: valid alone at any head_dim (round 8's shape where they
+  // do not apply), never with explicit fields (those go with the default value, which they
+  // replace); unknown values refused.
+  for (QuestScorePreset p : {QuestScorePreset::kRound8, QuestScorePreset::kRound9}) {
     EXPECT_EQ(QuestScoreShapeError({.preset = p}, 128), nullptr);
     EXPECT_EQ(QuestScoreShapeError({.preset = p}, 64), nullptr);
     EXPECT_FALSE(IsDefault(QuestScoreShape{.preset = p}));
@@ -518,42 +523,51 @@ TEST(QuestSelectGpuApi, ScoreShapeErrorsNameTheProblem) {
     EXPECT_NE(error({.stages = 2, .preset = p}, 128).find("preset"), std::string::npos);
     EXPECT_NE(error({.tiles_per_cta = 8, .preset = p}, 128).find("preset"), std::string::npos);
   }
+  EXPECT_EQ(QuestScoreShapeError({.stages = 2, .preset = QuestScorePreset::kRound9Wave}, 128), nullptr);
   EXPECT_NE(error({.preset = static_cast<QuestScorePreset>(3)}, 128).find("preset"), std::string::npos);
 }
 
-// The round-9 candidate rules (no device needed): the shapes docs/sparse.md quotes for
-// Llama-3-8B (8 KV heads) on an H100 (132 SMs, 3 CTAs of the 2-buffer instance per SM), the
-// fallbacks, and the round-8 default (no rule) everywhere.
+// The score rules (no device needed): the shapes docs/sparse.md quotes for Llama-3-8B (8 KV
+// heads) on an H100 (132 SMs, 3 CTAs of the 2-buffer instance per SM), the fallbacks to round
+// 8's shape, kRound8 itself everywhere, and kRound9Wave the default.
 TEST(QuestSelectGpuApi, ScorePresetsResolveAsDocumented) {
   constexpr QuestScorePreset kR9 = QuestScorePreset::kRound9, kR9w = QuestScorePreset::kRound9Wave;
   auto tiles = [](QuestScorePreset p, uint32_t batch, uint32_t blocks, uint32_t d = 128, uint32_t sms = 132,
                   uint32_t per_sm = 3) {
     const QuestScoreShape s = QuestScoreShapeOfPreset(p, batch * 8, blocks, d, sms, per_sm);
-    if (IsDefault(s)) return 0u;
+    if (!HasExplicitFields(s)) {
+      EXPECT_EQ(s.preset, QuestScorePreset::kRound8);  // round 8's shape
+      return 0u;
+    }
     EXPECT_EQ(s.stages, 2u);
     EXPECT_EQ(s.slices_per_thread, 2u);
-    EXPECT_EQ(s.preset, QuestScorePreset::kRound8);  // an explicit shape
+    EXPECT_EQ(s.preset, kQuestScoreDefaultPreset);  // explicit fields (the rule's value is ignored)
     EXPECT_EQ(QuestScoreShapeError(s, d), nullptr);
     return s.tiles_per_cta;
   };
   // context / 16 blocks: 32K = 2048 blocks (32 tiles of 64), 128K = 8192 (128 tiles).
-  EXPECT_EQ(tiles(kR9, 1, 2048), 0u);    // 33 CTAs per row of 1 tile: latency-bound, default
+  EXPECT_EQ(tiles(kR9, 1, 2048), 0u);    // 33 CTAs per row of 1 tile: latency-bound, round 8's
   EXPECT_EQ(tiles(kR9, 8, 2048), 8u);    // 4 CTAs per row
   EXPECT_EQ(tiles(kR9, 1, 8192), 4u);    // 33 per row → 4 tiles (32 CTAs)
   EXPECT_EQ(tiles(kR9, 8, 8192), 32u);   // 4 per row
-  EXPECT_EQ(tiles(kR9w, 1, 2048), 0u);   // 49 per row of 1 tile: default
+  EXPECT_EQ(tiles(kR9w, 1, 2048), 0u);   // 49 per row of 1 tile: round 8's
   EXPECT_EQ(tiles(kR9w, 8, 2048), 6u);   // 6 per row
   EXPECT_EQ(tiles(kR9w, 1, 8192), 3u);   // 49 per row → 3 tiles (43 CTAs)
   EXPECT_EQ(tiles(kR9w, 8, 8192), 22u);  // 6 per row
-  EXPECT_EQ(tiles(kR9, 8, 128), 0u);     // 2 tiles per row: default
+  EXPECT_EQ(tiles(kR9, 8, 128), 0u);     // 2 tiles per row: round 8's
   EXPECT_EQ(tiles(kR9, 64, 2048), 32u);  // more rows than 2·SMs: one CTA per row
-  EXPECT_EQ(tiles(kR9, 8, 8192, 64), 0u);                       // d 64: the default kernel only
+  EXPECT_EQ(tiles(kR9, 8, 8192, 64), 0u);                       // d 64: round 8's instance only
+  EXPECT_EQ(tiles(kR9w, 8, 8192, 64), 0u);
   EXPECT_EQ(tiles(kR9, 8, 8192, 128, 132, 1), 64u);             // kRound9: at most the resident CTAs
   EXPECT_EQ(tiles(kR9w, 8, 8192, 128, 132, 1), 64u);
   EXPECT_EQ(tiles(kR9, 8, 0), 0u);
   EXPECT_EQ(tiles(kR9, 0, 8192), 0u);
-  EXPECT_TRUE(IsDefault(QuestScoreShapeOfPreset(QuestScorePreset::kRound8, 64, 8192, 128, 132, 3)));
-  EXPECT_EQ(QuestSelectDeviceArgs{}.score_shape.preset, QuestScorePreset::kRound8);  // default unchanged
+  EXPECT_EQ(tiles(QuestScorePreset::kRound8, 8, 8192), 0u);  // round 8's shape everywhere
+  EXPECT_EQ(tiles(QuestScorePreset::kRound8, 8, 2048), 0u);
+  EXPECT_EQ(QuestScoreShape{}.preset, QuestScorePreset::kRound9Wave);  // the default since round 9
+  EXPECT_EQ(QuestSelectDeviceArgs{}.score_shape.preset, QuestScorePreset::kRound9Wave);
+  EXPECT_EQ(kQuestScoreRound8Shape.preset, QuestScorePreset::kRound8);
+  EXPECT_FALSE(HasExplicitFields(kQuestScoreRound8Shape));
 }
 
 // A non-default score shape is refused wherever it would not be what runs: the register-ring
@@ -600,10 +614,11 @@ TEST(QuestSelectGpuApi, RefusesScoreShapesThatWouldNotApply) {
   EXPECT_EQ(LaunchQuestScores(x, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(PlanQuestScores(a, nullptr), cudaErrorInvalidValue);
   ASSERT_CUDA(cudaDeviceSynchronize());
-  // A preset alone is never refused: where the pipelined kernel does not run it is the
-  // default (the register ring, the fused path, misaligned metadata); with explicit fields it
-  // is invalid everywhere.
-  for (QuestScorePreset p : {QuestScorePreset::kRound9, QuestScorePreset::kRound9Wave}) {
+  // A rule alone (the default included) is never refused: round 8's shape where it does not
+  // apply, the other kernels where the pipelined one does not run (the register ring, the
+  // fused path, misaligned metadata); kRound8 / kRound9 with explicit fields are invalid
+  // everywhere (with the default value, explicit fields replace the rule: `a` above).
+  for (QuestScorePreset p : {QuestScorePreset::kRound9Wave, QuestScorePreset::kRound8, QuestScorePreset::kRound9}) {
     x = a;
     x.score_shape = {.preset = p};
     ASSERT_CUDA(PlanQuestScores(x, &plan));
@@ -621,6 +636,7 @@ TEST(QuestSelectGpuApi, RefusesScoreShapesThatWouldNotApply) {
     x.bounds = bounds.p + 8;  // planned only: the ring's 16-byte loads need aligned bounds too
     ASSERT_CUDA(PlanQuestScores(x, &plan));
     EXPECT_FALSE(plan.pipelined);
+    if (p == kQuestScoreDefaultPreset) continue;
     x = a;
     x.score_shape = {.tiles_per_cta = 4, .preset = p};
     EXPECT_EQ(LaunchQuestScores(x, nullptr), cudaErrorInvalidValue);

@@ -29,7 +29,7 @@ void AddBenchDecodeCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--score-stages", v.score_stages, "score tile buffers per CTA: 2, 3, 4, 6 (0: 4)");
   cmd->add_option("--score-slices-per-thread", v.score_slices_per_thread, "score slices per thread per tile: 2, 4 (0: 2)");
   cmd->add_option("--score-preset", v.score_preset,
-                  "score launch-shape rule: r8 (default), r9 or r9w (round-9 candidates; docs/sparse.md)")
+                  "score launch-shape rule: r9w (default), r8 (round 8's) or r9 (docs/sparse.md, round 9)")
       ->check(CLI::IsMember({"r8", "r9", "r9w"}))
       ->capture_default_str();
   cmd->add_option("--attention-heads-per-cta", v.attention_heads_per_cta,

@@ -20,9 +20,10 @@ struct DecodeBenchOverrides {
   uint32_t score_tiles_per_cta = 0;
   uint32_t score_stages = 0;
   uint32_t score_slices_per_thread = 0;
-  // kernels::QuestScorePreset of the same rows: "r8" (the default rule), "r9" or "r9w" (the
-  // round-9 candidates); not together with the score fields above.
-  std::string score_preset = "r8";
+  // kernels::QuestScorePreset of the same rows: "r9w" (the default rule), "r8" (round 8's
+  // default) or "r9" (a round-9 candidate that lost). The score fields above, if any is set,
+  // replace the default rule; with "r8" or "r9" they are invalid.
+  std::string score_preset = "r9w";
   uint32_t attention_heads_per_cta = 0;
   uint32_t attention_chunk_pages = 0;
   uint32_t attention_splits = 0;
@@ -45,7 +46,7 @@ struct DecodeBenchOptions {
   DecodeBenchOverrides overrides{};
   // After each point's rows: the score and attention launches over a grid of launch shapes,
   // each checked against the default's output, then the sparse step as a graph for the
-  // fastest few of each (and the presets), the fastest matching graph kept
+  // fastest few of each (and the rules r9w, r8, r9), the fastest matching graph kept
   // (docs/sparse.md, `kvtier bench decode`).
   bool sweep = false;
 };

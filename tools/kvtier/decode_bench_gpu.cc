@@ -10,8 +10,8 @@
 //           block_tokens (Quest's estimate target: ≤ 1.1×). The sparse steps use it;
 //   select_fused  the same as ONE launch (row_counters: the last score CTA of a row runs its
 //           top-k); its selection must equal select's exactly (checked);
-//   scores / topk   each launch of select alone (breakdown); scores = the round-8 pipelined
-//                   score kernel (the default);
+//   scores / topk   each launch of select alone (breakdown); scores = the pipelined score
+//                   kernel on the default rule (QuestScorePreset kRound9Wave since round 9);
 //   scores_r4       the round-4 register-ring score kernel; its scores must equal scores' bit
 //                   for bit (checked, matches_pipelined);
 //   topk_bisect     the round-5 top-k (bisection) alone; its selection must equal topk's;
@@ -28,11 +28,12 @@
 //   sparse_graph  the sparse_pdl steps captured in one CUDA graph;
 //   sparse_graph_r6  the round-6 step (register-ring scores, bisection top-k, register-tile
 //           streamed attention) as a graph: the earlier configuration in the same run;
-//   scores_r9, scores_r9w  the score launch with the round-9 candidate rules
-//           (QuestScorePreset kRound9 / kRound9Wave); bit-equal to `scores` (checked);
-//   sparse_graph_r9, sparse_graph_r9w  the sparse_graph step with them (attention as
-//           sparse_graph's); one step's selection must equal sparse_graph's and its output
-//           agree within AttentionClose (checked, matches_sparse_graph); vs_sparse_graph.
+//   scores_r8  the score launch with round 8's rule (QuestScorePreset kRound8, the default
+//           until round 9: 4 buffers); bit-equal to `scores` (checked);
+//   sparse_graph_r8  the sparse_graph step with it (attention as sparse_graph's): the
+//           previous default in the same run; one step's selection must equal sparse_graph's
+//           and its output agree within AttentionClose (checked, matches_sparse_graph);
+//           vs_sparse_graph = sparse_graph's time / its time.
 // options.overrides (round 9) change the launch shape of the scores (scores, select, sparse
 // rows) and the attention plan (attention and sparse rows); `--sweep` adds the rows of
 // decode_sweep_gpu.cc (a grid of launch shapes, each checked against the default's output).
@@ -95,19 +96,24 @@ uint16_t RandomBf16(Rng& rng) {
 }  // namespace
 
 bool ParseScorePreset(const std::string& name, kernels::QuestScorePreset* preset) {
-  if (name == "r8") *preset = kernels::QuestScorePreset::kRound8;
+  if (name == "r9w") *preset = kernels::QuestScorePreset::kRound9Wave;
+  else if (name == "r8") *preset = kernels::QuestScorePreset::kRound8;
   else if (name == "r9") *preset = kernels::QuestScorePreset::kRound9;
-  else if (name == "r9w") *preset = kernels::QuestScorePreset::kRound9Wave;
   else return false;
   return true;
 }
 
 const char* ScorePresetName(kernels::QuestScorePreset preset) {
   switch (preset) {
-    case kernels::QuestScorePreset::kRound9: return "r9";
     case kernels::QuestScorePreset::kRound9Wave: return "r9w";
-    default: return "r8";
+    case kernels::QuestScorePreset::kRound8: return "r8";
+    case kernels::QuestScorePreset::kRound9: return "r9";
   }
+  return "unknown";
+}
+
+const char* ScoreShapeName(const kernels::QuestScoreShape& shape) {
+  return kernels::HasExplicitFields(shape) ? "explicit" : ScorePresetName(shape.preset);
 }
 
 bool AttentionClose(float got, float want) {
@@ -238,7 +244,7 @@ Status Point::Setup(const cudaDeviceProp& prop) {
   }
   kernels::QuestScorePreset preset{};
   if (!ParseScorePreset(v.score_preset, &preset)) {
-    return Status::InvalidArgument(fmt::format("unknown score preset '{}' (r8, r9, r9w)", v.score_preset));
+    return Status::InvalidArgument(fmt::format("unknown score preset '{}' (r9w, r8, r9)", v.score_preset));
   }
   score_shape_ = {.tiles_per_cta = v.score_tiles_per_cta, .stages = v.score_stages,
                   .slices_per_thread = v.score_slices_per_thread, .preset = preset};
@@ -298,7 +304,7 @@ Status Point::SelectStep(uint32_t layer, cudaStream_t stream) {
 Status Point::SelectFusedStep(uint32_t layer, cudaStream_t stream) {
   kernels::QuestSelectDeviceArgs a = SelectArgs(layer);
   a.row_counters = row_counters_.as<uint32_t>();
-  a.score_shape = {};  // the fused path has its own score kernel
+  a.score_shape = {};  // the fused path has its own score kernel (a rule alone falls back to it)
   KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(a, stream));
   return Status::Ok();
 }
@@ -505,7 +511,7 @@ Status Point::PresetRows(kernels::QuestScorePreset preset, const char* name, con
                             {"score_tiles_per_cta", plan.tiles_per_cta},
                             {"score_ctas_per_row", plan.ctas_per_row},
                             {"score_ctas_per_sm", plan.ctas_per_sm}};
-  Row scores_row{fmt::format("scores_{}", name), fmt::format("Quest scores alone, candidate rule {}", name),
+  Row scores_row{fmt::format("scores_{}", name), fmt::format("Quest scores alone, score rule {}", name),
                  t_scores, meta / (t_scores * 1e3), meta, grid};
   scores_row.extra["matches_default"] = scores_match;
   scores_row.extra["vs_scores"] = t_scores_ref / t_scores;
@@ -624,7 +630,9 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   rows->push_back({"scores", "Quest scores alone (int8 metadata, pipelined)", t_scores, meta / (t_scores * 1e3), meta,
                    {{"tiles_per_cta", score_plan.tiles_per_cta}, {"ctas_per_row", score_plan.ctas_per_row},
                     {"stages", score_plan.stages}, {"tile_slices", score_plan.tile_slices},
-                    {"ctas_per_sm", score_plan.ctas_per_sm}}});
+                    {"ctas_per_sm", score_plan.ctas_per_sm}, {"score_preset", ScoreShapeName(score_shape_)},
+                    {"score_rule_applied",
+                     !kernels::HasExplicitFields(score_shape_) && score_plan.preset == score_shape_.preset}}});
   rows->push_back({"scores_r4", "Quest scores alone (round-4 register ring)", t_scores_ring,
                    meta / (t_scores_ring * 1e3), meta, {{"matches_pipelined", scores_match}}});
   rows->push_back(
@@ -661,17 +669,15 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
     if (r.method == "sparse_pdl") r.extra["matches_plain"] = pdl_matches;
     if (r.method == "sparse_graph") {
       r.extra["graph_pdl"] = graph_pdl;
-      r.extra["score_preset"] = ScorePresetName(score_shape_.preset);
+      r.extra["score_preset"] = ScoreShapeName(score_shape_);
     }
   }
-  // Round 9: the candidate score rules, scores_r9* after scores_r4 and sparse_graph_r9* after
-  // sparse_graph.
+  // Round 8's score rule (the default until round 9) next to the default: scores_r8 after
+  // scores_r4, sparse_graph_r8 after sparse_graph.
   if (graph_pdl) {
     std::vector<Row> preset_rows;
-    KVT_RETURN_IF_ERROR(PresetRows(kernels::QuestScorePreset::kRound9, "r9", scores_pipelined, t_scores, graph_ref,
+    KVT_RETURN_IF_ERROR(PresetRows(kernels::QuestScorePreset::kRound8, "r8", scores_pipelined, t_scores, graph_ref,
                                    t_graph, stream, &preset_rows));
-    KVT_RETURN_IF_ERROR(PresetRows(kernels::QuestScorePreset::kRound9Wave, "r9w", scores_pipelined, t_scores,
-                                   graph_ref, t_graph, stream, &preset_rows));
     auto insert_after = [&](const char* anchor, bool scores) {
       std::vector<Row> kind;
       for (Row& r : preset_rows) {
@@ -709,7 +715,7 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
   const DecodeBenchOverrides& v = o.overrides;
   kernels::QuestScorePreset preset{};
   if (!decode_internal::ParseScorePreset(v.score_preset, &preset)) {
-    return Status::InvalidArgument(fmt::format("unknown score preset '{}' (r8, r9, r9w)", v.score_preset));
+    return Status::InvalidArgument(fmt::format("unknown score preset '{}' (r9w, r8, r9)", v.score_preset));
   }
   if (const char* e = kernels::QuestScoreShapeError({.tiles_per_cta = v.score_tiles_per_cta, .stages = v.score_stages,
                                                      .slices_per_thread = v.score_slices_per_thread, .preset = preset},
@@ -786,8 +792,15 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
                      : fmt::format("{:.2f}x default{}", r.extra["vs_default"].get<double>(),
                                    r.extra["matches"].get<bool>() ? "" : "  MISMATCH");
         }
+        if (r.method == "scores") {  // the grid the default (or --score-*) gave
+          const std::string rule = r.extra["score_preset"].get<std::string>();
+          const bool fell_back = rule != "explicit" && !r.extra["score_rule_applied"].get<bool>();
+          note = fmt::format("{}: {} buffers, {} tiles x {} CTAs/row{}", rule, r.extra["stages"].get<uint32_t>(),
+                             r.extra["tiles_per_cta"].get<uint32_t>(), r.extra["ctas_per_row"].get<uint32_t>(),
+                             fell_back ? " (falls back to r8)" : "");
+        }
         if (r.method == "sparse_graph_tuned" && !r.extra["matches_default"].get<bool>()) note += "  MISMATCH";
-        if (!r.method.starts_with("sweep_") && r.extra.contains("preset")) {  // scores_r9*, sparse_graph_r9*
+        if (!r.method.starts_with("sweep_") && r.extra.contains("preset")) {  // scores_r8, sparse_graph_r8
           const std::string rule =
               r.extra["applied"].get<bool>()
                   ? fmt::format("{} buffers, {} tiles x {} CTAs/row", r.extra["score_stages"].get<uint32_t>(),

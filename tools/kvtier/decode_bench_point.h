@@ -28,9 +28,11 @@ struct Row {
   nlohmann::json extra = nlohmann::json::object();
 };
 
-// "r8", "r9", "r9w" (DecodeBenchOverrides::score_preset) ↔ kernels::QuestScorePreset.
+// "r9w", "r8", "r9" (DecodeBenchOverrides::score_preset) ↔ kernels::QuestScorePreset.
 bool ParseScorePreset(const std::string& name, kernels::QuestScorePreset* preset);
 const char* ScorePresetName(kernels::QuestScorePreset preset);
+// What sets a shape's launch: its rule's name, or "explicit" (fields set).
+const char* ScoreShapeName(const kernels::QuestScoreShape& shape);
 
 // Two bf16 outputs of correct fp32 computations cut differently: the GPU test's tolerance
 // against the reference (2e-3·|x| + 2e-4, plus half a bf16 ulp) for each, so twice it, plus
@@ -110,9 +112,9 @@ class Point {
                                     void* ws, cudaStream_t stream);
   // µs per launch of the score launch alone with `shape` (the `scores` row's loop).
   Result<double> TimedScores(const kernels::QuestScoreShape& shape, cudaStream_t stream);
-  // The standard rows' round-9 candidates (`scores_r9*`, `sparse_graph_r9*`): the score
-  // launch and the sparse_graph step with score_shape_ = {.preset = preset}, checked against
-  // `scores` (the `scores` row's output, bit for bit; t_scores its µs) and `ref`
+  // The standard rows' comparison rule (`scores_r8`, `sparse_graph_r8`: round 8's default):
+  // the score launch and the sparse_graph step with score_shape_ = {.preset = preset}, checked
+  // against `scores` (the `scores` row's output, bit for bit; t_scores its µs) and `ref`
   // (sparse_graph's step: same selection, attention within AttentionClose; t_graph its µs).
   Status PresetRows(kernels::QuestScorePreset preset, const char* name, const std::vector<float>& scores,
                     double t_scores, const StepOutcome& ref, double t_graph, cudaStream_t stream,
@@ -145,7 +147,7 @@ class Point {
   // choice (the staged kernel where it fits), or the streamed plan with the attention
   // overrides applied (options.overrides); streamed_plan_: the streamed kernel's plan (round 6),
   // for the comparison rows. score_shape_: the score launch shape of the `scores`, `select` and
-  // sparse rows (options.overrides; default = round 8's).
+  // sparse rows (options.overrides; default: the kRound9Wave rule).
   kernels::SparseAttentionPlan dense_plan_, sparse_plan_, streamed_plan_;
   kernels::QuestScoreShape score_shape_;
   kernels::QuestSelectParams params_;

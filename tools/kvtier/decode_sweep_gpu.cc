@@ -1,12 +1,13 @@
 // `kvtier bench decode --sweep` (round 9): after a point's standard rows, the score launch and
 // the attention launch over a grid of launch shapes, then the sparse step as one CUDA graph
 // for every pair of the fastest few of each, the fastest matching graph kept.
-//   sweep_scores     every QuestScoreShape instance the sweep keeps (2 or 4 slices per thread
-//                    × 2/3/4 tile buffers; the 6-buffer instances, never ahead of the 4-buffer
-//                    ones on the H100, are left out) × tiles per CTA (0 = one wave, then 1, 2,
-//                    3, 4, 6, 8, 12, 16, 24, 32, ≤ a row), then the presets r9 / r9w (`preset`);
-//                    rate = metadata bytes / time. Each shape's scores (one launch on layer
-//                    0, output poisoned first) must equal the default's bit for bit (`matches`).
+//   sweep_scores     the rules first (`preset`): the default r9w, then r8 and r9; then every
+//                    explicit QuestScoreShape instance the sweep keeps (2 or 4 slices per
+//                    thread × 2/3/4 tile buffers; the 6-buffer instances, never ahead of the
+//                    4-buffer ones on the H100, are left out) × tiles per CTA (0 = one wave,
+//                    then 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, ≤ a row); rate = metadata bytes /
+//                    time. Each shape's scores (one launch on layer 0, output poisoned first)
+//                    must equal the default's bit for bit (`matches`).
 //   sweep_attention  the device's default plan first, then the streamed kernel with every
 //                    heads per CTA dividing the group × 4 or 8 loads per tile × pages per CTA
 //                    (0 = the planner's, then 1, 2, 3, 4, 6, 8, 11, 16, 22, 32, 43, 64, 128, 256
@@ -14,8 +15,8 @@
 //                    output (bf16) must agree with the default plan's within two correct
 //                    computations' tolerance (`matches`, `max_abs_diff`).
 //   sweep_graph      the sparse_graph step (PDL, `iterations` steps as one graph, median of
-//                    `repeats`) for every pair of: the default score shape, the presets r9 and
-//                    r9w and the kGraphScores fastest matching shapes (distinct grids) × the
+//                    `repeats`) for every pair of: the default score rule, the rules r8 and r9
+//                    and the kGraphScores fastest matching shapes (distinct grids) × the
 //                    device's default attention plan and the kGraphPlans fastest matching
 //                    plans; `sum_single_us` = the pair's single-launch µs + the top-k's. One
 //                    step of each (layer 0) must give the default pair's selection exactly and
@@ -89,9 +90,13 @@ Result<std::vector<uint16_t>> Point::AttentionOnce(const kernels::SparseAttentio
 Status Point::SweepScores(cudaStream_t stream, std::vector<Row>* rows, std::vector<ScoreCandidate>* ranked) {
   const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
   KVT_ASSIGN_OR_RETURN(const std::vector<float> want, ScoresOnce({}, stream));
-  // (slices per thread, buffers); the first is the default instance, and its tiles 0 the default.
+  // The rules (the default first: the reference of vs_default), then explicit shapes (slices
+  // per thread, buffers) × tiles per CTA.
+  std::vector<std::pair<kernels::QuestScoreShape, const char*>> shapes{
+      {{}, ScorePresetName(kernels::kQuestScoreDefaultPreset)},
+      {kernels::kQuestScoreRound8Shape, "r8"},
+      {{.preset = kernels::QuestScorePreset::kRound9}, "r9"}};
   const std::pair<uint32_t, uint32_t> instances[] = {{2, 4}, {2, 2}, {2, 3}, {4, 2}, {4, 3}, {4, 4}};
-  std::vector<std::pair<kernels::QuestScoreShape, const char*>> shapes;
   for (auto [per_thread, stages] : instances) {
     const uint32_t tile = 32 * per_thread, tiles_per_row = (blocks_ + tile - 1) / tile;
     for (uint32_t tpc : {0u, 1u, 2u, 3u, 4u, 6u, 8u, 12u, 16u, 24u, 32u}) {
@@ -99,15 +104,13 @@ Status Point::SweepScores(cudaStream_t stream, std::vector<Row>* rows, std::vect
       shapes.push_back({{.tiles_per_cta = tpc, .stages = stages, .slices_per_thread = per_thread}, nullptr});
     }
   }
-  shapes.push_back({{.preset = kernels::QuestScorePreset::kRound9}, "r9"});
-  shapes.push_back({{.preset = kernels::QuestScorePreset::kRound9Wave}, "r9w"});
   double t_default = 0;
   std::vector<ScoreCandidate> matching;
   for (const auto& [shape, preset] : shapes) {
     kernels::QuestSelectDeviceArgs args = SelectArgs(0);
     args.score_shape = shape;
     Row row{"sweep_scores",
-            preset != nullptr ? fmt::format("rule {}", preset)
+            preset != nullptr ? fmt::format("rule {}{}", preset, kernels::IsDefault(shape) ? " (default)" : "")
                               : fmt::format("{} slices/thread, {} stages, {} tiles/CTA", shape.slices_per_thread,
                                             shape.stages, shape.tiles_per_cta),
             0, 0, meta,
@@ -124,14 +127,14 @@ Status Point::SweepScores(cudaStream_t stream, std::vector<Row>* rows, std::vect
     KVT_ASSIGN_OR_RETURN(const double t, TimedScores(shape, stream));
     KVT_ASSIGN_OR_RETURN(const std::vector<float> got, ScoresOnce(shape, stream));
     const bool matches = std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0;
-    if (t_default == 0) t_default = t;  // the first instance and tiles 0: the default shape
+    if (t_default == 0) t_default = t;  // the first shape: the default rule
     if (matches) matching.push_back({preset != nullptr ? std::string(preset) : ScoreLabel(plan), shape, plan, t});
     row.what += fmt::format(" = {} x {} CTAs, {} per SM", plan.tiles_per_cta, plan.ctas_per_row, plan.ctas_per_sm);
     row.us = t;
     row.gbps = meta / (t * 1e3);
     if (preset != nullptr) {
       row.extra.update({{"slices_per_thread", plan.tile_slices / 32}, {"stages", plan.stages},
-                        {"applied", plan.preset != kernels::QuestScorePreset::kRound8}});
+                        {"applied", plan.preset == shape.preset}});
     }
     row.extra.update({{"tiles_per_cta_used", plan.tiles_per_cta}, {"ctas_per_row", plan.ctas_per_row},
                       {"ctas_per_sm", plan.ctas_per_sm}, {"smem_bytes", plan.smem_bytes}, {"matches", matches},
@@ -139,14 +142,13 @@ Status Point::SweepScores(cudaStream_t stream, std::vector<Row>* rows, std::vect
     if (!matches) fmt::print(stderr, "bench decode: MISMATCH: scores of sweep shape '{}' differ\n", row.what);
     rows->push_back(std::move(row));
   }
-  // The default first (it competes too), then the presets that apply (a preset that falls
-  // back is the default's grid), then the others fastest first; one candidate per grid.
-  if (matching.empty() || matching.front().shape.tiles_per_cta != 0 || matching.front().shape.stages != 4 ||
-      matching.front().shape.slices_per_thread != 2) {
+  // The default first (it competes too), then the other rules (one that gives the same grid
+  // as an earlier candidate, e.g. r8 where r9w falls back, is left out), then the explicit
+  // shapes fastest first; one candidate per grid.
+  if (matching.empty() || !kernels::IsDefault(matching.front().shape)) {
     return Status::Internal("sweep: the default score shape did not match itself");
   }
-  matching.front().shape = {};
-  matching.front().label = "r8 default (" + matching.front().label + ")";
+  matching.front().label += " default";
   std::stable_sort(matching.begin() + 1, matching.end(),
                    [](const ScoreCandidate& x, const ScoreCandidate& y) { return x.us < y.us; });
   auto add = [&](ScoreCandidate& c) {
@@ -154,15 +156,14 @@ Status Point::SweepScores(cudaStream_t stream, std::vector<Row>* rows, std::vect
                                   [&](const ScoreCandidate& r) { return SameGrid(r.plan, c.plan); });
     if (!seen) ranked->push_back(c);
   };
-  add(matching.front());
   for (ScoreCandidate& c : matching) {
-    if (c.shape.preset != kernels::QuestScorePreset::kRound8) {
+    if (!kernels::HasExplicitFields(c.shape)) {  // the rules, the default first
       c.label += " (" + ScoreLabel(c.plan) + ")";
       add(c);
     }
   }
   for (ScoreCandidate& c : matching) {
-    if (c.shape.preset == kernels::QuestScorePreset::kRound8) add(c);
+    if (kernels::HasExplicitFields(c.shape)) add(c);
   }
   return Status::Ok();
 }
@@ -250,15 +251,16 @@ Status Point::Sweep(cudaStream_t stream, std::vector<Row>* rows) {
   std::vector<AttentionCandidate> plans;
   KVT_RETURN_IF_ERROR(SweepScores(stream, rows, &scores));
   KVT_RETURN_IF_ERROR(SweepAttention(stream, rows, &plans));
-  // Graph candidates: the default and the presets (wherever they rank), then the fastest
-  // others up to kGraphScores; the default plan, then the fastest kGraphPlans others.
-  std::vector<ScoreCandidate> score_set{scores.front()};
+  // Graph candidates: the default rule, the other rules (wherever they rank), then the
+  // fastest explicit shapes up to kGraphScores; the default plan, then the fastest kGraphPlans
+  // others.
+  std::vector<ScoreCandidate> score_set;
   for (const ScoreCandidate& c : scores) {
-    if (c.shape.preset != kernels::QuestScorePreset::kRound8) score_set.push_back(c);
+    if (!kernels::HasExplicitFields(c.shape)) score_set.push_back(c);  // scores.front(): the default
   }
   size_t others = 0;
-  for (size_t i = 1; i < scores.size() && others < kGraphScores; ++i) {
-    if (scores[i].shape.preset != kernels::QuestScorePreset::kRound8) continue;
+  for (size_t i = 0; i < scores.size() && others < kGraphScores; ++i) {
+    if (!kernels::HasExplicitFields(scores[i].shape)) continue;
     score_set.push_back(scores[i]);
     ++others;
   }
@@ -322,7 +324,7 @@ Status Point::Sweep(cudaStream_t stream, std::vector<Row>* rows) {
                    t, (meta + sparse_kv) / (t * 1e3), meta + sparse_kv,
                    {{"speedup", t_dense_ / t}, {"ideal_speedup", double(kv_bytes_) / (sparse_kv + meta)},
                     {"selected_blocks", k_}, {"score_label", bs.label},
-                    {"score_preset", ScorePresetName(bs.shape.preset)},
+                    {"score_preset", ScoreShapeName(bs.shape)},
                     {"score_slices_per_thread", bs.plan.tile_slices / 32}, {"score_stages", bs.plan.stages},
                     {"score_tiles_per_cta", bs.plan.tiles_per_cta}, {"score_ctas_per_row", bs.plan.ctas_per_row},
                     {"attention_label", best.plan->label}, {"heads_per_cta", bp.heads_per_cta},
