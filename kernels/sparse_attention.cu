@@ -55,8 +55,9 @@ bool ShapeSupported(const SparseAttentionShape& s) {
 
 namespace {
 
-SparseAttentionPlan PlanWithHeads(const SparseAttentionShape& shape, uint32_t heads, uint32_t max_pages_per_row,
-                                  uint32_t sm_count, uint32_t ctas_per_sm) {
+// The split heuristic at `heads` per CTA, trying w = first_waves, first_waves + 1, ... waves.
+SparseAttentionPlan PlanFromWaves(const SparseAttentionShape& shape, uint32_t heads, uint32_t max_pages_per_row,
+                                  uint32_t sm_count, uint32_t ctas_per_sm, uint64_t first_waves) {
   SparseAttentionPlan p;
   if (shape.kv_heads == 0) return p;
   p.heads_per_cta = heads;
@@ -66,7 +67,7 @@ SparseAttentionPlan PlanWithHeads(const SparseAttentionShape& shape, uint32_t he
   const uint32_t min_chunk = std::min(pages, kSparseAttentionMinChunkPages);
   uint32_t best_chunk = 0;
   double best_use = -1;
-  for (uint64_t waves = 1;; ++waves) {
+  for (uint64_t waves = std::max<uint64_t>(first_waves, 1);; ++waves) {
     const uint64_t splits = std::max<uint64_t>(1, waves * slots / std::max(p.rows, 1u));
     const auto chunk = static_cast<uint32_t>(std::max<uint64_t>(min_chunk, (pages + splits - 1) / splits));
     if (chunk > kSparseAttentionMaxChunkPages) continue;
@@ -81,6 +82,11 @@ SparseAttentionPlan PlanWithHeads(const SparseAttentionShape& shape, uint32_t he
   p.chunk_pages = best_chunk;
   p.max_splits = (pages + p.chunk_pages - 1) / p.chunk_pages;
   return p;
+}
+
+SparseAttentionPlan PlanWithHeads(const SparseAttentionShape& shape, uint32_t heads, uint32_t max_pages_per_row,
+                                  uint32_t sm_count, uint32_t ctas_per_sm) {
+  return PlanFromWaves(shape, heads, max_pages_per_row, sm_count, ctas_per_sm, 1);
 }
 
 SparseAttentionPlan PlanWithHeads(const SparseAttentionShape& shape, uint32_t heads, uint32_t max_pages_per_row,
@@ -150,6 +156,21 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
   return one_wave(half) > resident ? half : full;
 }
 
+SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                        uint32_t sm_count, const SparseAttentionOccupancy& occ,
+                                        SparseAttentionRule rule) {
+  const SparseAttentionPlan p = PlanSparseAttention(shape, max_pages_per_row, sm_count, occ);
+  if (rule != SparseAttentionRule::kRound9Dense || p.rows == 0 || p.tile_loads == 8 ||
+      max_pages_per_row < kDenseRuleMinPages) {
+    return p;
+  }
+  const uint32_t per_sm = occ.standard[Log2Heads(p.heads_per_cta)];
+  if (per_sm == 0 || uint64_t{p.rows} * p.max_splits > uint64_t{std::max(sm_count, 1u)} * per_sm) {
+    return p;  // occupancy unknown, or several waves already
+  }
+  return PlanFromWaves(shape, p.heads_per_cta, max_pages_per_row, sm_count, per_sm, kDenseRuleMinWaves);
+}
+
 SparseAttentionPlan PlanStagedSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
                                               uint32_t sm_count, const SparseAttentionStagedLimits& lim) {
   SparseAttentionPlan p;  // cluster 0: no staged plan
@@ -185,6 +206,13 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
 
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionKernels kernels, SparseAttentionPlan* plan) {
+  return PlanSparseAttentionForDevice(shape, type, max_pages_per_row, device, kernels, SparseAttentionRule::kDefault,
+                                      plan);
+}
+
+cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
+                                         int device, SparseAttentionKernels kernels, SparseAttentionRule rule,
+                                         SparseAttentionPlan* plan) {
   if (plan == nullptr || !ShapeSupported(shape)) return cudaErrorInvalidValue;
   int sms = 0, per_sm = 0;
   if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess) return e;
@@ -205,7 +233,7 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
       (deep ? occ.deep : occ.standard)[Log2Heads(h)] = static_cast<uint32_t>(std::max(per_sm, 0));
     }
   }
-  *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), occ);
+  *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), occ, rule);
   if (kernels == SparseAttentionKernels::kAuto) {
     SparseAttentionStagedLimits lim;
     if (cudaError_t e = attention_internal::StagedLimitsForDevice(shape, type, std::min(heads, 4u), device, &lim);
@@ -215,6 +243,20 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
     const SparseAttentionPlan staged = PlanStagedSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), lim);
     if (staged.cluster != 0) *plan = staged;
   }
+  return cudaSuccess;
+}
+
+cudaError_t SparseAttentionCtasPerSm(const SparseAttentionShape& shape, HalfType type, AttentionOutput output,
+                                     uint32_t heads_per_cta, uint32_t tile_loads, uint32_t* ctas_per_sm) {
+  if (ctas_per_sm == nullptr) return cudaErrorInvalidValue;
+  *ctas_per_sm = 0;
+  const KernelPtr k = Pick(shape.head_dim, heads_per_cta, type, output, tile_loads == 8);
+  if (k == nullptr) return cudaSuccess;
+  int per_sm = 0;
+  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, 0); e != cudaSuccess) {
+    return e;
+  }
+  *ctas_per_sm = static_cast<uint32_t>(std::max(per_sm, 0));
   return cudaSuccess;
 }
 

@@ -130,6 +130,41 @@ enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1 };
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionKernels kernels, SparseAttentionPlan* plan);
 
+// Split rules of the streamed plan (round 9d). kDefault = 0: the heuristics above. Candidates
+// are selectable for measurement (`kvtier bench decode --attention-rule`, the `dense_r9d` row);
+// none is the default:
+//   kRound9Dense = 1 ("r9d", dense-length rows at small batch): where rows have ≥
+//     kDenseRuleMinPages pages and the default streamed plan is standard tiles (4 loads) whose
+//     CTAs are ONE wave, the same split heuristic from w = kDenseRuleMinWaves waves on (same
+//     heads per CTA): short pieces in several waves, so each CTA's start (page list, slots,
+//     first tile: dependent DRAM round trips) and end (partial write, fence, counter) overlap
+//     other CTAs' streaming and the SMs that finish early take more work — batch 8 (several
+//     waves by the default rule) reaches 0.90–0.94x of the copy where batch 1 (one wave)
+//     reaches 0.69–0.86x. Against it: more pieces to merge (the last row's merge is exposed).
+//     Llama-3-8B on an H100 (132 SMs × 3): b1/32K 8 rows × 147 pieces of 14 pages (1176 CTAs,
+//     3 waves) instead of 49 × 42; b1/128K 147 × 56 instead of 49 × 168; batch 8 and sparse
+//     lists unchanged. Same numbers up to the order of the merge's sums.
+enum class SparseAttentionRule : uint8_t { kDefault = 0, kRound9Dense = 1 };
+inline constexpr uint32_t kDenseRuleMinPages = 1024;  // 16K tokens of 16-token pages
+inline constexpr uint32_t kDenseRuleMinWaves = 3;
+
+// PlanSparseAttention(shape, pages, sm_count, occupancy) with `rule` applied (pure).
+SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
+                                        uint32_t sm_count, const SparseAttentionOccupancy& occupancy,
+                                        SparseAttentionRule rule);
+
+// The device planner with `rule` applied to the streamed plan (where kAuto picks the staged
+// plan, it stays: the staged kernel holds ≤ 64 pages per CTA, never dense-length rows).
+cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
+                                         int device, SparseAttentionKernels kernels, SparseAttentionRule rule,
+                                         SparseAttentionPlan* plan);
+
+// CTAs of the streamed kernel resident per SM of the current device for (shape's head_dim,
+// type, output, heads_per_cta, tile_loads 0/4 = standard or 8 = deep); 0 where there is no
+// such instance. For tools that report waves (`kvtier bench decode --sweep`).
+cudaError_t SparseAttentionCtasPerSm(const SparseAttentionShape& shape, HalfType type, AttentionOutput output,
+                                     uint32_t heads_per_cta, uint32_t tile_loads, uint32_t* ctas_per_sm);
+
 // Overrides of the streamed plan, for tuning (`kvtier bench decode --sweep`, round 9). A zero
 // field keeps the planner's choice, so a default-constructed one changes nothing.
 struct SparseAttentionPlanOverrides {

@@ -12,15 +12,16 @@
 #   summary.txt          the transfer table printed last
 #   sweep.txt            (sweep mode) the launch-shape sweep of `kvtier bench decode --sweep`:
 #                        per point, µs of every score shape and attention plan as grids, the
-#                        fastest matching ones, mismatches, and the tuned sparse step
+#                        fastest matching ones, mismatches, and the tuned sparse step; the dense
+#                        plan grid (µs and x copy) and its fastest plans; a dense summary table
 #   usage: tools/gpu-check.sh [quick|sparse|sweep|diag]
 #     quick   fewer transfer block sizes
 #     sparse  only the sparse-attention tests and `kvtier bench decode` (gpu-tests.*, decode.*)
 #     sweep   the sparse-attention tests, then `kvtier bench decode --sweep` at 32K and 128K,
 #             batch 1 and 8, in one process (gpu-tests.*, decode.{jsonl,txt} with every row,
 #             sweep.txt: grids, the graph table of the fastest pairs, sparse_graph (default
-#             score rule r9w) against round 8's rule and the tuned step); about 2-3 minutes
-#             on an H100 with the tests
+#             score rule r9w) against round 8's rule and the tuned step; the dense plan sweep
+#             and dense_r9d against dense and the copy); about 3 minutes on an H100 with the tests
 #     diag    every test, then the transfer diagnostics (page backing, placement pattern, piecewise
 #             vs single launch, gather + concurrent copy, CPU copy path, D2H launch size; contiguous
 #             baseline only, 512 MiB runs) into transfer.jsonl, `kvtier bench host-scatter` and
@@ -74,6 +75,10 @@ for r in rows:
     if r["method"].startswith("sweep_"): continue  # sweep.txt
     note = ""
     if r["method"] == "dense": note = f'{r["vs_copy"]:.2f}x copy (read+write rate; target >= 0.9)'
+    if r["method"] == "dense_r9d":
+        note = (f'{r["vs_copy"]:.2f}x copy, {r["vs_dense"]:.3f}x dense; {r["heads_per_cta"]} heads, '
+                f'{r["chunk_pages"]} pages x {r["splits"]}, {r["waves"]:.2f} waves'
+                + ("" if r["applied"] else " (as dense)") + ("" if r["matches_dense"] else "  MISMATCH"))
     if r["method"].startswith("select"): note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
     if r["method"].startswith("sparse"): note = f'speedup {r["speedup"]:.2f}x (ideal {r["ideal_speedup"]:.1f}x; target >= 8x at 32K)'
     if r["method"] == "scores" and "score_preset" in r:  # the grid of the default rule (or --score-*)
@@ -104,23 +109,30 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 points = collections.OrderedDict()
 for r in rows:
     points.setdefault((r["context"], r["batch"]), []).append(r)
-def grid(title, rs, key_row, key_col, fmt_row):
-    # µs per (row key, column key); '*' = output differs from the default's, '-' = not run
+def grid(title, rs, key_row, key_col, fmt_row, value="us", fmt="7.1f", unit="us"):
+    # `value` per (row key, column key); '*' = output differs from the default's, '-' = not run
     cols = sorted({key_col(r) for r in rs})
-    print(f"  {title}: us ('*' = MISMATCH)")
+    print(f"  {title}: {unit} ('*' = MISMATCH)")
     print("    " + f'{"":<22}' + "".join(f"{c:>8}" for c in cols))
     for k in sorted({key_row(r) for r in rs}, reverse=True):
         cells = {key_col(r): r for r in rs if key_row(r) == k}
         line = "".join(f'{"-":>8}' if c not in cells or "error" in cells[c] else
-                       f'{cells[c]["us"]:>7.1f}' + (" " if cells[c]["matches"] else "*") for c in cols)
+                       format(cells[c][value], fmt) + (" " if cells[c]["matches"] else "*") for c in cols)
         print("    " + f"{fmt_row(k):<22}" + line)
 for (ctx, b), rs in points.items():
     by = {r["method"]: r for r in rs}
     print(f"== context {ctx} batch {b} ({rs[0].get('device', '')})")
-    for m in ("scores", "scores_r8", "topk", "attention", "sparse_graph", "sparse_graph_r8", "sparse_graph_tuned"):
+    for m in ("copy", "dense", "dense_r9d", "scores", "scores_r8", "topk", "attention", "sparse_graph", "sparse_graph_r8",
+              "sparse_graph_tuned"):
         if m in by:
             r = by[m]
             extra = f'  speedup {r["speedup"]:.2f}x' if "speedup" in r else ""
+            if m.startswith("dense"):
+                extra = (f'  {r["vs_copy"]:.3f}x copy; {r["heads_per_cta"]} heads, {r["tile_loads"]} loads, '
+                         f'{r["chunk_pages"]} pages x {r["splits"]}')
+            if m == "dense_r9d":
+                extra += (f', {r["waves"]:.2f} waves; {r["vs_dense"]:.3f}x dense' + ("" if r["applied"] else " (as dense)")
+                          + ("" if r["matches_dense"] else "  MISMATCH"))
             if m == "scores" and "score_preset" in r:
                 extra += (f'  {r["score_preset"]}: {r["stages"]} buffers, {r["tiles_per_cta"]} tiles x '
                           f'{r["ctas_per_row"]} CTAs/row'
@@ -137,8 +149,9 @@ for (ctx, b), rs in points.items():
         print(f'  tuned (fastest of {t["graph_pairs"]} graphs): scores {t["score_label"]}; '
               f'attention {t["attention_label"]}; {t["us"]:.1f} us vs default pair {t["default_graph_us"]:.1f} ({t["vs_default_graph"]:.3f}x); '
               f'single launches summed {t["sum_single_us"]:.1f}')
-    if "sweep_failed" in by:
-        print(f'  SWEEP FAILED: {by["sweep_failed"]["error"]}')
+    for r in rs:
+        if r["method"] == "sweep_failed":
+            print(f'  SWEEP FAILED: {r["error"]}')
     gr = [r for r in rs if r["method"] == "sweep_graph"]
     if gr:
         si = sorted({r["score_index"] for r in gr})
@@ -183,6 +196,27 @@ for (ctx, b), rs in points.items():
                   f'max diff {r["max_abs_diff"]:.2g}')
         bad = [r for r in at if not r["matches"]]
         print(f"  attention plans: {len(at)}, mismatches {len(bad)}")
+    dn = [r for r in rs if r["method"] == "sweep_dense"]
+    if dn:
+        d = next(r for r in dn if r["default"])
+        print(f'  dense plans (every block; {d["iterations"]} steps x 7, median): default {d["us"]:.1f} us = '
+              f'{d["vs_copy"]:.3f}x copy ({d["heads_per_cta"]} heads, {d["tile_loads"]} loads, {d["chunk_pages"]} pages x '
+              f'{d["splits"]}, {d["waves"]:.2f} waves)')
+        g = [r for r in dn if not r["default"]]
+        kr, kc = lambda r: (r["heads_per_cta"], r["tile_loads"]), lambda r: r["chunk_pages_requested"]
+        fr = lambda k: f"{k[0]} heads, {k[1]} loads"
+        grid("dense, rows (heads/CTA, loads), columns pages/CTA", g, kr, kc, fr)
+        grid("dense, the same", g, kr, kc, fr, value="vs_copy", fmt="7.3f", unit="x copy (target >= 0.9)")
+        grid("dense, the same", g, kr, kc, fr, value="waves", fmt="7.2f", unit="waves (CTAs / resident)")
+        ok = sorted((r for r in dn if r["matches"]), key=lambda r: r["us"])
+        print("  fastest dense plans:")
+        for r in ok[:6]:
+            print(f'    {r["us"]:>7.1f} us {r["vs_copy"]:.3f}x copy {r["vs_default"]:.3f}x default  '
+                  f'{"(default) " if r["default"] else ""}{r["heads_per_cta"]} heads, {r["tile_loads"]} loads, '
+                  f'{r["chunk_pages"]} pages x {r["splits"]} ({r["ctas"]} CTAs, {r["waves"]:.2f} waves), '
+                  f'max diff {r["max_abs_diff"]:.2g}')
+        bad = [r for r in dn if not r["matches"]]
+        print(f"  dense plans: {len(dn)}, mismatches {len(bad)}")
 # The default score rule (r9w since round 9) against the previous one (r8) and the tuned
 # step, each as a graph in the same run (docs/sparse.md, "Round 9, default").
 print("== score rules, step as a graph (us; ratio = sparse_graph / it: < 1 = slower than the default)")
@@ -197,6 +231,23 @@ for (ctx, b), rs in points.items():
         bad = not r.get("matches_sparse_graph", r.get("matches_default", True))
         return f'{r["us"]:>8.1f} {g / r["us"]:>5.3f}x' + ("*" if bad else " ")
     print(f'{ctx:>8} {b:>5} {g:>12.1f} {cell("sparse_graph_r8")}{cell("sparse_graph_tuned")}')
+# Dense (issue 5 target: vs_copy >= 0.9): the default plan, the candidate rule r9d and the
+# fastest matching plan of the dense sweep, each as x copy (same copy row).
+print("== dense vs copy (us, x copy; target >= 0.9)")
+print(f'{"context":>8} {"batch":>5} {"copy":>8} {"dense":>16} {"dense_r9d":>16} {"sweep best":>16}  best plan')
+for (ctx, b), rs in points.items():
+    by = {r["method"]: r for r in rs}
+    if "dense" not in by: continue
+    def dcell(r, bad=False):
+        return f'{r["us"]:>8.1f} {r["vs_copy"]:>6.3f}x' + ("*" if bad else " ")
+    r9 = by.get("dense_r9d")
+    ok = sorted((r for r in rs if r["method"] == "sweep_dense" and r["matches"]), key=lambda r: r["us"])
+    best = ok[0] if ok else None
+    print(f'{ctx:>8} {b:>5} {by["copy"]["us"]:>8.1f} {dcell(by["dense"])}'
+          + (dcell(r9, not r9["matches_dense"]) if r9 else f'{"-":>17}')
+          + (dcell(best) if best else f'{"-":>17}')
+          + (f'  {best["heads_per_cta"]} heads, {best["tile_loads"]} loads, {best["chunk_pages"]} pages x '
+             f'{best["splits"]} ({best["waves"]:.2f} waves)' if best else ""))
 PY
   exit $status
 fi

@@ -1,7 +1,8 @@
 // The CUDA paged decode attention (kernels/sparse_attention.cuh) against its CPU reference
 // (kernels/reference/sparse_attention.h), on fresh random data with poisoned outputs and
 // workspace: batch 1/3/8, GQA groups 1/2/3/4/8, d 64/128, bf16 and fp16, fp32 and 16-bit
-// output, a partial last block, a single block and a single token, 4096-page lists, sparse
+// output, a partial last block, a single block and a single token, 2048- and 4096-page lists
+// (also on the candidate rule r9d's plan where it applies), sparse
 // page lists, forced small and large pieces (many-piece merges), an empty page list, and a
 // second launch on the same workspace (its counters reset themselves; results bit-equal).
 // The invalid tail of each last page and every unlisted slot hold NaN, so a kernel that
@@ -214,6 +215,16 @@ void RunCase(const Case& c, uint32_t seed) {
     ASSERT_EQ(error, nullptr) << error;
     RunPlan(c, p, want, overridden);
   }
+  // Round 9d: the candidate rule r9d (SparseAttentionRule::kRound9Dense): where it applies
+  // (rows of >= kDenseRuleMinPages pages in one standard wave) a different cut, same output.
+  SparseAttentionPlan r9d;
+  ASSERT_CUDA(PlanSparseAttentionForDevice(s, c.type, p.max_pages, 0, SparseAttentionKernels::kStreamed,
+                                           SparseAttentionRule::kRound9Dense, &r9d));
+  ASSERT_EQ(r9d.cluster, 0u);
+  if (c.chunk == 0 && (r9d.chunk_pages != plan.chunk_pages || r9d.heads_per_cta != plan.heads_per_cta)) {
+    EXPECT_GE(p.max_pages, kDenseRuleMinPages);
+    RunPlan(c, p, want, r9d);
+  }
   if (plan.heads_per_cta > 4) return;  // no deep variant
   // The other kernel variant on the same cut (the deep one, 8 loads per tile, or the standard
   // one if the planner chose deep), and the deep cut of one round per piece.
@@ -262,9 +273,11 @@ INSTANTIATE_TEST_SUITE_P(
         Case{32, 8, 128, 16, {5}},
         Case{8, 2, 128, 32, {100, 64}},
         Case{8, 2, 64, 8, {100, 3}, HT::kFp16},
-        // long lists: 4096 pages per row.
+        // long lists: 4096 pages per row (one wave at batch 1: the r9d rule's cut too).
         Case{8, 2, 128, 16, {65536 - 7}},
         Case{32, 8, 128, 16, {65536}, HT::kFp16, AO::kInputType},
+        // Llama-3-8B dense 32K at batch 1, bf16 out (the bench's `dense` / `dense_r9d` rows).
+        Case{32, 8, 128, 16, {32768 - 3}, HT::kBf16, AO::kInputType},
         // sparse lists.
         Case{32, 8, 128, 16, {4096, 4000, 33, 5000, 70, 4096, 1000, 2048}, HT::kBf16, AO::kFloat32, true},
         Case{16, 2, 64, 16, {30000, 17}, HT::kFp16, AO::kInputType, true},
@@ -518,6 +531,67 @@ TEST(SparseAttentionPlan, OverridesAreAppliedAndValidated) {
   SparseAttentionPlan out = sentinel;
   EXPECT_NE(ApplySparseAttentionOverrides(b8, 128, base, {}, nullptr), nullptr);
   EXPECT_EQ(out.heads_per_cta, 77u);
+}
+
+// The candidate rule r9d (round 9d, no device needed): rows of >= kDenseRuleMinPages pages
+// whose default plan is one standard wave get the heuristic from kDenseRuleMinWaves waves on;
+// everything else is exactly the default plan.
+TEST(SparseAttentionPlan, DenseRuleSplitsLongOneWaveRowsIntoSeveralWaves) {
+  const SparseAttentionShape llama{.requests = 1, .q_heads = 32, .kv_heads = 8, .head_dim = 128, .block_tokens = 16,
+                                   .slot_bytes = 8192};
+  SparseAttentionOccupancy occ;  // H100-like (as below)
+  occ.standard[0] = 6, occ.standard[1] = 4, occ.standard[2] = 3, occ.standard[3] = 2;
+  occ.deep[0] = 4, occ.deep[1] = 3, occ.deep[2] = 2;
+  occ.l2_bytes = 50u << 20;
+  auto same = [](const SparseAttentionPlan& x, const SparseAttentionPlan& y) {
+    return x.heads_per_cta == y.heads_per_cta && x.chunk_pages == y.chunk_pages && x.max_splits == y.max_splits &&
+           x.rows == y.rows && x.tile_loads == y.tile_loads && x.cluster == y.cluster;
+  };
+  const SparseAttentionRule r9d = SparseAttentionRule::kRound9Dense;
+  // Dense 32K at batch 1: 8 rows × 49 pieces of 42 pages (392 CTAs, one wave of 396) by default;
+  // r9d: 3 waves, 8 × 147 pieces of 14 pages (1176 CTAs of 1188).
+  const SparseAttentionPlan d32 = PlanSparseAttention(llama, 2048, 132, occ);
+  EXPECT_EQ(d32.chunk_pages, 42u);
+  EXPECT_EQ(d32.max_splits, 49u);
+  EXPECT_TRUE(same(PlanSparseAttention(llama, 2048, 132, occ, SparseAttentionRule::kDefault), d32));
+  SparseAttentionPlan p = PlanSparseAttention(llama, 2048, 132, occ, r9d);
+  EXPECT_EQ(p.heads_per_cta, 4u);
+  EXPECT_EQ(p.rows, 8u);
+  EXPECT_EQ(p.chunk_pages, 14u);
+  EXPECT_EQ(p.max_splits, 147u);
+  EXPECT_EQ(p.tile_loads, 0u);
+  EXPECT_EQ(p.cluster, 0u);
+  EXPECT_GT(uint64_t{p.rows} * p.max_splits, uint64_t{2} * 132 * 3);
+  EXPECT_LE(uint64_t{p.rows} * p.max_splits, uint64_t{kDenseRuleMinWaves} * 132 * 3);
+  // Dense 128K at batch 1: 49 × 168 → 147 × 56.
+  p = PlanSparseAttention(llama, 8192, 132, occ, r9d);
+  EXPECT_EQ(p.chunk_pages, 56u);
+  EXPECT_EQ(p.max_splits, 147u);
+  // Every piece count covers the row, pieces of 4..256 pages.
+  for (uint32_t pages : {1024u, 1500u, 2048u, 4097u, 8192u, 65536u}) {
+    p = PlanSparseAttention(llama, pages, 132, occ, r9d);
+    EXPECT_GE(uint64_t{p.chunk_pages} * p.max_splits, pages) << pages;
+    EXPECT_LT(uint64_t{p.chunk_pages} * (p.max_splits - 1), pages) << pages;
+    EXPECT_GE(p.chunk_pages, kSparseAttentionMinChunkPages) << pages;
+    EXPECT_LE(p.chunk_pages, kSparseAttentionMaxChunkPages) << pages;
+  }
+  // Unchanged: batch 8 (several waves already), sparse lists (128 pages), rows just under the
+  // threshold, unknown occupancy.
+  SparseAttentionShape b8 = llama;
+  b8.requests = 8;
+  for (uint32_t pages : {2048u, 8192u, 128u}) {
+    EXPECT_TRUE(same(PlanSparseAttention(b8, pages, 132, occ, r9d), PlanSparseAttention(b8, pages, 132, occ))) << pages;
+  }
+  EXPECT_TRUE(same(PlanSparseAttention(llama, 128, 132, occ, r9d), PlanSparseAttention(llama, 128, 132, occ)));
+  EXPECT_TRUE(same(PlanSparseAttention(llama, kDenseRuleMinPages - 1, 132, occ, r9d),
+                   PlanSparseAttention(llama, kDenseRuleMinPages - 1, 132, occ)));
+  SparseAttentionOccupancy unknown = occ;
+  unknown.standard[2] = 0;
+  EXPECT_TRUE(
+      same(PlanSparseAttention(llama, 2048, 132, unknown, r9d), PlanSparseAttention(llama, 2048, 132, unknown)));
+  SparseAttentionShape empty = llama;
+  empty.kv_heads = 0;
+  EXPECT_EQ(PlanSparseAttention(empty, 2048, 132, occ, r9d).rows, 0u);
 }
 
 // heads_per_cta at batch 1: half the group's largest chunk where the K/V fits in half the L2,

@@ -39,6 +39,10 @@ void AddBenchDecodeCommand(CLI::App& bench, int* exit_code) {
                   "streamed attention: pieces per row instead of --attention-chunk-pages (0: planner)");
   cmd->add_option("--attention-tile-loads", v.attention_tile_loads,
                   "streamed attention: loads per warp tile, 4 or 8 (deep) (0: planner)");
+  cmd->add_option("--attention-rule", v.attention_rule,
+                  "attention split rule: default, or r9d (round-9d candidate for dense-length rows at small batch)")
+      ->check(CLI::IsMember({"default", "r9d"}))
+      ->capture_default_str();
   cmd->callback([o, exit_code] {
     if (Status s = RunDecodeBench(*o); !s.ok()) {
       fmt::print(stderr, "kvtier bench decode: {}\n", s.message());

@@ -28,6 +28,10 @@ struct DecodeBenchOverrides {
   uint32_t attention_chunk_pages = 0;
   uint32_t attention_splits = 0;
   uint32_t attention_tile_loads = 0;
+  // kernels::SparseAttentionRule of every attention plan (dense, sparse, streamed): "default"
+  // or "r9d" (kRound9Dense, a candidate for dense-length rows at small batch: docs/sparse.md,
+  // round 9d). The `dense_r9d` row runs r9d in every run anyway.
+  std::string attention_rule = "default";
 };
 
 struct DecodeBenchOptions {

@@ -5,6 +5,11 @@
 //   dense   the attention kernel over every block on the device's plan (the round-6 streamed
 //           kernel at the default contexts: the staged one needs ≤ 1024 pages per row); rate =
 //           K/V bytes read / time; vs_copy = that rate over the copy's read+write rate (target ≥ 0.9);
+//   dense_r9d  the same planned with the candidate rule r9d (SparseAttentionRule::kRound9Dense:
+//           several waves of short pieces for dense-length rows at small batch; where it does
+//           not apply, the dense plan again: applied = false); vs_copy as dense's, vs_dense =
+//           dense / it; its output (one launch on layer 0) must agree with dense's within
+//           AttentionClose (checked, matches_dense). `--attention-rule r9d` plans every row with it;
 //   select  Quest scores on the int8 metadata + top-k as LaunchQuestSelect does by default:
 //           two launches, the top-k riding PDL behind the scores; compared with dense /
 //           block_tokens (Quest's estimate target: ≤ 1.1×). The sparse steps use it;
@@ -99,6 +104,13 @@ bool ParseScorePreset(const std::string& name, kernels::QuestScorePreset* preset
   if (name == "r9w") *preset = kernels::QuestScorePreset::kRound9Wave;
   else if (name == "r8") *preset = kernels::QuestScorePreset::kRound8;
   else if (name == "r9") *preset = kernels::QuestScorePreset::kRound9;
+  else return false;
+  return true;
+}
+
+bool ParseAttentionRule(const std::string& name, kernels::SparseAttentionRule* rule) {
+  if (name == "default") *rule = kernels::SparseAttentionRule::kDefault;
+  else if (name == "r9d") *rule = kernels::SparseAttentionRule::kRound9Dense;
   else return false;
   return true;
 }
@@ -225,14 +237,18 @@ Status Point::Setup(const cudaDeviceProp& prop) {
   KVT_RETURN_IF_ERROR(Alloc(row_counters_, size_t{rows} * 4));
   KVT_CUDA_OR_RETURN(cudaMemset(row_counters_.p, 0, size_t{rows} * 4));
 
-  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, blocks_, o_.device,
-                                                           &dense_plan_));
-  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
-                                                           &sparse_plan_));
-  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
-                                                           kernels::SparseAttentionKernels::kStreamed,
-                                                           &streamed_plan_));
   const DecodeBenchOverrides& v = o_.overrides;
+  if (!ParseAttentionRule(v.attention_rule, &rule_)) {
+    return Status::InvalidArgument(fmt::format("unknown attention rule '{}' (default, r9d)", v.attention_rule));
+  }
+  using kernels::SparseAttentionKernels;
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, blocks_, o_.device,
+                                                           SparseAttentionKernels::kAuto, rule_, &dense_plan_));
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
+                                                           SparseAttentionKernels::kAuto, rule_, &sparse_plan_));
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
+                                                           SparseAttentionKernels::kStreamed, rule_,
+                                                           &streamed_plan_));
   const kernels::SparseAttentionPlanOverrides attention{.heads_per_cta = v.attention_heads_per_cta,
                                                         .chunk_pages = v.attention_chunk_pages,
                                                         .splits = v.attention_splits,
@@ -261,16 +277,80 @@ Status Point::Setup(const cudaDeviceProp& prop) {
   return Status::Ok();
 }
 
-Status Point::DenseStep(uint32_t layer, cudaStream_t stream) {
+kernels::SparseAttentionDeviceArgs Point::DenseArgs(uint32_t layer) const {
   const size_t qn = size_t{batch_} * o_.q_heads * o_.head_dim;
-  kernels::SparseAttentionDeviceArgs a{.shape = shape_, .type = kernels::HalfType::kBf16,
-                                       .output = kernels::AttentionOutput::kInputType, .arena = arena_.p,
-                                       .queries = queries_.as<uint16_t>() + layer * qn,
-                                       .page_offsets = dense_offsets_.as<uint32_t>(),
-                                       .page_slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
-                                       .last_page_tokens = last_.as<uint32_t>(), .out = out_.p,
-                                       .workspace = dense_ws_.p};
-  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, dense_plan_, stream));
+  return {.shape = shape_, .type = kernels::HalfType::kBf16, .output = kernels::AttentionOutput::kInputType,
+          .arena = arena_.p, .queries = queries_.as<uint16_t>() + layer * qn,
+          .page_offsets = dense_offsets_.as<uint32_t>(),
+          .page_slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
+          .last_page_tokens = last_.as<uint32_t>(), .out = out_.p, .workspace = dense_ws_.p};
+}
+
+Status Point::DenseStep(uint32_t layer, cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(DenseArgs(layer), dense_plan_, stream));
+  return Status::Ok();
+}
+
+Result<double> Point::TimedDense(const kernels::SparseAttentionPlan& plan, void* ws, uint32_t iters, uint32_t reps,
+                                 cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(ws, shape_, plan, stream));
+  return Timed(
+      [&]() -> Status {
+        for (uint32_t i = 0; i < iters; ++i) {
+          kernels::SparseAttentionDeviceArgs a = DenseArgs(i % layers_);
+          a.workspace = ws;
+          KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, plan, stream));
+        }
+        return Status::Ok();
+      },
+      stream, iters, reps);
+}
+
+Result<std::vector<uint16_t>> Point::DenseOnce(const kernels::SparseAttentionPlan& plan, void* ws,
+                                               cudaStream_t stream) {
+  kernels::SparseAttentionDeviceArgs a = DenseArgs(0);
+  a.workspace = ws;
+  std::vector<uint16_t> h(size_t{batch_} * o_.q_heads * o_.head_dim);
+  KVT_CUDA_OR_RETURN(cudaMemsetAsync(out_.p, 0xff, h.size() * 2, stream));  // NaN
+  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, plan, stream));
+  KVT_CUDA_OR_RETURN(cudaStreamSynchronize(stream));
+  KVT_CUDA_OR_RETURN(cudaMemcpy(h.data(), out_.p, h.size() * 2, cudaMemcpyDeviceToHost));
+  return h;
+}
+
+Status Point::DenseRuleRow(const std::vector<uint16_t>& want, double t_copy, double t_dense, cudaStream_t stream,
+                           std::vector<Row>* rows) {
+  kernels::SparseAttentionPlan plan;
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, blocks_, o_.device,
+                                                           kernels::SparseAttentionKernels::kAuto,
+                                                           kernels::SparseAttentionRule::kRound9Dense, &plan));
+  DeviceMem ws;
+  KVT_CUDA_OR_RETURN(cudaMalloc(&ws.p, kernels::SparseAttentionWorkspaceBytes(shape_, plan)));
+  KVT_ASSIGN_OR_RETURN(const double t, TimedDense(plan, ws.p, std::max(o_.iterations, 1u),
+                                                  std::max(o_.repeats, 1u), stream));
+  KVT_ASSIGN_OR_RETURN(const std::vector<uint16_t> got, DenseOnce(plan, ws.p, stream));
+  const Agreement agree = CompareAttention(got, want);
+  if (!agree.matches) fmt::print(stderr, "bench decode: MISMATCH: dense_r9d output differs from dense's\n");
+  const bool applied = plan.heads_per_cta != dense_plan_.heads_per_cta || plan.chunk_pages != dense_plan_.chunk_pages ||
+                       plan.tile_loads != dense_plan_.tile_loads || plan.cluster != dense_plan_.cluster;
+  const double copy_rw_gbps = 2.0 * kv_bytes_ / (t_copy * 1e3), gbps = double(kv_bytes_) / (t * 1e3);
+  uint32_t per_sm = 0;
+  if (plan.cluster == 0) {
+    KVT_CUDA_OR_RETURN(kernels::SparseAttentionCtasPerSm(shape_, kernels::HalfType::kBf16,
+                                                         kernels::AttentionOutput::kInputType, plan.heads_per_cta,
+                                                         plan.tile_loads, &per_sm));
+  }
+  const uint64_t ctas = uint64_t{plan.rows} * plan.max_splits;
+  rows->push_back({"dense_r9d",
+                   fmt::format("dense, attention rule r9d ({} heads, {} pages x {}{})", plan.heads_per_cta,
+                               plan.chunk_pages, plan.max_splits, applied ? "" : ": as dense"),
+                   t, gbps, double(kv_bytes_),
+                   {{"vs_copy", gbps / copy_rw_gbps}, {"vs_dense", t_dense / t}, {"rule", "r9d"},
+                    {"applied", applied}, {"heads_per_cta", plan.heads_per_cta},
+                    {"tile_loads", plan.tile_loads == 8 ? 8 : 4}, {"chunk_pages", plan.chunk_pages},
+                    {"splits", plan.max_splits}, {"cluster", plan.cluster}, {"ctas", ctas},
+                    {"waves", per_sm == 0 ? 0.0 : double(ctas) / (double(per_sm) * sm_count_)},
+                    {"matches_dense", agree.matches}, {"max_abs_diff", agree.max_abs_diff}}});
   return Status::Ok();
 }
 
@@ -392,7 +472,13 @@ Status Point::CheckFinite(const DeviceMem& out, const char* what) {
 }
 
 Result<double> Point::Timed(const std::function<Status()>& enqueue, cudaStream_t stream) {
-  const uint32_t iters = std::max(o_.iterations, 1u), reps = std::max(o_.repeats, 1u);
+  return Timed(enqueue, stream, std::max(o_.iterations, 1u), std::max(o_.repeats, 1u));
+}
+
+Result<double> Point::Timed(const std::function<Status()>& enqueue, cudaStream_t stream, uint32_t iters,
+                            uint32_t reps) {
+  iters = std::max(iters, 1u);
+  reps = std::max(reps, 1u);
   std::vector<double> t;
   for (uint32_t r = 0; r <= reps; ++r) {  // r = 0 warms up
     KVT_CUDA_OR_RETURN(cudaEventRecord(e0_, stream));
@@ -529,6 +615,7 @@ Status Point::PresetRows(kernels::QuestScorePreset preset, const char* name, con
 
 Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<Row>* rows) {
   KVT_RETURN_IF_ERROR(Setup(prop));
+  sm_count_ = static_cast<uint32_t>(std::max(prop.multiProcessorCount, 1));
   KVT_CUDA_OR_RETURN(cudaEventCreate(&e0_));
   KVT_CUDA_OR_RETURN(cudaEventCreate(&e1_));
   const uint32_t iters = std::max(o_.iterations, 1u);
@@ -544,6 +631,8 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   KVT_ASSIGN_OR_RETURN(const double t_copy, timed(copy));
   KVT_ASSIGN_OR_RETURN(const double t_dense, timed(loop(&Point::DenseStep)));
   KVT_RETURN_IF_ERROR(CheckFinite(out_, "dense"));
+  // dense's output on layer 0: the reference of dense_r9d and of the dense sweep.
+  KVT_ASSIGN_OR_RETURN(dense_out_, DenseOnce(dense_plan_, dense_ws_.p, stream));
   // Two correct fp32 computations cut differently: equal up to a few bf16 ulps of the output.
   auto max_diff = [](const std::vector<uint16_t>& x, const std::vector<uint16_t>& y) {
     double d = 0;
@@ -612,6 +701,7 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   }
   t_dense_ = t_dense;
   t_topk_ = t_topk;
+  t_copy_ = t_copy;
 
   const double slice_bytes = double(shape_.slice_bytes());
   const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
@@ -624,7 +714,11 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                    {{"vs_copy", dense_gbps / copy_rw_gbps},
                     {"chunk_pages", dense_plan_.chunk_pages},
                     {"splits", dense_plan_.max_splits},
-                    {"cluster", dense_plan_.cluster}}});
+                    {"cluster", dense_plan_.cluster},
+                    {"heads_per_cta", dense_plan_.heads_per_cta},
+                    {"tile_loads", dense_plan_.tile_loads == 8 ? 8 : 4},
+                    {"rule", o_.overrides.attention_rule}}});
+  KVT_RETURN_IF_ERROR(DenseRuleRow(dense_out_, t_copy, t_dense, stream, rows));
   kernels::QuestScorePlan score_plan;
   KVT_CUDA_OR_RETURN(kernels::PlanQuestScores(SelectArgs(0), &score_plan));
   rows->push_back({"scores", "Quest scores alone (int8 metadata, pipelined)", t_scores, meta / (t_scores * 1e3), meta,
@@ -696,6 +790,12 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
       fmt::print(stderr, "bench decode: sweep failed: {}\n", st.ToString());
       rows->push_back({"sweep_failed", st.ToString(), 0, 0, 0, {{"error", st.ToString()}}});
     }
+    if (Status st = SweepDense(stream, rows); !st.ok()) {
+      (void)cudaGetLastError();
+      fmt::print(stderr, "bench decode: dense sweep failed: {}\n", st.ToString());
+      const std::string what = "dense sweep: " + st.ToString();
+      rows->push_back({"sweep_failed", what, 0, 0, 0, {{"error", what}}});
+    }
   }
   for (Row& r : *rows) {
     r.extra["layers"] = layers_;
@@ -721,6 +821,9 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
                                                      .slices_per_thread = v.score_slices_per_thread, .preset = preset},
                                                     o.head_dim)) {
     return Status::InvalidArgument(fmt::format("score overrides: {}", e));
+  }
+  if (kernels::SparseAttentionRule rule{}; !decode_internal::ParseAttentionRule(v.attention_rule, &rule)) {
+    return Status::InvalidArgument(fmt::format("unknown attention rule '{}' (default, r9d)", v.attention_rule));
   }
   if (v.attention_chunk_pages != 0 && v.attention_splits != 0) {
     return Status::InvalidArgument("give --attention-chunk-pages or --attention-splits, not both");
@@ -778,6 +881,11 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
       for (const Row& r : rows) {
         std::string note;
         if (r.method == "dense") note = fmt::format("{:.2f}x copy (target >= 0.9)", r.extra["vs_copy"].get<double>());
+        if (r.method == "dense_r9d") {
+          note = fmt::format("{:.2f}x copy, {:.3f}x dense{}", r.extra["vs_copy"].get<double>(),
+                             r.extra["vs_dense"].get<double>(),
+                             r.extra["matches_dense"].get<bool>() ? "" : "  MISMATCH");
+        }
         if (r.method.starts_with("select")) {
           note = fmt::format("{:.2f}x dense/{} (target <= 1.1)", r.extra["vs_dense_over_block_tokens"].get<double>(),
                              o.block_tokens);

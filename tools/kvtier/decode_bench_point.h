@@ -30,6 +30,8 @@ struct Row {
 
 // "r9w", "r8", "r9" (DecodeBenchOverrides::score_preset) ↔ kernels::QuestScorePreset.
 bool ParseScorePreset(const std::string& name, kernels::QuestScorePreset* preset);
+// "default", "r9d" (DecodeBenchOverrides::attention_rule) ↔ kernels::SparseAttentionRule.
+bool ParseAttentionRule(const std::string& name, kernels::SparseAttentionRule* rule);
 const char* ScorePresetName(kernels::QuestScorePreset preset);
 // What sets a shape's launch: its rule's name, or "explicit" (fields set).
 const char* ScoreShapeName(const kernels::QuestScoreShape& shape);
@@ -81,6 +83,18 @@ class Point {
 
   Status Setup(const cudaDeviceProp& prop);
   Status DenseStep(uint32_t layer, cudaStream_t stream);
+  // The dense launch's arguments on `layer` (every block listed; workspace dense_ws_).
+  kernels::SparseAttentionDeviceArgs DenseArgs(uint32_t layer) const;
+  // µs per step of dense attention with `plan` on workspace `ws` (counters zeroed here):
+  // `iters` steps cycling through the layers, median of `reps` (Timed).
+  Result<double> TimedDense(const kernels::SparseAttentionPlan& plan, void* ws, uint32_t iters, uint32_t reps,
+                            cudaStream_t stream);
+  // The dense output (bf16 bits) of one launch on layer 0 with `plan` (output poisoned first).
+  Result<std::vector<uint16_t>> DenseOnce(const kernels::SparseAttentionPlan& plan, void* ws, cudaStream_t stream);
+  // The `dense_r9d` row: dense attention planned with kernels::SparseAttentionRule::kRound9Dense,
+  // its output checked against `dense`'s (`want`, one launch on layer 0).
+  Status DenseRuleRow(const std::vector<uint16_t>& want, double t_copy, double t_dense, cudaStream_t stream,
+                      std::vector<Row>* rows);
   Status ScoresRingStep(uint32_t layer, cudaStream_t stream);
   kernels::QuestSelectDeviceArgs SelectArgs(uint32_t layer) const;
   kernels::SparseAttentionDeviceArgs AttentionArgs(uint32_t layer) const;
@@ -99,6 +113,8 @@ class Point {
   // µs per step of `enqueue` (which enqueues `iterations` steps): the median of `repeats`
   // timed repetitions after one warm-up.
   Result<double> Timed(const std::function<Status()>& enqueue, cudaStream_t stream);
+  // The same with `iters` steps per repetition (what `enqueue` enqueues) and `reps` repetitions.
+  Result<double> Timed(const std::function<Status()>& enqueue, cudaStream_t stream, uint32_t iters, uint32_t reps);
   // Enqueues `iterations` steps of `step`, cycling through the layers from layer 0.
   std::function<Status()> Loop(Step step, cudaStream_t stream);
   // `iterations` steps of `step` captured as one CUDA graph, timed like Timed.
@@ -130,6 +146,10 @@ class Point {
   Status SweepScores(cudaStream_t stream, std::vector<Row>* rows, std::vector<ScoreCandidate>* ranked);
   // Appends the matching plans (the device's default first, then fastest first, distinct).
   Status SweepAttention(cudaStream_t stream, std::vector<Row>* rows, std::vector<AttentionCandidate>* ranked);
+  // Dense attention (every block) over a grid of streamed plans (`sweep_dense`): the device's
+  // default plan first (the reference of every output and of vs_default), then heads per CTA ×
+  // 4/8 loads × pages per CTA; rate = KV bytes / time, vs_copy as the `dense` row's.
+  Status SweepDense(cudaStream_t stream, std::vector<Row>* rows);
   // The scores of one launch on layer 0 with `shape` (output poisoned first).
   Result<std::vector<float>> ScoresOnce(const kernels::QuestScoreShape& shape, cudaStream_t stream);
   // The attention output (bf16 bits) of one launch on layer 0 with `plan` and `workspace`.
@@ -140,7 +160,10 @@ class Point {
   uint32_t context_, batch_;
   uint32_t blocks_ = 0, slices_ = 0, layers_ = 0, k_ = 0;
   size_t kv_bytes_ = 0;
-  double t_dense_ = 0, t_topk_ = 0;  // µs, set by Run
+  double t_dense_ = 0, t_topk_ = 0, t_copy_ = 0;  // µs, set by Run
+  uint32_t sm_count_ = 1;
+  std::vector<uint16_t> dense_out_;  // the `dense` plan's output on layer 0 (bf16 bits), set by Run
+  kernels::SparseAttentionRule rule_ = kernels::SparseAttentionRule::kDefault;  // options.overrides.attention_rule
   cudaEvent_t e0_ = nullptr, e1_ = nullptr;
   kernels::SparseAttentionShape shape_;
   // sparse_plan_: the plan of the `attention` row and of the sparse steps — the device's

@@ -21,6 +21,18 @@
 //                    plans; `sum_single_us` = the pair's single-launch µs + the top-k's. One
 //                    step of each (layer 0) must give the default pair's selection exactly and
 //                    its output within the attention tolerance (`matches`).
+//   sweep_dense      (round 9d; SweepDense, run after the above even if they failed) dense
+//                    attention over every block: the `dense` row's plan first (`default`), then
+//                    the streamed kernel with every heads per CTA dividing the group × 4 or 8
+//                    loads per tile × pages per CTA in {8, 16, 32, 64, 128, 256} ∪ the pieces
+//                    the split heuristic gives the default variant (its heads, 4 loads) at
+//                    w = 1, 2, 3, 4, 6, 8 waves (4..256 pages, ≤ a row); rate = KV bytes /
+//                    time, vs_copy = that over the `copy` row's read+write rate (as `dense`);
+//                    `waves` = CTAs / (SMs × that variant's resident CTAs per SM). Each plan's
+//                    output (one launch on layer 0, poisoned first) must agree with the default
+//                    plan's within the attention tolerance (`matches`). Timed with fewer steps
+//                    where a dense step is long: ⌈4 ms / dense µs⌉ steps (at least 3, at most
+//                    `iterations`) per repetition (`iterations` field).
 //   sparse_graph_tuned  the fastest matching sweep_graph pair (by graph time, not by the
 //                    single launches: those did not compose — docs/sparse.md, round 9);
 //                    speedup = dense / it, vs_default_graph = the default pair's graph / it.
@@ -242,6 +254,91 @@ Status Point::SweepAttention(cudaStream_t stream, std::vector<Row>* rows, std::v
     const bool seen = std::any_of(ranked->begin(), ranked->end(),
                                   [&](const AttentionCandidate& r) { return SamePlan(r.plan, c.plan); });
     if (!seen) ranked->push_back(std::move(c));
+  }
+  return Status::Ok();
+}
+
+Status Point::SweepDense(cudaStream_t stream, std::vector<Row>* rows) {
+  using kernels::SparseAttentionPlan;
+  const double kv = double(kv_bytes_);
+  const double copy_rw_gbps = 2.0 * kv / (t_copy_ * 1e3);
+  const uint32_t pages = std::max(blocks_, 1u);
+  SparseAttentionPlan base;  // the streamed dense plan: what the overrides apply to
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, blocks_, o_.device,
+                                                           kernels::SparseAttentionKernels::kStreamed, &base));
+  auto ctas_per_sm = [&](const SparseAttentionPlan& p) -> Result<uint32_t> {
+    uint32_t n = 0;
+    if (p.cluster != 0) return n;  // staged: not this kernel
+    KVT_CUDA_OR_RETURN(kernels::SparseAttentionCtasPerSm(shape_, kernels::HalfType::kBf16,
+                                                         kernels::AttentionOutput::kInputType, p.heads_per_cta,
+                                                         p.tile_loads, &n));
+    return n;
+  };
+  // Columns: powers of two, and the pieces of whole waves of the default variant.
+  std::vector<uint32_t> chunks{8, 16, 32, 64, 128, 256};
+  KVT_ASSIGN_OR_RETURN(const uint32_t base_per_sm, ctas_per_sm({.heads_per_cta = base.heads_per_cta}));
+  for (uint64_t w : {1u, 2u, 3u, 4u, 6u, 8u}) {
+    const uint64_t splits = w * sm_count_ * base_per_sm / std::max(base.rows, 1u);
+    if (splits == 0) continue;
+    const uint64_t chunk = (pages + splits - 1) / splits;
+    if (chunk >= kernels::kSparseAttentionMinChunkPages && chunk <= kernels::kSparseAttentionMaxChunkPages) {
+      chunks.push_back(static_cast<uint32_t>(chunk));
+    }
+  }
+  std::sort(chunks.begin(), chunks.end());
+  chunks.erase(std::unique(chunks.begin(), chunks.end()), chunks.end());
+  std::vector<std::pair<kernels::SparseAttentionPlanOverrides, SparseAttentionPlan>> grid{{{}, dense_plan_}};
+  const uint32_t group = o_.q_heads / o_.kv_heads;
+  for (uint32_t heads : {8u, 4u, 2u, 1u}) {
+    if (group % heads != 0) continue;
+    for (uint32_t loads : {4u, 8u}) {
+      if (loads == 8 && heads > 4) continue;
+      for (uint32_t chunk : chunks) {
+        if (chunk > pages) continue;
+        const kernels::SparseAttentionPlanOverrides v{.heads_per_cta = heads, .chunk_pages = chunk,
+                                                      .tile_loads = loads};
+        SparseAttentionPlan plan;
+        if (const char* e = kernels::ApplySparseAttentionOverrides(shape_, blocks_, base, v, &plan)) {
+          return Status::Internal(fmt::format("dense sweep plan: {}", e));  // valid by construction
+        }
+        grid.emplace_back(v, plan);
+      }
+    }
+  }
+  size_t ws_bytes = 0;
+  for (const auto& [v, plan] : grid) ws_bytes = std::max(ws_bytes, kernels::SparseAttentionWorkspaceBytes(shape_, plan));
+  DeviceMem ws;
+  KVT_CUDA_OR_RETURN(cudaMalloc(&ws.p, ws_bytes));
+  // Steps per repetition: about 4 ms of the default plan's dense steps (b8/128K: 3 of ~1.5 ms).
+  const uint32_t iters = std::min(std::max(o_.iterations, 1u),
+                                  std::max(3u, static_cast<uint32_t>(std::ceil(4000.0 / std::max(t_dense_, 1.0)))));
+  const uint32_t reps = std::max(o_.repeats, 1u);
+  double t_default = 0;
+  for (size_t i = 0; i < grid.size(); ++i) {
+    const auto& [v, plan] = grid[i];
+    const bool is_default = i == 0;
+    KVT_ASSIGN_OR_RETURN(const double t, TimedDense(plan, ws.p, iters, reps, stream));
+    KVT_ASSIGN_OR_RETURN(const std::vector<uint16_t> got, DenseOnce(plan, ws.p, stream));
+    if (is_default) t_default = t;
+    const Agreement agree = CompareAttention(got, dense_out_);
+    KVT_ASSIGN_OR_RETURN(const uint32_t per_sm, ctas_per_sm(plan));
+    const uint64_t ctas = uint64_t{plan.rows} * plan.max_splits;
+    const double waves = per_sm == 0 ? 0.0 : double(ctas) / (double(per_sm) * sm_count_);
+    const double gbps = kv / (t * 1e3);
+    Row row{"sweep_dense",
+            fmt::format("{}{} heads/CTA, {} loads, {} pages x {} pieces ({} CTAs, {:.2f} waves)",
+                        is_default ? (plan.cluster != 0 ? "default (staged), " : "default, ") : "",
+                        plan.heads_per_cta, plan.tile_loads == 8 ? 8 : 4, plan.chunk_pages, plan.max_splits, ctas,
+                        waves),
+            t, gbps, kv,
+            {{"default", is_default}, {"cluster", plan.cluster}, {"heads_per_cta", plan.heads_per_cta},
+             {"tile_loads", plan.tile_loads == 8 ? 8 : 4}, {"chunk_pages", plan.chunk_pages},
+             {"chunk_pages_requested", v.chunk_pages}, {"splits", plan.max_splits}, {"ctas", ctas},
+             {"ctas_per_sm", per_sm}, {"waves", waves}, {"matches", agree.matches},
+             {"max_abs_diff", agree.max_abs_diff}, {"vs_default", t_default / t}, {"vs_copy", gbps / copy_rw_gbps},
+             {"iterations", iters}}};
+    if (!agree.matches) fmt::print(stderr, "bench decode: MISMATCH: dense sweep plan '{}' differs\n", row.what);
+    rows->push_back(std::move(row));
   }
   return Status::Ok();
 }
