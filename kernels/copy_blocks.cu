@@ -77,10 +77,10 @@ __global__ void __launch_bounds__(kThreads) UniformCopyKernel(const DeviceCopyDe
 
 }  // namespace
 
-uint32_t CopyBlocksCtas(uint32_t count, int sm_count) {
+uint32_t CopyBlocksCtas(uint32_t count, int sm_count, uint32_t per_sm) {
   const uint32_t warps_per_cta = kThreads / 32;
   const uint32_t wanted = (count + warps_per_cta - 1) / warps_per_cta;
-  const uint32_t cap = static_cast<uint32_t>(std::max(1, sm_count)) * 4u;
+  const uint32_t cap = static_cast<uint32_t>(std::max(1, sm_count)) * std::max(1u, per_sm);
   return std::max(1u, std::min(wanted, cap));
 }
 
@@ -89,6 +89,7 @@ cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t c
   if (count == 0) return cudaSuccess;
   if (launch.unroll != 4 && launch.unroll != 8) return cudaErrorInvalidValue;
   if (launch.uniform_bytes != 0 && launch.uniform_bytes % 16 != 0) return cudaErrorInvalidValue;
+  if (launch.ctas_per_sm > 8) return cudaErrorInvalidValue;
   uint32_t ctas = launch.ctas;
   if (ctas == 0) {
     int device = 0, sms = 0;
@@ -97,7 +98,8 @@ cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t c
     if (e != cudaSuccess) return e;
     // The uniform kernel spreads one block over many warps: size it by words, not blocks.
     const uint64_t work = launch.uniform_bytes ? (uint64_t{count} * launch.uniform_bytes / 16 + 255) / 256 * 8 : count;
-    ctas = CopyBlocksCtas(static_cast<uint32_t>(std::min<uint64_t>(work, UINT32_MAX)), sms);
+    ctas = CopyBlocksCtas(static_cast<uint32_t>(std::min<uint64_t>(work, UINT32_MAX)), sms,
+                          launch.ctas_per_sm == 0 ? kCopyBlocksDefaultCtasPerSm : launch.ctas_per_sm);
   }
   if (launch.uniform_bytes != 0) {
     const uint64_t words_per = launch.uniform_bytes / 16;

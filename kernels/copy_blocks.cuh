@@ -27,7 +27,8 @@ struct alignas(16) DeviceCopyDescriptor {
 };
 
 struct CopyLaunch {
-  uint32_t ctas = 0;        // blocks of 256 threads; 0 = CopyBlocksCtas(count, SMs)
+  uint32_t ctas = 0;        // blocks of 256 threads; 0 = CopyBlocksCtas(count, SMs, ctas_per_sm)
+  uint32_t ctas_per_sm = 0;  // with ctas = 0: at most this many blocks per SM (1..8); 0 = 4
   uint32_t unroll = 4;      // 16-byte loads in flight per thread: 4 or 8
   uint64_t uniform_bytes = 0;  // > 0: every descriptor has exactly this size (uniform kernel)
   bool streaming = false;      // evict-first loads and stores (__ldcs / __stcs)
@@ -39,8 +40,10 @@ cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t c
                              cudaStream_t stream);
 
 // Blocks to launch for `count` descriptors on a device with `sm_count` multiprocessors:
-// enough warps for the work, at most 4 blocks (1024 threads) per SM — so a gather and a
-// scatter launched on two streams share the device instead of queueing behind each other.
-uint32_t CopyBlocksCtas(uint32_t count, int sm_count);
+// enough warps for the work, at most `per_sm` blocks per SM (default 4 = 1024 threads) — so a
+// gather and a scatter launched on two streams share the device instead of queueing behind
+// each other.
+inline constexpr uint32_t kCopyBlocksDefaultCtasPerSm = 4;
+uint32_t CopyBlocksCtas(uint32_t count, int sm_count, uint32_t per_sm = kCopyBlocksDefaultCtasPerSm);
 
 }  // namespace kvtier::kernels

@@ -155,6 +155,7 @@ TEST_F(CopyBlocksGpuTest, BadUnrollOrUniformSizeIsRejected) {
   ASSERT_CUDA(cudaMalloc(&d, sizeof(DeviceCopyDescriptor)));
   EXPECT_EQ(LaunchCopyBlocks(d, 1, CopyLaunch{.ctas = 1, .unroll = 3, .uniform_bytes = 0}, stream_), cudaErrorInvalidValue);
   EXPECT_EQ(LaunchCopyBlocks(d, 1, CopyLaunch{.ctas = 1, .unroll = 4, .uniform_bytes = 24}, stream_), cudaErrorInvalidValue);
+  EXPECT_EQ(LaunchCopyBlocks(d, 1, CopyLaunch{.ctas_per_sm = 9}, stream_), cudaErrorInvalidValue);
   ASSERT_CUDA(cudaFree(d));
 }
 
@@ -164,6 +165,9 @@ TEST(CopyBlocksCtasTest, GrowsWithWorkAndCapsAtFourPerSm) {
   EXPECT_EQ(CopyBlocksCtas(9, 132), 2u);
   EXPECT_EQ(CopyBlocksCtas(1u << 20, 132), 132u * 4);
   EXPECT_EQ(CopyBlocksCtas(100, 0), 4u);  // a device reporting no SMs still gets one SM's worth
+  EXPECT_EQ(CopyBlocksCtas(1u << 20, 132, 2), 132u * 2);  // the D2H mover's cap
+  EXPECT_EQ(CopyBlocksCtas(9, 132, 2), 2u);               // the work still decides below the cap
+  EXPECT_EQ(CopyBlocksCtas(1u << 20, 132, 0), 132u);      // 0 per SM counts as 1
 }
 
 }  // namespace

@@ -317,6 +317,7 @@ struct LaunchShape {
   uint64_t launch_bytes;
   uint64_t first_launch_bytes;
   DescriptorUpload upload;
+  uint32_t ctas_per_sm = 0;  // 0 = the movers' default (4 per SM for H2D, 2 for D2H)
 };
 
 class GpuMoverLaunchTest : public ::testing::TestWithParam<LaunchShape> {
@@ -331,6 +332,7 @@ class GpuMoverLaunchTest : public ::testing::TestWithParam<LaunchShape> {
     o.launch_bytes = GetParam().launch_bytes;
     o.first_launch_bytes = GetParam().first_launch_bytes;
     o.descriptor_upload = GetParam().upload;
+    o.ctas_per_sm = GetParam().ctas_per_sm;
     return o;
   }
 };
@@ -410,6 +412,11 @@ TEST(GpuMoverOptionsTest, LaunchShapeOptionsAreValidated) {
   EXPECT_EQ(*ParseDescriptorUpload("inline"), DescriptorUpload::kInline);
   EXPECT_EQ(*ParseDescriptorUpload(DescriptorUploadName(DescriptorUpload::kSideStream)), DescriptorUpload::kSideStream);
   EXPECT_FALSE(ParseDescriptorUpload("both").ok());
+  EXPECT_EQ(o.ctas_per_sm, 0u);  // by direction
+  o.ctas_per_sm = 8;
+  EXPECT_TRUE(o.Validate().ok());
+  o.ctas_per_sm = 9;
+  EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -420,7 +427,10 @@ INSTANTIATE_TEST_SUITE_P(
                       LaunchShape{"side_ramped", 1 << 20, 64 << 10, DescriptorUpload::kSideStream},
                       LaunchShape{"inline_ramped", 1 << 20, 64 << 10, DescriptorUpload::kInline},
                       LaunchShape{"defaults", GpuMoverOptions{}.launch_bytes, GpuMoverOptions{}.first_launch_bytes,
-                                  GpuMoverOptions{}.descriptor_upload}),
+                                  GpuMoverOptions{}.descriptor_upload},
+                      LaunchShape{"one_per_sm", 1 << 20, 64 << 10, DescriptorUpload::kSideStream, 1},
+                      LaunchShape{"four_per_sm", GpuMoverOptions{}.launch_bytes, GpuMoverOptions{}.first_launch_bytes,
+                                  GpuMoverOptions{}.descriptor_upload, 4}),
     [](const auto& p) { return std::string(p.param.name); });
 
 TEST(GpuTierManagerTest, OnboardAndOffloadThroughTheGpuTierAreBitExact) {

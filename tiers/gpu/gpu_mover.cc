@@ -19,6 +19,9 @@ namespace kvtier {
 
 using kernels::DeviceCopyDescriptor;
 
+// Copy kernel blocks per SM of the D2H scatter kernel by default (GpuMoverOptions::ctas_per_sm).
+constexpr uint32_t kD2hCtasPerSm = 2;
+
 struct GpuMover::Job {
   MoveBatch batch;
   FenceSignal signal;
@@ -74,6 +77,7 @@ Status GpuMoverOptions::Validate() const {
   if (cpu_threads == 0 || cpu_threads > 256) return Status::InvalidArgument("gpu mover: cpu_threads out of [1, 256]");
   if (max_in_flight == 0 || max_in_flight > 64) return Status::InvalidArgument("gpu mover: max_in_flight out of [1, 64]");
   if (unroll != 4 && unroll != 8) return Status::InvalidArgument(fmt::format("gpu mover: unroll {} (4 or 8)", unroll));
+  if (ctas_per_sm > 8) return Status::InvalidArgument(fmt::format("gpu mover: ctas_per_sm {} (0..8)", ctas_per_sm));
   if (cpu_piece_bytes < (1u << 20)) return Status::InvalidArgument("gpu mover: cpu_piece_bytes below 1 MiB");
   if (launch_bytes != 0 && launch_bytes < (1u << 20)) return Status::InvalidArgument("gpu mover: launch_bytes below 1 MiB");
   if (first_launch_bytes != 0 && first_launch_bytes < (64u << 10)) {
@@ -250,7 +254,8 @@ Status GpuMover::LaunchKernelPieces(Job& job, Lane& lane) {
   const cudaStream_t st = stream_.get();
   const bool side = options_.descriptor_upload == DescriptorUpload::kSideStream;
   const cudaStream_t up = side ? upload_stream_.get() : st;
-  const kernels::CopyLaunch launch{.ctas = options_.ctas, .unroll = options_.unroll,
+  const uint32_t per_sm = options_.ctas_per_sm != 0 ? options_.ctas_per_sm : to_device_ ? 4u : kD2hCtasPerSm;
+  const kernels::CopyLaunch launch{.ctas = options_.ctas, .ctas_per_sm = per_sm, .unroll = options_.unroll,
                                    .uniform_bytes = job.uniform ? segments.front().bytes : 0,
                                    .streaming = options_.streaming};
   const uint64_t launch_bytes = options_.launch_bytes == 0 ? UINT64_MAX : options_.launch_bytes;

@@ -48,7 +48,12 @@ struct GpuMoverOptions {
   int device = 0;
   D2hMode d2h_mode = D2hMode::kAuto;
   uint64_t chunk_bytes = 64 << 10;  // ragged batches: descriptors split into pieces of at most this
-  uint32_t ctas = 0;                // copy kernel blocks; 0 = sized to the device
+  uint32_t ctas = 0;                // copy kernel blocks; 0 = sized to the work, capped per SM:
+  // with ctas = 0, at most this many copy kernel blocks per SM (1..8); 0 = by direction: 4 for
+  // H2D (gather) and 2 for the D2H scatter kernel, where 2 measured 0.908 of a contiguous copy
+  // against 0.890 for 4 at 16 KiB blocks (64 KiB: 0.926 vs 0.931; H100, medians of 5 and 3 runs,
+  // docs/benchmarks.md). The CPU-assisted path's pack kernel (device to device) keeps 4.
+  uint32_t ctas_per_sm = 0;
   uint32_t unroll = 4;              // 16-byte loads in flight per thread (4 or 8)
   bool streaming = false;           // evict-first loads and stores in the copy kernel
   uint32_t cpu_threads = 8;         // CPU-assisted scatter threads

@@ -322,6 +322,7 @@ struct TransferOptions {
   std::string pattern = "random";
   std::string cpu_copy = "auto";
   uint32_t d2h_ctas = 0;  // 0 = --ctas
+  uint32_t ctas_per_sm = 0;  // GpuMoverOptions::ctas_per_sm (0 = by direction: 4 h2d, 2 d2h)
   std::string baselines = "all";  // all, or contiguous (skips per_block and batch: diagnostic runs)
   double copy_share = 0;  // h2d: also measure gather + concurrent contiguous copy of this share
   uint64_t launch_bytes = 32 << 20;  // GpuMoverOptions::launch_bytes
@@ -372,6 +373,7 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   mo.d2h_mode = mode;
   mo.cpu_threads = o.cpu_threads;
   mo.ctas = o.ctas;
+  mo.ctas_per_sm = o.ctas_per_sm;
   mo.unroll = o.unroll;
   mo.streaming = o.streaming;
   mo.cpu_copy = cpu_copy;
@@ -405,8 +407,10 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
     }
     if (h2d || d2h_mode == D2hMode::kKernel) {
       KVT_ASSIGN_OR_RETURN(DeviceBuffer descs, UploadDescriptors(p, pl, h2d, o.device));
-      const kernels::CopyLaunch launch{.ctas = h2d || o.d2h_ctas == 0 ? o.ctas : o.d2h_ctas, .unroll = o.unroll,
-                                       .uniform_bytes = o.block_size, .streaming = o.streaming};
+      // The mover's own launch shape (GpuMoverOptions::ctas_per_sm: 4 per SM for H2D, 2 for D2H).
+      const uint32_t per_sm = o.ctas_per_sm != 0 ? o.ctas_per_sm : h2d ? 4u : 2u;
+      const kernels::CopyLaunch launch{.ctas = h2d || o.d2h_ctas == 0 ? o.ctas : o.d2h_ctas, .ctas_per_sm = per_sm,
+                                       .unroll = o.unroll, .uniform_bytes = o.block_size, .streaming = o.streaming};
       KVT_ASSIGN_OR_RETURN(double ko, Gbps(bytes, o.repeats, [&] { return TimeKernelOnly(p, pl, launch, descs); }));
       rows->push_back({dir, "kernel-only", ko});
     }
@@ -463,7 +467,7 @@ void PrintRows(const TransferOptions& o, const std::vector<Row>& rows) {
       nlohmann::json j{{"bench", "transfer"}, {"direction", r.direction}, {"block_size", o.block_size},
                        {"total", o.total}, {"mode", o.mode}, {"ctas", o.ctas}, {"unroll", o.unroll},
                        {"host_alloc", o.host_alloc}, {"streaming", o.streaming}, {"huge_pages", o.huge_pages},
-                       {"pattern", o.pattern}, {"cpu_copy", o.cpu_copy}, {"d2h_ctas", o.d2h_ctas},
+                       {"pattern", o.pattern}, {"cpu_copy", o.cpu_copy}, {"d2h_ctas", o.d2h_ctas}, {"ctas_per_sm", o.ctas_per_sm},
                        {"cpu_threads", o.cpu_threads}, {"launch_bytes", o.launch_bytes},
                        {"first_launch_bytes", o.first_launch_bytes}, {"descriptor_upload", o.descriptor_upload},
                        {"method", r.method}, {"gbps", r.gbps}};
@@ -563,6 +567,10 @@ void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--pattern", o->pattern, "block placement: random slots (default) or sequential (block i at slot i)");
   cmd->add_option("--cpu-copy", o->cpu_copy, "CPU-assisted scatter copy: auto (non-temporal), memcpy, avx2, avx512");
   cmd->add_option("--d2h-ctas", o->d2h_ctas, "copy kernel blocks of the D2H mover (0 = --ctas)");
+  cmd->add_option("--ctas-per-sm", o->ctas_per_sm,
+                  "with --ctas 0: at most this many copy kernel blocks per SM (0 = the movers' default: 4 for h2d, 2 "
+                  "for d2h; 4 = the previous d2h default)")
+      ->check(CLI::Range(0u, 8u));
   cmd->add_option("--baselines", o->baselines,
                   "all (contiguous, per_block, batch) or contiguous (diagnostic runs; skips the slow baselines)");
   cmd->add_option("--copy-share", o->copy_share,
