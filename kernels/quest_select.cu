@@ -1,6 +1,6 @@
 // Quest selection: argument validation and the public launches, which dispatch to
-//   - the score kernels (register ring, fused with the top-k or not; pipelined):
-//     quest_select_scores.cu;
+//   - the score kernels: register ring, fused with the top-k or not, in
+//     quest_select_scores.cu; pipelined in quest_select_scores_pipelined.cu;
 //   - the bisection / radix top-k: quest_select_bisection.cu (TopKRow in
 //     quest_select_bisection_internal.cuh);
 //   - the digit top-k: quest_select_topk.cu.

@@ -1,5 +1,6 @@
 // Internal to the Quest selection kernels (quest_select.cu: validation and the public
-// launches; quest_select_scores.cu: the score kernels; quest_select_bisection.cu and
+// launches; quest_select_scores.cu and quest_select_scores_pipelined.cu: the score kernels,
+// helpers in quest_select_scores_internal.cuh; quest_select_bisection.cu and
 // quest_select_topk.cu: the two top-k kernels): shared helpers and the launches each file
 // exposes. Not part of the public API. (TopKRow: quest_select_bisection_internal.cuh.)
 #pragma once
@@ -64,7 +65,8 @@ inline constexpr uint32_t kDigitTopKMaxBlocks = 8192;
 // 256 threads when max_blocks ≤ 2048, else 1024); requires a.max_blocks ≤ kDigitTopKMaxBlocks.
 cudaError_t LaunchDigitTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl);
 
-// The score kernels (quest_select_scores.cu). CanFuse: the fused score + top-k launch
+// The score kernels (quest_select_scores.cu: CanFuse, LaunchScoresAny;
+// quest_select_scores_pipelined.cu: PlanScores). CanFuse: the fused score + top-k launch
 // applies (row counters given, the queries' shared memory small enough).
 // LaunchScoresAny: the scores of every row of `a`, fused with the bisection top-k if `fused`.
 // PlanScores: what the separate (unfused) score launch of `a` runs (PlanQuestScores).

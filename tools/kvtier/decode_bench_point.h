@@ -1,7 +1,9 @@
 // Internal to `kvtier bench decode` on CUDA builds: one (context, batch) point of the
 // benchmark — its device buffers, the steps it times, and the round-9 launch-shape sweep.
-// decode_bench_gpu.cc: set-up, the steps and the standard rows; decode_sweep_gpu.cc: the sweep
-// (`--sweep`). Not thread-safe: one point runs at a time on one stream.
+// decode_point_gpu.cc: set-up, launch arguments and the steps; decode_timing_gpu.cc: timing
+// (loops, graphs, one checked step); decode_rows_gpu.cc: the standard rows (Run);
+// decode_sweep_gpu.cc: the sweep (`--sweep`); decode_bench_gpu.cc: the option checks and the
+// output (RunDecodeBench). Not thread-safe: one point runs at a time on one stream.
 #pragma once
 
 #include <cuda_runtime.h>
