@@ -91,7 +91,11 @@ class Point {
   // `iters` steps cycling through the layers, median of `reps` (Timed).
   Result<double> TimedDense(const kernels::SparseAttentionPlan& plan, void* ws, uint32_t iters, uint32_t reps,
                             cudaStream_t stream);
-  // The dense output (bf16 bits) of one launch on layer 0 with `plan` (output poisoned first).
+  // The output (bf16 bits) of one attention launch of `a` with `plan` on workspace `ws`
+  // (output poisoned first, synchronised).
+  Result<std::vector<uint16_t>> OutputOnce(kernels::SparseAttentionDeviceArgs a, const kernels::SparseAttentionPlan& plan,
+                                           void* ws, cudaStream_t stream);
+  // The dense output of one launch on layer 0 with `plan`.
   Result<std::vector<uint16_t>> DenseOnce(const kernels::SparseAttentionPlan& plan, void* ws, cudaStream_t stream);
   // The `dense_r9d` row: dense attention planned with kernels::SparseAttentionRule::kRound9Dense,
   // its output checked against `dense`'s (`want`, one launch on layer 0).

@@ -89,14 +89,7 @@ Result<std::vector<float>> Point::ScoresOnce(const kernels::QuestScoreShape& sha
 
 Result<std::vector<uint16_t>> Point::AttentionOnce(const kernels::SparseAttentionPlan& plan, void* workspace,
                                                    cudaStream_t stream) {
-  kernels::SparseAttentionDeviceArgs a = AttentionArgs(0);
-  a.workspace = workspace;
-  std::vector<uint16_t> h(size_t{batch_} * o_.q_heads * o_.head_dim);
-  KVT_CUDA_OR_RETURN(cudaMemsetAsync(out_.p, 0xff, h.size() * 2, stream));  // NaN
-  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, plan, stream));
-  KVT_CUDA_OR_RETURN(cudaStreamSynchronize(stream));
-  KVT_CUDA_OR_RETURN(cudaMemcpy(h.data(), out_.p, h.size() * 2, cudaMemcpyDeviceToHost));
-  return h;
+  return OutputOnce(AttentionArgs(0), plan, workspace, stream);
 }
 
 Status Point::SweepScores(cudaStream_t stream, std::vector<Row>* rows, std::vector<ScoreCandidate>* ranked) {

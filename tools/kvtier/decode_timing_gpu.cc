@@ -29,9 +29,9 @@ Result<double> Point::TimedDense(const kernels::SparseAttentionPlan& plan, void*
       stream, iters, reps);
 }
 
-Result<std::vector<uint16_t>> Point::DenseOnce(const kernels::SparseAttentionPlan& plan, void* ws,
-                                               cudaStream_t stream) {
-  kernels::SparseAttentionDeviceArgs a = DenseArgs(0);
+Result<std::vector<uint16_t>> Point::OutputOnce(kernels::SparseAttentionDeviceArgs a,
+                                                const kernels::SparseAttentionPlan& plan, void* ws,
+                                                cudaStream_t stream) {
   a.workspace = ws;
   std::vector<uint16_t> h(size_t{batch_} * o_.q_heads * o_.head_dim);
   KVT_CUDA_OR_RETURN(cudaMemsetAsync(out_.p, 0xff, h.size() * 2, stream));  // NaN
@@ -39,6 +39,11 @@ Result<std::vector<uint16_t>> Point::DenseOnce(const kernels::SparseAttentionPla
   KVT_CUDA_OR_RETURN(cudaStreamSynchronize(stream));
   KVT_CUDA_OR_RETURN(cudaMemcpy(h.data(), out_.p, h.size() * 2, cudaMemcpyDeviceToHost));
   return h;
+}
+
+Result<std::vector<uint16_t>> Point::DenseOnce(const kernels::SparseAttentionPlan& plan, void* ws,
+                                               cudaStream_t stream) {
+  return OutputOnce(DenseArgs(0), plan, ws, stream);
 }
 
 Result<double> Point::Timed(const std::function<Status()>& enqueue, cudaStream_t stream) {
