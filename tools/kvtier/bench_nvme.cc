@@ -14,8 +14,6 @@
 // written once (unless --no-prefill), so kvtier and fio both write into written extents.
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <spawn.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -24,46 +22,25 @@
 #include <condition_variable>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <map>
 #include <mutex>
 #include <random>
 #include <thread>
 
+#include "bench_nvme.h"
 #include "commands.h"
 #include "host_tier.h"
 #include "kvtier/logger.h"
-#include "kvtier/tier_manager.h"
 #include "nvme_mover.h"
 #include "nvme_tier.h"
-#include "registry.h"
-
-extern char** environ;
 
 namespace kvtier::cli {
 namespace {
 
+using namespace bench_nvme;  // NOLINT: this file's own internal header
+
 using Clock = std::chrono::steady_clock;
 
-struct BenchNvmeOptions {
-  std::string dir;
-  uint64_t block_size = 65536;
-  uint32_t qd = 32;
-  double seconds = 5;
-  uint64_t file_bytes = 1ull << 30;  // slab payload bytes
-  uint32_t runs = 1;
-  uint32_t restore_blocks = 2048;
-  uint32_t restore_chunk = 64;
-  std::string fio = "fio";
-  bool no_fio = false;
-  bool no_restore = false;
-  bool keep = false;
-  bool json = false;
-  bool no_keys = false;
-  bool no_prefill = false;           // skip writing every slot once before the first measurement
-  bool publish_per_batch = false;  // index each block on its own (the old mover behaviour)
-  uint32_t reap_batch = 0;           // completions per reap pass (0: the mover's default)
-};
 
 class QuietLogger final : public Logger {
  public:
@@ -72,14 +49,6 @@ class QuietLogger final : public Logger {
   }
 };
 
-struct Measurement {
-  std::string engine;
-  std::string op;
-  double gbps = 0;
-  double iops = 0;
-  double p50_us = 0;
-  double p99_us = 0;
-};
 
 double Percentile(std::vector<uint64_t>& ns, double p) {
   if (ns.empty()) return 0;
@@ -274,202 +243,6 @@ Status Refill(Rig& r, const BenchNvmeOptions& o) {
   }
   if (todo.empty()) return Status();
   return RunKvtier(r, o, true, 0, &todo).status();
-}
-
-// Runs fio on the slab's payloads: offsets payload_offset(0) + k * stride, slot_bytes each.
-Result<Measurement> RunFio(const BenchNvmeOptions& o, const std::string& slab, const nvme::SlabGeometry& g, bool write,
-                           const std::string& out_json) {
-  std::vector<std::string> args = {
-      o.fio,
-      "--name=kvtier-baseline",
-      "--filename=" + slab,
-      "--ioengine=io_uring",
-      "--fixedbufs",
-      "--direct=1",
-      fmt::format("--rw={}", write ? "randwrite" : "randread"),
-      fmt::format("--bs={}", o.block_size),
-      fmt::format("--ba={}", g.stride()),
-      fmt::format("--offset={}", g.payload_offset(0)),
-      fmt::format("--size={}", uint64_t{g.slot_count - 1} * g.stride() + g.slot_bytes),  // to the last payload's end
-      fmt::format("--iodepth={}", o.qd),
-      "--norandommap",
-      "--randrepeat=0",
-      "--time_based",
-      fmt::format("--runtime={}ms", static_cast<uint64_t>(o.seconds * 1000)),
-      "--lat_percentiles=1",
-      "--output-format=json",
-      "--output=" + out_json,
-  };
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  pid_t pid = 0;
-  if (const int rc = posix_spawnp(&pid, o.fio.c_str(), nullptr, nullptr, argv.data(), environ); rc != 0) {
-    return Status::FromErrno(rc, fmt::format("starting {}", o.fio));
-  }
-  int wstatus = 0;
-  while (::waitpid(pid, &wstatus, 0) < 0) {
-    if (errno != EINTR) return Status::FromErrno(errno, "waiting for fio");
-  }
-  if (!WIFEXITED(wstatus) || WEXITSTATUS(wstatus) != 0) {
-    return Status::Internal(fmt::format("{} failed (wait status {}); see {}", o.fio, wstatus, out_json));
-  }
-  std::ifstream in(out_json);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  // fio may print notes before the JSON document.
-  const size_t brace = text.find('{');
-  if (brace == std::string::npos) return Status::DataLoss(fmt::format("{}: no JSON in fio's output", out_json));
-  auto j = nlohmann::json::parse(text.begin() + static_cast<ptrdiff_t>(brace), text.end(), nullptr, false);
-  if (j.is_discarded() || !j.contains("jobs") || j["jobs"].empty()) {
-    return Status::DataLoss(fmt::format("{}: fio's JSON output has no jobs", out_json));
-  }
-  const auto& job = j["jobs"][0];
-  if (job.value("error", 0) != 0) return Status::IoError(fmt::format("fio job error {}", job.value("error", 0)));
-  const auto& side = job[write ? "write" : "read"];
-  Measurement m{"fio", write ? "write" : "read"};
-  m.gbps = side.value("bw_bytes", 0.0) / 1e9;
-  m.iops = side.value("iops", 0.0);
-  const auto& pct = side["lat_ns"]["percentile"];
-  m.p50_us = pct.value("50.000000", 0.0) / 1000.0;
-  m.p99_us = pct.value("99.000000", 0.0) / 1000.0;
-  return m;
-}
-
-struct RestoreResult {
-  double stage1_gbps = 0;  // NVMe -> DRAM alone
-  double stage2_gbps = 0;  // DRAM -> HBM alone
-  double pipelined_gbps = 0;
-  double ratio = 0;        // pipelined / slower stage
-};
-
-Result<KvGeometry> GeometryFor(uint64_t block) {
-  // 128-wide bf16 heads: a block is 512 B per token.
-  if (block % 512 != 0 || block / 512 > KvGeometry::kMaxBlockTokens) {
-    return Status::InvalidArgument(fmt::format("restore: no KV geometry with {} B blocks (a multiple of 512 B, at most 2 MiB)", block));
-  }
-  KvGeometry g{.layers = 1, .kv_heads = 1, .head_dim = 128, .block_tokens = static_cast<uint32_t>(block / 512),
-               .dtype = DType::kBF16};
-  return g;
-}
-
-Result<std::unique_ptr<TierManager>> OpenManager(const BenchNvmeOptions& o, const KvGeometry& g, const std::string& dir,
-                                                 Logger* log) {
-  const uint64_t slot = (o.block_size + 4095) / 4096 * 4096;
-  const uint64_t room = uint64_t{o.restore_blocks} * 3 / 2 + 64;  // below the demotion watermarks
-  TierConfig c;
-  c.geometry = g;
-  c.hbm = HbmBackend::kEmulated;
-  c.hbm_bytes = room * slot;
-  c.dram_bytes = room * slot;
-  c.allow_unpinned_dram = true;
-  c.nvme_dir = dir;
-  c.nvme_bytes = room * slot;
-  c.nvme_queue_depth = o.qd;
-  c.logger = log;
-  KVT_ASSIGN_OR_RETURN(TierSet set, BuildTiers(c));
-  // The emulated HBM is mapped lazily: touch it now, as real HBM has no first-touch faults.
-  if (Tier* hbm = set.tiers[TierIndex(TierKind::kHbm)].get(); hbm != nullptr) {
-    for (uint32_t i = 0; i < hbm->caps().slot_count; ++i) {
-      const Location loc = hbm->Locate(SlotId{i});
-      if (const auto* m = std::get_if<MemoryAddress>(&loc)) {
-        std::memset(m->ptr, 0, hbm->caps().slot_bytes);
-      }
-    }
-  }
-  TierManagerOptions tmo;
-  tmo.geometry = g;
-  tmo.logger = log;
-  return TierManager::Create(tmo, std::move(set));
-}
-
-void FillBlock(std::byte* p, uint64_t bytes, uint64_t id) {
-  std::mt19937_64 rng(id * 7919 + 1);
-  for (uint64_t i = 0; i + 8 <= bytes; i += 8) {
-    const uint64_t w = rng();
-    std::memcpy(p + i, &w, 8);
-  }
-}
-
-Status CheckBlocks(TierManager& tm, const PinSet& pins, TierKind tier, uint64_t bytes) {
-  std::vector<std::byte*> ptrs;
-  KVT_RETURN_IF_ERROR(tm.BlockTable(pins, tier, &ptrs));
-  std::vector<std::byte> want(bytes);
-  for (size_t i = 0; i < ptrs.size(); i += 97) {  // a sample: every 97th block
-    FillBlock(want.data(), bytes, i);
-    if (std::memcmp(want.data(), ptrs[i], bytes) != 0) return Status::DataLoss(fmt::format("restore: block {} differs", i));
-  }
-  return Status();
-}
-
-// Writes `restore_blocks` blocks to NVMe (once); then, each on a freshly reopened runtime
-// (the blocks adopted from NVMe only): NVMe -> DRAM alone and DRAM -> HBM alone; and the
-// pipelined restore NVMe -> HBM in chunks of `restore_chunk` Onboard calls in flight at once.
-Result<RestoreResult> RunRestore(const BenchNvmeOptions& o, const std::string& dir, Logger* log, bool populate) {
-  KVT_ASSIGN_OR_RETURN(KvGeometry g, GeometryFor(o.block_size));
-  std::vector<BlockKey> keys;
-  for (uint32_t i = 0; i < o.restore_blocks; ++i) {
-    BlockKey k;
-    const uint64_t a = 0x726573746f726521ull, b = i;
-    std::memcpy(k.chain.bytes.data(), &a, 8);
-    std::memcpy(k.chain.bytes.data() + 8, &b, 8);
-    keys.push_back(k);
-  }
-  const uint64_t bytes = uint64_t{o.restore_blocks} * o.block_size;
-  if (populate) {
-    KVT_ASSIGN_OR_RETURN(auto tm, OpenManager(o, g, dir, log));
-    for (uint32_t i = 0; i < o.restore_blocks; i += 64) {
-      const uint32_t n = std::min<uint32_t>(64, o.restore_blocks - i);
-      KVT_ASSIGN_OR_RETURN(PinSet pins, tm->Allocate(std::span(keys).subspan(i, n), TierKind::kDram));
-      std::vector<std::byte*> ptrs;
-      KVT_RETURN_IF_ERROR(tm->BlockTable(pins, TierKind::kDram, &ptrs));
-      for (uint32_t j = 0; j < n; ++j) FillBlock(ptrs[j], o.block_size, i + j);
-      KVT_RETURN_IF_ERROR(tm->Commit(pins, Fence()));
-      KVT_RETURN_IF_ERROR(tm->Offload(pins, TierKind::kNvme).Wait());
-      KVT_RETURN_IF_ERROR(tm->Release(pins));
-    }
-  }
-  RestoreResult r;
-  double t1 = 0, t2 = 0, tp = 0;
-  {
-    KVT_ASSIGN_OR_RETURN(auto tm, OpenManager(o, g, dir, log));
-    PinSet pins = tm->MatchKeys(keys);
-    if (pins.size() != keys.size()) {
-      return Status::DataLoss(fmt::format("restore: {} of {} blocks were adopted from NVMe", pins.size(), keys.size()));
-    }
-    auto a = Clock::now();
-    KVT_RETURN_IF_ERROR(tm->Onboard(pins, TierKind::kDram).Wait());
-    auto b = Clock::now();
-    KVT_RETURN_IF_ERROR(tm->Onboard(pins, TierKind::kHbm).Wait());
-    auto c = Clock::now();
-    t1 = std::chrono::duration<double>(b - a).count();
-    t2 = std::chrono::duration<double>(c - b).count();
-    KVT_RETURN_IF_ERROR(CheckBlocks(*tm, pins, TierKind::kHbm, o.block_size));
-    KVT_RETURN_IF_ERROR(tm->Release(pins));
-  }
-  {
-    KVT_ASSIGN_OR_RETURN(auto tm, OpenManager(o, g, dir, log));
-    PinSet pins = tm->MatchKeys(keys);
-    if (pins.size() != keys.size()) {
-      return Status::DataLoss(fmt::format("restore: {} of {} blocks were adopted from NVMe", pins.size(), keys.size()));
-    }
-    std::vector<PinSet> chunks;
-    while (pins.size() > o.restore_chunk) chunks.push_back(pins.Split(0, o.restore_chunk));
-    chunks.push_back(std::move(pins));
-    std::vector<Fence> fences;
-    auto a = Clock::now();
-    for (const PinSet& c : chunks) fences.push_back(tm->Onboard(c, TierKind::kHbm));
-    KVT_RETURN_IF_ERROR(Fence::All(fences).Wait());
-    tp = std::chrono::duration<double>(Clock::now() - a).count();
-    PinSet all;
-    for (PinSet& c : chunks) all.Append(std::move(c));
-    KVT_RETURN_IF_ERROR(CheckBlocks(*tm, all, TierKind::kHbm, o.block_size));
-    KVT_RETURN_IF_ERROR(tm->Release(all));
-  }
-  r.stage1_gbps = double(bytes) / t1 / 1e9;
-  r.stage2_gbps = double(bytes) / t2 / 1e9;
-  r.pipelined_gbps = double(bytes) / tp / 1e9;
-  r.ratio = r.pipelined_gbps / std::min(r.stage1_gbps, r.stage2_gbps);
-  return r;
 }
 
 nlohmann::json ToJson(const Measurement& m, const BenchNvmeOptions& o) {
