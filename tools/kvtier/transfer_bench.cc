@@ -10,7 +10,9 @@
 // without the translation/locality cost of random slots); --huge-pages picks the DRAM pool's
 // page backing; --copy-share F (h2d) also runs the gather kernel on (1-F) of the blocks
 // concurrently with one contiguous cudaMemcpyAsync of F of the bytes on a second stream
-// (method "gather+copy"): does the link carry more than the SM-issued reads alone?
+// (method "gather+copy"): does the link carry more than the SM-issued reads alone? With
+// --direction both, F of each direction's blocks go by cudaMemcpyBatchAsync next to the movers
+// (method "kvtier+batch"): do the copy engines add to the SM-issued traffic of both directions?
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <tbb/parallel_for.h>
@@ -207,25 +209,38 @@ Result<double> TimePerBlock(const Pools& p, const Placement& pl, bool h2d) {
   return ev.Seconds();
 }
 
-Result<double> TimeBatch(const Pools& p, const Placement& pl, bool h2d) {
-  const size_t n = pl.dram.size();
-  std::vector<void*> dsts(n);
-  std::vector<const void*> srcs(n);
-  std::vector<size_t> sizes(n, p.block);
-  for (size_t i = 0; i < n; ++i) {
-    std::byte* d = DramPtr(p, pl.dram[i]);
-    std::byte* h = HbmPtr(p, pl.hbm[i]);
-    dsts[i] = h2d ? static_cast<void*>(h) : static_cast<void*>(d);
-    srcs[i] = h2d ? static_cast<const void*>(d) : static_cast<const void*>(h);
+// One cudaMemcpyBatchAsync of the blocks of `pl` (the copy engines' path for scattered blocks):
+// the address lists are built when the object is made, not when it is enqueued.
+struct BatchCopy {
+  std::vector<void*> dsts;
+  std::vector<const void*> srcs;
+  std::vector<size_t> sizes;
+  BatchCopy(const Pools& p, const Placement& pl, bool h2d) : sizes(pl.dram.size(), p.block) {
+    for (size_t i = 0; i < pl.dram.size(); ++i) {
+      std::byte* d = DramPtr(p, pl.dram[i]);
+      std::byte* h = HbmPtr(p, pl.hbm[i]);
+      dsts.push_back(h2d ? static_cast<void*>(h) : static_cast<void*>(d));
+      srcs.push_back(h2d ? static_cast<const void*>(d) : static_cast<const void*>(h));
+    }
   }
-  cudaMemcpyAttributes attr{};
-  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-  size_t attr_index = 0;
+  Status Enqueue(cudaStream_t s) {
+    if (dsts.empty()) return Status();
+    cudaMemcpyAttributes attr{};
+    attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    size_t attr_index = 0;
+    KVT_RETURN_IF_CUDA_ERROR(
+        cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), dsts.size(), &attr, &attr_index, 1, s),
+        "cudaMemcpyBatchAsync");
+    return Status();
+  }
+};
+
+Result<double> TimeBatch(const Pools& p, const Placement& pl, bool h2d) {
+  BatchCopy batch(p, pl, h2d);
   TimingEvents ev;
   cudaStream_t s = p.stream.get();
   cudaEventRecord(ev.a, s);
-  KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), n, &attr, &attr_index, 1, s),
-                           "cudaMemcpyBatchAsync");
+  KVT_RETURN_IF_ERROR(batch.Enqueue(s));
   cudaEventRecord(ev.b, s);
   KVT_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(ev.b), "batched copies");
   return ev.Seconds();
@@ -324,7 +339,7 @@ struct TransferOptions {
   uint32_t d2h_ctas = 0;  // 0 = --ctas
   uint32_t ctas_per_sm = 0;  // GpuMoverOptions::ctas_per_sm (0 = by direction: 4 h2d, 2 d2h)
   std::string baselines = "all";  // all, or contiguous (skips per_block and batch: diagnostic runs)
-  double copy_share = 0;  // h2d: also measure gather + concurrent contiguous copy of this share
+  double copy_share = 0;  // h2d: gather + concurrent contiguous copy of this share; both: movers + batch share
   uint64_t launch_bytes = 32 << 20;  // GpuMoverOptions::launch_bytes
   uint64_t first_launch_bytes = 1 << 20;  // GpuMoverOptions::first_launch_bytes (0 = no ramp)
   std::string descriptor_upload = "side";  // GpuMoverOptions::descriptor_upload: side or inline
@@ -458,6 +473,40 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   KVT_ASSIGN_OR_RETURN(double c, Gbps(2 * half_bytes, o.repeats, both_contiguous));
   rows->push_back({"both", "kvtier", k});
   rows->push_back({"both", "contiguous", c});
+  if (o.copy_share > 0) {
+    // Diagnostic: each direction's movers take the first (1 - F) of its blocks and one
+    // cudaMemcpyBatchAsync per direction (the copy engines, on the bench's two streams) the
+    // rest, all concurrently. Above `kvtier` = the copy engines add to what the SM-issued
+    // traffic of both directions together can carry.
+    const size_t shared = std::min<size_t>(half - 1, static_cast<size_t>(double(half) * o.copy_share + 0.5));
+    if (shared == 0) return Status::InvalidArgument("--copy-share rounds to 0 blocks");
+    auto split = [&](const Placement& whole, Placement* kernel, Placement* engines) {
+      *kernel = whole;
+      kernel->dram.resize(half - shared);
+      kernel->hbm.resize(half - shared);
+      engines->dram.assign(whole.dram.begin() + (half - shared), whole.dram.begin() + half);
+      engines->hbm.assign(whole.hbm.begin() + (half - shared), whole.hbm.begin() + half);
+    };
+    Placement ak, ac, bk, bc;
+    split(a, &ak, &ac);
+    split(b, &bk, &bc);
+    BatchCopy up_ce(p, ac, true), down_ce(p, bc, false);
+    auto both_shared = [&]() -> Result<double> {
+      MoveBatch x = MakeBatch(ak, true, o.block_size), y = MakeBatch(bk, false, o.block_size);
+      const auto t0 = std::chrono::steady_clock::now();
+      KVT_RETURN_IF_ERROR(up_ce.Enqueue(p.stream.get()));
+      KVT_RETURN_IF_ERROR(down_ce.Enqueue(p.stream2.get()));
+      Fence f1 = up->Submit(std::move(x));
+      Fence f2 = down->Submit(std::move(y));
+      KVT_RETURN_IF_ERROR(f1.Wait());
+      KVT_RETURN_IF_ERROR(f2.Wait());
+      KVT_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(p.stream.get()), "h2d share");
+      KVT_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(p.stream2.get()), "d2h share");
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    KVT_ASSIGN_OR_RETURN(double m, Gbps(2 * half_bytes, o.repeats, both_shared));
+    rows->push_back({"both", fmt::format("kvtier+batch{:.0f}%", 100 * o.copy_share), m});
+  }
   return Status();
 }
 
@@ -574,7 +623,8 @@ void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--baselines", o->baselines,
                   "all (contiguous, per_block, batch) or contiguous (diagnostic runs; skips the slow baselines)");
   cmd->add_option("--copy-share", o->copy_share,
-                  "h2d: also time the gather on 1-F of the blocks concurrent with a contiguous copy of F of the bytes");
+                  "h2d: also time the gather on 1-F of the blocks concurrent with a contiguous copy of F of the bytes; "
+                  "both: also time the movers on 1-F of each direction's blocks next to cudaMemcpyBatchAsync of the rest");
   cmd->add_option("--launch-bytes", o->launch_bytes,
                   "kernel paths: bytes per launch, so host descriptor building overlaps the copy (0 = one launch)");
   cmd->add_option("--first-launch-bytes", o->first_launch_bytes,
