@@ -26,6 +26,7 @@
 #include <cfloat>
 #include <cstring>
 
+#include "cp_async.cuh"
 #include "expected_attention_internal.cuh"
 
 namespace kvtier::kernels::detail {
@@ -125,24 +126,14 @@ __device__ __forceinline__ float SumSquares(uint4 raw, const T*) {
   return s;
 }
 
-// 16 bytes global → shared, asynchronously; `valid` false writes zeros and reads nothing.
-__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
-  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
 // wait_group takes an immediate: pending = stages − 2 ∈ {0, 1, 2}.
 __device__ __forceinline__ void CpAsyncWaitPending(uint32_t pending) {
   if (pending == 0) {
-    CpAsyncWait<0>();
+    cp_async::Wait<0>();
   } else if (pending == 1) {
-    CpAsyncWait<1>();
+    cp_async::Wait<1>();
   } else {
-    CpAsyncWait<2>();
+    cp_async::Wait<2>();
   }
 }
 
@@ -229,9 +220,9 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 1 : 2) MmaLogitsKer
       const uint32_t tok = tile * kTileKeys + r;
       const bool ok = tok < p.tokens;
       const T* src = keys + (head_row0 + (ok ? tok : 0)) * kD + c * (16 / sizeof(T));
-      CpAsync16(dst + r * kStride + c * (16 / sizeof(T)), src, ok);
+      cp_async::Copy16OrZero(dst + r * kStride + c * (16 / sizeof(T)), src, ok);
     }
-    CpAsyncCommit();
+    cp_async::Commit();
   };
 
   const bool do_vnorm = p.value_norm && blockIdx.z == 0;
@@ -245,7 +236,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 1 : 2) MmaLogitsKer
     if (t0 < p.tiles) {
       load_tile(t0, static_cast<int>(s));
     } else {
-      CpAsyncCommit();
+      cp_async::Commit();
     }
   }
   uint32_t it = 0;
@@ -272,7 +263,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(T) == 4 ? 1 : 2) MmaLogitsKer
       if (ahead < p.tiles) {
         load_tile(ahead, static_cast<int>((it + p.stages - 1) % p.stages));
       } else {
-        CpAsyncCommit();
+        cp_async::Commit();
       }
     }
     const T* kt = ks + buf * kTileKeys * kStride;

@@ -10,6 +10,7 @@
 
 #include "quest_select.cuh"
 #include "quest_select_internal.cuh"
+#include "cp_async.cuh"
 #include "quest_select_scores_internal.cuh"
 
 namespace kvtier::kernels::quest_internal {
@@ -37,20 +38,6 @@ __host__ __device__ constexpr int PipeTile() {
 template <int kD, int kS>
 __host__ __device__ constexpr size_t PipeStageBytes() {
   return size_t{PipeTile<kS>()} * 2 * kD + size_t{PipeTile<kS>()} * sizeof(float);  // bounds, then scales
-}
-
-__device__ __forceinline__ void ScoreCpAsync16(void* smem, const void* global) {
-  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(global) : "memory");
-}
-__device__ __forceinline__ void ScoreCpAsync4(void* smem, const void* global) {
-  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(global) : "memory");
-}
-__device__ __forceinline__ void ScoreCpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void ScoreCpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
 }
 
 // Channel i of a lane's kC int8 bytes (the words already XORed with 0x80808080) as fp32: the
@@ -118,10 +105,10 @@ __global__ void __launch_bounds__(kScoreThreads, 3)
       const int8_t* src = a.bounds + (slice0 + b) * 2 * kD;
       const uint32_t chunks = v * (2 * kD / 16);
 #pragma unroll 4
-      for (uint32_t j = tid; j < chunks; j += kScoreThreads) ScoreCpAsync16(buf + j * 16, src + j * 16);
-      if (static_cast<uint32_t>(tid) < v) ScoreCpAsync4(buf + kBoundBytes + tid * 4, a.scales + slice0 + b + tid);
+      for (uint32_t j = tid; j < chunks; j += kScoreThreads) cp_async::Copy16(buf + j * 16, src + j * 16);
+      if (static_cast<uint32_t>(tid) < v) cp_async::Copy4(buf + kBoundBytes + tid * 4, a.scales + slice0 + b + tid);
     }
-    ScoreCpAsyncCommit();
+    cp_async::Commit();
   };
 #pragma unroll
   for (int t = 0; t < kPipeStages - 1; ++t) issue(t);  // before the queries: independent round trips
@@ -144,7 +131,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3)
   const bool hi4 = (c & 4) != 0, hi2 = (c & 2) != 0;
 
   for (uint32_t t = 0; t < my_tiles; ++t) {
-    ScoreCpAsyncWait<kPipeStages - 2>();  // this thread's copies of tile t have landed
+    cp_async::Wait<kPipeStages - 2>();  // this thread's copies of tile t have landed
     __syncthreads();                     // everyone's; and buffer (t − 1) % kPipeStages is free
     issue(t + kPipeStages - 1);
     const char* buf = tiles_s + (t % kPipeStages) * kStageBytes;

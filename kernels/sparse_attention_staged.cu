@@ -24,6 +24,7 @@
 #include <map>
 #include <mutex>
 
+#include "cp_async.cuh"
 #include "sparse_attention_internal.cuh"
 #include "sparse_attention_tile.cuh"
 
@@ -47,15 +48,6 @@ __device__ __forceinline__ void Write(void* out, size_t index, float value) {
   }
 }
 
-__device__ __forceinline__ void CpAsync16(void* smem, const void* global) {
-  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(global) : "memory");
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending) : "memory");
-}
 
 template <int kD, int kHeads>
 struct StagedShared {
@@ -79,16 +71,12 @@ __global__ void __launch_bounds__(kThreads, 2)
   cg::cluster_group cluster = cg::this_cluster();
 
   const SparseAttentionShape& s = a.shape;
-  const uint32_t chunks = s.q_heads / s.kv_heads / kHeads;
-  const uint32_t row = blockIdx.y, rank = cluster.block_rank(), pieces_grid = cluster.num_blocks();
-  const uint32_t request = row / (s.kv_heads * chunks);
-  const uint32_t kv_head = row / chunks % s.kv_heads;
-  const uint32_t head0 = kv_head * (s.q_heads / s.kv_heads) + row % chunks * kHeads;
-  const uint32_t page_row = request * s.kv_heads + kv_head;
-  const uint32_t begin = a.page_offsets[page_row], end = a.page_offsets[page_row + 1];
+  const uint32_t rank = cluster.block_rank(), pieces_grid = cluster.num_blocks();
+  const AttentionRow r = RowOf<kD, kHeads>(a, blockIdx.y);
+  const uint32_t page_row = r.page_row, begin = r.begin, end = r.end;
+  const size_t out_base = r.out_base;
   const uint32_t n = end - begin;
   const int tid = static_cast<int>(threadIdx.x);
-  const size_t out_base = (size_t{request} * s.q_heads + head0) * kD;
   // Uniform over the cluster (same row): every CTA returns here or none does.
   if (n == 0 || n > chunk_pages * pieces_grid) {
     // No page: zeros. More pages than the plan holds: NaN, so misuse cannot pass for a result.
@@ -124,11 +112,11 @@ __global__ void __launch_bounds__(kThreads, 2)
       const uint32_t token = (within >> row_shift) & (bt - 1);
       const uint32_t page_valid = p0 + page + 1 == end ? last : bt;
       if (token < page_valid) {
-        CpAsync16(reinterpret_cast<char*>(staged) + size_t{page} * slice_bytes + size_t{within} * 16,
+        cp_async::Copy16(reinterpret_cast<char*>(staged) + size_t{page} * slice_bytes + size_t{within} * 16,
                   arena + size_t{sh.slots[page]} * s.slot_bytes + size_t{within} * 16);
       }
     }
-    CpAsyncCommit();
+    cp_async::Commit();
   };
   copy_pages(0, half);
   copy_pages(half, np);
@@ -164,10 +152,10 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
   };
   const uint32_t split = min(half * bt, valid);
-  CpAsyncWait<1>();
+  cp_async::Wait<1>();
   __syncthreads();  // the first half's copies, every thread's
   compute(0, split);
-  CpAsyncWait<0>();
+  cp_async::Wait<0>();
   __syncthreads();
   compute(split, valid);
 

@@ -35,17 +35,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
 
   const SparseAttentionShape& s = a.shape;
-  const uint32_t chunks = s.q_heads / s.kv_heads / kHeads;
   const uint32_t row = blockIdx.y, piece = blockIdx.x;
-  const uint32_t request = row / (s.kv_heads * chunks);
-  const uint32_t kv_head = row / chunks % s.kv_heads;
-  const uint32_t head0 = kv_head * (s.q_heads / s.kv_heads) + row % chunks * kHeads;
-  const uint32_t page_row = request * s.kv_heads + kv_head;
-  const uint32_t begin = a.page_offsets[page_row], end = a.page_offsets[page_row + 1];
+  const AttentionRow r = RowOf<kD, kHeads>(a, row);
+  const uint32_t page_row = r.page_row, begin = r.begin, end = r.end;
+  const size_t out_base = r.out_base;
   const uint32_t n = end - begin;
   const uint32_t pieces = (n + chunk_pages - 1) / chunk_pages;
   const int tid = static_cast<int>(threadIdx.x);
-  const size_t out_base = (size_t{request} * s.q_heads + head0) * kD;
   if (n == 0 || pieces > gridDim.x) {
     // No page: zeros. More pages than the plan allows: NaN, so misuse cannot pass for a result.
     if (piece == 0) {

@@ -24,6 +24,23 @@ namespace kvtier::kernels::attention_internal {
 inline constexpr float kLog2e = 1.4426950408889634f;
 
 // 8 consecutive 16-bit values → fp32.
+// Where launch row `row` (request, KV head, chunk of kHeads query heads of its group) reads and
+// writes: its page list [begin, end) (entry page_row of the CSR) and its first output element.
+struct AttentionRow {
+  uint32_t page_row, begin, end;
+  size_t out_base;
+};
+template <int kD, int kHeads>
+__device__ __forceinline__ AttentionRow RowOf(const SparseAttentionDeviceArgs& a, uint32_t row) {
+  const SparseAttentionShape& s = a.shape;
+  const uint32_t group = s.q_heads / s.kv_heads, chunks = group / kHeads;
+  const uint32_t request = row / (s.kv_heads * chunks);
+  const uint32_t kv_head = row / chunks % s.kv_heads;
+  const uint32_t head0 = kv_head * group + row % chunks * kHeads;
+  const uint32_t page_row = request * s.kv_heads + kv_head;
+  return {page_row, a.page_offsets[page_row], a.page_offsets[page_row + 1], (size_t{request} * s.q_heads + head0) * kD};
+}
+
 template <HalfType kType>
 __device__ __forceinline__ void Unpack(const uint4& v, float (&f)[8]) {
   const uint32_t w[4] = {v.x, v.y, v.z, v.w};

@@ -157,7 +157,8 @@ Result<std::unique_ptr<NvmeMover>> NvmeMover::Create(HostTier* dram, NvmeTier* n
   NvmeMover* m = mover.get();
   m->thread_ = std::thread([m, &ready] {
     const uint32_t qd = m->options_.queue_depth;
-    auto q = UringQueue::Create({.queue_depth = 2 * qd});
+    // One request per in-flight segment, plus a durable mode's fdatasync.
+    auto q = UringQueue::Create({.queue_depth = qd + 1});
     if (!q.ok()) return ready.set_value(q.status());
     auto area = AlignedBuffer::Allocate(uint64_t{qd} * nvme::kRecordBytes);
     if (!area.ok()) return ready.set_value(area.status());
