@@ -59,6 +59,7 @@ struct TransferOptions {
   uint64_t first_launch_bytes = 1 << 20;  // GpuMoverOptions::first_launch_bytes (0 = no ramp)
   std::string descriptor_upload = "side";  // GpuMoverOptions::descriptor_upload: side or inline
   bool streaming = false;
+  bool pair_diag = false;  // both: each mover next to a contiguous copy of the other direction
   bool json = false;
 };
 
@@ -188,6 +189,30 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   KVT_ASSIGN_OR_RETURN(double c, Gbps(2 * half_bytes, o.repeats, both_contiguous));
   rows->push_back({"both", "kvtier", k});
   rows->push_back({"both", "contiguous", c});
+  if (o.pair_diag) {
+    // Diagnostic: one direction by its mover, the other by one contiguous copy (the copy
+    // engine) of the same bytes, concurrently. Does a copy engine in one direction coexist
+    // with SM-issued traffic in the other at the link's rate?
+    auto mover_plus_copy = [&](bool mover_h2d) -> Result<double> {
+      MoveBatch x = MakeBatch(mover_h2d ? a : b, mover_h2d, o.block_size);
+      const auto t0 = std::chrono::steady_clock::now();
+      if (mover_h2d) {
+        KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(p.dram_base + half_bytes, HbmPtr(p, half), half_bytes,
+                                                 cudaMemcpyDeviceToHost, p.stream2.get()), "d2h copy");
+      } else {
+        KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(HbmPtr(p, 0), p.dram_base, half_bytes, cudaMemcpyHostToDevice,
+                                                 p.stream2.get()), "h2d copy");
+      }
+      Fence f = (mover_h2d ? *up : *down).Submit(std::move(x));
+      KVT_RETURN_IF_ERROR(f.Wait());
+      KVT_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(p.stream2.get()), "copy");
+      return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    };
+    KVT_ASSIGN_OR_RETURN(double hk, Gbps(2 * half_bytes, o.repeats, [&] { return mover_plus_copy(true); }));
+    KVT_ASSIGN_OR_RETURN(double dk, Gbps(2 * half_bytes, o.repeats, [&] { return mover_plus_copy(false); }));
+    rows->push_back({"both", "h2d-kvtier+d2h-contiguous", hk});
+    rows->push_back({"both", "h2d-contiguous+d2h-kvtier", dk});
+  }
   if (o.copy_share > 0) {
     // Diagnostic: each direction's movers take the first (1 - F) of its blocks and one
     // cudaMemcpyBatchAsync per direction (the copy engines, on the bench's two streams) the
@@ -349,6 +374,8 @@ void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
                   "inline (on the copy stream before each kernel, the previous behaviour)");
   cmd->add_option("--repeats", o->repeats, "timed runs; the median is reported");
   cmd->add_option("--device", o->device, "CUDA device");
+  cmd->add_flag("--pair-diag", o->pair_diag,
+               "both: also time each direction's mover next to one contiguous copy of the other direction");
   cmd->add_flag("--json", o->json, "one JSON line per method");
   cmd->callback([o, exit_code] {
     std::vector<Row> rows;
