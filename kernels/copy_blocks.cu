@@ -75,7 +75,63 @@ __global__ void __launch_bounds__(kThreads) UniformCopyKernel(const DeviceCopyDe
   }
 }
 
+// Word w of the piece is staging word w and word (w % words_per) of slot (w / words_per); the
+// slot list is read from the parameter bank (warp-uniform for parts of >= 512 B).
+template <int kUnroll, bool kToStaging>
+__global__ void __launch_bounds__(kThreads) StagedCopyKernel(const __grid_constant__ StagedParts parts, int shift) {
+  const uint64_t words_per = parts.part_bytes >> 4;
+  const uint64_t total_words = words_per * parts.count;
+  const uint64_t stride = uint64_t{gridDim.x} * blockDim.x;
+  uint4* staging = reinterpret_cast<uint4*>(parts.staging);
+  auto slot_word = [&](uint64_t word) {
+    const uint64_t part = shift >= 0 ? (word >> shift) : (word / words_per);
+    return reinterpret_cast<uint4*>(parts.slots[part]) + (word - part * words_per);
+  };
+  uint64_t w = uint64_t{blockIdx.x} * blockDim.x + threadIdx.x;
+  for (; w + stride * (kUnroll - 1) < total_words; w += stride * kUnroll) {
+    uint4 v[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) v[u] = kToStaging ? *slot_word(w + stride * u) : staging[w + stride * u];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      if (kToStaging) staging[w + stride * u] = v[u];
+      else *slot_word(w + stride * u) = v[u];
+    }
+  }
+  for (; w < total_words; w += stride) {
+    if (kToStaging) staging[w] = *slot_word(w);
+    else *slot_word(w) = staging[w];
+  }
+}
+
 }  // namespace
+
+cudaError_t LaunchStagedCopy(const StagedParts& parts, bool to_staging, const CopyLaunch& launch, cudaStream_t stream) {
+  if (parts.count == 0) return cudaSuccess;
+  if (parts.count > kStagedMaxParts || parts.part_bytes == 0 || parts.part_bytes % 16 != 0 ||
+      parts.staging % 16 != 0 || (launch.unroll != 4 && launch.unroll != 8) || launch.ctas_per_sm > 8) {
+    return cudaErrorInvalidValue;
+  }
+  uint32_t ctas = launch.ctas;
+  if (ctas == 0) {
+    int device = 0, sms = 0;
+    cudaError_t e = cudaGetDevice(&device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (e != cudaSuccess) return e;
+    const uint64_t work = (uint64_t{parts.count} * parts.part_bytes / 16 + 255) / 256 * 8;
+    ctas = CopyBlocksCtas(static_cast<uint32_t>(std::min<uint64_t>(work, UINT32_MAX)), sms,
+                          launch.ctas_per_sm == 0 ? kCopyBlocksDefaultCtasPerSm : launch.ctas_per_sm);
+  }
+  const uint64_t words_per = parts.part_bytes / 16;
+  const int shift = (words_per & (words_per - 1)) == 0 ? __builtin_ctzll(words_per) : -1;
+  auto go = [&](auto kernel) { kernel<<<ctas, kThreads, 0, stream>>>(parts, shift); };
+  if (launch.unroll == 8) {
+    to_staging ? go(StagedCopyKernel<8, true>) : go(StagedCopyKernel<8, false>);
+  } else {
+    to_staging ? go(StagedCopyKernel<4, true>) : go(StagedCopyKernel<4, false>);
+  }
+  return cudaGetLastError();
+}
 
 uint32_t CopyBlocksCtas(uint32_t count, int sm_count, uint32_t per_sm) {
   const uint32_t warps_per_cta = kThreads / 32;

@@ -39,6 +39,23 @@ struct CopyLaunch {
 cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t count, const CopyLaunch& launch,
                              cudaStream_t stream);
 
+// The movers' copy-engine path (tiers/gpu/gpu_mover.h): a piece of `count` equal parts of
+// `part_bytes`, back to back in a staging buffer, part i's other end at slots[i] (an HBM slot).
+// The slot list travels in the launch's parameters (a __grid_constant__ struct of < 32 KiB),
+// so a piece needs no descriptor upload, and so no small host-to-device copy that would
+// queue behind the copy engines' large ones.
+inline constexpr uint32_t kStagedMaxParts = 3968;
+struct StagedParts {
+  uint64_t staging = 0;     // 16-byte aligned
+  uint64_t part_bytes = 0;  // a multiple of 16
+  uint32_t count = 0;       // <= kStagedMaxParts
+  uint32_t reserved = 0;
+  uint64_t slots[kStagedMaxParts];  // 16-byte aligned
+};
+// to_staging: slots[i] -> staging + i * part_bytes (pack); else staging -> slots[i] (unpack).
+// cudaErrorInvalidValue for a bad count, size or unroll. CPU reference: StagedCopyReference.
+cudaError_t LaunchStagedCopy(const StagedParts& parts, bool to_staging, const CopyLaunch& launch, cudaStream_t stream);
+
 // Blocks to launch for `count` descriptors on a device with `sm_count` multiprocessors:
 // enough warps for the work, at most `per_sm` blocks per SM (default 4 = 1024 threads) — so a
 // gather and a scatter launched on two streams share the device instead of queueing behind

@@ -14,7 +14,7 @@
 #                        per point, µs of every score shape and attention plan as grids, the
 #                        fastest matching ones, mismatches, and the tuned sparse step; the dense
 #                        plan grid (µs and x copy) and its fastest plans; a dense summary table
-#   usage: tools/gpu-check.sh [quick|sparse|sweep|diag]
+#   usage: tools/gpu-check.sh [quick|sparse|sweep|diag|engine]
 #     quick   fewer transfer block sizes
 #     sparse  only the sparse-attention tests and `kvtier bench decode` (gpu-tests.*, decode.*)
 #     sweep   the sparse-attention tests, then `kvtier bench decode --sweep` at 32K and 128K,
@@ -26,6 +26,8 @@
 #             vs single launch, gather + concurrent copy, CPU copy path, D2H launch size; contiguous
 #             baseline only, 512 MiB runs) into transfer.jsonl, `kvtier bench host-scatter` and
 #             `kvtier bench score --gpu` into log.txt, and `kvtier bench decode`
+#     engine  every test, then the copy-engine runs: h2d, d2h and both at random and churned
+#             (SlotPool) placements, and the run threshold (transfer.jsonl, summary.txt)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-results}
@@ -41,8 +43,8 @@ trap 'rm -rf "$xml"' EXIT
 if [ "$mode" = sparse ] || [ "$mode" = sweep ]; then
   tests=(sparse_attention_gpu_test quest_select_gpu_test device_slice_metadata_test)
 else
-  tests=(copy_blocks_gpu_test gpu_tier_test expected_attention_gpu_test sparse_attention_gpu_test quest_select_gpu_test
-    device_slice_metadata_test stream_copy_test host_tier_test)
+  tests=(copy_blocks_gpu_test gpu_tier_test gpu_mover_engine_test expected_attention_gpu_test sparse_attention_gpu_test
+    quest_select_gpu_test device_slice_metadata_test stream_copy_test host_tier_test)
 fi
 {
   nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current,memory.total,driver_version --format=csv
@@ -253,13 +255,28 @@ PY
 fi
 
 log=$out/log.txt
+# One `kvtier bench transfer` diagnostic (512 MiB, contiguous baseline only) into
+# transfer.jsonl, tagged with its arguments; by_args prints them with ratios to contiguous.
+d() { echo "-- $*" >>"$log"; "$kv" bench transfer --json --total 536870912 --repeats "${reps:-3}" --baselines contiguous "$@" \
+  | sed "s|^{|{\"args\": \"$*\", |" >>"$out/transfer.jsonl" 2>>"$log" || status=1; }
+by_args() {
+  python3 - "$out/transfer.jsonl" <<'PY' | tee "$out/summary.txt"
+import json, sys, collections
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+by = collections.OrderedDict()
+for r in rows:
+    by.setdefault(r["args"], {})[r["method"]] = r["gbps"]
+for args, v in by.items():
+    c = v.get("contiguous", 0)
+    print(f"{args:70} " + "  ".join(f"{m} {g:.2f}" + (f" ({g / c:.2f}x)" if c and m != "contiguous" else "")
+                                     for m, g in v.items()))
+PY
+}
 if [ "$mode" = diag ]; then
   : >"$out/transfer.jsonl"
   echo "== kvtier bench host-scatter" >"$log"
   "$kv" bench host-scatter --threads 1 2 4 8 --pool 4294967296 --total 1073741824 >>"$log" 2>&1 || status=1
   echo "== kvtier bench transfer diagnostics (stderr)" >>"$log"
-  d() { echo "-- $*" >>"$log"; "$kv" bench transfer --json --total 536870912 --repeats 3 --baselines contiguous "$@" \
-    | sed "s|^{|{\"args\": \"$*\", |" >>"$out/transfer.jsonl" 2>>"$log" || status=1; }
   for bs in 4096 16384 65536; do
     d --direction h2d --block-size "$bs"
     d --direction h2d --block-size "$bs" --launch-bytes 0
@@ -279,18 +296,26 @@ if [ "$mode" = diag ]; then
   echo "== kvtier bench score --gpu" >>"$log"
   { "$kv" bench score --gpu || status=1; } >>"$log" 2>&1
   grep -v '^-- ' "$log" | tail -60
-  python3 - "$out/transfer.jsonl" <<'PY' | tee "$out/summary.txt"
-import json, sys, collections
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-by = collections.OrderedDict()
-for r in rows:
-    by.setdefault(r["args"], {})[r["method"]] = r["gbps"]
-for args, v in by.items():
-    c = v.get("contiguous", 0)
-    print(f"{args:70} " + "  ".join(f"{m} {g:.2f}" + (f" ({g / c:.2f}x)" if c and m != "contiguous" else "")
-                                     for m, g in v.items()))
-PY
+  by_args
   decode
+  exit $status
+fi
+# The movers' copy-engine runs (GpuMoverOptions::engine_run_bytes): each direction and both
+# at once, for blocks at random slots and at slots of a churned SlotPool (requests of 8..256
+# and 64..2048 blocks), then the run threshold; 5 runs per median.
+if [ "$mode" = engine ]; then
+  : >"$out/transfer.jsonl"
+  echo "== kvtier bench transfer, copy-engine runs (stderr)" >"$log"
+  for bs in 16384 65536; do
+    for pat in random churn:8:256 churn:64:2048; do
+      for dir in h2d d2h both; do reps=5 d --direction "$dir" --block-size "$bs" --pattern "$pat"; done
+    done
+    for er in 262144 524288 2097152 0; do
+      for dir in h2d both; do d --direction "$dir" --block-size "$bs" --pattern churn:8:256 --engine-run-bytes "$er"; done
+    done
+  done
+  grep -E 'rror|runs of' "$log" | sort | uniq -c | head -20
+  by_args
   exit $status
 fi
 echo "== kvtier probe" >"$log"
@@ -305,6 +330,8 @@ for bs in 16384 65536; do
   run --direction d2h --block-size "$bs" --mode kernel
   run --direction d2h --block-size "$bs" --mode cpu --cpu-threads 8
   run --direction both --block-size "$bs" --mode kernel
+  # Blocks where the DRAM tier's allocator puts them (a churned SlotPool): copy-engine runs.
+  for dir in h2d d2h both; do run --direction "$dir" --block-size "$bs" --mode kernel --pattern churn:64:2048; done
 done
 
 echo "== kvtier demo" >>"$log"
@@ -320,13 +347,14 @@ import json, sys, collections
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = collections.defaultdict(dict)
 for r in rows:
-    key = (r["direction"], r["block_size"], r["mode"] if r["direction"] != "h2d" else "")
+    key = (r["direction"] + ("" if r.get("pattern", "random") == "random" else " " + r["pattern"]), r["block_size"],
+           r["mode"] if r["direction"] != "h2d" else "")
     by[key][r["method"]] = r["gbps"]
-print(f'{"dir":10} {"block":>8} {"kvtier":>8} {"contig":>8} {"per_blk":>8} {"batch":>8} {"k/contig":>9} {"k/batch":>8}')
+print(f'{"dir":24} {"block":>8} {"kvtier":>8} {"contig":>8} {"per_blk":>8} {"batch":>8} {"k/contig":>9} {"k/batch":>8}')
 for (d, b, m), v in sorted(by.items()):
     k = next((x for n, x in v.items() if n.startswith("kvtier")), 0.0)
     c, p, bt = v.get("contiguous", 0), v.get("per_block", 0), v.get("batch", 0)
     name = d + ("-" + m if m else "")
-    print(f'{name:10} {b:>8} {k:8.2f} {c:8.2f} {p:8.2f} {bt:8.2f} {k/c if c else 0:9.2f} {k/bt if bt else 0:8.2f}')
+    print(f'{name:24} {b:>8} {k:8.2f} {c:8.2f} {p:8.2f} {bt:8.2f} {k/c if c else 0:9.2f} {k/bt if bt else 0:8.2f}')
 PY
 exit $status

@@ -18,4 +18,8 @@ struct CopyDescriptor {
 // Copies every descriptor, in order, on the calling thread. Descriptors must not overlap.
 void CopyBlocksReference(std::span<const CopyDescriptor> descriptors);
 
+// The staged copy of the movers' copy-engine path (LaunchStagedCopy): part i of `part_bytes`
+// between staging + i * part_bytes and slots[i]; to_staging packs, else unpacks.
+void StagedCopyReference(std::byte* staging, uint64_t part_bytes, std::span<std::byte* const> slots, bool to_staging);
+
 }  // namespace kvtier::kernels

@@ -203,6 +203,7 @@ bool TierManager::Impl::DemoteTier(TierKind t) {
   //    a copy below (an Offload) since step 1.
   PlannedHop hop;
   hop.items.reserve(slots.size());
+  std::reverse(slots.begin(), slots.end());  // taken from the back: in the order reserved (ascending runs)
   for (const BlockKey& key : dirty) {
     if (slots.empty()) break;
     const uint64_t h = key.hash64();

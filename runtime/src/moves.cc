@@ -4,6 +4,7 @@
 // bytes) and counts in failed_copies.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <memory>
 
 #include "tier_manager_impl.h"
@@ -17,7 +18,16 @@ using internal::SlotState;
 
 namespace {
 
-// Takes the first slot of `pool` (reserved earlier by the caller).
+// Slots reserved for a hop, handed out in the order Reserve returned them: a SlotPool returns
+// ascending runs of adjacent slots, so the blocks of one Offload (in the caller's key order)
+// land in adjacent DRAM slots, and a later Onboard of the same keys reads them as runs, which
+// the GPU movers copy with the copy engines (GpuMoverOptions::engine_run_bytes).
+std::vector<SlotId> InTakeOrder(std::vector<SlotId> pool) {
+  std::reverse(pool.begin(), pool.end());
+  return pool;
+}
+
+// Takes the next slot of a pool made by InTakeOrder.
 SlotId Take(std::vector<SlotId>& pool) {
   KVT_CHECK(!pool.empty());
   const SlotId s = pool.back();
@@ -147,7 +157,7 @@ Fence TierManager::Impl::OnboardEntries(std::vector<Entry*> entries, TierKind ta
   if (need_target > 0) {
     auto r = ReserveSlots(target, need_target);
     if (!r.ok()) return Fence::Failed(std::move(r).status().Annotate("Onboard"));
-    target_pool = std::move(r).value();
+    target_pool = InTakeOrder(std::move(r).value());
   }
   if (need_mid > 0) {
     auto r = ReserveSlots(mid, need_mid);
@@ -155,7 +165,7 @@ Fence TierManager::Impl::OnboardEntries(std::vector<Entry*> entries, TierKind ta
       tier[ti]->Release(target_pool, Fence());
       return Fence::Failed(std::move(r).status().Annotate("Onboard (staging)"));
     }
-    mid_pool = std::move(r).value();
+    mid_pool = InTakeOrder(std::move(r).value());
   }
 
   // One hop per (source tier -> target); two-tier onboards chain source -> mid -> target.
@@ -262,7 +272,7 @@ Fence TierManager::Impl::OffloadEntries(std::vector<Entry*> entries, TierKind ta
   if (need > 0) {
     auto r = ReserveSlots(target, need);
     if (!r.ok()) return Fence::Failed(std::move(r).status().Annotate("Offload"));
-    pool = std::move(r).value();
+    pool = InTakeOrder(std::move(r).value());
   }
   PlannedHop hop;
   std::vector<Fence> waits;

@@ -5,7 +5,9 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <tuple>
@@ -157,6 +159,79 @@ TEST_F(CopyBlocksGpuTest, BadUnrollOrUniformSizeIsRejected) {
   EXPECT_EQ(LaunchCopyBlocks(d, 1, CopyLaunch{.ctas = 1, .unroll = 4, .uniform_bytes = 24}, stream_), cudaErrorInvalidValue);
   EXPECT_EQ(LaunchCopyBlocks(d, 1, CopyLaunch{.ctas_per_sm = 9}, stream_), cudaErrorInvalidValue);
   ASSERT_CUDA(cudaFree(d));
+}
+
+// The staged copy of the movers' copy-engine path (slot list in the launch parameters): pack
+// random slots of a device pool into a staging buffer, unpack the staging buffer into other
+// slots; part sizes from 16 B (non-power-of-two too) up to 256 KiB, counts up to the limit,
+// both unrolls; poisoned outputs compared with StagedCopyReference in full.
+TEST_F(CopyBlocksGpuTest, StagedPackAndUnpackMatchTheReference) {
+  std::mt19937_64 rng(21);
+  const std::vector<std::pair<uint64_t, uint32_t>> cases = {
+      {16, kStagedMaxParts}, {48, 1000}, {4096, kStagedMaxParts}, {16384, 513}, {65536, 100}, {65552, 37}, {262144, 9}};
+  for (uint32_t unroll : {4u, 8u}) {
+    for (auto [part, count] : cases) {
+      const uint32_t slots = 2 * count + 3;
+      const size_t pool = part * slots;
+      std::byte* dev = Device(pool);
+      std::byte* staging = Device(part * count);
+      std::vector<std::byte> host(pool), staged(part * count);
+      for (size_t i = 0; i + 8 <= pool; i += 8) {
+        const uint64_t w = rng();
+        std::memcpy(host.data() + i, &w, 8);
+      }
+      ASSERT_CUDA(cudaMemcpy(dev, host.data(), pool, cudaMemcpyHostToDevice));
+      ASSERT_CUDA(cudaMemset(staging, 0x5A, part * count));
+      std::vector<uint32_t> perm(slots);
+      for (uint32_t i = 0; i < slots; ++i) perm[i] = i;
+      std::shuffle(perm.begin(), perm.end(), rng);
+      auto parts = std::make_unique<StagedParts>();
+      parts->staging = reinterpret_cast<uint64_t>(staging);
+      parts->part_bytes = part;
+      parts->count = count;
+      std::vector<std::byte*> from(count), to(count);
+      for (uint32_t i = 0; i < count; ++i) {
+        from[i] = host.data() + uint64_t{perm[i]} * part;
+        parts->slots[i] = reinterpret_cast<uint64_t>(dev + uint64_t{perm[i]} * part);
+      }
+      const CopyLaunch launch{.unroll = unroll};
+      ASSERT_CUDA(LaunchStagedCopy(*parts, true, launch, stream_));
+      ASSERT_CUDA(cudaStreamSynchronize(stream_));
+      std::vector<std::byte> want(part * count);
+      StagedCopyReference(want.data(), part, from, true);
+      ASSERT_CUDA(cudaMemcpy(staged.data(), staging, staged.size(), cudaMemcpyDeviceToHost));
+      ASSERT_EQ(std::memcmp(staged.data(), want.data(), want.size()), 0) << "pack: " << count << " x " << part << " B";
+      // Unpack the staging buffer into the other slots (poisoned first) and back to the host.
+      ASSERT_CUDA(cudaMemset(dev, 0x5A, pool));
+      std::vector<std::byte> expected(pool, std::byte{0x5A});
+      for (uint32_t i = 0; i < count; ++i) {
+        const uint32_t slot = perm[count + i];
+        to[i] = expected.data() + uint64_t{slot} * part;
+        parts->slots[i] = reinterpret_cast<uint64_t>(dev + uint64_t{slot} * part);
+      }
+      StagedCopyReference(want.data(), part, to, false);
+      ASSERT_CUDA(LaunchStagedCopy(*parts, false, launch, stream_));
+      ASSERT_CUDA(cudaStreamSynchronize(stream_));
+      ASSERT_CUDA(cudaMemcpy(host.data(), dev, pool, cudaMemcpyDeviceToHost));
+      ASSERT_EQ(std::memcmp(host.data(), expected.data(), pool), 0) << "unpack: " << count << " x " << part << " B";
+    }
+  }
+}
+
+TEST_F(CopyBlocksGpuTest, BadStagedLaunchesAreRejected) {
+  auto parts = std::make_unique<StagedParts>();
+  EXPECT_EQ(LaunchStagedCopy(*parts, true, CopyLaunch{}, stream_), cudaSuccess) << "no parts is a no-op";
+  parts->count = kStagedMaxParts + 1;
+  parts->part_bytes = 16;
+  EXPECT_EQ(LaunchStagedCopy(*parts, true, CopyLaunch{}, stream_), cudaErrorInvalidValue);
+  parts->count = 1;
+  parts->part_bytes = 24;
+  EXPECT_EQ(LaunchStagedCopy(*parts, true, CopyLaunch{}, stream_), cudaErrorInvalidValue);
+  parts->part_bytes = 32;
+  parts->staging = 8;
+  EXPECT_EQ(LaunchStagedCopy(*parts, true, CopyLaunch{}, stream_), cudaErrorInvalidValue);
+  parts->staging = 0;
+  EXPECT_EQ(LaunchStagedCopy(*parts, true, CopyLaunch{.unroll = 3}, stream_), cudaErrorInvalidValue);
 }
 
 TEST(CopyBlocksCtasTest, GrowsWithWorkAndCapsAtFourPerSm) {

@@ -106,5 +106,25 @@ TEST_F(CopyBlocksReferenceTest, ZeroByteDescriptorCopiesNothing) {
   EXPECT_TRUE(std::all_of(dst.begin(), dst.end(), [](std::byte b) { return b == kPoison; }));
 }
 
+TEST_F(CopyBlocksReferenceTest, StagedPackThenUnpackMovesEveryPartToItsPlace) {
+  constexpr uint64_t kPart = 48;
+  std::vector<std::byte> pool(8 * kPart), staging(3 * kPart, kPoison), out(8 * kPart, kPoison);
+  FillRandom(pool);
+  // Pack slots 5, 0, 3 (in that order), then unpack into slots 1, 7, 2 of `out`.
+  std::vector<std::byte*> from = {pool.data() + 5 * kPart, pool.data(), pool.data() + 3 * kPart};
+  StagedCopyReference(staging.data(), kPart, from, true);
+  for (size_t i = 0; i < from.size(); ++i) {
+    EXPECT_EQ(std::memcmp(staging.data() + i * kPart, from[i], kPart), 0) << "part " << i;
+  }
+  std::vector<std::byte*> to = {out.data() + kPart, out.data() + 7 * kPart, out.data() + 2 * kPart};
+  StagedCopyReference(staging.data(), kPart, to, false);
+  for (size_t i = 0; i < to.size(); ++i) EXPECT_EQ(std::memcmp(to[i], from[i], kPart), 0) << "part " << i;
+  for (size_t slot : {0u, 3u, 4u, 5u, 6u}) {
+    EXPECT_TRUE(std::all_of(out.begin() + static_cast<ptrdiff_t>(slot * kPart),
+                            out.begin() + static_cast<ptrdiff_t>((slot + 1) * kPart), [](std::byte b) { return b == kPoison; }))
+        << "slot " << slot << " is no destination";
+  }
+}
+
 }  // namespace
 }  // namespace kvtier::kernels

@@ -617,6 +617,30 @@ TEST_F(TierManagerTest, ExplicitOffloadCopiesDirtyBlocksToDram) {
   EXPECT_EQ(tm->Offload(PinSet()).Wait().code(), StatusCode::kFailedPrecondition);
 }
 
+// The blocks of one Offload get adjacent DRAM slots in the caller's key order (SlotPool hands
+// out ascending runs and the hop takes them in that order), so a later Onboard of the same keys
+// reads one run, which the GPU movers copy with the copy engines.
+TEST_F(TierManagerTest, OneOffloadPutsItsBlocksInAdjacentDramSlotsInKeyOrder) {
+  SEED_TRACE();
+  TierManagerOptions o = Options();
+  o.offload_on_commit = false;
+  auto tm = Make(Spec(64, 256), o);
+  CommitAndRelease(*tm, RandomKeys(5), TierKind::kDram);  // a few DRAM slots in use already
+  const auto keys = RandomKeys(24);
+  PinSet pins = CommitNew(*tm, keys);
+  ASSERT_TRUE(tm->Offload(pins).WaitFor(5s).ok());
+  const std::byte* first = PtrOf(*tm, pins, 0, TierKind::kDram);
+  ASSERT_NE(first, nullptr);
+  const std::byte* second = PtrOf(*tm, pins, 1, TierKind::kDram);
+  ASSERT_NE(second, nullptr);
+  const ptrdiff_t stride = second - first;
+  EXPECT_GE(stride, static_cast<ptrdiff_t>(kGeo.block_bytes())) << "ascending, one slot apart";
+  for (size_t i = 0; i < pins.size(); ++i) {
+    EXPECT_EQ(PtrOf(*tm, pins, i, TierKind::kDram), first + static_cast<ptrdiff_t>(i) * stride) << "block " << i;
+    EXPECT_TRUE(HoldsWritten(*tm, pins, i, TierKind::kDram));
+  }
+}
+
 TEST_F(TierManagerTest, OnboardBringsADemotedBlockBackWithItsBytes) {
   SEED_TRACE();
   auto tm = Make(Spec(8, 64));

@@ -333,6 +333,7 @@ class GpuMoverLaunchTest : public ::testing::TestWithParam<LaunchShape> {
     o.first_launch_bytes = GetParam().first_launch_bytes;
     o.descriptor_upload = GetParam().upload;
     o.ctas_per_sm = GetParam().ctas_per_sm;
+    o.engine_run_bytes = 0;  // the kernel launch shapes only (gpu_mover_engine_test: the engines)
     return o;
   }
 };

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <ostream>
+#include <random>
 #include <set>
 #include <thread>
 #include <vector>
@@ -44,28 +45,114 @@ TEST(SlotPoolTest, FreshPoolHandsOutEverySlotExactlyOnce) {
   ExpectUsage(pool, 0, 0, 8);
 }
 
-TEST(SlotPoolTest, MostRecentlyReleasedSlotIsReusedFirst) {
-  SlotPool pool(16);
-  const std::vector<SlotId> all = ReserveOk(pool, 16);
-  ASSERT_EQ(all.size(), 16u);
-  const SlotId a{11}, b{4}, c{7};
-  pool.Release(std::span(&a, 1), Fence());
-  pool.Release(std::span(&b, 1), Fence());
-  pool.Release(std::span(&c, 1), Fence());
-  // LIFO: c (warmest), then b, then a.
-  EXPECT_EQ(ReserveOk(pool, 1), std::vector<SlotId>{c});
-  EXPECT_EQ(ReserveOk(pool, 1), std::vector<SlotId>{b});
-  EXPECT_EQ(ReserveOk(pool, 1), std::vector<SlotId>{a});
+std::vector<SlotId> Slots(uint32_t first, uint32_t count) {
+  std::vector<SlotId> v;
+  for (uint32_t s = first; s < first + count; ++s) v.push_back(SlotId{s});
+  return v;
 }
 
-TEST(SlotPoolTest, SlotFreedByAFenceIsReusedBeforeOlderFreeSlots) {
-  SlotPool pool(4);
-  const std::vector<SlotId> all = ReserveOk(pool, 4);
-  pool.Release(std::span(all).first(1), Fence());  // slot 0 free since long ago
+TEST(SlotPoolTest, AFreshPoolHandsOutAscendingRuns) {
+  SlotPool pool(64);
+  EXPECT_EQ(ReserveOk(pool, 5), Slots(0, 5));
+  EXPECT_EQ(ReserveOk(pool, 3), Slots(5, 3));
+  EXPECT_EQ(ReserveOk(pool, 1), Slots(8, 1));
+}
+
+TEST(SlotPoolTest, ReleasedNeighboursMergeIntoOneRun) {
+  SlotPool pool(16);
+  const std::vector<SlotId> all = ReserveOk(pool, 16);
+  // Freed out of order and one by one, slots 4..9 become one extent again.
+  for (uint32_t s : {7u, 4u, 9u, 5u, 8u, 6u}) {
+    const SlotId id{s};
+    pool.Release(std::span(&id, 1), Fence());
+  }
+  EXPECT_EQ(ReserveOk(pool, 6), Slots(4, 6));
+}
+
+TEST(SlotPoolTest, ReserveTakesTheSmallestExtentThatFits) {
+  SlotPool pool(32);
+  const std::vector<SlotId> all = ReserveOk(pool, 32);
+  pool.Release(std::span(all).subspan(2, 8), Fence());   // extent 2..9 (8 slots)
+  pool.Release(std::span(all).subspan(12, 3), Fence());  // extent 12..14 (3)
+  pool.Release(std::span(all).subspan(20, 1), Fence());  // extent 20 (1)
+  EXPECT_EQ(ReserveOk(pool, 1), Slots(20, 1)) << "a single slot fills the one-slot hole";
+  EXPECT_EQ(ReserveOk(pool, 3), Slots(12, 3)) << "three slots take the three-slot extent, not the eight";
+  EXPECT_EQ(ReserveOk(pool, 2), Slots(2, 2));
+  EXPECT_EQ(ReserveOk(pool, 6), Slots(4, 6));
+  EXPECT_EQ(pool.Reserve(1, "test").status().code(), StatusCode::kExhausted);
+}
+
+TEST(SlotPoolTest, WithoutAnExtentLongEnoughTheLongestGoFirst) {
+  SlotPool pool(32);
+  const std::vector<SlotId> all = ReserveOk(pool, 32);
+  pool.Release(std::span(all).subspan(1, 2), Fence());   // 1..2
+  pool.Release(std::span(all).subspan(10, 5), Fence());  // 10..14
+  pool.Release(std::span(all).subspan(20, 3), Fence());  // 20..22
+  std::vector<SlotId> want = Slots(10, 5);
+  for (SlotId s : Slots(20, 2)) want.push_back(s);
+  EXPECT_EQ(ReserveOk(pool, 7), want);
+  ExpectUsage(pool, 3, 0, 29);
+  // What is left: 1..2 and 22.
+  EXPECT_EQ(ReserveOk(pool, 1), Slots(22, 1));
+  EXPECT_EQ(ReserveOk(pool, 2), Slots(1, 2));
+}
+
+TEST(SlotPoolTest, SlotsFreedByAFenceRejoinTheirNeighbours) {
+  SlotPool pool(8);
+  const std::vector<SlotId> all = ReserveOk(pool, 8);
+  pool.Release(std::span(all).subspan(2, 2), Fence());  // 2..3 free now
   auto [fence, signal] = Fence::Make();
-  pool.Release(std::span(all).subspan(3, 1), fence);  // slot 3 waits
+  pool.Release(std::span(all).subspan(4, 2), fence);    // 4..5 wait
+  EXPECT_EQ(pool.Reserve(3, "test").status().code(), StatusCode::kExhausted);
   signal.Signal(Status());
-  EXPECT_EQ(ReserveOk(pool, 1), std::vector<SlotId>{all[3]});
+  EXPECT_EQ(ReserveOk(pool, 4), Slots(2, 4));
+}
+
+// Random reserves and releases against an oracle of every slot's owner: each slot is handed
+// out once, the counts are exact, and a reservation is one ascending run exactly when the
+// oracle's free slots contain a run that long.
+TEST(SlotPoolTest, RandomReservesAndReleasesMatchAnOracle) {
+  constexpr uint32_t kSlots = 512;
+  SlotPool pool(kSlots);
+  std::vector<bool> held(kSlots, false);
+  std::vector<std::vector<SlotId>> live;
+  std::mt19937 rng(11);
+  for (int step = 0; step < 5000; ++step) {
+    if (live.empty() || rng() % 2 == 0) {
+      const uint32_t want = 1 + rng() % 24;
+      uint32_t free_now = 0, longest = 0, cur = 0;
+      for (uint32_t s = 0; s < kSlots; ++s) {
+        cur = held[s] ? 0 : cur + 1;
+        free_now += held[s] ? 0 : 1;
+        longest = std::max(longest, cur);
+      }
+      auto r = pool.Reserve(want, "test");
+      if (want > free_now) {
+        ASSERT_EQ(r.status().code(), StatusCode::kExhausted);
+        continue;
+      }
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+      ASSERT_EQ(r->size(), want);
+      bool one_run = true;
+      for (size_t i = 0; i < r->size(); ++i) {
+        const uint32_t s = (*r)[i].value();
+        ASSERT_LT(s, kSlots);
+        ASSERT_FALSE(held[s]) << "slot " << s << " handed out twice";
+        held[s] = true;
+        if (i > 0 && s != (*r)[i - 1].value() + 1) one_run = false;
+      }
+      EXPECT_EQ(one_run, longest >= want) << "step " << step << ": " << want << " slots, longest free run " << longest;
+      live.push_back(std::move(r).value());
+    } else {
+      const size_t i = rng() % live.size();
+      for (SlotId s : live[i]) held[s.value()] = false;
+      pool.Release(live[i], Fence());
+      live.erase(live.begin() + static_cast<ptrdiff_t>(i));
+    }
+    const uint32_t used = static_cast<uint32_t>(std::count(held.begin(), held.end(), true));
+    ASSERT_EQ(pool.usage().reserved_slots, used);
+    ASSERT_EQ(pool.usage().free_slots, kSlots - used);
+  }
 }
 
 TEST(SlotPoolTest, FailedReserveNamesTheTierAndTakesNothing) {

@@ -29,6 +29,8 @@ class MoverCounters {
       errors_.fetch_add(1, std::memory_order_relaxed);
     }
   }
+  // GPU movers: bytes of a successful batch that crossed PCIe as copy-engine runs.
+  void RecordEngineBytes(uint64_t bytes) { engine_bytes_.fetch_add(bytes, std::memory_order_relaxed); }
   MoverStats Snapshot(std::string name, TierKind source, TierKind destination) const {
     MoverStats m;
     m.name = std::move(name);
@@ -39,12 +41,13 @@ class MoverCounters {
     m.segments = segments_.load(std::memory_order_relaxed);
     m.errors = errors_.load(std::memory_order_relaxed);
     m.busy_ns = busy_ns_.load(std::memory_order_relaxed);
+    m.engine_bytes = engine_bytes_.load(std::memory_order_relaxed);
     m.latency = latency_.Snapshot();
     return m;
   }
 
  private:
-  std::atomic<uint64_t> bytes_{0}, batches_{0}, segments_{0}, errors_{0}, busy_ns_{0};
+  std::atomic<uint64_t> bytes_{0}, batches_{0}, segments_{0}, errors_{0}, busy_ns_{0}, engine_bytes_{0};
   LatencyRecorder latency_;
 };
 

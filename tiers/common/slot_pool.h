@@ -1,5 +1,11 @@
 // SlotPool: the slot bookkeeping every tier shares. Reserve is all-or-nothing; a released
-// slot returns to the free list only once the fence of its last use signals.
+// slot returns to the free slots only once the fence of its last use signals.
+//
+// Free slots are kept as extents of adjacent slots. Reserve(n) returns one ascending run of n
+// adjacent slots when a free extent that long exists (the smallest such extent, lowest first
+// among equals); otherwise runs from the longest extents, longest first, each ascending.
+// Released slots merge with free neighbours. So slots reserved together stay adjacent, which
+// lets the GPU movers copy them with one copy-engine transfer per run.
 // Thread-safe.
 #pragma once
 

@@ -32,6 +32,7 @@ struct GpuMover::Job {
   Status status;  // a launch failure, reported at completion
   Lane* lane = nullptr;
   size_t pieces = 0;  // CPU-assisted D2H: pieces launched in lane->pieces
+  uint64_t engine_bytes = 0;  // of `bytes`, those in copy-engine runs
 };
 
 // Resources of one batch on the GPU. Reused once the batch's event has completed.
@@ -41,6 +42,8 @@ struct GpuMover::Lane {
   DeviceBuffer device_staging;  // CPU-assisted D2H only
   PinnedBuffer host_staging;
   CudaEvent uploaded;  // kSideStream: after the latest piece's descriptor upload
+  CudaEvent engine_uploaded;  // after the upload of the copy-engine path's descriptors
+  CudaEvent engine_done;      // D2H: after the batch's last copy-engine run
   CudaEvent done;
   // CPU-assisted D2H: pieces of the batch, each with the event after its D2H copy, and the
   // (staging -> DRAM slot, bytes) scatters of its segments.
@@ -86,6 +89,19 @@ Status GpuMoverOptions::Validate() const {
   if (descriptor_upload != DescriptorUpload::kInline && descriptor_upload != DescriptorUpload::kSideStream) {
     return Status::InvalidArgument("gpu mover: unknown descriptor_upload");
   }
+  if (engine_run_bytes != 0) {
+    if (engine_run_bytes < (64u << 10)) {
+      return Status::InvalidArgument(fmt::format("gpu mover: engine_run_bytes {} below 64 KiB (0 = off)", engine_run_bytes));
+    }
+    if (engine_piece_bytes < (1u << 20) || engine_piece_bytes < chunk_bytes || engine_piece_bytes % 16 != 0) {
+      return Status::InvalidArgument(fmt::format(
+          "gpu mover: engine_piece_bytes {} (a multiple of 16, >= 1 MiB and >= chunk_bytes {})", engine_piece_bytes,
+          chunk_bytes));
+    }
+    if (engine_pieces < 2 || engine_pieces > 64) {
+      return Status::InvalidArgument(fmt::format("gpu mover: engine_pieces {} out of [2, 64]", engine_pieces));
+    }
+  }
   return Status();
 }
 
@@ -127,9 +143,23 @@ Status GpuMover::Init() {
                            "reading the multiprocessor count");
   KVT_ASSIGN_OR_RETURN(stream_, CudaStream::Create(options_.device));
   KVT_ASSIGN_OR_RETURN(upload_stream_, CudaStream::Create(options_.device));
+  if (options_.engine_run_bytes != 0) {
+    KVT_ASSIGN_OR_RETURN(engine_stream_, CudaStream::Create(options_.device));
+    staged_parts_ = std::make_unique<kernels::StagedParts>();
+    KVT_ASSIGN_OR_RETURN(engine_staging_, DeviceBuffer::Allocate(options_.device, options_.engine_piece_bytes *
+                                                                                      options_.engine_pieces));
+    for (uint32_t i = 0; i < options_.engine_pieces; ++i) {
+      KVT_ASSIGN_OR_RETURN(CudaEvent filled, CudaEvent::Create(options_.device));
+      KVT_ASSIGN_OR_RETURN(CudaEvent freed, CudaEvent::Create(options_.device));
+      engine_filled_.push_back(std::move(filled));
+      engine_freed_.push_back(std::move(freed));
+    }
+  }
   for (uint32_t i = 0; i < options_.max_in_flight; ++i) {
     auto lane = std::make_unique<Lane>();
     KVT_ASSIGN_OR_RETURN(lane->uploaded, CudaEvent::Create(options_.device));
+    KVT_ASSIGN_OR_RETURN(lane->engine_uploaded, CudaEvent::Create(options_.device));
+    KVT_ASSIGN_OR_RETURN(lane->engine_done, CudaEvent::Create(options_.device));
     KVT_ASSIGN_OR_RETURN(lane->done, CudaEvent::Create(options_.device));
     free_lanes_.push_back(lane.get());
     lanes_.push_back(std::move(lane));
@@ -221,24 +251,219 @@ Fence GpuMover::Submit(MoveBatch batch) {
   return fence;
 }
 
+const std::byte* GpuMover::DramAddress(const CopySegment& c) const {
+  return to_device_ ? SourceSlot(c.src) + c.src_offset : DestinationSlot(c.dst) + c.dst_offset;
+}
+
+namespace {
+
+// Descriptors a segment takes: one in a uniform batch, else one per chunk.
+size_t DescriptorsOf(const CopySegment& c, bool uniform, uint64_t chunk) {
+  return uniform ? 1 : (c.bytes + chunk - 1) / chunk;
+}
+
+}  // namespace
+
 Status GpuMover::Launch(Job& job, Lane& lane) {
   DeviceGuard guard(options_.device);
-  const auto& segments = job.batch.segments;
+  const std::span<const CopySegment> segments = job.batch.segments;
+  // Runs of segments in adjacent DRAM slots, at least engine_run_bytes long, go by the copy
+  // engines; the rest by the kernels (or the CPU-assisted path). A batch with no such run
+  // (blocks at scattered slots) takes the kernel paths as before, and one that is all runs
+  // the engines; only a mixed batch is copied into two lists.
+  std::vector<std::pair<size_t, size_t>> runs;  // [first, end) segments of each engine run
+  if (options_.engine_run_bytes != 0 && !segments.empty()) {
+    size_t run_start = 0;
+    uint64_t run_bytes = 0;
+    const std::byte* run_end = nullptr;
+    for (size_t i = 0; i <= segments.size(); ++i) {
+      const std::byte* at = i < segments.size() ? DramAddress(segments[i]) : nullptr;
+      if (i == segments.size() || (i > 0 && at != run_end)) {
+        if (run_bytes >= options_.engine_run_bytes) {
+          runs.emplace_back(run_start, i);
+          job.engine_bytes += run_bytes;
+        }
+        run_start = i;
+        run_bytes = 0;
+      }
+      if (i < segments.size()) {
+        run_bytes += segments[i].bytes;
+        run_end = at + segments[i].bytes;
+      }
+    }
+  }
+  std::vector<CopySegment> engine, rest;
+  std::span<const CopySegment> by_engine, by_kernel = segments;
+  if (job.engine_bytes == job.bytes && job.bytes != 0) {
+    by_engine = segments;
+    by_kernel = {};
+  } else if (!runs.empty()) {
+    size_t at = 0;
+    for (auto [first, end] : runs) {
+      rest.insert(rest.end(), segments.begin() + static_cast<ptrdiff_t>(at), segments.begin() + static_cast<ptrdiff_t>(first));
+      engine.insert(engine.end(), segments.begin() + static_cast<ptrdiff_t>(first), segments.begin() + static_cast<ptrdiff_t>(end));
+      at = end;
+    }
+    rest.insert(rest.end(), segments.begin() + static_cast<ptrdiff_t>(at), segments.end());
+    by_engine = engine;
+    by_kernel = rest;
+  }
   // Uniform batches (every segment the same size: whole blocks or slices) take the flat
   // kernel with one descriptor per segment; ragged ones are split into chunks.
-  size_t count = segments.size();
-  if (!job.uniform) {
-    count = 0;
-    for (const CopySegment& c : segments) count += (c.bytes + options_.chunk_bytes - 1) / options_.chunk_bytes;
+  size_t kernel_count = 0, engine_count = 0;
+  for (const CopySegment& c : by_kernel) kernel_count += DescriptorsOf(c, job.uniform, options_.chunk_bytes);
+  const bool engine_uniform = job.uniform && !by_engine.empty() && by_engine.front().bytes <= options_.engine_piece_bytes;
+  if (!engine_uniform) {  // uniform engine pieces pass their slots as kernel parameters
+    for (const CopySegment& c : by_engine) engine_count += DescriptorsOf(c, false, options_.chunk_bytes);
   }
-  const size_t desc_bytes = std::max<size_t>(count, 1) * sizeof(DeviceCopyDescriptor);
+  const size_t desc_bytes = std::max<size_t>(kernel_count + engine_count, 1) * sizeof(DeviceCopyDescriptor);
   if (lane.host_descriptors.size() < desc_bytes) {
     KVT_ASSIGN_OR_RETURN(lane.host_descriptors, PinnedBuffer::Allocate(desc_bytes * 2));
     KVT_ASSIGN_OR_RETURN(lane.device_descriptors, DeviceBuffer::Allocate(options_.device, desc_bytes * 2));
   }
-  const bool cpu_assisted = !to_device_ && job.mode == D2hMode::kCpuAssisted;
-  KVT_RETURN_IF_ERROR(cpu_assisted ? LaunchCpuAssisted(job, lane) : LaunchKernelPieces(job, lane));
+  // A mixed batch: the copy stream runs the kernels of one part behind the other. The staging
+  // ring lets the engines run ahead of the copy stream by engine_pieces pieces, so H2D
+  // enqueues the gather first (the engines fill the ring meanwhile) and D2H the packs first
+  // (the engines drain the ring while the scatter kernel runs).
+  auto by_kernels = [&]() -> Status {
+    if (by_kernel.empty()) return Status();
+    const bool cpu_assisted = !to_device_ && job.mode == D2hMode::kCpuAssisted;
+    return cpu_assisted ? LaunchCpuAssisted(job, by_kernel, job.bytes - job.engine_bytes, lane)
+                        : LaunchKernelPieces(by_kernel, job.uniform, lane, 0);
+  };
+  if (to_device_) KVT_RETURN_IF_ERROR(by_kernels());
+  if (!by_engine.empty()) KVT_RETURN_IF_ERROR(LaunchEngineRuns(by_engine, engine_uniform, lane, kernel_count));
+  if (!to_device_) KVT_RETURN_IF_ERROR(by_kernels());
+  if (!by_engine.empty() && !to_device_) {
+    // The batch is done when its last engine copy has landed too.
+    KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(lane.engine_done.get(), engine_stream_.get()), "recording engine runs");
+    KVT_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(stream_.get(), lane.engine_done.get(), 0), "waiting for engine runs");
+  }
   KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(lane.done.get(), stream_.get()), "recording the batch event");
+  return Status();
+}
+
+// Copy-engine runs, piece by piece through the staging ring. Piece j uses ring buffer
+// k = j mod engine_pieces; its first use waits for that buffer's previous user (engine_freed_).
+//   H2D: engine stream: DRAM runs -> staging k, filled[k]; copy stream: unpack kernel
+//        staging k -> HBM slots, freed[k].
+//   D2H: copy stream: pack kernel HBM slots -> staging k, filled[k]; engine stream: staging k
+//        -> DRAM runs, freed[k].
+// A piece is built, its descriptors uploaded and its copies enqueued before the next piece is
+// built, so the engines start after one piece of host work, not a whole batch's. The runs of
+// a piece go as one cudaMemcpyBatchAsync (one cudaMemcpyAsync when there is one run). Every
+// event is recorded and waited for from the launcher thread, in order, so each wait binds to
+// the record just before it.
+Status GpuMover::LaunchEngineRuns(std::span<const CopySegment> segments, bool uniform, Lane& lane, size_t first_desc) {
+  const uint64_t piece_cap = options_.engine_piece_bytes;
+  const uint64_t chunk = uniform ? UINT64_MAX : options_.chunk_bytes;
+  // Uniform pieces carry their HBM slot list in the pack/unpack kernel's parameters; ragged
+  // ones upload descriptors (on the upload stream) for the ragged copy kernel.
+  const size_t max_parts = uniform ? kernels::kStagedMaxParts : SIZE_MAX;
+  auto* descs = reinterpret_cast<DeviceCopyDescriptor*>(lane.host_descriptors.data()) + first_desc;
+  auto* dev_descs = reinterpret_cast<DeviceCopyDescriptor*>(lane.device_descriptors.data()) + first_desc;
+  const cudaStream_t st = stream_.get();
+  const cudaStream_t eng = options_.engine_streams == 2 ? engine_stream_.get() : st;
+  const cudaStream_t up = options_.engine_streams == 2 ? upload_stream_.get() : st;
+  const kernels::CopyLaunch launch{.ctas = options_.ctas, .unroll = options_.unroll,
+                                   .uniform_bytes = uniform ? segments.front().bytes : 0,
+                                   .streaming = options_.streaming};
+  kernels::StagedParts& staged = *staged_parts_;
+  std::vector<void*> dsts;
+  std::vector<const void*> srcs;
+  std::vector<size_t> sizes;
+  size_t n = 0;          // ragged descriptors written
+  size_t seg = 0;        // next segment
+  uint64_t seg_off = 0;  // next byte of it (ragged chunks)
+  while (seg < segments.size()) {
+    const uint32_t k = static_cast<uint32_t>(ring_next_++ % options_.engine_pieces);
+    std::byte* staging = engine_staging_.data() + uint64_t{k} * piece_cap;
+    const size_t first = n;
+    size_t parts = 0;
+    uint64_t off = 0;
+    dsts.clear();
+    srcs.clear();
+    sizes.clear();
+    const std::byte* run_end = nullptr;
+    while (seg < segments.size() && parts < max_parts) {
+      const CopySegment& c = segments[seg];
+      const uint64_t bytes = std::min(chunk, c.bytes - seg_off);
+      if (off + bytes > piece_cap) break;
+      std::byte* src = const_cast<std::byte*>(SourceSlot(c.src)) + c.src_offset + seg_off;
+      std::byte* dst = DestinationSlot(c.dst) + c.dst_offset + seg_off;
+      std::byte* hbm = to_device_ ? dst : src;
+      std::byte* dram = to_device_ ? src : dst;
+      if (uniform) {
+        staged.slots[parts] = reinterpret_cast<uint64_t>(hbm);
+      } else {
+        descs[n++] = to_device_ ? DeviceCopyDescriptor{reinterpret_cast<uint64_t>(staging + off),
+                                                       reinterpret_cast<uint64_t>(hbm), bytes, 0}
+                                : DeviceCopyDescriptor{reinterpret_cast<uint64_t>(hbm),
+                                                       reinterpret_cast<uint64_t>(staging + off), bytes, 0};
+      }
+      ++parts;
+      if (dram == run_end) {
+        sizes.back() += bytes;  // extends the piece's current run
+      } else {
+        dsts.push_back(to_device_ ? static_cast<void*>(staging + off) : static_cast<void*>(dram));
+        srcs.push_back(to_device_ ? static_cast<const void*>(dram) : static_cast<const void*>(staging + off));
+        sizes.push_back(bytes);
+      }
+      run_end = dram + bytes;
+      off += bytes;
+      seg_off += bytes;
+      if (seg_off == c.bytes) {
+        ++seg;
+        seg_off = 0;
+      }
+    }
+    if (parts == 0) return Status::Internal("gpu mover: a copy-engine part larger than engine_piece_bytes");
+    if (!uniform) {
+      KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(dev_descs + first, descs + first, (n - first) * sizeof(DeviceCopyDescriptor),
+                                               cudaMemcpyHostToDevice, up),
+                               "copying engine-run descriptors");
+      KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(lane.engine_uploaded.get(), up), "recording a descriptor upload");
+      KVT_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(st, lane.engine_uploaded.get(), 0), "waiting for a descriptor upload");
+    }
+    auto device_copy = [&](bool pack) -> cudaError_t {
+      if (!uniform) return kernels::LaunchCopyBlocks(dev_descs + first, static_cast<uint32_t>(parts), launch, st);
+      staged.staging = reinterpret_cast<uint64_t>(staging);
+      staged.part_bytes = segments.front().bytes;
+      staged.count = static_cast<uint32_t>(parts);
+      return kernels::LaunchStagedCopy(staged, pack, launch, st);  // the parameters are copied at launch
+    };
+    auto engine_copies = [&]() -> Status {
+      if (sizes.size() == 1) {
+        KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(dsts[0], srcs[0], sizes[0],
+                                                 to_device_ ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, eng),
+                                 "copy-engine run");
+        return Status();
+      }
+      cudaMemcpyAttributes attr{};
+      attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+      size_t attr_index = 0;
+      KVT_RETURN_IF_CUDA_ERROR(
+          cudaMemcpyBatchAsync(dsts.data(), srcs.data(), sizes.data(), sizes.size(), &attr, &attr_index, 1, eng),
+          "copy-engine runs (cudaMemcpyBatchAsync)");
+      return Status();
+    };
+    cudaEvent_t filled = engine_filled_[k].get(), freed = engine_freed_[k].get();
+    if (to_device_) {
+      KVT_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(eng, freed, 0), "waiting for a staging buffer");
+      KVT_RETURN_IF_ERROR(engine_copies());
+      KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(filled, eng), "recording a staged piece");
+      KVT_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(st, filled, 0), "waiting for a staged piece");
+      KVT_RETURN_IF_CUDA_ERROR(device_copy(false), "launching the unpack kernel");
+      KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(freed, st), "recording a free staging buffer");
+    } else {
+      KVT_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(st, freed, 0), "waiting for a staging buffer");
+      KVT_RETURN_IF_CUDA_ERROR(device_copy(true), "launching the pack kernel");
+      KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(filled, st), "recording a packed piece");
+      KVT_RETURN_IF_CUDA_ERROR(cudaStreamWaitEvent(eng, filled, 0), "waiting for a packed piece");
+      KVT_RETURN_IF_ERROR(engine_copies());
+      KVT_RETURN_IF_CUDA_ERROR(cudaEventRecord(freed, eng), "recording a free staging buffer");
+    }
+  }
   return Status();
 }
 
@@ -247,16 +472,15 @@ Status GpuMover::Launch(Job& job, Lane& lane) {
 // upload or kernel reads is rewritten within the batch; the lane (and so its buffers) is
 // reused only after `done` — recorded behind the last kernel, which waited for every
 // upload — has completed.
-Status GpuMover::LaunchKernelPieces(Job& job, Lane& lane) {
-  const auto& segments = job.batch.segments;
-  auto* descs = reinterpret_cast<DeviceCopyDescriptor*>(lane.host_descriptors.data());
-  const auto* dev_descs = reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data());
+Status GpuMover::LaunchKernelPieces(std::span<const CopySegment> segments, bool uniform, Lane& lane, size_t first_desc) {
+  auto* descs = reinterpret_cast<DeviceCopyDescriptor*>(lane.host_descriptors.data()) + first_desc;
+  const auto* dev_descs = reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data()) + first_desc;
   const cudaStream_t st = stream_.get();
   const bool side = options_.descriptor_upload == DescriptorUpload::kSideStream;
   const cudaStream_t up = side ? upload_stream_.get() : st;
   const uint32_t per_sm = options_.ctas_per_sm != 0 ? options_.ctas_per_sm : to_device_ ? 4u : kD2hCtasPerSm;
   const kernels::CopyLaunch launch{.ctas = options_.ctas, .ctas_per_sm = per_sm, .unroll = options_.unroll,
-                                   .uniform_bytes = job.uniform ? segments.front().bytes : 0,
+                                   .uniform_bytes = uniform ? segments.front().bytes : 0,
                                    .streaming = options_.streaming};
   const uint64_t launch_bytes = options_.launch_bytes == 0 ? UINT64_MAX : options_.launch_bytes;
   uint64_t target = options_.launch_bytes == 0 || options_.first_launch_bytes == 0
@@ -266,8 +490,7 @@ Status GpuMover::LaunchKernelPieces(Job& job, Lane& lane) {
   uint64_t pending = 0;
   auto flush = [&]() -> Status {
     if (n == flushed) return Status();
-    KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(lane.device_descriptors.data() + flushed * sizeof(DeviceCopyDescriptor),
-                                             descs + flushed, (n - flushed) * sizeof(DeviceCopyDescriptor),
+    KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(const_cast<DeviceCopyDescriptor*>(dev_descs) + flushed, descs + flushed, (n - flushed) * sizeof(DeviceCopyDescriptor),
                                              cudaMemcpyHostToDevice, up),
                              "copying descriptors");
     if (side) {
@@ -282,7 +505,7 @@ Status GpuMover::LaunchKernelPieces(Job& job, Lane& lane) {
     target = target > launch_bytes / 2 ? launch_bytes : target * 2;
     return Status();
   };
-  if (job.uniform) {
+  if (uniform) {
     for (const CopySegment& c : segments) {
       descs[n++] = DeviceCopyDescriptor{reinterpret_cast<uint64_t>(SourceSlot(c.src) + c.src_offset),
                                         reinterpret_cast<uint64_t>(DestinationSlot(c.dst) + c.dst_offset), c.bytes, 0};
@@ -307,13 +530,12 @@ Status GpuMover::LaunchKernelPieces(Job& job, Lane& lane) {
 
 // CPU-assisted D2H: pack a run of segments into device staging, copy that run to pinned
 // staging, mark it; the completion thread scatters piece i while the GPU works on piece i+1.
-Status GpuMover::LaunchCpuAssisted(Job& job, Lane& lane) {
-  const auto& segments = job.batch.segments;
-  if (lane.device_staging.size() < job.bytes) {
+Status GpuMover::LaunchCpuAssisted(Job& job, std::span<const CopySegment> segments, uint64_t bytes_total, Lane& lane) {
+  if (lane.device_staging.size() < bytes_total) {
     lane.device_staging = DeviceBuffer();
     lane.host_staging = PinnedBuffer();
-    KVT_ASSIGN_OR_RETURN(lane.device_staging, DeviceBuffer::Allocate(options_.device, job.bytes));
-    KVT_ASSIGN_OR_RETURN(lane.host_staging, PinnedBuffer::Allocate(job.bytes));
+    KVT_ASSIGN_OR_RETURN(lane.device_staging, DeviceBuffer::Allocate(options_.device, bytes_total));
+    KVT_ASSIGN_OR_RETURN(lane.host_staging, PinnedBuffer::Allocate(bytes_total));
   }
   auto* descs = reinterpret_cast<DeviceCopyDescriptor*>(lane.host_descriptors.data());
   const auto* dev_descs = reinterpret_cast<const DeviceCopyDescriptor*>(lane.device_descriptors.data());
@@ -404,6 +626,7 @@ void GpuMover::LaunchLoop() {
       if (!job->status.ok()) {
         (void)cudaStreamSynchronize(stream_.get());
         (void)cudaStreamSynchronize(upload_stream_.get());
+        if (options_.engine_run_bytes != 0) (void)cudaStreamSynchronize(engine_stream_.get());
       }
     }
     lock.lock();
@@ -451,6 +674,7 @@ void GpuMover::CompleteLoop() {
     auto ns = [](auto d) { return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()); };
     counters_->stats.RecordBatch(job->batch.segments.size(), job->bytes, s.ok(), ns(done - job->submitted),
                                  ns(done - job->launched));
+    if (s.ok()) counters_->stats.RecordEngineBytes(job->engine_bytes);
     // The lane's last use (done, or the failure path's synchronize) is over: hand it back
     // before signaling, so a batch submitted by the fence's waiter finds it free.
     lock.lock();

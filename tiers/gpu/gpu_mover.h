@@ -7,6 +7,15 @@
 //     scatter them into the DRAM slots (no SMs spent on PCIe); kAuto — per block size, from
 //     the TransferProfile (`kvtier probe`), the kernel when there is none.
 //
+// Copy-engine runs (both directions): where consecutive segments of a batch sit in adjacent
+// DRAM slots for at least `engine_run_bytes`, that run crosses PCIe as one cudaMemcpyAsync
+// between the DRAM slots and a device staging piece, and a copy kernel moves the blocks
+// between the staging piece and their HBM slots (device to device). The copy engines issue
+// large PCIe requests; SM-issued loads and stores do not, and on an H100 PCIe host the gather
+// and scatter kernels together cap near 60-64 GB/s where the two engines move ~100
+// (docs/benchmarks.md). SlotPool hands out slots reserved together as one ascending run, so
+// blocks offloaded in one batch form such runs, and so do their later loads.
+//
 // Every batch waits (on the host, without blocking the mover's threads) for the fences in
 // its wait_for — the producers of its source bytes and the last users of its destination
 // slots — before anything is launched. Each mover owns its streams (copy and descriptor
@@ -18,6 +27,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -28,6 +38,10 @@
 #include "kvtier/tier.h"
 #include "stream_copy.h"
 #include "transfer_profile.h"
+
+namespace kvtier::kernels {
+struct StagedParts;  // copy_blocks.cuh
+}  // namespace kvtier::kernels
 
 namespace kvtier {
 
@@ -75,6 +89,17 @@ struct GpuMoverOptions {
   // piece launch_bytes; else >= 64 KiB. Ignored when launch_bytes is 0.
   uint64_t first_launch_bytes = 1 << 20;
   DescriptorUpload descriptor_upload = DescriptorUpload::kSideStream;
+  // Runs of adjacent DRAM slots of at least this many bytes go by the copy engines (above).
+  // 0 = never: every block by the SM kernels (or the CPU-assisted path). Else >= 64 KiB.
+  uint64_t engine_run_bytes = 1 << 20;
+  // The copy-engine path stages through a ring of `engine_pieces` device buffers of
+  // `engine_piece_bytes` (>= 1 MiB and >= chunk_bytes; 2..64 pieces), so the engines copy
+  // piece i while a kernel packs or unpacks piece i + 1. Allocated when engine_run_bytes > 0.
+  uint64_t engine_piece_bytes = 8 << 20;
+  uint32_t engine_pieces = 4;
+  // 2: the engine copies on their own stream, overlapping the pack/unpack kernels; 1: copies,
+  // descriptor uploads and kernels in order on the copy stream (no cross-stream waits).
+  uint32_t engine_streams = 2;
   TransferProfile profile;          // for kAuto; empty = the kernel everywhere
   Status Validate() const;
 };
@@ -106,10 +131,14 @@ class GpuMover final : public Mover {
   void LaunchLoop();
   void CompleteLoop();
   Status Launch(Job& job, Lane& lane);
-  Status LaunchKernelPieces(Job& job, Lane& lane);
-  Status LaunchCpuAssisted(Job& job, Lane& lane);
-  // Address of a slot: base + slot * slot_bytes when Init found the tier laid out that way
-  // (checked for every slot), else the tier's Locate.
+  // The three paths, each on the segments it is given; `first_desc` is the first of the
+  // lane's descriptor slots it may use.
+  Status LaunchKernelPieces(std::span<const CopySegment> segments, bool uniform, Lane& lane, size_t first_desc);
+  Status LaunchCpuAssisted(Job& job, std::span<const CopySegment> segments, uint64_t bytes, Lane& lane);
+  Status LaunchEngineRuns(std::span<const CopySegment> segments, bool uniform, Lane& lane, size_t first_desc);
+  // The DRAM address of a segment (its source for H2D, its destination for D2H).
+  const std::byte* DramAddress(const CopySegment& c) const;
+  // Address of a slot (the tier's Locate).
   const std::byte* SourceSlot(SlotId slot) const;
   std::byte* DestinationSlot(SlotId slot) const;
 
@@ -122,6 +151,12 @@ class GpuMover final : public Mover {
   StreamCopier copier_;  // CPU-assisted scatter (options_.cpu_copy, resolved)
   CudaStream stream_;         // copies (kernels, CPU-assisted D2H memcpys), in batch order
   CudaStream upload_stream_;  // descriptor uploads (DescriptorUpload::kSideStream)
+  CudaStream engine_stream_;  // copy-engine runs (DRAM <-> staging)
+  // The copy-engine path's staging ring; only the launcher thread uses ring_next_.
+  DeviceBuffer engine_staging_;
+  std::vector<CudaEvent> engine_filled_, engine_freed_;  // per piece: data staged; staging free again
+  std::unique_ptr<kernels::StagedParts> staged_parts_;    // a uniform piece's slot list (32 KiB)
+  uint64_t ring_next_ = 0;
   std::unique_ptr<Counters> counters_;
 
   std::mutex mu_;

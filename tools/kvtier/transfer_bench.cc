@@ -59,6 +59,10 @@ struct TransferOptions {
   uint64_t first_launch_bytes = 1 << 20;  // GpuMoverOptions::first_launch_bytes (0 = no ramp)
   std::string descriptor_upload = "side";  // GpuMoverOptions::descriptor_upload: side or inline
   bool streaming = false;
+  uint64_t engine_run_bytes = 1 << 20;    // GpuMoverOptions::engine_run_bytes (0 = off)
+  uint64_t engine_piece_bytes = 8 << 20;  // GpuMoverOptions::engine_piece_bytes
+  uint32_t engine_pieces = 4;             // GpuMoverOptions::engine_pieces
+  uint32_t engine_streams = 2;            // GpuMoverOptions::engine_streams
   bool pair_diag = false;  // both: each mover next to a contiguous copy of the other direction
   bool json = false;
 };
@@ -85,9 +89,7 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   KVT_ASSIGN_OR_RETURN(HugePages huge, ParseHugePages(o.huge_pages));
   KVT_ASSIGN_OR_RETURN(HostCopyPath cpu_copy, ParseHostCopyPath(o.cpu_copy));
   KVT_ASSIGN_OR_RETURN(DescriptorUpload upload, ParseDescriptorUpload(o.descriptor_upload));
-  if (o.pattern != "random" && o.pattern != "sequential") {
-    return Status::InvalidArgument(fmt::format("--pattern {} (random or sequential)", o.pattern));
-  }
+  KVT_ASSIGN_OR_RETURN(Pattern pattern, ParsePattern(o.pattern));
   if (o.baselines != "all" && o.baselines != "contiguous") {
     return Status::InvalidArgument(fmt::format("--baselines {} (all or contiguous)", o.baselines));
   }
@@ -111,10 +113,17 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   mo.launch_bytes = o.launch_bytes;
   mo.first_launch_bytes = o.first_launch_bytes;
   mo.descriptor_upload = upload;
+  mo.engine_run_bytes = o.engine_run_bytes;
+  mo.engine_piece_bytes = o.engine_piece_bytes;
+  mo.engine_pieces = o.engine_pieces;
+  mo.engine_streams = o.engine_streams;
   KVT_ASSIGN_OR_RETURN(auto up, GpuMover::Create(p.dram.get(), p.hbm.get(), mo));
   if (o.d2h_ctas != 0) mo.ctas = o.d2h_ctas;
   KVT_ASSIGN_OR_RETURN(auto down, GpuMover::Create(p.hbm.get(), p.dram.get(), mo));
-  const Placement pl = Place(blocks, p.slots, 5, o.pattern == "sequential");
+  const Placement pl = Place(blocks, p.slots, 5, pattern);
+  const auto [runs, mean_run] = DramRuns(pl);
+  fmt::print(stderr, "kvtier bench transfer: {} blocks in {} runs of adjacent DRAM slots (mean {:.1f} blocks)\n", blocks,
+             runs, mean_run);
 
   auto one_direction = [&](bool h2d) -> Status {
     const std::string dir = h2d ? "h2d" : "d2h";
@@ -256,7 +265,7 @@ void PrintRows(const TransferOptions& o, const std::vector<Row>& rows) {
       nlohmann::json j{{"bench", "transfer"}, {"direction", r.direction}, {"block_size", o.block_size},
                        {"total", o.total}, {"mode", o.mode}, {"ctas", o.ctas}, {"unroll", o.unroll},
                        {"host_alloc", o.host_alloc}, {"streaming", o.streaming}, {"huge_pages", o.huge_pages},
-                       {"pattern", o.pattern}, {"cpu_copy", o.cpu_copy}, {"d2h_ctas", o.d2h_ctas}, {"ctas_per_sm", o.ctas_per_sm},
+                       {"pattern", o.pattern}, {"engine_run_bytes", o.engine_run_bytes}, {"cpu_copy", o.cpu_copy}, {"d2h_ctas", o.d2h_ctas}, {"ctas_per_sm", o.ctas_per_sm},
                        {"cpu_threads", o.cpu_threads}, {"launch_bytes", o.launch_bytes},
                        {"first_launch_bytes", o.first_launch_bytes}, {"descriptor_upload", o.descriptor_upload},
                        {"method", r.method}, {"gbps", r.gbps}};
@@ -353,7 +362,9 @@ void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--host-alloc", o->host_alloc,
                   "DRAM pool pinning: register (mmap + cudaHostRegister, the DRAM tier) or cuda (cudaHostAlloc)");
   cmd->add_option("--huge-pages", o->huge_pages, "DRAM pool pages: off, transparent (= on, the default) or hugetlb");
-  cmd->add_option("--pattern", o->pattern, "block placement: random slots (default) or sequential (block i at slot i)");
+  cmd->add_option("--pattern", o->pattern,
+                  "block placement: random (default), sequential, runs:N (DRAM runs of N slots) or churn:MIN:MAX "
+                  "(DRAM slots from a churned SlotPool, requests of MIN..MAX blocks)");
   cmd->add_option("--cpu-copy", o->cpu_copy, "CPU-assisted scatter copy: auto (non-temporal), memcpy, avx2, avx512");
   cmd->add_option("--d2h-ctas", o->d2h_ctas, "copy kernel blocks of the D2H mover (0 = --ctas)");
   cmd->add_option("--ctas-per-sm", o->ctas_per_sm,
@@ -374,6 +385,11 @@ void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
                   "inline (on the copy stream before each kernel, the previous behaviour)");
   cmd->add_option("--repeats", o->repeats, "timed runs; the median is reported");
   cmd->add_option("--device", o->device, "CUDA device");
+  cmd->add_option("--engine-run-bytes", o->engine_run_bytes,
+                  "runs of adjacent DRAM slots at least this long go by the copy engines (0 = never)");
+  cmd->add_option("--engine-piece-bytes", o->engine_piece_bytes, "copy-engine path: bytes per staging piece");
+  cmd->add_option("--engine-pieces", o->engine_pieces, "copy-engine path: staging pieces in the ring");
+  cmd->add_option("--engine-streams", o->engine_streams, "copy-engine path: 2 (copies overlap the kernels) or 1");
   cmd->add_flag("--pair-diag", o->pair_diag,
                "both: also time each direction's mover next to one contiguous copy of the other direction");
   cmd->add_flag("--json", o->json, "one JSON line per method");

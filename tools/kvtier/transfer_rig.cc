@@ -2,7 +2,10 @@
 // (transfer_rig.h).
 #include "transfer_rig.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <numeric>
@@ -88,9 +91,96 @@ Result<Pools> MakePools(uint64_t block, uint64_t pool_bytes, int device, bool ho
 
 
 
-Placement Place(uint32_t blocks, uint32_t slots, uint64_t seed, bool sequential) {
+Result<Pattern> ParsePattern(std::string_view text) {
+  Pattern p;
+  auto number = [&](std::string_view field) -> Result<uint32_t> {
+    uint32_t v = 0;
+    const auto [ptr, ec] = std::from_chars(field.data(), field.data() + field.size(), v);
+    if (ec != std::errc() || ptr != field.data() + field.size() || v == 0) {
+      return Status::InvalidArgument(fmt::format("--pattern {}: '{}' is not a positive whole number", text, field));
+    }
+    return v;
+  };
+  if (text == "random") return p;
+  if (text == "sequential") {
+    p.kind = Pattern::kSequential;
+    return p;
+  }
+  if (text.starts_with("runs:")) {
+    p.kind = Pattern::kRuns;
+    KVT_ASSIGN_OR_RETURN(p.run, number(text.substr(5)));
+    return p;
+  }
+  if (text.starts_with("churn:")) {
+    const std::string_view rest = text.substr(6);
+    const size_t colon = rest.find(':');
+    if (colon == std::string_view::npos) {
+      return Status::InvalidArgument(fmt::format("--pattern {}: expected churn:MIN:MAX (blocks per request)", text));
+    }
+    p.kind = Pattern::kChurn;
+    KVT_ASSIGN_OR_RETURN(p.min, number(rest.substr(0, colon)));
+    KVT_ASSIGN_OR_RETURN(p.max, number(rest.substr(colon + 1)));
+    if (p.min > p.max) return Status::InvalidArgument(fmt::format("--pattern {}: MIN above MAX", text));
+    return p;
+  }
+  return Status::InvalidArgument(
+      fmt::format("--pattern {} (random, sequential, runs:N or churn:MIN:MAX)", text));
+}
+
+std::string PatternName(const Pattern& p) {
+  switch (p.kind) {
+    case Pattern::kRandom: return "random";
+    case Pattern::kSequential: return "sequential";
+    case Pattern::kRuns: return fmt::format("runs:{}", p.run);
+    case Pattern::kChurn: return fmt::format("churn:{}:{}", p.min, p.max);
+  }
+  return "?";
+}
+
+namespace {
+
+// The DRAM slots of `blocks` blocks as a churned SlotPool hands them out (Pattern::kChurn).
+std::vector<uint32_t> ChurnedSlots(uint32_t blocks, uint32_t slots, const Pattern& pattern, std::mt19937_64& rng) {
+  SlotPool pool(slots);
+  std::vector<std::vector<SlotId>> live;
+  std::uniform_int_distribution<uint32_t> size(pattern.min, pattern.max);
+  const uint32_t full = slots / 10 * 9;
+  auto used = [&] { return slots - pool.usage().free_slots; };
+  auto fill = [&] {
+    while (used() < full) {
+      auto r = pool.Reserve(std::min(size(rng), slots - used()), "churn");
+      if (!r.ok() || r->empty()) break;
+      live.push_back(std::move(r).value());
+    }
+  };
+  auto release_one = [&] {
+    const size_t i = rng() % live.size();
+    pool.Release(live[i], Fence());
+    live[i] = std::move(live.back());
+    live.pop_back();
+  };
+  fill();
+  const uint64_t mean = (uint64_t{pattern.min} + pattern.max) / 2;
+  for (uint64_t turn = 0; turn < 4 * uint64_t{slots} / std::max<uint64_t>(mean, 1) && !live.empty(); ++turn) {
+    release_one();
+    fill();
+  }
+  while (pool.usage().free_slots < blocks && !live.empty()) release_one();
+  std::vector<uint32_t> out;
+  out.reserve(blocks);
+  while (out.size() < blocks) {
+    auto r = pool.Reserve(std::min<uint32_t>(size(rng), blocks - static_cast<uint32_t>(out.size())), "churn");
+    if (!r.ok()) break;  // cannot happen: `blocks` slots were made free above
+    for (SlotId s : *r) out.push_back(s.value());
+  }
+  return out;
+}
+
+}  // namespace
+
+Placement Place(uint32_t blocks, uint32_t slots, uint64_t seed, const Pattern& pattern) {
   Placement pl;
-  if (sequential) {  // block i at slot i of both pools: one contiguous range each
+  if (pattern.kind == Pattern::kSequential) {  // block i at slot i of both pools: one contiguous range each
     pl.dram.resize(blocks);
     std::iota(pl.dram.begin(), pl.dram.end(), 0u);
     pl.hbm = pl.dram;
@@ -102,9 +192,29 @@ Placement Place(uint32_t blocks, uint32_t slots, uint64_t seed, bool sequential)
   std::mt19937_64 rng(seed);
   std::shuffle(a.begin(), a.end(), rng);
   std::shuffle(b.begin(), b.end(), rng);
-  pl.dram.assign(a.begin(), a.begin() + blocks);
   pl.hbm.assign(b.begin(), b.begin() + blocks);
+  if (pattern.kind == Pattern::kRandom) {
+    pl.dram.assign(a.begin(), a.begin() + blocks);
+  } else if (pattern.kind == Pattern::kRuns) {
+    // Runs at distinct run-aligned places of the pool, in random order.
+    const uint32_t run = std::min(pattern.run, slots);
+    std::vector<uint32_t> starts(slots / run);
+    std::iota(starts.begin(), starts.end(), 0u);
+    std::shuffle(starts.begin(), starts.end(), rng);
+    for (size_t r = 0; pl.dram.size() < blocks && r < starts.size(); ++r) {
+      for (uint32_t i = 0; i < run && pl.dram.size() < blocks; ++i) pl.dram.push_back(starts[r] * run + i);
+    }
+  } else {
+    pl.dram = ChurnedSlots(blocks, slots, pattern, rng);
+  }
+  KVT_CHECK_MSG(pl.dram.size() == blocks, "placement: fewer DRAM slots than blocks");
   return pl;
+}
+
+std::pair<size_t, double> DramRuns(const Placement& pl) {
+  size_t runs = pl.dram.empty() ? 0 : 1;
+  for (size_t i = 1; i < pl.dram.size(); ++i) runs += pl.dram[i] != pl.dram[i - 1] + 1;
+  return {runs, runs ? double(pl.dram.size()) / double(runs) : 0.0};
 }
 
 std::byte* DramPtr(const Pools& p, uint32_t s) { return std::get<MemoryAddress>(p.dram->Locate(SlotId{s})).ptr; }

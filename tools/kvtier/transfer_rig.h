@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "copy_blocks.cuh"
@@ -59,8 +61,27 @@ struct Placement {
   std::vector<uint32_t> dram, hbm;  // slot of block i in each pool
 };
 
-// `blocks` blocks at random distinct slots of both pools (or block i at slot i: `sequential`).
-Placement Place(uint32_t blocks, uint32_t slots, uint64_t seed, bool sequential = false);
+// Where the blocks sit (`--pattern`):
+//   random       distinct random slots of both pools (blocks scattered as by a cache's churn
+//                at block granularity: no two adjacent, so the movers' copy-engine runs
+//                never apply)
+//   sequential   block i at slot i of both pools
+//   runs:N       DRAM slots in runs of N adjacent slots at random places; HBM slots random
+//   churn:A:B    DRAM slots as the DRAM tier's own SlotPool hands them out after churn:
+//                requests of A..B blocks (uniform) fill the pool to 90%, then one random
+//                request at a time is released and new ones reserved, for four pool turnovers;
+//                the blocks are the slots of new requests reserved after that (what an offload
+//                gets); HBM slots random
+struct Pattern {
+  enum Kind { kRandom, kSequential, kRuns, kChurn } kind = kRandom;
+  uint32_t run = 0;               // kRuns
+  uint32_t min = 0, max = 0;      // kChurn: request sizes in blocks
+};
+Result<Pattern> ParsePattern(std::string_view text);
+std::string PatternName(const Pattern& p);
+Placement Place(uint32_t blocks, uint32_t slots, uint64_t seed, const Pattern& pattern = {});
+// Runs of adjacent DRAM slots in a placement: their count and mean length in blocks.
+std::pair<size_t, double> DramRuns(const Placement& pl);
 std::byte* DramPtr(const Pools& p, uint32_t s);
 std::byte* HbmPtr(const Pools& p, uint32_t s);
 MoveBatch MakeBatch(const Placement& pl, bool h2d, uint64_t block);

@@ -65,6 +65,7 @@ struct MoverStats {
   uint64_t segments = 0;
   uint64_t errors = 0;        // batches that completed with an error
   uint64_t busy_ns = 0;       // sum over batches of the time spent copying (GB/s = bytes / busy)
+  uint64_t engine_bytes = 0;  // of `bytes`, those moved as copy-engine runs (GPU movers)
   LatencyHistogram latency;   // per batch, submit -> completion
   double gbps() const { return busy_ns ? double(bytes) / double(busy_ns) : 0.0; }
 };
