@@ -310,7 +310,7 @@ if [ "$mode" = engine ]; then
     for pat in random churn:8:256 churn:64:2048; do
       for dir in h2d d2h both; do reps=5 d --direction "$dir" --block-size "$bs" --pattern "$pat"; done
     done
-    for er in 262144 524288 2097152 0; do
+    for er in 65536 262144 1048576 0; do
       for dir in h2d both; do d --direction "$dir" --block-size "$bs" --pattern churn:8:256 --engine-run-bytes "$er"; done
     done
   done

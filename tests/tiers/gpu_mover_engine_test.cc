@@ -250,7 +250,7 @@ INSTANTIATE_TEST_SUITE_P(D2hModes, GpuMoverEngineTest, ::testing::Values(D2hMode
 
 TEST(GpuMoverEngineOptionsTest, EngineOptionsAreValidated) {
   GpuMoverOptions o;
-  EXPECT_EQ(o.engine_run_bytes, uint64_t{1} << 20);
+  EXPECT_EQ(o.engine_run_bytes, uint64_t{128} << 10);
   EXPECT_TRUE(o.Validate().ok());
   o.engine_run_bytes = 4096;
   EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument);

@@ -91,7 +91,12 @@ struct GpuMoverOptions {
   DescriptorUpload descriptor_upload = DescriptorUpload::kSideStream;
   // Runs of adjacent DRAM slots of at least this many bytes go by the copy engines (above).
   // 0 = never: every block by the SM kernels (or the CPU-assisted path). Else >= 64 KiB.
-  uint64_t engine_run_bytes = 1 << 20;
+  // 128 KiB: with both directions at once over a churned pool (requests of 8..256 blocks) it
+  // moved 0.92-0.96 of the contiguous pair at 16 KiB blocks against 0.83-0.86 at 256 KiB and
+  // 0.75 at 1 MiB (H100, alternating runs; 64 KiB blocks: 0.96-0.98 either way), one
+  // direction alone unchanged. At 64 KiB every 64 KiB block is a run of its own and H2D alone
+  // fell to 0.60 (docs/benchmarks.md).
+  uint64_t engine_run_bytes = 128 << 10;
   // The copy-engine path stages through a ring of `engine_pieces` device buffers of
   // `engine_piece_bytes` (>= 1 MiB and >= chunk_bytes; 2..64 pieces), so the engines copy
   // piece i while a kernel packs or unpacks piece i + 1. Allocated when engine_run_bytes > 0.

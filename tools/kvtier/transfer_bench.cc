@@ -59,7 +59,7 @@ struct TransferOptions {
   uint64_t first_launch_bytes = 1 << 20;  // GpuMoverOptions::first_launch_bytes (0 = no ramp)
   std::string descriptor_upload = "side";  // GpuMoverOptions::descriptor_upload: side or inline
   bool streaming = false;
-  uint64_t engine_run_bytes = 1 << 20;    // GpuMoverOptions::engine_run_bytes (0 = off)
+  uint64_t engine_run_bytes = 128 << 10;  // GpuMoverOptions::engine_run_bytes (0 = off)
   uint64_t engine_piece_bytes = 8 << 20;  // GpuMoverOptions::engine_piece_bytes
   uint32_t engine_pieces = 4;             // GpuMoverOptions::engine_pieces
   uint32_t engine_streams = 2;            // GpuMoverOptions::engine_streams
