@@ -104,6 +104,23 @@ __global__ void __launch_bounds__(kThreads) StagedCopyKernel(const __grid_consta
   }
 }
 
+// The grid of a copy launch: `launch.ctas`, or sized to `work` (warps' worth of items, as
+// CopyBlocksCtas counts them) on the current device with the launch's cap per SM.
+cudaError_t ResolveCtas(const CopyLaunch& launch, uint64_t work, uint32_t* ctas) {
+  *ctas = launch.ctas;
+  if (*ctas != 0) return cudaSuccess;
+  int device = 0, sms = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return e;
+  *ctas = CopyBlocksCtas(static_cast<uint32_t>(std::min<uint64_t>(work, UINT32_MAX)), sms,
+                         launch.ctas_per_sm == 0 ? kCopyBlocksDefaultCtasPerSm : launch.ctas_per_sm);
+  return cudaSuccess;
+}
+
+// A flat kernel over `words` 16-byte words: 8 warp-items per 256 words (one word per thread).
+uint64_t FlatWork(uint64_t words) { return (words + 255) / 256 * 8; }
+
 }  // namespace
 
 cudaError_t LaunchStagedCopy(const StagedParts& parts, bool to_staging, const CopyLaunch& launch, cudaStream_t stream) {
@@ -112,15 +129,10 @@ cudaError_t LaunchStagedCopy(const StagedParts& parts, bool to_staging, const Co
       parts.staging % 16 != 0 || (launch.unroll != 4 && launch.unroll != 8) || launch.ctas_per_sm > 8) {
     return cudaErrorInvalidValue;
   }
-  uint32_t ctas = launch.ctas;
-  if (ctas == 0) {
-    int device = 0, sms = 0;
-    cudaError_t e = cudaGetDevice(&device);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (e != cudaSuccess) return e;
-    const uint64_t work = (uint64_t{parts.count} * parts.part_bytes / 16 + 255) / 256 * 8;
-    ctas = CopyBlocksCtas(static_cast<uint32_t>(std::min<uint64_t>(work, UINT32_MAX)), sms,
-                          launch.ctas_per_sm == 0 ? kCopyBlocksDefaultCtasPerSm : launch.ctas_per_sm);
+  uint32_t ctas = 0;
+  if (cudaError_t e = ResolveCtas(launch, FlatWork(uint64_t{parts.count} * parts.part_bytes / 16), &ctas);
+      e != cudaSuccess) {
+    return e;
   }
   const uint64_t words_per = parts.part_bytes / 16;
   const int shift = (words_per & (words_per - 1)) == 0 ? __builtin_ctzll(words_per) : -1;
@@ -146,17 +158,10 @@ cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t c
   if (launch.unroll != 4 && launch.unroll != 8) return cudaErrorInvalidValue;
   if (launch.uniform_bytes != 0 && launch.uniform_bytes % 16 != 0) return cudaErrorInvalidValue;
   if (launch.ctas_per_sm > 8) return cudaErrorInvalidValue;
-  uint32_t ctas = launch.ctas;
-  if (ctas == 0) {
-    int device = 0, sms = 0;
-    cudaError_t e = cudaGetDevice(&device);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (e != cudaSuccess) return e;
-    // The uniform kernel spreads one block over many warps: size it by words, not blocks.
-    const uint64_t work = launch.uniform_bytes ? (uint64_t{count} * launch.uniform_bytes / 16 + 255) / 256 * 8 : count;
-    ctas = CopyBlocksCtas(static_cast<uint32_t>(std::min<uint64_t>(work, UINT32_MAX)), sms,
-                          launch.ctas_per_sm == 0 ? kCopyBlocksDefaultCtasPerSm : launch.ctas_per_sm);
-  }
+  // The uniform kernel spreads one block over many warps: size it by words, not blocks.
+  uint32_t ctas = 0;
+  const uint64_t work = launch.uniform_bytes ? FlatWork(uint64_t{count} * launch.uniform_bytes / 16) : count;
+  if (cudaError_t e = ResolveCtas(launch, work, &ctas); e != cudaSuccess) return e;
   if (launch.uniform_bytes != 0) {
     const uint64_t words_per = launch.uniform_bytes / 16;
     const int shift = (words_per & (words_per - 1)) == 0 ? __builtin_ctzll(words_per) : -1;

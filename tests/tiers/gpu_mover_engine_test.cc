@@ -11,36 +11,17 @@
 #include <numeric>
 #include <random>
 
-#include "cuda_host_pinner.h"
 #include "gpu_hbm_tier.h"
 #include "gpu_mover.h"
-#include "host_tier.h"
+#include "gpu_mover_testing.h"
 
 namespace kvtier {
 namespace {
 
-bool HaveDevice() { return CudaDeviceCount() > 0; }
-
-std::unique_ptr<HostTier> PinnedDram(uint64_t slot_bytes, uint32_t slots) {
-  auto pinner = CudaHostPinner::Create();
-  if (!pinner.ok()) return nullptr;
-  HostTierOptions o;
-  o.slot_bytes = slot_bytes;
-  o.slot_count = slots;
-  o.pinner = *pinner;
-  auto t = HostTier::Create(o);
-  return t.ok() ? std::move(t).value() : nullptr;
-}
-
-std::byte* Ptr(const Tier& t, SlotId s) { return std::get<MemoryAddress>(t.Locate(s)).ptr; }
-
-void FillRandom(std::byte* p, uint64_t bytes, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  for (uint64_t i = 0; i + 8 <= bytes; i += 8) {
-    const uint64_t w = rng();
-    std::memcpy(p + i, &w, 8);
-  }
-}
+using gpu_testing::FillRandom;
+using gpu_testing::HaveDevice;
+using gpu_testing::PinnedDram;
+using gpu_testing::Ptr;
 
 // `n` DRAM slots out of [base, base + 2n): runs of 1..max_run adjacent slots at random,
 // non-overlapping places, in random order.
@@ -266,6 +247,10 @@ TEST(GpuMoverEngineOptionsTest, EngineOptionsAreValidated) {
   o.chunk_bytes = 2 << 20;
   EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument) << "a chunk must fit in a piece";
   o.chunk_bytes = 64 << 10;
+  EXPECT_TRUE(o.Validate().ok());
+  o.engine_streams = 3;
+  EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument);
+  o.engine_streams = 1;
   EXPECT_TRUE(o.Validate().ok());
 }
 

@@ -15,6 +15,7 @@
 #include "cuda_host_pinner.h"
 #include "gpu_hbm_tier.h"
 #include "gpu_mover.h"
+#include "gpu_mover_testing.h"
 #include "host_tier.h"
 #include "kvtier/tier_manager.h"
 #include "registry.h"
@@ -23,7 +24,7 @@
 namespace kvtier {
 namespace {
 
-bool HaveDevice() { return CudaDeviceCount() > 0; }
+using gpu_testing::HaveDevice;
 
 struct GpuHbmFactory {
   static bool Available() { return HaveDevice(); }
@@ -43,26 +44,9 @@ INSTANTIATE_TYPED_TEST_SUITE_P(GpuHbm, TierConformance, ::kvtier::GpuHbmFactory)
 namespace kvtier {
 namespace {
 
-std::unique_ptr<HostTier> PinnedDram(uint64_t slot_bytes, uint32_t slots) {
-  auto pinner = CudaHostPinner::Create();
-  if (!pinner.ok()) return nullptr;
-  HostTierOptions o;
-  o.slot_bytes = slot_bytes;
-  o.slot_count = slots;
-  o.pinner = *pinner;
-  auto t = HostTier::Create(o);
-  return t.ok() ? std::move(t).value() : nullptr;
-}
-
-std::byte* Ptr(const Tier& t, SlotId s) { return std::get<MemoryAddress>(t.Locate(s)).ptr; }
-
-void FillRandom(std::byte* p, uint64_t bytes, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  for (uint64_t i = 0; i + 8 <= bytes; i += 8) {
-    const uint64_t w = rng();
-    std::memcpy(p + i, &w, 8);
-  }
-}
+using gpu_testing::FillRandom;
+using gpu_testing::PinnedDram;
+using gpu_testing::Ptr;
 
 class GpuMoverTest : public ::testing::TestWithParam<D2hMode> {
  protected:

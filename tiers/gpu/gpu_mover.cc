@@ -101,6 +101,9 @@ Status GpuMoverOptions::Validate() const {
     if (engine_pieces < 2 || engine_pieces > 64) {
       return Status::InvalidArgument(fmt::format("gpu mover: engine_pieces {} out of [2, 64]", engine_pieces));
     }
+    if (engine_streams != 1 && engine_streams != 2) {
+      return Status::InvalidArgument(fmt::format("gpu mover: engine_streams {} (1 or 2)", engine_streams));
+    }
   }
   return Status();
 }
