@@ -207,6 +207,7 @@ TEST(RuntimeStatsTest, TextHasAMoverRowPerMoverStartingWithItsName) {
   up.segments = 345;
   up.errors = 2;
   up.busy_ns = 1'000'000'000;
+  up.engine_bytes = 2ull << 30;
   up.latency.counts[LatencyHistogram::BucketOf(100'000)] = 10;  // 100 µs -> [64, 128)
   MoverStats down;
   down.name = "uring dram->nvme";
@@ -219,6 +220,7 @@ TEST(RuntimeStatsTest, TextHasAMoverRowPerMoverStartingWithItsName) {
   const std::vector<std::string> up_rows = LinesStartingWith(text, "cuda dram->hbm ");
   ASSERT_EQ(up_rows.size(), 1u) << text;
   EXPECT_NE(up_rows[0].find("3.0 GiB"), std::string::npos) << up_rows[0];
+  EXPECT_NE(up_rows[0].find("2.0 GiB"), std::string::npos) << up_rows[0];  // by the copy engines
   EXPECT_NE(up_rows[0].find(" 345"), std::string::npos) << up_rows[0];
   EXPECT_NE(up_rows[0].find("3.22"), std::string::npos) << up_rows[0];  // 3 GiB / 1 s in GB/s
   EXPECT_NE(up_rows[0].find(" 128"), std::string::npos) << up_rows[0];  // p50 and p99
