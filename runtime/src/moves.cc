@@ -47,6 +47,17 @@ void TierManager::Impl::SubmitHop(TierKind src, TierKind dst, PlannedHop& hop, s
                                   HopKind kind) {
   if (hop.items.empty()) return;
   Mover* m = mover[TierIndex(src)][TierIndex(dst)];
+  // Between HBM and DRAM the segments go in the order of their DRAM slots, so blocks in
+  // adjacent DRAM slots are consecutive segments whatever order the caller named them in
+  // (blocks offloaded layer by layer and onboarded block-major, say): the GPU movers copy
+  // such runs with the copy engines.
+  const bool from_dram = src == TierKind::kDram && dst == TierKind::kHbm;
+  const bool to_dram = src == TierKind::kHbm && dst == TierKind::kDram;
+  if (from_dram || to_dram) {
+    std::sort(hop.items.begin(), hop.items.end(), [from_dram](const HopItem& a, const HopItem& b) {
+      return from_dram ? a.src.value() < b.src.value() : a.dst.value() < b.dst.value();
+    });
+  }
   MoveBatch batch;
   batch.segments.reserve(hop.items.size());
   const uint64_t bytes = options.geometry.block_bytes();

@@ -14,6 +14,7 @@
 #include <functional>
 #include <future>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <stdexcept>
@@ -59,6 +60,30 @@ bool WaitUntil(const std::function<bool()>& pred, std::chrono::milliseconds time
   return true;
 }
 
+// Records the segments of every batch it is given, then hands the batch on.
+using SegmentLog = std::vector<std::vector<CopySegment>>;
+class RecordingMover final : public Mover {
+ public:
+  RecordingMover(std::unique_ptr<Mover> inner, std::shared_ptr<SegmentLog> log)
+      : inner_(std::move(inner)), log_(std::move(log)) {}
+  std::string_view name() const override { return inner_->name(); }
+  TierKind source() const override { return inner_->source(); }
+  TierKind destination() const override { return inner_->destination(); }
+  Fence Submit(MoveBatch batch) override {
+    {
+      std::lock_guard lock(mu_);
+      log_->push_back(batch.segments);
+    }
+    return inner_->Submit(std::move(batch));
+  }
+  MoverStats stats() const override { return inner_->stats(); }
+
+ private:
+  std::unique_ptr<Mover> inner_;
+  std::shared_ptr<SegmentLog> log_;
+  std::mutex mu_;
+};
+
 // What a hand-built TierSet has: HBM (emulated) and DRAM (host, unpinned allowed) slots,
 // and optional fault plans on the movers (DRAM -> HBM is "up", HBM -> DRAM is "down").
 struct TierSpec {
@@ -67,6 +92,7 @@ struct TierSpec {
   std::optional<FaultOptions> up_faults;
   std::optional<FaultOptions> down_faults;
   uint64_t hbm_slot_bytes = kGeo.block_bytes();
+  std::shared_ptr<SegmentLog> record_up;  // the DRAM -> HBM batches, when set
 };
 
 TierSpec Spec(uint32_t hbm_slots, uint32_t dram_slots) {
@@ -103,6 +129,7 @@ TierSet MakeTiers(const TierSpec& spec, Logger* log) {
   if (spec.down_faults) {
     down = std::make_unique<FaultyMover>(std::move(down), std::make_shared<FaultPlan>(*spec.down_faults));
   }
+  if (spec.record_up) up = std::make_unique<RecordingMover>(std::move(up), spec.record_up);
   set.movers.push_back(std::move(up));
   set.movers.push_back(std::move(down));
   return set;
@@ -639,6 +666,32 @@ TEST_F(TierManagerTest, OneOffloadPutsItsBlocksInAdjacentDramSlotsInKeyOrder) {
     EXPECT_EQ(PtrOf(*tm, pins, i, TierKind::kDram), first + static_cast<ptrdiff_t>(i) * stride) << "block " << i;
     EXPECT_TRUE(HoldsWritten(*tm, pins, i, TierKind::kDram));
   }
+}
+
+// An Onboard's copy goes in DRAM slot order, whatever order the keys come in: blocks written
+// layer by layer and onboarded block-major (as MatchPrefix pins them) are one ascending run
+// of DRAM slots in the batch the mover gets.
+TEST_F(TierManagerTest, OnboardSegmentsGoInDramSlotOrder) {
+  SEED_TRACE();
+  TierSpec spec = Spec(64, 128);
+  spec.record_up = std::make_shared<SegmentLog>();
+  auto tm = Make(spec);
+  const auto chains = RandomChains(6);
+  std::vector<BlockKey> layer_major;
+  for (uint32_t l = 0; l < kGeo.layers; ++l) {
+    for (const ChainHash& c : chains) layer_major.push_back(BlockKey{c, LayerId{l}});
+  }
+  CommitAndRelease(*tm, layer_major, TierKind::kDram);
+  PrefixMatch match = tm->MatchPrefix(chains);
+  ASSERT_EQ(match.blocks, chains.size());
+  ASSERT_TRUE(tm->Onboard(match.pins).WaitFor(5s).ok());
+  ASSERT_EQ(spec.record_up->size(), 1u);
+  const std::vector<CopySegment>& segs = spec.record_up->front();
+  ASSERT_EQ(segs.size(), layer_major.size());
+  for (size_t i = 1; i < segs.size(); ++i) {
+    EXPECT_EQ(segs[i].src.value(), segs[i - 1].src.value() + 1) << "segment " << i << " breaks the DRAM run";
+  }
+  for (size_t i = 0; i < match.pins.size(); ++i) EXPECT_TRUE(HoldsWritten(*tm, match.pins, i, TierKind::kHbm));
 }
 
 TEST_F(TierManagerTest, OnboardBringsADemotedBlockBackWithItsBytes) {
