@@ -22,6 +22,7 @@ using gpu_testing::FillRandom;
 using gpu_testing::HaveDevice;
 using gpu_testing::PinnedDram;
 using gpu_testing::Ptr;
+using gpu_testing::RoundTripThroughHbm;
 
 // `n` DRAM slots out of [base, base + 2n): runs of 1..max_run adjacent slots at random,
 // non-overlapping places, in random order.
@@ -118,13 +119,9 @@ TEST_P(GpuMoverEngineTest, RunsAndScatteredBlocksRoundTripBitExact) {
     down_engine += EngineBytes(d2h, *dram, false, o.engine_run_bytes);
     ASSERT_GT(up_engine, 0u);
     ASSERT_LT(up_engine, 2 * uint64_t{n} * slot) << "the batch must also have scattered blocks";
-    ASSERT_EQ(cudaMemset(hbm_base, 0x5A, uint64_t{n} * slot), cudaSuccess);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    Fence in = (*up)->Submit(std::move(h2d));
-    d2h.wait_for.push_back(in);
-    ASSERT_TRUE((*down)->Submit(std::move(d2h)).Wait().ok());
-    std::vector<std::byte> device(uint64_t{n} * slot);
-    ASSERT_EQ(cudaMemcpy(device.data(), hbm_base, device.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    std::vector<std::byte> device;
+    RoundTripThroughHbm(**up, **down, std::move(h2d), std::move(d2h), hbm_base, uint64_t{n} * slot, &device);
+    if (HasFatalFailure()) return;
     std::vector<std::byte> want(slot);
     for (uint32_t i = 0; i < n; ++i) {
       FillRandom(want.data(), slot, 900 * ragged + i);

@@ -2,13 +2,18 @@
 // pinned with the device, slot addresses, fresh random bytes.
 #pragma once
 
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
 #include <cstring>
 #include <memory>
 #include <random>
+#include <vector>
 
 #include "cuda_host_pinner.h"
 #include "cuda_util.h"
 #include "host_tier.h"
+#include "kvtier/mover.h"
 
 namespace kvtier::gpu_testing {
 
@@ -35,6 +40,18 @@ inline void FillRandom(std::byte* p, uint64_t bytes, uint64_t seed) {
     const uint64_t w = rng();
     std::memcpy(p + i, &w, 8);
   }
+}
+
+// Poisons the HBM range [hbm_base, + hbm_bytes) with 0x5A, runs `h2d` and then `d2h` (which
+// waits for it), and copies the HBM range as the copies left it to `device`.
+inline void RoundTripThroughHbm(Mover& up, Mover& down, MoveBatch h2d, MoveBatch d2h, std::byte* hbm_base,
+                                uint64_t hbm_bytes, std::vector<std::byte>* device) {
+  ASSERT_EQ(cudaMemset(hbm_base, 0x5A, hbm_bytes), cudaSuccess);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  d2h.wait_for.push_back(up.Submit(std::move(h2d)));
+  ASSERT_TRUE(down.Submit(std::move(d2h)).Wait().ok());
+  device->resize(hbm_bytes);
+  ASSERT_EQ(cudaMemcpy(device->data(), hbm_base, hbm_bytes, cudaMemcpyDeviceToHost), cudaSuccess);
 }
 
 }  // namespace kvtier::gpu_testing

@@ -349,13 +349,10 @@ TEST_P(GpuMoverLaunchTest, ManyPieceRoundTripsAreBitExactAndWriteNothingElse) {
       h2d.segments.push_back({SlotId{i}, SlotId{hbm_of[i]}, 0, 0, size[i]});
       d2h.segments.push_back({SlotId{hbm_of[i]}, SlotId{dst_of[i]}, 0, 0, size[i]});
     }
-    ASSERT_EQ(cudaMemset(hbm_base, 0x5A, uint64_t{n} * slot), cudaSuccess);
-    ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
-    Fence in = (*up)->Submit(std::move(h2d));
-    d2h.wait_for.push_back(in);
-    ASSERT_TRUE((*down)->Submit(std::move(d2h)).Wait().ok());
-    std::vector<std::byte> device(uint64_t{n} * slot);
-    ASSERT_EQ(cudaMemcpy(device.data(), hbm_base, device.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+    std::vector<std::byte> device;
+    gpu_testing::RoundTripThroughHbm(**up, **down, std::move(h2d), std::move(d2h), hbm_base, uint64_t{n} * slot,
+                                     &device);
+    if (HasFatalFailure()) return;
     std::vector<std::byte> want(slot);
     for (uint32_t i = 0; i < n; ++i) {
       FillRandom(want.data(), slot, 5000 * ragged + i);
