@@ -193,7 +193,7 @@ bool TierManager::Impl::DemoteTier(TierKind t) {
   // 2. Room below for as many dirty victims as fit (all-or-nothing would starve: a tier
   //    below its own high watermark never frees the few slots a big batch lacks).
   const TierKind lower_kind = static_cast<TierKind>(lower);
-  std::vector<SlotId> slots = ReserveUpTo(tier[lower], static_cast<uint32_t>(dirty.size()));
+  std::vector<SlotId> slots = InTakeOrder(ReserveUpTo(tier[lower], static_cast<uint32_t>(dirty.size())));
   const bool starved = slots.size() < dirty.size();
   if (starved) counters[lower].reserve_failures.fetch_add(1, std::memory_order_relaxed);
   if (slots.empty()) return starved;
@@ -203,7 +203,6 @@ bool TierManager::Impl::DemoteTier(TierKind t) {
   //    a copy below (an Offload) since step 1.
   PlannedHop hop;
   hop.items.reserve(slots.size());
-  std::reverse(slots.begin(), slots.end());  // taken from the back: in the order reserved (ascending runs)
   for (const BlockKey& key : dirty) {
     if (slots.empty()) break;
     const uint64_t h = key.hash64();
@@ -211,8 +210,7 @@ bool TierManager::Impl::DemoteTier(TierKind t) {
     std::lock_guard lock(shard.mu);
     Entry* e = shard.map.Find(key, h);
     if (e == nullptr || !evictable(e) || e->st(lower_kind) != SlotState::kAbsent) continue;
-    const SlotId dst = slots.back();
-    slots.pop_back();
+    const SlotId dst = Take(slots);
     e->set(t, SlotState::kEvicting);
     e->set_slot(lower_kind, dst);
     e->set(lower_kind, SlotState::kInFlight);

@@ -16,27 +16,6 @@ using internal::Readable;
 using internal::Shard;
 using internal::SlotState;
 
-namespace {
-
-// Slots reserved for a hop, handed out in the order Reserve returned them: a SlotPool returns
-// ascending runs of adjacent slots, so the blocks of one Offload (in the caller's key order)
-// land in adjacent DRAM slots, and a later Onboard of the same keys reads them as runs, which
-// the GPU movers copy with the copy engines (GpuMoverOptions::engine_run_bytes).
-std::vector<SlotId> InTakeOrder(std::vector<SlotId> pool) {
-  std::reverse(pool.begin(), pool.end());
-  return pool;
-}
-
-// Takes the next slot of a pool made by InTakeOrder.
-SlotId Take(std::vector<SlotId>& pool) {
-  KVT_CHECK(!pool.empty());
-  const SlotId s = pool.back();
-  pool.pop_back();
-  return s;
-}
-
-}  // namespace
-
 PlannedHop::PlannedHop() {
   auto [f, s] = Fence::Make();
   fence = std::move(f);

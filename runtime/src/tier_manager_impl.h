@@ -1,6 +1,7 @@
 // TierManager internals shared by tier_manager.cc, moves.cc and demoter.cc.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <condition_variable>
@@ -26,6 +27,23 @@ struct TierCounters {
 };
 
 // One entry's part in a copy between two tiers.
+// Slots reserved for a hop, handed out in the order Reserve returned them: a SlotPool returns
+// ascending runs of adjacent slots, so the blocks of one Offload (in the caller's key order) or
+// demotion batch land in adjacent DRAM slots, and a later Onboard of the same keys reads them as runs, which
+// the GPU movers copy with the copy engines (GpuMoverOptions::engine_run_bytes).
+inline std::vector<SlotId> InTakeOrder(std::vector<SlotId> pool) {
+  std::reverse(pool.begin(), pool.end());
+  return pool;
+}
+
+// Takes the next slot of a pool made by InTakeOrder.
+inline SlotId Take(std::vector<SlotId>& pool) {
+  KVT_CHECK(!pool.empty());
+  const SlotId s = pool.back();
+  pool.pop_back();
+  return s;
+}
+
 struct HopItem {
   internal::Entry* entry;
   SlotId src;
