@@ -3,6 +3,10 @@
 #include "copy_blocks.cuh"
 
 namespace kvtier::kernels {
+namespace internal {
+cudaError_t LaunchBulkCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t count, const CopyLaunch& launch,
+                                 cudaStream_t stream);  // copy_blocks_bulk.cu
+}  // namespace internal
 namespace {
 
 constexpr int kThreads = 256;
@@ -155,6 +159,7 @@ uint32_t CopyBlocksCtas(uint32_t count, int sm_count, uint32_t per_sm) {
 cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t count, const CopyLaunch& launch,
                              cudaStream_t stream) {
   if (count == 0) return cudaSuccess;
+  if (launch.bulk_chunk != 0) return internal::LaunchBulkCopyBlocks(descriptors, count, launch, stream);
   if (launch.unroll != 4 && launch.unroll != 8) return cudaErrorInvalidValue;
   if (launch.uniform_bytes != 0 && launch.uniform_bytes % 16 != 0) return cudaErrorInvalidValue;
   if (launch.ctas_per_sm > 8) return cudaErrorInvalidValue;

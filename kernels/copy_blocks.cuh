@@ -8,6 +8,14 @@
 //            batch is one flat array of 16-byte words; thread t copies words t, t + stride,
 //            ... so loads from many blocks are in flight at once (no per-block bubble);
 //   ragged   any sizes: one warp per descriptor in a grid-stride loop.
+// and two ways to move the bytes:
+//   loads    16-byte loads and stores issued by every thread (the shapes above);
+//   bulk     (CopyLaunch::bulk_chunk > 0) one warp per CTA moves chunks through a ring of
+//            shared-memory stages with the Tensor Memory Accelerator's bulk copies
+//            (cp.async.bulk: global -> shared on an mbarrier, shared -> global in bulk
+//            groups), several chunks in flight per CTA; descriptors are dealt to CTAs
+//            round-robin and cut into chunks of at most bulk_chunk bytes. Few threads keep
+//            many bytes in flight, so it needs a fraction of the SMs.
 // CPU reference: kernels/reference/copy_blocks.h (tests compare the two).
 #pragma once
 
@@ -32,10 +40,18 @@ struct CopyLaunch {
   uint32_t unroll = 4;      // 16-byte loads in flight per thread: 4 or 8
   uint64_t uniform_bytes = 0;  // > 0: every descriptor has exactly this size (uniform kernel)
   bool streaming = false;      // evict-first loads and stores (__ldcs / __stcs)
+  // > 0: the bulk kernel, chunks of at most this many bytes (a multiple of 16, <= 64 KiB);
+  // `ctas` are then blocks of one warp, and ctas = 0 means min(chunks, SMs * ctas_per_sm)
+  // with ctas_per_sm 0 = 1. `unroll` and `streaming` do not apply.
+  uint32_t bulk_chunk = 0;
+  uint32_t bulk_stages = 4;  // shared-memory stages per CTA (2..8): stages - 1 loads in flight
 };
+inline constexpr uint32_t kBulkMaxChunk = 64 << 10;
+inline constexpr uint32_t kBulkMaxStages = 8;
 
 // Launches the copy of `count` descriptors read from `descriptors` (device memory) on
-// `stream`. Returns the launch error, if any (cudaErrorInvalidValue for a bad unroll).
+// `stream`. Returns the launch error, if any (cudaErrorInvalidValue for a bad unroll, bulk
+// chunk or stage count, or a bulk ring larger than the device's shared memory per block).
 cudaError_t LaunchCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32_t count, const CopyLaunch& launch,
                              cudaStream_t stream);
 

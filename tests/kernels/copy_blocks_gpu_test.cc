@@ -1,7 +1,8 @@
 // The CUDA block copy kernel against its CPU reference (kernels/reference/copy_blocks.h), on
 // fresh random data with poisoned destinations: gather (pinned host -> device, reading host
 // memory through UVA) then scatter (device -> pinned host through UVA), for block sizes from
-// 16 B to 2 MiB. Skips without a CUDA device.
+// 16 B to 2 MiB, with 16-byte loads and stores and with TMA bulk copies through shared
+// memory. Skips without a CUDA device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -53,7 +54,8 @@ class CopyBlocksGpuTest : public ::testing::Test {
     DeviceCopyDescriptor* d = nullptr;
     ASSERT_CUDA(cudaMalloc(&d, std::max<size_t>(1, descs.size()) * sizeof(DeviceCopyDescriptor)));
     ASSERT_CUDA(cudaMemcpyAsync(d, descs.data(), descs.size() * sizeof(DeviceCopyDescriptor), cudaMemcpyHostToDevice, stream_));
-    CopyLaunch launch{.ctas = 0, .unroll = unroll_, .uniform_bytes = 0, .streaming = unroll_ == 8};
+    CopyLaunch launch{.ctas = ctas_, .unroll = unroll_, .uniform_bytes = 0, .streaming = unroll_ == 8,
+                      .bulk_chunk = bulk_chunk_, .bulk_stages = bulk_stages_};
     if (uniform_ && !descs.empty()) launch.uniform_bytes = descs.front().bytes;
     ASSERT_CUDA(LaunchCopyBlocks(d, static_cast<uint32_t>(descs.size()), launch, stream_));
     ASSERT_CUDA(cudaStreamSynchronize(stream_));
@@ -99,16 +101,26 @@ class CopyBlocksGpuTest : public ::testing::Test {
   std::vector<void*> host_, device_;
   bool uniform_ = false;
   uint32_t unroll_ = 4;
+  uint32_t ctas_ = 0;
+  uint32_t bulk_chunk_ = 0, bulk_stages_ = 4;
 };
 
 // Every case runs for each kernel shape (ragged, uniform) and unroll (4; 8 with streaming
-// evict-first accesses).
-class CopyBlocksShapeTest : public CopyBlocksGpuTest, public ::testing::WithParamInterface<std::tuple<bool, uint32_t>> {
+// evict-first accesses), and for the bulk kernel with chunks and stage counts that cut
+// blocks at odd places (1008 B: not a power of two; 16 KiB; 64 KiB with 3 stages = 192 KiB of
+// shared memory), where the shape flag only changes the launch's uniform_bytes.
+struct CopyShape {
+  bool uniform;
+  uint32_t unroll, bulk_chunk, bulk_stages;
+};
+class CopyBlocksShapeTest : public CopyBlocksGpuTest, public ::testing::WithParamInterface<CopyShape> {
  protected:
   void SetUp() override {
     CopyBlocksGpuTest::SetUp();
-    uniform_ = std::get<0>(GetParam());
-    unroll_ = std::get<1>(GetParam());
+    uniform_ = GetParam().uniform;
+    unroll_ = GetParam().unroll;
+    bulk_chunk_ = GetParam().bulk_chunk;
+    bulk_stages_ = GetParam().bulk_stages;
   }
 };
 
@@ -142,11 +154,48 @@ TEST_P(CopyBlocksShapeTest, ManySmallBlocksInOneLaunch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CopyBlocksShapeTest,
-                         ::testing::Combine(::testing::Bool(), ::testing::Values(4u, 8u)),
+                         ::testing::Values(CopyShape{false, 4, 0, 4}, CopyShape{true, 4, 0, 4},
+                                           CopyShape{false, 8, 0, 4}, CopyShape{true, 8, 0, 4},
+                                           CopyShape{false, 4, 1008, 2}, CopyShape{true, 4, 16384, 4},
+                                           CopyShape{false, 4, 65536, 3}),
                          [](const auto& p) {
-                           return std::string(std::get<0>(p.param) ? "uniform" : "ragged") + "_unroll" +
-                                  std::to_string(std::get<1>(p.param));
+                           const CopyShape& c = p.param;
+                           std::string name = std::string(c.uniform ? "uniform" : "ragged");
+                           if (c.bulk_chunk == 0) return name + "_unroll" + std::to_string(c.unroll);
+                           return name + "_bulk" + std::to_string(c.bulk_chunk) + "x" + std::to_string(c.bulk_stages);
                          });
+
+// One bulk CTA walks every descriptor of the launch (batches of 32 in the warp's registers,
+// empty descriptors skipped), and more CTAs than descriptors leave the extra ones idle.
+TEST_F(CopyBlocksGpuTest, BulkCtasWalkEveryDescriptorWhateverTheGrid) {
+  bulk_chunk_ = 4096;
+  for (uint32_t ctas : {1u, 3u, 1000u}) {
+    ctas_ = ctas;
+    RoundTrip(4096 + 16, 200, ctas);
+    if (HasFatalFailure()) return;
+  }
+  // Zero-byte descriptors between real ones copy nothing and stop nothing.
+  std::byte* src = Host(1 << 20);
+  std::byte* dev = Device(1 << 20);
+  std::mt19937_64 rng(5);
+  for (size_t i = 0; i < (1 << 20); i += 8) {
+    const uint64_t w = rng();
+    std::memcpy(src + i, &w, 8);
+  }
+  ASSERT_CUDA(cudaMemset(dev, 0x5A, 1 << 20));
+  std::vector<DeviceCopyDescriptor> descs;
+  std::vector<std::byte> want(1 << 20, std::byte{0x5A});
+  for (uint64_t off = 0; off < (1 << 20); off += 8192) {
+    descs.push_back({reinterpret_cast<uint64_t>(src + off), reinterpret_cast<uint64_t>(dev + off), 0, 0});
+    descs.push_back({reinterpret_cast<uint64_t>(src + off), reinterpret_cast<uint64_t>(dev + off), 4096, 0});
+    std::memcpy(want.data() + off, src + off, 4096);
+  }
+  ctas_ = 2;
+  Launch(descs);
+  std::vector<std::byte> got(1 << 20);
+  ASSERT_CUDA(cudaMemcpy(got.data(), dev, got.size(), cudaMemcpyDeviceToHost));
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size()), 0);
+}
 
 TEST_F(CopyBlocksGpuTest, NoDescriptorsIsANoOp) {
   EXPECT_EQ(LaunchCopyBlocks(nullptr, 0, CopyLaunch{}, stream_), cudaSuccess);
@@ -158,6 +207,14 @@ TEST_F(CopyBlocksGpuTest, BadUnrollOrUniformSizeIsRejected) {
   EXPECT_EQ(LaunchCopyBlocks(d, 1, CopyLaunch{.ctas = 1, .unroll = 3, .uniform_bytes = 0}, stream_), cudaErrorInvalidValue);
   EXPECT_EQ(LaunchCopyBlocks(d, 1, CopyLaunch{.ctas = 1, .unroll = 4, .uniform_bytes = 24}, stream_), cudaErrorInvalidValue);
   EXPECT_EQ(LaunchCopyBlocks(d, 1, CopyLaunch{.ctas_per_sm = 9}, stream_), cudaErrorInvalidValue);
+  // Bulk: chunk a multiple of 16 up to 64 KiB, 2..8 stages, the ring within shared memory.
+  for (auto [chunk, stages] : std::vector<std::pair<uint32_t, uint32_t>>{
+           {24, 4}, {kBulkMaxChunk + 16, 2}, {4096, 1}, {4096, kBulkMaxStages + 1}, {kBulkMaxChunk, kBulkMaxStages}}) {
+    EXPECT_EQ(LaunchCopyBlocks(d, 1, CopyLaunch{.bulk_chunk = chunk, .bulk_stages = stages}, stream_),
+              cudaErrorInvalidValue)
+        << chunk << " x " << stages;
+  }
+  ASSERT_CUDA(cudaStreamSynchronize(stream_));
   ASSERT_CUDA(cudaFree(d));
 }
 

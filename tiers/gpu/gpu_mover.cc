@@ -56,6 +56,13 @@ Status GpuMoverOptions::Validate() const {
   if (descriptor_upload != DescriptorUpload::kInline && descriptor_upload != DescriptorUpload::kSideStream) {
     return Status::InvalidArgument("gpu mover: unknown descriptor_upload");
   }
+  if (bulk_chunk_bytes != 0 && (bulk_chunk_bytes % 16 != 0 || bulk_chunk_bytes > kernels::kBulkMaxChunk)) {
+    return Status::InvalidArgument(
+        fmt::format("gpu mover: bulk_chunk_bytes {} (0 = off, else a multiple of 16 up to 64 KiB)", bulk_chunk_bytes));
+  }
+  if (bulk_stages < 2 || bulk_stages > kernels::kBulkMaxStages) {
+    return Status::InvalidArgument(fmt::format("gpu mover: bulk_stages {} out of [2, 8]", bulk_stages));
+  }
   if (engine_run_bytes != 0) {
     if (engine_run_bytes < (64u << 10)) {
       return Status::InvalidArgument(fmt::format("gpu mover: engine_run_bytes {} below 64 KiB (0 = off)", engine_run_bytes));
@@ -324,10 +331,12 @@ Status GpuMover::LaunchKernelPieces(std::span<const CopySegment> segments, bool 
   const cudaStream_t st = stream_.get();
   const bool side = options_.descriptor_upload == DescriptorUpload::kSideStream;
   const cudaStream_t up = side ? upload_stream_.get() : st;
-  const uint32_t per_sm = options_.ctas_per_sm != 0 ? options_.ctas_per_sm : to_device_ ? 4u : kD2hCtasPerSm;
+  const bool bulk = options_.bulk_chunk_bytes != 0;
+  const uint32_t per_sm = options_.ctas_per_sm != 0 || bulk ? options_.ctas_per_sm : to_device_ ? 4u : kD2hCtasPerSm;
   const kernels::CopyLaunch launch{.ctas = options_.ctas, .ctas_per_sm = per_sm, .unroll = options_.unroll,
                                    .uniform_bytes = uniform ? segments.front().bytes : 0,
-                                   .streaming = options_.streaming};
+                                   .streaming = options_.streaming, .bulk_chunk = options_.bulk_chunk_bytes,
+                                   .bulk_stages = options_.bulk_stages};
   const uint64_t launch_bytes = options_.launch_bytes == 0 ? UINT64_MAX : options_.launch_bytes;
   uint64_t target = options_.launch_bytes == 0 || options_.first_launch_bytes == 0
                         ? launch_bytes

@@ -69,6 +69,12 @@ struct GpuMoverOptions {
   // docs/benchmarks.md). The CPU-assisted path's pack kernel (device to device) keeps 4.
   uint32_t ctas_per_sm = 0;
   uint32_t unroll = 4;              // 16-byte loads in flight per thread (4 or 8)
+  // > 0: the H2D gather and D2H scatter kernels move bytes by bulk copies (the Tensor Memory
+  // Accelerator) through shared memory in chunks of at most this many bytes (a multiple of
+  // 16, <= 64 KiB), one warp per CTA; `ctas` / `ctas_per_sm` then count those one-warp CTAs
+  // (0 = one per SM). 0 = 16-byte loads and stores by every thread.
+  uint64_t bulk_chunk_bytes = 0;
+  uint32_t bulk_stages = 4;  // bulk kernel: shared-memory stages per CTA (2..8)
   bool streaming = false;           // evict-first loads and stores in the copy kernel
   uint32_t cpu_threads = 8;         // CPU-assisted scatter threads
   // How those threads copy: kAuto = non-temporal stores (AVX-512, else AVX2), which skip
