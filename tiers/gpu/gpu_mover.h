@@ -73,7 +73,7 @@ struct GpuMoverOptions {
   // Accelerator) through shared memory in chunks of at most this many bytes (a multiple of
   // 16, <= 64 KiB), one warp per CTA; `ctas` / `ctas_per_sm` then count those one-warp CTAs
   // (0 = one per SM). 0 = 16-byte loads and stores by every thread.
-  uint64_t bulk_chunk_bytes = 0;
+  uint32_t bulk_chunk_bytes = 0;
   uint32_t bulk_stages = 4;  // bulk kernel: shared-memory stages per CTA (2..8)
   bool streaming = false;           // evict-first loads and stores in the copy kernel
   uint32_t cpu_threads = 8;         // CPU-assisted scatter threads

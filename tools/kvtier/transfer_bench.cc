@@ -63,7 +63,7 @@ struct TransferOptions {
   uint64_t engine_piece_bytes = 8 << 20;  // GpuMoverOptions::engine_piece_bytes
   uint32_t engine_pieces = 4;             // GpuMoverOptions::engine_pieces
   uint32_t engine_streams = 2;            // GpuMoverOptions::engine_streams
-  uint64_t bulk_chunk = 0;                // GpuMoverOptions::bulk_chunk_bytes (0 = loads and stores)
+  uint32_t bulk_chunk = 0;                // GpuMoverOptions::bulk_chunk_bytes (0 = loads and stores)
   uint32_t bulk_stages = 4;               // GpuMoverOptions::bulk_stages
   bool pair_diag = false;  // both: each mover next to a contiguous copy of the other direction
   bool json = false;
@@ -155,7 +155,7 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
       const uint32_t per_sm = o.ctas_per_sm != 0 || o.bulk_chunk != 0 ? o.ctas_per_sm : h2d ? 4u : 2u;
       const kernels::CopyLaunch launch{.ctas = h2d || o.d2h_ctas == 0 ? o.ctas : o.d2h_ctas, .ctas_per_sm = per_sm,
                                        .unroll = o.unroll, .uniform_bytes = o.block_size, .streaming = o.streaming,
-                                       .bulk_chunk = static_cast<uint32_t>(o.bulk_chunk),
+                                       .bulk_chunk = o.bulk_chunk,
                                        .bulk_stages = o.bulk_stages};
       KVT_ASSIGN_OR_RETURN(double ko, Gbps(bytes, o.repeats, [&] { return TimeKernelOnly(p, pl, launch, descs); }));
       rows->push_back({dir, "kernel-only", ko});
