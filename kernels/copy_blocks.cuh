@@ -41,13 +41,16 @@ struct CopyLaunch {
   uint64_t uniform_bytes = 0;  // > 0: every descriptor has exactly this size (uniform kernel)
   bool streaming = false;      // evict-first loads and stores (__ldcs / __stcs)
   // > 0: the bulk kernel, chunks of at most this many bytes (a multiple of 16, <= 64 KiB);
-  // `ctas` are then blocks of one warp, and ctas = 0 means min(chunks, SMs * ctas_per_sm)
-  // with ctas_per_sm 0 = 1. `unroll` and `streaming` do not apply.
+  // `ctas` then counts blocks of one warp, 0 = min(descriptors, kBulkDefaultCtas);
+  // `ctas_per_sm`, `unroll` and `streaming` do not apply.
   uint32_t bulk_chunk = 0;
   uint32_t bulk_stages = 4;  // shared-memory stages per CTA (2..8): stages - 1 loads in flight
 };
 inline constexpr uint32_t kBulkMaxChunk = 64 << 10;
 inline constexpr uint32_t kBulkMaxStages = 8;
+// 16 one-warp CTAs of 4 x 16 KiB stages keep ~768 KiB in flight: an H100 PCIe Gen5 link at its
+// SM-issued ceiling either way (docs/benchmarks.md, "Bulk copies").
+inline constexpr uint32_t kBulkDefaultCtas = 16;
 
 // Launches the copy of `count` descriptors read from `descriptors` (device memory) on
 // `stream`. Returns the launch error, if any (cudaErrorInvalidValue for a bad unroll, bulk

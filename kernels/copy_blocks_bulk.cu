@@ -150,9 +150,8 @@ cudaError_t LaunchBulkCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32
       launch.bulk_stages < 2 || launch.bulk_stages > kBulkMaxStages || launch.ctas_per_sm > 8) {
     return cudaErrorInvalidValue;
   }
-  int device = 0, sms = 0, smem_optin = 0;
+  int device = 0, smem_optin = 0;
   cudaError_t e = cudaGetDevice(&device);
-  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (e != cudaSuccess) return e;
   const uint64_t ring = uint64_t{launch.bulk_chunk} * launch.bulk_stages;
@@ -163,11 +162,7 @@ cudaError_t LaunchBulkCopyBlocks(const DeviceCopyDescriptor* descriptors, uint32
     e = cudaFuncSetAttribute(BulkCopyKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(ring));
     if (e != cudaSuccess) return e;
   }
-  uint32_t ctas = launch.ctas;
-  if (ctas == 0) {
-    const uint32_t per_sm = launch.ctas_per_sm == 0 ? 1u : launch.ctas_per_sm;
-    ctas = std::max(1u, std::min(count, static_cast<uint32_t>(std::max(1, sms)) * per_sm));
-  }
+  const uint32_t ctas = launch.ctas != 0 ? launch.ctas : std::min(count, kBulkDefaultCtas);
   BulkCopyKernel<<<ctas, kBulkThreads, ring, stream>>>(descriptors, count, launch.bulk_chunk, launch.bulk_stages);
   return cudaGetLastError();
 }

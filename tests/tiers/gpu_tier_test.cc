@@ -302,6 +302,8 @@ struct LaunchShape {
   uint64_t first_launch_bytes;
   DescriptorUpload upload;
   uint32_t ctas_per_sm = 0;  // 0 = the movers' default (4 per SM for H2D, 2 for D2H)
+  uint32_t bulk_chunk = 0;   // GpuMoverOptions::bulk_chunk_bytes (0 = loads and stores)
+  uint32_t bulk_stages = 4;
 };
 
 class GpuMoverLaunchTest : public ::testing::TestWithParam<LaunchShape> {
@@ -317,6 +319,8 @@ class GpuMoverLaunchTest : public ::testing::TestWithParam<LaunchShape> {
     o.first_launch_bytes = GetParam().first_launch_bytes;
     o.descriptor_upload = GetParam().upload;
     o.ctas_per_sm = GetParam().ctas_per_sm;
+    o.bulk_chunk_bytes = GetParam().bulk_chunk;
+    o.bulk_stages = GetParam().bulk_stages;
     o.engine_run_bytes = 0;  // the kernel launch shapes only (gpu_mover_engine_test: the engines)
     return o;
   }
@@ -399,6 +403,17 @@ TEST(GpuMoverOptionsTest, LaunchShapeOptionsAreValidated) {
   EXPECT_TRUE(o.Validate().ok());
   o.ctas_per_sm = 9;
   EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument);
+  o.ctas_per_sm = 0;
+  for (uint32_t chunk : {24u, (64u << 10) + 16}) {
+    o.bulk_chunk_bytes = chunk;
+    EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument) << chunk;
+  }
+  o.bulk_chunk_bytes = 64 << 10;
+  EXPECT_TRUE(o.Validate().ok());
+  for (uint32_t stages : {1u, 9u}) {
+    o.bulk_stages = stages;
+    EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument) << stages;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -412,7 +427,10 @@ INSTANTIATE_TEST_SUITE_P(
                                   GpuMoverOptions{}.descriptor_upload},
                       LaunchShape{"one_per_sm", 1 << 20, 64 << 10, DescriptorUpload::kSideStream, 1},
                       LaunchShape{"four_per_sm", GpuMoverOptions{}.launch_bytes, GpuMoverOptions{}.first_launch_bytes,
-                                  GpuMoverOptions{}.descriptor_upload, 4}),
+                                  GpuMoverOptions{}.descriptor_upload, 4},
+                      LaunchShape{"bulk", GpuMoverOptions{}.launch_bytes, GpuMoverOptions{}.first_launch_bytes,
+                                  GpuMoverOptions{}.descriptor_upload, 0, 16384},
+                      LaunchShape{"bulk_odd_chunks", 1 << 20, 64 << 10, DescriptorUpload::kSideStream, 0, 1008, 2}),
     [](const auto& p) { return std::string(p.param.name); });
 
 TEST(GpuTierManagerTest, OnboardAndOffloadThroughTheGpuTierAreBitExact) {

@@ -331,8 +331,7 @@ Status GpuMover::LaunchKernelPieces(std::span<const CopySegment> segments, bool 
   const cudaStream_t st = stream_.get();
   const bool side = options_.descriptor_upload == DescriptorUpload::kSideStream;
   const cudaStream_t up = side ? upload_stream_.get() : st;
-  const bool bulk = options_.bulk_chunk_bytes != 0;
-  const uint32_t per_sm = options_.ctas_per_sm != 0 || bulk ? options_.ctas_per_sm : to_device_ ? 4u : kD2hCtasPerSm;
+  const uint32_t per_sm = options_.ctas_per_sm != 0 ? options_.ctas_per_sm : to_device_ ? 4u : kD2hCtasPerSm;
   const kernels::CopyLaunch launch{.ctas = options_.ctas, .ctas_per_sm = per_sm, .unroll = options_.unroll,
                                    .uniform_bytes = uniform ? segments.front().bytes : 0,
                                    .streaming = options_.streaming, .bulk_chunk = options_.bulk_chunk_bytes,

@@ -71,8 +71,8 @@ struct GpuMoverOptions {
   uint32_t unroll = 4;              // 16-byte loads in flight per thread (4 or 8)
   // > 0: the H2D gather and D2H scatter kernels move bytes by bulk copies (the Tensor Memory
   // Accelerator) through shared memory in chunks of at most this many bytes (a multiple of
-  // 16, <= 64 KiB), one warp per CTA; `ctas` / `ctas_per_sm` then count those one-warp CTAs
-  // (0 = one per SM). 0 = 16-byte loads and stores by every thread.
+  // 16, <= 64 KiB), one warp per CTA; `ctas` then counts those one-warp CTAs (0 = 16) and
+  // ctas_per_sm does not apply. 0 = 16-byte loads and stores by every thread.
   uint32_t bulk_chunk_bytes = 0;
   uint32_t bulk_stages = 4;  // bulk kernel: shared-memory stages per CTA (2..8)
   bool streaming = false;           // evict-first loads and stores in the copy kernel

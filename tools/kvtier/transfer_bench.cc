@@ -65,6 +65,7 @@ struct TransferOptions {
   uint32_t engine_streams = 2;            // GpuMoverOptions::engine_streams
   uint32_t bulk_chunk = 0;                // GpuMoverOptions::bulk_chunk_bytes (0 = loads and stores)
   uint32_t bulk_stages = 4;               // GpuMoverOptions::bulk_stages
+  bool contend = false;   // h2d / d2h: also time the mover next to a device-bound kernel
   bool pair_diag = false;  // both: each mover next to a contiguous copy of the other direction
   bool json = false;
 };
@@ -152,7 +153,7 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
     if (h2d || d2h_mode == D2hMode::kKernel) {
       KVT_ASSIGN_OR_RETURN(DeviceBuffer descs, UploadDescriptors(p, pl, h2d, o.device));
       // The mover's own launch shape (GpuMoverOptions::ctas_per_sm: 4 per SM for H2D, 2 for D2H).
-      const uint32_t per_sm = o.ctas_per_sm != 0 || o.bulk_chunk != 0 ? o.ctas_per_sm : h2d ? 4u : 2u;
+      const uint32_t per_sm = o.ctas_per_sm != 0 ? o.ctas_per_sm : h2d ? 4u : 2u;
       const kernels::CopyLaunch launch{.ctas = h2d || o.d2h_ctas == 0 ? o.ctas : o.d2h_ctas, .ctas_per_sm = per_sm,
                                        .unroll = o.unroll, .uniform_bytes = o.block_size, .streaming = o.streaming,
                                        .bulk_chunk = o.bulk_chunk,
@@ -161,6 +162,13 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
       rows->push_back({dir, "kernel-only", ko});
     }
     if (!bt.ok()) fmt::print(stderr, "kvtier bench transfer: batch baseline failed: {}\n", bt.status().ToString());
+    if (o.contend) {
+      KVT_ASSIGN_OR_RETURN(Contender c, Contender::Make(o.device, 512ull << 20));
+      KVT_ASSIGN_OR_RETURN(Contention t, TimeContention(m, pl, h2d, o.block_size, c, double(bytes) / k / 1e9, o.repeats));
+      rows->push_back({dir, "kvtier-contended", t.mover_gbps});
+      rows->push_back({dir, "contender-alone-hbm", t.contender_alone});
+      rows->push_back({dir, "contender-with-kvtier-hbm", t.contender_shared});
+    }
     if (h2d && o.copy_share > 0) {
       KVT_ASSIGN_OR_RETURN(double g, GatherPlusCopy(p, m, pl, o.copy_share, o.repeats, o.device));
       rows->push_back({dir, fmt::format("gather+copy{:.0f}%", 100 * o.copy_share), g});
@@ -401,6 +409,9 @@ void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--bulk-chunk", o->bulk_chunk,
                   "kernel paths: move bytes by TMA bulk copies in chunks of this many bytes (0 = loads and stores)");
   cmd->add_option("--bulk-stages", o->bulk_stages, "bulk kernel: shared-memory stages per CTA (2..8)");
+  cmd->add_flag("--contend", o->contend,
+               "h2d/d2h: also time the mover next to a device-bound copy kernel on every SM (its HBM GB/s alone "
+               "and with the mover; the mover's GB/s with it)");
   cmd->add_flag("--pair-diag", o->pair_diag,
                "both: also time each direction's mover next to one contiguous copy of the other direction");
   cmd->add_flag("--json", o->json, "one JSON line per method");

@@ -337,4 +337,66 @@ Result<double> GatherPlusCopy(const Pools& p, GpuMover& up, const Placement& pl,
   });
 }
 
+Result<Contender> Contender::Make(int device, uint64_t bytes) {
+  constexpr uint64_t kPiece = 64 << 10;
+  Contender c;
+  c.count = static_cast<uint32_t>(std::max<uint64_t>(1, bytes / kPiece));
+  c.bytes = uint64_t{c.count} * kPiece;
+  KVT_ASSIGN_OR_RETURN(c.from, DeviceBuffer::Allocate(device, c.bytes));
+  KVT_ASSIGN_OR_RETURN(c.to, DeviceBuffer::Allocate(device, c.bytes));
+  KVT_ASSIGN_OR_RETURN(c.stream, CudaStream::Create(device));
+  std::vector<kernels::DeviceCopyDescriptor> d(c.count);
+  for (uint32_t i = 0; i < c.count; ++i) {
+    d[i] = {reinterpret_cast<uint64_t>(c.from.data() + i * kPiece), reinterpret_cast<uint64_t>(c.to.data() + i * kPiece),
+            kPiece, 0};
+  }
+  KVT_ASSIGN_OR_RETURN(c.descriptors, DeviceBuffer::Allocate(device, d.size() * sizeof(d[0])));
+  KVT_RETURN_IF_CUDA_ERROR(cudaMemcpy(c.descriptors.data(), d.data(), d.size() * sizeof(d[0]), cudaMemcpyHostToDevice),
+                           "contender descriptors");
+  KVT_RETURN_IF_CUDA_ERROR(cudaMemset(c.from.data(), 0x3C, c.bytes), "contender buffer");
+  return c;
+}
+
+Status Contender::Enqueue(uint32_t times) {
+  const kernels::CopyLaunch launch{.uniform_bytes = 64 << 10};
+  for (uint32_t t = 0; t < times; ++t) {
+    KVT_RETURN_IF_CUDA_ERROR(
+        kernels::LaunchCopyBlocks(reinterpret_cast<const kernels::DeviceCopyDescriptor*>(descriptors.data()), count,
+                                  launch, stream.get()),
+        "contender kernel");
+  }
+  return Status();
+}
+
+Result<Contention> TimeContention(GpuMover& m, const Placement& pl, bool h2d, uint64_t block, Contender& c,
+                                  double mover_seconds, uint32_t repeats) {
+  auto contender_alone = [&](uint32_t times) -> Result<double> {
+    TimingEvents ev;
+    cudaEventRecord(ev.a, c.stream.get());
+    KVT_RETURN_IF_ERROR(c.Enqueue(times));
+    cudaEventRecord(ev.b, c.stream.get());
+    KVT_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(ev.b), "contender");
+    return ev.Seconds();
+  };
+  KVT_ASSIGN_OR_RETURN(double one, contender_alone(4));  // warm-up, and one launch's time
+  const auto times = static_cast<uint32_t>(std::clamp(mover_seconds / (one / 4), 1.0, 10000.0));
+  std::vector<double> mover, alone, shared;
+  for (uint32_t r = 0; r < repeats; ++r) {
+    KVT_ASSIGN_OR_RETURN(double a, contender_alone(times));
+    alone.push_back(2.0 * double(c.bytes) * times / a / 1e9);
+    MoveBatch b = MakeBatch(pl, h2d, block);
+    TimingEvents ev;
+    cudaEventRecord(ev.a, c.stream.get());
+    KVT_RETURN_IF_ERROR(c.Enqueue(times));
+    cudaEventRecord(ev.b, c.stream.get());
+    const auto t0 = std::chrono::steady_clock::now();
+    KVT_RETURN_IF_ERROR(m.Submit(std::move(b)).Wait());
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    KVT_RETURN_IF_CUDA_ERROR(cudaEventSynchronize(ev.b), "contender");
+    mover.push_back(double(pl.dram.size() * block) / secs / 1e9);
+    shared.push_back(2.0 * double(c.bytes) * times / ev.Seconds() / 1e9);
+  }
+  return Contention{Median(mover), Median(alone), Median(shared)};
+}
+
 }  // namespace kvtier::cli::transfer

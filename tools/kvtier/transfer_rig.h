@@ -141,4 +141,25 @@ Result<double> Gbps(uint64_t bytes, uint32_t repeats, Fn&& fn) {
 Result<double> GatherPlusCopy(const Pools& p, GpuMover& up, const Placement& pl, double share, uint32_t repeats,
                               int device);
 
+// --contend: a device-bound kernel next to a mover, as a decode step's attention reads KV from
+// HBM on every SM while the next layer's blocks are loaded. The contender is the copy kernel
+// (16-byte loads, 4 CTAs per SM) moving `bytes` between two HBM buffers.
+struct Contender {
+  DeviceBuffer from, to, descriptors;
+  uint32_t count = 0;
+  uint64_t bytes = 0;
+  CudaStream stream;
+  static Result<Contender> Make(int device, uint64_t bytes);
+  Status Enqueue(uint32_t times);  // `times` launches back to back on its stream
+};
+struct Contention {
+  double mover_gbps = 0;        // the mover's PCIe rate with the contender running
+  double contender_alone = 0;   // the contender's HBM rate (read + write), alone
+  double contender_shared = 0;  // the same with the mover running
+};
+// Medians over `repeats`: the contender alone, then the contender and one mover batch started
+// together; the contender runs as many launches as take about `mover_seconds` alone.
+Result<Contention> TimeContention(GpuMover& m, const Placement& pl, bool h2d, uint64_t block, Contender& c,
+                                  double mover_seconds, uint32_t repeats);
+
 }  // namespace kvtier::cli::transfer
