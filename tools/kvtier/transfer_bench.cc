@@ -163,8 +163,8 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
     }
     if (!bt.ok()) fmt::print(stderr, "kvtier bench transfer: batch baseline failed: {}\n", bt.status().ToString());
     if (o.contend) {
-      KVT_ASSIGN_OR_RETURN(Contender c, Contender::Make(o.device, 512ull << 20));
-      KVT_ASSIGN_OR_RETURN(Contention t, TimeContention(m, pl, h2d, o.block_size, c, double(bytes) / k / 1e9, o.repeats));
+      KVT_ASSIGN_OR_RETURN(Contender rival, Contender::Make(o.device, 512ull << 20));
+      KVT_ASSIGN_OR_RETURN(Contention t, TimeContention(m, pl, h2d, o.block_size, rival, double(bytes) / k / 1e9, o.repeats));
       rows->push_back({dir, "kvtier-contended", t.mover_gbps});
       rows->push_back({dir, "contender-alone-hbm", t.contender_alone});
       rows->push_back({dir, "contender-with-kvtier-hbm", t.contender_shared});
