@@ -81,9 +81,9 @@ Status AddGpuTier(const TierConfig& config, Tier* dram, TierSet& set, TierSetInf
   }
   KVT_ASSIGN_OR_RETURN(auto up, GpuMover::Create(dram, hbm.get(), mo));
   KVT_ASSIGN_OR_RETURN(auto down, GpuMover::Create(hbm.get(), dram, mo));
-  out.hbm = fmt::format("{} (device {}, {}, {} slots; D2H {})", hbm->name(), config.device,
+  out.hbm = fmt::format("{} (device {}, {}, {} slots; H2D {} kernel, D2H {})", hbm->name(), config.device,
                         Mib(hbm->caps().slot_bytes * hbm->caps().slot_count), hbm->caps().slot_count,
-                        D2hModeName(down->ModeFor(block)));
+                        CopyKernelName(up->copy_kernel()), D2hModeName(down->ModeFor(block)));
   out.hbm_is_gpu = true;
   set.tiers[TierIndex(TierKind::kHbm)] = std::move(hbm);
   set.movers.push_back(std::move(up));

@@ -295,14 +295,17 @@ TEST(GpuMoverCpuCopyTest, AHostCopyPathThisCpuLacksIsRefusedAtCreate) {
 // The kernel paths' launch shapes: one launch, fixed pieces with descriptors uploaded on the
 // copy stream (inline) or on the upload stream (side), and pieces ramped from 64 KiB. Many
 // pieces per batch (1 MiB launches over ~12-24 MiB batches), uniform and ragged batches
-// (ragged segments split into 4 KiB chunks), poisoned destinations on both sides.
+// (ragged segments split into 4 KiB chunks), poisoned destinations on both sides; each with
+// the default copy kernels (the bulk gather, the loads scatter), and the loads or the bulk
+// kernel both ways (1008-byte chunks in 2 stages: blocks cut at odd places).
 struct LaunchShape {
   const char* name;
   uint64_t launch_bytes;
   uint64_t first_launch_bytes;
   DescriptorUpload upload;
   uint32_t ctas_per_sm = 0;  // 0 = the movers' default (4 per SM for H2D, 2 for D2H)
-  uint32_t bulk_chunk = 0;   // GpuMoverOptions::bulk_chunk_bytes (0 = loads and stores)
+  CopyKernel kernel = CopyKernel::kAuto;
+  uint32_t bulk_chunk = 16 << 10;
   uint32_t bulk_stages = 4;
 };
 
@@ -319,6 +322,7 @@ class GpuMoverLaunchTest : public ::testing::TestWithParam<LaunchShape> {
     o.first_launch_bytes = GetParam().first_launch_bytes;
     o.descriptor_upload = GetParam().upload;
     o.ctas_per_sm = GetParam().ctas_per_sm;
+    o.copy_kernel = GetParam().kernel;
     o.bulk_chunk_bytes = GetParam().bulk_chunk;
     o.bulk_stages = GetParam().bulk_stages;
     o.engine_run_bytes = 0;  // the kernel launch shapes only (gpu_mover_engine_test: the engines)
@@ -336,6 +340,10 @@ TEST_P(GpuMoverLaunchTest, ManyPieceRoundTripsAreBitExactAndWriteNothingElse) {
   auto up = GpuMover::Create(dram.get(), hbm->get(), Options());
   auto down = GpuMover::Create(hbm->get(), dram.get(), Options());
   ASSERT_TRUE(up.ok() && down.ok());
+  // kAuto: the bulk gather up, the loads scatter down.
+  const CopyKernel asked = GetParam().kernel;
+  EXPECT_EQ((*up)->copy_kernel(), asked == CopyKernel::kAuto ? CopyKernel::kBulk : asked);
+  EXPECT_EQ((*down)->copy_kernel(), asked == CopyKernel::kAuto ? CopyKernel::kLoads : asked);
   std::byte* hbm_base = Ptr(**hbm, SlotId{0});
   for (bool ragged : {false, true}) {
     std::mt19937_64 rng(ragged ? 7 : 3);
@@ -404,7 +412,11 @@ TEST(GpuMoverOptionsTest, LaunchShapeOptionsAreValidated) {
   o.ctas_per_sm = 9;
   EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument);
   o.ctas_per_sm = 0;
-  for (uint32_t chunk : {24u, (64u << 10) + 16}) {
+  EXPECT_EQ(o.copy_kernel, CopyKernel::kAuto);
+  EXPECT_EQ(*ParseCopyKernel("bulk"), CopyKernel::kBulk);
+  EXPECT_EQ(*ParseCopyKernel(CopyKernelName(CopyKernel::kLoads)), CopyKernel::kLoads);
+  EXPECT_FALSE(ParseCopyKernel("tma").ok());
+  for (uint32_t chunk : {0u, 24u, (64u << 10) + 16}) {
     o.bulk_chunk_bytes = chunk;
     EXPECT_EQ(o.Validate().code(), StatusCode::kInvalidArgument) << chunk;
   }
@@ -425,12 +437,16 @@ INSTANTIATE_TEST_SUITE_P(
                       LaunchShape{"inline_ramped", 1 << 20, 64 << 10, DescriptorUpload::kInline},
                       LaunchShape{"defaults", GpuMoverOptions{}.launch_bytes, GpuMoverOptions{}.first_launch_bytes,
                                   GpuMoverOptions{}.descriptor_upload},
-                      LaunchShape{"one_per_sm", 1 << 20, 64 << 10, DescriptorUpload::kSideStream, 1},
+                      LaunchShape{"one_per_sm", 1 << 20, 64 << 10, DescriptorUpload::kSideStream, 1,
+                                  CopyKernel::kLoads},
                       LaunchShape{"four_per_sm", GpuMoverOptions{}.launch_bytes, GpuMoverOptions{}.first_launch_bytes,
-                                  GpuMoverOptions{}.descriptor_upload, 4},
+                                  GpuMoverOptions{}.descriptor_upload, 4, CopyKernel::kLoads},
+                      LaunchShape{"loads", GpuMoverOptions{}.launch_bytes, GpuMoverOptions{}.first_launch_bytes,
+                                  GpuMoverOptions{}.descriptor_upload, 0, CopyKernel::kLoads},
                       LaunchShape{"bulk", GpuMoverOptions{}.launch_bytes, GpuMoverOptions{}.first_launch_bytes,
-                                  GpuMoverOptions{}.descriptor_upload, 0, 16384},
-                      LaunchShape{"bulk_odd_chunks", 1 << 20, 64 << 10, DescriptorUpload::kSideStream, 0, 1008, 2}),
+                                  GpuMoverOptions{}.descriptor_upload, 0, CopyKernel::kBulk},
+                      LaunchShape{"bulk_odd_chunks", 1 << 20, 64 << 10, DescriptorUpload::kSideStream, 0,
+                                  CopyKernel::kBulk, 1008, 2}),
     [](const auto& p) { return std::string(p.param.name); });
 
 TEST(GpuTierManagerTest, OnboardAndOffloadThroughTheGpuTierAreBitExact) {

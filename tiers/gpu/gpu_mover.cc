@@ -39,6 +39,22 @@ Result<DescriptorUpload> ParseDescriptorUpload(std::string_view name) {
   return Status::InvalidArgument(fmt::format("descriptor upload '{}' (inline or side)", name));
 }
 
+std::string_view CopyKernelName(CopyKernel kernel) {
+  switch (kernel) {
+    case CopyKernel::kLoads: return "loads";
+    case CopyKernel::kBulk: return "bulk";
+    case CopyKernel::kAuto: return "auto";
+  }
+  return "?";
+}
+
+Result<CopyKernel> ParseCopyKernel(std::string_view name) {
+  for (CopyKernel k : {CopyKernel::kLoads, CopyKernel::kBulk, CopyKernel::kAuto}) {
+    if (name == CopyKernelName(k)) return k;
+  }
+  return Status::InvalidArgument(fmt::format("copy kernel '{}' (loads, bulk or auto)", name));
+}
+
 Status GpuMoverOptions::Validate() const {
   if (device < 0) return Status::InvalidArgument(fmt::format("gpu mover: device {}", device));
   if (chunk_bytes < 16 || chunk_bytes % 16 != 0) {
@@ -56,9 +72,12 @@ Status GpuMoverOptions::Validate() const {
   if (descriptor_upload != DescriptorUpload::kInline && descriptor_upload != DescriptorUpload::kSideStream) {
     return Status::InvalidArgument("gpu mover: unknown descriptor_upload");
   }
-  if (bulk_chunk_bytes != 0 && (bulk_chunk_bytes % 16 != 0 || bulk_chunk_bytes > kernels::kBulkMaxChunk)) {
+  if (copy_kernel != CopyKernel::kLoads && copy_kernel != CopyKernel::kBulk && copy_kernel != CopyKernel::kAuto) {
+    return Status::InvalidArgument("gpu mover: unknown copy_kernel");
+  }
+  if (bulk_chunk_bytes == 0 || bulk_chunk_bytes % 16 != 0 || bulk_chunk_bytes > kernels::kBulkMaxChunk) {
     return Status::InvalidArgument(
-        fmt::format("gpu mover: bulk_chunk_bytes {} (0 = off, else a multiple of 16 up to 64 KiB)", bulk_chunk_bytes));
+        fmt::format("gpu mover: bulk_chunk_bytes {} (a positive multiple of 16 up to 64 KiB)", bulk_chunk_bytes));
   }
   if (bulk_stages < 2 || bulk_stages > kernels::kBulkMaxStages) {
     return Status::InvalidArgument(fmt::format("gpu mover: bulk_stages {} out of [2, 8]", bulk_stages));
@@ -320,6 +339,19 @@ Status GpuMover::Launch(Job& job, Lane& lane) {
   return Status();
 }
 
+CopyKernel GpuMover::copy_kernel() const {
+  if (options_.copy_kernel != CopyKernel::kAuto) return options_.copy_kernel;
+  return to_device_ ? CopyKernel::kBulk : CopyKernel::kLoads;
+}
+
+kernels::CopyLaunch GpuMover::KernelLaunch(uint64_t uniform_bytes) const {
+  const bool bulk = copy_kernel() == CopyKernel::kBulk;
+  const uint32_t per_sm = options_.ctas_per_sm != 0 ? options_.ctas_per_sm : to_device_ ? 4u : kD2hCtasPerSm;
+  return kernels::CopyLaunch{.ctas = options_.ctas, .ctas_per_sm = per_sm, .unroll = options_.unroll,
+                             .uniform_bytes = uniform_bytes, .streaming = options_.streaming,
+                             .bulk_chunk = bulk ? options_.bulk_chunk_bytes : 0, .bulk_stages = options_.bulk_stages};
+}
+
 // Kernel paths: descriptors [flushed, n) are uploaded and launched while the next ones are
 // built. Every piece has its own range of the lane's descriptor buffers, so nothing a queued
 // upload or kernel reads is rewritten within the batch; the lane (and so its buffers) is
@@ -331,11 +363,7 @@ Status GpuMover::LaunchKernelPieces(std::span<const CopySegment> segments, bool 
   const cudaStream_t st = stream_.get();
   const bool side = options_.descriptor_upload == DescriptorUpload::kSideStream;
   const cudaStream_t up = side ? upload_stream_.get() : st;
-  const uint32_t per_sm = options_.ctas_per_sm != 0 ? options_.ctas_per_sm : to_device_ ? 4u : kD2hCtasPerSm;
-  const kernels::CopyLaunch launch{.ctas = options_.ctas, .ctas_per_sm = per_sm, .unroll = options_.unroll,
-                                   .uniform_bytes = uniform ? segments.front().bytes : 0,
-                                   .streaming = options_.streaming, .bulk_chunk = options_.bulk_chunk_bytes,
-                                   .bulk_stages = options_.bulk_stages};
+  const kernels::CopyLaunch launch = KernelLaunch(uniform ? segments.front().bytes : 0);
   const uint64_t launch_bytes = options_.launch_bytes == 0 ? UINT64_MAX : options_.launch_bytes;
   uint64_t target = options_.launch_bytes == 0 || options_.first_launch_bytes == 0
                         ? launch_bytes

@@ -41,6 +41,7 @@
 
 namespace kvtier::kernels {
 struct StagedParts;  // copy_blocks.cuh
+struct CopyLaunch;   // copy_blocks.cuh
 }  // namespace kvtier::kernels
 
 namespace kvtier {
@@ -58,6 +59,24 @@ enum class DescriptorUpload {
 std::string_view DescriptorUploadName(DescriptorUpload upload);
 Result<DescriptorUpload> ParseDescriptorUpload(std::string_view name);  // "inline" or "side"
 
+// How the H2D gather and D2H scatter kernels move bytes across PCIe.
+enum class CopyKernel {
+  // 16-byte loads and stores from every thread (several in flight per thread), as many CTAs
+  // as the work and ctas_per_sm allow: the whole GPU while a batch crosses.
+  kLoads,
+  // Tensor Memory Accelerator bulk copies (cp.async.bulk) through shared-memory stages, one
+  // warp per CTA, 16 CTAs: the same PCIe rate from ~0.4% of the warps.
+  kBulk,
+  // kBulk for H2D, kLoads for D2H. Measured on an H100 (docs/benchmarks.md, "Bulk copies"):
+  // alone, either kernel moves the same GB/s both ways; next to a device-bound kernel on every
+  // SM, that kernel keeps 82-84% of its HBM rate beside the bulk gather against 53-54% beside
+  // the loads one, while beside the bulk scatter it keeps no more than beside the loads one
+  // (53-66%) and the scatter itself slows more.
+  kAuto,
+};
+std::string_view CopyKernelName(CopyKernel kernel);
+Result<CopyKernel> ParseCopyKernel(std::string_view name);  // "loads", "bulk" or "auto"
+
 struct GpuMoverOptions {
   int device = 0;
   D2hMode d2h_mode = D2hMode::kAuto;
@@ -69,12 +88,12 @@ struct GpuMoverOptions {
   // docs/benchmarks.md). The CPU-assisted path's pack kernel (device to device) keeps 4.
   uint32_t ctas_per_sm = 0;
   uint32_t unroll = 4;              // 16-byte loads in flight per thread (4 or 8)
-  // > 0: the H2D gather and D2H scatter kernels move bytes by bulk copies (the Tensor Memory
-  // Accelerator) through shared memory in chunks of at most this many bytes (a multiple of
-  // 16, <= 64 KiB), one warp per CTA; `ctas` then counts those one-warp CTAs (0 = 16) and
-  // ctas_per_sm does not apply. 0 = 16-byte loads and stores by every thread.
-  uint32_t bulk_chunk_bytes = 0;
-  uint32_t bulk_stages = 4;  // bulk kernel: shared-memory stages per CTA (2..8)
+  CopyKernel copy_kernel = CopyKernel::kAuto;
+  // kBulk: chunks of at most this many bytes (a multiple of 16, <= 64 KiB) through
+  // `bulk_stages` shared-memory stages per CTA (2..8); `ctas` then counts one-warp CTAs (0 =
+  // 16) and ctas_per_sm, unroll and streaming do not apply.
+  uint32_t bulk_chunk_bytes = 16 << 10;
+  uint32_t bulk_stages = 4;
   bool streaming = false;           // evict-first loads and stores in the copy kernel
   uint32_t cpu_threads = 8;         // CPU-assisted scatter threads
   // How those threads copy: kAuto = non-temporal stores (AVX-512, else AVX2), which skip
@@ -132,6 +151,10 @@ class GpuMover final : public Mover {
 
   // The D2H path a batch of `block_bytes` blocks takes (kKernel for H2D movers).
   D2hMode ModeFor(uint64_t block_bytes) const;
+  // The copy kernel of the kernel path (options' copy_kernel, kAuto resolved by direction).
+  CopyKernel copy_kernel() const;
+  // The launch of that kernel for a batch of segments all of `uniform_bytes` (0 = ragged).
+  kernels::CopyLaunch KernelLaunch(uint64_t uniform_bytes) const;
   // The copy the CPU-assisted scatter uses (options' cpu_copy, kAuto resolved).
   HostCopyPath cpu_copy_path() const { return copier_.path(); }
 

@@ -63,7 +63,8 @@ struct TransferOptions {
   uint64_t engine_piece_bytes = 8 << 20;  // GpuMoverOptions::engine_piece_bytes
   uint32_t engine_pieces = 4;             // GpuMoverOptions::engine_pieces
   uint32_t engine_streams = 2;            // GpuMoverOptions::engine_streams
-  uint32_t bulk_chunk = 0;                // GpuMoverOptions::bulk_chunk_bytes (0 = loads and stores)
+  std::string copy_kernel = "auto";       // GpuMoverOptions::copy_kernel: loads, bulk or auto
+  uint32_t bulk_chunk = 16 << 10;         // GpuMoverOptions::bulk_chunk_bytes
   uint32_t bulk_stages = 4;               // GpuMoverOptions::bulk_stages
   bool contend = false;   // h2d / d2h: also time the mover next to a device-bound kernel
   bool pair_diag = false;  // both: each mover next to a contiguous copy of the other direction
@@ -120,6 +121,7 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
   mo.engine_piece_bytes = o.engine_piece_bytes;
   mo.engine_pieces = o.engine_pieces;
   mo.engine_streams = o.engine_streams;
+  KVT_ASSIGN_OR_RETURN(mo.copy_kernel, ParseCopyKernel(o.copy_kernel));
   mo.bulk_chunk_bytes = o.bulk_chunk;
   mo.bulk_stages = o.bulk_stages;
   KVT_ASSIGN_OR_RETURN(auto up, GpuMover::Create(p.dram.get(), p.hbm.get(), mo));
@@ -134,6 +136,7 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
     const std::string dir = h2d ? "h2d" : "d2h";
     GpuMover& m = h2d ? *up : *down;
     const D2hMode d2h_mode = m.ModeFor(o.block_size);
+    fmt::print(stderr, "kvtier bench transfer: {} copy kernel {}\n", dir, CopyKernelName(m.copy_kernel()));
     const std::string method =
         h2d ? "kvtier"
         : d2h_mode == D2hMode::kCpuAssisted
@@ -152,12 +155,7 @@ Status RunTransfer(const TransferOptions& o, std::vector<Row>* rows) {
     }
     if (h2d || d2h_mode == D2hMode::kKernel) {
       KVT_ASSIGN_OR_RETURN(DeviceBuffer descs, UploadDescriptors(p, pl, h2d, o.device));
-      // The mover's own launch shape (GpuMoverOptions::ctas_per_sm: 4 per SM for H2D, 2 for D2H).
-      const uint32_t per_sm = o.ctas_per_sm != 0 ? o.ctas_per_sm : h2d ? 4u : 2u;
-      const kernels::CopyLaunch launch{.ctas = h2d || o.d2h_ctas == 0 ? o.ctas : o.d2h_ctas, .ctas_per_sm = per_sm,
-                                       .unroll = o.unroll, .uniform_bytes = o.block_size, .streaming = o.streaming,
-                                       .bulk_chunk = o.bulk_chunk,
-                                       .bulk_stages = o.bulk_stages};
+      const kernels::CopyLaunch launch = m.KernelLaunch(o.block_size);  // the mover's own kernel and shape
       KVT_ASSIGN_OR_RETURN(double ko, Gbps(bytes, o.repeats, [&] { return TimeKernelOnly(p, pl, launch, descs); }));
       rows->push_back({dir, "kernel-only", ko});
     }
@@ -280,7 +278,7 @@ void PrintRows(const TransferOptions& o, const std::vector<Row>& rows) {
                        {"total", o.total}, {"mode", o.mode}, {"ctas", o.ctas}, {"unroll", o.unroll},
                        {"host_alloc", o.host_alloc}, {"streaming", o.streaming}, {"huge_pages", o.huge_pages},
                        {"pattern", o.pattern}, {"engine_run_bytes", o.engine_run_bytes}, {"cpu_copy", o.cpu_copy},
-                       {"d2h_ctas", o.d2h_ctas}, {"ctas_per_sm", o.ctas_per_sm}, {"bulk_chunk", o.bulk_chunk},
+                       {"d2h_ctas", o.d2h_ctas}, {"ctas_per_sm", o.ctas_per_sm}, {"copy_kernel", o.copy_kernel}, {"bulk_chunk", o.bulk_chunk},
                        {"bulk_stages", o.bulk_stages},
                        {"cpu_threads", o.cpu_threads}, {"launch_bytes", o.launch_bytes},
                        {"first_launch_bytes", o.first_launch_bytes}, {"descriptor_upload", o.descriptor_upload},
@@ -406,8 +404,10 @@ void AddBenchTransferCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--engine-piece-bytes", o->engine_piece_bytes, "copy-engine path: bytes per staging piece");
   cmd->add_option("--engine-pieces", o->engine_pieces, "copy-engine path: staging pieces in the ring");
   cmd->add_option("--engine-streams", o->engine_streams, "copy-engine path: 2 (copies overlap the kernels) or 1");
-  cmd->add_option("--bulk-chunk", o->bulk_chunk,
-                  "kernel paths: move bytes by TMA bulk copies in chunks of this many bytes (0 = loads and stores)");
+  cmd->add_option("--copy-kernel", o->copy_kernel,
+                  "kernel paths: loads (16-byte loads and stores by every thread), bulk (TMA bulk copies, 16 one-warp "
+                  "CTAs) or auto (bulk for h2d, loads for d2h)");
+  cmd->add_option("--bulk-chunk", o->bulk_chunk, "bulk kernel: bytes per bulk copy (a multiple of 16, <= 64 KiB)");
   cmd->add_option("--bulk-stages", o->bulk_stages, "bulk kernel: shared-memory stages per CTA (2..8)");
   cmd->add_flag("--contend", o->contend,
                "h2d/d2h: also time the mover next to a device-bound copy kernel on every SM (its HBM GB/s alone "
