@@ -14,7 +14,7 @@
 #                        per point, µs of every score shape and attention plan as grids, the
 #                        fastest matching ones, mismatches, and the tuned sparse step; the dense
 #                        plan grid (µs and x copy) and its fastest plans; a dense summary table
-#   usage: tools/gpu-check.sh [quick|sparse|sweep|diag|engine]
+#   usage: tools/gpu-check.sh [quick|sparse|sweep|diag|engine|bulk]
 #     quick   fewer transfer block sizes
 #     sparse  only the sparse-attention tests and `kvtier bench decode` (gpu-tests.*, decode.*)
 #     sweep   the sparse-attention tests, then `kvtier bench decode --sweep` at 32K and 128K,
@@ -28,6 +28,9 @@
 #             `kvtier bench score --gpu` into log.txt, and `kvtier bench decode`
 #     engine  every test, then the copy-engine runs: h2d, d2h and both at random and churned
 #             (SlotPool) placements, and the run threshold (transfer.jsonl, summary.txt)
+#     bulk    every test, then the copy kernels (loads vs bulk) in two alternating rounds: h2d
+#             and d2h alone and next to a device-bound kernel (--contend), both at once at
+#             random and churned slots (transfer.jsonl, summary.txt); then `kvtier demo`
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-results}
@@ -257,8 +260,9 @@ fi
 log=$out/log.txt
 # One `kvtier bench transfer` diagnostic (512 MiB, contiguous baseline only) into
 # transfer.jsonl, tagged with its arguments; by_args prints them with ratios to contiguous.
-d() { echo "-- $*" >>"$log"; "$kv" bench transfer --json --total 536870912 --repeats "${reps:-3}" --baselines contiguous "$@" \
-  | sed "s|^{|{\"args\": \"$*\", |" >>"$out/transfer.jsonl" 2>>"$log" || status=1; }
+# $tag, when set, prefixes the arguments (rounds of the same runs).
+d() { echo "-- ${tag:-}$*" >>"$log"; "$kv" bench transfer --json --total 536870912 --repeats "${reps:-3}" --baselines contiguous "$@" \
+  | sed "s|^{|{\"args\": \"${tag:-}$*\", |" >>"$out/transfer.jsonl" 2>>"$log" || status=1; }
 by_args() {
   python3 - "$out/transfer.jsonl" <<'PY' | tee "$out/summary.txt"
 import json, sys, collections
@@ -268,7 +272,8 @@ for r in rows:
     by.setdefault(r["args"], {})[r["method"]] = r["gbps"]
 for args, v in by.items():
     c = v.get("contiguous", 0)
-    print(f"{args:70} " + "  ".join(f"{m} {g:.2f}" + (f" ({g / c:.2f}x)" if c and m != "contiguous" else "")
+    print(f"{args:70} " + "  ".join(f"{m} {g:.2f}" + (f" ({g / c:.2f}x)" if c and m != "contiguous" and
+                                                        not m.startswith("contender") else "")
                                      for m, g in v.items()))
 PY
 }
@@ -315,6 +320,28 @@ if [ "$mode" = engine ]; then
     done
   done
   grep -E 'rror|runs of' "$log" | sort | uniq -c | head -20
+  by_args
+  exit $status
+fi
+# The copy kernels of the kernel paths (GpuMoverOptions::copy_kernel), loads against bulk.
+if [ "$mode" = bulk ]; then
+  : >"$out/transfer.jsonl"
+  echo "== kvtier bench transfer, copy kernels (stderr)" >"$log"
+  for round in 1 2; do
+    for bs in 8192 16384 65536; do
+      for k in loads bulk; do
+        tag="r$round " reps=5 d --direction h2d --block-size "$bs" --engine-run-bytes 0 --contend --copy-kernel "$k"
+        tag="r$round " reps=5 d --direction d2h --block-size "$bs" --mode kernel --engine-run-bytes 0 --contend --copy-kernel "$k"
+        for pat in random churn:8:256; do
+          tag="r$round " reps=5 d --direction both --block-size "$bs" --mode kernel --pattern "$pat" --copy-kernel "$k"
+        done
+      done
+    done
+  done
+  echo "== kvtier demo" >>"$log"
+  "$kv" demo --hbm-mib 8192 --dram-mib 16384 --requests 96 --workers 4 >>"$log" 2>&1 || status=1
+  grep -E 'rror|copy kernel' "$log" | sort | uniq -c | head -20
+  sed -n '/== kvtier demo/,$p' "$log" | tail -30
   by_args
   exit $status
 fi
