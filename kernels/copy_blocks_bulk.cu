@@ -12,52 +12,13 @@
 // b + grid, ...) and hand them to lane 0 by shuffles: one descriptor round trip per 32.
 #include <algorithm>
 
+#include "bulk_copy.cuh"
 #include "copy_blocks.cuh"
 
 namespace kvtier::kernels::internal {
 namespace {
 
 constexpr uint32_t kBulkThreads = 32;
-
-__device__ __forceinline__ uint32_t SharedAddress(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void BarrierInit(uint64_t* bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(SharedAddress(bar)) : "memory");
-}
-__device__ __forceinline__ void BarrierExpectBytes(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(SharedAddress(bar)), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void BarrierWait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT_%=:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_%=;\n"
-      "}\n" ::"r"(SharedAddress(bar)),
-      "r"(parity)
-      : "memory");
-}
-__device__ __forceinline__ void BulkLoad(void* stage, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                   SharedAddress(stage)),
-               "l"(src), "r"(bytes), "r"(SharedAddress(bar))
-               : "memory");
-}
-__device__ __forceinline__ void BulkStore(void* dst, const void* stage, uint32_t bytes) {
-  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n" ::"l"(dst), "r"(SharedAddress(stage)),
-               "r"(bytes)
-               : "memory");
-  asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-}
-// Until at most kPending of this thread's bulk groups still read their shared memory.
-template <int kPending>
-__device__ __forceinline__ void BulkWaitRead() {
-  asm volatile("cp.async.bulk.wait_group.read %0;\n" ::"n"(kPending) : "memory");
-}
-__device__ __forceinline__ void BulkWaitAll() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
 // This CTA's descriptors, 32 at a time in the warp's registers, cut into chunks.
 struct ChunkSource {
@@ -102,10 +63,8 @@ __global__ void __launch_bounds__(kBulkThreads) BulkCopyKernel(const DeviceCopyD
   __shared__ uint32_t stage_bytes[kBulkMaxStages];
   const uint32_t lane = threadIdx.x;
   if (lane == 0) {
-    for (uint32_t s = 0; s < stages; ++s) BarrierInit(&full[s]);
-    // The barriers' initialisation, visible to the bulk copies (the async proxy).
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    for (uint32_t s = 0; s < stages; ++s) bulk::BarrierInit(&full[s]);
+    bulk::BarrierInitFence();
   }
   __syncwarp();
   ChunkSource source{descriptors, count, chunk, lane, blockIdx.x};
@@ -120,8 +79,8 @@ __global__ void __launch_bounds__(kBulkThreads) BulkCopyKernel(const DeviceCopyD
       const uint32_t s = issued % stages;
       stage_dst[s] = dst;
       stage_bytes[s] = bytes;
-      BarrierExpectBytes(&full[s], bytes);
-      BulkLoad(ring + uint64_t{s} * chunk, reinterpret_cast<const void*>(src), bytes, &full[s]);
+      bulk::BarrierExpectBytes(&full[s], bytes);
+      bulk::Load(ring + uint64_t{s} * chunk, reinterpret_cast<const void*>(src), bytes, &full[s]);
     }
     ++issued;
     return true;
@@ -131,15 +90,15 @@ __global__ void __launch_bounds__(kBulkThreads) BulkCopyKernel(const DeviceCopyD
   while (stored < issued) {
     const uint32_t s = stored % stages;
     if (lane == 0) {
-      BarrierWait(&full[s], (stored / stages) & 1u);
-      BulkStore(reinterpret_cast<void*>(stage_dst[s]), ring + uint64_t{s} * chunk, stage_bytes[s]);
-      BulkWaitRead<1>();  // the previous chunk's stage is free again
+      bulk::BarrierWait(&full[s], (stored / stages) & 1u);
+      bulk::Store(reinterpret_cast<void*>(stage_dst[s]), ring + uint64_t{s} * chunk, stage_bytes[s]);
+      bulk::WaitRead<1>();  // the previous chunk's stage is free again
     }
     __syncwarp();
     ++stored;
     if (more && stored >= 2) more = issue();
   }
-  if (lane == 0) BulkWaitAll();  // every store written before the kernel ends
+  if (lane == 0) bulk::WaitAll();  // every store written before the kernel ends
 }
 
 }  // namespace

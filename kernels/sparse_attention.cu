@@ -1,7 +1,9 @@
 // Paged sparse decode attention: the planner (PlanSparseAttention*, the workspace) and the
-// public launch, which dispatches to one of two kernels:
+// public launch, which dispatches to one of three kernels:
 //   - the streamed kernel (round 6, K/V in registers): sparse_attention_streamed.cu;
-//   - the staged kernel (round 7, thread-block clusters): sparse_attention_staged.cu.
+//   - the staged kernel (round 7, thread-block clusters): sparse_attention_staged.cu;
+//   - the bulk kernel (round 10, the streamed kernel's tiles with K/V pages streamed into
+//     shared memory by TMA bulk copies): sparse_attention_bulk.cu.
 // The streamed kernel's helpers and merge: sparse_attention_streamed_internal.cuh.
 #include "sparse_attention.cuh"
 #include "sparse_attention_internal.cuh"
@@ -294,6 +296,14 @@ const char* ApplySparseAttentionOverrides(const SparseAttentionShape& shape, uin
     p.tile_loads = o.tile_loads;
   }
   if (p.tile_loads == 8 && p.heads_per_cta > 4) return "deep tiles (8 loads) need heads per CTA <= 4";
+  if (o.bulk > 2) return "bulk must be 0 (as planned), 1 (the bulk kernel) or 2 (registers)";
+  if (o.bulk != 0) p.bulk = o.bulk == 1;
+  if (p.bulk) {
+    if (p.tile_loads == 8) return "the bulk kernel has standard tiles (4 loads), not deep ones";
+    if (!attention_internal::BulkFits(shape, p.heads_per_cta)) {
+      return "the bulk kernel needs heads per CTA <= 4 and block tokens <= 4096 / head dim";
+    }
+  }
   *plan = p;
   return nullptr;
 }
@@ -325,9 +335,18 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
       (plan.tile_loads != 0 && plan.tile_loads != 4 && plan.tile_loads != 8)) {
     return cudaErrorInvalidValue;
   }
-  if (plan.cluster != 0) return attention_internal::LaunchStaged(a, plan, stream);
-  const KernelPtr kernel = Pick(s.head_dim, plan.heads_per_cta, a.type, a.output, plan.tile_loads == 8);
+  if (plan.cluster != 0) return plan.bulk ? cudaErrorInvalidValue : attention_internal::LaunchStaged(a, plan, stream);
+  if (plan.bulk && (plan.tile_loads == 8 || !attention_internal::BulkFits(s, h))) return cudaErrorInvalidValue;
+  const KernelPtr kernel = plan.bulk ? attention_internal::PickBulk(s.head_dim, h, a.type, a.output)
+                                     : Pick(s.head_dim, h, a.type, a.output, plan.tile_loads == 8);
   if (kernel == nullptr) return cudaErrorInvalidValue;
+  const uint32_t smem = plan.bulk ? attention_internal::kBulkRingBytes : 0;
+  if (smem > 48u * 1024) {
+    if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        e != cudaSuccess) {
+      return e;
+    }
+  }
   const Layout l = WorkspaceLayout(s, plan);
   char* ws = static_cast<char*>(a.workspace);
   const auto shift = static_cast<uint32_t>(__builtin_ctz(s.block_tokens));
@@ -337,7 +356,7 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(plan.max_splits, plan.rows);
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = 0;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = a.programmatic_dependent_launch ? 1 : 0;

@@ -47,6 +47,12 @@ struct SparseAttentionPlan {
   // shared memory (cp.async) and the pieces merge through distributed shared memory (no
   // workspace traffic, no counters). heads_per_cta ≤ 4; tile_loads unused. 0: the streamed kernel.
   uint32_t cluster = 0;
+  // true (streamed plans only: cluster 0, tile_loads 0 or 4, heads_per_cta ≤ 4): the BULK
+  // kernel — the streamed kernel's tiles, with K/V pages streamed into four 16 KiB
+  // shared-memory stages by TMA bulk copies (three stages of loads in flight per CTA instead of
+  // one tile per warp in registers); needs block_tokens ≤ 4096 / head_dim. Same numbers as the
+  // streamed kernel with standard tiles on the same cut, bit for bit.
+  bool bulk = false;
 };
 
 // Pages one staged CTA may hold (its slot ids sit in a fixed shared array).
@@ -174,10 +180,12 @@ struct SparseAttentionPlanOverrides {
                                // max_splits may come out lower); not together with chunk_pages
   uint32_t tile_loads = 0;     // 4 (standard tiles, 3 CTAs per SM at 4 heads) or 8 (deep, 2 CTAs
                                // per SM: twice the loads in flight per warp; heads_per_cta ≤ 4)
+  uint32_t bulk = 0;           // 1: the bulk kernel (SparseAttentionPlan::bulk), 2: registers
+                               // (the streamed kernel), 0: as planned
 };
 
 inline bool IsDefault(const SparseAttentionPlanOverrides& o) {
-  return o.heads_per_cta == 0 && o.chunk_pages == 0 && o.splits == 0 && o.tile_loads == 0;
+  return o.heads_per_cta == 0 && o.chunk_pages == 0 && o.splits == 0 && o.tile_loads == 0 && o.bulk == 0;
 }
 
 // Pure (no device). `base`: a streamed plan (cluster 0) for `shape`, rows of ≤

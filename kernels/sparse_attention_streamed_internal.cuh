@@ -180,4 +180,15 @@ using KernelPtr = void (*)(SparseAttentionDeviceArgs, uint32_t, uint32_t, float*
 // the deep variant (8 loads per tile, ≤ 4 heads). nullptr where there is none.
 KernelPtr Pick(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out, bool deep = false);
 
+// The bulk kernel (sparse_attention_bulk.cu, SparseAttentionPlan::bulk): the streamed
+// kernel's standard tiles with K/V pages streamed into kBulkStages shared-memory stages of 16
+// KiB by TMA bulk copies; kBulkRingBytes of dynamic shared memory (the merge reuses it).
+// nullptr where there is none (heads > 4, head_dim not 64 or 128).
+inline constexpr uint32_t kBulkStages = 4;
+inline constexpr uint32_t kBulkRingBytes = kBulkStages * (16u << 10);
+KernelPtr PickBulk(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out);
+// Whether the bulk kernel takes `shape` at `heads` per CTA: d 64 or 128, ≤ 4 heads, whole
+// slices per stage (block_tokens ≤ 4096 / d: 32 at d = 128), 16-byte slot strides.
+bool BulkFits(const SparseAttentionShape& shape, uint32_t heads);
+
 }  // namespace kvtier::kernels::attention_internal

@@ -5,8 +5,10 @@
 // (also on the candidate rule r9d's plan where it applies), sparse
 // page lists, forced small and large pieces (many-piece merges), an empty page list, and a
 // second launch on the same workspace (its counters reset themselves; results bit-equal).
-// The invalid tail of each last page and every unlisted slot hold NaN, so a kernel that
-// reads a token it should not produces NaN.
+// The bulk kernel runs on every streamed cut it takes and must give the streamed kernel's
+// bytes exactly. The invalid tail of each last page and every unlisted slot hold NaN, so a
+// kernel that uses a token it should not produces NaN (the bulk kernel copies whole slices,
+// tails included, into shared memory: it must never use them).
 //
 // Tolerance: |got − want| ≤ 2e-3·|want| + 2e-4 for fp32 output (V ~ N(0,1), so 2e-4 is
 // ~2e-4 of a value's magnitude; the two fp32 computations differ by ~1e-6), plus half an
@@ -108,7 +110,9 @@ Problem Build(const Case& c, uint32_t seed) {
   return p;
 }
 
-void RunPlan(const Case& c, const Problem& p, const std::vector<float>& want, const SparseAttentionPlan& plan) {
+// `output`, when given, gets the first launch's output bytes.
+void RunPlan(const Case& c, const Problem& p, const std::vector<float>& want, const SparseAttentionPlan& plan,
+             std::vector<char>* output = nullptr) {
   const auto& s = p.shape;
   const size_t outs = want.size();
   DeviceArray<uint16_t> arena(p.arena), queries(p.queries);
@@ -130,6 +134,7 @@ void RunPlan(const Case& c, const Problem& p, const std::vector<float>& want, co
     ASSERT_CUDA(cudaMemcpy(run->data(), out.p, out_bytes, cudaMemcpyDeviceToHost));
   }
   EXPECT_EQ(std::memcmp(first.data(), second.data(), out_bytes), 0) << "a second launch on the same workspace differs";
+  if (output != nullptr) *output = first;
   {  // PDL: a plain launch then a PDL launch right behind it on one stream; bit-identical.
     cudaStream_t stream;
     ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -197,11 +202,25 @@ void RunCase(const Case& c, uint32_t seed) {
     plan.max_splits = (std::max(p.max_pages, 1u) + c.chunk - 1) / c.chunk;
   }
   RunPlan(c, p, want, plan);
+  // The bulk kernel (round 10) on a streamed cut that it takes: against the reference, and the
+  // same bytes as the streamed kernel's standard tiles on that cut.
+  auto bulk_too = [&](const SparseAttentionPlan& cut) {
+    SparseAttentionPlan standard = cut, bulk;
+    standard.tile_loads = 0;
+    if (ApplySparseAttentionOverrides(s, p.max_pages, standard, {.bulk = 1}, &bulk) != nullptr) return;
+    ASSERT_TRUE(bulk.bulk);
+    std::vector<char> registers, staged;
+    RunPlan(c, p, want, standard, &registers);
+    RunPlan(c, p, want, bulk, &staged);
+    EXPECT_EQ(registers, staged) << "the bulk kernel differs from the streamed kernel on the same cut";
+  };
+  bulk_too(plan);
   if (plan.heads_per_cta >= 2) {  // half the heads per CTA (the batch-1 plan's cut), twice the rows
     SparseAttentionPlan half = plan;
     half.heads_per_cta /= 2;
     half.rows *= 2;
     RunPlan(c, p, want, half);
+    bulk_too(half);
   }
   // Round 9: the streamed plan with overrides (ApplySparseAttentionOverrides, what `kvtier
   // bench decode --sweep` runs): one head per CTA with deep tiles in ≥ 3 pieces per row, and
@@ -214,6 +233,7 @@ void RunCase(const Case& c, uint32_t seed) {
     const char* error = ApplySparseAttentionOverrides(s, p.max_pages, plan, v, &overridden);
     ASSERT_EQ(error, nullptr) << error;
     RunPlan(c, p, want, overridden);
+    bulk_too(overridden);
   }
   // Round 9d: the candidate rule r9d (SparseAttentionRule::kRound9Dense): where it applies
   // (rows of >= kDenseRuleMinPages pages in one standard wave) a different cut, same output.
@@ -346,6 +366,25 @@ TEST(SparseAttentionGpuApi, RejectsUnsupportedShapes) {
   ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 10, 0, &plan));
   SparseAttentionDeviceArgs a{.shape = s};  // null pointers
   EXPECT_EQ(LaunchSparseAttention(a, plan, nullptr), cudaErrorInvalidValue);
+  // Bulk plans the bulk kernel does not take are refused before anything is launched (the
+  // pointers are never dereferenced: aligned placeholders).
+  auto* fake = reinterpret_cast<uint32_t*>(uintptr_t{1} << 20);
+  a = SparseAttentionDeviceArgs{.shape = s, .arena = fake, .queries = reinterpret_cast<const uint16_t*>(fake),
+                                .page_offsets = fake, .page_slots = fake, .last_page_tokens = fake, .out = fake,
+                                .workspace = fake};
+  SparseAttentionPlan bad = plan;
+  bad.cluster = 0;
+  bad.bulk = true;
+  bad.tile_loads = 8;  // deep tiles
+  EXPECT_EQ(LaunchSparseAttention(a, bad, nullptr), cudaErrorInvalidValue);
+  SparseAttentionPlan staged{.heads_per_cta = 4, .chunk_pages = 8, .max_splits = 2, .rows = 2, .cluster = 2,
+                             .bulk = true};
+  EXPECT_EQ(LaunchSparseAttention(a, staged, nullptr), cudaErrorInvalidValue);
+  a.shape.block_tokens = 64;  // a slice larger than a 16 KiB stage
+  a.shape.slot_bytes = 2 * 64 * 128 * 2;
+  bad.tile_loads = 0;
+  EXPECT_EQ(LaunchSparseAttention(a, bad, nullptr), cudaErrorInvalidValue);
+  ASSERT_CUDA(cudaDeviceSynchronize());
 }
 
 // The split heuristic on its own (no device needed): pieces ≤ 256 pages, ≥ 4 unless the row
@@ -496,6 +535,22 @@ TEST(SparseAttentionPlan, OverridesAreAppliedAndValidated) {
   EXPECT_EQ(p.max_splits, 1u);
   EXPECT_EQ(apply({.chunk_pages = 1}, &p, b8, 128, base), "");
   EXPECT_EQ(p.max_splits, 128u);
+  EXPECT_FALSE(p.bulk);
+  // The bulk kernel (round 10): on, off again, with other fields; the cut is unchanged.
+  EXPECT_EQ(apply({.bulk = 1}, &p, b8, 128, base), "");
+  EXPECT_TRUE(p.bulk);
+  EXPECT_EQ(p.chunk_pages, base.chunk_pages);
+  EXPECT_EQ(p.max_splits, base.max_splits);
+  const SparseAttentionPlan bulk_base = p;
+  EXPECT_EQ(apply({.bulk = 2}, &p, b8, 128, bulk_base), "");
+  EXPECT_FALSE(p.bulk);
+  EXPECT_EQ(apply({.heads_per_cta = 1, .chunk_pages = 8}, &p, b8, 128, bulk_base), "");
+  EXPECT_TRUE(p.bulk);
+  SparseAttentionShape b32 = b8;  // 32-token blocks: one slice per 16 KiB stage
+  b32.block_tokens = 32;
+  b32.slot_bytes = 16384;
+  EXPECT_EQ(apply({.bulk = 1}, &p, b32, 64, PlanSparseAttention(b32, 64, 132, 3)), "");
+  EXPECT_TRUE(p.bulk);
 
   // Errors: the plan is left alone.
   const SparseAttentionPlan sentinel{.heads_per_cta = 77};
@@ -518,6 +573,14 @@ TEST(SparseAttentionPlan, OverridesAreAppliedAndValidated) {
   const SparseAttentionPlan g8_base = PlanSparseAttention(g8, 128, 132, 3);
   ASSERT_EQ(g8_base.heads_per_cta, 8u);
   refused({.tile_loads = 8}, "deep tiles", g8, 128, &g8_base);
+  refused({.bulk = 3}, "bulk must be");
+  refused({.tile_loads = 8, .bulk = 1}, "standard tiles");
+  refused({.bulk = 1}, "heads per CTA <= 4", g8, 128, &g8_base);
+  SparseAttentionShape b64 = b8;  // 64-token blocks: a slice is larger than a stage
+  b64.block_tokens = 64;
+  b64.slot_bytes = 32768;
+  const SparseAttentionPlan b64_base = PlanSparseAttention(b64, 32, 132, 3);
+  refused({.bulk = 1}, "block tokens", b64, 32, &b64_base);
   SparseAttentionShape huge = b8;
   huge.requests = 4096;  // 4096 × 8 × 4 rows of one head
   const SparseAttentionPlan huge_base = PlanSparseAttention(huge, 128, 132, 3);
