@@ -1,7 +1,7 @@
 // Shared between expected_attention.cu (the launcher and the score pass after the logits),
 // expected_attention_mma.cu (the cp.async-ring tensor-core logits pass) and
 // expected_attention_stream.cu (the streaming logits pass): the workspace layout, the
-// logits-pass entry points and the one tensor-core instruction they share. Not part of the
+// logits-pass entry points (the tensor-core instruction is kernels/mma.cuh's). Not part of the
 // public API.
 #pragma once
 
@@ -13,6 +13,7 @@
 #include <cstdint>
 
 #include "expected_attention.cuh"
+#include "mma.cuh"
 
 namespace kvtier::kernels::detail {
 
@@ -37,19 +38,7 @@ struct WorkspaceLayout {
   }
 };
 
-// D += A·B, m16n8k16, fp32 accumulate (PTX ISA fragment layouts: A row-major, B column-major).
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __nv_bfloat16) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void Mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __half) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using mma::Mma;  // kernels/mma.cuh
 
 // Every logits pass writes logits (non-sink tokens) and `*partial_count` <= Tiles(shape)
 // softmax partials per query head, and zeroes the two words at `best` (WorkspaceLayout) for

@@ -1,9 +1,10 @@
 // Paged sparse decode attention: the planner (PlanSparseAttention*, the workspace) and the
-// public launch, which dispatches to one of three kernels:
+// public launch, which dispatches to one of four kernels:
 //   - the streamed kernel (round 6, K/V in registers): sparse_attention_streamed.cu;
 //   - the staged kernel (round 7, thread-block clusters): sparse_attention_staged.cu;
 //   - the bulk kernel (round 10, the streamed kernel's tiles with K/V pages streamed into
-//     shared memory by TMA bulk copies): sparse_attention_bulk.cu.
+//     shared memory by TMA bulk copies): sparse_attention_bulk.cu;
+//   - the tensor-core kernel (round 10, mma.sync scores and P·V): sparse_attention_mma.cu.
 // The streamed kernel's helpers and merge: sparse_attention_streamed_internal.cuh.
 #include "sparse_attention.cuh"
 #include "sparse_attention_internal.cuh"
@@ -224,6 +225,26 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
   occ.l2_bytes = static_cast<uint64_t>(std::max(l2, 0));
   // Occupancy of the largest head chunk and of half of it (the batch-1 alternative).
   const uint32_t heads = HeadsPerCta(shape.group());
+  if (kernels == SparseAttentionKernels::kMma) {
+    // The tensor-core kernel: the same split heuristic on its own occupancy (no deep tiles).
+    const uint32_t smem = attention_internal::MmaSmemBytes(shape.head_dim);
+    for (uint32_t h : {heads, heads / 2}) {
+      if (h == 0) continue;
+      const KernelPtr k = attention_internal::PickMma(shape.head_dim, h, type, AttentionOutput::kFloat32);
+      if (k == nullptr) continue;
+      if (cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+          e != cudaSuccess) {
+        return e;
+      }
+      if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem); e != cudaSuccess) {
+        return e;
+      }
+      occ.standard[Log2Heads(h)] = static_cast<uint32_t>(std::max(per_sm, 0));
+    }
+    *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), occ, rule);
+    plan->mma = plan->rows != 0;
+    return cudaSuccess;
+  }
   for (uint32_t h : {heads, heads / 2}) {
     if (h == 0) continue;
     for (bool deep : {false, true}) {
@@ -297,7 +318,13 @@ const char* ApplySparseAttentionOverrides(const SparseAttentionShape& shape, uin
   }
   if (p.tile_loads == 8 && p.heads_per_cta > 4) return "deep tiles (8 loads) need heads per CTA <= 4";
   if (o.bulk > 2) return "bulk must be 0 (as planned), 1 (the bulk kernel) or 2 (registers)";
+  if (o.mma > 2) return "mma must be 0 (as planned), 1 (the tensor-core kernel) or 2 (not)";
   if (o.bulk != 0) p.bulk = o.bulk == 1;
+  if (o.mma != 0) p.mma = o.mma == 1;
+  if (p.mma) {
+    if (p.bulk) return "the tensor-core kernel and the bulk kernel are two kernels: pick one";
+    if (p.tile_loads == 8) return "the tensor-core kernel has no deep tiles (8 loads)";
+  }
   if (p.bulk) {
     if (p.tile_loads == 8) return "the bulk kernel has standard tiles (4 loads), not deep ones";
     if (!attention_internal::BulkFits(shape, p.heads_per_cta)) {
@@ -335,12 +362,18 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
       (plan.tile_loads != 0 && plan.tile_loads != 4 && plan.tile_loads != 8)) {
     return cudaErrorInvalidValue;
   }
-  if (plan.cluster != 0) return plan.bulk ? cudaErrorInvalidValue : attention_internal::LaunchStaged(a, plan, stream);
-  if (plan.bulk && (plan.tile_loads == 8 || !attention_internal::BulkFits(s, h))) return cudaErrorInvalidValue;
+  if (plan.cluster != 0) {
+    return plan.bulk || plan.mma ? cudaErrorInvalidValue : attention_internal::LaunchStaged(a, plan, stream);
+  }
+  if (plan.bulk && (plan.mma || plan.tile_loads == 8 || !attention_internal::BulkFits(s, h))) return cudaErrorInvalidValue;
+  if (plan.mma && plan.tile_loads == 8) return cudaErrorInvalidValue;
   const KernelPtr kernel = plan.bulk ? attention_internal::PickBulk(s.head_dim, h, a.type, a.output)
-                                     : Pick(s.head_dim, h, a.type, a.output, plan.tile_loads == 8);
+                           : plan.mma ? attention_internal::PickMma(s.head_dim, h, a.type, a.output)
+                                      : Pick(s.head_dim, h, a.type, a.output, plan.tile_loads == 8);
   if (kernel == nullptr) return cudaErrorInvalidValue;
-  const uint32_t smem = plan.bulk ? attention_internal::kBulkRingBytes : 0;
+  const uint32_t smem = plan.bulk  ? attention_internal::kBulkRingBytes
+                        : plan.mma ? attention_internal::MmaSmemBytes(s.head_dim)
+                                   : 0;
   if (smem > 48u * 1024) {
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
         e != cudaSuccess) {

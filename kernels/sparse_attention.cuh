@@ -53,6 +53,11 @@ struct SparseAttentionPlan {
   // one tile per warp in registers); needs block_tokens ≤ 4096 / head_dim. Same numbers as the
   // streamed kernel with standard tiles on the same cut, bit for bit.
   bool bulk = false;
+  // true (streamed plans only, not with bulk or deep tiles): the TENSOR-CORE kernel — the
+  // streamed kernel's grid, pieces and merge, with each warp's 16-token tiles staged in shared
+  // memory (cp.async) and Q·Kᵀ and P·V computed by mma.sync (P in two 16-bit parts). Within
+  // fp32 rounding of the reference; not bit-equal to the streamed kernel.
+  bool mma = false;
 };
 
 // Pages one staged CTA may hold (its slot ids sit in a fixed shared array).
@@ -129,10 +134,12 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
 // Which kernels PlanSparseAttentionForDevice may choose (every value names a plan):
 //   kAuto = 0      the staged plan where one fits (PlanStagedSparseAttention), else the
 //                  register-tile streamed one (round 6) — the default;
-//   kStreamed = 1  the streamed plan only (never the staged one).
+//   kStreamed = 1  the streamed plan only (never the staged one);
+//   kMma = 3       the tensor-core kernel (SparseAttentionPlan::mma) on the streamed split
+//                  heuristic with that kernel's occupancy (round 10).
 // (Round 8's pipelined streamed kernel, value 2, was slower than the streamed one in every
 // case measured on the H100 and was removed: docs/sparse.md, round 8.)
-enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1 };
+enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1, kMma = 3 };
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionKernels kernels, SparseAttentionPlan* plan);
 
@@ -182,10 +189,12 @@ struct SparseAttentionPlanOverrides {
                                // per SM: twice the loads in flight per warp; heads_per_cta ≤ 4)
   uint32_t bulk = 0;           // 1: the bulk kernel (SparseAttentionPlan::bulk), 2: registers
                                // (the streamed kernel), 0: as planned
+  uint32_t mma = 0;            // 1: the tensor-core kernel (SparseAttentionPlan::mma), 2: not, 0: as planned
 };
 
 inline bool IsDefault(const SparseAttentionPlanOverrides& o) {
-  return o.heads_per_cta == 0 && o.chunk_pages == 0 && o.splits == 0 && o.tile_loads == 0 && o.bulk == 0;
+  return o.heads_per_cta == 0 && o.chunk_pages == 0 && o.splits == 0 && o.tile_loads == 0 && o.bulk == 0 &&
+         o.mma == 0;
 }
 
 // Pure (no device). `base`: a streamed plan (cluster 0) for `shape`, rows of ≤

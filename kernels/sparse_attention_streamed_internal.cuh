@@ -38,26 +38,20 @@ __device__ __forceinline__ void WriteOutput(void* out, size_t index, float value
   else static_cast<uint16_t*>(out)[index] = ToHalfBits<kType>(value);
 }
 
-// The end of a piece of the streamed kernel: merge the row groups of each warp and
-// the warps (fixed order), then write the output (a row of one piece) or the piece's
-// (o/l, log2 Σ) and, in the last CTA of the row to finish, merge the row's pieces.
-// merge_o holds kWarps·kHeads·kD floats, merge_w kMergeStage. kDeep: the deep variant's
-// wider merge rounds.
+// The end of a piece once every warp's state (m, l, unnormalised o per head) is in merge_m,
+// merge_l, merge_o and visible to the CTA: merge the warps (fixed order), then write the
+// output (a row of one piece) or the piece's (o/l, log2 Σ) and, in the last CTA of the row to
+// finish, merge the row's pieces. merge_o holds kWarps·kHeads·kD floats, merge_w
+// kMergeStage. kDeep: the deep variant's wider merge rounds. (The streamed and bulk kernels
+// come here through FinishPiece; the tensor-core kernel writes its warps' state itself.)
 template <int kD, int kHeads, HalfType kType, AttentionOutput kOut, bool kDeep>
-__device__ __forceinline__ void FinishPiece(const SparseAttentionDeviceArgs& a, float (&m)[kHeads], float (&l)[kHeads],
-                                            float (&o)[kHeads][8], uint32_t row, uint32_t piece, uint32_t pieces,
-                                            size_t out_base, float* __restrict__ partial, float* __restrict__ lse,
-                                            uint32_t* __restrict__ counters, float (&merge_m)[kWarps][kHeads],
-                                            float (&merge_l)[kWarps][kHeads], float (*merge_o)[kHeads][kD],
-                                            float* merge_w, bool& last_s) {
-  constexpr int kL = kD / 8;
+__device__ __forceinline__ void FinishFromWarps(const SparseAttentionDeviceArgs& a, uint32_t row, uint32_t piece,
+                                                uint32_t pieces, size_t out_base, float* __restrict__ partial,
+                                                float* __restrict__ lse, uint32_t* __restrict__ counters,
+                                                float (&merge_m)[kWarps][kHeads], float (&merge_l)[kWarps][kHeads],
+                                                float (*merge_o)[kHeads][kD], float* merge_w, bool& last_s) {
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
-  const int c = lane % kL, rr = lane / kL;
-  // Merge the row groups of the warp (lanes c, c + kL, ...), then the warps.
-  MergeRowGroups<kL>(m, l, o);
-  StoreWarpState<kD>(m, l, o, warp, c, rr, merge_m, merge_l, merge_o);
-  __syncthreads();
   const bool single = pieces == 1;
   const size_t piece_base = (size_t{row} * gridDim.x + piece) * kHeads;  // (row, piece, head 0)
   for (int i = tid; i < kHeads * kD; i += kThreads) {
@@ -169,6 +163,26 @@ __device__ __forceinline__ void FinishPiece(const SparseAttentionDeviceArgs& a, 
   if (tid == 0) counters[row] = 0;  // ready for the next launch (stream order)
 }
 
+// The end of a piece of the streamed kernel: merge the row groups of each warp into
+// merge_* (lanes c, c + kL, ...), then FinishFromWarps.
+template <int kD, int kHeads, HalfType kType, AttentionOutput kOut, bool kDeep>
+__device__ __forceinline__ void FinishPiece(const SparseAttentionDeviceArgs& a, float (&m)[kHeads], float (&l)[kHeads],
+                                            float (&o)[kHeads][8], uint32_t row, uint32_t piece, uint32_t pieces,
+                                            size_t out_base, float* __restrict__ partial, float* __restrict__ lse,
+                                            uint32_t* __restrict__ counters, float (&merge_m)[kWarps][kHeads],
+                                            float (&merge_l)[kWarps][kHeads], float (*merge_o)[kHeads][kD],
+                                            float* merge_w, bool& last_s) {
+  constexpr int kL = kD / 8;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int warp = tid / 32, lane = tid % 32;
+  const int c = lane % kL, rr = lane / kL;
+  MergeRowGroups<kL>(m, l, o);
+  StoreWarpState<kD>(m, l, o, warp, c, rr, merge_m, merge_l, merge_o);
+  __syncthreads();
+  FinishFromWarps<kD, kHeads, kType, kOut, kDeep>(a, row, piece, pieces, out_base, partial, lse, counters, merge_m,
+                                                  merge_l, merge_o, merge_w, last_s);
+}
+
 // CTAs per SM the register budget is sized for: 3 × 128 threads (≤ 168 registers) up to 4
 // heads per CTA, 2 (≤ 255) for 8, whose q and o take 128 registers on their own.
 // The deep variant (8 loads per tile, ≤ 4 heads) is sized for 2 (≤ 255).
@@ -190,5 +204,14 @@ KernelPtr PickBulk(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOu
 // Whether the bulk kernel takes `shape` at `heads` per CTA: d 64 or 128, ≤ 4 heads, whole
 // slices per stage (block_tokens ≤ 4096 / d: 32 at d = 128), 16-byte slot strides.
 bool BulkFits(const SparseAttentionShape& shape, uint32_t heads);
+
+// The tensor-core kernel (sparse_attention_mma.cu, SparseAttentionPlan::mma): the streamed
+// kernel's grid and merge, each warp's tiles of 16 tokens through its own ring of
+// kMmaBuffers shared-memory buffers, scores and P·V by mma.sync; MmaSmemBytes(head_dim) of
+// dynamic shared memory. nullptr where there is none (heads not 1, 2, 4 or 8; head_dim not 64
+// or 128).
+inline constexpr uint32_t kMmaBuffers = 3;
+KernelPtr PickMma(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out);
+uint32_t MmaSmemBytes(uint32_t head_dim);
 
 }  // namespace kvtier::kernels::attention_internal

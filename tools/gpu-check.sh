@@ -84,14 +84,16 @@ for r in rows:
         note = (f'{r["vs_copy"]:.2f}x copy, {r["vs_dense"]:.3f}x dense; {r["heads_per_cta"]} heads, '
                 f'{r["chunk_pages"]} pages x {r["splits"]}, {r["waves"]:.2f} waves'
                 + ("" if r["applied"] else " (as dense)") + ("" if r["matches_dense"] else "  MISMATCH"))
-    if r["method"] == "dense_bulk":
-        note = (f'{r["vs_copy"]:.2f}x copy, {r["vs_dense"]:.3f}x dense (bulk kernel, dense\'s cut)'
+    if r["method"] in ("dense_bulk", "dense_mma"):
+        note = (f'{r["vs_copy"]:.2f}x copy, {r["vs_dense"]:.3f}x dense; {r["heads_per_cta"]} heads, '
+                f'{r["chunk_pages"]} pages x {r["splits"]}'
                 + ("" if r["matches_dense"] else "  MISMATCH") + (", bit-equal" if r["bit_equal"] else ""))
     if r["method"].startswith("select"): note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
     if r["method"].startswith("sparse"): note = f'speedup {r["speedup"]:.2f}x (ideal {r["ideal_speedup"]:.1f}x; target >= 8x at 32K)'
-    if r["method"] == "sparse_graph_bulk":
+    if r["method"] in ("sparse_graph_bulk", "sparse_graph_mma"):
+        v = r["method"][len("sparse_graph_"):]
         note += (f'; {r["vs_sparse_graph"]:.3f}x sparse_graph'
-                 + (f', {r["speedup_vs_dense_bulk"]:.2f}x dense_bulk' if "speedup_vs_dense_bulk" in r else "")
+                 + (f', {r["speedup_vs_dense_" + v]:.2f}x dense_{v}' if "speedup_vs_dense_" + v in r else "")
                  + ("" if r["matches_sparse_graph"] else "  MISMATCH"))
     if r["method"] == "scores" and "score_preset" in r:  # the grid of the default rule (or --score-*)
         note = (f'{r["score_preset"]}: {r["stages"]} buffers, {r["tiles_per_cta"]} tiles x {r["ctas_per_row"]} CTAs/row'

@@ -6,7 +6,7 @@
 // page lists, forced small and large pieces (many-piece merges), an empty page list, and a
 // second launch on the same workspace (its counters reset themselves; results bit-equal).
 // The bulk kernel runs on every streamed cut it takes and must give the streamed kernel's
-// bytes exactly. The invalid tail of each last page and every unlisted slot hold NaN, so a
+// bytes exactly; the tensor-core kernel runs on those cuts and on its own plan. The invalid tail of each last page and every unlisted slot hold NaN, so a
 // kernel that uses a token it should not produces NaN (the bulk kernel copies whole slices,
 // tails included, into shared memory: it must never use them).
 //
@@ -215,12 +215,30 @@ void RunCase(const Case& c, uint32_t seed) {
     EXPECT_EQ(registers, staged) << "the bulk kernel differs from the streamed kernel on the same cut";
   };
   bulk_too(plan);
+  // The tensor-core kernel (round 10) on a streamed cut and on its own plan: against the
+  // reference (it sums in another order: not bit-equal to the streamed kernel).
+  auto mma_too = [&](const SparseAttentionPlan& cut) {
+    SparseAttentionPlan tc;
+    const char* error = ApplySparseAttentionOverrides(s, p.max_pages, cut, {.tile_loads = 4, .mma = 1}, &tc);
+    ASSERT_EQ(error, nullptr) << error;
+    ASSERT_TRUE(tc.mma);
+    RunPlan(c, p, want, tc);
+  };
+  mma_too(plan);
+  if (c.chunk == 0) {
+    SparseAttentionPlan own;
+    ASSERT_CUDA(PlanSparseAttentionForDevice(s, c.type, p.max_pages, 0, SparseAttentionKernels::kMma, &own));
+    ASSERT_TRUE(own.mma);
+    ASSERT_EQ(own.cluster, 0u);
+    RunPlan(c, p, want, own);
+  }
   if (plan.heads_per_cta >= 2) {  // half the heads per CTA (the batch-1 plan's cut), twice the rows
     SparseAttentionPlan half = plan;
     half.heads_per_cta /= 2;
     half.rows *= 2;
     RunPlan(c, p, want, half);
     bulk_too(half);
+    mma_too(half);
   }
   // Round 9: the streamed plan with overrides (ApplySparseAttentionOverrides, what `kvtier
   // bench decode --sweep` runs): one head per CTA with deep tiles in ≥ 3 pieces per row, and
@@ -234,6 +252,7 @@ void RunCase(const Case& c, uint32_t seed) {
     ASSERT_EQ(error, nullptr) << error;
     RunPlan(c, p, want, overridden);
     bulk_too(overridden);
+    mma_too(overridden);
   }
   // Round 9d: the candidate rule r9d (SparseAttentionRule::kRound9Dense): where it applies
   // (rows of >= kDenseRuleMinPages pages in one standard wave) a different cut, same output.
@@ -380,6 +399,13 @@ TEST(SparseAttentionGpuApi, RejectsUnsupportedShapes) {
   SparseAttentionPlan staged{.heads_per_cta = 4, .chunk_pages = 8, .max_splits = 2, .rows = 2, .cluster = 2,
                              .bulk = true};
   EXPECT_EQ(LaunchSparseAttention(a, staged, nullptr), cudaErrorInvalidValue);
+  staged.bulk = false;
+  staged.mma = true;
+  EXPECT_EQ(LaunchSparseAttention(a, staged, nullptr), cudaErrorInvalidValue);
+  SparseAttentionPlan both = bad;  // the two round-10 kernels at once
+  both.tile_loads = 0;
+  both.mma = true;
+  EXPECT_EQ(LaunchSparseAttention(a, both, nullptr), cudaErrorInvalidValue);
   a.shape.block_tokens = 64;  // a slice larger than a 16 KiB stage
   a.shape.slot_bytes = 2 * 64 * 128 * 2;
   bad.tile_loads = 0;
@@ -551,6 +577,14 @@ TEST(SparseAttentionPlan, OverridesAreAppliedAndValidated) {
   b32.slot_bytes = 16384;
   EXPECT_EQ(apply({.bulk = 1}, &p, b32, 64, PlanSparseAttention(b32, 64, 132, 3)), "");
   EXPECT_TRUE(p.bulk);
+  // The tensor-core kernel (round 10): on, off again; any head count the streamed plan has.
+  EXPECT_EQ(apply({.mma = 1}, &p, b8, 128, base), "");
+  EXPECT_TRUE(p.mma);
+  EXPECT_FALSE(p.bulk);
+  EXPECT_EQ(p.chunk_pages, base.chunk_pages);
+  const SparseAttentionPlan mma_base = p;
+  EXPECT_EQ(apply({.mma = 2}, &p, b8, 128, mma_base), "");
+  EXPECT_FALSE(p.mma);
 
   // Errors: the plan is left alone.
   const SparseAttentionPlan sentinel{.heads_per_cta = 77};
@@ -574,6 +608,9 @@ TEST(SparseAttentionPlan, OverridesAreAppliedAndValidated) {
   ASSERT_EQ(g8_base.heads_per_cta, 8u);
   refused({.tile_loads = 8}, "deep tiles", g8, 128, &g8_base);
   refused({.bulk = 3}, "bulk must be");
+  refused({.mma = 3}, "mma must be");
+  refused({.bulk = 1, .mma = 1}, "pick one");
+  refused({.tile_loads = 8, .mma = 1}, "no deep tiles");
   refused({.tile_loads = 8, .bulk = 1}, "standard tiles");
   refused({.bulk = 1}, "heads per CTA <= 4", g8, 128, &g8_base);
   SparseAttentionShape b64 = b8;  // 64-token blocks: a slice is larger than a stage

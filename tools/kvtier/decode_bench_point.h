@@ -101,13 +101,19 @@ class Point {
   // its output checked against `dense`'s (`want`, one launch on layer 0).
   Status DenseRuleRow(const std::vector<uint16_t>& want, double t_copy, double t_dense, cudaStream_t stream,
                       std::vector<Row>* rows);
-  // The bulk attention kernel (kernels::SparseAttentionPlan::bulk) on the default cuts:
-  // `dense_bulk` (the dense plan made bulk; output checked against `want`, dense's) and
-  // `sparse_graph_bulk` (the sparse_graph step with its attention plan made bulk — the
-  // streamed plan where the default is staged —; checked against `ref`, sparse_graph's step,
-  // t_graph its µs). A row only where the kernel takes the plan.
-  Status BulkRows(const std::vector<uint16_t>& want, double t_copy, const StepOutcome& ref, double t_graph,
-                  cudaStream_t stream, std::vector<Row>* rows);
+  // Round 10's attention kernels next to the defaults: `dense_bulk` / `sparse_graph_bulk` (the
+  // bulk kernel, kernels::SparseAttentionPlan::bulk, on the default cuts — the streamed plan
+  // where the sparse default is staged) and `dense_mma` / `sparse_graph_mma` (the tensor-core
+  // kernel, SparseAttentionPlan::mma, planned with SparseAttentionKernels::kMma). Each dense
+  // row's output is checked against `want` (dense's), each step against `ref` (sparse_graph's
+  // step; t_graph its µs). A row only where the kernel takes the plan.
+  Status VariantRows(const std::vector<uint16_t>& want, double t_copy, const StepOutcome& ref, double t_graph,
+                     cudaStream_t stream, std::vector<Row>* rows);
+  // The rows `dense_<name>` (with `dense`, when not null) and `sparse_graph_<name>` (with
+  // `sparse`) of VariantRows.
+  Status KernelRows(const char* name, const char* what, const kernels::SparseAttentionPlan* dense,
+                    const kernels::SparseAttentionPlan* sparse, const std::vector<uint16_t>& want, double t_copy,
+                    const StepOutcome& ref, double t_graph, cudaStream_t stream, std::vector<Row>* rows);
   Status ScoresRingStep(uint32_t layer, cudaStream_t stream);
   kernels::QuestSelectDeviceArgs SelectArgs(uint32_t layer) const;
   kernels::SparseAttentionDeviceArgs AttentionArgs(uint32_t layer) const;
@@ -174,7 +180,6 @@ class Point {
   uint32_t blocks_ = 0, slices_ = 0, layers_ = 0, k_ = 0;
   size_t kv_bytes_ = 0;
   double t_dense_ = 0, t_topk_ = 0, t_copy_ = 0;  // µs, set by Run
-  double t_dense_bulk_ = 0;                       // µs, the dense_bulk row's (0: no such row)
   uint32_t sm_count_ = 1;
   std::vector<uint16_t> dense_out_;  // the `dense` plan's output on layer 0 (bf16 bits), set by Run
   kernels::SparseAttentionRule rule_ = kernels::SparseAttentionRule::kDefault;  // options.overrides.attention_rule

@@ -76,57 +76,73 @@ Status Point::DenseRuleRow(const std::vector<uint16_t>& want, double t_copy, dou
   return Status::Ok();
 }
 
-Status Point::BulkRows(const std::vector<uint16_t>& want, double t_copy, const StepOutcome& ref, double t_graph,
-                       cudaStream_t stream, std::vector<Row>* rows) {
-  const kernels::SparseAttentionPlanOverrides make_bulk{.bulk = 1};
-  kernels::SparseAttentionPlan dense;
-  if (const char* why = kernels::ApplySparseAttentionOverrides(shape_, blocks_, dense_plan_, make_bulk, &dense);
-      why != nullptr || dense_plan_.cluster != 0) {
-    fmt::print(stderr, "bench decode: no dense_bulk row: {}\n", why != nullptr ? why : "the dense plan is staged");
-  } else {
+Status Point::KernelRows(const char* name, const char* what, const kernels::SparseAttentionPlan* dense,
+                         const kernels::SparseAttentionPlan* sparse, const std::vector<uint16_t>& want, double t_copy,
+                         const StepOutcome& ref, double t_graph, cudaStream_t stream, std::vector<Row>* rows) {
+  double t_dense_variant = 0;
+  if (dense != nullptr) {
     DeviceMem ws;
-    KVT_CUDA_OR_RETURN(cudaMalloc(&ws.p, kernels::SparseAttentionWorkspaceBytes(shape_, dense)));
-    KVT_ASSIGN_OR_RETURN(const double t, TimedDense(dense, ws.p, std::max(o_.iterations, 1u),
+    KVT_CUDA_OR_RETURN(cudaMalloc(&ws.p, kernels::SparseAttentionWorkspaceBytes(shape_, *dense)));
+    KVT_ASSIGN_OR_RETURN(const double t, TimedDense(*dense, ws.p, std::max(o_.iterations, 1u),
                                                     std::max(o_.repeats, 1u), stream));
-    KVT_ASSIGN_OR_RETURN(const std::vector<uint16_t> got, DenseOnce(dense, ws.p, stream));
+    KVT_ASSIGN_OR_RETURN(const std::vector<uint16_t> got, DenseOnce(*dense, ws.p, stream));
     const Agreement agree = CompareAttention(got, want);
-    if (!agree.matches) fmt::print(stderr, "bench decode: MISMATCH: dense_bulk output differs from dense's\n");
-    t_dense_bulk_ = t;
+    if (!agree.matches) fmt::print(stderr, "bench decode: MISMATCH: dense_{} output differs from dense's\n", name);
+    t_dense_variant = t;
     const double copy_rw_gbps = 2.0 * kv_bytes_ / (t_copy * 1e3), gbps = double(kv_bytes_) / (t * 1e3);
-    rows->push_back({"dense_bulk",
-                     fmt::format("dense, bulk kernel ({} heads, {} pages x {})", dense.heads_per_cta, dense.chunk_pages,
-                                 dense.max_splits),
+    rows->push_back({fmt::format("dense_{}", name),
+                     fmt::format("dense, {} ({} heads, {} pages x {})", what, dense->heads_per_cta, dense->chunk_pages,
+                                 dense->max_splits),
                      t, gbps, double(kv_bytes_),
-                     {{"vs_copy", gbps / copy_rw_gbps}, {"vs_dense", t_dense_ / t}, {"heads_per_cta", dense.heads_per_cta},
-                      {"chunk_pages", dense.chunk_pages}, {"splits", dense.max_splits},
+                     {{"vs_copy", gbps / copy_rw_gbps}, {"vs_dense", t_dense_ / t}, {"heads_per_cta", dense->heads_per_cta},
+                      {"chunk_pages", dense->chunk_pages}, {"splits", dense->max_splits},
                       {"matches_dense", agree.matches}, {"bit_equal", got == want},
                       {"max_abs_diff", agree.max_abs_diff}}});
   }
-  const kernels::SparseAttentionPlan& base = sparse_plan_.cluster != 0 ? streamed_plan_ : sparse_plan_;
-  kernels::SparseAttentionPlan sparse;
-  if (const char* why = kernels::ApplySparseAttentionOverrides(shape_, k_, base, make_bulk, &sparse); why != nullptr) {
-    fmt::print(stderr, "bench decode: no sparse_graph_bulk row: {}\n", why);
-    return Status::Ok();
-  }
+  if (sparse == nullptr) return Status::Ok();
   DeviceMem ws;
-  KVT_CUDA_OR_RETURN(cudaMalloc(&ws.p, kernels::SparseAttentionWorkspaceBytes(shape_, sparse)));
-  KVT_ASSIGN_OR_RETURN(const StepOutcome step, GraphStepWith(score_shape_, sparse, ws.p, stream));
+  KVT_CUDA_OR_RETURN(cudaMalloc(&ws.p, kernels::SparseAttentionWorkspaceBytes(shape_, *sparse)));
+  KVT_ASSIGN_OR_RETURN(const StepOutcome step, GraphStepWith(score_shape_, *sparse, ws.p, stream));
   const bool selection_match = step.selected == ref.selected;
   const Agreement agree = CompareAttention(step.out, ref.out);
   if (!selection_match || !agree.matches) {
-    fmt::print(stderr, "bench decode: MISMATCH: sparse_graph_bulk step differs from sparse_graph's\n");
+    fmt::print(stderr, "bench decode: MISMATCH: sparse_graph_{} step differs from sparse_graph's\n", name);
   }
   const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
   const double sparse_kv = double(batch_) * o_.kv_heads * k_ * double(shape_.slice_bytes());
   nlohmann::json extra{{"speedup", t_dense_ / step.us}, {"ideal_speedup", double(kv_bytes_) / (sparse_kv + meta)},
                        {"vs_sparse_graph", t_graph / step.us}, {"selected_blocks", k_},
-                       {"chunk_pages", sparse.chunk_pages}, {"splits", sparse.max_splits},
-                       {"heads_per_cta", sparse.heads_per_cta}, {"selection_matches", selection_match},
+                       {"chunk_pages", sparse->chunk_pages}, {"splits", sparse->max_splits},
+                       {"heads_per_cta", sparse->heads_per_cta}, {"selection_matches", selection_match},
                        {"max_abs_diff", agree.max_abs_diff}, {"matches_sparse_graph", selection_match && agree.matches}};
-  if (t_dense_bulk_ > 0) extra["speedup_vs_dense_bulk"] = t_dense_bulk_ / step.us;
-  rows->push_back({"sparse_graph_bulk", "sparse_graph with the bulk attention kernel", step.us,
+  if (t_dense_variant > 0) extra[fmt::format("speedup_vs_dense_{}", name)] = t_dense_variant / step.us;
+  rows->push_back({fmt::format("sparse_graph_{}", name), fmt::format("sparse_graph with the {}", what), step.us,
                    (meta + sparse_kv) / (step.us * 1e3), meta + sparse_kv, std::move(extra)});
   return Status::Ok();
+}
+
+Status Point::VariantRows(const std::vector<uint16_t>& want, double t_copy, const StepOutcome& ref, double t_graph,
+                          cudaStream_t stream, std::vector<Row>* rows) {
+  // The bulk kernel on the default cuts (the streamed plan where the sparse default is staged).
+  const kernels::SparseAttentionPlanOverrides make_bulk{.bulk = 1};
+  kernels::SparseAttentionPlan dense_bulk, sparse_bulk;
+  const char* dense_why = dense_plan_.cluster != 0 ? "the dense plan is staged"
+                          : kernels::ApplySparseAttentionOverrides(shape_, blocks_, dense_plan_, make_bulk, &dense_bulk);
+  if (dense_why != nullptr) fmt::print(stderr, "bench decode: no dense_bulk row: {}\n", dense_why);
+  const kernels::SparseAttentionPlan& base = sparse_plan_.cluster != 0 ? streamed_plan_ : sparse_plan_;
+  const char* sparse_why = kernels::ApplySparseAttentionOverrides(shape_, k_, base, make_bulk, &sparse_bulk);
+  if (sparse_why != nullptr) fmt::print(stderr, "bench decode: no sparse_graph_bulk row: {}\n", sparse_why);
+  KVT_RETURN_IF_ERROR(KernelRows("bulk", "bulk kernel", dense_why == nullptr ? &dense_bulk : nullptr,
+                                 sparse_why == nullptr ? &sparse_bulk : nullptr, want, t_copy, ref, t_graph, stream,
+                                 rows));
+  // The tensor-core kernel, planned on its own occupancy.
+  kernels::SparseAttentionPlan dense_mma, sparse_mma;
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, blocks_, o_.device,
+                                                           kernels::SparseAttentionKernels::kMma, &dense_mma));
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
+                                                           kernels::SparseAttentionKernels::kMma, &sparse_mma));
+  return KernelRows("mma", "tensor-core kernel", dense_mma.mma ? &dense_mma : nullptr,
+                    sparse_mma.mma ? &sparse_mma : nullptr, want, t_copy, ref, t_graph, stream, rows);
 }
 
 Status Point::PresetRows(kernels::QuestScorePreset preset, const char* name, const std::vector<float>& scores,
@@ -346,7 +362,7 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
     };
     insert_after("scores_r4", true);
     insert_after("sparse_graph", false);
-    KVT_RETURN_IF_ERROR(BulkRows(dense_out_, t_copy, graph_ref, t_graph, stream, rows));
+    KVT_RETURN_IF_ERROR(VariantRows(dense_out_, t_copy, graph_ref, t_graph, stream, rows));
   }
   if (o_.sweep) {  // a failed sweep keeps the rows above (RunDecodeBench then exits non-zero)
     if (Status st = Sweep(stream, rows); !st.ok()) {

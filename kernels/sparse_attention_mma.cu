@@ -1,0 +1,278 @@
+// The tensor-core sparse attention kernel (SparseAttentionPlan::mma): the streamed kernel's
+// grid, pieces, workspace and merge, with each warp's scores and P·V computed by mma.sync
+// instead of per-lane dot products and shuffle reductions.
+//
+// Why: at batch 1 the streamed kernel is issue-bound (ncu, H100: 62% of issue slots used,
+// DRAM at 53%): a 16-token tile costs it ~2.8k instructions per warp. Here a tile costs
+// 16 cp.async per lane, 8 + 8 ldmatrix, 2·kD/16 + 2·kD/8 mma (d = 128: 16 for QKᵀ, 32 for
+// P·V) and a short softmax.
+//
+// Per warp, tiles of 16 tokens of the piece, round-robin over the CTA's 4 warps (tile w,
+// w + 4, ...), each through the warp's own ring of kBuffers shared-memory buffers (cp.async,
+// one commit group per tile; the next tile loads while this one is computed; no CTA barrier
+// in the loop). A buffer holds the tile's K rows then V rows, 16 × kD values each, every
+// 16-byte chunk j of row r stored at chunk j ^ (r & 7) so that ldmatrix reads 8 rows without
+// bank conflicts. Tokens past the piece's valid ones are zero-filled (never read).
+//
+//   Sᵀ[16 × 16] = Q[16 × kD] · Kᵀ    A: the CTA's kHeads query heads in rows 0..kHeads-1 (the
+//                                    rest zero), bf16/fp16 exactly as given, from shared
+//                                    memory; B: K rows by ldmatrix. fp32, then × log2(e)/√d.
+//   online softmax per head (row g = lane / 4 of the C fragment; 4 lanes share a head)
+//   O[16 × kD] += P · V             A: P from the C fragments (the FlashAttention register
+//                                    reuse), in two 16-bit parts p_hi + p_lo so that P keeps
+//                                    ~16 bits of precision; B: V rows by ldmatrix.trans.
+//
+// The warps' (m, l, O) go to the merge buffers (aliasing the ring) and the streamed kernel's
+// FinishFromWarps writes the piece. Not bit-equal to the streamed kernel (other summation
+// order); within fp32 rounding of the reference.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <type_traits>
+
+#include "cp_async.cuh"
+#include "mma.cuh"
+#include "sparse_attention.cuh"
+#include "sparse_attention_streamed_internal.cuh"
+
+namespace kvtier::kernels::attention_internal {
+namespace {
+
+constexpr int kTileTokens = 16;
+
+template <HalfType kType>
+using MmaType = std::conditional_t<kType == HalfType::kBf16, __nv_bfloat16, __half>;
+
+// Two floats as one 32-bit register of 16-bit values (the first in the low half), and what
+// rounding left over.
+template <HalfType kType>
+__device__ __forceinline__ uint32_t PackRounded(float x, float y, float& rx, float& ry) {
+  if constexpr (kType == HalfType::kBf16) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
+    rx = x - __low2float(v);
+    ry = y - __high2float(v);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(x, y);
+    rx = x - __low2float(v);
+    ry = y - __high2float(v);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+template <HalfType kType>
+__device__ __forceinline__ uint32_t Pack(float x, float y) {
+  float rx, ry;
+  return PackRounded<kType>(x, y, rx, ry);
+}
+
+template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
+__global__ void __launch_bounds__(kThreads, 2)
+    SparseAttentionMmaKernel(SparseAttentionDeviceArgs a, uint32_t chunk_pages, uint32_t block_shift,
+                             float* __restrict__ partial, float* __restrict__ lse, uint32_t* __restrict__ counters) {
+  static_assert(kHeads <= 8, "query heads fill rows 0..7 of the mma tile");
+  using T = MmaType<kType>;
+  constexpr int kChunks = kD / 8;                              // 16-byte chunks per token row
+  constexpr uint32_t kRowBytes = kD * 2;
+  constexpr uint32_t kHalfBytes = kTileTokens * kRowBytes;     // K (or V) of a tile
+  constexpr uint32_t kBufBytes = 2 * kHalfBytes;
+  constexpr int kLoadsPerLane = 2 * kTileTokens * kChunks / 32;
+  constexpr int kSteps = kD / 16;                              // k16 steps of QKᵀ
+  constexpr int kDTiles = kD / 8;                              // n8 tiles of O
+  extern __shared__ __align__(128) unsigned char ring[];       // kWarps x kMmaBuffers buffers
+  __shared__ uint32_t slots_s[kSparseAttentionMaxChunkPages];
+  // Q as the A operand: rows = heads (rows kHeads..7 zero), two 16-bit values per word; rows
+  // padded by 4 words so that the 8 rows a fragment load reads fall in different banks.
+  __shared__ uint32_t q_s[8][kD / 2 + 4];
+  __shared__ bool last_s;
+  cudaGridDependencySynchronize();            // PDL launch: the previous kernel's writes are visible
+  cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
+
+  const SparseAttentionShape& s = a.shape;
+  const uint32_t row = blockIdx.y, piece = blockIdx.x;
+  const AttentionRow r = RowOf<kD, kHeads>(a, row);
+  const uint32_t page_row = r.page_row, begin = r.begin, end = r.end;
+  const size_t out_base = r.out_base;
+  const uint32_t n = end - begin;
+  const uint32_t pieces = (n + chunk_pages - 1) / chunk_pages;
+  const int tid = static_cast<int>(threadIdx.x);
+  if (n == 0 || pieces > gridDim.x) {
+    // No page: zeros. More pages than the plan allows: NaN, so misuse cannot pass for a result.
+    if (piece == 0) {
+      const float fill = n == 0 ? 0.0f : __int_as_float(0x7fc00000);
+      for (int i = tid; i < kHeads * kD; i += kThreads) WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, fill);
+    }
+    return;
+  }
+  if (piece >= pieces) return;
+
+  const uint32_t p0 = begin + piece * chunk_pages;
+  const uint32_t p1 = min(p0 + chunk_pages, end);
+  const uint32_t bt = 1u << block_shift;
+  const uint32_t last = min(a.last_page_tokens[page_row], bt);
+  const uint32_t valid = (p1 - p0) * bt - (p1 == end ? bt - last : 0u);
+  for (uint32_t i = tid; i < p1 - p0; i += kThreads) slots_s[i] = a.page_slots[p0 + i];
+
+  for (int i = tid; i < 8 * kD / 2; i += kThreads) {
+    const int h = i / (kD / 2), w = i % (kD / 2);
+    q_s[h][w] = h < kHeads ? reinterpret_cast<const uint32_t*>(a.queries + out_base + static_cast<size_t>(h) * kD)[w]
+                           : 0u;
+  }
+  const int warp = tid / 32, lane = tid % 32;
+  const int g = lane / 4, t = lane % 4;  // fragment row (query head) and column pair
+  __syncthreads();  // slots_s, q_s
+
+  const char* arena = static_cast<const char*>(a.arena);
+  const uint32_t tiles = (valid + kTileTokens - 1) / kTileTokens;
+  const uint32_t mine = tiles > static_cast<uint32_t>(warp) ? (tiles - warp + kWarps - 1) / kWarps : 0u;
+  unsigned char* buffers = ring + static_cast<size_t>(warp) * kMmaBuffers * kBufBytes;
+  // The tile's K and V rows into buffer `b` (zeros past the valid tokens); one commit group.
+  auto load = [&](uint32_t tile, uint32_t b) {
+    unsigned char* buf = buffers + b * kBufBytes;
+#pragma unroll
+    for (int i = 0; i < kLoadsPerLane; ++i) {
+      const int x = lane + 32 * i;
+      const int kv = x / (kTileTokens * kChunks), y = x % (kTileTokens * kChunks);
+      const int rr = y / kChunks, j = y % kChunks;
+      const uint32_t f = tile * kTileTokens + rr;
+      const bool ok = f < valid;
+      const char* src = arena + size_t{slots_s[ok ? f >> block_shift : 0]} * s.slot_bytes +
+                        size_t{kv} * bt * kRowBytes + size_t{f & (bt - 1)} * kRowBytes + j * 16;
+      cp_async::Copy16OrZero(buf + kv * kHalfBytes + rr * kRowBytes + ((j ^ (rr & 7)) * 16), src, ok);
+    }
+  };
+
+  const float scale = kLog2e * rsqrtf(static_cast<float>(kD));
+  float m = -INFINITY, l = 0.0f;  // head g: running max (log2 domain), this lane's part of Σp
+  float o[kDTiles][4];
+#pragma unroll
+  for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
+
+#pragma unroll
+  for (uint32_t b = 0; b + 1 < kMmaBuffers; ++b) {
+    if (b < mine) load(warp + kWarps * b, b);
+    cp_async::Commit();
+  }
+  for (uint32_t i = 0; i < mine; ++i) {
+    const uint32_t ahead = i + kMmaBuffers - 1;
+    if (ahead < mine) load(warp + kWarps * ahead, ahead % kMmaBuffers);
+    cp_async::Commit();
+    cp_async::Wait<kMmaBuffers - 1>();
+    __syncwarp();  // every lane's copies of tile i have landed
+    const unsigned char* kbuf = buffers + (i % kMmaBuffers) * kBufBytes;
+    const unsigned char* vbuf = kbuf + kHalfBytes;
+    const uint32_t first = (warp + kWarps * i) * kTileTokens;  // the tile's first token
+
+    // Sᵀ = Q Kᵀ: n8 tiles of tokens 0-7 and 8-15. ldmatrix x4: lane l gives row l % 8 of
+    // matrix l / 8 = (token half, k half).
+    float sc[2][4] = {};
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      const int mi = lane / 8, rr = (mi / 2) * 8 + lane % 8, j = 2 * k + (mi % 2);
+      uint32_t kb[4];
+      mma::LoadMatrices<false>(kb, kbuf + rr * kRowBytes + ((j ^ (rr & 7)) * 16));
+      const uint32_t af[4] = {q_s[g][8 * k + t], 0u, q_s[g][8 * k + 4 + t], 0u};  // rows 8..15 zero
+      mma::Mma(sc[0], af, kb[0], kb[1], T{});
+      mma::Mma(sc[1], af, kb[2], kb[3], T{});
+    }
+    // Online softmax for head g over the tile's tokens (this lane: 2t, 2t+1, 8+2t, 9+2t).
+    float x[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const uint32_t token = first + (e / 2) * 8 + 2 * t + (e % 2);
+      x[e] = token < valid ? sc[e / 2][e % 2] * scale : -INFINITY;
+    }
+    float mx = fmaxf(fmaxf(x[0], x[1]), fmaxf(x[2], x[3]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m, mx);  // finite: the tile has a valid token
+    const float alpha = exp2f(m - m_new);
+    float p[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) p[e] = exp2f(x[e] - m_new);
+    l = l * alpha + ((p[0] + p[1]) + (p[2] + p[3]));
+    m = m_new;
+#pragma unroll
+    for (int d = 0; d < kDTiles; ++d) {
+      o[d][0] *= alpha;
+      o[d][1] *= alpha;
+    }
+    // P as the A operand (rows = heads, k = the tile's 16 tokens), high and low parts.
+    float rest[4];
+    const uint32_t hi[4] = {PackRounded<kType>(p[0], p[1], rest[0], rest[1]), 0u,
+                            PackRounded<kType>(p[2], p[3], rest[2], rest[3]), 0u};
+    const uint32_t lo[4] = {Pack<kType>(rest[0], rest[1]), 0u, Pack<kType>(rest[2], rest[3]), 0u};
+    // O += P V: ldmatrix.trans x4 over (token half, d tile) for two d tiles at a time.
+#pragma unroll
+    for (int d = 0; d < kDTiles; d += 2) {
+      const int mi = lane / 8, rr = (mi % 2) * 8 + lane % 8, j = d + mi / 2;
+      uint32_t vb[4];
+      mma::LoadMatrices<true>(vb, vbuf + rr * kRowBytes + ((j ^ (rr & 7)) * 16));
+      mma::Mma(o[d], hi, vb[0], vb[1], T{});
+      mma::Mma(o[d], lo, vb[0], vb[1], T{});
+      mma::Mma(o[d + 1], hi, vb[2], vb[3], T{});
+      mma::Mma(o[d + 1], lo, vb[2], vb[3], T{});
+    }
+    __syncwarp();  // every lane is done with the buffer before it is refilled
+  }
+  cp_async::Wait<0>();
+  l += __shfl_xor_sync(0xffffffffu, l, 1);
+  l += __shfl_xor_sync(0xffffffffu, l, 2);
+
+  // The warps' state into the merge buffers, which alias the ring: after every warp is done.
+  auto& merge_m = *reinterpret_cast<float(*)[kWarps][kHeads]>(ring);
+  auto& merge_l = *reinterpret_cast<float(*)[kWarps][kHeads]>(ring + sizeof(float) * kWarps * kHeads);
+  auto* merge_o = reinterpret_cast<float(*)[kHeads][kD]>(ring + 2 * sizeof(float) * kWarps * kHeads);
+  float* merge_w = reinterpret_cast<float*>(ring + sizeof(float) * kWarps * kHeads * (2 + kD));
+  static_assert(sizeof(float) * (kWarps * kHeads * (2 + kD) + kMergeStage) <= kWarps * kMmaBuffers * kBufBytes);
+  __syncthreads();
+  if (g < kHeads) {
+    if (t == 0) {
+      merge_m[warp][g] = m;
+      merge_l[warp][g] = l;
+    }
+#pragma unroll
+    for (int d = 0; d < kDTiles; ++d) {
+      merge_o[warp][g][d * 8 + 2 * t] = o[d][0];
+      merge_o[warp][g][d * 8 + 2 * t + 1] = o[d][1];
+    }
+  }
+  __syncthreads();
+  FinishFromWarps<kD, kHeads, kType, kOut, false>(a, row, piece, pieces, out_base, partial, lse, counters, merge_m,
+                                                  merge_l, merge_o, merge_w, last_s);
+}
+
+template <int kD, int kHeads, HalfType kType>
+KernelPtr PickOut(AttentionOutput out) {
+  return out == AttentionOutput::kFloat32 ? &SparseAttentionMmaKernel<kD, kHeads, kType, AttentionOutput::kFloat32>
+                                          : &SparseAttentionMmaKernel<kD, kHeads, kType, AttentionOutput::kInputType>;
+}
+
+template <int kD, int kHeads>
+KernelPtr PickType(HalfType type, AttentionOutput out) {
+  return type == HalfType::kBf16 ? PickOut<kD, kHeads, HalfType::kBf16>(out) : PickOut<kD, kHeads, HalfType::kFp16>(out);
+}
+
+template <int kD>
+KernelPtr PickHeads(uint32_t heads, HalfType type, AttentionOutput out) {
+  switch (heads) {
+    case 1: return PickType<kD, 1>(type, out);
+    case 2: return PickType<kD, 2>(type, out);
+    case 4: return PickType<kD, 4>(type, out);
+    case 8: return PickType<kD, 8>(type, out);
+    default: return nullptr;
+  }
+}
+
+}  // namespace
+
+KernelPtr PickMma(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out) {
+  switch (head_dim) {
+    case 64: return PickHeads<64>(heads, type, out);
+    case 128: return PickHeads<128>(heads, type, out);
+    default: return nullptr;
+  }
+}
+
+uint32_t MmaSmemBytes(uint32_t head_dim) { return kWarps * kMmaBuffers * 2 * kTileTokens * head_dim * 2; }
+
+}  // namespace kvtier::kernels::attention_internal
