@@ -374,7 +374,7 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
   const uint32_t smem = plan.bulk  ? attention_internal::kBulkRingBytes
                         : plan.mma ? attention_internal::MmaSmemBytes(s.head_dim)
                                    : 0;
-  if (smem > 48u * 1024) {
+  if (smem > 0) {  // with the static shared memory the total may pass 48 KiB at any size
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
         e != cudaSuccess) {
       return e;
