@@ -88,30 +88,11 @@ __global__ void __launch_bounds__(kThreads, 2)
   cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
 
   const SparseAttentionShape& s = a.shape;
-  const uint32_t row = blockIdx.y, piece = blockIdx.x;
-  const AttentionRow r = RowOf<kD, kHeads>(a, row);
-  const uint32_t page_row = r.page_row, begin = r.begin, end = r.end;
-  const size_t out_base = r.out_base;
-  const uint32_t n = end - begin;
-  const uint32_t pieces = (n + chunk_pages - 1) / chunk_pages;
+  Piece pc;
+  if (!PieceOf<kD, kHeads, kType, kOut>(a, chunk_pages, block_shift, slots_s, pc)) return;
+  const uint32_t bt = 1u << block_shift, valid = pc.valid;
+  const size_t out_base = pc.out_base;
   const int tid = static_cast<int>(threadIdx.x);
-  if (n == 0 || pieces > gridDim.x) {
-    // No page: zeros. More pages than the plan allows: NaN, so misuse cannot pass for a result.
-    if (piece == 0) {
-      const float fill = n == 0 ? 0.0f : __int_as_float(0x7fc00000);
-      for (int i = tid; i < kHeads * kD; i += kThreads) WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, fill);
-    }
-    return;
-  }
-  if (piece >= pieces) return;
-
-  const uint32_t p0 = begin + piece * chunk_pages;
-  const uint32_t p1 = min(p0 + chunk_pages, end);
-  const uint32_t bt = 1u << block_shift;
-  const uint32_t last = min(a.last_page_tokens[page_row], bt);
-  const uint32_t valid = (p1 - p0) * bt - (p1 == end ? bt - last : 0u);
-  for (uint32_t i = tid; i < p1 - p0; i += kThreads) slots_s[i] = a.page_slots[p0 + i];
-
   for (int i = tid; i < 8 * kD / 2; i += kThreads) {
     const int h = i / (kD / 2), w = i % (kD / 2);
     q_s[h][w] = h < kHeads ? reinterpret_cast<const uint32_t*>(a.queries + out_base + static_cast<size_t>(h) * kD)[w]
@@ -136,7 +117,7 @@ __global__ void __launch_bounds__(kThreads, 2)
       const uint32_t f = tile * kTileTokens + rr;
       const bool ok = f < valid;
       const char* src = arena + size_t{slots_s[ok ? f >> block_shift : 0]} * s.slot_bytes +
-                        size_t{kv} * bt * kRowBytes + size_t{f & (bt - 1)} * kRowBytes + j * 16;
+                        static_cast<size_t>(kv) * bt * kRowBytes + size_t{f & (bt - 1)} * kRowBytes + j * 16;
       cp_async::Copy16OrZero(buf + kv * kHalfBytes + rr * kRowBytes + ((j ^ (rr & 7)) * 16), src, ok);
     }
   };
@@ -237,40 +218,23 @@ __global__ void __launch_bounds__(kThreads, 2)
     }
   }
   __syncthreads();
-  FinishFromWarps<kD, kHeads, kType, kOut, false>(a, row, piece, pieces, out_base, partial, lse, counters, merge_m,
-                                                  merge_l, merge_o, merge_w, last_s);
+  FinishFromWarps<kD, kHeads, kType, kOut, false>(a, pc.row, pc.piece, pc.pieces, out_base, partial, lse, counters,
+                                                  merge_m, merge_l, merge_o, merge_w, last_s);
 }
 
-template <int kD, int kHeads, HalfType kType>
-KernelPtr PickOut(AttentionOutput out) {
-  return out == AttentionOutput::kFloat32 ? &SparseAttentionMmaKernel<kD, kHeads, kType, AttentionOutput::kFloat32>
-                                          : &SparseAttentionMmaKernel<kD, kHeads, kType, AttentionOutput::kInputType>;
-}
-
-template <int kD, int kHeads>
-KernelPtr PickType(HalfType type, AttentionOutput out) {
-  return type == HalfType::kBf16 ? PickOut<kD, kHeads, HalfType::kBf16>(out) : PickOut<kD, kHeads, HalfType::kFp16>(out);
-}
-
-template <int kD>
-KernelPtr PickHeads(uint32_t heads, HalfType type, AttentionOutput out) {
-  switch (heads) {
-    case 1: return PickType<kD, 1>(type, out);
-    case 2: return PickType<kD, 2>(type, out);
-    case 4: return PickType<kD, 4>(type, out);
-    case 8: return PickType<kD, 8>(type, out);
-    default: return nullptr;
+// The instances PickInstance takes.
+struct Instances {
+  static constexpr int kMaxHeads = 8;
+  template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
+  static KernelPtr Of() {
+    return &SparseAttentionMmaKernel<kD, kHeads, kType, kOut>;
   }
-}
+};
 
 }  // namespace
 
 KernelPtr PickMma(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out) {
-  switch (head_dim) {
-    case 64: return PickHeads<64>(heads, type, out);
-    case 128: return PickHeads<128>(heads, type, out);
-    default: return nullptr;
-  }
+  return PickInstance<Instances>(head_dim, heads, type, out);
 }
 
 uint32_t MmaSmemBytes(uint32_t head_dim) { return kWarps * kMmaBuffers * 2 * kTileTokens * head_dim * 2; }

@@ -35,29 +35,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
   cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
 
   const SparseAttentionShape& s = a.shape;
-  const uint32_t row = blockIdx.y, piece = blockIdx.x;
-  const AttentionRow r = RowOf<kD, kHeads>(a, row);
-  const uint32_t page_row = r.page_row, begin = r.begin, end = r.end;
-  const size_t out_base = r.out_base;
-  const uint32_t n = end - begin;
-  const uint32_t pieces = (n + chunk_pages - 1) / chunk_pages;
+  Piece pc;
+  if (!PieceOf<kD, kHeads, kType, kOut>(a, chunk_pages, block_shift, slots_s, pc)) return;
+  const uint32_t bt = 1u << block_shift, valid = pc.valid;
+  const size_t out_base = pc.out_base;
   const int tid = static_cast<int>(threadIdx.x);
-  if (n == 0 || pieces > gridDim.x) {
-    // No page: zeros. More pages than the plan allows: NaN, so misuse cannot pass for a result.
-    if (piece == 0) {
-      const float fill = n == 0 ? 0.0f : __int_as_float(0x7fc00000);
-      for (int i = tid; i < kHeads * kD; i += kThreads) WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, fill);
-    }
-    return;
-  }
-  if (piece >= pieces) return;
-
-  const uint32_t p0 = begin + piece * chunk_pages;
-  const uint32_t p1 = min(p0 + chunk_pages, end);
-  const uint32_t bt = 1u << block_shift;
-  const uint32_t last = min(a.last_page_tokens[page_row], bt);
-  const uint32_t valid = (p1 - p0) * bt - (p1 == end ? bt - last : 0u);
-  for (uint32_t i = tid; i < p1 - p0; i += kThreads) slots_s[i] = a.page_slots[p0 + i];
 
   const int warp = tid / 32, lane = tid % 32;
   const int c = lane % kL, rr = lane / kL;  // channel vector, token row within an instruction
@@ -115,8 +97,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     if (next < tiles) load_v(next, vreg);
   }
 
-  FinishPiece<kD, kHeads, kType, kOut, kT == 8>(a, m, l, o, row, piece, pieces, out_base, partial, lse, counters, merge_m,
-                                                merge_l, merge_o, merge_w, last_s);
+  FinishPiece<kD, kHeads, kType, kOut, kT == 8>(a, m, l, o, pc.row, pc.piece, pc.pieces, out_base, partial, lse,
+                                                counters, merge_m, merge_l, merge_o, merge_w, last_s);
 }
 
 template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>

@@ -38,6 +38,46 @@ __device__ __forceinline__ void WriteOutput(void* out, size_t index, float value
   else static_cast<uint16_t*>(out)[index] = ToHalfBits<kType>(value);
 }
 
+// A CTA of the streamed grid (piece blockIdx.x of row blockIdx.y): its pages [p0, p1) of the
+// row, the tokens valid in them, and where its outputs go.
+struct Piece {
+  uint32_t row, piece, pieces;  // pieces: of this row (a shorter row has fewer than gridDim.x)
+  uint32_t p0, p1, valid;
+  size_t out_base;
+};
+
+// The CTA's piece, its slot ids staged in slots_s (read them after a barrier). false when
+// the CTA has no piece: a row with no page gets zeros, a row longer than the plan allows NaN
+// (so misuse cannot pass for a result; written by the row's first CTA), a piece past the
+// row's end nothing. Every kernel of the streamed grid (streamed, bulk, tensor-core) starts
+// here.
+template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
+__device__ __forceinline__ bool PieceOf(const SparseAttentionDeviceArgs& a, uint32_t chunk_pages, uint32_t block_shift,
+                                        uint32_t* slots_s, Piece& p) {
+  p.row = blockIdx.y;
+  p.piece = blockIdx.x;
+  const AttentionRow r = RowOf<kD, kHeads>(a, p.row);
+  p.out_base = r.out_base;
+  const uint32_t n = r.end - r.begin;
+  p.pieces = (n + chunk_pages - 1) / chunk_pages;
+  const int tid = static_cast<int>(threadIdx.x);
+  if (n == 0 || p.pieces > gridDim.x) {
+    if (p.piece == 0) {
+      const float fill = n == 0 ? 0.0f : __int_as_float(0x7fc00000);
+      for (int i = tid; i < kHeads * kD; i += kThreads) WriteOutput<kD, kHeads, kType, kOut>(a.out, p.out_base + i, fill);
+    }
+    return false;
+  }
+  if (p.piece >= p.pieces) return false;
+  p.p0 = r.begin + p.piece * chunk_pages;
+  p.p1 = min(p.p0 + chunk_pages, r.end);
+  const uint32_t bt = 1u << block_shift;
+  const uint32_t last = min(a.last_page_tokens[r.page_row], bt);
+  p.valid = (p.p1 - p.p0) * bt - (p.p1 == r.end ? bt - last : 0u);
+  for (uint32_t i = tid; i < p.p1 - p.p0; i += kThreads) slots_s[i] = a.page_slots[p.p0 + i];
+  return true;
+}
+
 // The end of a piece once every warp's state (m, l, unnormalised o per head) is in merge_m,
 // merge_l, merge_o and visible to the CTA: merge the warps (fixed order), then write the
 // output (a row of one piece) or the piece's (o/l, log2 Σ) and, in the last CTA of the row to
@@ -193,6 +233,40 @@ using KernelPtr = void (*)(SparseAttentionDeviceArgs, uint32_t, uint32_t, float*
 // The streamed kernel (sparse_attention_streamed.cu) of (head_dim, heads, type, out); deep:
 // the deep variant (8 loads per tile, ≤ 4 heads). nullptr where there is none.
 KernelPtr Pick(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out, bool deep = false);
+
+// The instance of a kernel family for (head_dim, heads, type, out): K::Of<kD, kHeads, kType,
+// kOut>() for d 64 or 128 and heads 1, 2, 4 (and 8 when K::kMaxHeads is 8), else nullptr.
+// The bulk and tensor-core kernels pick their instances so.
+template <class K, int kD, int kHeads, HalfType kType>
+KernelPtr PickInstanceOf(AttentionOutput out) {
+  return out == AttentionOutput::kFloat32 ? K::template Of<kD, kHeads, kType, AttentionOutput::kFloat32>()
+                                          : K::template Of<kD, kHeads, kType, AttentionOutput::kInputType>();
+}
+template <class K, int kD, int kHeads>
+KernelPtr PickInstanceOf(HalfType type, AttentionOutput out) {
+  return type == HalfType::kBf16 ? PickInstanceOf<K, kD, kHeads, HalfType::kBf16>(out)
+                                 : PickInstanceOf<K, kD, kHeads, HalfType::kFp16>(out);
+}
+template <class K, int kD>
+KernelPtr PickInstanceOf(uint32_t heads, HalfType type, AttentionOutput out) {
+  switch (heads) {
+    case 1: return PickInstanceOf<K, kD, 1>(type, out);
+    case 2: return PickInstanceOf<K, kD, 2>(type, out);
+    case 4: return PickInstanceOf<K, kD, 4>(type, out);
+    case 8:
+      if constexpr (K::kMaxHeads >= 8) return PickInstanceOf<K, kD, 8>(type, out);
+      return nullptr;
+    default: return nullptr;
+  }
+}
+template <class K>
+KernelPtr PickInstance(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out) {
+  switch (head_dim) {
+    case 64: return PickInstanceOf<K, 64>(heads, type, out);
+    case 128: return PickInstanceOf<K, 128>(heads, type, out);
+    default: return nullptr;
+  }
+}
 
 // The bulk kernel (sparse_attention_bulk.cu, SparseAttentionPlan::bulk): the streamed
 // kernel's standard tiles with K/V pages streamed into kBulkStages shared-memory stages of 16

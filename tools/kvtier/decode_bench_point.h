@@ -81,6 +81,18 @@ class Point {
   Status Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<Row>* rows);
 
  private:
+  // Bytes a sparse step reads: the int8 metadata (bounds and scale of every slice) and the
+  // selected slices' K/V.
+  double MetaBytes() const { return double(slices_) * (2.0 * o_.head_dim + 4); }
+  double SparseKvBytes() const { return double(batch_) * o_.kv_heads * k_ * double(shape_.slice_bytes()); }
+  // Whether `step` agrees with `ref` (sparse_graph's): the same selection and attention
+  // within AttentionClose; says so on stderr (MISMATCH, naming sparse_graph_<name>) when not.
+  struct StepCheck {
+    bool selection_matches = false;
+    Agreement attention;
+    bool matches() const { return selection_matches && attention.matches; }
+  };
+  static StepCheck CheckStep(const StepOutcome& step, const StepOutcome& ref, const char* name);
   using Step = Status (Point::*)(uint32_t layer, cudaStream_t stream);
 
   Status Setup(const cudaDeviceProp& prop);

@@ -76,6 +76,12 @@ Status Point::DenseRuleRow(const std::vector<uint16_t>& want, double t_copy, dou
   return Status::Ok();
 }
 
+Point::StepCheck Point::CheckStep(const StepOutcome& step, const StepOutcome& ref, const char* name) {
+  StepCheck c{step.selected == ref.selected, CompareAttention(step.out, ref.out)};
+  if (!c.matches()) fmt::print(stderr, "bench decode: MISMATCH: sparse_graph_{} step differs from sparse_graph's\n", name);
+  return c;
+}
+
 Status Point::KernelRows(const char* name, const char* what, const kernels::SparseAttentionPlan* dense,
                          const kernels::SparseAttentionPlan* sparse, const std::vector<uint16_t>& want, double t_copy,
                          const StepOutcome& ref, double t_graph, cudaStream_t stream, std::vector<Row>* rows) {
@@ -103,18 +109,13 @@ Status Point::KernelRows(const char* name, const char* what, const kernels::Spar
   DeviceMem ws;
   KVT_CUDA_OR_RETURN(cudaMalloc(&ws.p, kernels::SparseAttentionWorkspaceBytes(shape_, *sparse)));
   KVT_ASSIGN_OR_RETURN(const StepOutcome step, GraphStepWith(score_shape_, *sparse, ws.p, stream));
-  const bool selection_match = step.selected == ref.selected;
-  const Agreement agree = CompareAttention(step.out, ref.out);
-  if (!selection_match || !agree.matches) {
-    fmt::print(stderr, "bench decode: MISMATCH: sparse_graph_{} step differs from sparse_graph's\n", name);
-  }
-  const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
-  const double sparse_kv = double(batch_) * o_.kv_heads * k_ * double(shape_.slice_bytes());
+  const StepCheck check = CheckStep(step, ref, name);
+  const double meta = MetaBytes(), sparse_kv = SparseKvBytes();
   nlohmann::json extra{{"speedup", t_dense_ / step.us}, {"ideal_speedup", double(kv_bytes_) / (sparse_kv + meta)},
                        {"vs_sparse_graph", t_graph / step.us}, {"selected_blocks", k_},
                        {"chunk_pages", sparse->chunk_pages}, {"splits", sparse->max_splits},
-                       {"heads_per_cta", sparse->heads_per_cta}, {"selection_matches", selection_match},
-                       {"max_abs_diff", agree.max_abs_diff}, {"matches_sparse_graph", selection_match && agree.matches}};
+                       {"heads_per_cta", sparse->heads_per_cta}, {"selection_matches", check.selection_matches},
+                       {"max_abs_diff", check.attention.max_abs_diff}, {"matches_sparse_graph", check.matches()}};
   if (t_dense_variant > 0) extra[fmt::format("speedup_vs_dense_{}", name)] = t_dense_variant / step.us;
   rows->push_back({fmt::format("sparse_graph_{}", name), fmt::format("sparse_graph with the {}", what), step.us,
                    (meta + sparse_kv) / (step.us * 1e3), meta + sparse_kv, std::move(extra)});
@@ -161,13 +162,10 @@ Status Point::PresetRows(kernels::QuestScorePreset preset, const char* name, con
   if (!scores_match) fmt::print(stderr, "bench decode: MISMATCH: {} scores differ from the default's\n", name);
   // The whole step as a graph, attention plan and workspace as sparse_graph's.
   KVT_ASSIGN_OR_RETURN(const StepOutcome step, GraphStepWith(shape, sparse_plan_, sparse_ws_.p, stream));
-  const bool selection_match = step.selected == ref.selected;
-  const Agreement agree = CompareAttention(step.out, ref.out);
-  if (!selection_match || !agree.matches) {
-    fmt::print(stderr, "bench decode: MISMATCH: sparse_graph_{} step differs from sparse_graph's\n", name);
-  }
-  const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
-  const double sparse_kv = double(batch_) * o_.kv_heads * k_ * double(shape_.slice_bytes());
+  const StepCheck check = CheckStep(step, ref, name);
+  const bool selection_match = check.selection_matches;
+  const Agreement agree = check.attention;
+  const double meta = MetaBytes(), sparse_kv = SparseKvBytes();
   const bool applied = plan.preset == preset;
   const nlohmann::json grid{{"preset", name},
                             {"applied", applied},
@@ -282,9 +280,7 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   t_topk_ = t_topk;
   t_copy_ = t_copy;
 
-  const double slice_bytes = double(shape_.slice_bytes());
-  const double meta = double(slices_) * (2.0 * o_.head_dim + 4);
-  const double sparse_kv = double(batch_) * o_.kv_heads * k_ * slice_bytes;
+  const double meta = MetaBytes(), sparse_kv = SparseKvBytes();
   const double copy_rw_gbps = 2.0 * kv_bytes_ / (t_copy * 1e3);
   const double dense_gbps = double(kv_bytes_) / (t_dense * 1e3);
   const double ideal = double(kv_bytes_) / (sparse_kv + meta);
