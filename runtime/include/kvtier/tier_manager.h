@@ -184,7 +184,10 @@ class TierManager {
   // the first pinned or busy one; the others are dropped.
   Status Drop(std::span<const BlockKey> keys);
 
-  // Wakes the demotion thread and waits until it has made one full pass.
+  // Wakes the demotion thread and waits until it has made one full pass. The pass frees the
+  // slots of victims that have a copy below at once; the copies it starts for dirty victims
+  // may still be in flight when this returns (those blocks stay readable where they were,
+  // marked evicting, and their slots free when the copy lands).
   void DemoteNow();
 
   RuntimeStats Stats() const;
