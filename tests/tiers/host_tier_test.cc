@@ -11,6 +11,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <ostream>
 #include <string>
@@ -510,6 +512,78 @@ TEST(MemoryBudgetTest, AllocationBeyondMemAvailableIsExhausted) {
 TEST(MemoryBudgetTest, UnknownLimitsAllowAllocation) {
   MemoryBudget b;  // no cgroup limit, MemAvailable unknown (0)
   EXPECT_TRUE(b.CheckAllocatable(1024 * kGiB).ok());
+}
+
+// A fake cgroup mount: files written under a temporary root.
+class FakeCgroupRoot {
+ public:
+  FakeCgroupRoot() {
+    root_ = std::filesystem::temp_directory_path() / ("kvtier-cgroup-" + std::to_string(::getpid()) + "-" +
+                                                      std::to_string(counter_++));
+    std::filesystem::remove_all(root_);
+    std::filesystem::create_directories(root_);
+  }
+  ~FakeCgroupRoot() { std::filesystem::remove_all(root_); }
+  void Write(const std::string& rel, const std::string& text) {
+    const std::filesystem::path p = root_ / rel;
+    std::filesystem::create_directories(p.parent_path());
+    std::ofstream(p) << text << "\n";
+  }
+  std::string root() const { return root_.string(); }
+
+ private:
+  static inline int counter_ = 0;
+  std::filesystem::path root_;
+};
+
+// The limit that binds is found along the process's own cgroup path, not only at the root:
+// a parent's limit caps its children, and the level with the least room is reported.
+TEST(MemoryBudgetTest, CgroupV2LimitIsTheTightestAlongTheProcessPath) {
+  FakeCgroupRoot fs;
+  fs.Write("memory.max", "max");
+  fs.Write("a/memory.max", std::to_string(2 * kGiB));
+  fs.Write("a/memory.current", std::to_string(1 * kGiB));
+  fs.Write("a/b/memory.max", "max");
+  fs.Write("a/b/memory.current", std::to_string(512 * kMiB));
+  CgroupMemory m = ReadCgroupMemory(fs.root(), "0::/a/b\n");
+  ASSERT_TRUE(m.limit.has_value());
+  EXPECT_EQ(*m.limit, 2 * kGiB) << "the parent's limit binds the child";
+  EXPECT_EQ(m.usage, 1 * kGiB) << "and its usage is what counts against it";
+  // The process's own cgroup with less room wins.
+  fs.Write("a/b/memory.max", std::to_string(1200 * kMiB));
+  m = ReadCgroupMemory(fs.root(), "0::/a/b\n");
+  ASSERT_TRUE(m.limit.has_value());
+  EXPECT_EQ(*m.limit, 1200 * kMiB);
+  EXPECT_EQ(m.usage, 512 * kMiB);
+  // At the root (a container's cgroup namespace): only the root level.
+  EXPECT_FALSE(ReadCgroupMemory(fs.root(), "0::/\n").limit.has_value());
+  // A path that does not exist under the mount counts only the levels that do.
+  m = ReadCgroupMemory(fs.root(), "0::/a/gone/deeper\n");
+  ASSERT_TRUE(m.limit.has_value());
+  EXPECT_EQ(*m.limit, 2 * kGiB);
+}
+
+// cgroup v1 (or hybrid: v2 mounted without the memory controller): the path of the line that
+// lists "memory", under memory/; v1's "unlimited" (a huge number) is no limit.
+TEST(MemoryBudgetTest, CgroupV1MemoryControllerPathIsFollowed) {
+  FakeCgroupRoot fs;
+  fs.Write("memory/memory.limit_in_bytes", "9223372036854771712");
+  fs.Write("memory/process_api/x/memory.limit_in_bytes", std::to_string(4 * kGiB));
+  fs.Write("memory/process_api/x/memory.usage_in_bytes", std::to_string(1 * kGiB));
+  const std::string self = "9:name=systemd:/\n4:memory:/process_api/x\n3:cpu,cpuacct:/\n0::/\n";
+  CgroupMemory m = ReadCgroupMemory(fs.root(), self);
+  ASSERT_TRUE(m.limit.has_value());
+  EXPECT_EQ(*m.limit, 4 * kGiB);
+  EXPECT_EQ(m.usage, 1 * kGiB);
+  // Controller lists are split on commas: "cpu,memory" names memory, "memoryx" does not.
+  m = ReadCgroupMemory(fs.root(), "5:cpu,memory:/process_api/x\n");
+  EXPECT_EQ(m.limit.value_or(0), 4 * kGiB);
+  EXPECT_FALSE(ReadCgroupMemory(fs.root(), "5:memoryx:/process_api/x\n").limit.has_value());
+  // No limit anywhere, or nothing readable: no limit.
+  fs.Write("memory/process_api/x/memory.limit_in_bytes", "9223372036854771712");
+  EXPECT_FALSE(ReadCgroupMemory(fs.root(), self).limit.has_value());
+  EXPECT_FALSE(ReadCgroupMemory(fs.root(), "").limit.has_value());
+  EXPECT_FALSE(ReadCgroupMemory(fs.root() + "/nowhere", self).limit.has_value());
 }
 
 TEST(MemoryBudgetTest, ReadFindsThisMachinesMemory) {

@@ -5,6 +5,8 @@
 #include <sys/resource.h>
 
 #include <cerrno>
+#include <algorithm>
+#include <cstdint>
 #include <fstream>
 #include <sstream>
 #include <string_view>
@@ -14,7 +16,7 @@
 namespace kvtier {
 namespace {
 
-std::optional<uint64_t> ReadNumberFile(const char* path) {
+std::optional<uint64_t> ReadNumberFile(const std::string& path) {
   std::ifstream in(path);
   std::string s;
   if (!(in >> s) || s == "max") return std::nullopt;
@@ -56,7 +58,65 @@ bool HasCapIpcLock() {
 
 std::string Gib(uint64_t b) { return fmt::format("{:.2f} GiB", double(b) / double(1ull << 30)); }
 
+// The cgroup path of the /proc/self/cgroup line whose controller list holds `controller`
+// ("" = the v2 line, "0::path").
+std::optional<std::string> CgroupPath(const std::string& self, std::string_view controller) {
+  std::istringstream in(self);
+  std::string line;
+  while (std::getline(in, line)) {
+    const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string_view list = std::string_view(line).substr(a + 1, b - a - 1);
+    bool match = controller.empty() ? list.empty() && line.compare(0, a, "0") == 0 : false;
+    for (size_t pos = 0; !controller.empty() && pos <= list.size();) {
+      const size_t comma = std::min(list.find(',', pos), list.size());
+      if (list.substr(pos, comma - pos) == controller) match = true;
+      pos = comma + 1;
+    }
+    if (match) return line.substr(b + 1);
+  }
+  return std::nullopt;
+}
+
+// Along `base` + `path` and every ancestor up to `base`: the level with a limit and the least room.
+CgroupMemory LeastRoom(const std::string& base, const std::string& path, const char* limit_file,
+                       const char* usage_file) {
+  CgroupMemory best;
+  std::string dir = path;
+  while (!dir.empty() && dir.back() == '/') dir.pop_back();
+  for (;;) {
+    const std::string at = base + dir;
+    if (const auto limit = ReadNumberFile(at + "/" + limit_file)) {
+      const uint64_t usage = ReadNumberFile(at + "/" + usage_file).value_or(0);
+      const uint64_t room = *limit > usage ? *limit - usage : 0;
+      const uint64_t best_room = best.limit ? (*best.limit > best.usage ? *best.limit - best.usage : 0) : UINT64_MAX;
+      if (room < best_room) best = CgroupMemory{limit, usage};
+    }
+    if (dir.empty()) break;
+    dir.resize(dir.rfind('/') == std::string::npos ? 0 : dir.rfind('/'));
+  }
+  return best;
+}
+
+std::string ReadText(const char* path) {
+  std::ifstream in(path);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
 }  // namespace
+
+CgroupMemory ReadCgroupMemory(const std::string& root, const std::string& self) {
+  if (const auto v2 = CgroupPath(self, "")) {
+    const CgroupMemory m = LeastRoom(root, *v2, "memory.max", "memory.current");
+    if (m.limit) return m;
+  }
+  if (const auto v1 = CgroupPath(self, "memory")) {
+    return LeastRoom(root + "/memory", *v1, "memory.limit_in_bytes", "memory.usage_in_bytes");
+  }
+  return {};
+}
 
 MemoryBudget MemoryBudget::Read() {
   MemoryBudget b;
@@ -64,13 +124,9 @@ MemoryBudget MemoryBudget::Read() {
   if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY) b.memlock_limit = rl.rlim_cur;
   b.memlock_in_use = ReadProcKb("/proc/self/status", "VmLck");
   b.cap_ipc_lock = HasCapIpcLock();
-  if (auto v2 = ReadNumberFile("/sys/fs/cgroup/memory.max")) {
-    b.cgroup_limit = v2;
-    b.cgroup_usage = ReadNumberFile("/sys/fs/cgroup/memory.current").value_or(0);
-  } else if (auto v1 = ReadNumberFile("/sys/fs/cgroup/memory/memory.limit_in_bytes")) {
-    b.cgroup_limit = v1;
-    b.cgroup_usage = ReadNumberFile("/sys/fs/cgroup/memory/memory.usage_in_bytes").value_or(0);
-  }
+  const CgroupMemory cg = ReadCgroupMemory("/sys/fs/cgroup", ReadText("/proc/self/cgroup"));
+  b.cgroup_limit = cg.limit;
+  b.cgroup_usage = cg.usage;
   b.mem_available = ReadProcKb("/proc/meminfo", "MemAvailable");
   return b;
 }
