@@ -1,6 +1,8 @@
 // GpuMover: moves blocks between the pinned DRAM pool and the HBM tier.
 //
-//   DRAM -> HBM (FlashH2D): one gather kernel per batch reads the DRAM slots through UVA.
+//   DRAM -> HBM (FlashH2D): one gather kernel per batch reads the DRAM slots through UVA — by
+//     default with TMA bulk copies from 16 one-warp CTAs (CopyKernel::kAuto), which leave the
+//     SMs to the engine's own kernels.
 //   HBM -> DRAM (FlashD2H): kKernel — one scatter kernel writes the DRAM slots through UVA;
 //     kCpuAssisted — a gather kernel packs the blocks into a device staging buffer, one
 //     contiguous cudaMemcpyAsync brings them to a pinned staging buffer, and TBB threads
