@@ -225,6 +225,20 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
   occ.l2_bytes = static_cast<uint64_t>(std::max(l2, 0));
   // Occupancy of the largest head chunk and of half of it (the batch-1 alternative).
   const uint32_t heads = HeadsPerCta(shape.group());
+  if (kernels == SparseAttentionKernels::kAuto) {
+    // The staged plan where one fits, else the tensor-core kernel's (round 10c).
+    SparseAttentionStagedLimits lim;
+    if (cudaError_t e = attention_internal::StagedLimitsForDevice(shape, type, std::min(heads, 4u), device, &lim);
+        e != cudaSuccess) {
+      return e;
+    }
+    const SparseAttentionPlan staged = PlanStagedSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), lim);
+    if (staged.cluster != 0) {
+      *plan = staged;
+      return cudaSuccess;
+    }
+    kernels = SparseAttentionKernels::kMma;
+  }
   if (kernels == SparseAttentionKernels::kMma) {
     // The tensor-core kernel: the same split heuristic on its own occupancy (no deep tiles).
     const uint32_t smem = attention_internal::MmaSmemBytes(shape.head_dim);
@@ -257,26 +271,37 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
     }
   }
   *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), occ, rule);
-  if (kernels == SparseAttentionKernels::kAuto) {
-    SparseAttentionStagedLimits lim;
-    if (cudaError_t e = attention_internal::StagedLimitsForDevice(shape, type, std::min(heads, 4u), device, &lim);
-        e != cudaSuccess) {
-      return e;
-    }
-    const SparseAttentionPlan staged = PlanStagedSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), lim);
-    if (staged.cluster != 0) *plan = staged;
-  }
   return cudaSuccess;
 }
 
 cudaError_t SparseAttentionCtasPerSm(const SparseAttentionShape& shape, HalfType type, AttentionOutput output,
                                      uint32_t heads_per_cta, uint32_t tile_loads, uint32_t* ctas_per_sm) {
+  return SparseAttentionCtasPerSm(shape, type, output,
+                                  SparseAttentionPlan{.heads_per_cta = heads_per_cta, .tile_loads = tile_loads},
+                                  ctas_per_sm);
+}
+
+cudaError_t SparseAttentionCtasPerSm(const SparseAttentionShape& shape, HalfType type, AttentionOutput output,
+                                     const SparseAttentionPlan& plan, uint32_t* ctas_per_sm) {
   if (ctas_per_sm == nullptr) return cudaErrorInvalidValue;
   *ctas_per_sm = 0;
-  const KernelPtr k = Pick(shape.head_dim, heads_per_cta, type, output, tile_loads == 8);
+  if (plan.cluster != 0) return cudaSuccess;
+  const uint32_t h = plan.heads_per_cta;
+  const KernelPtr k = plan.bulk  ? attention_internal::PickBulk(shape.head_dim, h, type, output)
+                      : plan.mma ? attention_internal::PickMma(shape.head_dim, h, type, output)
+                                 : Pick(shape.head_dim, h, type, output, plan.tile_loads == 8);
   if (k == nullptr) return cudaSuccess;
+  const uint32_t smem = plan.bulk  ? attention_internal::kBulkRingBytes
+                        : plan.mma ? attention_internal::MmaSmemBytes(shape.head_dim)
+                                   : 0;
+  if (smem > 0) {
+    if (cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+        e != cudaSuccess) {
+      return e;
+    }
+  }
   int per_sm = 0;
-  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, 0); e != cudaSuccess) {
+  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem); e != cudaSuccess) {
     return e;
   }
   *ctas_per_sm = static_cast<uint32_t>(std::max(per_sm, 0));

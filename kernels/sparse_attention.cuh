@@ -133,8 +133,10 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
 
 // Which kernels PlanSparseAttentionForDevice may choose (every value names a plan):
 //   kAuto = 0      the staged plan where one fits (PlanStagedSparseAttention), else the
-//                  register-tile streamed one (round 6) — the default;
-//   kStreamed = 1  the streamed plan only (never the staged one);
+//                  tensor-core kernel's (kMma; round 10c: 1.035-1.053x the streamed kernel on
+//                  dense attention, 1.01-1.02x on the batch-8 sparse step, H100) — the default;
+//   kStreamed = 1  the register-tile streamed plan (round 6; the default before round 10c),
+//                  never the staged one;
 //   kMma = 3       the tensor-core kernel (SparseAttentionPlan::mma) on the streamed split
 //                  heuristic with that kernel's occupancy (round 10).
 // (Round 8's pipelined streamed kernel, value 2, was slower than the streamed one in every
@@ -166,8 +168,9 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
                                         uint32_t sm_count, const SparseAttentionOccupancy& occupancy,
                                         SparseAttentionRule rule);
 
-// The device planner with `rule` applied to the streamed plan (where kAuto picks the staged
-// plan, it stays: the staged kernel holds ≤ 64 pages per CTA, never dense-length rows).
+// The device planner with `rule` applied to the split of the streamed or tensor-core plan
+// (where kAuto picks the staged plan, it stays: the staged kernel holds ≤ 64 pages per CTA,
+// never dense-length rows).
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionKernels kernels, SparseAttentionRule rule,
                                          SparseAttentionPlan* plan);
@@ -177,6 +180,10 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
 // such instance. For tools that report waves (`kvtier bench decode --sweep`).
 cudaError_t SparseAttentionCtasPerSm(const SparseAttentionShape& shape, HalfType type, AttentionOutput output,
                                      uint32_t heads_per_cta, uint32_t tile_loads, uint32_t* ctas_per_sm);
+// The same for the kernel a plan runs (streamed standard or deep, bulk, tensor-core with its
+// shared memory); 0 for a staged plan (clusters: not this launch shape).
+cudaError_t SparseAttentionCtasPerSm(const SparseAttentionShape& shape, HalfType type, AttentionOutput output,
+                                     const SparseAttentionPlan& plan, uint32_t* ctas_per_sm);
 
 // Overrides of the streamed plan, for tuning (`kvtier bench decode --sweep`, round 9). A zero
 // field keeps the planner's choice, so a default-constructed one changes nothing.

@@ -339,32 +339,38 @@ INSTANTIATE_TEST_SUITE_P(
         Case{32, 8, 128, 16, {40, 17, 3}, HT::kBf16}));
 
 // The device's default plan (kAuto): the staged kernel for short lists at batch 1, else
-// exactly the streamed plan (kStreamed) — sparse at batch 8, dense at batch 1 and 8 —
-// Llama-3-8B shapes.
-TEST(SparseAttentionGpuApi, AutoPlanIsStreamedWhereNotStaged) {
+// exactly the tensor-core plan (kMma, round 10c) — sparse at batch 8, dense at batch 1 and 8
+// — Llama-3-8B shapes; kStreamed is the round-6 register kernel's plan.
+TEST(SparseAttentionGpuApi, AutoPlanIsTensorCoreWhereNotStaged) {
   if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
-  auto same_cut = [](const SparseAttentionPlan& x, const SparseAttentionPlan& y) {
+  auto same = [](const SparseAttentionPlan& x, const SparseAttentionPlan& y) {
     return x.heads_per_cta == y.heads_per_cta && x.chunk_pages == y.chunk_pages && x.max_splits == y.max_splits &&
-           x.rows == y.rows && x.tile_loads == y.tile_loads && x.cluster == y.cluster;
+           x.rows == y.rows && x.tile_loads == y.tile_loads && x.cluster == y.cluster && x.mma == y.mma &&
+           x.bulk == y.bulk;
   };
   for (uint32_t batch : {1u, 8u}) {
     const SparseAttentionShape s{.requests = batch, .q_heads = 32, .kv_heads = 8, .head_dim = 128,
                                  .block_tokens = 16, .slot_bytes = 2 * 16 * 128 * 2};
-    SparseAttentionPlan dense, sparse, dense_streamed, streamed;
+    SparseAttentionPlan dense, sparse, dense_mma, sparse_mma, streamed;
     ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 2048, 0, &dense));
     EXPECT_EQ(dense.cluster, 0u);
+    EXPECT_TRUE(dense.mma);
     EXPECT_EQ(dense.heads_per_cta, 4u);
-    ASSERT_CUDA(
-        PlanSparseAttentionForDevice(s, HalfType::kBf16, 2048, 0, SparseAttentionKernels::kStreamed, &dense_streamed));
-    EXPECT_TRUE(same_cut(dense, dense_streamed)) << "dense, batch " << batch;
+    ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 2048, 0, SparseAttentionKernels::kMma, &dense_mma));
+    EXPECT_TRUE(same(dense, dense_mma)) << "dense, batch " << batch;
     ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, &sparse));
-    ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, SparseAttentionKernels::kStreamed, &streamed));
-    EXPECT_EQ(streamed.cluster, 0u);
+    ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, SparseAttentionKernels::kMma, &sparse_mma));
     if (sparse.cluster == 0) {
-      EXPECT_TRUE(same_cut(sparse, streamed)) << "batch " << batch;
+      EXPECT_TRUE(same(sparse, sparse_mma)) << "batch " << batch;
     } else {
       EXPECT_EQ(sparse.max_splits, sparse.cluster) << "batch " << batch;  // staged
     }
+    ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, SparseAttentionKernels::kStreamed, &streamed));
+    EXPECT_EQ(streamed.cluster, 0u);
+    EXPECT_FALSE(streamed.mma);
+    uint32_t per_sm = 0;  // the tensor-core kernel's own occupancy (2 CTAs per SM at d 128 on sm_90)
+    ASSERT_CUDA(SparseAttentionCtasPerSm(s, HalfType::kBf16, AttentionOutput::kFloat32, dense, &per_sm));
+    EXPECT_GE(per_sm, 1u);
   }
 }
 

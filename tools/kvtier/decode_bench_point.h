@@ -48,6 +48,8 @@ struct Agreement {
 };
 // Every element of `got` AttentionClose to `want`'s (bf16 bits), and the largest difference.
 Agreement CompareAttention(const std::vector<uint16_t>& got, const std::vector<uint16_t>& want);
+// Which kernel a plan runs: "staged", "tensor-core", "bulk", "streamed" or "streamed, deep".
+const char* PlanKernelName(const kernels::SparseAttentionPlan& p);
 
 // What one sparse step leaves: the selection (block indices, every row) and the attention
 // output (bf16 bits); with the graph time of the configuration that produced it.
@@ -113,12 +115,13 @@ class Point {
   // its output checked against `dense`'s (`want`, one launch on layer 0).
   Status DenseRuleRow(const std::vector<uint16_t>& want, double t_copy, double t_dense, cudaStream_t stream,
                       std::vector<Row>* rows);
-  // Round 10's attention kernels next to the defaults: `dense_bulk` / `sparse_graph_bulk` (the
-  // bulk kernel, kernels::SparseAttentionPlan::bulk, on the default cuts — the streamed plan
-  // where the sparse default is staged) and `dense_mma` / `sparse_graph_mma` (the tensor-core
-  // kernel, SparseAttentionPlan::mma, planned with SparseAttentionKernels::kMma). Each dense
-  // row's output is checked against `want` (dense's), each step against `ref` (sparse_graph's
-  // step; t_graph its µs). A row only where the kernel takes the plan.
+  // The other streamed-grid kernels next to the defaults (the tensor-core kernel, or the
+  // staged one for short lists at small batch): `dense_streamed` / `sparse_graph_streamed`
+  // (the round-6 register kernel on its own plans, SparseAttentionKernels::kStreamed: the
+  // default before round 10c) and `dense_bulk` / `sparse_graph_bulk` (the bulk kernel,
+  // kernels::SparseAttentionPlan::bulk, on those cuts). Each dense row's output is checked
+  // against `want` (dense's), each step against `ref` (sparse_graph's step; t_graph its µs).
+  // A row only where the kernel takes the plan.
   Status VariantRows(const std::vector<uint16_t>& want, double t_copy, const StepOutcome& ref, double t_graph,
                      cudaStream_t stream, std::vector<Row>* rows);
   // The rows `dense_<name>` (with `dense`, when not null) and `sparse_graph_<name>` (with

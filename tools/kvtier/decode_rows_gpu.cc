@@ -23,6 +23,10 @@
 
 namespace kvtier::cli::decode_internal {
 
+const char* PlanKernelName(const kernels::SparseAttentionPlan& p) {
+  return p.cluster != 0 ? "staged" : p.mma ? "tensor-core" : p.bulk ? "bulk" : p.tile_loads == 8 ? "streamed, deep" : "streamed";
+}
+
 bool AttentionClose(float got, float want) {
   if (!std::isfinite(got) || !std::isfinite(want)) return false;
   return std::fabs(double(got) - want) <= (4e-3 + 1.0 / 256 + 1.0 / 128) * std::fabs(want) + 4e-4;
@@ -59,8 +63,7 @@ Status Point::DenseRuleRow(const std::vector<uint16_t>& want, double t_copy, dou
   uint32_t per_sm = 0;
   if (plan.cluster == 0) {
     KVT_CUDA_OR_RETURN(kernels::SparseAttentionCtasPerSm(shape_, kernels::HalfType::kBf16,
-                                                         kernels::AttentionOutput::kInputType, plan.heads_per_cta,
-                                                         plan.tile_loads, &per_sm));
+                                                         kernels::AttentionOutput::kInputType, plan, &per_sm));
   }
   const uint64_t ctas = uint64_t{plan.rows} * plan.max_splits;
   rows->push_back({"dense_r9d",
@@ -124,26 +127,22 @@ Status Point::KernelRows(const char* name, const char* what, const kernels::Spar
 
 Status Point::VariantRows(const std::vector<uint16_t>& want, double t_copy, const StepOutcome& ref, double t_graph,
                           cudaStream_t stream, std::vector<Row>* rows) {
-  // The bulk kernel on the default cuts (the streamed plan where the sparse default is staged).
+  // The round-6 streamed kernel (the default before round 10c) on its own plans.
+  kernels::SparseAttentionPlan dense_streamed;
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, blocks_, o_.device,
+                                                           kernels::SparseAttentionKernels::kStreamed, rule_,
+                                                           &dense_streamed));
+  KVT_RETURN_IF_ERROR(KernelRows("streamed", "round-6 streamed kernel", &dense_streamed, &streamed_plan_, want, t_copy,
+                                 ref, t_graph, stream, rows));
+  // The bulk kernel on the streamed cuts.
   const kernels::SparseAttentionPlanOverrides make_bulk{.bulk = 1};
   kernels::SparseAttentionPlan dense_bulk, sparse_bulk;
-  const char* dense_why = dense_plan_.cluster != 0 ? "the dense plan is staged"
-                          : kernels::ApplySparseAttentionOverrides(shape_, blocks_, dense_plan_, make_bulk, &dense_bulk);
+  const char* dense_why = kernels::ApplySparseAttentionOverrides(shape_, blocks_, dense_streamed, make_bulk, &dense_bulk);
   if (dense_why != nullptr) fmt::print(stderr, "bench decode: no dense_bulk row: {}\n", dense_why);
-  const kernels::SparseAttentionPlan& base = sparse_plan_.cluster != 0 ? streamed_plan_ : sparse_plan_;
-  const char* sparse_why = kernels::ApplySparseAttentionOverrides(shape_, k_, base, make_bulk, &sparse_bulk);
+  const char* sparse_why = kernels::ApplySparseAttentionOverrides(shape_, k_, streamed_plan_, make_bulk, &sparse_bulk);
   if (sparse_why != nullptr) fmt::print(stderr, "bench decode: no sparse_graph_bulk row: {}\n", sparse_why);
-  KVT_RETURN_IF_ERROR(KernelRows("bulk", "bulk kernel", dense_why == nullptr ? &dense_bulk : nullptr,
-                                 sparse_why == nullptr ? &sparse_bulk : nullptr, want, t_copy, ref, t_graph, stream,
-                                 rows));
-  // The tensor-core kernel, planned on its own occupancy.
-  kernels::SparseAttentionPlan dense_mma, sparse_mma;
-  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, blocks_, o_.device,
-                                                           kernels::SparseAttentionKernels::kMma, &dense_mma));
-  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
-                                                           kernels::SparseAttentionKernels::kMma, &sparse_mma));
-  return KernelRows("mma", "tensor-core kernel", dense_mma.mma ? &dense_mma : nullptr,
-                    sparse_mma.mma ? &sparse_mma : nullptr, want, t_copy, ref, t_graph, stream, rows);
+  return KernelRows("bulk", "bulk kernel", dense_why == nullptr ? &dense_bulk : nullptr,
+                    sparse_why == nullptr ? &sparse_bulk : nullptr, want, t_copy, ref, t_graph, stream, rows);
 }
 
 Status Point::PresetRows(kernels::QuestScorePreset preset, const char* name, const std::vector<float>& scores,
@@ -292,6 +291,7 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                     {"cluster", dense_plan_.cluster},
                     {"heads_per_cta", dense_plan_.heads_per_cta},
                     {"tile_loads", dense_plan_.tile_loads == 8 ? 8 : 4},
+                    {"kernel", PlanKernelName(dense_plan_)},
                     {"rule", o_.overrides.attention_rule}}});
   KVT_RETURN_IF_ERROR(DenseRuleRow(dense_out_, t_copy, t_dense, stream, rows));
   kernels::QuestScorePlan score_plan;
@@ -314,10 +314,10 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                    meta / (t_select_fused * 1e3), meta,
                    {{"vs_dense_over_block_tokens", t_select_fused / (t_dense / o_.block_tokens)},
                     {"matches_2launch", fused_matches}}});
-  rows->push_back({"attention", sparse_plan_.cluster != 0 ? "sparse attention alone (staged, cluster merge)"
-                                                       : "sparse attention alone (streamed)",
+  rows->push_back({"attention", fmt::format("sparse attention alone ({})", PlanKernelName(sparse_plan_)),
                    t_attention, sparse_kv / (t_attention * 1e3), sparse_kv,
                    {{"chunk_pages", sparse_plan_.chunk_pages}, {"splits", sparse_plan_.max_splits},
+                    {"kernel", PlanKernelName(sparse_plan_)},
                     {"tile_loads", sparse_plan_.tile_loads}, {"cluster", sparse_plan_.cluster},
                     {"heads_per_cta", sparse_plan_.heads_per_cta}, {"max_abs_diff_vs_streamed", attention_max_diff}}});
   rows->push_back({"attention_streamed", "sparse attention alone (round-6 streamed plan)", t_attention_streamed,

@@ -263,8 +263,7 @@ Status Point::SweepDense(cudaStream_t stream, std::vector<Row>* rows) {
     uint32_t n = 0;
     if (p.cluster != 0) return n;  // staged: not this kernel
     KVT_CUDA_OR_RETURN(kernels::SparseAttentionCtasPerSm(shape_, kernels::HalfType::kBf16,
-                                                         kernels::AttentionOutput::kInputType, p.heads_per_cta,
-                                                         p.tile_loads, &n));
+                                                         kernels::AttentionOutput::kInputType, p, &n));
     return n;
   };
   // Columns: powers of two, and the pieces of whole waves of the default variant.
