@@ -117,13 +117,11 @@ __global__ void __launch_bounds__(kThreads, 3)
   }
 
   // The ring is free (the loop's last barrier): the merge's buffers live in it.
-  auto& merge_m = *reinterpret_cast<float(*)[kWarps][kHeads]>(ring);
-  auto& merge_l = *reinterpret_cast<float(*)[kWarps][kHeads]>(ring + sizeof(float) * kWarps * kHeads);
-  auto* merge_o = reinterpret_cast<float(*)[kHeads][kD]>(ring + 2 * sizeof(float) * kWarps * kHeads);
-  float* merge_w = reinterpret_cast<float*>(ring + sizeof(float) * kWarps * kHeads * (2 + kD));
-  static_assert(sizeof(float) * (kWarps * kHeads * (2 + kD) + kMergeStage) <= kBulkStages * kBulkStageBytes);
+  using Merge = MergeBuffers<kD, kHeads>;
+  static_assert(Merge::kBytes <= kBulkStages * kBulkStageBytes);
+  const Merge merge(ring);
   FinishPiece<kD, kHeads, kType, kOut, false>(a, m, l, o, pc.row, pc.piece, pc.pieces, out_base, partial, lse,
-                                              counters, merge_m, merge_l, merge_o, merge_w, last_s);
+                                              counters, merge.m, merge.l, merge.o, merge.w, last_s);
 }
 
 // The instances PickInstance takes.

@@ -200,26 +200,24 @@ __global__ void __launch_bounds__(kThreads, 2)
   l += __shfl_xor_sync(0xffffffffu, l, 2);
 
   // The warps' state into the merge buffers, which alias the ring: after every warp is done.
-  auto& merge_m = *reinterpret_cast<float(*)[kWarps][kHeads]>(ring);
-  auto& merge_l = *reinterpret_cast<float(*)[kWarps][kHeads]>(ring + sizeof(float) * kWarps * kHeads);
-  auto* merge_o = reinterpret_cast<float(*)[kHeads][kD]>(ring + 2 * sizeof(float) * kWarps * kHeads);
-  float* merge_w = reinterpret_cast<float*>(ring + sizeof(float) * kWarps * kHeads * (2 + kD));
-  static_assert(sizeof(float) * (kWarps * kHeads * (2 + kD) + kMergeStage) <= kWarps * kMmaBuffers * kBufBytes);
+  using Merge = MergeBuffers<kD, kHeads>;
+  static_assert(Merge::kBytes <= kWarps * kMmaBuffers * kBufBytes);
+  const Merge merge(ring);
   __syncthreads();
   if (g < kHeads) {
     if (t == 0) {
-      merge_m[warp][g] = m;
-      merge_l[warp][g] = l;
+      merge.m[warp][g] = m;
+      merge.l[warp][g] = l;
     }
 #pragma unroll
     for (int d = 0; d < kDTiles; ++d) {
-      merge_o[warp][g][d * 8 + 2 * t] = o[d][0];
-      merge_o[warp][g][d * 8 + 2 * t + 1] = o[d][1];
+      merge.o[warp][g][d * 8 + 2 * t] = o[d][0];
+      merge.o[warp][g][d * 8 + 2 * t + 1] = o[d][1];
     }
   }
   __syncthreads();
   FinishFromWarps<kD, kHeads, kType, kOut, false>(a, pc.row, pc.piece, pc.pieces, out_base, partial, lse, counters,
-                                                  merge_m, merge_l, merge_o, merge_w, last_s);
+                                                  merge.m, merge.l, merge.o, merge.w, last_s);
 }
 
 // The instances PickInstance takes.

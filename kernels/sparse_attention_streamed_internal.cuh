@@ -78,6 +78,23 @@ __device__ __forceinline__ bool PieceOf(const SparseAttentionDeviceArgs& a, uint
   return true;
 }
 
+// The merge's buffers (FinishFromWarps) carved out of a kernel's dynamic shared memory, for
+// the kernels whose K/V ring is free by the time a piece ends (bulk, tensor-core): the warps'
+// m and l, their unnormalised o, and the merge's staged weights.
+template <int kD, int kHeads>
+struct MergeBuffers {
+  static constexpr size_t kBytes = sizeof(float) * (kWarps * kHeads * (2 + kD) + kMergeStage);
+  float (&m)[kWarps][kHeads];
+  float (&l)[kWarps][kHeads];
+  float (*o)[kHeads][kD];
+  float* w;
+  __device__ explicit MergeBuffers(unsigned char* p)
+      : m(*reinterpret_cast<float(*)[kWarps][kHeads]>(p)),
+        l(*reinterpret_cast<float(*)[kWarps][kHeads]>(p + sizeof(float) * kWarps * kHeads)),
+        o(reinterpret_cast<float(*)[kHeads][kD]>(p + 2 * sizeof(float) * kWarps * kHeads)),
+        w(reinterpret_cast<float*>(p + sizeof(float) * kWarps * kHeads * (2 + kD))) {}
+};
+
 // The end of a piece once every warp's state (m, l, unnormalised o per head) is in merge_m,
 // merge_l, merge_o and visible to the CTA: merge the warps (fixed order), then write the
 // output (a row of one piece) or the piece's (o/l, log2 Σ) and, in the last CTA of the row to
