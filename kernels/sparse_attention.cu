@@ -24,14 +24,15 @@ using attention_internal::Pick;
 size_t AlignUp(size_t x) { return (x + 255) / 256 * 256; }
 
 struct Layout {
-  size_t counters = 0, partial = 0, lse = 0, total = 0;
+  size_t counters = 0, claims = 0, partial = 0, lse = 0, total = 0;  // claims: balanced plans only
 };
 
 Layout WorkspaceLayout(const SparseAttentionShape& s, const SparseAttentionPlan& p) {
   Layout l;
   const size_t pieces = size_t{p.rows} * p.max_splits * p.heads_per_cta;  // (row, piece, head)
   l.counters = 0;
-  l.partial = AlignUp(sizeof(uint32_t) * p.rows);
+  l.claims = sizeof(uint32_t) * p.rows;
+  l.partial = AlignUp(sizeof(uint32_t) * p.rows * (p.balance ? 2 : 1));
   l.lse = AlignUp(l.partial + sizeof(float) * pieces * s.head_dim);
   l.total = AlignUp(l.lse + sizeof(float) * pieces);
   return l;
@@ -217,6 +218,10 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
                                          int device, SparseAttentionKernels kernels, SparseAttentionRule rule,
                                          SparseAttentionPlan* plan) {
   if (plan == nullptr || !ShapeSupported(shape)) return cudaErrorInvalidValue;
+  if (kernels != SparseAttentionKernels::kAuto && kernels != SparseAttentionKernels::kStreamed &&
+      kernels != SparseAttentionKernels::kMma && kernels != SparseAttentionKernels::kMmaBalanced) {
+    return cudaErrorInvalidValue;
+  }
   int sms = 0, per_sm = 0;
   if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess) return e;
   int l2 = 0;
@@ -239,12 +244,15 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
     }
     kernels = SparseAttentionKernels::kMma;
   }
+  const bool balance = kernels == SparseAttentionKernels::kMmaBalanced;
+  if (balance) kernels = SparseAttentionKernels::kMma;
   if (kernels == SparseAttentionKernels::kMma) {
     // The tensor-core kernel: the same split heuristic on its own occupancy (no deep tiles).
     const uint32_t smem = attention_internal::MmaSmemBytes(shape.head_dim);
     for (uint32_t h : {heads, heads / 2}) {
       if (h == 0) continue;
-      const KernelPtr k = attention_internal::PickMma(shape.head_dim, h, type, AttentionOutput::kFloat32);
+      const attention_internal::MmaKernelPtr k =
+          attention_internal::PickMma(shape.head_dim, h, type, AttentionOutput::kFloat32);
       if (k == nullptr) continue;
       if (cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
           e != cudaSuccess) {
@@ -257,6 +265,7 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
     }
     *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), occ, rule);
     plan->mma = plan->rows != 0;
+    plan->balance = plan->mma && balance && shape.block_tokens >= kSparseAttentionBalanceMinBlockTokens;
     return cudaSuccess;
   }
   for (uint32_t h : {heads, heads / 2}) {
@@ -287,25 +296,27 @@ cudaError_t SparseAttentionCtasPerSm(const SparseAttentionShape& shape, HalfType
   *ctas_per_sm = 0;
   if (plan.cluster != 0) return cudaSuccess;
   const uint32_t h = plan.heads_per_cta;
-  const KernelPtr k = plan.bulk  ? attention_internal::PickBulk(shape.head_dim, h, type, output)
-                      : plan.mma ? attention_internal::PickMma(shape.head_dim, h, type, output)
-                                 : Pick(shape.head_dim, h, type, output, plan.tile_loads == 8);
-  if (k == nullptr) return cudaSuccess;
-  const uint32_t smem = plan.bulk  ? attention_internal::kBulkRingBytes
-                        : plan.mma ? attention_internal::MmaSmemBytes(shape.head_dim)
-                                   : 0;
-  if (smem > 0) {
-    if (cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-        e != cudaSuccess) {
+  auto occupancy = [&](auto k, uint32_t smem) -> cudaError_t {
+    if (k == nullptr) return cudaSuccess;
+    if (smem > 0) {
+      if (cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+          e != cudaSuccess) {
+        return e;
+      }
+    }
+    int per_sm = 0;
+    if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem); e != cudaSuccess) {
       return e;
     }
+    *ctas_per_sm = static_cast<uint32_t>(std::max(per_sm, 0));
+    return cudaSuccess;
+  };
+  if (plan.mma) {
+    return occupancy(attention_internal::PickMma(shape.head_dim, h, type, output),
+                     attention_internal::MmaSmemBytes(shape.head_dim));
   }
-  int per_sm = 0;
-  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem); e != cudaSuccess) {
-    return e;
-  }
-  *ctas_per_sm = static_cast<uint32_t>(std::max(per_sm, 0));
-  return cudaSuccess;
+  if (plan.bulk) return occupancy(attention_internal::PickBulk(shape.head_dim, h, type, output), attention_internal::kBulkRingBytes);
+  return occupancy(Pick(shape.head_dim, h, type, output, plan.tile_loads == 8), 0u);
 }
 
 const char* ApplySparseAttentionOverrides(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
@@ -344,11 +355,17 @@ const char* ApplySparseAttentionOverrides(const SparseAttentionShape& shape, uin
   if (p.tile_loads == 8 && p.heads_per_cta > 4) return "deep tiles (8 loads) need heads per CTA <= 4";
   if (o.bulk > 2) return "bulk must be 0 (as planned), 1 (the bulk kernel) or 2 (registers)";
   if (o.mma > 2) return "mma must be 0 (as planned), 1 (the tensor-core kernel) or 2 (not)";
+  if (o.balance > 2) return "balance must be 0 (as planned), 1 (balanced) or 2 (static pieces)";
   if (o.bulk != 0) p.bulk = o.bulk == 1;
   if (o.mma != 0) p.mma = o.mma == 1;
+  if (o.balance != 0) p.balance = o.balance == 1;
   if (p.mma) {
     if (p.bulk) return "the tensor-core kernel and the bulk kernel are two kernels: pick one";
     if (p.tile_loads == 8) return "the tensor-core kernel has no deep tiles (8 loads)";
+  }
+  if (p.balance) {
+    if (!p.mma) return "balanced rows need the tensor-core kernel (mma)";
+    if (shape.block_tokens < kSparseAttentionBalanceMinBlockTokens) return "balanced rows need block tokens >= 16";
   }
   if (p.bulk) {
     if (p.tile_loads == 8) return "the bulk kernel has standard tiles (4 loads), not deep ones";
@@ -392,19 +409,7 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
   }
   if (plan.bulk && (plan.mma || plan.tile_loads == 8 || !attention_internal::BulkFits(s, h))) return cudaErrorInvalidValue;
   if (plan.mma && plan.tile_loads == 8) return cudaErrorInvalidValue;
-  const KernelPtr kernel = plan.bulk ? attention_internal::PickBulk(s.head_dim, h, a.type, a.output)
-                           : plan.mma ? attention_internal::PickMma(s.head_dim, h, a.type, a.output)
-                                      : Pick(s.head_dim, h, a.type, a.output, plan.tile_loads == 8);
-  if (kernel == nullptr) return cudaErrorInvalidValue;
-  const uint32_t smem = plan.bulk  ? attention_internal::kBulkRingBytes
-                        : plan.mma ? attention_internal::MmaSmemBytes(s.head_dim)
-                                   : 0;
-  if (smem > 0) {  // with the static shared memory the total may pass 48 KiB at any size
-    if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-        e != cudaSuccess) {
-      return e;
-    }
-  }
+  if (plan.balance && (!plan.mma || s.block_tokens < kSparseAttentionBalanceMinBlockTokens)) return cudaErrorInvalidValue;
   const Layout l = WorkspaceLayout(s, plan);
   char* ws = static_cast<char*>(a.workspace);
   const auto shift = static_cast<uint32_t>(__builtin_ctz(s.block_tokens));
@@ -414,12 +419,33 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(plan.max_splits, plan.rows);
   cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = a.programmatic_dependent_launch ? 1 : 0;
-  return cudaLaunchKernelEx(&cfg, kernel, a, plan.chunk_pages, shift, reinterpret_cast<float*>(ws + l.partial),
-                            reinterpret_cast<float*>(ws + l.lse), reinterpret_cast<uint32_t*>(ws + l.counters));
+  auto* partial = reinterpret_cast<float*>(ws + l.partial);
+  auto* lse = reinterpret_cast<float*>(ws + l.lse);
+  auto* counters = reinterpret_cast<uint32_t*>(ws + l.counters);
+  // With the static shared memory the total may pass 48 KiB at any size: always opt in.
+  auto launch = [&](auto kernel, uint32_t smem, auto... extra) -> cudaError_t {
+    if (kernel == nullptr) return cudaErrorInvalidValue;
+    if (smem > 0) {
+      if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+          e != cudaSuccess) {
+        return e;
+      }
+    }
+    cfg.dynamicSmemBytes = smem;
+    return cudaLaunchKernelEx(&cfg, kernel, a, plan.chunk_pages, shift, partial, lse, counters, extra...);
+  };
+  if (plan.mma) {
+    uint32_t* claims = plan.balance ? reinterpret_cast<uint32_t*>(ws + l.claims) : nullptr;
+    return launch(attention_internal::PickMma(s.head_dim, h, a.type, a.output),
+                  attention_internal::MmaSmemBytes(s.head_dim), claims);
+  }
+  if (plan.bulk) {
+    return launch(attention_internal::PickBulk(s.head_dim, h, a.type, a.output), attention_internal::kBulkRingBytes);
+  }
+  return launch(Pick(s.head_dim, h, a.type, a.output, plan.tile_loads == 8), 0u);
 }
 
 }  // namespace kvtier::kernels

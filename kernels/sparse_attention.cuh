@@ -58,7 +58,16 @@ struct SparseAttentionPlan {
   // memory (cp.async) and Q·Kᵀ and P·V computed by mma.sync (P in two 16-bit parts). Within
   // fp32 rounding of the reference; not bit-equal to the streamed kernel.
   bool mma = false;
+  // true (tensor-core plans only; block_tokens ≥ 16): BALANCED rows — the row's CTAs (the
+  // plan's pieces) share its tiles of 16 tokens through a claim counter per row instead of
+  // each reading a fixed piece, so a CTA on a faster SM reads more of the row and they finish
+  // together. Same merge (one partial per CTA). Not bit-reproducible from run to run: which CTA
+  // sums which tile depends on timing (each result within fp32 rounding of the reference).
+  bool balance = false;
 };
+
+// Balanced rows need whole 16-token tiles within a page.
+inline constexpr uint32_t kSparseAttentionBalanceMinBlockTokens = 16;
 
 // Pages one staged CTA may hold (its slot ids sit in a fixed shared array).
 inline constexpr uint32_t kStagedMaxChunkPages = 64;
@@ -138,10 +147,14 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
 //   kStreamed = 1  the register-tile streamed plan (round 6; the default before round 10c),
 //                  never the staged one;
 //   kMma = 3       the tensor-core kernel (SparseAttentionPlan::mma) on the streamed split
-//                  heuristic with that kernel's occupancy (round 10).
+//                  heuristic with that kernel's occupancy (round 10);
+//   kMmaBalanced = 4  the kMma plan with balanced rows (SparseAttentionPlan::balance) where
+//                  block_tokens ≥ 16 (else the kMma plan as is): 1.006-1.034x kMma on dense
+//                  attention (round 11, H100), slower on short sparse lists, and not
+//                  bit-reproducible from run to run — opt-in.
 // (Round 8's pipelined streamed kernel, value 2, was slower than the streamed one in every
 // case measured on the H100 and was removed: docs/sparse.md, round 8.)
-enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1, kMma = 3 };
+enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1, kMma = 3, kMmaBalanced = 4 };
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionKernels kernels, SparseAttentionPlan* plan);
 
@@ -197,11 +210,12 @@ struct SparseAttentionPlanOverrides {
   uint32_t bulk = 0;           // 1: the bulk kernel (SparseAttentionPlan::bulk), 2: registers
                                // (the streamed kernel), 0: as planned
   uint32_t mma = 0;            // 1: the tensor-core kernel (SparseAttentionPlan::mma), 2: not, 0: as planned
+  uint32_t balance = 0;        // 1: balanced rows (SparseAttentionPlan::balance; needs mma), 2: static, 0: as planned
 };
 
 inline bool IsDefault(const SparseAttentionPlanOverrides& o) {
   return o.heads_per_cta == 0 && o.chunk_pages == 0 && o.splits == 0 && o.tile_loads == 0 && o.bulk == 0 &&
-         o.mma == 0;
+         o.mma == 0 && o.balance == 0;
 }
 
 // Pure (no device). `base`: a streamed plan (cluster 0) for `shape`, rows of ≤
@@ -213,8 +227,9 @@ const char* ApplySparseAttentionOverrides(const SparseAttentionShape& shape, uin
                                           const SparseAttentionPlan& base, const SparseAttentionPlanOverrides& overrides,
                                           SparseAttentionPlan* plan);
 
-// Device bytes of scratch for `plan`: a counter per row, then per (row, piece, head) a
-// partial output [d] and its log2-sum-exp, fp32.
+// Device bytes of scratch for `plan`: a counter per row (two for a balanced plan: the second
+// hands out its tiles), then per (row, piece, head) a partial output [d] and its
+// log2-sum-exp, fp32.
 size_t SparseAttentionWorkspaceBytes(const SparseAttentionShape& shape, const SparseAttentionPlan& plan);
 
 // Zeroes the counters: once after allocating the workspace (every launch leaves them at zero

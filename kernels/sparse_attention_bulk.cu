@@ -126,6 +126,7 @@ __global__ void __launch_bounds__(kThreads, 3)
 
 // The instances PickInstance takes.
 struct Instances {
+  using Ptr = KernelPtr;
   static constexpr int kMaxHeads = 4;
   template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
   static KernelPtr Of() {

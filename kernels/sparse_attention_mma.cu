@@ -68,13 +68,15 @@ __device__ __forceinline__ uint32_t Pack(float x, float y) {
 template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
 __global__ void __launch_bounds__(kThreads, 2)
     SparseAttentionMmaKernel(SparseAttentionDeviceArgs a, uint32_t chunk_pages, uint32_t block_shift,
-                             float* __restrict__ partial, float* __restrict__ lse, uint32_t* __restrict__ counters) {
+                             float* __restrict__ partial, float* __restrict__ lse, uint32_t* __restrict__ counters,
+                             uint32_t* __restrict__ claims) {
   static_assert(kHeads <= 8, "query heads fill rows 0..7 of the mma tile");
   using T = MmaType<kType>;
   constexpr int kChunks = kD / 8;                              // 16-byte chunks per token row
   constexpr uint32_t kRowBytes = kD * 2;
   constexpr uint32_t kHalfBytes = kTileTokens * kRowBytes;     // K (or V) of a tile
   constexpr uint32_t kBufBytes = 2 * kHalfBytes;
+  constexpr uint32_t kRingBytes = kWarps * kMmaBuffers * kBufBytes;
   constexpr int kLoadsPerLane = 2 * kTileTokens * kChunks / 32;
   constexpr int kSteps = kD / 16;                              // k16 steps of QKᵀ
   constexpr int kDTiles = kD / 8;                              // n8 tiles of O
@@ -90,7 +92,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   const SparseAttentionShape& s = a.shape;
   Piece pc;
   if (!PieceOf<kD, kHeads, kType, kOut>(a, chunk_pages, block_shift, slots_s, pc)) return;
-  const uint32_t bt = 1u << block_shift, valid = pc.valid;
+  const uint32_t bt = 1u << block_shift;
   const size_t out_base = pc.out_base;
   const int tid = static_cast<int>(threadIdx.x);
   for (int i = tid; i < 8 * kD / 2; i += kThreads) {
@@ -100,14 +102,26 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   const int warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;  // fragment row (query head) and column pair
+
+  // What this CTA reads. Static (claims == nullptr): its piece, slots staged in slots_s, warp w
+  // taking the piece's tiles w, w + 4, ... Balanced: the whole row, whose tiles every CTA of
+  // the row claims one at a time from claims[row] (block_tokens ≥ 16: a tile lies in one page).
+  const bool balanced = claims != nullptr;
+  uint32_t valid = pc.valid;
+  const uint32_t* row_slots = nullptr;
+  if (balanced) {
+    const AttentionRow r = RowOf<kD, kHeads>(a, pc.row);
+    valid = (r.end - r.begin) * bt - (bt - min(a.last_page_tokens[r.page_row], bt));
+    row_slots = a.page_slots + r.begin;
+  }
+  const uint32_t tiles = (valid + kTileTokens - 1) / kTileTokens;
   __syncthreads();  // slots_s, q_s
 
   const char* arena = static_cast<const char*>(a.arena);
-  const uint32_t tiles = (valid + kTileTokens - 1) / kTileTokens;
-  const uint32_t mine = tiles > static_cast<uint32_t>(warp) ? (tiles - warp + kWarps - 1) / kWarps : 0u;
   unsigned char* buffers = ring + static_cast<size_t>(warp) * kMmaBuffers * kBufBytes;
-  // The tile's K and V rows into buffer `b` (zeros past the valid tokens); one commit group.
-  auto load = [&](uint32_t tile, uint32_t b) {
+  // Tile `tile`'s K and V rows into buffer `b` (zeros past the valid tokens); one commit group
+  // is the caller's. `slot`: the tile's page (balanced), else looked up in slots_s.
+  auto load = [&](uint32_t tile, uint32_t slot, uint32_t b) {
     unsigned char* buf = buffers + b * kBufBytes;
 #pragma unroll
     for (int i = 0; i < kLoadsPerLane; ++i) {
@@ -116,8 +130,9 @@ __global__ void __launch_bounds__(kThreads, 2)
       const int rr = y / kChunks, j = y % kChunks;
       const uint32_t f = tile * kTileTokens + rr;
       const bool ok = f < valid;
-      const char* src = arena + size_t{slots_s[ok ? f >> block_shift : 0]} * s.slot_bytes +
-                        static_cast<size_t>(kv) * bt * kRowBytes + size_t{f & (bt - 1)} * kRowBytes + j * 16;
+      const uint32_t sl = balanced ? slot : slots_s[ok ? f >> block_shift : 0];
+      const char* src = arena + size_t{sl} * s.slot_bytes + static_cast<size_t>(kv) * bt * kRowBytes +
+                        size_t{f & (bt - 1)} * kRowBytes + j * 16;
       cp_async::Copy16OrZero(buf + kv * kHalfBytes + rr * kRowBytes + ((j ^ (rr & 7)) * 16), src, ok);
     }
   };
@@ -128,21 +143,10 @@ __global__ void __launch_bounds__(kThreads, 2)
 #pragma unroll
   for (int d = 0; d < kDTiles; ++d) o[d][0] = o[d][1] = o[d][2] = o[d][3] = 0.0f;
 
-#pragma unroll
-  for (uint32_t b = 0; b + 1 < kMmaBuffers; ++b) {
-    if (b < mine) load(warp + kWarps * b, b);
-    cp_async::Commit();
-  }
-  for (uint32_t i = 0; i < mine; ++i) {
-    const uint32_t ahead = i + kMmaBuffers - 1;
-    if (ahead < mine) load(warp + kWarps * ahead, ahead % kMmaBuffers);
-    cp_async::Commit();
-    cp_async::Wait<kMmaBuffers - 1>();
-    __syncwarp();  // every lane's copies of tile i have landed
-    const unsigned char* kbuf = buffers + (i % kMmaBuffers) * kBufBytes;
+  // One tile (its first token `first`) from buffer b, once its copies have landed.
+  auto compute = [&](uint32_t b, uint32_t first) {
+    const unsigned char* kbuf = buffers + b * kBufBytes;
     const unsigned char* vbuf = kbuf + kHalfBytes;
-    const uint32_t first = (warp + kWarps * i) * kTileTokens;  // the tile's first token
-
     // Sᵀ = Q Kᵀ: n8 tiles of tokens 0-7 and 8-15. ldmatrix x4: lane l gives row l % 8 of
     // matrix l / 8 = (token half, k half).
     float sc[2][4] = {};
@@ -193,15 +197,68 @@ __global__ void __launch_bounds__(kThreads, 2)
       mma::Mma(o[d + 1], hi, vb[2], vb[3], T{});
       mma::Mma(o[d + 1], lo, vb[2], vb[3], T{});
     }
-    __syncwarp();  // every lane is done with the buffer before it is refilled
+  };
+
+  static_assert(kMmaBuffers == 3, "the loops below keep two tiles in flight");
+  if (!balanced) {
+    const uint32_t mine = tiles > static_cast<uint32_t>(warp) ? (tiles - warp + kWarps - 1) / kWarps : 0u;
+#pragma unroll
+    for (uint32_t b = 0; b + 1 < kMmaBuffers; ++b) {
+      if (b < mine) load(warp + kWarps * b, 0, b);
+      cp_async::Commit();
+    }
+    for (uint32_t i = 0; i < mine; ++i) {
+      const uint32_t ahead = i + kMmaBuffers - 1;
+      if (ahead < mine) load(warp + kWarps * ahead, 0, ahead % kMmaBuffers);
+      cp_async::Commit();
+      cp_async::Wait<kMmaBuffers - 1>();
+      __syncwarp();  // every lane's copies of tile i have landed
+      compute(i % kMmaBuffers, (warp + kWarps * i) * kTileTokens);
+      __syncwarp();  // every lane is done with the buffer before it is refilled
+    }
+  } else {
+    // Claims run ahead of the ring: while tile t0 is computed, t1 is in flight, t2's copies are
+    // issued (its slot fetched one iteration earlier), t3's slot is fetched, and t4 is claimed.
+    // A warp's claims only grow (one address, one thread), so the first past the row's end ends
+    // the warp, and no claim is left unread when it does.
+    uint32_t* claim = claims + pc.row;
+    const uint32_t page_shift = block_shift - 4;  // tiles per page = 2^page_shift
+    auto slot_of = [&](uint32_t tile) { return tile < tiles ? row_slots[tile >> page_shift] : 0u; };
+    uint32_t first3 = 0;
+    if (lane == 0) first3 = atomicAdd(claim, 3u);
+    first3 = __shfl_sync(0xffffffffu, first3, 0);
+    uint32_t t0 = first3, t1 = first3 + 1, t2 = first3 + 2, t3 = 0, pend = 0;
+    if (t0 < tiles) load(t0, slot_of(t0), 0);
+    cp_async::Commit();
+    if (t1 < tiles) load(t1, slot_of(t1), 1);
+    cp_async::Commit();
+    uint32_t s2 = slot_of(t2);
+    if (lane == 0 && t2 < tiles) pend = atomicAdd(claim, 1u);
+    for (uint32_t i = 0; t0 < tiles; ++i) {
+      if (t2 < tiles) load(t2, s2, (i + 2) % kMmaBuffers);
+      cp_async::Commit();
+      t3 = t2 < tiles ? __shfl_sync(0xffffffffu, pend, 0) : tiles;
+      const uint32_t s3 = slot_of(t3);
+      if (lane == 0 && t3 < tiles) pend = atomicAdd(claim, 1u);
+      cp_async::Wait<kMmaBuffers - 1>();
+      __syncwarp();  // every lane's copies of tile t0 have landed
+      compute(i % kMmaBuffers, t0 * kTileTokens);
+      __syncwarp();  // every lane is done with the buffer before it is refilled
+      t0 = t1;
+      t1 = t2;
+      t2 = t3;
+      s2 = s3;
+    }
   }
   cp_async::Wait<0>();
   l += __shfl_xor_sync(0xffffffffu, l, 1);
   l += __shfl_xor_sync(0xffffffffu, l, 2);
 
   // The warps' state into the merge buffers, which alias the ring: after every warp is done.
+  // The rest of the ring stages the row's partial outputs if this CTA merges them.
   using Merge = MergeBuffers<kD, kHeads>;
-  static_assert(Merge::kBytes <= kWarps * kMmaBuffers * kBufBytes);
+  static_assert(Merge::kBytes <= kRingBytes);
+  constexpr size_t kStageAt = (Merge::kBytes + 127) / 128 * 128;
   const Merge merge(ring);
   __syncthreads();
   if (g < kHeads) {
@@ -217,21 +274,23 @@ __global__ void __launch_bounds__(kThreads, 2)
   }
   __syncthreads();
   FinishFromWarps<kD, kHeads, kType, kOut, false>(a, pc.row, pc.piece, pc.pieces, out_base, partial, lse, counters,
-                                                  merge.m, merge.l, merge.o, merge.w, last_s);
+                                                  merge.m, merge.l, merge.o, merge.w, last_s, claims,
+                                                  ring + kStageAt, kRingBytes - kStageAt);
 }
 
 // The instances PickInstance takes.
 struct Instances {
+  using Ptr = MmaKernelPtr;
   static constexpr int kMaxHeads = 8;
   template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
-  static KernelPtr Of() {
+  static MmaKernelPtr Of() {
     return &SparseAttentionMmaKernel<kD, kHeads, kType, kOut>;
   }
 };
 
 }  // namespace
 
-KernelPtr PickMma(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out) {
+MmaKernelPtr PickMma(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out) {
   return PickInstance<Instances>(head_dim, heads, type, out);
 }
 

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cp_async.cuh"
 #include "sparse_attention.cuh"
 #include "sparse_attention_tile.cuh"
 
@@ -101,12 +102,18 @@ struct MergeBuffers {
 // finish, merge the row's pieces. merge_o holds kWarps·kHeads·kD floats, merge_w
 // kMergeStage. kDeep: the deep variant's wider merge rounds. (The streamed and bulk kernels
 // come here through FinishPiece; the tensor-core kernel writes its warps' state itself.)
+// claims: the row's claim counters of a balanced plan (reset with the row's counter once
+// every CTA of the row has counted itself out), else nullptr. stage / stage_bytes: shared
+// memory free for the merge (16-byte aligned, not aliasing merge_*), where the merging CTA
+// stages the row's partials when they fit (the tensor-core kernel's ring), else nullptr.
 template <int kD, int kHeads, HalfType kType, AttentionOutput kOut, bool kDeep>
 __device__ __forceinline__ void FinishFromWarps(const SparseAttentionDeviceArgs& a, uint32_t row, uint32_t piece,
                                                 uint32_t pieces, size_t out_base, float* __restrict__ partial,
                                                 float* __restrict__ lse, uint32_t* __restrict__ counters,
                                                 float (&merge_m)[kWarps][kHeads], float (&merge_l)[kWarps][kHeads],
-                                                float (*merge_o)[kHeads][kD], float* merge_w, bool& last_s) {
+                                                float (*merge_o)[kHeads][kD], float* merge_w, bool& last_s,
+                                                uint32_t* __restrict__ claims = nullptr,
+                                                unsigned char* stage = nullptr, size_t stage_bytes = 0) {
   const int tid = static_cast<int>(threadIdx.x);
   const int warp = tid / 32, lane = tid % 32;
   const bool single = pieces == 1;
@@ -123,7 +130,10 @@ __device__ __forceinline__ void FinishFromWarps(const SparseAttentionDeviceArgs&
       if (dim == 0) lse[piece_base + g] = ll > 0.0f ? mm + log2f(ll) : -INFINITY;
     }
   }
-  if (single) return;
+  if (single) {
+    if (claims != nullptr && tid == 0) claims[row] = 0;  // the CTA's warps claimed their last tiles before the barrier
+    return;
+  }
 
   // Last CTA of the row merges (threadFenceReduction pattern: every thread fences its
   // partial writes before the count; the last one fences again before reading).
@@ -133,6 +143,19 @@ __device__ __forceinline__ void FinishFromWarps(const SparseAttentionDeviceArgs&
   __syncthreads();
   if (!last_s) return;
   __threadfence();
+  // The row's partial outputs: staged in shared memory by cp.async in one round trip when the
+  // caller has room (`stage`: the tensor-core kernel's free ring), so the merge waits for one
+  // L2/DRAM round trip instead of one per round of pieces below. Same values, same order of
+  // sums either way.
+  const size_t row_base = size_t{row} * gridDim.x * kHeads;
+  const uint32_t entries = pieces * kHeads;
+  const float* staged = nullptr;
+  if (stage != nullptr && entries <= kMergeStage && size_t{entries} * kD * sizeof(float) <= stage_bytes) {
+    const float* src = partial + row_base * kD;  // the row's pieces: contiguous, 16-byte aligned
+    for (uint32_t i = tid; i < entries * (kD / 4); i += kThreads) cp_async::Copy16(stage + 16 * size_t{i}, src + 4 * i);
+    cp_async::Commit();
+    staged = reinterpret_cast<const float*>(stage);
+  }
   // Parallel merge. Entry i = p·kHeads + g of the row's (piece, head) list; thread t sees
   // only head t % kHeads (kHeads divides kThreads). 1: every thread loads its entries' lse
   // (independent loads, all in flight), the per-head max M_g by shuffles + one shared step;
@@ -140,20 +163,19 @@ __device__ __forceinline__ void FinishFromWarps(const SparseAttentionDeviceArgs&
   // entries) and their per-head sum l_g the same way; 3: each thread's outputs as
   // Σ_p w_pg · partial_pg / l_g, kU pieces × kOuts outputs of loads in flight per round.
   // Fixed order of every sum: deterministic whatever the arrival order of the pieces.
-  const size_t row_base = size_t{row} * gridDim.x * kHeads;
-  const uint32_t entries = pieces * kHeads;
-  const bool stage = entries <= kMergeStage;
+  const bool stage_w = entries <= kMergeStage;
   {
     float mx = -INFINITY;
     for (uint32_t i = tid; i < entries; i += kThreads) {
       const float v = __ldcg(&lse[row_base + i]);
-      if (stage) merge_w[i] = v;
+      if (stage_w) merge_w[i] = v;
       mx = fmaxf(mx, v);
     }
 #pragma unroll
     for (int off = 16; off >= kHeads; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
     if (lane < kHeads) merge_m[warp][lane] = mx;
   }
+  if (staged != nullptr) cp_async::Wait<0>();  // visible to the CTA after the barrier
   __syncthreads();
   auto head_max = [&](int g) {
     float mx = merge_m[0][g];
@@ -165,8 +187,8 @@ __device__ __forceinline__ void FinishFromWarps(const SparseAttentionDeviceArgs&
     const float base = head_max(tid % kHeads);
     float sum = 0.0f;
     for (uint32_t i = tid; i < entries; i += kThreads) {
-      const float w = exp2f((stage ? merge_w[i] : __ldcg(&lse[row_base + i])) - base);
-      if (stage) merge_w[i] = w;
+      const float w = exp2f((stage_w ? merge_w[i] : __ldcg(&lse[row_base + i])) - base);
+      if (stage_w) merge_w[i] = w;
       sum += w;
     }
 #pragma unroll
@@ -184,27 +206,42 @@ __device__ __forceinline__ void FinishFromWarps(const SparseAttentionDeviceArgs&
   for (int j = 0; j < kOuts; ++j) {
     acc[j] = 0.0f;
     g_j[j] = min((tid + j * kThreads) / kD, kHeads - 1);
-    base_j[j] = stage ? 0.0f : head_max(g_j[j]);
+    base_j[j] = stage_w ? 0.0f : head_max(g_j[j]);
   }
-  for (uint32_t p0 = 0; p0 < pieces; p0 += kU) {
-    float x[kU][kOuts];
-#pragma unroll
-    for (int u = 0; u < kU; ++u) {
+  if (staged != nullptr) {
+    // Staged: the weights and every piece's outputs are in shared memory; a short loop
+    // (staging implies entries ≤ kMergeStage, so the weights are staged too). Same sums in the
+    // same order as the rounds below.
+    for (uint32_t p = 0; p < pieces; ++p) {
 #pragma unroll
       for (int j = 0; j < kOuts; ++j) {
         const int i = tid + j * kThreads;
-        const size_t at = row_base + size_t{p0 + u} * kHeads + g_j[j];
-        x[u][j] = p0 + u < pieces && i < kHeads * kD ? __ldcg(&partial[at * kD + i % kD]) : 0.0f;
+        const uint32_t e = p * kHeads + g_j[j];
+        if (i < kHeads * kD) acc[j] = fmaf(merge_w[e], staged[e * kD + i % kD], acc[j]);
       }
     }
+  } else {
+    for (uint32_t p0 = 0; p0 < pieces; p0 += kU) {
+      float x[kU][kOuts];
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      if (p0 + u >= pieces) break;
+      for (int u = 0; u < kU; ++u) {
 #pragma unroll
-      for (int j = 0; j < kOuts; ++j) {
-        const uint32_t e = (p0 + u) * kHeads + g_j[j];
-        const float w = stage ? merge_w[e] : exp2f(__ldcg(&lse[row_base + e]) - base_j[j]);
-        acc[j] = fmaf(w, x[u][j], acc[j]);
+        for (int j = 0; j < kOuts; ++j) {
+          const int i = tid + j * kThreads;
+          const size_t e = size_t{p0 + u} * kHeads + g_j[j];
+          const bool in = p0 + u < pieces && i < kHeads * kD;
+          x[u][j] = in ? __ldcg(&partial[(row_base + e) * kD + i % kD]) : 0.0f;
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        if (p0 + u >= pieces) break;
+#pragma unroll
+        for (int j = 0; j < kOuts; ++j) {
+          const uint32_t e = (p0 + u) * kHeads + g_j[j];
+          const float w = stage_w ? merge_w[e] : exp2f(__ldcg(&lse[row_base + e]) - base_j[j]);
+          acc[j] = fmaf(w, x[u][j], acc[j]);
+        }
       }
     }
   }
@@ -217,7 +254,10 @@ __device__ __forceinline__ void FinishFromWarps(const SparseAttentionDeviceArgs&
     for (int w = 0; w < kWarps; ++w) l += merge_l[w][g_j[j]];
     WriteOutput<kD, kHeads, kType, kOut>(a.out, out_base + i, l > 0.0f ? acc[j] / l : 0.0f);
   }
-  if (tid == 0) counters[row] = 0;  // ready for the next launch (stream order)
+  if (tid == 0) {  // ready for the next launch (stream order)
+    counters[row] = 0;
+    if (claims != nullptr) claims[row] = 0;  // every CTA of the row claimed its last tile before counting
+  }
 }
 
 // The end of a piece of the streamed kernel: merge the row groups of each warp into
@@ -252,20 +292,20 @@ using KernelPtr = void (*)(SparseAttentionDeviceArgs, uint32_t, uint32_t, float*
 KernelPtr Pick(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out, bool deep = false);
 
 // The instance of a kernel family for (head_dim, heads, type, out): K::Of<kD, kHeads, kType,
-// kOut>() for d 64 or 128 and heads 1, 2, 4 (and 8 when K::kMaxHeads is 8), else nullptr.
-// The bulk and tensor-core kernels pick their instances so.
+// kOut>() (a K::Ptr) for d 64 or 128 and heads 1, 2, 4 (and 8 when K::kMaxHeads is 8), else
+// nullptr. The bulk and tensor-core kernels pick their instances so.
 template <class K, int kD, int kHeads, HalfType kType>
-KernelPtr PickInstanceOf(AttentionOutput out) {
+typename K::Ptr PickInstanceOf(AttentionOutput out) {
   return out == AttentionOutput::kFloat32 ? K::template Of<kD, kHeads, kType, AttentionOutput::kFloat32>()
                                           : K::template Of<kD, kHeads, kType, AttentionOutput::kInputType>();
 }
 template <class K, int kD, int kHeads>
-KernelPtr PickInstanceOf(HalfType type, AttentionOutput out) {
+typename K::Ptr PickInstanceOf(HalfType type, AttentionOutput out) {
   return type == HalfType::kBf16 ? PickInstanceOf<K, kD, kHeads, HalfType::kBf16>(out)
                                  : PickInstanceOf<K, kD, kHeads, HalfType::kFp16>(out);
 }
 template <class K, int kD>
-KernelPtr PickInstanceOf(uint32_t heads, HalfType type, AttentionOutput out) {
+typename K::Ptr PickInstanceOf(uint32_t heads, HalfType type, AttentionOutput out) {
   switch (heads) {
     case 1: return PickInstanceOf<K, kD, 1>(type, out);
     case 2: return PickInstanceOf<K, kD, 2>(type, out);
@@ -277,7 +317,7 @@ KernelPtr PickInstanceOf(uint32_t heads, HalfType type, AttentionOutput out) {
   }
 }
 template <class K>
-KernelPtr PickInstance(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out) {
+typename K::Ptr PickInstance(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out) {
   switch (head_dim) {
     case 64: return PickInstanceOf<K, 64>(heads, type, out);
     case 128: return PickInstanceOf<K, 128>(heads, type, out);
@@ -300,9 +340,11 @@ bool BulkFits(const SparseAttentionShape& shape, uint32_t heads);
 // kernel's grid and merge, each warp's tiles of 16 tokens through its own ring of
 // kMmaBuffers shared-memory buffers, scores and P·V by mma.sync; MmaSmemBytes(head_dim) of
 // dynamic shared memory. nullptr where there is none (heads not 1, 2, 4 or 8; head_dim not 64
-// or 128).
+// or 128). Its last argument: nullptr = static pieces; else one claim counter per row
+// (SparseAttentionPlan::balance: the row's CTAs claim its tiles from it).
 inline constexpr uint32_t kMmaBuffers = 3;
-KernelPtr PickMma(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out);
+using MmaKernelPtr = void (*)(SparseAttentionDeviceArgs, uint32_t, uint32_t, float*, float*, uint32_t*, uint32_t*);
+MmaKernelPtr PickMma(uint32_t head_dim, uint32_t heads, HalfType type, AttentionOutput out);
 uint32_t MmaSmemBytes(uint32_t head_dim);
 
 }  // namespace kvtier::kernels::attention_internal

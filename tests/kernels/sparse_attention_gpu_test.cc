@@ -126,6 +126,36 @@ void RunPlan(const Case& c, const Problem& p, const std::vector<float>& want, co
   SparseAttentionDeviceArgs a{.shape = s, .type = c.type, .output = c.output, .arena = arena.p, .queries = queries.p,
                               .page_offsets = offsets.p, .page_slots = slots.p, .last_page_tokens = last.p,
                               .out = out.p, .workspace = ws.p};
+  const double ulp = c.output == AttentionOutput::kFloat32 ? 0.0 : c.type == HalfType::kBf16 ? 1.0 / 256 : 1.0 / 1024;
+  auto check = [&](const std::vector<char>& bytes, const char* launch) {
+    for (size_t i = 0; i < outs; ++i) {
+      float got;
+      if (c.output == AttentionOutput::kFloat32) {
+        std::memcpy(&got, bytes.data() + 4 * i, 4);
+      } else {
+        uint16_t h;
+        std::memcpy(&h, bytes.data() + 2 * i, 2);
+        got = HalfToFloat(c.type, h);
+      }
+      const double tol = (2e-3 + ulp) * std::fabs(want[i]) + 2e-4;
+      ASSERT_LE(std::fabs(double(got) - want[i]), tol)
+          << launch << ": request " << i / (size_t{s.q_heads} * s.head_dim) << " head "
+          << i / s.head_dim % s.q_heads << " dim " << i % s.head_dim << " got " << got << " want " << want[i]
+          << " (plan: chunk " << plan.chunk_pages << ", splits " << plan.max_splits << ", heads/cta "
+          << plan.heads_per_cta << ", tile loads " << plan.tile_loads << ", cluster " << plan.cluster << ", balance "
+          << plan.balance << ")";
+    }
+  };
+  // Every plan but a balanced one gives the same bytes launch after launch; a balanced one
+  // (tiles claimed at run time) is held to the reference each time instead — which also shows
+  // that each launch leaves its claim counters at zero for the next.
+  auto same = [&](const std::vector<char>& x, const std::vector<char>& y, const char* launch) {
+    if (plan.balance) {
+      check(y, launch);
+    } else {
+      EXPECT_EQ(std::memcmp(x.data(), y.data(), out_bytes), 0) << launch << " differs";
+    }
+  };
   std::vector<char> first(out_bytes), second(out_bytes);
   for (std::vector<char>* run : {&first, &second}) {
     ASSERT_CUDA(cudaMemset(out.p, 0xff, out_bytes));  // NaN in every output type
@@ -133,7 +163,7 @@ void RunPlan(const Case& c, const Problem& p, const std::vector<float>& want, co
     ASSERT_CUDA(cudaDeviceSynchronize());
     ASSERT_CUDA(cudaMemcpy(run->data(), out.p, out_bytes, cudaMemcpyDeviceToHost));
   }
-  EXPECT_EQ(std::memcmp(first.data(), second.data(), out_bytes), 0) << "a second launch on the same workspace differs";
+  same(first, second, "a second launch on the same workspace");
   if (output != nullptr) *output = first;
   {  // PDL: a plain launch then a PDL launch right behind it on one stream; bit-identical.
     cudaStream_t stream;
@@ -147,26 +177,9 @@ void RunPlan(const Case& c, const Problem& p, const std::vector<float>& want, co
     ASSERT_CUDA(cudaStreamSynchronize(stream));
     ASSERT_CUDA(cudaStreamDestroy(stream));
     ASSERT_CUDA(cudaMemcpy(second.data(), out.p, out_bytes, cudaMemcpyDeviceToHost));
-    EXPECT_EQ(std::memcmp(first.data(), second.data(), out_bytes), 0) << "the PDL launch differs";
+    same(first, second, "the PDL launch");
   }
-
-  const double ulp = c.output == AttentionOutput::kFloat32 ? 0.0 : c.type == HalfType::kBf16 ? 1.0 / 256 : 1.0 / 1024;
-  for (size_t i = 0; i < outs; ++i) {
-    float got;
-    if (c.output == AttentionOutput::kFloat32) {
-      std::memcpy(&got, first.data() + 4 * i, 4);
-    } else {
-      uint16_t h;
-      std::memcpy(&h, first.data() + 2 * i, 2);
-      got = HalfToFloat(c.type, h);
-    }
-    const double tol = (2e-3 + ulp) * std::fabs(want[i]) + 2e-4;
-    ASSERT_LE(std::fabs(double(got) - want[i]), tol)
-        << "request " << i / (size_t{s.q_heads} * s.head_dim) << " head " << i / s.head_dim % s.q_heads << " dim "
-        << i % s.head_dim << " got " << got << " want " << want[i] << " (plan: chunk " << plan.chunk_pages
-        << ", splits " << plan.max_splits << ", heads/cta " << plan.heads_per_cta << ", tile loads "
-        << plan.tile_loads << ", cluster " << plan.cluster << ")";
-  }
+  check(first, "the first launch");
 }
 
 void RunCase(const Case& c, uint32_t seed) {
@@ -223,6 +236,17 @@ void RunCase(const Case& c, uint32_t seed) {
     ASSERT_EQ(error, nullptr) << error;
     ASSERT_TRUE(tc.mma);
     RunPlan(c, p, want, tc);
+    // Balanced rows (round 11): the same cut, tiles claimed at run time; refused below 16
+    // block tokens.
+    SparseAttentionPlan balanced;
+    error = ApplySparseAttentionOverrides(s, p.max_pages, tc, {.balance = 1}, &balanced);
+    if (s.block_tokens < kSparseAttentionBalanceMinBlockTokens) {
+      ASSERT_NE(error, nullptr);
+      return;
+    }
+    ASSERT_EQ(error, nullptr) << error;
+    ASSERT_TRUE(balanced.balance);
+    RunPlan(c, p, want, balanced);
   };
   mma_too(plan);
   if (c.chunk == 0) {
@@ -231,6 +255,7 @@ void RunCase(const Case& c, uint32_t seed) {
     ASSERT_TRUE(own.mma);
     ASSERT_EQ(own.cluster, 0u);
     RunPlan(c, p, want, own);
+    mma_too(own);
   }
   if (plan.heads_per_cta >= 2) {  // half the heads per CTA (the batch-1 plan's cut), twice the rows
     SparseAttentionPlan half = plan;
@@ -346,7 +371,7 @@ TEST(SparseAttentionGpuApi, AutoPlanIsTensorCoreWhereNotStaged) {
   auto same = [](const SparseAttentionPlan& x, const SparseAttentionPlan& y) {
     return x.heads_per_cta == y.heads_per_cta && x.chunk_pages == y.chunk_pages && x.max_splits == y.max_splits &&
            x.rows == y.rows && x.tile_loads == y.tile_loads && x.cluster == y.cluster && x.mma == y.mma &&
-           x.bulk == y.bulk;
+           x.bulk == y.bulk;  // balance is checked on its own
   };
   for (uint32_t batch : {1u, 8u}) {
     const SparseAttentionShape s{.requests = batch, .q_heads = 32, .kv_heads = 8, .head_dim = 128,
@@ -371,6 +396,23 @@ TEST(SparseAttentionGpuApi, AutoPlanIsTensorCoreWhereNotStaged) {
     uint32_t per_sm = 0;  // the tensor-core kernel's own occupancy (2 CTAs per SM at d 128 on sm_90)
     ASSERT_CUDA(SparseAttentionCtasPerSm(s, HalfType::kBf16, AttentionOutput::kFloat32, dense, &per_sm));
     EXPECT_GE(per_sm, 1u);
+    // Balanced rows (round 11) only when asked for: kMmaBalanced is the kMma cut with balance
+    // set, and no balance below 16 block tokens; no other value plans.
+    EXPECT_FALSE(dense.balance);
+    EXPECT_FALSE(sparse.balance);
+    EXPECT_FALSE(dense_mma.balance);
+    SparseAttentionPlan balanced;
+    ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 2048, 0, SparseAttentionKernels::kMmaBalanced, &balanced));
+    EXPECT_TRUE(same(balanced, dense_mma)) << "batch " << batch;
+    EXPECT_TRUE(balanced.balance);
+    SparseAttentionShape small = s;
+    small.block_tokens = 8;
+    small.slot_bytes = 2 * 8 * 128 * 2;
+    ASSERT_CUDA(PlanSparseAttentionForDevice(small, HalfType::kBf16, 4096, 0, SparseAttentionKernels::kMmaBalanced, &balanced));
+    EXPECT_TRUE(balanced.mma);
+    EXPECT_FALSE(balanced.balance);
+    EXPECT_EQ(PlanSparseAttentionForDevice(s, HalfType::kBf16, 2048, 0, static_cast<SparseAttentionKernels>(2), &balanced),
+              cudaErrorInvalidValue);
   }
 }
 

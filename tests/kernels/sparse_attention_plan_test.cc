@@ -186,6 +186,21 @@ TEST(SparseAttentionPlan, OverridesAreAppliedAndValidated) {
   const SparseAttentionPlan mma_base = p;
   EXPECT_EQ(apply({.mma = 2}, &p, b8, 128, mma_base), "");
   EXPECT_FALSE(p.mma);
+  // Balanced rows (round 11): on a tensor-core plan (or with mma = 1), off again; the cut is
+  // unchanged; the workspace gains one claim counter per row.
+  EXPECT_EQ(apply({.balance = 1}, &p, b8, 128, mma_base), "");
+  EXPECT_TRUE(p.balance);
+  EXPECT_TRUE(p.mma);
+  EXPECT_EQ(p.chunk_pages, base.chunk_pages);
+  EXPECT_EQ(p.max_splits, base.max_splits);
+  EXPECT_EQ(SparseAttentionWorkspaceBytes(b8, p) - SparseAttentionWorkspaceBytes(b8, mma_base),
+            (sizeof(uint32_t) * 2 * p.rows + 255) / 256 * 256 - (sizeof(uint32_t) * p.rows + 255) / 256 * 256);
+  const SparseAttentionPlan balanced_base = p;
+  EXPECT_EQ(apply({.balance = 2}, &p, b8, 128, balanced_base), "");
+  EXPECT_FALSE(p.balance);
+  EXPECT_EQ(apply({.mma = 1, .balance = 1}, &p, b8, 128, base), "");
+  EXPECT_TRUE(p.balance);
+  EXPECT_FALSE(IsDefault(SparseAttentionPlanOverrides{.balance = 2}));
 
   // Errors: the plan is left alone.
   const SparseAttentionPlan sentinel{.heads_per_cta = 77};
@@ -213,6 +228,15 @@ TEST(SparseAttentionPlan, OverridesAreAppliedAndValidated) {
   refused({.bulk = 1, .mma = 1}, "pick one");
   refused({.tile_loads = 8, .mma = 1}, "no deep tiles");
   refused({.tile_loads = 8, .bulk = 1}, "standard tiles");
+  refused({.balance = 3}, "balance must be");
+  refused({.balance = 1}, "tensor-core kernel");                     // base is a streamed plan
+  refused({.mma = 2, .balance = 1}, "tensor-core kernel", {}, 128, &mma_base);
+  SparseAttentionShape b8t = b8;  // 8-token blocks: a 16-token tile spans two pages
+  b8t.block_tokens = 8;
+  b8t.slot_bytes = 4096;
+  SparseAttentionPlan b8t_base = PlanSparseAttention(b8t, 256, 132, 3);
+  b8t_base.mma = true;
+  refused({.balance = 1}, "block tokens >= 16", b8t, 256, &b8t_base);
   refused({.bulk = 1}, "heads per CTA <= 4", g8, 128, &g8_base);
   SparseAttentionShape b64 = b8;  // 64-token blocks: a slice is larger than a stage
   b64.block_tokens = 64;

@@ -119,9 +119,11 @@ class Point {
   // staged one for short lists at small batch): `dense_streamed` / `sparse_graph_streamed`
   // (the round-6 register kernel on its own plans, SparseAttentionKernels::kStreamed: the
   // default before round 10c) and `dense_bulk` / `sparse_graph_bulk` (the bulk kernel,
-  // kernels::SparseAttentionPlan::bulk, on those cuts). Each dense row's output is checked
-  // against `want` (dense's), each step against `ref` (sparse_graph's step; t_graph its µs).
-  // A row only where the kernel takes the plan.
+  // kernels::SparseAttentionPlan::bulk, on those cuts), then `dense_balanced` /
+  // `sparse_graph_balanced` (the tensor-core plans with balanced rows,
+  // SparseAttentionKernels::kMmaBalanced; the sparse one at batch 1 too, where the default is
+  // staged). Each dense row's output is checked against `want` (dense's), each step against
+  // `ref` (sparse_graph's step; t_graph its µs). A row only where the kernel takes the plan.
   Status VariantRows(const std::vector<uint16_t>& want, double t_copy, const StepOutcome& ref, double t_graph,
                      cudaStream_t stream, std::vector<Row>* rows);
   // The rows `dense_<name>` (with `dense`, when not null) and `sparse_graph_<name>` (with

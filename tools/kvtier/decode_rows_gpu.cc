@@ -141,8 +141,22 @@ Status Point::VariantRows(const std::vector<uint16_t>& want, double t_copy, cons
   if (dense_why != nullptr) fmt::print(stderr, "bench decode: no dense_bulk row: {}\n", dense_why);
   const char* sparse_why = kernels::ApplySparseAttentionOverrides(shape_, k_, streamed_plan_, make_bulk, &sparse_bulk);
   if (sparse_why != nullptr) fmt::print(stderr, "bench decode: no sparse_graph_bulk row: {}\n", sparse_why);
-  return KernelRows("bulk", "bulk kernel", dense_why == nullptr ? &dense_bulk : nullptr,
-                    sparse_why == nullptr ? &sparse_bulk : nullptr, want, t_copy, ref, t_graph, stream, rows);
+  KVT_RETURN_IF_ERROR(KernelRows("bulk", "bulk kernel", dense_why == nullptr ? &dense_bulk : nullptr,
+                                 sparse_why == nullptr ? &sparse_bulk : nullptr, want, t_copy, ref, t_graph, stream,
+                                 rows));
+  // Balanced rows (round 11): the tensor-core kernel's plans with each row's tiles claimed by
+  // its CTAs (kernels::SparseAttentionPlan::balance) — the sparse one also at batch 1, where
+  // the default is the staged kernel.
+  kernels::SparseAttentionPlan dense_balanced, sparse_balanced;
+  const auto balanced = kernels::SparseAttentionKernels::kMmaBalanced;
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, blocks_, o_.device,
+                                                           balanced, rule_, &dense_balanced));
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device, balanced,
+                                                           rule_, &sparse_balanced));
+  if (!dense_balanced.balance) fmt::print(stderr, "bench decode: no balanced rows: block tokens below 16\n");
+  return dense_balanced.balance ? KernelRows("balanced", "balanced tensor-core kernel", &dense_balanced,
+                                             &sparse_balanced, want, t_copy, ref, t_graph, stream, rows)
+                                : Status::Ok();
 }
 
 Status Point::PresetRows(kernels::QuestScorePreset preset, const char* name, const std::vector<float>& scores,
