@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -162,6 +163,25 @@ class Point {
   // here; enough bytes for `plan`), then OneStep; the members are restored afterwards.
   Result<StepOutcome> GraphStepWith(const kernels::QuestScoreShape& shape, const kernels::SparseAttentionPlan& plan,
                                     void* ws, cudaStream_t stream);
+  // One step of `step` on layer 0 as configured now; its selection and output (us = 0).
+  Result<StepOutcome> OneStepOf(Step step, cudaStream_t stream);
+  // decode_split_gpu.cc: the sparse step with the batch in request groups, each group's select
+  // and attention on its own stream (forked from and joined back to the step's stream), each
+  // group with its own plan (the device's, for its requests) and workspace.
+  struct Split {
+    std::vector<uint32_t> first;  // group g: requests [first[g], first[g + 1])
+    std::vector<cudaStream_t> side;
+    std::vector<cudaEvent_t> join;
+    cudaEvent_t fork = nullptr;
+    std::vector<kernels::SparseAttentionPlan> plans;
+    std::unique_ptr<DeviceMem[]> ws;  // one per group
+    ~Split();
+  };
+  Status SetUpSplit(uint32_t groups, kernels::SparseAttentionKernels kernels_kind);
+  Status SparseSplitStep(uint32_t layer, cudaStream_t stream);
+  // `sparse_graph_split2` (batch ≥ 2), checked against `ref` (sparse_graph's step: the same
+  // selection, attention within AttentionClose).
+  Status SplitRows(const StepOutcome& ref, double t_graph, cudaStream_t stream, std::vector<Row>* rows);
   // µs per launch of the score launch alone with `shape` (the `scores` row's loop).
   Result<double> TimedScores(const kernels::QuestScoreShape& shape, cudaStream_t stream);
   // The standard rows' comparison rule (`scores_r8`, `sparse_graph_r8`: round 8's default):
@@ -213,6 +233,7 @@ class Point {
   DeviceMem arena_, copy_dst_, queries_, bounds_, scales_, block_slots_, dense_offsets_, last_, scores_,
       block_offsets_, sel_offsets_, selected_, selected_slots_, out_, dense_ws_, sparse_ws_,
       streamed_ws_, row_counters_;
+  std::unique_ptr<Split> split_;  // while SplitRows runs
 };
 
 }  // namespace kvtier::cli::decode_internal

@@ -373,6 +373,7 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
     insert_after("scores_r4", true);
     insert_after("sparse_graph", false);
     KVT_RETURN_IF_ERROR(VariantRows(dense_out_, t_copy, graph_ref, t_graph, stream, rows));
+    KVT_RETURN_IF_ERROR(SplitRows(graph_ref, t_graph, stream, rows));
   }
   if (o_.sweep) {  // a failed sweep keeps the rows above (RunDecodeBench then exits non-zero)
     if (Status st = Sweep(stream, rows); !st.ok()) {

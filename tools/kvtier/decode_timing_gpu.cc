@@ -101,13 +101,15 @@ Result<double> Point::TimedGraph(Step step, cudaStream_t stream) {
   return t;
 }
 
-Result<StepOutcome> Point::OneStep(cudaStream_t stream) {
+Result<StepOutcome> Point::OneStep(cudaStream_t stream) { return OneStepOf(&Point::SparsePdlStep, stream); }
+
+Result<StepOutcome> Point::OneStepOf(Step step, cudaStream_t stream) {
   StepOutcome o;
   o.selected.resize(size_t{batch_} * o_.kv_heads * k_);
   o.out.resize(size_t{batch_} * o_.q_heads * o_.head_dim);
   KVT_CUDA_OR_RETURN(cudaMemsetAsync(selected_.p, 0xff, o.selected.size() * 4, stream));
   KVT_CUDA_OR_RETURN(cudaMemsetAsync(out_.p, 0xff, o.out.size() * 2, stream));  // NaN
-  KVT_RETURN_IF_ERROR(SparsePdlStep(0, stream));
+  KVT_RETURN_IF_ERROR((this->*step)(0, stream));
   KVT_CUDA_OR_RETURN(cudaStreamSynchronize(stream));
   KVT_CUDA_OR_RETURN(cudaMemcpy(o.selected.data(), selected_.p, o.selected.size() * 4, cudaMemcpyDeviceToHost));
   KVT_CUDA_OR_RETURN(cudaMemcpy(o.out.data(), out_.p, o.out.size() * 2, cudaMemcpyDeviceToHost));
