@@ -219,35 +219,41 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
                                          SparseAttentionPlan* plan) {
   if (plan == nullptr || !ShapeSupported(shape)) return cudaErrorInvalidValue;
   if (kernels != SparseAttentionKernels::kAuto && kernels != SparseAttentionKernels::kStreamed &&
-      kernels != SparseAttentionKernels::kMma && kernels != SparseAttentionKernels::kMmaBalanced) {
+      kernels != SparseAttentionKernels::kMma && kernels != SparseAttentionKernels::kMmaBalanced &&
+      kernels != SparseAttentionKernels::kStaged) {
     return cudaErrorInvalidValue;
   }
-  int sms = 0, per_sm = 0;
+  int sms = 0;
   if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess) return e;
   int l2 = 0;
   if (cudaError_t e = cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device); e != cudaSuccess) return e;
-  SparseAttentionOccupancy occ;
-  occ.l2_bytes = static_cast<uint64_t>(std::max(l2, 0));
   // Occupancy of the largest head chunk and of half of it (the batch-1 alternative).
   const uint32_t heads = HeadsPerCta(shape.group());
-  if (kernels == SparseAttentionKernels::kAuto) {
-    // The staged plan where one fits, else the tensor-core kernel's (round 10c).
-    SparseAttentionStagedLimits lim;
-    if (cudaError_t e = attention_internal::StagedLimitsForDevice(shape, type, std::min(heads, 4u), device, &lim);
-        e != cudaSuccess) {
-      return e;
+  const auto sm_count = static_cast<uint32_t>(sms);
+
+  // The register-tile streamed kernel (round 6): standard and deep variants.
+  auto streamed = [&](SparseAttentionPlan* out) -> cudaError_t {
+    SparseAttentionOccupancy occ;
+    occ.l2_bytes = static_cast<uint64_t>(std::max(l2, 0));
+    for (uint32_t h : {heads, heads / 2}) {
+      if (h == 0) continue;
+      for (bool deep : {false, true}) {
+        const KernelPtr k = Pick(shape.head_dim, h, type, AttentionOutput::kFloat32, deep);
+        if (k == nullptr) continue;
+        int per_sm = 0;
+        if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, 0); e != cudaSuccess) {
+          return e;
+        }
+        (deep ? occ.deep : occ.standard)[Log2Heads(h)] = static_cast<uint32_t>(std::max(per_sm, 0));
+      }
     }
-    const SparseAttentionPlan staged = PlanStagedSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), lim);
-    if (staged.cluster != 0) {
-      *plan = staged;
-      return cudaSuccess;
-    }
-    kernels = SparseAttentionKernels::kMma;
-  }
-  const bool balance = kernels == SparseAttentionKernels::kMmaBalanced;
-  if (balance) kernels = SparseAttentionKernels::kMma;
-  if (kernels == SparseAttentionKernels::kMma) {
-    // The tensor-core kernel: the same split heuristic on its own occupancy (no deep tiles).
+    *out = PlanSparseAttention(shape, max_pages_per_row, sm_count, occ, rule);
+    return cudaSuccess;
+  };
+  // The tensor-core kernel: the same split heuristic on its own occupancy (no deep tiles).
+  auto tensor_core = [&](bool balance, SparseAttentionPlan* out) -> cudaError_t {
+    SparseAttentionOccupancy occ;
+    occ.l2_bytes = static_cast<uint64_t>(std::max(l2, 0));
     const uint32_t smem = attention_internal::MmaSmemBytes(shape.head_dim);
     for (uint32_t h : {heads, heads / 2}) {
       if (h == 0) continue;
@@ -258,29 +264,46 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
           e != cudaSuccess) {
         return e;
       }
+      int per_sm = 0;
       if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem); e != cudaSuccess) {
         return e;
       }
       occ.standard[Log2Heads(h)] = static_cast<uint32_t>(std::max(per_sm, 0));
     }
-    *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), occ, rule);
-    plan->mma = plan->rows != 0;
-    plan->balance = plan->mma && balance && shape.block_tokens >= kSparseAttentionBalanceMinBlockTokens;
+    *out = PlanSparseAttention(shape, max_pages_per_row, sm_count, occ, rule);
+    out->mma = out->rows != 0;
+    out->balance = out->mma && balance && shape.block_tokens >= kSparseAttentionBalanceMinBlockTokens;
     return cudaSuccess;
-  }
-  for (uint32_t h : {heads, heads / 2}) {
-    if (h == 0) continue;
-    for (bool deep : {false, true}) {
-      const KernelPtr k = Pick(shape.head_dim, h, type, AttentionOutput::kFloat32, deep);
-      if (k == nullptr) continue;
-      if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, 0); e != cudaSuccess) {
+  };
+
+  switch (kernels) {
+    case SparseAttentionKernels::kAuto: {
+      // Round 11c: the streamed kernel where its planner takes a short-list plan (half the
+      // heads per CTA or deep tiles: short lists at small batch), else the tensor-core kernel.
+      if (cudaError_t e = streamed(plan); e != cudaSuccess || plan->tile_loads == 8 || plan->heads_per_cta < heads) {
         return e;
       }
-      (deep ? occ.deep : occ.standard)[Log2Heads(h)] = static_cast<uint32_t>(std::max(per_sm, 0));
+      return tensor_core(false, plan);
     }
+    case SparseAttentionKernels::kStaged: {
+      // The default of rounds 7-11: the staged plan where one fits, else the tensor-core kernel.
+      SparseAttentionStagedLimits lim;
+      if (cudaError_t e = attention_internal::StagedLimitsForDevice(shape, type, std::min(heads, 4u), device, &lim);
+          e != cudaSuccess) {
+        return e;
+      }
+      const SparseAttentionPlan staged = PlanStagedSparseAttention(shape, max_pages_per_row, sm_count, lim);
+      if (staged.cluster != 0) {
+        *plan = staged;
+        return cudaSuccess;
+      }
+      return tensor_core(false, plan);
+    }
+    case SparseAttentionKernels::kStreamed: return streamed(plan);
+    case SparseAttentionKernels::kMma: return tensor_core(false, plan);
+    case SparseAttentionKernels::kMmaBalanced: return tensor_core(true, plan);
   }
-  *plan = PlanSparseAttention(shape, max_pages_per_row, static_cast<uint32_t>(sms), occ, rule);
-  return cudaSuccess;
+  return cudaErrorInvalidValue;
 }
 
 cudaError_t SparseAttentionCtasPerSm(const SparseAttentionShape& shape, HalfType type, AttentionOutput output,

@@ -141,20 +141,26 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
                                          int device, SparseAttentionPlan* plan);
 
 // Which kernels PlanSparseAttentionForDevice may choose (every value names a plan):
-//   kAuto = 0      the staged plan where one fits (PlanStagedSparseAttention), else the
-//                  tensor-core kernel's (kMma; round 10c: 1.035-1.053x the streamed kernel on
-//                  dense attention, 1.01-1.02x on the batch-8 sparse step, H100) — the default;
-//   kStreamed = 1  the register-tile streamed plan (round 6; the default before round 10c),
-//                  never the staged one;
+//   kAuto = 0      the default (round 11c): the register-tile streamed kernel where its
+//                  planner takes a short-list plan (half the heads per CTA or deep tiles:
+//                  short page lists at small batch, the sparse step at batch 1), else the
+//                  tensor-core kernel (kMma). On an H100 that streamed plan's sparse step beat
+//                  the staged kernel (the batch-1 default of rounds 7-11) by 2-7% once its
+//                  merge was made short (round 11), and the tensor-core kernel's by 1-8%;
+//   kStreamed = 1  the register-tile streamed plan (round 6), standard or deep;
 //   kMma = 3       the tensor-core kernel (SparseAttentionPlan::mma) on the streamed split
-//                  heuristic with that kernel's occupancy (round 10);
+//                  heuristic with that kernel's occupancy (round 10; dense attention and the
+//                  batch-8 sparse step by default since round 10c);
 //   kMmaBalanced = 4  the kMma plan with balanced rows (SparseAttentionPlan::balance) where
 //                  block_tokens ≥ 16 (else the kMma plan as is): 1.006-1.034x kMma on dense
 //                  attention (round 11, H100), slower on short sparse lists, and not
-//                  bit-reproducible from run to run — opt-in.
+//                  bit-reproducible from run to run — opt-in;
+//   kStaged = 5    the staged plan where one fits (PlanStagedSparseAttention), else kMma's —
+//                  the default of rounds 7 to 11.
 // (Round 8's pipelined streamed kernel, value 2, was slower than the streamed one in every
-// case measured on the H100 and was removed: docs/sparse.md, round 8.)
-enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1, kMma = 3, kMmaBalanced = 4 };
+// case measured on the H100 and was removed: docs/sparse.md, round 8.) Any other value:
+// cudaErrorInvalidValue.
+enum class SparseAttentionKernels : uint8_t { kAuto = 0, kStreamed = 1, kMma = 3, kMmaBalanced = 4, kStaged = 5 };
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionKernels kernels, SparseAttentionPlan* plan);
 
@@ -182,7 +188,7 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
                                         SparseAttentionRule rule);
 
 // The device planner with `rule` applied to the split of the streamed or tensor-core plan
-// (where kAuto picks the staged plan, it stays: the staged kernel holds ≤ 64 pages per CTA,
+// (where kStaged picks the staged plan, it stays: the staged kernel holds ≤ 64 pages per CTA,
 // never dense-length rows).
 cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, HalfType type, uint32_t max_pages_per_row,
                                          int device, SparseAttentionKernels kernels, SparseAttentionRule rule,

@@ -221,26 +221,41 @@ __device__ __forceinline__ void FinishFromWarps(const SparseAttentionDeviceArgs&
       }
     }
   } else {
-    for (uint32_t p0 = 0; p0 < pieces; p0 += kU) {
-      float x[kU][kOuts];
+    // From L2: kU pieces × kOuts outputs of loads in flight per round, each output's address
+    // stepping by one piece from its own base. The round is kept short: the merge runs once
+    // per row, its code is fetched cold, and a long unrolled round (both weight paths inline)
+    // cost ~2 µs per round on an H100 (docs/sparse.md, round 11).
+    constexpr size_t kStride = size_t{kHeads} * kD;  // floats from one piece to the next
+    const float* src[kOuts];
 #pragma unroll
-      for (int u = 0; u < kU; ++u) {
+    for (int j = 0; j < kOuts; ++j) src[j] = partial + (row_base + g_j[j]) * kD + (tid + j * kThreads) % kD;
+    if (stage_w) {
+      for (uint32_t p0 = 0; p0 < pieces; p0 += kU) {
+        float x[kU][kOuts];
 #pragma unroll
-        for (int j = 0; j < kOuts; ++j) {
-          const int i = tid + j * kThreads;
-          const size_t e = size_t{p0 + u} * kHeads + g_j[j];
-          const bool in = p0 + u < pieces && i < kHeads * kD;
-          x[u][j] = in ? __ldcg(&partial[(row_base + e) * kD + i % kD]) : 0.0f;
+        for (int u = 0; u < kU; ++u) {
+#pragma unroll
+          for (int j = 0; j < kOuts; ++j) {
+            const bool in = p0 + u < pieces && tid + j * kThreads < kHeads * kD;
+            x[u][j] = in ? __ldcg(src[j] + (p0 + u) * kStride) : 0.0f;
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kU; ++u) {
+          if (p0 + u >= pieces) break;
+#pragma unroll
+          for (int j = 0; j < kOuts; ++j) acc[j] = fmaf(merge_w[(p0 + u) * kHeads + g_j[j]], x[u][j], acc[j]);
         }
       }
-#pragma unroll
-      for (int u = 0; u < kU; ++u) {
-        if (p0 + u >= pieces) break;
+    } else {
+      // More than kMergeStage entries (rows of hundreds of pieces): the weights from the
+      // log-sum-exps again, one piece at a time.
+      for (uint32_t p = 0; p < pieces; ++p) {
 #pragma unroll
         for (int j = 0; j < kOuts; ++j) {
-          const uint32_t e = (p0 + u) * kHeads + g_j[j];
-          const float w = stage_w ? merge_w[e] : exp2f(__ldcg(&lse[row_base + e]) - base_j[j]);
-          acc[j] = fmaf(w, x[u][j], acc[j]);
+          if (tid + j * kThreads >= kHeads * kD) continue;
+          const float w = exp2f(__ldcg(&lse[row_base + p * kHeads + g_j[j]]) - base_j[j]);
+          acc[j] = fmaf(w, __ldcg(src[j] + p * kStride), acc[j]);
         }
       }
     }

@@ -91,7 +91,7 @@ for r in rows:
     if r["method"].startswith("select"): note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
     if r["method"].startswith("sparse"): note = f'speedup {r["speedup"]:.2f}x (ideal {r["ideal_speedup"]:.1f}x; target >= 8x at 32K)'
     if r["method"] in ("sparse_graph_bulk", "sparse_graph_mma", "sparse_graph_streamed", "sparse_graph_balanced",
-                       "sparse_graph_split2"):
+                       "sparse_graph_split2", "sparse_graph_staged"):
         v = r["method"][len("sparse_graph_"):]
         note += (f'; {r["vs_sparse_graph"]:.3f}x sparse_graph'
                  + (f', {r["speedup_vs_dense_" + v]:.2f}x dense_{v}' if "speedup_vs_dense_" + v in r else "")

@@ -190,12 +190,12 @@ void RunCase(const Case& c, uint32_t seed) {
   SparseAttention(s, c.type, p.arena, p.queries, {.offsets = p.offsets, .slots = p.slots, .last_page_tokens = p.last},
                   want);
 
-  // The staged kernel (short lists, small batch): the device's own choice if it makes one,
+  // The staged kernel (short lists, small batch): kStaged's choice if it makes one,
   // then forced clusters of 2 and 8 CTAs (portable sizes) at the largest head chunk and a
   // cluster of 4 at half of it, wherever the pieces fit a CTA's shared memory.
   if (c.chunk == 0) {
     SparseAttentionPlan automatic;
-    ASSERT_CUDA(PlanSparseAttentionForDevice(s, c.type, p.max_pages, 0, &automatic));
+    ASSERT_CUDA(PlanSparseAttentionForDevice(s, c.type, p.max_pages, 0, SparseAttentionKernels::kStaged, &automatic));
     if (automatic.cluster != 0) RunPlan(c, p, want, automatic);
     const uint32_t group = s.q_heads / s.kv_heads;
     const uint32_t heads = group % 4 == 0 ? 4 : group % 2 == 0 ? 2 : 1;
@@ -363,10 +363,11 @@ INSTANTIATE_TEST_SUITE_P(
         Case{16, 2, 64, 16, {2000, 20}, HT::kFp16, AO::kFloat32},
         Case{32, 8, 128, 16, {40, 17, 3}, HT::kBf16}));
 
-// The device's default plan (kAuto): the staged kernel for short lists at batch 1, else
-// exactly the tensor-core plan (kMma, round 10c) — sparse at batch 8, dense at batch 1 and 8
-// — Llama-3-8B shapes; kStreamed is the round-6 register kernel's plan.
-TEST(SparseAttentionGpuApi, AutoPlanIsTensorCoreWhereNotStaged) {
+// The device's default plan (kAuto, round 11c): the streamed kernel's short-list plan at batch
+// 1, else exactly the tensor-core plan (kMma) — sparse at batch 8, dense at batch 1 and 8 —
+// Llama-3-8B shapes; kStreamed is the round-6 register kernel's plan, kStaged the previous
+// default.
+TEST(SparseAttentionGpuApi, AutoPlanIsStreamedForShortListsElseTensorCore) {
   if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
   auto same = [](const SparseAttentionPlan& x, const SparseAttentionPlan& y) {
     return x.heads_per_cta == y.heads_per_cta && x.chunk_pages == y.chunk_pages && x.max_splits == y.max_splits &&
@@ -385,14 +386,25 @@ TEST(SparseAttentionGpuApi, AutoPlanIsTensorCoreWhereNotStaged) {
     EXPECT_TRUE(same(dense, dense_mma)) << "dense, batch " << batch;
     ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, &sparse));
     ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, SparseAttentionKernels::kMma, &sparse_mma));
-    if (sparse.cluster == 0) {
-      EXPECT_TRUE(same(sparse, sparse_mma)) << "batch " << batch;
-    } else {
-      EXPECT_EQ(sparse.max_splits, sparse.cluster) << "batch " << batch;  // staged
-    }
     ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, SparseAttentionKernels::kStreamed, &streamed));
     EXPECT_EQ(streamed.cluster, 0u);
     EXPECT_FALSE(streamed.mma);
+    // Round 11c: the streamed kernel's short-list plan (half the heads per CTA or deep tiles) at
+    // batch 1, the tensor-core plan at batch 8 (the streamed planner's full-heads standard plan).
+    const bool short_list = streamed.tile_loads == 8 || streamed.heads_per_cta < 4;
+    EXPECT_EQ(short_list, batch == 1) << "batch " << batch;
+    EXPECT_TRUE(same(sparse, short_list ? streamed : sparse_mma)) << "batch " << batch;
+    // kStaged (the default of rounds 7-11): the staged kernel's clusters where they fit (batch
+    // 1 on an H100), else the tensor-core plan.
+    SparseAttentionPlan staged;
+    ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, SparseAttentionKernels::kStaged, &staged));
+    if (staged.cluster != 0) {
+      EXPECT_EQ(staged.max_splits, staged.cluster) << "batch " << batch;
+    } else {
+      EXPECT_TRUE(same(staged, sparse_mma)) << "batch " << batch;
+    }
+    ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 2048, 0, SparseAttentionKernels::kStaged, &staged));
+    EXPECT_TRUE(same(staged, dense_mma)) << "dense, batch " << batch;
     uint32_t per_sm = 0;  // the tensor-core kernel's own occupancy (2 CTAs per SM at d 128 on sm_90)
     ASSERT_CUDA(SparseAttentionCtasPerSm(s, HalfType::kBf16, AttentionOutput::kFloat32, dense, &per_sm));
     EXPECT_GE(per_sm, 1u);

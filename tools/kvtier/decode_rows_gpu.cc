@@ -144,6 +144,21 @@ Status Point::VariantRows(const std::vector<uint16_t>& want, double t_copy, cons
   KVT_RETURN_IF_ERROR(KernelRows("bulk", "bulk kernel", dense_why == nullptr ? &dense_bulk : nullptr,
                                  sparse_why == nullptr ? &sparse_bulk : nullptr, want, t_copy, ref, t_graph, stream,
                                  rows));
+  // The tensor-core kernel's own sparse plan (round 11): the default's kernel at batch 8, here
+  // also at batch 1, where the default is the streamed kernel (its dense plan is `dense`'s).
+  kernels::SparseAttentionPlan sparse_mma, sparse_staged;
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
+                                                           kernels::SparseAttentionKernels::kMma, rule_, &sparse_mma));
+  KVT_RETURN_IF_ERROR(KernelRows("mma", "tensor-core kernel", nullptr, &sparse_mma, want, t_copy, ref, t_graph, stream,
+                                 rows));
+  // The staged kernel where it fits (batch 1): the default of rounds 7-11 (round 11c).
+  KVT_CUDA_OR_RETURN(kernels::PlanSparseAttentionForDevice(shape_, kernels::HalfType::kBf16, k_, o_.device,
+                                                           kernels::SparseAttentionKernels::kStaged, rule_,
+                                                           &sparse_staged));
+  if (sparse_staged.cluster != 0) {
+    KVT_RETURN_IF_ERROR(KernelRows("staged", "staged kernel", nullptr, &sparse_staged, want, t_copy, ref, t_graph,
+                                   stream, rows));
+  }
   // Balanced rows (round 11): the tensor-core kernel's plans with each row's tiles claimed by
   // its CTAs (kernels::SparseAttentionPlan::balance) — the sparse one also at batch 1, where
   // the default is the staged kernel.
