@@ -20,7 +20,7 @@ using quest_internal::LaunchScoresAny;
 bool ValidShape(const QuestSelectDeviceArgs& a) {
   return a.requests > 0 && a.kv_heads > 0 && a.q_heads % a.kv_heads == 0 && a.q_heads >= a.kv_heads &&
          (a.head_dim == 64 || a.head_dim == 128) && a.requests <= 65535 && a.kv_heads <= 65535 &&
-         a.block_offsets != nullptr && a.scores != nullptr;
+         a.block_offsets != nullptr && a.scores != nullptr && (a.head_pitch == 0 || a.head_pitch >= a.max_blocks);
 }
 
 // A score shape with explicit fields applies only where the pipelined kernel runs: never a

@@ -168,10 +168,15 @@ struct QuestSelectDeviceArgs {
   const uint32_t* block_offsets = nullptr; // [requests + 1]: request r has blocks [off[r], off[r+1])
   // Request r's metadata at element off[r]·kv_heads·2d: [kv_heads][blocks_r][2][d] int8
   // (min then max), and its scales at off[r]·kv_heads: [kv_heads][blocks_r] — the
-  // reference's layout per request, requests back to back.
+  // reference's layout per request, requests back to back. With head_pitch > 0, (request r,
+  // KV head h) starts at slice (r·kv_heads + h)·head_pitch instead (block_offsets then only
+  // give each request's block count): metadata kept per (request or layer, head) at a fixed
+  // capacity, as DeviceSliceMetadata keeps it, selects in ONE launch. scores and block_slots
+  // follow the same layout.
   const int8_t* bounds = nullptr;
   const float* scales = nullptr;
   float* scores = nullptr;                 // output, laid out like `scales`
+  uint32_t head_pitch = 0;                 // 0: packed (above); else slices per (request, head), ≥ max_blocks
   // Row (r, h) = r·kv_heads + h writes its selection at selected[sel_off[row] ..
   // sel_off[row+1]), which must hold QuestBudgetBlocksOf(blocks_r) entries (a row whose
   // range has another size is filled with 0xffffffff).

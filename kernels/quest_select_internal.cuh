@@ -32,12 +32,18 @@ struct TopKRowPlace {
   uint32_t out0;    // the row's first output position
   uint32_t space;   // output positions the caller reserved (must equal k)
 };
+// The slice of block 0 of (request r, KV head h) whose blocks start at `first` (block_offsets)
+// and number n: packed, or at the head pitch (QuestSelectDeviceArgs::head_pitch).
+__device__ __forceinline__ size_t HeadSlice0(const QuestSelectDeviceArgs& a, uint32_t r, uint32_t h, uint32_t first,
+                                             uint32_t n) {
+  return a.head_pitch != 0 ? (size_t{r} * a.kv_heads + h) * a.head_pitch : size_t{first} * a.kv_heads + size_t{h} * n;
+}
+
 __device__ __forceinline__ TopKRowPlace PlaceTopKRow(const QuestSelectDeviceArgs& a, uint32_t row) {
   const uint32_t r = row / a.kv_heads, h = row % a.kv_heads;
   const uint32_t first = a.block_offsets[r], n = a.block_offsets[r + 1] - first;
   const uint32_t out0 = a.selected_offsets[row];
-  return {n, size_t{first} * a.kv_heads + size_t{h} * n, QuestBudgetBlocksOf(n, a.params), out0,
-          a.selected_offsets[row + 1] - out0};
+  return {n, HeadSlice0(a, r, h, first, n), QuestBudgetBlocksOf(n, a.params), out0, a.selected_offsets[row + 1] - out0};
 }
 
 inline constexpr uint32_t kMaxStagedQueryFloats = 12288;  // 48 KiB of shared memory

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kScoreThreads) QuestScoreKernel(QuestSelectDev
   const uint32_t my_passes = min(passes, (n - b0 + kSlicesPerPass - 1) / kSlicesPerPass);
   const int tid = static_cast<int>(threadIdx.x);
   const int c = tid % kLanesPerSlice, slot = tid / kLanesPerSlice;
-  const size_t slice0 = size_t{first} * a.kv_heads + size_t{h} * n;  // slice of block 0 of this (request, head)
+  const size_t slice0 = HeadSlice0(a, r, h, first, n);  // slice of block 0 of this (request, head)
   Bytes<kC> lo[kStages] = {}, hi[kStages] = {};
   float scale[kStages] = {};
   auto load = [&](int s, uint32_t p) {

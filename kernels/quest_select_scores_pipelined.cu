@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3)
   const uint32_t my_tiles = min(tiles_per_cta, (n - b0 + kPipeTile - 1) / kPipeTile);
   const int tid = static_cast<int>(threadIdx.x);
   const int c = tid % kLanesPerSlice, slot = tid / kLanesPerSlice;
-  const size_t slice0 = size_t{first} * a.kv_heads + size_t{h} * n;  // slice of block 0 of this (request, head)
+  const size_t slice0 = HeadSlice0(a, r, h, first, n);  // slice of block 0 of this (request, head)
 
   // Tile t of this CTA into buffer t % kPipeStages; every thread commits a group per call
   // (empty past the last tile), so the group count stays uniform.

@@ -88,7 +88,10 @@ for r in rows:
         note = (f'{r["vs_copy"]:.2f}x copy, {r["vs_dense"]:.3f}x dense; {r["heads_per_cta"]} heads, '
                 f'{r["chunk_pages"]} pages x {r["splits"]}'
                 + ("" if r["matches_dense"] else "  MISMATCH") + (", bit-equal" if r["bit_equal"] else ""))
-    if r["method"].startswith("select"): note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
+    if r["method"].startswith("select") and "vs_dense_over_block_tokens" in r:
+        note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
+    if r["method"] == "select_per_head":
+        note = f'{r["vs_select"]:.2f}x select' + ("" if r["matches_select"] else "  MISMATCH")
     if r["method"].startswith("sparse"): note = f'speedup {r["speedup"]:.2f}x (ideal {r["ideal_speedup"]:.1f}x; target >= 8x at 32K)'
     if r["method"] in ("sparse_graph_bulk", "sparse_graph_mma", "sparse_graph_streamed", "sparse_graph_balanced",
                        "sparse_graph_split2", "sparse_graph_staged"):

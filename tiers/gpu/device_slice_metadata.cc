@@ -14,7 +14,7 @@ constexpr uint64_t kAlign = 256;
 uint64_t Up(uint64_t n) { return (n + kAlign - 1) / kAlign * kAlign; }
 
 struct Layout {
-  uint64_t bounds, scales, scores, selected, pairs, total;
+  uint64_t bounds, scales, scores, selected, multiples, total;
 };
 
 Layout LayoutOf(const DeviceSliceMetadataOptions& o) {
@@ -23,9 +23,9 @@ Layout LayoutOf(const DeviceSliceMetadataOptions& o) {
   l.bounds = 0;
   l.scales = l.bounds + Up(slices * 2 * o.head_dim);
   l.scores = l.scales + Up(slices * sizeof(float));
-  l.selected = l.scores + Up(uint64_t{o.max_blocks} * sizeof(float));
-  l.pairs = l.selected + Up(uint64_t{o.kv_heads} * o.max_blocks * sizeof(uint32_t));
-  l.total = l.pairs + Up(2 * (uint64_t{o.max_blocks} + 1) * sizeof(uint32_t));
+  l.selected = l.scores + Up(uint64_t{o.kv_heads} * o.max_blocks * sizeof(float));
+  l.multiples = l.selected + Up(uint64_t{o.kv_heads} * o.max_blocks * sizeof(uint32_t));
+  l.total = l.multiples + Up((uint64_t{o.kv_heads} + 1) * (uint64_t{o.max_blocks} + 1) * sizeof(uint32_t));
   return l;
 }
 
@@ -86,7 +86,7 @@ DeviceSliceMetadata::DeviceSliceMetadata(const DeviceSliceMetadataOptions& optio
   scales_ = reinterpret_cast<float*>(base + l.scales);
   scores_ = reinterpret_cast<float*>(base + l.scores);
   selected_ = reinterpret_cast<uint32_t*>(base + l.selected);
-  pairs_ = reinterpret_cast<uint32_t*>(base + l.pairs);
+  multiples_ = reinterpret_cast<uint32_t*>(base + l.multiples);
 }
 
 Status DeviceSliceMetadata::Init() {
@@ -98,12 +98,16 @@ Status DeviceSliceMetadata::Init() {
     KVT_ASSIGN_OR_RETURN(CudaEvent e, CudaEvent::Create(device_));
     copied_.push_back(std::move(e));
   }
-  // The offset pairs {0, i}: request ranges [0, i) for the kernel's block / selected offsets.
-  std::vector<uint32_t> pairs(2 * (size_t{options_.max_blocks} + 1));
-  for (uint32_t i = 0; i <= options_.max_blocks; ++i) pairs[2 * size_t{i} + 1] = i;
+  // The offset table: row i = {0, i, 2i, ..., kv_heads·i} — {0, blocks} is the one request's
+  // block range, {0, k, 2k, ...} the selected offsets of k entries per KV head.
+  const size_t width = size_t{options_.kv_heads} + 1;
+  std::vector<uint32_t> multiples(width * (size_t{options_.max_blocks} + 1));
+  for (uint32_t i = 0; i <= options_.max_blocks; ++i) {
+    for (uint32_t j = 0; j < width; ++j) multiples[i * width + j] = i * j;
+  }
   // On the stream (which need not synchronise with the legacy one), and waited for:
-  // `pairs` is a local.
-  KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(pairs_, pairs.data(), pairs.size() * sizeof(uint32_t),
+  // `multiples` is a local.
+  KVT_RETURN_IF_CUDA_ERROR(cudaMemcpyAsync(multiples_, multiples.data(), multiples.size() * sizeof(uint32_t),
                                            cudaMemcpyHostToDevice, stream_),
                            "device slice metadata: offset table upload");
   KVT_RETURN_IF_CUDA_ERROR(cudaStreamSynchronize(stream_), "device slice metadata: init");
@@ -219,30 +223,28 @@ Result<DeviceSelection> DeviceSliceMetadata::SelectOnDevice(LayerId layer, const
   if (blocks == 0) return out;
   out.per_head = kernels::QuestBudgetBlocksOf(blocks, params);
   out.dense = out.per_head == blocks;
-  const uint32_t group = q_heads / kv;
-  const size_t elem = type == kernels::QuestQueryType::kFloat32 ? 4 : 2;
   DeviceGuard guard(device_);
-  for (uint32_t h = 0; h < kv; ++h) {
-    kernels::QuestSelectDeviceArgs a;
-    a.requests = 1;
-    a.q_heads = group;
-    a.kv_heads = 1;
-    a.head_dim = d;
-    a.max_blocks = blocks;
-    a.params = params;
-    a.query_type = type;
-    a.queries = static_cast<const std::byte*>(queries) + size_t{h} * group * d * elem;
-    a.block_offsets = pairs_ + 2 * size_t{blocks};
-    a.bounds = bounds(layer, h);
-    a.scales = scales(layer, h);
-    a.scores = scores_;  // scratch: the launches are ordered on the stream
-    a.selected_offsets = pairs_ + 2 * size_t{out.per_head};
-    a.selected = selected_ + size_t{h} * out.per_head;
-    // row_counters stays null: the kernel's owner measured the fused form no faster
-    // (kernels/quest_select.cuh); the top-k rides PDL behind the scores instead.
-    KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchQuestSelect(a, stream_),
-                             fmt::format("device slice metadata: quest select, layer {} kv head {}", l, h));
-  }
+  const size_t width = size_t{kv} + 1;
+  kernels::QuestSelectDeviceArgs a;
+  a.requests = 1;
+  a.q_heads = q_heads;
+  a.kv_heads = kv;
+  a.head_dim = d;
+  a.max_blocks = blocks;
+  a.params = params;
+  a.query_type = type;
+  a.queries = queries;
+  a.block_offsets = multiples_ + blocks * width;  // {0, blocks}
+  a.bounds = bounds(layer, 0);                    // head h at h · max_blocks slices
+  a.scales = scales(layer, 0);
+  a.scores = scores_;
+  a.head_pitch = options_.max_blocks;
+  a.selected_offsets = multiples_ + out.per_head * width;  // {0, k, 2k, ...}
+  a.selected = selected_;
+  // row_counters stays null: the kernel's owner measured the fused form no faster
+  // (kernels/quest_select.cuh); the top-k rides PDL behind the scores instead.
+  KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchQuestSelect(a, stream_),
+                           fmt::format("device slice metadata: quest select, layer {}", l));
   return out;
 }
 

@@ -16,12 +16,11 @@
 // ordered after them anyway. Before it rewrites the partial block's mirror bytes, Update
 // waits for the previous copy of that layer (one step old: normally done).
 //
-// SelectOnDevice(layer, queries, ...) launches LaunchQuestSelect (scores, then top-k) once
-// per KV head of the layer (the kernel wants a request's heads back to
-// back at its current block count, and here each head has a fixed capacity, so each head
-// is a one-request, one-KV-head launch with its GQA group's queries) and leaves the
-// selection on the device: [kv_heads][per_head] block indices, each row ascending, equal
-// to QuestSelector::Select on the same host metadata (the same reference contract).
+// SelectOnDevice(layer, queries, ...) runs LaunchQuestSelect (scores, then top-k) ONCE for
+// the layer — every KV head in the same launches, the heads' slices read at their fixed
+// capacity (QuestSelectDeviceArgs::head_pitch = max_blocks) — and leaves the selection on
+// the device: [kv_heads][per_head] block indices, each row ascending, equal to
+// QuestSelector::Select on the same host metadata (the same reference contract).
 // CopySelectionToHost brings them to host memory (async, with a fence) for the
 // SparsePrefetcher, which takes host selections.
 //
@@ -121,13 +120,15 @@ class DeviceSliceMetadata {
   MetadataArena arena_;
   int device_;
   cudaStream_t stream_;
-  // Arena layout (each part 256-aligned): bounds, scales, scores scratch [max_blocks],
-  // selection [kv_heads][max_blocks], offset pairs {0, i} for i in [0, max_blocks].
+  // Arena layout (each part 256-aligned): bounds, scales, scores scratch [kv_heads][max_blocks],
+  // selection [kv_heads][max_blocks], offset table: for i in [0, max_blocks] the kv_heads + 1
+  // multiples {0, i, 2i, ..., kv_heads·i} (the kernel's block offsets {0, blocks} and
+  // selected offsets of per_head entries per KV head).
   int8_t* bounds_ = nullptr;
   float* scales_ = nullptr;
   float* scores_ = nullptr;
   uint32_t* selected_ = nullptr;
-  uint32_t* pairs_ = nullptr;
+  uint32_t* multiples_ = nullptr;
   PinnedBuffer mirror_;             // bounds then scales, as on the device
   std::vector<CudaEvent> copied_;   // per layer: after its last Update's copies
   std::vector<uint64_t> tokens_;    // per layer: mirrored

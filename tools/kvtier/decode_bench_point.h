@@ -137,6 +137,7 @@ class Point {
   kernels::SparseAttentionDeviceArgs AttentionArgs(uint32_t layer) const;
   Status SelectStep(uint32_t layer, cudaStream_t stream);
   Status SelectFusedStep(uint32_t layer, cudaStream_t stream);
+  Status SelectPerHeadStep(uint32_t layer, cudaStream_t stream);
   Status ScoresStep(uint32_t layer, cudaStream_t stream);
   Status TopKStep(uint32_t layer, cudaStream_t stream);
   Status TopKBisectionStep(uint32_t layer, cudaStream_t stream);

@@ -222,6 +222,28 @@ Status Point::SelectStep(uint32_t layer, cudaStream_t stream) {
   return Status::Ok();
 }
 
+// Batch 1 only: the select as DeviceSliceMetadata::SelectOnDevice issued it before the head
+// pitch (seventh session) — one launch pair per KV head, each a one-request, one-head select
+// of the head's GQA group — on the same buffers; the selection lands where `select`'s does.
+Status Point::SelectPerHeadStep(uint32_t layer, cudaStream_t stream) {
+  const kernels::QuestSelectDeviceArgs all = SelectArgs(layer);
+  const uint32_t group = o_.q_heads / o_.kv_heads, n = blocks_;
+  for (uint32_t h = 0; h < o_.kv_heads; ++h) {
+    kernels::QuestSelectDeviceArgs a = all;
+    a.q_heads = group;
+    a.kv_heads = 1;
+    a.queries = static_cast<const uint16_t*>(all.queries) + size_t{h} * group * o_.head_dim;
+    a.bounds += size_t{h} * n * 2 * o_.head_dim;
+    a.scales += size_t{h} * n;
+    a.scores += size_t{h} * n;
+    a.block_slots += size_t{h} * n;
+    a.selected += size_t{h} * k_;  // selected_offsets {0, k, ...}: this head's row is row 0
+    a.selected_slots += size_t{h} * k_;
+    KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(a, stream));
+  }
+  return Status::Ok();
+}
+
 // The fused one (one launch, row_counters).
 Status Point::SelectFusedStep(uint32_t layer, cudaStream_t stream) {
   kernels::QuestSelectDeviceArgs a = SelectArgs(layer);

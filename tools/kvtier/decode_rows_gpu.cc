@@ -339,6 +339,18 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
                    {{"matches_digits", bisection_matches}}});
   rows->push_back({"select", "Quest scores + top-k, two launches (top-k PDL)", t_select, meta / (t_select * 1e3),
                    meta, {{"vs_dense_over_block_tokens", t_select / (t_dense / o_.block_tokens)}}});
+  if (batch_ == 1) {  // the runtime's device selection before the head pitch: a launch pair per KV head
+    KVT_ASSIGN_OR_RETURN(const double t_per_head, timed(loop(&Point::SelectPerHeadStep)));
+    std::vector<uint32_t> sel_per_head(sel_unfused.size());
+    KVT_CUDA_OR_RETURN(
+        cudaMemcpy(sel_per_head.data(), selected_.p, sel_per_head.size() * 4, cudaMemcpyDeviceToHost));
+    const bool per_head_matches = sel_per_head == sel_unfused;
+    if (!per_head_matches) fmt::print(stderr, "bench decode: MISMATCH: per-head select differs from one launch\n");
+    rows->push_back({"select_per_head", "Quest select as one launch pair per KV head (the runtime before)",
+                     t_per_head, meta / (t_per_head * 1e3), meta,
+                     {{"vs_select", t_per_head / t_select}, {"matches_select", per_head_matches}}});
+    // The attention rows below read the selection: the per-head one is the same (checked).
+  }
   rows->push_back({"select_fused", "Quest scores + top-k fused (one launch)", t_select_fused,
                    meta / (t_select_fused * 1e3), meta,
                    {{"vs_dense_over_block_tokens", t_select_fused / (t_dense / o_.block_tokens)},
