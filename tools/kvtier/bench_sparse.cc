@@ -1,8 +1,9 @@
 // `kvtier bench slice-cache | admission | prefill`: the runtime side of the sparse path
-// (docs/sparse.md) on the emulated HBM tier, each figure next to a same-run baseline.
+// (docs/sparse.md) on the emulated HBM tier — slice-cache and admission also on the GPU tier
+// (`--tier gpu`) — each figure next to a same-run baseline.
 //
 //   slice-cache  Quest selections of drifting queries (sparse_synth, papers.md §0.2) replayed
-//                through SliceCache + SparsePrefetcher + MemcpyMover with the HBM capacity
+//                through SliceCache + SparsePrefetcher + the mover with the HBM capacity
 //                set to multiples of the measured w=12 working set: per-step misses as a
 //                fraction of the selected slices (median, p99), 1.25x vs 1.0x.
 //   admission    a stream of requests at offered load 2x the HBM capacity: slices loaded per
@@ -26,6 +27,7 @@
 #include <numeric>
 #include <random>
 #include <sstream>
+#include <string>
 #include <vector>
 
 #include "commands.h"
@@ -39,6 +41,7 @@
 #include "kvtier/tier_manager.h"
 #include "kvtier/working_set.h"
 #include "memcpy_mover.h"
+#include "slice_tiers.h"
 #include "sparse_synth.h"
 
 namespace kvtier::cli {
@@ -114,12 +117,12 @@ Result<Trace> MakeTrace(const TraceSpec& s) {
 }
 
 // The tiers of one replay: DRAM blocks shared by every request (contents do not matter for
-// hit rates; the tests check bytes), an emulated HBM tier of `capacity` slices, the mover,
-// the cache and the prefetcher.
+// hit rates; the tests check bytes), an HBM tier of `capacity` slices (emulated, or the GPU
+// tier: slice_tiers.h), the mover, the cache and the prefetcher.
 struct Rig {
   std::unique_ptr<HostTier> dram;
-  std::unique_ptr<EmulatedHbmTier> hbm;
-  std::unique_ptr<MemcpyMover> mover;
+  std::unique_ptr<Tier> hbm;
+  std::unique_ptr<Mover> mover;
   std::unique_ptr<SliceCache> cache;
   std::unique_ptr<SparsePrefetcher> prefetcher;
   std::vector<SlotId> dram_slots;
@@ -131,16 +134,12 @@ struct Rig {
   }
 };
 
-Result<std::unique_ptr<Rig>> MakeRig(const KvGeometry& g, uint32_t blocks, uint32_t capacity) {
+Result<std::unique_ptr<Rig>> MakeRig(SliceTierKind kind, const KvGeometry& g, uint32_t blocks, uint32_t capacity) {
   auto rig = std::make_unique<Rig>();
-  HostTierOptions ho;
-  ho.slot_bytes = g.block_bytes();
-  ho.slot_count = blocks;
-  ho.pinning = PinningPolicy::kAllowUnpinned;
-  ho.touch_threads = 1;
-  KVT_ASSIGN_OR_RETURN(rig->dram, HostTier::Create(ho));
-  KVT_ASSIGN_OR_RETURN(rig->hbm, EmulatedHbmTier::Create({.slot_bytes = g.slice_bytes(), .slot_count = capacity}));
-  KVT_ASSIGN_OR_RETURN(rig->mover, MemcpyMover::Create(rig->dram.get(), rig->hbm.get(), {.threads = 1}));
+  KVT_ASSIGN_OR_RETURN(SliceTiers tiers, MakeSliceTiers(kind, g.block_bytes(), blocks, g.slice_bytes(), capacity));
+  rig->dram = std::move(tiers.dram);
+  rig->hbm = std::move(tiers.hbm);
+  rig->mover = std::move(tiers.mover);
   SliceCacheOptions co;
   co.geometry = g;
   KVT_ASSIGN_OR_RETURN(rig->cache, SliceCache::Create(co, rig->hbm.get()));
@@ -174,11 +173,17 @@ struct SliceCacheBenchOptions {
   float drift = 0.1f;
   std::vector<double> capacities{1.25, 1.0, 0.8};
   uint64_t seed = 1;
+  std::string tier = "emulated";
   bool json = false;
 };
 
 int RunSliceCacheBench(const SliceCacheBenchOptions& o) {
   const KvGeometry g{.layers = o.layers, .kv_heads = o.kv_heads, .head_dim = 128, .block_tokens = 16, .dtype = DType::kBF16};
+  SliceTierKind kind;
+  if (!ParseSliceTierKind(o.tier, &kind)) {
+    fmt::print(stderr, "bench slice-cache: --tier {}: give emulated or gpu\n", o.tier);
+    return 2;
+  }
   const auto t0 = Clock::now();
   const uint32_t total_steps = o.window + o.steps;
   Result<Trace> tr = MakeTrace({g, o.tokens, o.budget, total_steps, o.seed, o.drift});
@@ -204,28 +209,29 @@ int RunSliceCacheBench(const SliceCacheBenchOptions& o) {
   const double selected_per_step = double(trace.per_head) * g.kv_heads * g.layers;
   if (!o.json) {
     fmt::print("slice-cache: {} tokens, {} layers x {} kv heads, d=128, 16-token bf16 blocks ({} KiB slices), budget {} "
-               "({} blocks/head), drift {}, {} steps after {} warm-up; trace {:.1f} s\n",
+               "({} blocks/head), drift {}, {} steps after {} warm-up; {} HBM tier; trace {:.1f} s\n",
                o.tokens, g.layers, g.kv_heads, g.slice_bytes() >> 10, o.budget, trace.per_head, o.drift, o.steps,
-               o.window, trace_s);
+               o.window, SliceTierName(kind), trace_s);
     fmt::print("selected {:.0f} slices/step; working set (w={}) mean {:.0f} slices = {:.2f}x a step's selection, max {:.0f}\n",
                selected_per_step, o.window, ws_mean, ws_mean / selected_per_step, *std::max_element(ws.begin(), ws.end()));
-    fmt::print("{:<10} {:>9} {:>12} {:>12} {:>12} {:>10} {:>11} {:>8}\n", "capacity", "slices", "miss% med",
-               "miss% p99", "miss% mean", "loaded MiB", "copy GB/s", "failed");
+    fmt::print("{:<10} {:>9} {:>12} {:>12} {:>12} {:>10} {:>11} {:>12} {:>8}\n", "capacity", "slices", "miss% med",
+               "miss% p99", "miss% mean", "loaded MiB", "copy GB/s", "step us med", "failed");
   }
   for (double cap_x : o.capacities) {
     const auto capacity = static_cast<uint32_t>(std::ceil(cap_x * ws_mean));
-    auto rig_r = MakeRig(g, trace.blocks, capacity);
+    auto rig_r = MakeRig(kind, g, trace.blocks, capacity);
     if (!rig_r.ok()) {
       fmt::print(stderr, "bench slice-cache: {}\n", rig_r.status().ToString());
       return 2;
     }
     Rig& rig = **rig_r;
     const auto keys = RequestKeys(1, g, trace.blocks);
-    std::vector<double> miss;
+    std::vector<double> miss, step_us;
     uint32_t failed = 0;
     for (uint32_t s = 0; s < total_steps; ++s) {
       uint64_t m = 0;
       bool ok = true;
+      const auto step_start = Clock::now();
       for (uint32_t l = 0; l < g.layers; ++l) {
         std::vector<LayerSelection> work = {
             {SequenceLayer{.request = RequestId{1}, .tokens = o.tokens, .keys = keys[l], .dram_slots = rig.dram_slots},
@@ -243,6 +249,7 @@ int RunSliceCacheBench(const SliceCacheBenchOptions& o) {
         ++failed;
         continue;
       }
+      step_us.push_back(1e6 * Seconds(step_start));  // every layer's Prefetch, its loads landed
       miss.push_back(100.0 * double(m) / selected_per_step);
     }
     const SliceCacheStats cs = rig.cache->Stats();
@@ -254,12 +261,13 @@ int RunSliceCacheBench(const SliceCacheBenchOptions& o) {
                                         {"budget", o.budget}, {"drift", o.drift}, {"steps", o.steps},
                                         {"miss_pct_median", Quantile(miss, 0.5)}, {"miss_pct_p99", Quantile(miss, 0.99)},
                                         {"miss_pct_mean", Mean(miss)}, {"loaded_bytes", cs.loaded_bytes},
-                                        {"evictions", cs.evictions}, {"copy_gbps", ms.gbps()}, {"failed_steps", failed}}
+                                        {"evictions", cs.evictions}, {"copy_gbps", ms.gbps()}, {"tier", SliceTierName(kind)},
+                                        {"step_us_median", Quantile(step_us, 0.5)}, {"failed_steps", failed}}
                                 .dump());
     } else {
-      fmt::print("{:<10} {:>9} {:>12.2f} {:>12.2f} {:>12.2f} {:>10.1f} {:>11.2f} {:>8}\n", fmt::format("{:.2f}x WS", cap_x),
-                 capacity, Quantile(miss, 0.5), Quantile(miss, 0.99), Mean(miss), double(cs.loaded_bytes) / (1 << 20),
-                 ms.gbps(), failed);
+      fmt::print("{:<10} {:>9} {:>12.2f} {:>12.2f} {:>12.2f} {:>10.1f} {:>11.2f} {:>12.1f} {:>8}\n",
+                 fmt::format("{:.2f}x WS", cap_x), capacity, Quantile(miss, 0.5), Quantile(miss, 0.99), Mean(miss),
+                 double(cs.loaded_bytes) / (1 << 20), ms.gbps(), Quantile(step_us, 0.5), failed);
     }
   }
   if (!o.json) fmt::print("target: misses <= 5% of the selected slices per step at 1.25x the working set\n");
@@ -280,6 +288,7 @@ struct AdmissionBenchOptions {
   uint32_t window = 12;
   float drift = 0.1f;
   uint64_t seed = 7;
+  std::string tier = "emulated";
   bool json = false;
 };
 
@@ -304,7 +313,11 @@ struct Request {
 // once; with `admit` the waiting ones also pass AdmitBatch against `hbm_bytes`.
 Result<ScenarioResult> RunScenario(const AdmissionBenchOptions& o, const KvGeometry& g, const std::vector<Trace>& traces,
                                    uint32_t capacity, uint32_t cap, bool admit, double prior_slices) {
-  KVT_ASSIGN_OR_RETURN(auto rig, MakeRig(g, traces[0].blocks, capacity));
+  SliceTierKind kind;
+  if (!ParseSliceTierKind(o.tier, &kind)) {
+    return Status::InvalidArgument(fmt::format("--tier {}: give emulated or gpu", o.tier));
+  }
+  KVT_ASSIGN_OR_RETURN(auto rig, MakeRig(kind, g, traces[0].blocks, capacity));
   KVT_ASSIGN_OR_RETURN(auto est, WorkingSetEstimator::Create({.geometry = g, .window_steps = o.window}));
   const Bytes hbm_bytes{uint64_t{capacity} * g.slice_bytes()};
   uint64_t next_id = 0;
@@ -416,6 +429,10 @@ Result<ScenarioResult> RunScenario(const AdmissionBenchOptions& o, const KvGeome
 
 int RunAdmissionBench(const AdmissionBenchOptions& o) {
   const KvGeometry g{.layers = o.layers, .kv_heads = o.kv_heads, .head_dim = 128, .block_tokens = 16, .dtype = DType::kBF16};
+  if (SliceTierKind kind; !ParseSliceTierKind(o.tier, &kind)) {
+    fmt::print(stderr, "bench admission: --tier {}: give emulated or gpu\n", o.tier);
+    return 2;
+  }
   const auto t0 = Clock::now();
   std::vector<Trace> traces;
   for (uint32_t i = 0; i < o.sequences; ++i) {
@@ -450,9 +467,10 @@ int RunAdmissionBench(const AdmissionBenchOptions& o) {
                       {"2x load, no admission", 2 * o.requests_1x, false}};
   if (!o.json) {
     fmt::print("admission: {} tokens, {} layers x {} kv heads, budget {} ({} blocks/head); working set {:.0f} slices/request "
-               "(w={}); HBM {} slices = {} requests' working sets ({:.1f} MiB); {} steps after {} warm-up; traces {:.1f} s\n",
+               "(w={}); HBM {} slices = {} requests' working sets ({:.1f} MiB, {} tier); {} steps after {} warm-up; "
+               "traces {:.1f} s\n",
                o.tokens, g.layers, g.kv_heads, o.budget, traces[0].per_head, ws, o.window, capacity, o.requests_1x,
-               double(capacity) * g.slice_bytes() / (1 << 20), o.steps - o.warmup, o.warmup, trace_s);
+               double(capacity) * g.slice_bytes() / (1 << 20), o.tier, o.steps - o.warmup, o.warmup, trace_s);
     fmt::print("{:<24} {:>8} {:>10} {:>14} {:>14} {:>9} {:>12} {:>10}\n", "scenario", "cap", "batch", "loads/step",
                "loads/req-step", "miss %", "micro/step", "vs 1x");
   }
@@ -466,7 +484,7 @@ int RunAdmissionBench(const AdmissionBenchOptions& o) {
     if (base == 0) base = r->loads_per_step;
     const double ratio = base > 0 ? r->loads_per_step / base : 0;
     if (o.json) {
-      fmt::print("{}\n", nlohmann::json{{"bench", "admission"}, {"scenario", row.name}, {"request_cap", row.cap},
+      fmt::print("{}\n", nlohmann::json{{"bench", "admission"}, {"tier", o.tier}, {"scenario", row.name}, {"request_cap", row.cap},
                                         {"admission", row.admit}, {"capacity_slices", capacity}, {"ws_slices", ws},
                                         {"batch", r->batch}, {"loads_per_step", r->loads_per_step},
                                         {"loads_per_request_step", r->loads_per_request_step}, {"miss_pct", r->miss_pct},
@@ -627,6 +645,7 @@ void AddBenchSparseCommands(CLI::App& bench, int* exit_code) {
   c->add_option("--drift", sc->drift, "query drift per step")->capture_default_str();
   c->add_option("--capacities", sc->capacities, "HBM capacities as multiples of the working set")->delimiter(',');
   c->add_option("--seed", sc->seed, "generator seed")->capture_default_str();
+  c->add_option("--tier", sc->tier, "HBM tier: emulated, or gpu (CUDA builds, on a GPU)")->capture_default_str();
   c->add_flag("--json", sc->json, "JSON lines");
   c->callback([sc, exit_code] { *exit_code = RunSliceCacheBench(*sc); });
 
@@ -640,6 +659,7 @@ void AddBenchSparseCommands(CLI::App& bench, int* exit_code) {
   a->add_option("--steps", ad->steps, "decode steps simulated")->capture_default_str();
   a->add_option("--warmup", ad->warmup, "steps not measured")->capture_default_str();
   a->add_option("--seed", ad->seed, "generator seed")->capture_default_str();
+  a->add_option("--tier", ad->tier, "HBM tier: emulated, or gpu (CUDA builds, on a GPU)")->capture_default_str();
   a->add_flag("--json", ad->json, "JSON lines");
   a->callback([ad, exit_code] {
     if (ad->warmup >= ad->steps) {
