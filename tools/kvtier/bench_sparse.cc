@@ -148,16 +148,19 @@ Result<std::unique_ptr<Rig>> MakeRig(SliceTierKind kind, const KvGeometry& g, ui
   return rig;
 }
 
-// Block keys of request `r`: [layer][block].
+// Block keys of request `r`: [layer][block]. Chain hashes are keyed hashes, uniform in every
+// byte (the caches hash on their first 8 bytes): random bytes from a generator seeded by `r`,
+// the same for every layer of a block. (Until the seventh session they were r and the block
+// index written into the first bytes — every block of a request then shared its first 8 bytes
+// and the slice cache's hash map degenerated into one chain per request.)
 std::vector<std::vector<BlockKey>> RequestKeys(uint64_t r, const KvGeometry& g, uint32_t blocks) {
   std::vector<std::vector<BlockKey>> keys(g.layers);
-  for (uint32_t l = 0; l < g.layers; ++l)
-    for (uint32_t b = 0; b < blocks; ++b) {
-      ChainHash c;
-      std::memcpy(c.bytes.data(), &r, 8);
-      std::memcpy(c.bytes.data() + 8, &b, 4);
-      keys[l].push_back(BlockKey{c, LayerId{l}});
-    }
+  std::mt19937_64 rng(0x9E3779B97F4A7C15ull * (r + 1));
+  for (uint32_t b = 0; b < blocks; ++b) {
+    ChainHash c;
+    for (auto& x : c.bytes) x = static_cast<uint8_t>(rng());
+    for (uint32_t l = 0; l < g.layers; ++l) keys[l].push_back(BlockKey{c, LayerId{l}});
+  }
   return keys;
 }
 
