@@ -23,6 +23,27 @@ using attention_internal::Pick;
 
 size_t AlignUp(size_t x) { return (x + 255) / 256 * 256; }
 
+// Allows `kernel` `smem` bytes of dynamic shared memory: with the static part the total may
+// pass 48 KiB at any size, so every kernel with dynamic shared memory opts in.
+template <class Kernel>
+cudaError_t OptInSharedMemory(Kernel kernel, uint32_t smem) {
+  if (smem == 0) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+}
+
+// CTAs of `kernel` (kThreads each, `smem` bytes of dynamic shared memory) resident per SM of
+// the current device.
+template <class Kernel>
+cudaError_t ResidentCtasPerSm(Kernel kernel, uint32_t smem, uint32_t* ctas) {
+  if (cudaError_t e = OptInSharedMemory(kernel, smem); e != cudaSuccess) return e;
+  int per_sm = 0;
+  if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem); e != cudaSuccess) {
+    return e;
+  }
+  *ctas = static_cast<uint32_t>(std::max(per_sm, 0));
+  return cudaSuccess;
+}
+
 struct Layout {
   size_t counters = 0, claims = 0, partial = 0, lse = 0, total = 0;  // claims: balanced plans only
 };
@@ -240,11 +261,9 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
       for (bool deep : {false, true}) {
         const KernelPtr k = Pick(shape.head_dim, h, type, AttentionOutput::kFloat32, deep);
         if (k == nullptr) continue;
-        int per_sm = 0;
-        if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, 0); e != cudaSuccess) {
+        if (cudaError_t e = ResidentCtasPerSm(k, 0, &(deep ? occ.deep : occ.standard)[Log2Heads(h)]); e != cudaSuccess) {
           return e;
         }
-        (deep ? occ.deep : occ.standard)[Log2Heads(h)] = static_cast<uint32_t>(std::max(per_sm, 0));
       }
     }
     *out = PlanSparseAttention(shape, max_pages_per_row, sm_count, occ, rule);
@@ -260,15 +279,7 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
       const attention_internal::MmaKernelPtr k =
           attention_internal::PickMma(shape.head_dim, h, type, AttentionOutput::kFloat32);
       if (k == nullptr) continue;
-      if (cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-          e != cudaSuccess) {
-        return e;
-      }
-      int per_sm = 0;
-      if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem); e != cudaSuccess) {
-        return e;
-      }
-      occ.standard[Log2Heads(h)] = static_cast<uint32_t>(std::max(per_sm, 0));
+      if (cudaError_t e = ResidentCtasPerSm(k, smem, &occ.standard[Log2Heads(h)]); e != cudaSuccess) return e;
     }
     *out = PlanSparseAttention(shape, max_pages_per_row, sm_count, occ, rule);
     out->mma = out->rows != 0;
@@ -319,20 +330,8 @@ cudaError_t SparseAttentionCtasPerSm(const SparseAttentionShape& shape, HalfType
   *ctas_per_sm = 0;
   if (plan.cluster != 0) return cudaSuccess;
   const uint32_t h = plan.heads_per_cta;
-  auto occupancy = [&](auto k, uint32_t smem) -> cudaError_t {
-    if (k == nullptr) return cudaSuccess;
-    if (smem > 0) {
-      if (cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-          e != cudaSuccess) {
-        return e;
-      }
-    }
-    int per_sm = 0;
-    if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kThreads, smem); e != cudaSuccess) {
-      return e;
-    }
-    *ctas_per_sm = static_cast<uint32_t>(std::max(per_sm, 0));
-    return cudaSuccess;
+  auto occupancy = [&](auto k, uint32_t smem) {
+    return k == nullptr ? cudaSuccess : ResidentCtasPerSm(k, smem, ctas_per_sm);
   };
   if (plan.mma) {
     return occupancy(attention_internal::PickMma(shape.head_dim, h, type, output),
@@ -448,15 +447,9 @@ cudaError_t LaunchSparseAttention(const SparseAttentionDeviceArgs& a, const Spar
   auto* partial = reinterpret_cast<float*>(ws + l.partial);
   auto* lse = reinterpret_cast<float*>(ws + l.lse);
   auto* counters = reinterpret_cast<uint32_t*>(ws + l.counters);
-  // With the static shared memory the total may pass 48 KiB at any size: always opt in.
   auto launch = [&](auto kernel, uint32_t smem, auto... extra) -> cudaError_t {
     if (kernel == nullptr) return cudaErrorInvalidValue;
-    if (smem > 0) {
-      if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-          e != cudaSuccess) {
-        return e;
-      }
-    }
+    if (cudaError_t e = OptInSharedMemory(kernel, smem); e != cudaSuccess) return e;
     cfg.dynamicSmemBytes = smem;
     return cudaLaunchKernelEx(&cfg, kernel, a, plan.chunk_pages, shift, partial, lse, counters, extra...);
   };

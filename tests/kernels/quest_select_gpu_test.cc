@@ -107,6 +107,80 @@ Batch Build(const Case& c, uint32_t seed) {
   return b;
 }
 
+// The packed launch `a` (its scores, selection and slots: `gpu_*`) again with the same
+// metadata at a head pitch (QuestSelectDeviceArgs::head_pitch): (request r, head h) at slice
+// (r·kv_heads + h)·pitch, the padding filled with other random bounds, scales and slots. Every
+// score kernel and top-k: the same scores (at the pitched places), selection and slots, bit
+// for bit, and no score written into the padding. `selected` / `selected_slots`: a's outputs.
+void CheckPitchedLayout(const Case& c, const Batch& b, const QuestSelectDeviceArgs& a, uint32_t seed,
+                        const std::vector<float>& gpu_scores, const std::vector<uint32_t>& gpu_sel,
+                        const std::vector<uint32_t>& gpu_slots, DeviceArray<uint32_t>& selected,
+                        DeviceArray<uint32_t>& selected_slots) {
+  const auto requests = static_cast<uint32_t>(c.blocks.size());
+  const uint32_t d = c.d;
+  const uint32_t pitch = a.max_blocks + 3;
+  const size_t pitched_slices = size_t{requests} * c.kv_heads * pitch;
+  std::mt19937 junk(seed + 1);
+  std::vector<int8_t> pbounds(pitched_slices * 2 * d);
+  for (int8_t& x : pbounds) x = static_cast<int8_t>(junk());
+  std::vector<float> pscales(pitched_slices);
+  for (float& x : pscales) x = 1e-3f * static_cast<float>(junk() % 1000 + 1);
+  std::vector<uint32_t> pslots(pitched_slices);
+  for (uint32_t& x : pslots) x = junk();
+  for (uint32_t r = 0; r < requests; ++r) {
+    const uint32_t n = c.blocks[r];
+    for (uint32_t h = 0; h < c.kv_heads; ++h) {
+      const size_t from = size_t{b.block_offsets[r]} * c.kv_heads + size_t{h} * n;
+      const size_t to = (size_t{r} * c.kv_heads + h) * pitch;
+      std::copy_n(b.bounds.begin() + from * 2 * d, size_t{n} * 2 * d, pbounds.begin() + to * 2 * d);
+      std::copy_n(b.scales.begin() + from, n, pscales.begin() + to);
+      std::copy_n(b.slots.begin() + from, n, pslots.begin() + to);
+    }
+  }
+  DeviceArray<int8_t> pitched_bounds(pbounds);
+  DeviceArray<float> pitched_scales(pscales), pitched_scores(pitched_slices);
+  DeviceArray<uint32_t> pitched_slots(pslots);
+  DeviceArray<uint32_t> pitched_counters(size_t{requests} * c.kv_heads);
+  ASSERT_CUDA(cudaMemset(pitched_counters.p, 0, pitched_counters.n * sizeof(uint32_t)));
+  for (int variant = 0; variant < 4; ++variant) {
+    QuestSelectDeviceArgs t = a;
+    t.bounds = pitched_bounds.p;
+    t.scales = pitched_scales.p;
+    t.scores = pitched_scores.p;
+    t.block_slots = pitched_slots.p;
+    t.head_pitch = pitch;
+    if (variant == 1) t.score_algorithm = QuestScoreAlgorithm::kRegisterRing;
+    if (variant == 2) t.topk_algorithm = QuestTopKAlgorithm::kBisection;
+    if (variant == 3) t.row_counters = pitched_counters.p;  // fused
+    ASSERT_CUDA(cudaMemset(pitched_scores.p, 0xff, pitched_scores.n * sizeof(float)));  // NaN
+    ASSERT_CUDA(cudaMemset(selected.p, 0xAA, selected.n * sizeof(uint32_t)));
+    ASSERT_CUDA(cudaMemset(selected_slots.p, 0xAA, selected_slots.n * sizeof(uint32_t)));
+    ASSERT_CUDA(LaunchQuestSelect(t, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    const std::vector<float> got = pitched_scores.Get();
+    for (uint32_t r = 0; r < requests; ++r) {
+      const uint32_t n = c.blocks[r];
+      for (uint32_t h = 0; h < c.kv_heads; ++h) {
+        const size_t from = size_t{b.block_offsets[r]} * c.kv_heads + size_t{h} * n;
+        const size_t to = (size_t{r} * c.kv_heads + h) * pitch;
+        ASSERT_EQ(std::memcmp(&got[to], &gpu_scores[from], size_t{n} * sizeof(float)), 0)
+            << "pitched scores, variant " << variant << ", request " << r << " head " << h;
+        for (uint32_t blk = n; blk < pitch; ++blk) {
+          ASSERT_TRUE(std::isnan(got[to + blk])) << "a score written into the padding, variant " << variant;
+        }
+      }
+    }
+    ASSERT_EQ(selected.Get(), gpu_sel) << "pitched selection, variant " << variant;
+    ASSERT_EQ(selected_slots.Get(), gpu_slots) << "pitched slots, variant " << variant;
+  }
+  // A pitch below max_blocks is refused.
+  QuestSelectDeviceArgs narrow = a;
+  narrow.head_pitch = a.max_blocks - 1;
+  if (narrow.head_pitch != 0) {
+    EXPECT_EQ(LaunchQuestSelect(narrow, nullptr), cudaErrorInvalidValue);
+  }
+}
+
 void RunCase(const Case& c, uint32_t seed) {
   const Batch b = Build(c, seed);
   const auto requests = static_cast<uint32_t>(c.blocks.size());
@@ -304,71 +378,7 @@ void RunCase(const Case& c, uint32_t seed) {
   }
   ASSERT_CUDA(cudaStreamDestroy(stream));
 
-  // The same metadata at a head pitch (QuestSelectDeviceArgs::head_pitch): (request r, head h)
-  // at slice (r·kv_heads + h)·pitch, the padding filled with other random bounds, scales and
-  // slots. Every score kernel and top-k: the same scores (at the pitched places), selection and
-  // slots as the packed launch, bit for bit, and no score written into the padding.
-  const uint32_t pitch = a.max_blocks + 3;
-  const size_t pitched_slices = size_t{requests} * c.kv_heads * pitch;
-  std::mt19937 junk(seed + 1);
-  std::vector<int8_t> pbounds(pitched_slices * 2 * d);
-  for (int8_t& x : pbounds) x = static_cast<int8_t>(junk());
-  std::vector<float> pscales(pitched_slices);
-  for (float& x : pscales) x = 1e-3f * static_cast<float>(junk() % 1000 + 1);
-  std::vector<uint32_t> pslots(pitched_slices);
-  for (uint32_t& x : pslots) x = junk();
-  for (uint32_t r = 0; r < requests; ++r) {
-    const uint32_t n = c.blocks[r];
-    for (uint32_t h = 0; h < c.kv_heads; ++h) {
-      const size_t from = size_t{b.block_offsets[r]} * c.kv_heads + size_t{h} * n;
-      const size_t to = (size_t{r} * c.kv_heads + h) * pitch;
-      std::copy_n(b.bounds.begin() + from * 2 * d, size_t{n} * 2 * d, pbounds.begin() + to * 2 * d);
-      std::copy_n(b.scales.begin() + from, n, pscales.begin() + to);
-      std::copy_n(b.slots.begin() + from, n, pslots.begin() + to);
-    }
-  }
-  DeviceArray<int8_t> pitched_bounds(pbounds);
-  DeviceArray<float> pitched_scales(pscales), pitched_scores(pitched_slices);
-  DeviceArray<uint32_t> pitched_slots(pslots);
-  DeviceArray<uint32_t> pitched_counters(size_t{requests} * c.kv_heads);
-  ASSERT_CUDA(cudaMemset(pitched_counters.p, 0, pitched_counters.n * sizeof(uint32_t)));
-  for (int variant = 0; variant < 4; ++variant) {
-    QuestSelectDeviceArgs t = a;
-    t.bounds = pitched_bounds.p;
-    t.scales = pitched_scales.p;
-    t.scores = pitched_scores.p;
-    t.block_slots = pitched_slots.p;
-    t.head_pitch = pitch;
-    if (variant == 1) t.score_algorithm = QuestScoreAlgorithm::kRegisterRing;
-    if (variant == 2) t.topk_algorithm = QuestTopKAlgorithm::kBisection;
-    if (variant == 3) t.row_counters = pitched_counters.p;  // fused
-    ASSERT_CUDA(cudaMemset(pitched_scores.p, 0xff, pitched_scores.n * sizeof(float)));  // NaN
-    ASSERT_CUDA(cudaMemset(selected.p, 0xAA, selected.n * sizeof(uint32_t)));
-    ASSERT_CUDA(cudaMemset(selected_slots.p, 0xAA, selected_slots.n * sizeof(uint32_t)));
-    ASSERT_CUDA(LaunchQuestSelect(t, nullptr));
-    ASSERT_CUDA(cudaDeviceSynchronize());
-    const std::vector<float> got = pitched_scores.Get();
-    for (uint32_t r = 0; r < requests; ++r) {
-      const uint32_t n = c.blocks[r];
-      for (uint32_t h = 0; h < c.kv_heads; ++h) {
-        const size_t from = size_t{b.block_offsets[r]} * c.kv_heads + size_t{h} * n;
-        const size_t to = (size_t{r} * c.kv_heads + h) * pitch;
-        ASSERT_EQ(std::memcmp(&got[to], &gpu_scores[from], size_t{n} * sizeof(float)), 0)
-            << "pitched scores, variant " << variant << ", request " << r << " head " << h;
-        for (uint32_t blk = n; blk < pitch; ++blk) {
-          ASSERT_TRUE(std::isnan(got[to + blk])) << "a score written into the padding, variant " << variant;
-        }
-      }
-    }
-    ASSERT_EQ(selected.Get(), gpu_sel) << "pitched selection, variant " << variant;
-    ASSERT_EQ(selected_slots.Get(), gpu_slots) << "pitched slots, variant " << variant;
-  }
-  // A pitch below max_blocks is refused.
-  QuestSelectDeviceArgs narrow = a;
-  narrow.head_pitch = a.max_blocks - 1;
-  if (narrow.head_pitch != 0) {
-    EXPECT_EQ(LaunchQuestSelect(narrow, nullptr), cudaErrorInvalidValue);
-  }
+  CheckPitchedLayout(c, b, a, seed, gpu_scores, gpu_sel, gpu_slots, selected, selected_slots);
 }
 
 class QuestSelectGpu : public ::testing::TestWithParam<Case> {};

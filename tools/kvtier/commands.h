@@ -20,6 +20,7 @@ void AddFsckCommand(CLI::App& app, int* exit_code);
 void AddBenchNvmeCommand(CLI::App& bench, int* exit_code);
 void AddBenchDecodeCommand(CLI::App& bench, int* exit_code);  // CUDA builds measure; others explain
 void AddBenchSparseCommands(CLI::App& bench, int* exit_code);  // slice-cache, admission, prefill
+void AddBenchPrefillCommand(CLI::App& bench, int* exit_code);   // prefill (AddBenchSparseCommands adds it)
 void AddSelectCommand(CLI::App& app, int* exit_code);
 void AddBenchSelectCommand(CLI::App& bench, int* exit_code);
 

@@ -178,7 +178,7 @@ class Point {
     std::unique_ptr<DeviceMem[]> ws;  // one per group
     ~Split();
   };
-  Status SetUpSplit(uint32_t groups, kernels::SparseAttentionKernels kernels_kind);
+  Status SetUpSplit(uint32_t groups);
   Status SparseSplitStep(uint32_t layer, cudaStream_t stream);
   // `sparse_graph_split2` (batch ≥ 2), checked against `ref` (sparse_graph's step: the same
   // selection, attention within AttentionClose).

@@ -26,7 +26,7 @@ Point::Split::~Split() {
   if (fork != nullptr) cudaEventDestroy(fork);
 }
 
-Status Point::SetUpSplit(uint32_t groups, kernels::SparseAttentionKernels kernels_kind) {
+Status Point::SetUpSplit(uint32_t groups) {
   split_ = std::make_unique<Split>();
   Split& sp = *split_;
   const uint32_t per = (batch_ + groups - 1) / groups;
@@ -46,7 +46,7 @@ Status Point::SetUpSplit(uint32_t groups, kernels::SparseAttentionKernels kernel
     kernels::SparseAttentionShape s = shape_;
     s.requests = sp.first[g + 1] - sp.first[g];
     KVT_CUDA_OR_RETURN(
-        kernels::PlanSparseAttentionForDevice(s, kernels::HalfType::kBf16, k_, o_.device, kernels_kind, &sp.plans[g]));
+        kernels::PlanSparseAttentionForDevice(s, kernels::HalfType::kBf16, k_, o_.device, &sp.plans[g]));
     KVT_CUDA_OR_RETURN(cudaMalloc(&sp.ws[g].p, kernels::SparseAttentionWorkspaceBytes(s, sp.plans[g])));
     KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(sp.ws[g].p, s, sp.plans[g], nullptr));
   }
@@ -94,7 +94,7 @@ Status Point::SplitRows(const StepOutcome& ref, double t_graph, cudaStream_t str
   // than the whole-batch step on the H100 (docs/sparse.md, round 11).
   constexpr uint32_t kGroups = 2;
   if (batch_ < kGroups) return Status::Ok();
-  KVT_RETURN_IF_ERROR(SetUpSplit(kGroups, kernels::SparseAttentionKernels::kAuto));
+  KVT_RETURN_IF_ERROR(SetUpSplit(kGroups));
   KVT_ASSIGN_OR_RETURN(const double t, TimedGraph(&Point::SparseSplitStep, stream));
   KVT_ASSIGN_OR_RETURN(const StepOutcome step, OneStepOf(&Point::SparseSplitStep, stream));
   const std::string name = fmt::format("split{}", kGroups);
