@@ -105,12 +105,14 @@ cudaError_t LaunchQuestScores(const QuestSelectDeviceArgs& a, cudaStream_t strea
 }
 
 namespace {
-cudaError_t LaunchTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl) {
+// behind_own_scores: the launch follows this file's score launch of the same `a` (see
+// LaunchDigitTopK's inputs_early).
+cudaError_t LaunchTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl, bool behind_own_scores) {
   const bool digits = a.topk_algorithm == QuestTopKAlgorithm::kDigits
                           ? a.max_blocks <= quest_internal::kDigitTopKMaxBlocks
                           : a.topk_algorithm == QuestTopKAlgorithm::kAuto && a.max_blocks <= kDigitTopKAutoMaxBlocks;
   if (digits) {
-    return quest_internal::LaunchDigitTopK(a, stream, pdl);
+    return quest_internal::LaunchDigitTopK(a, stream, pdl, pdl && behind_own_scores);
   }
   return quest_internal::LaunchBisectionTopK(a, stream, pdl);
 }
@@ -118,7 +120,7 @@ cudaError_t LaunchTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool
 
 cudaError_t LaunchQuestTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
   if (!ValidForTopK(a)) return cudaErrorInvalidValue;
-  return LaunchTopK(a, stream, a.programmatic_dependent_launch);
+  return LaunchTopK(a, stream, a.programmatic_dependent_launch, false);
 }
 
 cudaError_t LaunchQuestSelect(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
@@ -131,8 +133,9 @@ cudaError_t LaunchQuestSelect(const QuestSelectDeviceArgs& a, cudaStream_t strea
   if (cudaError_t e = LaunchScoresAny(a, stream, false); e != cudaSuccess) return e;
   // The top-k always rides PDL behind its scores (the score kernel triggers at its start): its
   // CTAs are resident when the last score CTA ends, no launch gap; it waits for them in
-  // cudaGridDependencySynchronize. Same result as a plain launch.
-  return LaunchTopK(a, stream, true);
+  // cudaGridDependencySynchronize — after reading the row's offsets and slots, which the
+  // scores do not write. Same result as a plain launch.
+  return LaunchTopK(a, stream, true, true);
 }
 
 }  // namespace kvtier::kernels

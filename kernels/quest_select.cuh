@@ -55,11 +55,13 @@ enum class QuestQueryType : uint8_t { kFloat32 = 0, kBf16 = 1, kFp16 = 2 };
 //   kBisection  (round 5) 64-bit (score, index) keys bisected bit by bit, one barrier per
 //               bit (~43 at 2048 blocks).
 //   kAuto       (default) kDigits when the launch's max_blocks is ≤ kDigitTopKAutoMaxBlocks
-//               (2048), else kBisection for every row of the launch: on the H100
-//               (docs/sparse.md, round 8 run) the digits took 8.3 µs against 9.5 at 2048
-//               blocks per row but 21.5 against 15.9 at 8192 (its 1024-thread form).
+//               (8192), else the radix path. Up to the eighth session kAuto took the digits
+//               only up to 2048 blocks (round 8 run: 21.5 µs against the bisection's 15.9 at
+//               8192); with the eighth session's search (docs/sparse.md, round 12) the
+//               1024-thread digits take 10.6 µs against 15.8 there, and the sparse step at
+//               128K gets 1.15–1.22× faster.
 enum class QuestTopKAlgorithm : uint8_t { kDigits = 0, kBisection = 1, kAuto = 2 };
-inline constexpr uint32_t kDigitTopKAutoMaxBlocks = 2048;
+inline constexpr uint32_t kDigitTopKAutoMaxBlocks = 8192;
 
 // The score launch's kernel (the separate launch; the fused one-launch path always takes
 // kRegisterRing). Same scores, bit for bit, either way (same lane → channel split, same order

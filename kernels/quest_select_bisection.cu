@@ -1,5 +1,5 @@
-// The bisection top-k kernel and its launch (QuestTopKAlgorithm::kBisection; kAuto above
-// kDigitTopKAutoMaxBlocks blocks, kDigits above kDigitTopKMaxBlocks). The row's top-k itself
+// The bisection top-k kernel and its launch (QuestTopKAlgorithm::kBisection; kAuto and kDigits
+// above 8192 blocks: kDigitTopKAutoMaxBlocks, kDigitTopKMaxBlocks). The row's top-k itself
 // (TopKRow) is in quest_select_bisection_internal.cuh, shared with the fused score kernel.
 // The top-k pass touches only n floats per row (L2-resident right after the scores), so one
 // CTA per row suffices; its cost is its serial steps (one barrier per key bit of the

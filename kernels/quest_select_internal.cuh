@@ -69,7 +69,10 @@ inline constexpr uint32_t kDigitTopKMaxBlocks = 8192;
 
 // The digit top-k (quest_select_topk.cu) over every row of `a` (requests · kv_heads CTAs of
 // 256 threads when max_blocks ≤ 2048, else 1024); requires a.max_blocks ≤ kDigitTopKMaxBlocks.
-cudaError_t LaunchDigitTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl);
+// inputs_early: the launch rides PDL behind a kernel that writes only the scores and waits for
+// its own predecessor before it triggers (LaunchQuestSelect's score launch), so the row's
+// offsets and slots are read before the wait; otherwise nothing is read before it.
+cudaError_t LaunchDigitTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl, bool inputs_early);
 
 // The score kernels (quest_select_scores.cu: CanFuse, LaunchScoresAny;
 // quest_select_scores_pipelined.cu: PlanScores). CanFuse: the fused score + top-k launch

@@ -3,18 +3,21 @@
 // 1024 above). Why this shape: the round-5 bisection spent ~43 dependent rounds of (compare,
 // warp sum, block barrier) on one SM per row, ~9.5 µs for 2048 scores (ncu: ~450 cycles a
 // round). Here the chain is short and mostly barrier-free:
-//   1. keys K = OrderedKey(score) of the candidates (blocks [sinks, n−1)) and the row's slots
-//      loaded at once; the AND and OR of every candidate key (warp REDUX + one barrier) give
-//      the bits all candidates share, so the first digit starts at the highest bit in which
-//      they differ (the top 8 bits of scores of one magnitude are one value: a plain radix
-//      would spend its first pass on them);
+//   1. the row's slots, then the keys K = OrderedKey(score) of the candidates (blocks
+//      [sinks, n−1)); behind LaunchQuestSelect's own score launch the row's place and slots
+//      are read before the PDL wait (eighth session), the scores after it. The AND and OR of
+//      every candidate key (warp REDUX + one barrier) give the bits all candidates share, so
+//      the first digit starts at the highest bit in which they differ (the top 8 bits of
+//      scores of one magnitude are one value: a plain radix would spend its first pass on them);
 //   2. passes of an 11-bit digit: a shared histogram of the candidates still tied with the
 //      prefix (plain shared atomics: the digits below the shared prefix are spread), one
-//      barrier, each thread sums its 8 (2 at 1024 threads) bins in descending digit order
-//      and zeroes them in the other histogram (the next pass's), one barrier, then EVERY warp
-//      finds the digit holding the `need`-th largest from the per-thread sums (redundantly:
-//      no third barrier); stop once that digit's bin is taken whole, or every bit is settled
-//      (32 bits = 3 passes at most, usually 2);
+//      barrier, each thread sums its 8 (2 at 1024 threads) bins in descending digit order,
+//      zeroes them in the other histogram (the next pass's) and scans the sums over its warp,
+//      one barrier, then EVERY warp (redundantly: no third barrier) narrows down to the digit
+//      holding the `need`-th largest — the warp, then its thread, then the thread's bin, one
+//      lane per candidate, a warp scan and a ballot each (eighth session; before, a lane summed
+//      8 or 32 thread sums in a row, with 8-way bank conflicts); stop once that digit's bin is
+//      taken whole, or every bit is settled (32 bits = 3 passes at most, usually 2);
 //   3. one compaction in block order: packed (above, tie) counts per thread, one block scan
 //      (one barrier); a thread writes its selected blocks and their slots (held since step 1
 //      at 256 threads; at 1024 they would spill, so read there).
@@ -37,8 +40,9 @@ constexpr uint32_t kFull = 0xffffffffu;
 
 template <int kThreads>
 struct DigitShared {
-  uint32_t hist[2][kBins];       // pass p counts into hist[p & 1] and zeroes the other one
-  uint32_t tsum[2][kThreads];    // per thread: the sum of its bins in this pass
+  uint32_t hist[2][kBins];            // pass p counts into hist[p & 1] and zeroes the other one
+  uint32_t tincl[2][kThreads];        // per thread: its bins' sum plus its warp's earlier threads'
+  uint32_t wsum[2][kThreads / 32];    // per warp: the sum of its threads' bins
   uint32_t reduce[2][kThreads / 32];  // per warp: AND and OR of the candidate keys
   uint32_t warp_total[kThreads / 32]; // per warp: packed (above | ties << 16) counts
 };
@@ -53,24 +57,34 @@ __device__ __forceinline__ uint32_t WarpInclusiveScan(uint32_t v, uint32_t lane)
   return v;
 }
 
+// `inputs_early`: only the scores come from the kernel this launch waits for (PDL) — the
+// offsets and slots were written before it started — so the row's place and slots are read
+// before cudaGridDependencySynchronize. LaunchQuestSelect sets it (the launch rides behind its
+// own score kernel, which writes only scores and triggers after its own wait); a top-k launched
+// alone (LaunchQuestTopK) may follow a kernel that writes any input, and waits first.
 template <int kThreads>
-__global__ void __launch_bounds__(kThreads) QuestTopKDigitKernel(QuestSelectDeviceArgs a) {
+__global__ void __launch_bounds__(kThreads) QuestTopKDigitKernel(QuestSelectDeviceArgs a, bool inputs_early) {
   constexpr int kW = kThreads / 32;
   constexpr int kE = kKeysPerThread;
   constexpr int kBpt = static_cast<int>(kBins) / kThreads;  // bins per thread: 8 or 2
-  constexpr int kTpl = kThreads / 32;                        // thread sums per lane in the search
-  static_assert(kBpt >= 1 && kTpl >= 1 && kW <= 32);
-  // The slots of the row's blocks are loaded with the scores (no dependent load at the end),
+  static_assert(kBpt >= 1 && kBpt <= 32 && kW <= 32);
+  // The slots of the row's blocks are loaded before the scores (no dependent load at the end),
   // except at 1024 threads, whose 64-register budget they would spill.
   constexpr bool kPrefetchSlots = kThreads <= 256;
   __shared__ DigitShared<kThreads> sh;
-  cudaGridDependencySynchronize();            // PDL launch behind the scores: their writes are visible
-  cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
+  // PDL: wait for the previous kernel (and its writes), then let a PDL-launched successor be
+  // scheduled — before anything is read, or (inputs_early) before the first score is read.
+  auto enter = [] {
+    cudaGridDependencySynchronize();
+    cudaTriggerProgrammaticLaunchCompletion();
+  };
+  if (!inputs_early) enter();
 
   const uint32_t row = blockIdx.x;
   const auto [n, slice0, k, out0, space] = PlaceTopKRow(a, row);
   const uint32_t tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
   const bool slots = a.block_slots != nullptr && a.selected_slots != nullptr;
+  if (inputs_early && (space != k || k >= n || n > uint32_t{kThreads} * kE)) enter();  // writes only below
   if (space != k) {  // the caller's offsets disagree with the budget: visible garbage
     for (uint32_t i = tid; i < space; i += kThreads) {
       a.selected[out0 + i] = 0xffffffffu;
@@ -100,21 +114,23 @@ __global__ void __launch_bounds__(kThreads) QuestTopKDigitKernel(QuestSelectDevi
 
   for (uint32_t i = tid; i < kBins; i += kThreads) sh.hist[0][i] = 0;
   uint32_t keys[kE], slot_of[kE];
+#pragma unroll
+  for (int e = 0; e < kE; ++e) {
+    const uint32_t b = b0 + e;
+    slot_of[e] = kPrefetchSlots && slots && b < n ? __ldg(a.block_slots + slice0 + b) : 0u;
+  }
+  if (inputs_early) enter();
   uint32_t cand = 0;  // bit e: block b0 + e is a candidate
   uint32_t and_k = kFull, or_k = 0;
 #pragma unroll
   for (int e = 0; e < kE; ++e) {
     const uint32_t b = b0 + e;
     keys[e] = 0;
-    slot_of[e] = 0;
-    if (b < n) {
-      if (kPrefetchSlots && slots) slot_of[e] = __ldg(a.block_slots + slice0 + b);
-      if (b >= sinks && b + 1 < n) {
-        keys[e] = OrderedKey(__ldcg(scores + b));  // .cg: written by the previous kernel
-        cand |= 1u << e;
-        and_k &= keys[e];
-        or_k |= keys[e];
-      }
+    if (b >= sinks && b + 1 < n) {
+      keys[e] = OrderedKey(__ldcg(scores + b));  // .cg: written by the previous kernel
+      cand |= 1u << e;
+      and_k &= keys[e];
+      or_k |= keys[e];
     }
   }
   and_k = __reduce_and_sync(kFull, and_k);
@@ -157,48 +173,29 @@ __global__ void __launch_bounds__(kThreads) QuestTopKDigitKernel(QuestSelectDevi
         sum += sh.hist[cur][d];
         sh.hist[cur ^ 1][d] = 0;  // the next pass's (last read before this pass's first barrier)
       }
-      sh.tsum[cur][tid] = sum;
-      __syncthreads();  // the per-thread sums
-      // Every warp, redundantly: lane L covers threads L·kTpl .. L·kTpl + kTpl − 1.
-      uint32_t lsum = 0;
-#pragma unroll
-      for (int i = 0; i < kTpl; ++i) lsum += sh.tsum[cur][lane * kTpl + i];
-      const uint32_t incl = WarpInclusiveScan(lsum, lane);
-      const uint32_t hit = __ballot_sync(kFull, incl >= need);  // non-empty: the class holds ≥ need
-      const uint32_t at = static_cast<uint32_t>(__ffs(hit) - 1);
-      uint32_t digit = 0, before = 0, count = 0;
-      if (lane == at) {
-        before = incl - lsum;
-        uint32_t t = 0;
-        bool found = false;
-#pragma unroll
-        for (int i = 0; i < kTpl; ++i) {
-          const uint32_t v = sh.tsum[cur][lane * kTpl + i];  // re-read: 32 registers fewer at 1024 threads
-          if (!found && before + v >= need) {
-            t = lane * kTpl + i;
-            found = true;
-          } else if (!found) {
-            before += v;
-          }
-        }
-        uint32_t c[kBpt];
-#pragma unroll
-        for (int j = 0; j < kBpt; ++j) c[j] = sh.hist[cur][kBins - 1 - (t * kBpt + j)];
-        found = false;
-#pragma unroll
-        for (int j = 0; j < kBpt; ++j) {
-          if (!found && before + c[j] >= need) {
-            digit = kBins - 1 - (t * kBpt + j);
-            count = c[j];
-            found = true;
-          } else if (!found) {
-            before += c[j];
-          }
-        }
-      }
-      digit = __shfl_sync(kFull, digit, at);
-      before = __shfl_sync(kFull, before, at);
-      count = __shfl_sync(kFull, count, at);
+      const uint32_t tincl = WarpInclusiveScan(sum, lane);
+      sh.tincl[cur][tid] = tincl;
+      if (lane == 31) sh.wsum[cur][warp] = tincl;
+      __syncthreads();  // the per-thread and per-warp sums
+      // Every warp, redundantly (no third barrier), narrows down to the digit holding the
+      // `need`-th largest: the warp, then its thread, then the thread's bin — each one lane per
+      // candidate, an inclusive scan and a ballot. Past the last candidate a lane carries the
+      // total (≥ need), so every ballot has a hit among the real candidates.
+      const uint32_t wv = lane < static_cast<uint32_t>(kW) ? sh.wsum[cur][lane] : 0u;
+      const uint32_t wincl = WarpInclusiveScan(wv, lane);
+      const uint32_t w_at = static_cast<uint32_t>(__ffs(__ballot_sync(kFull, wincl >= need)) - 1);
+      const uint32_t before_w = __shfl_sync(kFull, wincl - wv, w_at);
+      const uint32_t tv = sh.tincl[cur][w_at * 32 + lane];
+      const uint32_t t_at = static_cast<uint32_t>(__ffs(__ballot_sync(kFull, before_w + tv >= need)) - 1);
+      const uint32_t tv_prev = __shfl_sync(kFull, tv, t_at == 0 ? 0u : t_at - 1);
+      const uint32_t before_t = before_w + (t_at == 0 ? 0u : tv_prev);
+      const uint32_t t = w_at * 32 + t_at;
+      const uint32_t c = lane < static_cast<uint32_t>(kBpt) ? sh.hist[cur][kBins - 1 - (t * kBpt + lane)] : 0u;
+      const uint32_t cincl = WarpInclusiveScan(c, lane);
+      const uint32_t j_at = static_cast<uint32_t>(__ffs(__ballot_sync(kFull, before_t + cincl >= need)) - 1);
+      const uint32_t digit = kBins - 1 - (t * kBpt + j_at);
+      const uint32_t count = __shfl_sync(kFull, c, j_at);
+      const uint32_t before = before_t + __shfl_sync(kFull, cincl - c, j_at);
       need -= before;  // 1 ≤ need ≤ count
       prefix |= digit << lo;
       mask |= dmask << lo;
@@ -250,7 +247,7 @@ __global__ void __launch_bounds__(kThreads) QuestTopKDigitKernel(QuestSelectDevi
 
 }  // namespace
 
-cudaError_t LaunchDigitTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl) {
+cudaError_t LaunchDigitTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool pdl, bool inputs_early) {
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
@@ -261,10 +258,10 @@ cudaError_t LaunchDigitTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream,
   cfg.numAttrs = pdl ? 1 : 0;
   if (a.max_blocks <= 256 * kKeysPerThread) {
     cfg.blockDim = dim3(256);
-    return cudaLaunchKernelEx(&cfg, QuestTopKDigitKernel<256>, a);
+    return cudaLaunchKernelEx(&cfg, QuestTopKDigitKernel<256>, a, inputs_early);
   }
   cfg.blockDim = dim3(1024);
-  return cudaLaunchKernelEx(&cfg, QuestTopKDigitKernel<1024>, a);
+  return cudaLaunchKernelEx(&cfg, QuestTopKDigitKernel<1024>, a, inputs_early);
 }
 
 }  // namespace kvtier::kernels::quest_internal

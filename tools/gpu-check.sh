@@ -72,46 +72,9 @@ PY
 
 decode() {
   "$kv" bench decode --json "$@" >"$out/decode.jsonl" 2>>"$out/decode.txt" || status=1
-  python3 - "$out/decode.jsonl" <<'PY' >>"$out/decode.txt"
-import json, sys
-rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-print(f'{"context":>8} {"batch":>5} {"method":<18} {"us":>10} {"GB/s":>8}  note')
-for r in rows:
-    if r["method"].startswith("sweep_"): continue  # sweep.txt
-    note = ""
-    if r["method"] == "dense": note = f'{r["vs_copy"]:.2f}x copy (read+write rate; target >= 0.9)'
-    if r["method"] == "dense_r9d":
-        note = (f'{r["vs_copy"]:.2f}x copy, {r["vs_dense"]:.3f}x dense; {r["heads_per_cta"]} heads, '
-                f'{r["chunk_pages"]} pages x {r["splits"]}, {r["waves"]:.2f} waves'
-                + ("" if r["applied"] else " (as dense)") + ("" if r["matches_dense"] else "  MISMATCH"))
-    if r["method"] in ("dense_bulk", "dense_mma", "dense_streamed", "dense_balanced"):
-        note = (f'{r["vs_copy"]:.2f}x copy, {r["vs_dense"]:.3f}x dense; {r["heads_per_cta"]} heads, '
-                f'{r["chunk_pages"]} pages x {r["splits"]}'
-                + ("" if r["matches_dense"] else "  MISMATCH") + (", bit-equal" if r["bit_equal"] else ""))
-    if r["method"].startswith("select") and "vs_dense_over_block_tokens" in r:
-        note = f'{r["vs_dense_over_block_tokens"]:.2f}x dense/16 (target <= 1.1)'
-    if r["method"] == "select_per_head":
-        note = f'{r["vs_select"]:.2f}x select' + ("" if r["matches_select"] else "  MISMATCH")
-    if r["method"].startswith("sparse"): note = f'speedup {r["speedup"]:.2f}x (ideal {r["ideal_speedup"]:.1f}x; target >= 8x at 32K)'
-    if r["method"] in ("sparse_graph_bulk", "sparse_graph_mma", "sparse_graph_streamed", "sparse_graph_balanced",
-                       "sparse_graph_split2", "sparse_graph_staged"):
-        v = r["method"][len("sparse_graph_"):]
-        note += (f'; {r["vs_sparse_graph"]:.3f}x sparse_graph'
-                 + (f', {r["speedup_vs_dense_" + v]:.2f}x dense_{v}' if "speedup_vs_dense_" + v in r else "")
-                 + ("" if r["matches_sparse_graph"] else "  MISMATCH"))
-    if r["method"] == "scores" and "score_preset" in r:  # the grid of the default rule (or --score-*)
-        note = (f'{r["score_preset"]}: {r["stages"]} buffers, {r["tiles_per_cta"]} tiles x {r["ctas_per_row"]} CTAs/row'
-                + (" (falls back to r8)" if r["score_preset"] != "explicit" and not r["score_rule_applied"] else ""))
-    if "preset" in r:  # scores_r8, sparse_graph_r8: round 8's score rule, the previous default
-        rule = (f'{r["score_stages"]} buffers, {r["score_tiles_per_cta"]} tiles x {r["score_ctas_per_row"]} CTAs/row'
-                if r["applied"] else "falls back to r8")
-        if r["method"].startswith("scores"):
-            note = f'{r["vs_scores"]:.3f}x scores; {rule}' + ("" if r["matches_default"] else "  MISMATCH")
-        else:
-            note += (f'; {r["vs_sparse_graph"]:.3f}x sparse_graph; {rule}'
-                     + ("" if r["matches_sparse_graph"] else "  MISMATCH"))
-    print(f'{r["context"]:>8} {r["batch"]:>5} {r["method"]:<18} {r["us"]:>10.1f} {r["gbps"]:>8.1f}  {note}')
-PY
+  # The table of the standard rows (sweep.txt has the sweep's as grids), from the JSON lines.
+  grep -v '"method":"sweep_' "$out/decode.jsonl" >"$xml/decode-standard.jsonl"
+  "$kv" bench decode --table "$xml/decode-standard.jsonl" >>"$out/decode.txt" || status=1
   cat "$out/decode.txt"
 }
 : >"$out/decode.txt"

@@ -14,7 +14,7 @@ namespace {
 
 TEST(QuestSelectGpuApi, DefaultTopKIsAutoAsDocumented) {  // no device needed
   EXPECT_EQ(QuestSelectDeviceArgs{}.topk_algorithm, QuestTopKAlgorithm::kAuto);
-  EXPECT_EQ(kDigitTopKAutoMaxBlocks, 2048u);
+  EXPECT_EQ(kDigitTopKAutoMaxBlocks, 8192u);
 }
 
 // QuestScoreShape validation (no device needed): the default (rule kRound9Wave) everywhere,

@@ -2,10 +2,13 @@
 // (decode_bench.h). Built everywhere; without CUDA it explains and exits non-zero.
 #include <fmt/format.h>
 
+#include <fstream>
 #include <memory>
+#include <string>
 
 #include "commands.h"
 #include "decode_bench.h"
+#include "decode_table.h"
 
 namespace kvtier::cli {
 
@@ -21,6 +24,9 @@ void AddBenchDecodeCommand(CLI::App& bench, int* exit_code) {
   cmd->add_option("--layers", o->layers, "KV copies cycled through (0: enough to defeat L2)")->capture_default_str();
   cmd->add_option("--device", o->device, "CUDA device")->capture_default_str();
   cmd->add_flag("--json", o->json, "JSON lines instead of a table");
+  auto table_from = std::make_shared<std::string>();
+  cmd->add_option("--table", *table_from,
+                  "print the table of JSON lines written by --json (FILE; no GPU needed, nothing is measured)");
   cmd->add_flag("--sweep", o->sweep,
                 "also time the score and attention launches over a grid of launch shapes (checked against the "
                 "defaults' output) and the sparse step with the fastest pair");
@@ -43,7 +49,20 @@ void AddBenchDecodeCommand(CLI::App& bench, int* exit_code) {
                   "attention split rule: default, or r9d (round-9d candidate for dense-length rows at small batch)")
       ->check(CLI::IsMember({"default", "r9d"}))
       ->capture_default_str();
-  cmd->callback([o, exit_code] {
+  cmd->callback([o, exit_code, table_from] {
+    if (!table_from->empty()) {
+      std::ifstream in(*table_from);
+      if (!in) {
+        fmt::print(stderr, "kvtier bench decode: cannot open {}\n", *table_from);
+        *exit_code = 2;
+        return;
+      }
+      const DecodeTable table = DecodeTableFromJsonLines(in);
+      fmt::print("{}", table.text);
+      for (const std::string& e : table.errors) fmt::print(stderr, "kvtier bench decode: {}: {}\n", *table_from, e);
+      if (!table.errors.empty()) *exit_code = 2;
+      return;
+    }
     if (Status s = RunDecodeBench(*o); !s.ok()) {
       fmt::print(stderr, "kvtier bench decode: {}\n", s.message());
       *exit_code = 2;

@@ -158,7 +158,8 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
       if (o.json) {
         for (const Row& r : rows) {
           nlohmann::json j{{"bench", "decode"}, {"device", prop.name}, {"context", context}, {"batch", batch},
-                           {"method", r.method}, {"us", r.us}, {"gbps", r.gbps}, {"budget", o.budget}};
+                           {"method", r.method}, {"what", r.what}, {"us", r.us}, {"gbps", r.gbps}, {"budget", o.budget},
+                           {"block_tokens", o.block_tokens}};
           j.update(r.extra);
           fmt::print("{}\n", j.dump());
         }
@@ -167,58 +168,8 @@ Status RunDecodeBench(const DecodeBenchOptions& o) {
       fmt::print("{}: context {} x batch {} (one layer: {} q / {} KV heads, d={}, bf16, {}-token blocks; budget {} "
                  "tokens; {} KV copies cycled)\n",
                  prop.name, context, batch, o.q_heads, o.kv_heads, o.head_dim, o.block_tokens, o.budget,
-                 rows.front().extra["layers"].get<uint32_t>());
-      for (const Row& r : rows) {
-        std::string note;
-        if (r.method == "dense") note = fmt::format("{:.2f}x copy (target >= 0.9)", r.extra["vs_copy"].get<double>());
-        if (r.method == "dense_r9d") {
-          note = fmt::format("{:.2f}x copy, {:.3f}x dense{}", r.extra["vs_copy"].get<double>(),
-                             r.extra["vs_dense"].get<double>(),
-                             r.extra["matches_dense"].get<bool>() ? "" : "  MISMATCH");
-        }
-        if (r.method.starts_with("select")) {
-          note = fmt::format("{:.2f}x dense/{} (target <= 1.1)", r.extra["vs_dense_over_block_tokens"].get<double>(),
-                             o.block_tokens);
-        }
-        if (r.method.starts_with("sparse")) {
-          note = fmt::format("speedup {:.2f}x (ideal {:.1f}x; target >= 8x at 32K)", r.extra["speedup"].get<double>(),
-                             r.extra["ideal_speedup"].get<double>());
-        }
-        if (r.method.starts_with("sweep_")) {
-          note = r.extra.contains("error")
-                     ? fmt::format("not launched: {}", r.extra["error"].get<std::string>())
-                     : fmt::format("{:.2f}x default{}", r.extra["vs_default"].get<double>(),
-                                   r.extra["matches"].get<bool>() ? "" : "  MISMATCH");
-        }
-        if (r.method == "scores") {  // the grid the default (or --score-*) gave
-          const std::string rule = r.extra["score_preset"].get<std::string>();
-          const bool fell_back = rule != "explicit" && !r.extra["score_rule_applied"].get<bool>();
-          note = fmt::format("{}: {} buffers, {} tiles x {} CTAs/row{}", rule, r.extra["stages"].get<uint32_t>(),
-                             r.extra["tiles_per_cta"].get<uint32_t>(), r.extra["ctas_per_row"].get<uint32_t>(),
-                             fell_back ? " (falls back to r8)" : "");
-        }
-        if (r.method == "sparse_graph_tuned" && !r.extra["matches_default"].get<bool>()) note += "  MISMATCH";
-        if (!r.method.starts_with("sweep_") && r.extra.contains("preset")) {  // scores_r8, sparse_graph_r8
-          const std::string rule =
-              r.extra["applied"].get<bool>()
-                  ? fmt::format("{} buffers, {} tiles x {} CTAs/row", r.extra["score_stages"].get<uint32_t>(),
-                                r.extra["score_tiles_per_cta"].get<uint32_t>(),
-                                r.extra["score_ctas_per_row"].get<uint32_t>())
-                  : std::string("falls back to r8");
-          if (r.method.starts_with("scores")) {
-            note = fmt::format("{:.3f}x scores; {}{}", r.extra["vs_scores"].get<double>(), rule,
-                               r.extra["matches_default"].get<bool>() ? "" : "  MISMATCH");
-          } else {
-            note += fmt::format("; {:.3f}x sparse_graph; {}{}", r.extra["vs_sparse_graph"].get<double>(), rule,
-                                r.extra["matches_sparse_graph"].get<bool>() ? "" : "  MISMATCH");
-          }
-        }
-        if (r.method.starts_with("sweep_")) {  // long descriptions: the setting
-          fmt::print("  {:<19} {:<70} {:>10.1f} us {:>8.1f} GB/s  {}\n", r.method, r.what, r.us, r.gbps, note);
-          continue;
-        }
-        fmt::print("  {:<19} {:<46} {:>10.1f} us {:>8.1f} GB/s  {}\n", r.method, r.what, r.us, r.gbps, note);
-      }
+                 rows.empty() ? 0 : rows.front().extra.value("layers", 0u));
+      for (const Row& r : rows) fmt::print("{}\n", FormatDecodeRow(r, o.block_tokens));
     }
     if (!result.ok()) break;
   }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "decode_bench.h"
+#include "decode_table.h"
 #include "gpu_bench_support.h"
 #include "kvtier/status.h"
 #include "quest_select.cuh"
@@ -23,13 +24,7 @@
 
 namespace kvtier::cli::decode_internal {
 
-// One output row: a method, what it is, µs per step, the rate it is judged by and extra
-// JSON fields (ratios, the plan, checks).
-struct Row {
-  std::string method, what;
-  double us = 0, gbps = 0, bytes = 0;
-  nlohmann::json extra = nlohmann::json::object();
-};
+using Row = DecodeRow;  // decode_table.h
 
 // "r9w", "r8", "r9" (DecodeBenchOverrides::score_preset) ↔ kernels::QuestScorePreset.
 bool ParseScorePreset(const std::string& name, kernels::QuestScorePreset* preset);
@@ -183,6 +178,11 @@ class Point {
   // `sparse_graph_split2` (batch ≥ 2), checked against `ref` (sparse_graph's step: the same
   // selection, attention within AttentionClose).
   Status SplitRows(const StepOutcome& ref, double t_graph, cudaStream_t stream, std::vector<Row>* rows);
+  // decode_rows_gpu.cc: `sparse_graph_bisect`, the sparse_graph step with the round-5
+  // bisection top-k — kAuto's choice above 2048 blocks per row until the eighth session — where
+  // the default takes the digits (rows ≤ 8192 blocks).
+  Status BisectionRows(const StepOutcome& ref, double t_graph, cudaStream_t stream, std::vector<Row>* rows);
+  Status SparsePdlBisectionStep(uint32_t layer, cudaStream_t stream);
   // µs per launch of the score launch alone with `shape` (the `scores` row's loop).
   Result<double> TimedScores(const kernels::QuestScoreShape& shape, cudaStream_t stream);
   // The standard rows' comparison rule (`scores_r8`, `sparse_graph_r8`: round 8's default):

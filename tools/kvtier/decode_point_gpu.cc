@@ -309,6 +309,18 @@ Status Point::SparsePdlStep(uint32_t layer, cudaStream_t stream) {
   return Status::Ok();
 }
 
+// SparsePdlStep with the bisection top-k (kBisection), for BisectionRows.
+Status Point::SparsePdlBisectionStep(uint32_t layer, cudaStream_t stream) {
+  kernels::QuestSelectDeviceArgs s = SelectArgs(layer);
+  s.programmatic_dependent_launch = true;
+  s.topk_algorithm = kernels::QuestTopKAlgorithm::kBisection;
+  KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(s, stream));
+  kernels::SparseAttentionDeviceArgs a = AttentionArgs(layer);
+  a.programmatic_dependent_launch = true;
+  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, sparse_plan_, stream));
+  return Status::Ok();
+}
+
 // The round-6 sparse step (bisection top-k, streamed attention) with PDL, for comparison.
 Status Point::SparsePdlRound6Step(uint32_t layer, cudaStream_t stream) {
   kernels::QuestSelectDeviceArgs s = SelectArgs(layer);

@@ -125,6 +125,23 @@ Status Point::KernelRows(const char* name, const char* what, const kernels::Spar
   return Status::Ok();
 }
 
+Status Point::BisectionRows(const StepOutcome& ref, double t_graph, cudaStream_t stream, std::vector<Row>* rows) {
+  if (blocks_ > kernels::kDigitTopKAutoMaxBlocks) return Status::Ok();  // the default is not the digits here
+  KVT_ASSIGN_OR_RETURN(const double t, TimedGraph(&Point::SparsePdlBisectionStep, stream));
+  KVT_ASSIGN_OR_RETURN(const StepOutcome step, OneStepOf(&Point::SparsePdlBisectionStep, stream));
+  const StepCheck check = CheckStep(step, ref, "bisect");
+  const double meta = MetaBytes(), sparse_kv = SparseKvBytes();
+  rows->push_back({"sparse_graph_bisect", "sparse_graph with the bisection top-k", t, (meta + sparse_kv) / (t * 1e3),
+                   meta + sparse_kv,
+                   {{"speedup", t_dense_ / t},
+                    {"ideal_speedup", double(kv_bytes_) / (sparse_kv + meta)},
+                    {"vs_sparse_graph", t_graph / t},
+                    {"selection_matches", check.selection_matches},
+                    {"max_abs_diff", check.attention.max_abs_diff},
+                    {"matches_sparse_graph", check.matches()}}});
+  return Status::Ok();
+}
+
 Status Point::VariantRows(const std::vector<uint16_t>& want, double t_copy, const StepOutcome& ref, double t_graph,
                           cudaStream_t stream, std::vector<Row>* rows) {
   // The round-6 streamed kernel (the default before round 10c) on its own plans.
@@ -334,7 +351,7 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   rows->push_back({"scores_r4", "Quest scores alone (round-4 register ring)", t_scores_ring,
                    meta / (t_scores_ring * 1e3), meta, {{"matches_pipelined", scores_match}}});
   rows->push_back(
-      {"topk", "Quest top-k alone (default: digits up to 2048 blocks per row, else bisection)", t_topk, 0, 0, {}});
+      {"topk", "Quest top-k alone (default: digits up to 8192 blocks per row, else radix)", t_topk, 0, 0, {}});
   rows->push_back({"topk_bisect", "Quest top-k alone (round-5 bisection)", t_topk_bisection, 0, 0,
                    {{"matches_digits", bisection_matches}}});
   rows->push_back({"select", "Quest scores + top-k, two launches (top-k PDL)", t_select, meta / (t_select * 1e3),
@@ -388,19 +405,20 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
     std::vector<Row> preset_rows;
     KVT_RETURN_IF_ERROR(PresetRows(kernels::QuestScorePreset::kRound8, "r8", scores_pipelined, t_scores, graph_ref,
                                    t_graph, stream, &preset_rows));
-    auto insert_after = [&](const char* anchor, bool scores) {
-      std::vector<Row> kind;
-      for (Row& r : preset_rows) {
-        if (r.method.starts_with("scores_") == scores) kind.push_back(std::move(r));
-      }
+    // Each preset row is moved out once (a second pass over moved-from rows once added an
+    // empty-named copy of scores_r8 after sparse_graph).
+    std::vector<Row> score_rows, step_rows;
+    for (Row& r : preset_rows) (r.method.starts_with("scores_") ? score_rows : step_rows).push_back(std::move(r));
+    auto insert_after = [&](const char* anchor, std::vector<Row>& kind) {
       auto at = std::find_if(rows->begin(), rows->end(), [&](const Row& x) { return x.method == anchor; });
       rows->insert(at == rows->end() ? at : at + 1, std::make_move_iterator(kind.begin()),
                    std::make_move_iterator(kind.end()));
     };
-    insert_after("scores_r4", true);
-    insert_after("sparse_graph", false);
+    insert_after("scores_r4", score_rows);
+    insert_after("sparse_graph", step_rows);
     KVT_RETURN_IF_ERROR(VariantRows(dense_out_, t_copy, graph_ref, t_graph, stream, rows));
     KVT_RETURN_IF_ERROR(SplitRows(graph_ref, t_graph, stream, rows));
+    KVT_RETURN_IF_ERROR(BisectionRows(graph_ref, t_graph, stream, rows));
   }
   if (o_.sweep) {  // a failed sweep keeps the rows above (RunDecodeBench then exits non-zero)
     if (Status st = Sweep(stream, rows); !st.ok()) {
