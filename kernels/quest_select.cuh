@@ -16,9 +16,9 @@
 //              whatever the group; max: the same split per query head (q⁺, q⁻ staged per chunk
 //              of 4 heads), one int8 conversion per channel for all heads, then the max.
 //   2. top-k   one CTA per (request, KV head). By default (QuestTopKAlgorithm::kAuto) a
-//              launch whose max_blocks is ≤ 2048 takes kDigits, a longer one kBisection for
-//              every row (faster there on the H100): 256 threads (1024 when kDigits is forced,
-//              up to 8192 blocks), 8 consecutive blocks per thread, ≤ 3 passes of an 11-bit
+//              launch whose max_blocks is ≤ 8192 takes kDigits (≤ 2048 until the eighth
+//              session), a longer one the radix path for every row: 1024 threads, 2
+//              consecutive blocks per thread (8 above 2048 blocks), ≤ 3 passes of an 11-bit
 //              digit below the bits all candidates share, one block-scan compaction (see the
 //              enum). With kBisection, 1024 threads: ≤ 8
 //              keys per thread in registers, K = OrderedKey(score) << 32 | ~index (distinct,
@@ -47,8 +47,8 @@ enum class QuestQueryType : uint8_t { kFloat32 = 0, kBf16 = 1, kFp16 = 2 };
 
 // The top-k launch's algorithm for rows of ≤ 8192 blocks (longer rows always take the radix
 // path below). Same selection, bit for bit, either way.
-//   kDigits     (round 7) 8 consecutive blocks per thread in registers (256 threads
-//               per row up to 2048 blocks, 1024 up to 8192); the bits every candidate shares
+//   kDigits     (round 7) consecutive blocks in registers, 1024 threads per row (2 blocks
+//               per thread up to 2048 blocks, 8 up to 8192); the bits every candidate shares
 //               found by one AND/OR reduction, then ≤ 3 passes of an 11-bit digit (shared
 //               histogram, 2 barriers a pass, the bin search done redundantly by every
 //               warp), one block scan for the compaction: ~6–8 barriers per row.

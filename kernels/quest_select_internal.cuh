@@ -68,7 +68,8 @@ cudaError_t LaunchEx(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, c
 inline constexpr uint32_t kDigitTopKMaxBlocks = 8192;
 
 // The digit top-k (quest_select_topk.cu) over every row of `a` (requests · kv_heads CTAs of
-// 256 threads when max_blocks ≤ 2048, else 1024); requires a.max_blocks ≤ kDigitTopKMaxBlocks.
+// 1024 threads, 2 blocks per thread when max_blocks ≤ 2048, else 8); requires a.max_blocks ≤
+// kDigitTopKMaxBlocks.
 // inputs_early: the launch rides PDL behind a kernel that writes only the scores and waits for
 // its own predecessor before it triggers (LaunchQuestSelect's score launch), so the row's
 // offsets and slots are read before the wait; otherwise nothing is read before it.

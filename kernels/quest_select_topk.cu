@@ -1,8 +1,9 @@
-// The digit top-k of Quest selection (round 7): one CTA per (request, KV head) row of ≤ 8192
-// blocks, 8 consecutive blocks per thread held in registers (256 threads for rows ≤ 2048,
-// 1024 above). Why this shape: the round-5 bisection spent ~43 dependent rounds of (compare,
-// warp sum, block barrier) on one SM per row, ~9.5 µs for 2048 scores (ncu: ~450 cycles a
-// round). Here the chain is short and mostly barrier-free:
+// The digit top-k of Quest selection (round 7): one CTA of 1024 threads per (request, KV head)
+// row of ≤ 8192 blocks, consecutive blocks held in registers: 2 per thread for rows ≤ 2048, 8
+// above (eighth session; before, 256 threads × 8 for the short rows: docs/sparse.md, round
+// 12b). Why this shape: the round-5 bisection spent ~43 dependent rounds of (compare, warp
+// sum, block barrier) on one SM per row, ~9.5 µs for 2048 scores (ncu: ~450 cycles a round).
+// Here the chain is short and mostly barrier-free:
 //   1. the row's slots, then the keys K = OrderedKey(score) of the candidates (blocks
 //      [sinks, n−1)); behind LaunchQuestSelect's own score launch the row's place and slots
 //      are read before the PDL wait (eighth session), the scores after it. The AND and OR of
@@ -11,8 +12,8 @@
 //      scores of one magnitude are one value: a plain radix would spend its first pass on them);
 //   2. passes of an 11-bit digit: a shared histogram of the candidates still tied with the
 //      prefix (plain shared atomics: the digits below the shared prefix are spread), one
-//      barrier, each thread sums its 8 (2 at 1024 threads) bins in descending digit order,
-//      zeroes them in the other histogram (the next pass's) and scans the sums over its warp,
+//      barrier, each thread sums its 2 bins (2048 over 1024 threads) in descending digit
+//      order, zeroes them in the other histogram (the next pass's) and scans the sums over its warp,
 //      one barrier, then EVERY warp (redundantly: no third barrier) narrows down to the digit
 //      holding the `need`-th largest — the warp, then its thread, then the thread's bin, one
 //      lane per candidate, a warp scan and a ballot each (eighth session; before, a lane summed
@@ -20,7 +21,7 @@
 //      taken whole, or every bit is settled (32 bits = 3 passes at most, usually 2);
 //   3. one compaction in block order: packed (above, tie) counts per thread, one block scan
 //      (one barrier); a thread writes its selected blocks and their slots (held since step 1
-//      at 256 threads; at 1024 they would spill, so read there).
+//      at 2 keys per thread; at 8 they would spill, so read there).
 // Same contract and same result, bit for bit, as QuestSelectTopK on the same scores: forced
 // blocks (sinks, the last block) always selected, then the highest scores (NaN = −inf,
 // −0 = +0), ties to the lower index; sorted output.
@@ -33,7 +34,8 @@
 namespace kvtier::kernels::quest_internal {
 namespace {
 
-constexpr int kKeysPerThread = 8;
+constexpr int kKeysPerThread = 8;  // rows of 2049–8192 blocks
+constexpr int kShortRowKeys = 2;   // rows of ≤ 2048 blocks (eighth session; 256 threads × 8 before)
 constexpr int kDigitBits = 11;
 constexpr uint32_t kBins = 1u << kDigitBits;  // 2048
 constexpr uint32_t kFull = 0xffffffffu;
@@ -62,15 +64,14 @@ __device__ __forceinline__ uint32_t WarpInclusiveScan(uint32_t v, uint32_t lane)
 // before cudaGridDependencySynchronize. LaunchQuestSelect sets it (the launch rides behind its
 // own score kernel, which writes only scores and triggers after its own wait); a top-k launched
 // alone (LaunchQuestTopK) may follow a kernel that writes any input, and waits first.
-template <int kThreads>
+template <int kThreads, int kE>
 __global__ void __launch_bounds__(kThreads) QuestTopKDigitKernel(QuestSelectDeviceArgs a, bool inputs_early) {
   constexpr int kW = kThreads / 32;
-  constexpr int kE = kKeysPerThread;
   constexpr int kBpt = static_cast<int>(kBins) / kThreads;  // bins per thread: 8 or 2
   static_assert(kBpt >= 1 && kBpt <= 32 && kW <= 32);
   // The slots of the row's blocks are loaded before the scores (no dependent load at the end),
-  // except at 1024 threads, whose 64-register budget they would spill.
-  constexpr bool kPrefetchSlots = kThreads <= 256;
+  // except at 8 keys per thread of 1024 threads, whose 64-register budget they would spill.
+  constexpr bool kPrefetchSlots = kThreads <= 256 || kE <= 4;
   __shared__ DigitShared<kThreads> sh;
   // PDL: wait for the previous kernel (and its writes), then let a PDL-launched successor be
   // scheduled — before anything is read, or (inputs_early) before the first score is read.
@@ -256,12 +257,11 @@ cudaError_t LaunchDigitTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream,
   cfg.stream = stream;
   cfg.attrs = attr;
   cfg.numAttrs = pdl ? 1 : 0;
-  if (a.max_blocks <= 256 * kKeysPerThread) {
-    cfg.blockDim = dim3(256);
-    return cudaLaunchKernelEx(&cfg, QuestTopKDigitKernel<256>, a, inputs_early);
-  }
   cfg.blockDim = dim3(1024);
-  return cudaLaunchKernelEx(&cfg, QuestTopKDigitKernel<1024>, a, inputs_early);
+  if (a.max_blocks <= 1024 * kShortRowKeys) {
+    return cudaLaunchKernelEx(&cfg, QuestTopKDigitKernel<1024, kShortRowKeys>, a, inputs_early);
+  }
+  return cudaLaunchKernelEx(&cfg, QuestTopKDigitKernel<1024, kKeysPerThread>, a, inputs_early);
 }
 
 }  // namespace kvtier::kernels::quest_internal

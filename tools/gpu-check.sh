@@ -94,12 +94,12 @@ def grid(title, rs, key_row, key_col, fmt_row, value="us", fmt="7.1f", unit="us"
     # `value` per (row key, column key); '*' = output differs from the default's, '-' = not run
     cols = sorted({key_col(r) for r in rs})
     print(f"  {title}: {unit} ('*' = MISMATCH)")
-    print("    " + f'{"":<22}' + "".join(f"{c:>8}" for c in cols))
+    print("    " + f'{"":<34}' + "".join(f"{c:>8}" for c in cols))
     for k in sorted({key_row(r) for r in rs}, reverse=True):
         cells = {key_col(r): r for r in rs if key_row(r) == k}
         line = "".join(f'{"-":>8}' if c not in cells or "error" in cells[c] else
                        format(cells[c][value], fmt) + (" " if cells[c]["matches"] else "*") for c in cols)
-        print("    " + f"{fmt_row(k):<22}" + line)
+        print("    " + f"{fmt_row(k):<34}" + line)
 for (ctx, b), rs in points.items():
     by = {r["method"]: r for r in rs}
     print(f"== context {ctx} batch {b} ({rs[0].get('device', '')})")
@@ -164,36 +164,38 @@ for (ctx, b), rs in points.items():
         print(f"  score shapes: {len(sc)}, mismatches {len(bad)}, not launched {len(err)}")
     if at:
         d = next(r for r in rs if r["method"] == "sweep_attention" and r["default"])
-        print(f'  attention default: {d["us"]:.1f} us (cluster {d["cluster"]}, {d["heads_per_cta"]} heads, '
-              f'{d["chunk_pages"]} pages x {d["splits"]})')
-        grid("attention (streamed), rows (heads/CTA, loads), columns pages/CTA (0 = planner's)", at,
-             lambda r: (r["heads_per_cta"], r["tile_loads"]), lambda r: r["chunk_pages_requested"],
-             lambda k: f"{k[0]} heads, {k[1]} loads")
+        print(f'  attention default: {d["us"]:.1f} us ({d.get("kernel", "streamed")}, cluster {d["cluster"]}, '
+              f'{d["heads_per_cta"]} heads, {d["chunk_pages"]} pages x {d["splits"]})')
+        grid("attention, rows (heads/CTA, kernel, loads), columns pages/CTA (0 = the streamed planner's)", at,
+             lambda r: (r["heads_per_cta"], r.get("kernel", "streamed"), r["tile_loads"]),
+             lambda r: r["chunk_pages_requested"], lambda k: f"{k[0]} heads, {k[1]}, {k[2]} loads")
         ok = sorted((r for r in at if r["matches"]), key=lambda r: r["us"])
         print("  fastest attention plans:")
         for r in ok[:6]:
-            print(f'    {r["us"]:>7.1f} us {r["gbps"]:>7.1f} GB/s {r["vs_default"]:.2f}x  {r["heads_per_cta"]} heads, '
-                  f'{r["tile_loads"]} loads, {r["chunk_pages"]} pages x {r["splits"]} ({r["ctas"]} CTAs), '
-                  f'max diff {r["max_abs_diff"]:.2g}')
+            print(f'    {r["us"]:>7.1f} us {r["gbps"]:>7.1f} GB/s {r["vs_default"]:.2f}x  {r.get("kernel", "streamed")}, '
+                  f'{r["heads_per_cta"]} heads, {r["tile_loads"]} loads, {r["chunk_pages"]} pages x {r["splits"]} '
+                  f'({r["ctas"]} CTAs), max diff {r["max_abs_diff"]:.2g}')
         bad = [r for r in at if not r["matches"]]
         print(f"  attention plans: {len(at)}, mismatches {len(bad)}")
     dn = [r for r in rs if r["method"] == "sweep_dense"]
     if dn:
         d = next(r for r in dn if r["default"])
         print(f'  dense plans (every block; {d["iterations"]} steps x 7, median): default {d["us"]:.1f} us = '
-              f'{d["vs_copy"]:.3f}x copy ({d["heads_per_cta"]} heads, {d["tile_loads"]} loads, {d["chunk_pages"]} pages x '
+              f'{d["vs_copy"]:.3f}x copy ({d.get("kernel", "streamed")}, {d["heads_per_cta"]} heads, {d["tile_loads"]} loads, {d["chunk_pages"]} pages x '
               f'{d["splits"]}, {d["waves"]:.2f} waves)')
         g = [r for r in dn if not r["default"]]
-        kr, kc = lambda r: (r["heads_per_cta"], r["tile_loads"]), lambda r: r["chunk_pages_requested"]
-        fr = lambda k: f"{k[0]} heads, {k[1]} loads"
-        grid("dense, rows (heads/CTA, loads), columns pages/CTA", g, kr, kc, fr)
+        kr = lambda r: (r["heads_per_cta"], r.get("kernel", "streamed"), r["tile_loads"])
+        kc = lambda r: r["chunk_pages_requested"]
+        fr = lambda k: f"{k[0]} heads, {k[1]}, {k[2]} loads"
+        grid("dense, rows (heads/CTA, kernel, loads), columns pages/CTA", g, kr, kc, fr)
         grid("dense, the same", g, kr, kc, fr, value="vs_copy", fmt="7.3f", unit="x copy (target >= 0.9)")
         grid("dense, the same", g, kr, kc, fr, value="waves", fmt="7.2f", unit="waves (CTAs / resident)")
         ok = sorted((r for r in dn if r["matches"]), key=lambda r: r["us"])
         print("  fastest dense plans:")
         for r in ok[:6]:
             print(f'    {r["us"]:>7.1f} us {r["vs_copy"]:.3f}x copy {r["vs_default"]:.3f}x default  '
-                  f'{"(default) " if r["default"] else ""}{r["heads_per_cta"]} heads, {r["tile_loads"]} loads, '
+                  f'{"(default) " if r["default"] else ""}{r.get("kernel", "streamed")}, {r["heads_per_cta"]} heads, '
+                  f'{r["tile_loads"]} loads, '
                   f'{r["chunk_pages"]} pages x {r["splits"]} ({r["ctas"]} CTAs, {r["waves"]:.2f} waves), '
                   f'max diff {r["max_abs_diff"]:.2g}')
         bad = [r for r in dn if not r["matches"]]

@@ -433,7 +433,7 @@ INSTANTIATE_TEST_SUITE_P(
 // budgets with 29 chosen, none chosen (rest = 0) and 1024 chosen. The result must equal the
 // reference's exactly, launched plain and with PDL behind a plain launch.
 // Each block list runs with both top-k algorithms (QuestTopKAlgorithm): a launch whose rows
-// are all ≤ 2048 blocks takes the 256-thread digit kernel, ≤ 8192 the 1024-thread one, and a
+// are all ≤ 2048 blocks takes the digit kernel at 2 keys per thread, ≤ 8192 at 8, and a
 // launch with a longer row (8193) takes the radix path for every row, whatever the algorithm.
 void CraftedTopK(const std::vector<uint32_t>& blocks, QuestTopKAlgorithm algorithm) {
   for (int kind = 0; kind < 6; ++kind) {
@@ -491,8 +491,8 @@ TEST(QuestTopKGpu, TiesSignedZerosInfinitiesAndNaNMatchReferenceExactly) {
   for (QuestTopKAlgorithm algorithm :
        {QuestTopKAlgorithm::kDigits, QuestTopKAlgorithm::kBisection, QuestTopKAlgorithm::kAuto}) {
     CraftedTopK({5000, 7, 64, 300, 2, 1024, 1025, 2048, 2049, 4097, 8192, 8193}, algorithm);  // radix: 8193
-    CraftedTopK({1024, 1025, 2048, 2049, 4097, 8192, 7, 2, 300, 64}, algorithm);  // digits: 1024 threads
-    CraftedTopK({2048, 2047, 7, 2, 300, 64, 1025, 129, 1}, algorithm);            // digits: 256 threads
+    CraftedTopK({1024, 1025, 2048, 2049, 4097, 8192, 7, 2, 300, 64}, algorithm);  // digits: 8 keys per thread
+    CraftedTopK({2048, 2047, 7, 2, 300, 64, 1025, 129, 1}, algorithm);            // digits: 2 keys per thread
   }
 }
 

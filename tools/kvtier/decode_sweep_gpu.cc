@@ -44,6 +44,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -59,14 +61,37 @@ std::string ScoreLabel(const kernels::QuestScorePlan& p) {
   return fmt::format("{}s {}b {}t x{}", p.tile_slices / 32, p.stages, p.tiles_per_cta, p.ctas_per_row);
 }
 
+// The kernel of a plan as the sweep tables name it: "streamed" (4 or 8 loads per tile apart),
+// "tensor-core", "balanced" (tensor-core, balanced rows), "bulk", "staged".
+const char* SweepKernel(const kernels::SparseAttentionPlan& p) {
+  return p.cluster != 0 ? "staged" : p.balance ? "balanced" : p.mma ? "tensor-core" : p.bulk ? "bulk" : "streamed";
+}
+
 std::string AttentionLabel(const kernels::SparseAttentionPlan& p) {
-  return fmt::format("{}{}h {}l {}p x{}", p.cluster != 0 ? "staged " : "", p.heads_per_cta,
-                     p.tile_loads == 8 ? 8 : 4, p.chunk_pages, p.max_splits);
+  const char* kernel = SweepKernel(p);
+  return fmt::format("{}{}h {}l {}p x{}", std::string_view(kernel) == "streamed" ? "" : std::string(kernel) + " ",
+                     p.heads_per_cta, p.tile_loads == 8 ? 8 : 4, p.chunk_pages, p.max_splits);
 }
 
 bool SamePlan(const kernels::SparseAttentionPlan& a, const kernels::SparseAttentionPlan& b) {
   return a.cluster == b.cluster && a.heads_per_cta == b.heads_per_cta && a.tile_loads == b.tile_loads &&
-         a.chunk_pages == b.chunk_pages && a.max_splits == b.max_splits && a.rows == b.rows;
+         a.chunk_pages == b.chunk_pages && a.max_splits == b.max_splits && a.rows == b.rows && a.mma == b.mma &&
+         a.bulk == b.bulk && a.balance == b.balance;
+}
+
+// The kernels the attention sweeps cover at each (heads per CTA, pages per CTA): the streamed
+// kernel at 4 and 8 loads per tile, and (eighth session) the tensor-core kernel, static and
+// with balanced rows (block tokens ≥ 16). Overrides on a streamed base plan.
+struct SweepKernelVariant {
+  uint32_t tile_loads;
+  uint8_t mma, balance;  // SparseAttentionPlanOverrides: 0 as planned, 1 yes, 2 no
+};
+std::vector<SweepKernelVariant> SweepKernelVariants(uint32_t heads, uint32_t block_tokens) {
+  std::vector<SweepKernelVariant> v{{4, 2, 2}};
+  if (heads <= 4) v.push_back({8, 2, 2});
+  v.push_back({4, 1, 2});
+  if (block_tokens >= kernels::kSparseAttentionBalanceMinBlockTokens) v.push_back({4, 1, 1});
+  return v;
 }
 
 bool SameGrid(const kernels::QuestScorePlan& a, const kernels::QuestScorePlan& b) {
@@ -183,12 +208,12 @@ Status Point::SweepAttention(cudaStream_t stream, std::vector<Row>* rows, std::v
   const uint32_t group = o_.q_heads / o_.kv_heads;
   for (uint32_t heads : {8u, 4u, 2u, 1u}) {
     if (group % heads != 0) continue;
-    for (uint32_t loads : {4u, 8u}) {
-      if (loads == 8 && heads > 4) continue;
+    for (const SweepKernelVariant& kind : SweepKernelVariants(heads, o_.block_tokens)) {
       for (uint32_t chunk : {0u, 1u, 2u, 3u, 4u, 6u, 8u, 11u, 16u, 22u, 32u, 43u, 64u, 128u, 256u}) {
         if (chunk > std::max(k_, 1u)) continue;
         const kernels::SparseAttentionPlanOverrides v{.heads_per_cta = heads, .chunk_pages = chunk,
-                                                      .tile_loads = loads};
+                                                      .tile_loads = kind.tile_loads, .mma = kind.mma,
+                                                      .balance = kind.balance};
         kernels::SparseAttentionPlan plan;
         if (const char* e = kernels::ApplySparseAttentionOverrides(shape_, k_, streamed_plan_, v, &plan)) {
           return Status::Internal(fmt::format("sweep attention plan: {}", e));  // the grid is valid by construction
@@ -226,13 +251,12 @@ Status Point::SweepAttention(cudaStream_t stream, std::vector<Row>* rows, std::v
     if (agree.matches) matching.push_back({AttentionLabel(plan), plan, t});
     const uint64_t ctas = uint64_t{plan.rows} * plan.max_splits;
     Row row{"sweep_attention",
-            is_default ? fmt::format("default ({}), {} heads/CTA, {} pages x {} pieces ({} CTAs)",
-                                     plan.cluster != 0 ? "staged" : "streamed", plan.heads_per_cta, plan.chunk_pages,
-                                     plan.max_splits, ctas)
-                       : fmt::format("{} heads/CTA, {} loads, {} pages x {} pieces ({} CTAs)", plan.heads_per_cta,
-                                     plan.tile_loads == 8 ? 8 : 4, plan.chunk_pages, plan.max_splits, ctas),
+            fmt::format("{}{}, {} heads/CTA, {} loads, {} pages x {} pieces ({} CTAs)", is_default ? "default, " : "",
+                        SweepKernel(plan), plan.heads_per_cta, plan.tile_loads == 8 ? 8 : 4, plan.chunk_pages,
+                        plan.max_splits, ctas),
             t, sparse_kv / (t * 1e3), sparse_kv,
-            {{"default", is_default}, {"cluster", plan.cluster}, {"heads_per_cta", plan.heads_per_cta},
+            {{"default", is_default}, {"kernel", SweepKernel(plan)}, {"cluster", plan.cluster},
+             {"heads_per_cta", plan.heads_per_cta},
              {"tile_loads", plan.tile_loads == 8 ? 8 : 4}, {"chunk_pages", plan.chunk_pages},
              {"chunk_pages_requested", v.chunk_pages}, {"splits", plan.max_splits}, {"ctas", ctas},
              {"matches", agree.matches}, {"max_abs_diff", agree.max_abs_diff}, {"vs_default", t_default / t}}};
@@ -283,12 +307,12 @@ Status Point::SweepDense(cudaStream_t stream, std::vector<Row>* rows) {
   const uint32_t group = o_.q_heads / o_.kv_heads;
   for (uint32_t heads : {8u, 4u, 2u, 1u}) {
     if (group % heads != 0) continue;
-    for (uint32_t loads : {4u, 8u}) {
-      if (loads == 8 && heads > 4) continue;
+    for (const SweepKernelVariant& kind : SweepKernelVariants(heads, o_.block_tokens)) {
       for (uint32_t chunk : chunks) {
         if (chunk > pages) continue;
         const kernels::SparseAttentionPlanOverrides v{.heads_per_cta = heads, .chunk_pages = chunk,
-                                                      .tile_loads = loads};
+                                                      .tile_loads = kind.tile_loads, .mma = kind.mma,
+                                                      .balance = kind.balance};
         SparseAttentionPlan plan;
         if (const char* e = kernels::ApplySparseAttentionOverrides(shape_, blocks_, base, v, &plan)) {
           return Status::Internal(fmt::format("dense sweep plan: {}", e));  // valid by construction
@@ -318,12 +342,12 @@ Status Point::SweepDense(cudaStream_t stream, std::vector<Row>* rows) {
     const double waves = per_sm == 0 ? 0.0 : double(ctas) / (double(per_sm) * sm_count_);
     const double gbps = kv / (t * 1e3);
     Row row{"sweep_dense",
-            fmt::format("{}{} heads/CTA, {} loads, {} pages x {} pieces ({} CTAs, {:.2f} waves)",
-                        is_default ? (plan.cluster != 0 ? "default (staged), " : "default, ") : "",
-                        plan.heads_per_cta, plan.tile_loads == 8 ? 8 : 4, plan.chunk_pages, plan.max_splits, ctas,
-                        waves),
+            fmt::format("{}{}, {} heads/CTA, {} loads, {} pages x {} pieces ({} CTAs, {:.2f} waves)",
+                        is_default ? "default, " : "", SweepKernel(plan), plan.heads_per_cta,
+                        plan.tile_loads == 8 ? 8 : 4, plan.chunk_pages, plan.max_splits, ctas, waves),
             t, gbps, kv,
-            {{"default", is_default}, {"cluster", plan.cluster}, {"heads_per_cta", plan.heads_per_cta},
+            {{"default", is_default}, {"kernel", SweepKernel(plan)}, {"cluster", plan.cluster},
+             {"heads_per_cta", plan.heads_per_cta},
              {"tile_loads", plan.tile_loads == 8 ? 8 : 4}, {"chunk_pages", plan.chunk_pages},
              {"chunk_pages_requested", v.chunk_pages}, {"splits", plan.max_splits}, {"ctas", ctas},
              {"ctas_per_sm", per_sm}, {"waves", waves}, {"matches", agree.matches},
