@@ -177,8 +177,10 @@ SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint3
   if (kv_bytes > occ.l2_bytes / 2) return full;
   const uint64_t resident = one_wave(full);
   if (resident == 0) return full;  // more than a wave: the SMs are full already
+  // Half the heads also when it keeps as many CTAs resident (round 12c): each CTA then streams
+  // twice the pages of its row and a row merges half as many pieces.
   const SparseAttentionPlan half = plan(heads / 2);
-  return one_wave(half) > resident ? half : full;
+  return one_wave(half) >= resident ? half : full;
 }
 
 SparseAttentionPlan PlanSparseAttention(const SparseAttentionShape& shape, uint32_t max_pages_per_row,
@@ -289,12 +291,14 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
 
   switch (kernels) {
     case SparseAttentionKernels::kAuto: {
-      // Round 11c: the streamed kernel where its planner takes a short-list plan (half the
-      // heads per CTA or deep tiles: short lists at small batch), else the tensor-core kernel.
-      if (cudaError_t e = streamed(plan); e != cudaSuccess || plan->tile_loads == 8 || plan->heads_per_cta < heads) {
-        return e;
-      }
-      return tensor_core(false, plan);
+      // Round 12c: the tensor-core kernel where its planner takes half the heads per CTA (short
+      // lists at small batch); else, as in round 11c, the streamed kernel where its planner
+      // takes a short-list plan (half the heads or deep tiles); else the tensor-core kernel.
+      if (cudaError_t e = tensor_core(false, plan); e != cudaSuccess || plan->heads_per_cta < heads) return e;
+      SparseAttentionPlan s;
+      if (cudaError_t e = streamed(&s); e != cudaSuccess) return e;
+      if (s.tile_loads == 8 || s.heads_per_cta < heads) *plan = s;
+      return cudaSuccess;
     }
     case SparseAttentionKernels::kStaged: {
       // The default of rounds 7-11: the staged plan where one fits, else the tensor-core kernel.

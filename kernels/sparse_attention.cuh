@@ -126,7 +126,9 @@ struct SparseAttentionOccupancy {
 // The same, also choosing heads_per_cta: the largest of 8/4/2/1 dividing the group (as
 // above), or half of it when rows are few (batch 1): when the launch's K/V (requests ·
 // kv_heads · max_pages_per_row slices) fits in half the L2, the largest-chunk plan is one
-// wave, and the half-chunk plan (its own standard/deep choice) is one wave of more CTAs.
+// wave, and the half-chunk plan (its own standard/deep choice) is one wave of at least as
+// many CTAs (round 12c: on a tie too — each CTA then streams twice the pages and a row merges
+// half as many pieces; before, only of more CTAs).
 // Half the heads per CTA = half the q/o/score registers (H100, d 128: 112 instead of 159
 // standard, 161 instead of 226–255 deep), so more CTAs resident; each K/V byte is then read
 // twice, the second time from L2. Same numbers up to the order of the merge's sums.
@@ -141,12 +143,13 @@ cudaError_t PlanSparseAttentionForDevice(const SparseAttentionShape& shape, Half
                                          int device, SparseAttentionPlan* plan);
 
 // Which kernels PlanSparseAttentionForDevice may choose (every value names a plan):
-//   kAuto = 0      the default (round 11c): the register-tile streamed kernel where its
-//                  planner takes a short-list plan (half the heads per CTA or deep tiles:
-//                  short page lists at small batch, the sparse step at batch 1), else the
-//                  tensor-core kernel (kMma). On an H100 that streamed plan's sparse step beat
-//                  the staged kernel (the batch-1 default of rounds 7-11) by 2-7% once its
-//                  merge was made short (round 11), and the tensor-core kernel's by 1-8%;
+//   kAuto = 0      the default (round 12c): the tensor-core kernel's plan (kMma), which takes
+//                  half the heads per CTA for short page lists at small batch (the sparse
+//                  step at batch 1); where it does not but the streamed planner takes a
+//                  short-list plan (half the heads or deep tiles), that streamed plan (round
+//                  11c's default there). On an H100 the batch-1 step with the tensor-core
+//                  half-heads plan was 1.07x (32K) and 1.01-1.03x (128K) round 11c's
+//                  streamed one in three runs each;
 //   kStreamed = 1  the register-tile streamed plan (round 6), standard or deep;
 //   kMma = 3       the tensor-core kernel (SparseAttentionPlan::mma) on the streamed split
 //                  heuristic with that kernel's occupancy (round 10; dense attention and the

@@ -363,11 +363,11 @@ INSTANTIATE_TEST_SUITE_P(
         Case{16, 2, 64, 16, {2000, 20}, HT::kFp16, AO::kFloat32},
         Case{32, 8, 128, 16, {40, 17, 3}, HT::kBf16}));
 
-// The device's default plan (kAuto, round 11c): the streamed kernel's short-list plan at batch
-// 1, else exactly the tensor-core plan (kMma) — sparse at batch 8, dense at batch 1 and 8 —
-// Llama-3-8B shapes; kStreamed is the round-6 register kernel's plan, kStaged the previous
-// default.
-TEST(SparseAttentionGpuApi, AutoPlanIsStreamedForShortListsElseTensorCore) {
+// The device's default plan (kAuto, round 12c): exactly the tensor-core plan (kMma) — at batch
+// 1 its half-heads short-list plan (round 11c took the streamed kernel's there), sparse at
+// batch 8, dense at batch 1 and 8 — Llama-3-8B shapes; kStreamed is the round-6 register
+// kernel's plan, kStaged the default of rounds 7-11.
+TEST(SparseAttentionGpuApi, AutoPlanIsTheTensorCorePlanWithHalfHeadsForShortLists) {
   if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
   auto same = [](const SparseAttentionPlan& x, const SparseAttentionPlan& y) {
     return x.heads_per_cta == y.heads_per_cta && x.chunk_pages == y.chunk_pages && x.max_splits == y.max_splits &&
@@ -389,11 +389,14 @@ TEST(SparseAttentionGpuApi, AutoPlanIsStreamedForShortListsElseTensorCore) {
     ASSERT_CUDA(PlanSparseAttentionForDevice(s, HalfType::kBf16, 128, 0, SparseAttentionKernels::kStreamed, &streamed));
     EXPECT_EQ(streamed.cluster, 0u);
     EXPECT_FALSE(streamed.mma);
-    // Round 11c: the streamed kernel's short-list plan (half the heads per CTA or deep tiles) at
-    // batch 1, the tensor-core plan at batch 8 (the streamed planner's full-heads standard plan).
+    // Round 12c: the tensor-core plan, which takes half the heads per CTA at batch 1 (as the
+    // streamed planner does there: its short-list plan, round 11c's default) and the full
+    // chunk at batch 8.
     const bool short_list = streamed.tile_loads == 8 || streamed.heads_per_cta < 4;
     EXPECT_EQ(short_list, batch == 1) << "batch " << batch;
-    EXPECT_TRUE(same(sparse, short_list ? streamed : sparse_mma)) << "batch " << batch;
+    EXPECT_EQ(sparse_mma.heads_per_cta, batch == 1 ? 2u : 4u) << "batch " << batch;
+    EXPECT_TRUE(sparse.mma) << "batch " << batch;
+    EXPECT_TRUE(same(sparse, sparse_mma)) << "batch " << batch;
     // kStaged (the default of rounds 7-11): the staged kernel's clusters where they fit (batch
     // 1 on an H100), else the tensor-core plan.
     SparseAttentionPlan staged;

@@ -319,6 +319,29 @@ TEST(SparseAttentionPlan, DenseRuleSplitsLongOneWaveRowsIntoSeveralWaves) {
   EXPECT_EQ(PlanSparseAttention(empty, 2048, 132, occ, r9d).rows, 0u);
 }
 
+// Round 12c: half the heads per CTA also when both plans keep the same CTAs resident (the
+// tensor-core kernel at batch 1: 2 CTAs per SM at 2 and at 4 heads): 16 rows × 16 pieces of 8
+// pages instead of 8 rows × 32 pieces of 4, 256 CTAs either way; not when the half plan keeps
+// fewer resident, nor when the K/V does not fit in half the L2.
+TEST(SparseAttentionPlan, HalfHeadsOnATieOfResidentCtas) {
+  const SparseAttentionShape llama{.requests = 1, .q_heads = 32, .kv_heads = 8, .head_dim = 128, .block_tokens = 16,
+                                   .slot_bytes = 8192};
+  SparseAttentionOccupancy mma;  // the tensor-core kernel on an H100: 2 per SM whatever the heads
+  mma.standard[0] = 2, mma.standard[1] = 2, mma.standard[2] = 2, mma.standard[3] = 2;
+  mma.l2_bytes = 50u << 20;
+  const SparseAttentionPlan p = PlanSparseAttention(llama, 128, 132, mma);
+  EXPECT_EQ(p.heads_per_cta, 2u);
+  EXPECT_EQ(p.rows, 16u);
+  EXPECT_EQ(p.chunk_pages, 8u);
+  EXPECT_EQ(p.max_splits, 16u);
+  SparseAttentionOccupancy fewer = mma;
+  fewer.standard[1] = 1;  // the half plan would keep 132 resident instead of 256
+  EXPECT_EQ(PlanSparseAttention(llama, 128, 132, fewer).heads_per_cta, 4u);
+  SparseAttentionOccupancy small_l2 = mma;
+  small_l2.l2_bytes = 8u << 20;  // 8.4 MB of K/V: more than half of it
+  EXPECT_EQ(PlanSparseAttention(llama, 128, 132, small_l2).heads_per_cta, 4u);
+}
+
 // heads_per_cta at batch 1: half the group's largest chunk where the K/V fits in half the L2,
 // the largest chunk is one wave and the half chunk is one wave of more CTAs.
 TEST(SparseAttentionPlan, FewerHeadsPerCtaWhenRowsAreFew) {
