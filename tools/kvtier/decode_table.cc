@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -91,7 +92,6 @@ std::string DecodeRowNote(const DecodeRow& row, uint32_t block_tokens) {
       parts.push_back(fmt::format("{:.2f}x {}", value.get<double>(), key.substr(std::string_view("speedup_vs_").size())));
     }
   }
-  if (auto v = Number(x, "vs_topk")) parts.push_back(fmt::format("{:.2f}x topk", *v));
   if (auto v = Number(x, "vs_scores")) parts.push_back(fmt::format("{:.3f}x scores", *v));
   if (auto v = Number(x, "vs_sparse_graph")) parts.push_back(fmt::format("{:.3f}x sparse_graph", *v));
   if (auto v = Number(x, "vs_default")) parts.push_back(fmt::format("{:.2f}x default", *v));
@@ -114,15 +114,15 @@ DecodeTable DecodeTableFromJsonLines(std::istream& in) {
   for (size_t number = 1; std::getline(in, line); ++number) {
     if (line.empty() || line.front() != '{') continue;
     const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    const auto text = [&](const char* key) { return j.is_object() ? Text(j, key) : std::nullopt; };
-    const auto number_of = [&](const char* key) { return j.is_object() ? Number(j, key) : std::nullopt; };
-    const auto method = text("method");
-    const auto context = number_of("context"), batch = number_of("batch"), us = number_of("us"),
-               gbps = number_of("gbps");
     if (j.is_discarded() || !j.is_object()) {
       table.errors.push_back(fmt::format("line {}: not a JSON object", number));
       continue;
     }
+    const auto text = [&](const char* key) { return Text(j, key); };
+    const auto number_of = [&](const char* key) { return Number(j, key); };
+    const auto method = text("method");
+    const auto context = number_of("context"), batch = number_of("batch"), us = number_of("us"),
+               gbps = number_of("gbps");
     if (!method || !context || !batch || !us || !gbps) {
       table.errors.push_back(fmt::format("line {}: a row needs method, context, batch, us and gbps", number));
       continue;
