@@ -200,8 +200,10 @@ struct QuestSelectDeviceArgs {
   // Launch the scores with programmatic dependent launch (PDL): the kernel's CTAs may start
   // while the previous kernel on the stream finishes, and wait for it (and its writes) in
   // cudaGridDependencySynchronize() before reading anything. Every kernel here also calls
-  // cudaTriggerProgrammaticLaunchCompletion() at its start, so a PDL-launched successor (the
-  // sparse attention) is scheduled early and waits for this grid's completion the same way.
+  // cudaTriggerProgrammaticLaunchCompletion() right after that wait, so a PDL-launched
+  // successor (the sparse attention) is scheduled early and waits for this grid's completion
+  // the same way. (Inside LaunchQuestSelect the top-k, which rides PDL behind the scores,
+  // reads the row's offsets and slots before its own wait: inputs the scores do not write.)
   bool programmatic_dependent_launch = false;
   // The separate top-k launch's algorithm (the fused one-launch path keeps the bisection).
   QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kAuto;
