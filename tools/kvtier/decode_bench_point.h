@@ -183,6 +183,13 @@ class Point {
   // the default takes the digits (rows ≤ 8192 blocks).
   Status BisectionRows(const StepOutcome& ref, double t_graph, cudaStream_t stream, std::vector<Row>* rows);
   Status SparsePdlBisectionStep(uint32_t layer, cudaStream_t stream);
+  // decode_rows_gpu.cc: the baselines as the sparse step is timed (eighth session): `copy_graph`
+  // (the copy row's copies as one CUDA graph) and `dense_graph` (dense with PDL, as one graph;
+  // its output checked bit for bit against dense's; vs_copy against the faster of the two
+  // copies), and sparse_graph's speedup against it.
+  Status GraphBaselineRows(double t_dense, double t_graph, cudaStream_t stream, std::vector<Row>* rows);
+  Status DensePdlStep(uint32_t layer, cudaStream_t stream);
+  Status CopyStep(uint32_t layer, cudaStream_t stream);
   // µs per launch of the score launch alone with `shape` (the `scores` row's loop).
   Result<double> TimedScores(const kernels::QuestScoreShape& shape, cudaStream_t stream);
   // The standard rows' comparison rule (`scores_r8`, `sparse_graph_r8`: round 8's default):

@@ -196,6 +196,21 @@ Status Point::DenseStep(uint32_t layer, cudaStream_t stream) {
   return Status::Ok();
 }
 
+// DenseStep with PDL, for dense_graph.
+Status Point::DensePdlStep(uint32_t layer, cudaStream_t stream) {
+  kernels::SparseAttentionDeviceArgs a = DenseArgs(layer);
+  a.programmatic_dependent_launch = true;
+  KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, dense_plan_, stream));
+  return Status::Ok();
+}
+
+// The copy row's copy of `layer`'s K/V, for copy_graph.
+Status Point::CopyStep(uint32_t layer, cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(cudaMemcpyAsync(copy_dst_.p, arena_.as<char>() + size_t{layer} * kv_bytes_, kv_bytes_,
+                                     cudaMemcpyDeviceToDevice, stream));
+  return Status::Ok();
+}
+
 kernels::QuestSelectDeviceArgs Point::SelectArgs(uint32_t layer) const {
   const size_t qn = size_t{batch_} * o_.q_heads * o_.head_dim;
   return {.requests = batch_, .q_heads = o_.q_heads, .kv_heads = o_.kv_heads, .head_dim = o_.head_dim,
