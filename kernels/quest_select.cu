@@ -112,7 +112,7 @@ cudaError_t LaunchTopK(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool
                           ? a.max_blocks <= quest_internal::kDigitTopKMaxBlocks
                           : a.topk_algorithm == QuestTopKAlgorithm::kAuto && a.max_blocks <= kDigitTopKAutoMaxBlocks;
   if (digits) {
-    return quest_internal::LaunchDigitTopK(a, stream, pdl, pdl && behind_own_scores);
+    return quest_internal::LaunchDigitTopK(a, stream, pdl, behind_own_scores);
   }
   return quest_internal::LaunchBisectionTopK(a, stream, pdl);
 }

@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads) QuestTopKDigitKernel(QuestSelectDevi
   static_assert(kBpt >= 1 && kBpt <= 32 && kW <= 32);
   // The slots of the row's blocks are loaded before the scores (no dependent load at the end),
   // except at 8 keys per thread of 1024 threads, whose 64-register budget they would spill.
-  constexpr bool kPrefetchSlots = kThreads <= 256 || kE <= 4;
+  constexpr bool kPrefetchSlots = kE <= 4;
   __shared__ DigitShared<kThreads> sh;
   // PDL: wait for the previous kernel (and its writes), then let a PDL-launched successor be
   // scheduled — before anything is read, or (inputs_early) before the first score is read.

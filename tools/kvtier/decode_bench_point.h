@@ -187,7 +187,7 @@ class Point {
   // (the copy row's copies as one CUDA graph) and `dense_graph` (dense with PDL, as one graph;
   // its output checked bit for bit against dense's; vs_copy against the faster of the two
   // copies), and sparse_graph's speedup against it.
-  Status GraphBaselineRows(double t_dense, double t_graph, cudaStream_t stream, std::vector<Row>* rows);
+  Status GraphBaselineRows(double t_graph, cudaStream_t stream, std::vector<Row>* rows);
   Status DensePdlStep(uint32_t layer, cudaStream_t stream);
   Status CopyStep(uint32_t layer, cudaStream_t stream);
   // µs per launch of the score launch alone with `shape` (the `scores` row's loop).
