@@ -64,9 +64,11 @@ enum class QuestTopKAlgorithm : uint8_t { kDigits = 0, kBisection = 1, kAuto = 2
 inline constexpr uint32_t kDigitTopKAutoMaxBlocks = 8192;
 
 // The score launch's kernel (the separate launch; the fused one-launch path always takes
-// kRegisterRing). Same scores, bit for bit, either way (same lane → channel split, same order
-// of every sum).
-//   kPipelined     (default, round 8) tiles of 64 slices copied to shared memory with
+// kRegisterRing). Two contracts: the fp32 kernels kPipelined and kRegisterRing give the same
+// scores, bit for bit (same lane → channel split, same order of every sum); kTensorCore gives
+// the fixed-point form's. All are within the tolerance of the CPU reference that the GPU
+// tests check.
+//   kPipelined     (round 8, the default until round 13) tiles of 64 slices copied to shared memory with
 //                  cp.async into a ring of tile buffers (no register budget for loads: ≤ 80
 //                  registers, 3 CTAs of 256 per SM); each thread scores 2 slices per tile, so
 //                  one shared q⁺/q⁻ load serves both. Its launch shape (buffers, tiles per
@@ -74,7 +76,19 @@ inline constexpr uint32_t kDigitTopKAutoMaxBlocks = 8192;
 //                  16-byte and `scales` 4-byte aligned (else kRegisterRing is used).
 //   kRegisterRing  (round 4) 4 passes of 16-byte loads in flight per thread in registers
 //                  (~127 registers, 2 CTAs per SM) — kept to compare the two in one run.
-enum class QuestScoreAlgorithm : uint8_t { kPipelined = 0, kRegisterRing = 1 };
+//   kTensorCore    (default since round 13) int8 tensor-core GEMM of the bounds with the
+//                  queries in fixed point (kernels/reference/quest_select.h,
+//                  QuestScoresFixedPoint, bit for bit): not bit-equal to the two fp32 kernels
+//                  above, within the same tolerance of QuestScoresQuantized plus the
+//                  fixed-point rounding of the queries (≤ 2^(E − 23) per weight; see the
+//                  reference; none for bf16 queries whose values span ≤ 15 binades). Tiles of
+//                  64 slices through cp.async, 2 buffers, 128 threads, one wave. H100 sparse
+//                  step vs kPipelined: 0.99x b1/32K, 1.05x b8/32K, 1.09x b1/128K, 1.08x
+//                  b8/128K (docs/sparse.md, round 13). Needs `bounds` 16-byte and `scales`
+//                  4-byte aligned and, with kMax, a group of ≤ kTensorCoreScoreMaxGroup heads
+//                  (else kRegisterRing runs); no score_shape fields (its own fixed shape).
+enum class QuestScoreAlgorithm : uint8_t { kPipelined = 0, kRegisterRing = 1, kTensorCore = 2 };
+inline constexpr uint32_t kTensorCoreScoreMaxGroup = 16;
 
 // Rules that choose the pipelined score kernel's launch shape (QuestScoreShape::preset). The
 // zero value, kRound9Wave, is the rule in force (a default-constructed shape runs it); the
@@ -190,8 +204,9 @@ struct QuestSelectDeviceArgs {
   uint32_t* selected_slots = nullptr;
   // Optional: a counter per row ([requests·kv_heads], zeroed once by the caller; every launch
   // leaves them at zero). Given, LaunchQuestSelect is ONE launch: the last score CTA of each
-  // row to finish runs the row's top-k (same algorithm, same result, bit for bit, as the two
-  // launches). Ignored for a kMax group whose queries take more than ~23 KiB (they are staged
+  // row to finish runs the row's top-k (the register-ring kernel's fp32 scores: the same
+  // result, bit for bit, as two launches with kPipelined or kRegisterRing; within the
+  // tolerance of the default kTensorCore's). Ignored for a kMax group whose queries take more than ~23 KiB (they are staged
   // as q⁺ and q⁻). Measured on an H100 (docs/sparse.md, tuning log) it is no faster than the
   // two launches (slower at batch 8 and at 128K: the top-k runs on 256 threads behind the
   // slowest score CTA of its row), so leave it null unless a measurement says otherwise;
@@ -208,7 +223,7 @@ struct QuestSelectDeviceArgs {
   // The separate top-k launch's algorithm (the fused one-launch path keeps the bisection).
   QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kAuto;
   // The separate score launch's kernel (see the enum).
-  QuestScoreAlgorithm score_algorithm = QuestScoreAlgorithm::kPipelined;
+  QuestScoreAlgorithm score_algorithm = QuestScoreAlgorithm::kTensorCore;
   // The pipelined kernel's launch shape (default: the kRound9Wave rule). A rule alone applies
   // where it can and gives the round-8 shape or the other kernels elsewhere, never a refusal.
   // A shape with explicit fields needs score_algorithm kPipelined, head_dim 128, `bounds`
@@ -220,7 +235,7 @@ struct QuestSelectDeviceArgs {
 // What a score launch of `args` runs (the pipelined kernel's grid as LaunchQuestScores sizes
 // it, overrides applied), for benchmarks and tests.
 struct QuestScorePlan {
-  bool pipelined = false;        // false: the register-ring kernel (and the fields below are 0)
+  bool pipelined = false;        // false: the register-ring kernel (fields below 0) or, with tensor_core, that kernel
   uint32_t tile_slices = 0;      // slices per tile (64 · slices_per_thread / 2)
   uint32_t stages = 0;           // tile buffers per CTA
   uint32_t tiles_per_row = 0;    // tiles of the longest row
@@ -232,6 +247,7 @@ struct QuestScorePlan {
   // for the round-8 shape (asked for, or a rule's fallback), explicit fields (no rule) and
   // the register-ring kernel.
   QuestScorePreset preset = QuestScorePreset::kRound8;
+  bool tensor_core = false;      // the tensor-core kernel (kTensorCore): its fixed shape in the fields above
 };
 
 // nullptr if `shape` is valid for scores of head_dim `head_dim`, else what is wrong with it

@@ -206,6 +206,9 @@ cudaError_t LaunchScoresOf(const QuestSelectDeviceArgs& a, cudaStream_t stream, 
 
 template <int kD>
 cudaError_t LaunchScores(const QuestSelectDeviceArgs& a, cudaStream_t stream, bool fused) {
+  if (!fused && TensorCoreScoresApply(a)) {
+    return LaunchTensorCoreScores(a, stream);
+  }
   if (!fused && PipelinedScoresApply(a)) {
     return LaunchPipelinedScores(a, stream);
   }

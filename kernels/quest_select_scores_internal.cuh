@@ -109,4 +109,10 @@ inline size_t ScoreSmem(const QuestSelectDeviceArgs& a) {
 bool PipelinedScoresApply(const QuestSelectDeviceArgs& a);
 cudaError_t LaunchPipelinedScores(const QuestSelectDeviceArgs& a, cudaStream_t stream);
 
+// quest_select_scores_mma.cu. TensorCoreScoresApply: the separate score launch of `a` runs
+// the tensor-core kernel (kTensorCore, aligned metadata, a group it stages). Its plan and launch.
+bool TensorCoreScoresApply(const QuestSelectDeviceArgs& a);
+cudaError_t PlanTensorCoreScores(const QuestSelectDeviceArgs& a, QuestScorePlan* plan);
+cudaError_t LaunchTensorCoreScores(const QuestSelectDeviceArgs& a, cudaStream_t stream);
+
 }  // namespace kvtier::kernels::quest_internal

@@ -373,6 +373,7 @@ cudaError_t LaunchPipelinedScores(const QuestSelectDeviceArgs& a, cudaStream_t s
 }
 
 cudaError_t PlanScores(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
+  if (TensorCoreScoresApply(a)) return PlanTensorCoreScores(a, plan);
   if (!PipelinedScoresApply(a)) {
     if (HasExplicitFields(a.score_shape)) return cudaErrorInvalidValue;
     *plan = {};  // the register-ring kernel (a rule alone, the default included, falls back to it)

@@ -111,6 +111,99 @@ void QuestScoresQuantized(const QuestShape& shape, GqaCombine combine, std::span
   }
 }
 
+int QuestFixedPointExponent(std::span<const float> w) {
+  float peak = 0;
+  for (float x : w) {
+    if (!std::isfinite(x)) return kQuestNonFinite;
+    peak = std::max(peak, std::fabs(x));
+  }
+  return peak == 0.0f ? 0 : std::ilogb(peak) + 1;
+}
+
+namespace {
+
+uint32_t Columns(const QuestShape& shape, GqaCombine combine) {
+  return combine == GqaCombine::kSum ? 1 : shape.group();
+}
+
+// Column c of KV head h: its 2d weights w (min bounds, then max bounds) and its exponent
+// (kQuestNonFinite if a query value it uses is not finite).
+int ColumnWeights(const QuestShape& shape, GqaCombine combine, std::span<const float> queries, uint32_t h, uint32_t c,
+                  std::vector<float>& w) {
+  const uint32_t d = shape.head_dim, group = shape.group();
+  const float* qh = &queries[size_t{h} * group * d];
+  w.resize(2 * size_t{d});
+  bool finite = true;
+  for (uint32_t i = 0; i < d; ++i) {
+    if (combine == GqaCombine::kSum) {
+      float pos = 0.0f, neg = 0.0f;  // fp32, in g order (as the kernels stage them)
+      for (uint32_t g = 0; g < group; ++g) {
+        const float x = qh[size_t{g} * d + i];
+        finite = finite && std::isfinite(x);
+        pos += std::max(x, 0.0f);
+        neg += std::min(x, 0.0f);
+      }
+      w[i] = neg;
+      w[d + i] = pos;
+    } else {
+      const float x = qh[size_t{c} * d + i];
+      finite = finite && std::isfinite(x);
+      w[i] = std::min(x, 0.0f);
+      w[d + i] = std::max(x, 0.0f);
+    }
+  }
+  return finite ? QuestFixedPointExponent(w) : kQuestNonFinite;
+}
+
+}  // namespace
+
+double QuestFixedPointQuantum(const QuestShape& shape, GqaCombine combine, std::span<const float> queries,
+                              uint32_t h) {
+  std::vector<float> w;
+  double sum = 0;
+  for (uint32_t c = 0; c < Columns(shape, combine); ++c) {
+    const int e = ColumnWeights(shape, combine, queries, h, c, w);
+    if (e == kQuestNonFinite) return std::numeric_limits<double>::infinity();
+    sum += std::ldexp(1.0, e - (kQuestFixedPointBits + 1));
+  }
+  return sum;
+}
+
+void QuestScoresFixedPoint(const QuestShape& shape, GqaCombine combine, std::span<const float> queries,
+                           std::span<const int8_t> q, std::span<const float> scales, std::span<float> scores) {
+  const uint32_t d = shape.head_dim;
+  const uint32_t columns = Columns(shape, combine);
+  std::vector<float> w(2 * size_t{d});
+  std::vector<int32_t> weights(size_t{columns} * 2 * d);
+  std::vector<int> exponents(columns);
+  for (uint32_t h = 0; h < shape.kv_heads; ++h) {
+    for (uint32_t c = 0; c < columns; ++c) {
+      const int e = ColumnWeights(shape, combine, queries, h, c, w);
+      exponents[c] = e;
+      for (uint32_t j = 0; j < 2 * d; ++j) {
+        weights[size_t{c} * 2 * d + j] =
+            e == kQuestNonFinite ? 0 : static_cast<int32_t>(std::nearbyint(std::ldexp(w[j], kQuestFixedPointBits - e)));
+      }
+    }
+    for (uint32_t b = 0; b < shape.blocks; ++b) {
+      const size_t slice = size_t{h} * shape.blocks + b;
+      const int8_t* bytes = &q[slice * 2 * d];
+      float best = -std::numeric_limits<float>::infinity();
+      bool nan = false;
+      for (uint32_t c = 0; c < columns; ++c) {
+        if (exponents[c] == kQuestNonFinite) {
+          nan = true;
+          continue;
+        }
+        int64_t s = 0;
+        for (uint32_t j = 0; j < 2 * d; ++j) s += int64_t{weights[size_t{c} * 2 * d + j]} * bytes[j];
+        best = std::max(best, std::ldexp(static_cast<float>(s), exponents[c] - kQuestFixedPointBits));
+      }
+      scores[slice] = nan ? std::numeric_limits<float>::quiet_NaN() : best * scales[slice];
+    }
+  }
+}
+
 void QuestSelectTopK(const QuestShape& shape, const QuestSelectParams& params, std::span<const float> scores,
                      std::span<uint32_t> selected) {
   const uint32_t blocks = shape.blocks, k = QuestBudgetBlocks(shape, params);

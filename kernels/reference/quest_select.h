@@ -65,6 +65,32 @@ void QuestScores(const QuestShape& shape, GqaCombine combine, std::span<const fl
 void QuestScoresQuantized(const QuestShape& shape, GqaCombine combine, std::span<const float> queries,
                           std::span<const int8_t> q, std::span<const float> scales, std::span<float> scores);
 
+// The fixed-point form of QuestScoresQuantized that the tensor-core score kernel
+// (QuestScoreAlgorithm::kTensorCore) computes, bit for bit. Per query head g (per KV head
+// with kSum: one column P_i = Σ_g max(q_gi, 0), N_i = Σ_g min(q_gi, 0), summed in fp32 in
+// g order) the 2d weights w = (min(q_i, 0) for the d min bounds, max(q_i, 0) for the d max
+// bounds) are rounded to integers on one power-of-two grid:
+//     E = QuestFixedPointExponent(w)      (2^(E−1) ≤ max|w| < 2^E; 0 when w is all zeros)
+//     W_j = rint(w_j · 2^(22 − E))        (|W_j| ≤ 2^22: 23 significant bits, like fp32)
+// and the bound is the exact integer sum S = Σ_j W_j · b_j over the int8 bounds b, read back
+// as f = float(S) · 2^(E − 22) (one rounding). The score is f (kSum: one column) or the
+// largest f of the group (kMax), times the slice's scale in fp32. A head whose
+// query has a non-finite value (or whose kSum column overflows) makes the score NaN, which
+// ranks last. Against QuestScoresQuantized the rounding of w adds at most
+//     Σ_heads 2^(E − 23) · scale · Σ_j |b_j|
+// to the fp32-vs-double difference (tests/kernels/quest_select_reference_test.cc checks it).
+inline constexpr int kQuestFixedPointBits = 22;
+// E for a weight vector (see above); kQuestNonFinite when a value is NaN or infinite.
+inline constexpr int kQuestNonFinite = -1000000;
+int QuestFixedPointExponent(std::span<const float> w);
+void QuestScoresFixedPoint(const QuestShape& shape, GqaCombine combine, std::span<const float> queries,
+                           std::span<const int8_t> q, std::span<const float> scales, std::span<float> scores);
+// Σ over KV head h's columns of 2^(E − 23): times scale · Σ_j |b_j| of a slice, the most the
+// fixed-point rounding of the queries moves its score (the tolerance term tests add).
+// Infinity when a column is not finite.
+double QuestFixedPointQuantum(const QuestShape& shape, GqaCombine combine, std::span<const float> queries,
+                              uint32_t h);
+
 // scores [kv_heads][blocks] → selected [kv_heads][QuestBudgetBlocks()] block indices, each
 // row sorted ascending.
 void QuestSelectTopK(const QuestShape& shape, const QuestSelectParams& params, std::span<const float> scores,

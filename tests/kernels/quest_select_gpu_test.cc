@@ -14,6 +14,9 @@
 //              computations may swap (b can trade places with some y only if
 //              |cpu_b − cpu_y| ≤ tol_b + tol_y, and the k-th score lies between them);
 //   slots      selected_slots[i] = the slot of block selected[i].
+//   tensor core  (QuestScoreAlgorithm::kTensorCore) QuestScoresFixedPoint bit for bit, within
+//              the tolerance above plus the fixed-point term of the CPU scores; its selection
+//              the top-k of its own scores (CheckTensorCore).
 // Plus budget/offset edge cases (k ≥ blocks, one block) and the API's refusals; the top-k
 // kernels alone are in quest_topk_gpu_test.cc, the cases' builder in quest_select_gpu_cases.h.
 // Skips without a CUDA device.
@@ -85,7 +88,11 @@ void CheckPitchedLayout(const Case& c, const Batch& b, const QuestSelectDeviceAr
   DeviceArray<uint32_t> pitched_slots(pslots);
   DeviceArray<uint32_t> pitched_counters(size_t{requests} * c.kv_heads);
   ASSERT_CUDA(cudaMemset(pitched_counters.p, 0, pitched_counters.n * sizeof(uint32_t)));
+  // The fp32 kernels' variants (pipelined, register ring, bisection, fused), or for the
+  // tensor-core kernel (`a` runs it) its own with either top-k.
+  const bool tensor_core = a.score_algorithm == QuestScoreAlgorithm::kTensorCore;
   for (int variant = 0; variant < 4; ++variant) {
+    if (tensor_core && (variant == 1 || variant == 3)) continue;
     QuestSelectDeviceArgs t = a;
     t.bounds = pitched_bounds.p;
     t.scales = pitched_scales.p;
@@ -124,6 +131,97 @@ void CheckPitchedLayout(const Case& c, const Batch& b, const QuestSelectDeviceAr
   }
 }
 
+// Both NaN, or the same bits.
+bool SameScore(float x, float y) { return (std::isnan(x) && std::isnan(y)) || std::memcmp(&x, &y, sizeof x) == 0; }
+
+// Round 13: the tensor-core score kernel (the default) through LaunchQuestSelect (plain and with PDL),
+// poisoned first. Where it applies (kSum, or a kMax group ≤ kTensorCoreScoreMaxGroup): its
+// scores are QuestScoresFixedPoint's bit for bit and within the fp32 tolerance plus the
+// fixed-point term of QuestScoresQuantized; elsewhere the register ring runs (the fp32
+// scores `fp32_scores`, bit for bit). Either way the selection is the top-k of its own
+// scores, with slots; then the pitched layout gives the same.
+void CheckTensorCore(const Case& c, const Batch& b, const QuestSelectDeviceArgs& a, uint32_t seed,
+                     const std::vector<uint32_t>& sel_off, const std::vector<float>& fp32_scores,
+                     DeviceArray<float>& scores, DeviceArray<uint32_t>& selected,
+                     DeviceArray<uint32_t>& selected_slots) {
+  const auto requests = static_cast<uint32_t>(c.blocks.size());
+  const uint32_t d = c.d, group = c.q_heads / c.kv_heads;
+  const bool applies = c.params.combine == kSum || group <= kTensorCoreScoreMaxGroup;
+  QuestSelectDeviceArgs t = a;
+  t.score_algorithm = QuestSelectDeviceArgs{}.score_algorithm;  // the default
+  ASSERT_EQ(t.score_algorithm, QuestScoreAlgorithm::kTensorCore);
+  QuestScorePlan plan;
+  ASSERT_CUDA(PlanQuestScores(t, &plan));
+  EXPECT_EQ(plan.tensor_core, applies);
+  if (applies) {
+    EXPECT_EQ(plan.tile_slices, 64u);
+    EXPECT_GE(uint64_t{plan.ctas_per_row} * plan.tiles_per_cta, plan.tiles_per_row);
+  }
+  std::vector<float> tc_scores;
+  std::vector<uint32_t> tc_sel, tc_slots;
+  for (bool pdl : {false, true}) {
+    t.programmatic_dependent_launch = pdl;
+    ASSERT_CUDA(cudaMemset(scores.p, 0xff, scores.n * sizeof(float)));
+    ASSERT_CUDA(cudaMemset(selected.p, 0xAA, selected.n * sizeof(uint32_t)));
+    ASSERT_CUDA(cudaMemset(selected_slots.p, 0xAA, selected_slots.n * sizeof(uint32_t)));
+    ASSERT_CUDA(LaunchQuestSelect(t, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    const std::vector<float> got = scores.Get();
+    if (pdl) {
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(SameScore(got[i], tc_scores[i])) << "PDL changed " << i;
+      ASSERT_EQ(selected.Get(), tc_sel);
+      continue;
+    }
+    tc_scores = got;
+    tc_sel = selected.Get();
+    tc_slots = selected_slots.Get();
+  }
+  for (uint32_t r = 0; r < requests; ++r) {
+    const uint32_t n = c.blocks[r];
+    const QuestShape shape{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = d, .blocks = n};
+    const uint32_t k = QuestBudgetBlocks(shape, c.params);
+    const size_t slice0 = size_t{b.block_offsets[r]} * c.kv_heads, count = size_t{c.kv_heads} * n;
+    std::span<const float> qr(&b.queries[size_t{r} * c.q_heads * d], size_t{c.q_heads} * d);
+    std::span<const int8_t> br(&b.bounds[slice0 * 2 * d], count * 2 * d);
+    std::span<const float> sr(&b.scales[slice0], count);
+    if (applies) {
+      std::vector<float> model(count), cpu(count);
+      QuestScoresFixedPoint(shape, c.params.combine, qr, br, sr, model);
+      QuestScoresQuantized(shape, c.params.combine, qr, br, sr, cpu);
+      for (uint32_t h = 0; h < c.kv_heads; ++h) {
+        const double quantum = QuestFixedPointQuantum(shape, c.params.combine, qr, h);
+        for (uint32_t blk = 0; blk < n; ++blk) {
+          const size_t s = size_t{h} * n + blk;
+          ASSERT_TRUE(SameScore(tc_scores[slice0 + s], model[s]))
+              << "request " << r << " head " << h << " block " << blk << ": gpu " << tc_scores[slice0 + s]
+              << " model " << model[s];
+          double mag = 0, bytes = 0;
+          for (uint32_t i = 0; i < d; ++i) {
+            const int lo = std::abs(int(br[s * 2 * d + i])), hi = std::abs(int(br[s * 2 * d + d + i]));
+            bytes += lo + hi;
+            for (uint32_t g = 0; g < group; ++g) mag += std::fabs(qr[(size_t{h} * group + g) * d + i]) * std::max(lo, hi);
+          }
+          ASSERT_LE(std::fabs(double(model[s]) - cpu[s]), (1e-5 * mag + quantum * bytes) * sr[s] + 1e-30)
+              << "request " << r << " head " << h << " block " << blk;
+        }
+      }
+    } else {
+      for (size_t s = 0; s < count; ++s) ASSERT_TRUE(SameScore(tc_scores[slice0 + s], fp32_scores[slice0 + s])) << s;
+    }
+    std::vector<uint32_t> own(size_t{c.kv_heads} * k);
+    QuestSelectTopK(shape, c.params, std::span<const float>(&tc_scores[slice0], count), own);
+    for (uint32_t h = 0; h < c.kv_heads; ++h) {
+      const uint32_t row = r * c.kv_heads + h;
+      ASSERT_EQ(sel_off[row + 1] - sel_off[row], k);
+      for (uint32_t i = 0; i < k; ++i) {
+        ASSERT_EQ(tc_sel[sel_off[row] + i], own[size_t{h} * k + i]) << "request " << r << " head " << h << " at " << i;
+        ASSERT_EQ(tc_slots[sel_off[row] + i], b.slots[slice0 + size_t{h} * n + own[size_t{h} * k + i]]) << i;
+      }
+    }
+  }
+  if (applies) CheckPitchedLayout(c, b, t, seed, tc_scores, tc_sel, tc_slots, selected, selected_slots);
+}
+
 void RunCase(const Case& c, uint32_t seed) {
   const Batch b = Build(c, seed);
   const auto requests = static_cast<uint32_t>(c.blocks.size());
@@ -147,6 +245,9 @@ void RunCase(const Case& c, uint32_t seed) {
                           .block_offsets = offsets.p, .bounds = bounds.p, .scales = scales.p, .scores = scores.p,
                           .selected_offsets = sel_offsets.p, .selected = selected.p, .block_slots = slots.p,
                           .selected_slots = selected_slots.p};
+  // The fp32 kernels first (kPipelined and the variants that must equal it bit for bit); the
+  // default, kTensorCore, in CheckTensorCore at the end.
+  a.score_algorithm = QuestScoreAlgorithm::kPipelined;
   ASSERT_CUDA(LaunchQuestSelect(a, nullptr));
   ASSERT_CUDA(cudaDeviceSynchronize());
   const std::vector<float> gpu_scores = scores.Get();
@@ -210,7 +311,7 @@ void RunCase(const Case& c, uint32_t seed) {
     }
   }
   // The round-4 register-ring score kernel, plain and with PDL: the same scores as the
-  // default pipelined kernel, bit for bit (same lane → channel split, same order of sums).
+  // pipelined kernel, bit for bit (same lane → channel split, same order of sums).
   for (bool pdl : {false, true}) {
     ASSERT_CUDA(cudaMemset(scores.p, 0xff, scores.n * sizeof(float)));
     QuestSelectDeviceArgs ring = a;
@@ -322,6 +423,7 @@ void RunCase(const Case& c, uint32_t seed) {
   ASSERT_CUDA(cudaStreamDestroy(stream));
 
   CheckPitchedLayout(c, b, a, seed, gpu_scores, gpu_sel, gpu_slots, selected, selected_slots);
+  CheckTensorCore(c, b, a, seed, sel_off, gpu_scores, scores, selected, selected_slots);
 }
 
 class QuestSelectGpu : public ::testing::TestWithParam<Case> {};
@@ -360,7 +462,11 @@ INSTANTIATE_TEST_SUITE_P(
         Case{32, 8, 128, {2047, 3, 129, 1000, 2048, 16, 17, 65}, P(2048, 1, kMax), QuestQueryType::kBf16},
         Case{8, 2, 128, {63, 64, 65, 127, 128, 129, 1537}, P(256, 1, kMax)},
         Case{8, 2, 64, {63, 64, 65, 1537}, P(256, 1, kSum), QuestQueryType::kFp16},
-        Case{32, 8, 128, {32768}, P(2048, 1, kMax), QuestQueryType::kBf16}));
+        Case{32, 8, 128, {32768}, P(2048, 1, kMax), QuestQueryType::kBf16},
+        // The tensor-core kernel's largest kMax group (4 chunks of columns), and one past it
+        // (the register ring runs).
+        Case{16, 1, 128, {3000, 129}, P(512, 1, kMax)},
+        Case{17, 1, 64, {700}, P(256, 1, kMax), QuestQueryType::kFp16}));
 
 // A non-default score shape is refused wherever it would not be what runs: the register-ring
 // kernel, the fused path, misaligned metadata, d 64; and an invalid shape everywhere.
@@ -380,6 +486,7 @@ TEST(QuestSelectGpuApi, RefusesScoreShapesThatWouldNotApply) {
                           .max_blocks = 100, .params = c.params, .queries = queries.p, .block_offsets = offsets.p,
                           .bounds = bounds.p, .scales = scales.p, .scores = scores.p,
                           .selected_offsets = sel_offsets.p, .selected = selected.p};
+  a.score_algorithm = QuestScoreAlgorithm::kPipelined;  // explicit fields are the pipelined kernel's
   a.score_shape = {.tiles_per_cta = 1, .stages = 2, .slices_per_thread = 4};
   QuestScorePlan plan;
   ASSERT_CUDA(PlanQuestScores(a, &plan));  // valid as given
@@ -387,6 +494,9 @@ TEST(QuestSelectGpuApi, RefusesScoreShapesThatWouldNotApply) {
   ASSERT_CUDA(cudaDeviceSynchronize());
   QuestSelectDeviceArgs x = a;
   x.score_algorithm = QuestScoreAlgorithm::kRegisterRing;
+  EXPECT_EQ(LaunchQuestScores(x, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(PlanQuestScores(x, &plan), cudaErrorInvalidValue);
+  x.score_algorithm = QuestScoreAlgorithm::kTensorCore;  // its own fixed shape
   EXPECT_EQ(LaunchQuestScores(x, nullptr), cudaErrorInvalidValue);
   EXPECT_EQ(PlanQuestScores(x, &plan), cudaErrorInvalidValue);
   x = a;

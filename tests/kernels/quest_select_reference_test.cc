@@ -268,5 +268,120 @@ TEST(QuestSelectReferenceTest, SinksAndTheCurrentBlockWinOverHigherScores) {
   EXPECT_EQ(sel, (std::vector<uint32_t>{0, 1, 49, 99}));
 }
 
+// ---- The fixed-point form (QuestScoresFixedPoint: what the tensor-core kernel computes). ----
+
+TEST(QuestSelectReferenceTest, FixedPointExponentBracketsThePeak) {
+  EXPECT_EQ(QuestFixedPointExponent(std::vector<float>{0.0f, -0.0f}), 0);
+  EXPECT_EQ(QuestFixedPointExponent(std::vector<float>{1.0f}), 1);  // 2^0 ≤ 1 < 2^1
+  EXPECT_EQ(QuestFixedPointExponent(std::vector<float>{0.75f, -0.5f}), 0);
+  EXPECT_EQ(QuestFixedPointExponent(std::vector<float>{0.1f, -3.0f}), 2);
+  EXPECT_EQ(QuestFixedPointExponent(std::vector<float>{1e-3f}), -9);  // 2^-10 ≤ 1e-3 < 2^-9
+  EXPECT_EQ(QuestFixedPointExponent(std::vector<float>{1.0f, std::numeric_limits<float>::quiet_NaN()}),
+            kQuestNonFinite);
+  EXPECT_EQ(QuestFixedPointExponent(std::vector<float>{-std::numeric_limits<float>::infinity()}), kQuestNonFinite);
+}
+
+TEST(QuestSelectReferenceTest, FixedPointQuantumSumsTheColumnsHalfSteps) {
+  const QuestShape s{.q_heads = 4, .kv_heads = 2, .head_dim = 2, .blocks = 1};
+  // KV head 0: heads (1, -0.5) and (0.25, 0); KV head 1: (3, 0) and (0, 0).
+  std::vector<float> q{1.0f, -0.5f, 0.25f, 0.0f, 3.0f, 0.0f, 0.0f, 0.0f};
+  EXPECT_EQ(QuestFixedPointQuantum(s, GqaCombine::kMax, q, 0), std::ldexp(1.0, 1 - 23) + std::ldexp(1.0, -1 - 23));
+  EXPECT_EQ(QuestFixedPointQuantum(s, GqaCombine::kMax, q, 1), std::ldexp(1.0, 2 - 23) + std::ldexp(1.0, 0 - 23));
+  // kSum: one column, P = (1.25, 0), N = (0, -0.5): E = 1.
+  EXPECT_EQ(QuestFixedPointQuantum(s, GqaCombine::kSum, q, 0), std::ldexp(1.0, 1 - 23));
+  q[1] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_TRUE(std::isinf(QuestFixedPointQuantum(s, GqaCombine::kSum, q, 0)));
+}
+
+// Queries on a coarse grid (small integers): the rounding to fixed point is exact, every sum
+// is an integer below 2^24, so the fixed-point score equals the double reference's bit for
+// bit — which pins the sign split, the limbs and the exponent without a tolerance.
+TEST(QuestSelectReferenceTest, FixedPointIsExactForQueriesOnItsGrid) {
+  for (GqaCombine combine : {GqaCombine::kSum, GqaCombine::kMax}) {
+    for (uint32_t d : {64u, 128u}) {
+      const QuestShape s{.q_heads = 8, .kv_heads = 2, .head_dim = d, .blocks = 300};
+      std::mt19937_64 rng(d + static_cast<int>(combine));
+      std::vector<float> queries(size_t{s.q_heads} * d);
+      for (float& x : queries) x = static_cast<float>(static_cast<int>(rng() % 17) - 8);
+      std::vector<int8_t> q(size_t{s.kv_heads} * s.blocks * 2 * d);
+      for (size_t slice = 0; slice < size_t{s.kv_heads} * s.blocks; ++slice) {
+        for (uint32_t i = 0; i < d; ++i) {  // min ≤ max, as QuantizeQuestBounds gives them
+          const int x = static_cast<int>(rng() % 255) - 127, y = static_cast<int>(rng() % 255) - 127;
+          q[slice * 2 * d + i] = static_cast<int8_t>(std::min(x, y));
+          q[slice * 2 * d + d + i] = static_cast<int8_t>(std::max(x, y));
+        }
+      }
+      std::vector<float> scales(size_t{s.kv_heads} * s.blocks, 1.0f);
+      std::vector<float> ref(scales.size(), kPoison), fixed(scales.size(), kPoison);
+      QuestScoresQuantized(s, combine, queries, q, scales, ref);
+      QuestScoresFixedPoint(s, combine, queries, q, scales, fixed);
+      for (size_t i = 0; i < ref.size(); ++i) ASSERT_EQ(fixed[i], ref[i]) << "slice " << i << " d " << d;
+    }
+  }
+}
+
+// Random and adversarial queries (one large component, the rest 10^-4 of it: the rounding
+// error of the small ones is the whole difference): |fixed − quantized| stays within the fp32
+// term of the kernels' tolerance plus the documented Σ 2^(E − 23)·scale·Σ|b_j|.
+TEST(QuestSelectReferenceTest, FixedPointStaysWithinItsBoundOfTheQuantizedScores) {
+  for (uint64_t seed = 1; seed <= 6; ++seed) {
+    for (GqaCombine combine : {GqaCombine::kSum, GqaCombine::kMax}) {
+      Problem p = Random(12, 3, 128, 1000, 16, 300 + seed);
+      const QuestShape& s = p.shape;
+      const uint32_t d = s.head_dim, group = s.group();
+      if (seed % 2 == 0) {
+        std::mt19937_64 rng(seed);
+        for (float& x : p.queries) x = (rng() % 2 ? 1e-4f : -1e-4f) * static_cast<float>(rng() % 1000) / 999.0f;
+        for (uint32_t g = 0; g < s.q_heads; ++g) p.queries[size_t{g} * d + g % d] = g % 2 ? 1.0f : -1.0f;
+      }
+      std::vector<int8_t> q(p.bounds.size());
+      std::vector<float> scales(size_t{s.kv_heads} * s.blocks);
+      QuantizeQuestBounds(s, p.bounds, q, scales);
+      std::vector<float> ref(scales.size(), kPoison), fixed(scales.size(), kPoison);
+      QuestScoresQuantized(s, combine, p.queries, q, scales, ref);
+      QuestScoresFixedPoint(s, combine, p.queries, q, scales, fixed);
+      double worst = 0;
+      for (uint32_t h = 0; h < s.kv_heads; ++h) {
+        const double quantum = QuestFixedPointQuantum(s, combine, p.queries, h);
+        for (uint32_t b = 0; b < s.blocks; ++b) {
+          const size_t slice = size_t{h} * s.blocks + b;
+          double mag = 0, bytes = 0;
+          for (uint32_t i = 0; i < d; ++i) {
+            const int lo = q[slice * 2 * d + i], hi = q[slice * 2 * d + d + i];
+            bytes += std::abs(lo) + std::abs(hi);
+            for (uint32_t g = 0; g < group; ++g) {
+              mag += std::fabs(p.queries[(size_t{h} * group + g) * d + i]) * std::max(std::abs(lo), std::abs(hi));
+            }
+          }
+          const double tol = (1e-5 * mag + quantum * bytes) * scales[slice] + 1e-30;
+          const double diff = std::fabs(double(fixed[slice]) - ref[slice]);
+          ASSERT_LE(diff, tol) << "seed " << seed << " slice " << slice;
+          worst = std::max(worst, diff / tol);
+        }
+      }
+      EXPECT_GT(worst, 0.0) << "the fixed point never differed: the test would not notice a wrong bound";
+    }
+  }
+}
+
+TEST(QuestSelectReferenceTest, FixedPointScoresOfANonFiniteQueryAreNanAndRankLast) {
+  const QuestShape s{.q_heads = 4, .kv_heads = 2, .head_dim = 64, .blocks = 40};
+  Problem p = Random(4, 2, 64, 40 * 16, 16, 77);
+  std::vector<int8_t> q(p.bounds.size());
+  std::vector<float> scales(size_t{s.kv_heads} * s.blocks);
+  QuantizeQuestBounds(s, p.bounds, q, scales);
+  p.queries[1 * 64 + 5] = std::numeric_limits<float>::quiet_NaN();   // KV head 0, query head 1
+  p.queries[3 * 64 + 9] = std::numeric_limits<float>::infinity();    // KV head 1, query head 3
+  for (GqaCombine combine : {GqaCombine::kSum, GqaCombine::kMax}) {
+    std::vector<float> fixed(scales.size(), 0.0f);
+    QuestScoresFixedPoint(s, combine, p.queries, q, scales, fixed);
+    for (float x : fixed) ASSERT_TRUE(std::isnan(x));
+    const QuestSelectParams params{.budget_tokens = 64, .block_tokens = 16, .sink_blocks = 1, .combine = combine};
+    std::vector<uint32_t> sel(size_t{s.kv_heads} * QuestBudgetBlocks(s, params), 0xAAAAAAAAu);
+    QuestSelectTopK(s, params, fixed, sel);  // every score NaN: ties on -inf, the lowest blocks
+    EXPECT_EQ(std::vector<uint32_t>(sel.begin(), sel.begin() + 4), (std::vector<uint32_t>{0, 1, 2, 39}));
+  }
+}
+
 }  // namespace
 }  // namespace kvtier::kernels

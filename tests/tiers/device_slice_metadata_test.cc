@@ -102,9 +102,14 @@ void CheckSelection(const Case& c, LayerId layer, const SliceMetadata& host, con
     kernels::QuestScoresQuantized(shape, static_cast<kernels::GqaCombine>(c.combine),
                                   std::span<const float>(&q[size_t{h} * group * d], size_t{group} * d),
                                   v.compact.subspan(0, size_t{n} * 2 * d), v.scales.subspan(0, n), scores);
+    // The fp32 tolerance plus the fixed-point rounding of the queries (the default score
+    // kernel computes QuestScoresFixedPoint).
+    const double quantum = kernels::QuestFixedPointQuantum(
+        shape, static_cast<kernels::GqaCombine>(c.combine), std::span<const float>(&q[size_t{h} * group * d], size_t{group} * d), 0);
     float max_tol = 0;
     for (uint32_t b = 0; b < n; ++b) {
-      double mag = 0;
+      double mag = 0, bytes = 0;
+      for (uint32_t i = 0; i < 2 * d; ++i) bytes += std::abs(int(v.compact[size_t{b} * 2 * d + i]));
       for (uint32_t g = 0; g < group; ++g) {
         for (uint32_t i = 0; i < d; ++i) {
           const int m = std::max(std::abs(int(v.compact[(size_t{b} * 2) * d + i])),
@@ -112,7 +117,7 @@ void CheckSelection(const Case& c, LayerId layer, const SliceMetadata& host, con
           mag += std::fabs(q[(size_t{h} * group + g) * d + i]) * v.scales[b] * m;
         }
       }
-      tol[b] = static_cast<float>(1e-5 * mag + 1e-30);
+      tol[b] = static_cast<float>(1e-5 * mag + quantum * bytes * v.scales[b] + 1e-30);
       max_tol = std::max(max_tol, tol[b]);
     }
     const std::set<uint32_t> gs(got.begin(), got.end()), cs(want.begin(), want.end());

@@ -79,10 +79,30 @@ TEST(DecodeTableTest, ScoresRowShowsItsGridAndSweepErrorsShowWhy) {
                          {{"score_preset", "r9w"}, {"score_rule_applied", true}, {"stages", 2},
                           {"tiles_per_cta", 6}, {"ctas_per_row", 6}}};
   EXPECT_EQ(DecodeRowNote(scores, 16), "r9w: 2 buffers, 6 tiles x 6 CTAs/row");
+  const DecodeRow tc{"scores", "Quest scores alone", 17.4, 1930.0, 33.5e6,
+                     {{"score_kernel", "tensor-core"}, {"stages", 2}, {"tiles_per_cta", 3}, {"ctas_per_row", 11}}};
+  EXPECT_EQ(DecodeRowNote(tc, 16), "tensor core: 2 buffers, 3 tiles x 11 CTAs/row");
   const DecodeRow failed{"sweep_scores", "4 slices x 6 buffers", 0, 0, 0, {{"error", "too much shared memory"}}};
   EXPECT_EQ(DecodeRowNote(failed, 16), "not launched: too much shared memory");
   // Sweep rows get the wider description column.
   EXPECT_GT(FormatDecodeRow(failed, 16).size(), FormatDecodeRow(DecodeRow{"scores", "4 slices x 6 buffers"}, 16).size());
+}
+
+// The rows of another score kernel (scores_fp32, sparse_graph_fp32): a score difference and a
+// different selection on near ties are reported, not marked; a failed attention check is.
+TEST(DecodeTableTest, ScoreKernelRowsReportTheirDifferenceWithoutMarkingIt) {
+  const DecodeRow scores{"scores_fp32", "pipelined", 20.7, 1620, 33.5e6,
+                         {{"vs_scores", 0.84}, {"max_diff_over_peak", 3.1e-7}, {"tensor_core", false}}};
+  EXPECT_EQ(DecodeRowNote(scores, 16), "0.840x scores; max |diff| 3.1e-07 of the peak score");
+  DecodeRow step{"sparse_graph_fp32", "pipelined", 48.0, 0, 0, {{"vs_sparse_graph", 1.19}, {"same_selection", false}}};
+  std::string note = DecodeRowNote(step, 16);
+  EXPECT_NE(note.find("selection differs (near ties)"), std::string::npos) << note;
+  EXPECT_EQ(note.find("MISMATCH"), std::string::npos) << note;
+  step.extra["same_selection"] = true;
+  step.extra["matches_sparse_graph"] = false;
+  note = DecodeRowNote(step, 16);
+  EXPECT_NE(note.find("same selection"), std::string::npos) << note;
+  EXPECT_NE(note.find("MISMATCH"), std::string::npos) << note;
 }
 
 TEST(DecodeTableTest, JsonLinesMakeATableAndABadLineIsReportedNotFatal) {

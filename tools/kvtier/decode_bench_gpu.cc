@@ -15,10 +15,15 @@
 //           block_tokens (Quest's estimate target: ≤ 1.1×). The sparse steps use it;
 //   select_fused  the same as ONE launch (row_counters: the last score CTA of a row runs its
 //           top-k); its selection must equal select's exactly (checked);
-//   scores / topk   each launch of select alone (breakdown); scores = the pipelined score
-//                   kernel on the default rule (QuestScorePreset kRound9Wave since round 9);
-//   scores_r4       the round-4 register-ring score kernel; its scores must equal scores' bit
-//                   for bit (checked, matches_pipelined);
+//   scores / topk   each launch of select alone (breakdown); scores = the default score
+//                   kernel (the tensor-core one since round 13; the pipelined one on the
+//                   default rule where `--score-*` asks for a shape);
+//   scores_r4       the round-4 register-ring score kernel; its scores must equal the pipelined
+//                   kernel's bit for bit (checked, matches_pipelined);
+//   scores_fp32 / sparse_graph_fp32  the pipelined kernel (fp32, the default until round 13)
+//           alone and as the step: the previous default in the same run; the largest score
+//           difference over the peak score (max_diff_over_peak; MISMATCH above 1e-4) and
+//           whether the selection is the same (near ties may differ: two contracts);
 //   topk_bisect     the round-5 top-k (bisection) alone; its selection must equal topk's;
 //   attention       sparse attention alone over a fixed selection (the last select's), on the
 //                   device's plan (the staged kernel where it fits: batch 1); its output is
@@ -33,8 +38,8 @@
 //   sparse_graph  the sparse_pdl steps captured in one CUDA graph;
 //   sparse_graph_r6  the round-6 step (register-ring scores, bisection top-k, register-tile
 //           streamed attention) as a graph: the earlier configuration in the same run;
-//   scores_r8  the score launch with round 8's rule (QuestScorePreset kRound8, the default
-//           until round 9: 4 buffers); bit-equal to `scores` (checked);
+//   scores_r8  the pipelined score launch with round 8's rule (QuestScorePreset kRound8, the
+//           default until round 9: 4 buffers); bit-equal to the pipelined kernel's (checked);
 //   sparse_graph_r8  the sparse_graph step with it (attention as sparse_graph's): the
 //           previous default in the same run; one step's selection must equal sparse_graph's
 //           and its output agree within AttentionClose (checked, matches_sparse_graph);

@@ -193,12 +193,23 @@ class Point {
   // µs per launch of the score launch alone with `shape` (the `scores` row's loop).
   Result<double> TimedScores(const kernels::QuestScoreShape& shape, cudaStream_t stream);
   // The standard rows' comparison rule (`scores_r8`, `sparse_graph_r8`: round 8's default):
-  // the score launch and the sparse_graph step with score_shape_ = {.preset = preset}, checked
-  // against `scores` (the `scores` row's output, bit for bit; t_scores its µs) and `ref`
-  // (sparse_graph's step: same selection, attention within AttentionClose; t_graph its µs).
+  // the pipelined score launch and the sparse_graph step with score_shape_ = {.preset =
+  // preset}, checked against `scores` (the pipelined kernel's output on the default rule, bit
+  // for bit; t_scores its µs) and `ref` (sparse_graph's step: same selection, attention within
+  // AttentionClose; t_graph its µs).
   Status PresetRows(kernels::QuestScorePreset preset, const char* name, const std::vector<float>& scores,
                     double t_scores, const StepOutcome& ref, double t_graph, cudaStream_t stream,
                     std::vector<Row>* rows);
+  // Round 13: the score launch and the sparse_graph step with the score kernel `alg`
+  // (`scores_fp32`, `sparse_graph_fp32`: kPipelined, the default until round 13; the score
+  // shape the default rule), next to `scores` (the default kernel's output; t_scores its µs)
+  // and `ref` (sparse_graph's step; t_graph its µs). Kernels of the two contracts (fp32,
+  // fixed point) differ within their tolerance, so the rows report the largest score
+  // difference over the largest |score| (a MISMATCH above 1e-4) and whether the selection is
+  // the same; the attention is compared where it is.
+  Status AlgorithmRows(kernels::QuestScoreAlgorithm alg, const char* name, const std::vector<float>& scores,
+                       double t_scores, const StepOutcome& ref, double t_graph, cudaStream_t stream,
+                       std::vector<Row>* rows);
 
   // decode_sweep_gpu.cc: the score launch and the attention launch on a grid of launch shapes
   // (each checked against the default's output), then the sparse step as a graph for every
@@ -237,6 +248,23 @@ class Point {
   // sparse rows (options.overrides; default: the kRound9Wave rule).
   kernels::SparseAttentionPlan dense_plan_, sparse_plan_, streamed_plan_;
   kernels::QuestScoreShape score_shape_;
+  // The score kernel of SelectArgs: the library's default, or kPipelined where a score shape
+  // other than the default rule is asked for (its rules and fields are that kernel's: `--score-*`,
+  // PresetRows, the sweep) and in AlgorithmRows. AlgorithmScope sets it for a scope.
+  kernels::QuestScoreAlgorithm score_algorithm_ = kernels::QuestSelectDeviceArgs{}.score_algorithm;
+  class AlgorithmScope {
+   public:
+    AlgorithmScope(Point& p, kernels::QuestScoreAlgorithm alg) : p_(p), saved_(p.score_algorithm_) {
+      p.score_algorithm_ = alg;
+    }
+    ~AlgorithmScope() { p_.score_algorithm_ = saved_; }
+    AlgorithmScope(const AlgorithmScope&) = delete;
+    AlgorithmScope& operator=(const AlgorithmScope&) = delete;
+
+   private:
+    Point& p_;
+    kernels::QuestScoreAlgorithm saved_;
+  };
   kernels::QuestSelectParams params_;
   DeviceMem arena_, copy_dst_, queries_, bounds_, scales_, block_slots_, dense_offsets_, last_, scores_,
       block_offsets_, sel_offsets_, selected_, selected_slots_, out_, dense_ws_, sparse_ws_,

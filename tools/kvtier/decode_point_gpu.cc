@@ -172,6 +172,8 @@ Status Point::Setup(const cudaDeviceProp& prop) {
   if (const char* e = kernels::QuestScoreShapeError(score_shape_, d)) {
     return Status::InvalidArgument(fmt::format("score overrides: {}", e));
   }
+  // Score rules and fields are the pipelined kernel's: asking for one times that kernel.
+  if (!kernels::IsDefault(score_shape_)) score_algorithm_ = kernels::QuestScoreAlgorithm::kPipelined;
   KVT_RETURN_IF_ERROR(Alloc(streamed_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, streamed_plan_)));
   KVT_CUDA_OR_RETURN(kernels::InitSparseAttentionWorkspace(streamed_ws_.p, shape_, streamed_plan_, nullptr));
   KVT_RETURN_IF_ERROR(Alloc(dense_ws_, kernels::SparseAttentionWorkspaceBytes(shape_, dense_plan_)));
@@ -220,7 +222,8 @@ kernels::QuestSelectDeviceArgs Point::SelectArgs(uint32_t layer) const {
           .scales = scales_.as<float>() + size_t{layer} * slices_, .scores = scores_.as<float>(),
           .selected_offsets = sel_offsets_.as<uint32_t>(), .selected = selected_.as<uint32_t>(),
           .block_slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
-          .selected_slots = selected_slots_.as<uint32_t>(), .score_shape = score_shape_};
+          .selected_slots = selected_slots_.as<uint32_t>(), .score_algorithm = score_algorithm_,
+          .score_shape = score_shape_};
 }
 
 kernels::SparseAttentionDeviceArgs Point::AttentionArgs(uint32_t layer) const {

@@ -217,6 +217,7 @@ Status Point::PresetRows(kernels::QuestScorePreset preset, const char* name, con
                          double t_scores_ref, const StepOutcome& ref, double t_graph, cudaStream_t stream,
                          std::vector<Row>* rows) {
   const kernels::QuestScoreShape shape{.preset = preset};
+  const AlgorithmScope scope(*this, kernels::QuestScoreAlgorithm::kPipelined);  // the rules' kernel
   kernels::QuestSelectDeviceArgs args = SelectArgs(0);
   args.score_shape = shape;
   kernels::QuestScorePlan plan;
@@ -257,6 +258,54 @@ Status Point::PresetRows(kernels::QuestScorePreset preset, const char* name, con
   return Status::Ok();
 }
 
+Status Point::AlgorithmRows(kernels::QuestScoreAlgorithm alg, const char* name, const std::vector<float>& scores,
+                            double t_scores_ref, const StepOutcome& ref, double t_graph, cudaStream_t stream,
+                            std::vector<Row>* rows) {
+  const AlgorithmScope scope(*this, alg);
+  kernels::QuestScorePlan plan;
+  KVT_CUDA_OR_RETURN(kernels::PlanQuestScores(SelectArgs(0), &plan));
+  KVT_ASSIGN_OR_RETURN(const double t_scores, TimedScores(kernels::QuestScoreShape{}, stream));
+  std::vector<float> got(slices_);
+  KVT_CUDA_OR_RETURN(cudaMemcpy(got.data(), scores_.p, got.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  KVT_ASSIGN_OR_RETURN(const StepOutcome step,
+                       GraphStepWith(kernels::QuestScoreShape{}, sparse_plan_, sparse_ws_.p, stream));
+  // The `scores` loop and this one end on the same layer: the same inputs.
+  double peak = 0, diff = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    peak = std::max(peak, std::fabs(double(scores[i])));
+    diff = std::max(diff, std::fabs(double(got[i]) - scores[i]));
+  }
+  const double rel = peak > 0 ? diff / peak : diff;
+  if (!(rel <= 1e-4)) fmt::print(stderr, "bench decode: MISMATCH: {} scores differ from the default's by {}\n", name, rel);
+  const bool selection_match = step.selected == ref.selected;
+  const Agreement agree = CompareAttention(step.out, ref.out);
+  if (selection_match && !agree.matches) {
+    fmt::print(stderr, "bench decode: MISMATCH: sparse_graph_{} attention differs on the same selection\n", name);
+  }
+  const double meta = MetaBytes(), sparse_kv = SparseKvBytes();
+  const nlohmann::json grid{{"score_kernel", name},
+                            {"tensor_core", plan.tensor_core},
+                            {"score_tiles_per_cta", plan.tiles_per_cta},
+                            {"score_ctas_per_row", plan.ctas_per_row},
+                            {"score_ctas_per_sm", plan.ctas_per_sm}};
+  Row scores_row{fmt::format("scores_{}", name), fmt::format("Quest scores alone, {} kernel", name), t_scores,
+                 meta / (t_scores * 1e3), meta, grid};
+  scores_row.extra["vs_scores"] = t_scores_ref / t_scores;
+  scores_row.extra["max_diff_over_peak"] = rel;
+  rows->push_back(std::move(scores_row));
+  Row graph_row{fmt::format("sparse_graph_{}", name), fmt::format("sparse_graph, {} score kernel", name), step.us,
+                (meta + sparse_kv) / (step.us * 1e3), meta + sparse_kv, grid};
+  graph_row.extra.update({{"speedup", t_dense_ / step.us}, {"ideal_speedup", double(kv_bytes_) / (sparse_kv + meta)},
+                          {"selected_blocks", k_}, {"vs_sparse_graph", t_graph / step.us},
+                          {"same_selection", selection_match}});
+  if (selection_match) {
+    graph_row.extra["max_abs_diff"] = agree.max_abs_diff;
+    graph_row.extra["matches_sparse_graph"] = agree.matches;
+  }
+  rows->push_back(std::move(graph_row));
+  return Status::Ok();
+}
+
 Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<Row>* rows) {
   KVT_RETURN_IF_ERROR(Setup(prop));
   sm_count_ = static_cast<uint32_t>(std::max(prop.multiProcessorCount, 1));
@@ -290,10 +339,20 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   KVT_ASSIGN_OR_RETURN(const double t_scores_ring, timed(loop(&Point::ScoresRingStep)));
   std::vector<float> scores_ring(slices_), scores_pipelined(slices_);
   KVT_CUDA_OR_RETURN(cudaMemcpy(scores_ring.data(), scores_.p, slices_ * sizeof(float), cudaMemcpyDeviceToHost));
+  // The default score kernel, then (where it is another) the pipelined one: the fp32
+  // contract the ring shares.
   KVT_ASSIGN_OR_RETURN(const double t_scores, timed(loop(&Point::ScoresStep)));
-  KVT_CUDA_OR_RETURN(
-      cudaMemcpy(scores_pipelined.data(), scores_.p, slices_ * sizeof(float), cudaMemcpyDeviceToHost));
-  // Both loops end on the same layer (iters steps from layer 0): the same scores, bit for bit.
+  std::vector<float> scores_default(slices_);
+  KVT_CUDA_OR_RETURN(cudaMemcpy(scores_default.data(), scores_.p, slices_ * sizeof(float), cudaMemcpyDeviceToHost));
+  double t_scores_pipelined = t_scores;
+  scores_pipelined = scores_default;
+  if (score_algorithm_ != kernels::QuestScoreAlgorithm::kPipelined) {
+    const AlgorithmScope fp32(*this, kernels::QuestScoreAlgorithm::kPipelined);
+    KVT_ASSIGN_OR_RETURN(t_scores_pipelined, TimedScores(score_shape_, stream));
+    KVT_CUDA_OR_RETURN(
+        cudaMemcpy(scores_pipelined.data(), scores_.p, slices_ * sizeof(float), cudaMemcpyDeviceToHost));
+  }
+  // The loops end on the same layer (iters steps from layer 0): the same scores, bit for bit.
   const bool scores_match =
       std::memcmp(scores_ring.data(), scores_pipelined.data(), scores_ring.size() * sizeof(float)) == 0;
   if (!scores_match) fmt::print(stderr, "bench decode: MISMATCH: pipelined Quest scores differ from the register ring\n");
@@ -364,12 +423,20 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   KVT_RETURN_IF_ERROR(DenseRuleRow(dense_out_, t_copy, t_dense, stream, rows));
   kernels::QuestScorePlan score_plan;
   KVT_CUDA_OR_RETURN(kernels::PlanQuestScores(SelectArgs(0), &score_plan));
-  rows->push_back({"scores", "Quest scores alone (int8 metadata, pipelined)", t_scores, meta / (t_scores * 1e3), meta,
-                   {{"tiles_per_cta", score_plan.tiles_per_cta}, {"ctas_per_row", score_plan.ctas_per_row},
-                    {"stages", score_plan.stages}, {"tile_slices", score_plan.tile_slices},
-                    {"ctas_per_sm", score_plan.ctas_per_sm}, {"score_preset", ScoreShapeName(score_shape_)},
-                    {"score_rule_applied",
-                     !kernels::HasExplicitFields(score_shape_) && score_plan.preset == score_shape_.preset}}});
+  {
+    const char* kernel = score_plan.tensor_core ? "tensor-core" : score_plan.pipelined ? "pipelined" : "register ring";
+    Row row{"scores", fmt::format("Quest scores alone (int8 metadata, {})", kernel), t_scores,
+            meta / (t_scores * 1e3), meta,
+            {{"tiles_per_cta", score_plan.tiles_per_cta}, {"ctas_per_row", score_plan.ctas_per_row},
+             {"stages", score_plan.stages}, {"tile_slices", score_plan.tile_slices},
+             {"ctas_per_sm", score_plan.ctas_per_sm}, {"score_kernel", kernel}}};
+    if (!score_plan.tensor_core) {  // the rules are the pipelined kernel's
+      row.extra["score_preset"] = ScoreShapeName(score_shape_);
+      row.extra["score_rule_applied"] =
+          !kernels::HasExplicitFields(score_shape_) && score_plan.preset == score_shape_.preset;
+    }
+    rows->push_back(std::move(row));
+  }
   rows->push_back({"scores_r4", "Quest scores alone (round-4 register ring)", t_scores_ring,
                    meta / (t_scores_ring * 1e3), meta, {{"matches_pipelined", scores_match}}});
   rows->push_back(
@@ -425,8 +492,12 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
   // scores_r4, sparse_graph_r8 after sparse_graph.
   if (graph_pdl) {
     std::vector<Row> preset_rows;
-    KVT_RETURN_IF_ERROR(PresetRows(kernels::QuestScorePreset::kRound8, "r8", scores_pipelined, t_scores, graph_ref,
-                                   t_graph, stream, &preset_rows));
+    KVT_RETURN_IF_ERROR(PresetRows(kernels::QuestScorePreset::kRound8, "r8", scores_pipelined, t_scores_pipelined,
+                                   graph_ref, t_graph, stream, &preset_rows));
+    if (score_algorithm_ != kernels::QuestScoreAlgorithm::kPipelined) {  // the default until round 13
+      KVT_RETURN_IF_ERROR(AlgorithmRows(kernels::QuestScoreAlgorithm::kPipelined, "fp32", scores_default, t_scores,
+                                        graph_ref, t_graph, stream, &preset_rows));
+    }
     // Each preset row is moved out once (a second pass over moved-from rows once added an
     // empty-named copy of scores_r8 after sparse_graph).
     std::vector<Row> score_rows, step_rows;

@@ -360,6 +360,9 @@ Status Point::SweepDense(cudaStream_t stream, std::vector<Row>* rows) {
 }
 
 Status Point::Sweep(cudaStream_t stream, std::vector<Row>* rows) {
+  // The sweep's score shapes are the pipelined kernel's (the tensor-core default has one fixed
+  // shape): its default rule is the reference and the graph pairs run that kernel.
+  const AlgorithmScope scope(*this, kernels::QuestScoreAlgorithm::kPipelined);
   std::vector<ScoreCandidate> scores;
   std::vector<AttentionCandidate> plans;
   KVT_RETURN_IF_ERROR(SweepScores(stream, rows, &scores));

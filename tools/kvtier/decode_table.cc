@@ -38,6 +38,9 @@ std::optional<std::string> ScoreGrid(const nlohmann::json& extra) {
   const auto rule = Text(extra, "score_preset");
   const auto stages = Number(extra, "stages"), tiles = Number(extra, "tiles_per_cta"),
              ctas = Number(extra, "ctas_per_row");
+  if (Text(extra, "score_kernel") == "tensor-core" && stages && tiles && ctas) {  // one fixed shape, no rule
+    return fmt::format("tensor core: {:.0f} buffers, {:.0f} tiles x {:.0f} CTAs/row", *stages, *tiles, *ctas);
+  }
   if (!rule || !stages || !tiles || !ctas) return std::nullopt;
   const auto applied = extra.find("score_rule_applied");
   const bool fell_back =
@@ -95,6 +98,10 @@ std::string DecodeRowNote(const DecodeRow& row, uint32_t block_tokens) {
   if (auto v = Number(x, "vs_scores")) parts.push_back(fmt::format("{:.3f}x scores", *v));
   if (auto v = Number(x, "vs_sparse_graph")) parts.push_back(fmt::format("{:.3f}x sparse_graph", *v));
   if (auto v = Number(x, "vs_default")) parts.push_back(fmt::format("{:.2f}x default", *v));
+  if (auto v = Number(x, "max_diff_over_peak")) parts.push_back(fmt::format("max |diff| {:.1e} of the peak score", *v));
+  if (const auto same = x.find("same_selection"); same != x.end() && same->is_boolean()) {
+    parts.push_back(same->get<bool>() ? "same selection" : "selection differs (near ties)");
+  }
   if (auto grid = PresetGrid(x)) parts.push_back(*grid);
   std::string note = fmt::format("{}", fmt::join(parts, "; "));
   if (FailedCheck(x)) note += "  MISMATCH";
