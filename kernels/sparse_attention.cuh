@@ -263,6 +263,13 @@ struct SparseAttentionDeviceArgs {
   // runs; they wait for its completion and writes in cudaGridDependencySynchronize() before
   // reading anything. Same result, bit for bit.
   bool programmatic_dependent_launch = false;
+  // With programmatic_dependent_launch, behind a kernel that writes only page_slots of these
+  // inputs (LaunchQuestSelect's selection: the top-k launch writes nothing else, and every
+  // kernel before it has completed once its CTAs run): the tensor-core kernel reads the page
+  // offsets, last-page tokens and queries before its PDL wait, so only the slots and the K/V
+  // are left after it (one round trip fewer; round 13b, docs/sparse.md). The other kernels
+  // ignore it. Same result, bit for bit.
+  bool early_inputs = false;
 };
 
 // Enqueues the attention. Every row's page count must be ≤ the plan's max_pages_per_row

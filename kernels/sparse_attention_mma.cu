@@ -86,20 +86,31 @@ __global__ void __launch_bounds__(kThreads, 2)
   // padded by 4 words so that the 8 rows a fragment load reads fall in different banks.
   __shared__ uint32_t q_s[8][kD / 2 + 4];
   __shared__ bool last_s;
-  cudaGridDependencySynchronize();            // PDL launch: the previous kernel's writes are visible
-  cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
-
+  // With early_inputs the piece's place and the queries are read before the PDL wait (the
+  // predecessor writes only the page slots); otherwise nothing is read before it.
+  auto wait = [] {
+    cudaGridDependencySynchronize();            // PDL launch: the previous kernel's writes are visible
+    cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
+  };
+  if (!a.early_inputs) wait();
   const SparseAttentionShape& s = a.shape;
   Piece pc;
-  if (!PieceOf<kD, kHeads, kType, kOut>(a, chunk_pages, block_shift, slots_s, pc)) return;
+  const PieceKind kind = PlacePiece<kD, kHeads>(a, chunk_pages, block_shift, pc);
   const uint32_t bt = 1u << block_shift;
   const size_t out_base = pc.out_base;
   const int tid = static_cast<int>(threadIdx.x);
-  for (int i = tid; i < 8 * kD / 2; i += kThreads) {
-    const int h = i / (kD / 2), w = i % (kD / 2);
-    q_s[h][w] = h < kHeads ? reinterpret_cast<const uint32_t*>(a.queries + out_base + static_cast<size_t>(h) * kD)[w]
-                           : 0u;
+  if (kind == PieceKind::kRun) {
+    for (int i = tid; i < 8 * kD / 2; i += kThreads) {  // through L2: see RowOf
+      const int h = i / (kD / 2), w = i % (kD / 2);
+      q_s[h][w] =
+          h < kHeads ? __ldcg(reinterpret_cast<const uint32_t*>(a.queries + out_base + static_cast<size_t>(h) * kD) + w)
+                     : 0u;
+    }
   }
+  if (a.early_inputs) wait();
+  if (kind == PieceKind::kFill) FillRow<kD, kHeads, kType, kOut>(a, pc);
+  if (kind != PieceKind::kRun) return;
+  StageSlots(a, pc, slots_s);
   const int warp = tid / 32, lane = tid % 32;
   const int g = lane / 4, t = lane % 4;  // fragment row (query head) and column pair
 

@@ -47,35 +47,53 @@ struct Piece {
   size_t out_base;
 };
 
-// The CTA's piece, its slot ids staged in slots_s (read them after a barrier). false when
-// the CTA has no piece: a row with no page gets zeros, a row longer than the plan allows NaN
-// (so misuse cannot pass for a result; written by the row's first CTA), a piece past the
-// row's end nothing. Every kernel of the streamed grid (streamed, bulk, tensor-core) starts
-// here.
-template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
-__device__ __forceinline__ bool PieceOf(const SparseAttentionDeviceArgs& a, uint32_t chunk_pages, uint32_t block_shift,
-                                        uint32_t* slots_s, Piece& p) {
+// Where the CTA's piece lies, from the row's page offsets and last-page tokens alone (no slot
+// is read, nothing written): kRun; kFill: the row's first CTA writes the row's fill (FillRow:
+// zeros for a row with no page, NaN for a row longer than the plan allows, so misuse cannot
+// pass for a result); kSkip: nothing to do (a piece past the row's end, or another CTA fills).
+enum class PieceKind { kRun, kFill, kSkip };
+template <int kD, int kHeads>
+__device__ __forceinline__ PieceKind PlacePiece(const SparseAttentionDeviceArgs& a, uint32_t chunk_pages,
+                                                uint32_t block_shift, Piece& p) {
   p.row = blockIdx.y;
   p.piece = blockIdx.x;
   const AttentionRow r = RowOf<kD, kHeads>(a, p.row);
   p.out_base = r.out_base;
   const uint32_t n = r.end - r.begin;
   p.pieces = (n + chunk_pages - 1) / chunk_pages;
-  const int tid = static_cast<int>(threadIdx.x);
-  if (n == 0 || p.pieces > gridDim.x) {
-    if (p.piece == 0) {
-      const float fill = n == 0 ? 0.0f : __int_as_float(0x7fc00000);
-      for (int i = tid; i < kHeads * kD; i += kThreads) WriteOutput<kD, kHeads, kType, kOut>(a.out, p.out_base + i, fill);
-    }
-    return false;
-  }
-  if (p.piece >= p.pieces) return false;
+  if (n == 0 || p.pieces > gridDim.x) return p.piece == 0 ? PieceKind::kFill : PieceKind::kSkip;
+  if (p.piece >= p.pieces) return PieceKind::kSkip;
   p.p0 = r.begin + p.piece * chunk_pages;
   p.p1 = min(p.p0 + chunk_pages, r.end);
   const uint32_t bt = 1u << block_shift;
-  const uint32_t last = min(a.last_page_tokens[r.page_row], bt);
+  const uint32_t last = min(__ldcg(&a.last_page_tokens[r.page_row]), bt);
   p.valid = (p.p1 - p.p0) * bt - (p.p1 == r.end ? bt - last : 0u);
-  for (uint32_t i = tid; i < p.p1 - p.p0; i += kThreads) slots_s[i] = a.page_slots[p.p0 + i];
+  return PieceKind::kRun;
+}
+
+template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
+__device__ __forceinline__ void FillRow(const SparseAttentionDeviceArgs& a, const Piece& p) {
+  const float fill = p.pieces == 0 ? 0.0f : __int_as_float(0x7fc00000);
+  for (int i = static_cast<int>(threadIdx.x); i < kHeads * kD; i += kThreads) {
+    WriteOutput<kD, kHeads, kType, kOut>(a.out, p.out_base + i, fill);
+  }
+}
+
+// The piece's slot ids into slots_s (read them after a barrier).
+__device__ __forceinline__ void StageSlots(const SparseAttentionDeviceArgs& a, const Piece& p, uint32_t* slots_s) {
+  for (uint32_t i = threadIdx.x; i < p.p1 - p.p0; i += kThreads) slots_s[i] = a.page_slots[p.p0 + i];
+}
+
+// The CTA's piece, its slot ids staged in slots_s (read them after a barrier). false when
+// the CTA has no piece (PlacePiece; the fill written where it is this CTA's). Every kernel of
+// the streamed grid (streamed, bulk, tensor-core) starts here or with its parts.
+template <int kD, int kHeads, HalfType kType, AttentionOutput kOut>
+__device__ __forceinline__ bool PieceOf(const SparseAttentionDeviceArgs& a, uint32_t chunk_pages, uint32_t block_shift,
+                                        uint32_t* slots_s, Piece& p) {
+  const PieceKind kind = PlacePiece<kD, kHeads>(a, chunk_pages, block_shift, p);
+  if (kind == PieceKind::kFill) FillRow<kD, kHeads, kType, kOut>(a, p);
+  if (kind != PieceKind::kRun) return false;
+  StageSlots(a, p, slots_s);
   return true;
 }
 

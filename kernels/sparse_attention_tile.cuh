@@ -38,7 +38,10 @@ __device__ __forceinline__ AttentionRow RowOf(const SparseAttentionDeviceArgs& a
   const uint32_t kv_head = row / chunks % s.kv_heads;
   const uint32_t head0 = kv_head * group + row % chunks * kHeads;
   const uint32_t page_row = request * s.kv_heads + kv_head;
-  return {page_row, a.page_offsets[page_row], a.page_offsets[page_row + 1], (size_t{request} * s.q_heads + head0) * kD};
+  // Through L2 (.cg): the tensor-core kernel may read them before its PDL wait
+  // (SparseAttentionDeviceArgs::early_inputs), where a line left in L1 could be stale.
+  return {page_row, __ldcg(&a.page_offsets[page_row]), __ldcg(&a.page_offsets[page_row + 1]),
+          (size_t{request} * s.q_heads + head0) * kD};
 }
 
 template <HalfType kType>

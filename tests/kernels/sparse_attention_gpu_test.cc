@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "kernels/cuda_test_support.h"
+#include "quest_select.cuh"
 #include "reference/sparse_attention.h"
 #include "sparse_attention.cuh"
 
@@ -428,6 +429,97 @@ TEST(SparseAttentionGpuApi, AutoPlanIsTheTensorCorePlanWithHalfHeadsForShortList
     EXPECT_FALSE(balanced.balance);
     EXPECT_EQ(PlanSparseAttentionForDevice(s, HalfType::kBf16, 2048, 0, static_cast<SparseAttentionKernels>(2), &balanced),
               cudaErrorInvalidValue);
+  }
+}
+
+// Round 13b: early_inputs behind the select that writes the page list, as a decode step
+// runs them (LaunchQuestSelect with PDL, then the attention with PDL): the page slots are
+// poisoned with other valid slots before the select, so an attention that read them before
+// its PDL wait would attend other pages. Five steps on the tensor-core plan (and kAuto's),
+// each bit-equal to the select, a synchronize, then a plain launch.
+TEST(SparseAttentionGpuPdl, EarlyInputsReadTheSelectionOnlyAfterTheWait) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  const Case c{32, 8, 128, 16, {4096, 3000}};
+  const Problem p = Build(c, 131);
+  const SparseAttentionShape& s = p.shape;
+  const auto requests = static_cast<uint32_t>(c.tokens.size());
+  const uint32_t d = c.d, rows = requests * c.kv_heads;
+  // Quest metadata over the same blocks: random int8 bounds (min ≤ max), positive scales; the
+  // slot of block b of row r is the dense listing's (p.slots in block order).
+  std::mt19937 rng(7);
+  std::vector<uint32_t> blocks(requests), block_offsets{0};
+  for (uint32_t r = 0; r < requests; ++r) {
+    blocks[r] = (c.tokens[r] + c.bt - 1) / c.bt;
+    block_offsets.push_back(block_offsets.back() + blocks[r]);
+  }
+  std::vector<int8_t> bounds(p.slots.size() * 2 * d);
+  std::vector<float> scales(p.slots.size());
+  for (size_t slice = 0; slice < p.slots.size(); ++slice) {
+    for (uint32_t i = 0; i < d; ++i) {
+      const int x = static_cast<int>(rng() % 255) - 127, y = static_cast<int>(rng() % 255) - 127;
+      bounds[slice * 2 * d + i] = static_cast<int8_t>(std::min(x, y));
+      bounds[slice * 2 * d + d + i] = static_cast<int8_t>(std::max(x, y));
+    }
+    scales[slice] = 1e-3f * static_cast<float>(rng() % 1000 + 1);
+  }
+  const QuestSelectParams params{.budget_tokens = 512, .block_tokens = c.bt, .sink_blocks = 1};
+  std::vector<uint32_t> sel_off(rows + 1);
+  QuestSelectedOffsets(blocks.data(), requests, c.kv_heads, params, sel_off.data());
+  uint32_t max_pages = 0;
+  for (uint32_t row = 0; row < rows; ++row) max_pages = std::max(max_pages, sel_off[row + 1] - sel_off[row]);
+  std::vector<uint32_t> poison(sel_off.back());
+  for (size_t i = 0; i < poison.size(); ++i) poison[i] = p.slots[i % p.slots.size()];  // valid, mostly wrong
+
+  DeviceArray<uint16_t> arena(p.arena), queries(p.queries);
+  DeviceArray<int8_t> bounds_d(bounds);
+  DeviceArray<float> scales_d(scales), scores(scales.size());
+  DeviceArray<uint32_t> offsets(block_offsets), slots(p.slots), sel_offsets(sel_off), selected(sel_off.back()),
+      selected_slots(sel_off.back()), last(p.last);
+  QuestSelectDeviceArgs q{.requests = requests, .q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = d,
+                          .max_blocks = *std::max_element(blocks.begin(), blocks.end()), .params = params,
+                          .query_type = QuestQueryType::kBf16, .queries = queries.p, .block_offsets = offsets.p,
+                          .bounds = bounds_d.p, .scales = scales_d.p, .scores = scores.p,
+                          .selected_offsets = sel_offsets.p, .selected = selected.p, .block_slots = slots.p,
+                          .selected_slots = selected_slots.p};
+  const size_t out_bytes = size_t{requests} * c.q_heads * d * sizeof(float);
+  DeviceArray<float> out(out_bytes / sizeof(float));
+  for (SparseAttentionKernels kernels : {SparseAttentionKernels::kMma, SparseAttentionKernels::kAuto}) {
+    SparseAttentionPlan plan;
+    ASSERT_CUDA(PlanSparseAttentionForDevice(s, c.type, max_pages, 0, kernels, &plan));
+    DeviceArray<char> ws(SparseAttentionWorkspaceBytes(s, plan));
+    ASSERT_CUDA(InitSparseAttentionWorkspace(ws.p, s, plan, nullptr));
+    SparseAttentionDeviceArgs a{.shape = s, .type = c.type, .output = AttentionOutput::kFloat32, .arena = arena.p,
+                                .queries = queries.p, .page_offsets = sel_offsets.p,
+                                .page_slots = selected_slots.p, .last_page_tokens = last.p, .out = out.p,
+                                .workspace = ws.p};
+    // The reference step: select, synchronize, attention.
+    ASSERT_CUDA(LaunchQuestSelect(q, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    ASSERT_CUDA(cudaMemset(out.p, 0xff, out_bytes));
+    ASSERT_CUDA(LaunchSparseAttention(a, plan, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    const std::vector<float> want = out.Get();
+    for (float x : want) ASSERT_TRUE(std::isfinite(x));
+    cudaStream_t stream;
+    ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    QuestSelectDeviceArgs qp = q;
+    qp.programmatic_dependent_launch = true;
+    SparseAttentionDeviceArgs early = a;
+    early.programmatic_dependent_launch = true;
+    early.early_inputs = true;
+    for (int step = 0; step < 5; ++step) {
+      ASSERT_CUDA(cudaMemcpyAsync(selected_slots.p, poison.data(), poison.size() * sizeof(uint32_t),
+                                  cudaMemcpyHostToDevice, stream));
+      ASSERT_CUDA(cudaMemsetAsync(out.p, 0xff, out_bytes, stream));
+      ASSERT_CUDA(LaunchQuestSelect(qp, stream));
+      ASSERT_CUDA(LaunchSparseAttention(early, plan, stream));
+      ASSERT_CUDA(cudaStreamSynchronize(stream));
+      const std::vector<float> got = out.Get();
+      ASSERT_EQ(std::memcmp(got.data(), want.data(), out_bytes), 0)
+          << "step " << step << ", kernels " << static_cast<int>(kernels) << " (mma plan " << plan.mma
+          << "): early inputs changed the output";
+    }
+    ASSERT_CUDA(cudaStreamDestroy(stream));
   }
 }
 

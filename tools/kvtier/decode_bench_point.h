@@ -182,6 +182,12 @@ class Point {
   // bisection top-k — kAuto's choice above 2048 blocks per row until the eighth session — where
   // the default takes the digits (rows ≤ 8192 blocks).
   Status BisectionRows(const StepOutcome& ref, double t_graph, cudaStream_t stream, std::vector<Row>* rows);
+  // `sparse_graph_<name>`: the step with another step function `variant`, as a graph, one step
+  // checked against `ref` (same selection, attention within AttentionClose).
+  Status StepVariantRow(const char* name, const char* what, Step variant, const StepOutcome& ref, double t_graph,
+                        cudaStream_t stream, std::vector<Row>* rows);
+  Status SparsePdlLateStep(uint32_t layer, cudaStream_t stream);
+  Status SparsePdlStepWith(uint32_t layer, bool early_inputs, cudaStream_t stream);
   Status SparsePdlBisectionStep(uint32_t layer, cudaStream_t stream);
   // decode_rows_gpu.cc: the baselines as the sparse step is timed (eighth session): `copy_graph`
   // (the copy row's copies as one CUDA graph) and `dense_graph` (dense with PDL, as one graph;

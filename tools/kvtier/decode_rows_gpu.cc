@@ -125,14 +125,13 @@ Status Point::KernelRows(const char* name, const char* what, const kernels::Spar
   return Status::Ok();
 }
 
-Status Point::BisectionRows(const StepOutcome& ref, double t_graph, cudaStream_t stream, std::vector<Row>* rows) {
-  if (blocks_ > kernels::kDigitTopKAutoMaxBlocks) return Status::Ok();  // the default is not the digits here
-  KVT_ASSIGN_OR_RETURN(const double t, TimedGraph(&Point::SparsePdlBisectionStep, stream));
-  KVT_ASSIGN_OR_RETURN(const StepOutcome step, OneStepOf(&Point::SparsePdlBisectionStep, stream));
-  const StepCheck check = CheckStep(step, ref, "bisect");
+Status Point::StepVariantRow(const char* name, const char* what, Step variant, const StepOutcome& ref, double t_graph,
+                             cudaStream_t stream, std::vector<Row>* rows) {
+  KVT_ASSIGN_OR_RETURN(const double t, TimedGraph(variant, stream));
+  KVT_ASSIGN_OR_RETURN(const StepOutcome step, OneStepOf(variant, stream));
+  const StepCheck check = CheckStep(step, ref, name);
   const double meta = MetaBytes(), sparse_kv = SparseKvBytes();
-  rows->push_back({"sparse_graph_bisect", "sparse_graph with the bisection top-k", t, (meta + sparse_kv) / (t * 1e3),
-                   meta + sparse_kv,
+  rows->push_back({fmt::format("sparse_graph_{}", name), what, t, (meta + sparse_kv) / (t * 1e3), meta + sparse_kv,
                    {{"speedup", t_dense_ / t},
                     {"ideal_speedup", double(kv_bytes_) / (sparse_kv + meta)},
                     {"vs_sparse_graph", t_graph / t},
@@ -140,6 +139,12 @@ Status Point::BisectionRows(const StepOutcome& ref, double t_graph, cudaStream_t
                     {"max_abs_diff", check.attention.max_abs_diff},
                     {"matches_sparse_graph", check.matches()}}});
   return Status::Ok();
+}
+
+Status Point::BisectionRows(const StepOutcome& ref, double t_graph, cudaStream_t stream, std::vector<Row>* rows) {
+  if (blocks_ > kernels::kDigitTopKAutoMaxBlocks) return Status::Ok();  // the default is not the digits here
+  return StepVariantRow("bisect", "sparse_graph with the bisection top-k", &Point::SparsePdlBisectionStep, ref, t_graph,
+                        stream, rows);
 }
 
 Status Point::GraphBaselineRows(double t_graph, cudaStream_t stream, std::vector<Row>* rows) {
@@ -512,6 +517,8 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
     KVT_RETURN_IF_ERROR(VariantRows(dense_out_, t_copy, graph_ref, t_graph, stream, rows));
     KVT_RETURN_IF_ERROR(SplitRows(graph_ref, t_graph, stream, rows));
     KVT_RETURN_IF_ERROR(BisectionRows(graph_ref, t_graph, stream, rows));
+    KVT_RETURN_IF_ERROR(StepVariantRow("late", "sparse_graph, attention reads everything after its wait",
+                                       &Point::SparsePdlLateStep, graph_ref, t_graph, stream, rows));
     KVT_RETURN_IF_ERROR(GraphBaselineRows(t_graph, stream, rows));
   }
   if (o_.sweep) {  // a failed sweep keeps the rows above (RunDecodeBench then exits non-zero)
