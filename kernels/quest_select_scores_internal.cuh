@@ -9,6 +9,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -100,6 +102,28 @@ inline size_t ScoreSmem(const QuestSelectDeviceArgs& a) {
   const size_t chunks = (a.q_heads / a.kv_heads + kGroupChunk - 1) / kGroupChunk;
   return a.params.combine == GqaCombine::kSum ? 2 * a.head_dim * sizeof(float)
                                               : chunks * kGroupChunk * a.head_dim * 2 * sizeof(float);
+}
+
+// The current device's SMs (132 when the query fails: a hint, only speed depends on it).
+// Defined in quest_select_scores_pipelined.cu.
+int DeviceSms();
+
+// Resident CTAs per SM of `kernel` at `threads` and `smem` dynamic bytes (a hint: only speed
+// depends on it; 1 when the query fails), cached in `cache` as smem << 8 | CTAs — one cache per
+// kernel instance.
+template <class Kernel>
+int CachedResidentCtas(Kernel kernel, int threads, size_t smem, std::atomic<uint64_t>& cache) {
+  if (const uint64_t v = cache.load(std::memory_order_relaxed); v != 0 && (v >> 8) == smem) {
+    return static_cast<int>(v & 0xff);
+  }
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem) != cudaSuccess || per_sm <= 0) {
+    (void)cudaGetLastError();
+    per_sm = 1;
+  }
+  per_sm = std::min(per_sm, 255);
+  cache.store((uint64_t{smem} << 8) | static_cast<uint64_t>(per_sm), std::memory_order_relaxed);
+  return per_sm;
 }
 
 // quest_select_scores_pipelined.cu. PipelinedScoresApply: the separate score launch of `a`

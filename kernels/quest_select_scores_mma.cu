@@ -67,18 +67,18 @@ template <int kD>
 __host__ __device__ constexpr size_t ChunkBytes() {  // two n-tiles of 8 columns × 4 quad lanes
   return size_t{2} * 8 * 4 * QuadStride<kD>();
 }
-// Per head: the two factors of 2^(E − 22) (each a normal float; see StageColumns) and whether
-// the head takes part (a head of the group, its query finite).
+// Per head: the two factors of 2^(E − 22) (each a normal float; see StageColumns), whether the
+// head takes part (a head of the group, its query finite) and whether it makes the row's
+// scores NaN (a head of the group with a non-finite query value).
 struct HeadScale {
   float m1, m2;
   int valid;
-  int pad;
+  int nan;
 };
-// Shared memory of a CTA: the tile buffers, the columns of `chunks` chunks, a HeadScale per
-// head, the row's NaN flag.
+// Shared memory of a CTA: the tile buffers, the columns of `chunks` chunks, a HeadScale per head.
 template <int kD>
 size_t TcSmem(uint32_t chunks) {
-  return kTcStages * TileBytes<kD>() + chunks * ChunkBytes<kD>() + chunks * kHeadsPerChunk * sizeof(HeadScale) + 16;
+  return kTcStages * TileBytes<kD>() + chunks * ChunkBytes<kD>() + chunks * kHeadsPerChunk * sizeof(HeadScale);
 }
 
 __device__ __forceinline__ void MmaS8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -105,14 +105,14 @@ __device__ __forceinline__ float Pow2(int k) { return __int_as_float((k + 127) <
 __device__ __forceinline__ uint32_t Swizzle(uint32_t slice, uint32_t chunk) { return chunk ^ (slice & 7u); }
 
 // Warp w stages the columns of heads w, w + 4, … (kSum: the single column of P and N) and
-// their HeadScale; a non-finite head sets *row_nan. The weights' rounding and the scores'
-// read-back multiply by powers of two instead of ldexpf — bit for bit the same: w · 2^k is
-// exact here (|result| < 2^22, so never an overflow) when one factor suffices (k ≤ 127), and
-// done in two exact steps past that; float(S) · 2^(E−22) is exact or rounded once when the
-// first factor keeps |float(S)| ≥ 1 normal (m1 = 2^max(E−22, −126)) and m2 holds the rest.
+// their HeadScale. The weights' rounding and the scores' read-back multiply by powers of two
+// instead of ldexpf, bit for bit the same: w · 2^k (|result| < 2^22, never an overflow) is one
+// correctly rounded multiply like ldexpf where 2^k is a normal float (k ≤ 127), and two exact
+// ones past that (w < 2^−105 there); float(S) · 2^(E−22): the first factor m1 = 2^max(E−22,
+// −126) keeps |float(S)| ≥ 1 normal, so it is exact, and m2 (the rest, ≥ 2^−44) rounds once.
 template <int kD, bool kSum>
-__device__ void StageColumns(const QuestSelectDeviceArgs& a, int8_t* cols, HeadScale* scales_s, int* row_nan,
-                             size_t q_base, uint32_t group, uint32_t heads, uint32_t chunks) {
+__device__ void StageColumns(const QuestSelectDeviceArgs& a, int8_t* cols, HeadScale* scales_s, size_t q_base,
+                             uint32_t group, uint32_t heads, uint32_t chunks) {
   constexpr int kPerLane = 2 * kD / 32;
   const int lane = static_cast<int>(threadIdx.x % 32), warp = static_cast<int>(threadIdx.x / 32);
   for (uint32_t h = warp; h < chunks * kHeadsPerChunk; h += kTcWarps) {
@@ -155,8 +155,7 @@ __device__ void StageColumns(const QuestSelectDeviceArgs& a, int8_t* cols, HeadS
     const bool take = finite && h < heads;
     if (lane == 0) {
       const int k = e - kQuestFixedPointBits, k1 = max(k, -126);
-      scales_s[h] = {Pow2(k1), Pow2(k - k1), take ? 1 : 0, 0};
-      if (h < heads && !finite) *row_nan = 1;
+      scales_s[h] = {Pow2(k1), Pow2(k - k1), take ? 1 : 0, h < heads && !finite ? 1 : 0};
     }
     const int up = kQuestFixedPointBits - e, up1 = min(up, 127);  // up ∈ [−107, 170]
     const float f1 = Pow2(up1), f2 = Pow2(up - up1);
@@ -192,7 +191,6 @@ __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSe
   char* tiles_s = reinterpret_cast<char*>(smem4);
   int8_t* cols = reinterpret_cast<int8_t*>(tiles_s + kTcStages * TileBytes<kD>());
   HeadScale* scales_s = reinterpret_cast<HeadScale*>(cols + chunks * ChunkBytes<kD>());
-  int* row_nan = reinterpret_cast<int*>(scales_s + chunks * kHeadsPerChunk);
   cudaGridDependencySynchronize();            // launched with PDL: the previous kernel's writes are visible
   cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
   const uint32_t r = blockIdx.z, h = blockIdx.y;
@@ -202,7 +200,6 @@ __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSe
   const uint32_t my_tiles = min(tiles_per_cta, (n - b0 + kTcTile - 1) / kTcTile);
   const int tid = static_cast<int>(threadIdx.x);
   const size_t slice0 = HeadSlice0(a, r, h, first, n);
-  if (tid == 0) *row_nan = 0;
 
   // Copy i of this thread: chunk j = tid + i·threads of the tile, i.e. chunk tid % R of slice
   // tid / R + i·threads / R (R chunks per slice; threads / R is a multiple of 8, so the slice's
@@ -231,12 +228,12 @@ __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSe
 
   const uint32_t group = a.q_heads / a.kv_heads;
   const uint32_t heads = kSum ? 1 : group;
-  StageColumns<kD, kSum>(a, cols, scales_s, row_nan, (size_t{r} * a.q_heads + size_t{h} * group) * kD, group, heads,
-                         chunks);
+  StageColumns<kD, kSum>(a, cols, scales_s, (size_t{r} * a.q_heads + size_t{h} * group) * kD, group, heads, chunks);
   __syncthreads();
+  bool nan_row = false;  // a head with a non-finite query makes every score of the row NaN
+  for (uint32_t i = 0; i < chunks * kHeadsPerChunk; ++i) nan_row = nan_row || scales_s[i].nan != 0;
 
   const int lane = tid % 32, warp = tid / 32, g = lane / 4, t4 = lane % 4;
-  const bool nan_row = *row_nan != 0;
   // ldmatrix rows: lane l gives row l % 8 of matrix l / 8 = (rows 0–7 | 8–15) × (chunk 2k | 2k+1).
   const uint32_t lm_slice = warp * 16 + (lane % 8) + ((lane / 8) & 1) * 8, lm_half = lane / 16;
   const uint32_t s_lo = warp * 16 + g, s_hi = s_lo + 8;  // the two slices whose scores this thread holds
@@ -284,16 +281,6 @@ __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSe
   }
 }
 
-int Sms() {
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
-    (void)cudaGetLastError();
-    sms = 132;
-  }
-  return sms;
-}
-
 uint32_t Chunks(const QuestSelectDeviceArgs& a) {
   const uint32_t heads = a.params.combine == GqaCombine::kSum ? 1 : a.q_heads / a.kv_heads;
   return (heads + kHeadsPerChunk - 1) / kHeadsPerChunk;
@@ -314,20 +301,10 @@ cudaError_t PlanOf(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
     }
     opted_in.store(1, std::memory_order_relaxed);
   }
-  static std::atomic<uint64_t> cached{0};  // smem << 8 | resident CTAs per SM
-  int per_sm = 0;
-  if (const uint64_t v = cached.load(std::memory_order_relaxed); v != 0 && (v >> 8) == smem) {
-    per_sm = static_cast<int>(v & 0xff);
-  } else {
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kTcThreads, smem) != cudaSuccess || per_sm <= 0) {
-      (void)cudaGetLastError();
-      per_sm = 1;
-    }
-    per_sm = std::min(per_sm, 255);
-    cached.store((uint64_t{smem} << 8) | static_cast<uint64_t>(per_sm), std::memory_order_relaxed);
-  }
+  static std::atomic<uint64_t> cached{0};
+  const int per_sm = CachedResidentCtas(k, kTcThreads, smem, cached);
   const uint64_t tiles_per_row = std::max<uint64_t>(1, (uint64_t{a.max_blocks} + kTcTile - 1) / kTcTile);
-  const uint64_t rows = uint64_t{a.kv_heads} * a.requests, slots = uint64_t(Sms()) * uint64_t(per_sm);
+  const uint64_t rows = uint64_t{a.kv_heads} * a.requests, slots = uint64_t(DeviceSms()) * uint64_t(per_sm);
   const uint64_t ctas_per_row = std::min(tiles_per_row, std::max<uint64_t>(1, slots / rows));
   const uint64_t per_cta = (tiles_per_row + ctas_per_row - 1) / ctas_per_row;
   *plan = {.pipelined = false, .tile_slices = kTcTile, .stages = kTcStages,

@@ -212,16 +212,6 @@ __global__ void __launch_bounds__(kScoreThreads, 3)
   }
 }
 
-int DeviceSms() {
-  int dev = 0, sms = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
-    (void)cudaGetLastError();
-    sms = 132;
-  }
-  return sms;
-}
-
 // The plan of the pipelined instance <kD, kSum, kS, kStages> for `a`: pieces of
 // `tiles_per_cta` tiles of 32·kS slices; with 0 (round 8's shape) as many per row as one wave
 // of resident CTAs allows (b1/32K on an H100: 8 rows × 32 CTAs of 1 tile; b8/32K: 64 rows × 6 CTAs of
@@ -254,20 +244,8 @@ cudaError_t PlanPipelinedOf(const QuestSelectDeviceArgs& a, QuestScorePlan* plan
     opted_in.store(limit, std::memory_order_relaxed);
   }
   if (smem > size_t(limit)) return cudaErrorInvalidValue;  // these buffers and queries do not fit a CTA
-  // Resident CTAs per SM for this shared-memory size (a hint: only speed depends on it),
-  // cached as smem << 8 | CTAs.
   static std::atomic<uint64_t> cached{0};
-  int per_sm = 0;
-  if (const uint64_t v = cached.load(std::memory_order_relaxed); v != 0 && (v >> 8) == smem) {
-    per_sm = static_cast<int>(v & 0xff);
-  } else {
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, kScoreThreads, smem) != cudaSuccess || per_sm <= 0) {
-      (void)cudaGetLastError();
-      per_sm = 1;
-    }
-    per_sm = std::min(per_sm, 255);
-    cached.store((uint64_t{smem} << 8) | static_cast<uint64_t>(per_sm), std::memory_order_relaxed);
-  }
+  const int per_sm = CachedResidentCtas(k, kScoreThreads, smem, cached);
   const uint64_t tiles_per_row = std::max<uint64_t>(1, (uint64_t{a.max_blocks} + PipeTile<kS>() - 1) / PipeTile<kS>());
   uint64_t per_cta = a.score_shape.tiles_per_cta;
   if (per_cta == 0) {
@@ -360,6 +338,16 @@ cudaError_t LaunchPipelined(const QuestSelectDeviceArgs& a, cudaStream_t stream)
 }
 
 }  // namespace
+
+int DeviceSms() {
+  int dev = 0, sms = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0) {
+    (void)cudaGetLastError();
+    sms = 132;
+  }
+  return sms;
+}
 
 bool PipelinedScoresApply(const QuestSelectDeviceArgs& a) {
   return a.score_algorithm == QuestScoreAlgorithm::kPipelined && reinterpret_cast<uintptr_t>(a.bounds) % 16 == 0 &&
