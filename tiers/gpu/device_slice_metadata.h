@@ -20,7 +20,9 @@
 // the layer — every KV head in the same launches, the heads' slices read at their fixed
 // capacity (QuestSelectDeviceArgs::head_pitch = max_blocks) — and leaves the selection on
 // the device: [kv_heads][per_head] block indices, each row ascending, equal to
-// QuestSelector::Select on the same host metadata (the same reference contract).
+// QuestSelector::Select on the same host metadata except where a block's score is a near tie
+// of the k-th (the kernel's fixed-point scores against the reference's double ones, within
+// the tolerance of kernels/reference/quest_select.h; the tests bound it).
 // CopySelectionToHost brings them to host memory (async, with a fence) for the
 // SparsePrefetcher, which takes host selections.
 //
