@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <numeric>
 #include <ostream>
 #include <random>
@@ -87,5 +88,10 @@ inline QuestSelectParams P(uint32_t budget, uint32_t sinks, GqaCombine combine) 
 
 inline constexpr GqaCombine kSum = GqaCombine::kSum;
 inline constexpr GqaCombine kMax = GqaCombine::kMax;
+
+// Both NaN, or the same bits.
+inline bool SameScore(float x, float y) {
+  return (std::isnan(x) && std::isnan(y)) || std::memcmp(&x, &y, sizeof x) == 0;
+}
 
 }  // namespace kvtier::kernels::quest_gpu_test
