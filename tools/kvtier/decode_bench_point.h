@@ -62,6 +62,9 @@ struct ScoreCandidate {
   kernels::QuestScoreShape shape;
   kernels::QuestScorePlan plan;
   double us = 0;
+  // The kernel: the sweep's shapes are the pipelined kernel's; the graph pairs start with the
+  // library's default kernel (tensor core since round 13).
+  kernels::QuestScoreAlgorithm algorithm = kernels::QuestScoreAlgorithm::kPipelined;
 };
 struct AttentionCandidate {
   std::string label;

@@ -15,7 +15,9 @@
 //                    output (bf16) must agree with the default plan's within two correct
 //                    computations' tolerance (`matches`, `max_abs_diff`).
 //   sweep_graph      the sparse_graph step (PDL, `iterations` steps as one graph, median of
-//                    `repeats`) for every pair of: the default score rule, the rules r8 and r9
+//                    `repeats`) for every pair of: the library's default score kernel (the
+//                    tensor-core one since round 13, the reference pair; absent under
+//                    `--score-*`), the pipelined kernel's default rule, the rules r8 and r9
 //                    and the kGraphScores fastest matching shapes (distinct grids) × the
 //                    device's default attention plan and the kGraphPlans fastest matching
 //                    plans; `sum_single_us` = the pair's single-launch µs + the top-k's. One
@@ -360,17 +362,26 @@ Status Point::SweepDense(cudaStream_t stream, std::vector<Row>* rows) {
 }
 
 Status Point::Sweep(cudaStream_t stream, std::vector<Row>* rows) {
-  // The sweep's score shapes are the pipelined kernel's (the tensor-core default has one fixed
-  // shape): its default rule is the reference and the graph pairs run that kernel.
-  const AlgorithmScope scope(*this, kernels::QuestScoreAlgorithm::kPipelined);
   std::vector<ScoreCandidate> scores;
   std::vector<AttentionCandidate> plans;
-  KVT_RETURN_IF_ERROR(SweepScores(stream, rows, &scores));
+  {  // The swept score shapes are the pipelined kernel's (its default rule their reference).
+    const AlgorithmScope fp32(*this, kernels::QuestScoreAlgorithm::kPipelined);
+    KVT_RETURN_IF_ERROR(SweepScores(stream, rows, &scores));
+  }
   KVT_RETURN_IF_ERROR(SweepAttention(stream, rows, &plans));
-  // Graph candidates: the default rule, the other rules (wherever they rank), then the
-  // fastest explicit shapes up to kGraphScores; the default plan, then the fastest kGraphPlans
-  // others.
+  // Graph candidates: the run's own score kernel first (the library's default, the tensor-core
+  // one since round 13 — one fixed shape — or the pipelined one under --score-*), then the
+  // pipelined rules (wherever they rank), then the fastest explicit shapes up to kGraphScores;
+  // the default plan, then the fastest kGraphPlans others.
   std::vector<ScoreCandidate> score_set;
+  if (score_algorithm_ != kernels::QuestScoreAlgorithm::kPipelined) {
+    ScoreCandidate own;
+    own.label = "tensor-core default";
+    own.algorithm = score_algorithm_;
+    KVT_CUDA_OR_RETURN(kernels::PlanQuestScores(SelectArgs(0), &own.plan));
+    KVT_ASSIGN_OR_RETURN(own.us, TimedScores(own.shape, stream));
+    score_set.push_back(own);
+  }
   for (const ScoreCandidate& c : scores) {
     if (!kernels::HasExplicitFields(c.shape)) score_set.push_back(c);  // scores.front(): the default
   }
@@ -404,6 +415,7 @@ Status Point::Sweep(cudaStream_t stream, std::vector<Row>* rows) {
     for (size_t pi = 0; pi < plan_set.size(); ++pi) {
       const ScoreCandidate& sc = score_set[si];
       const AttentionCandidate& pc = plan_set[pi];
+      const AlgorithmScope kernel(*this, sc.algorithm);
       KVT_ASSIGN_OR_RETURN(StepOutcome step, GraphStepWith(sc.shape, pc.plan, ws.p, stream));
       const bool is_default = si == 0 && pi == 0;
       if (is_default) ref = step;
@@ -415,7 +427,8 @@ Status Point::Sweep(cudaStream_t stream, std::vector<Row>* rows) {
       Row row{"sweep_graph", fmt::format("scores {}, attention {}", sc.label, pc.label), step.us,
               (meta + sparse_kv) / (step.us * 1e3), meta + sparse_kv,
               {{"score_index", si}, {"attention_index", pi}, {"score_label", sc.label},
-               {"attention_label", pc.label}, {"score_slices_per_thread", sc.plan.tile_slices / 32},
+               {"attention_label", pc.label}, {"score_tensor_core", sc.plan.tensor_core},
+               {"score_slices_per_thread", sc.plan.tile_slices / 32},
                {"score_stages", sc.plan.stages}, {"score_tiles_per_cta", sc.plan.tiles_per_cta},
                {"score_ctas_per_row", sc.plan.ctas_per_row}, {"score_us", sc.us}, {"attention_us", pc.us},
                {"topk_us", t_topk_}, {"sum_single_us", sum_single}, {"cluster", pc.plan.cluster},
@@ -439,7 +452,7 @@ Status Point::Sweep(cudaStream_t stream, std::vector<Row>* rows) {
                                best.plan->label),
                    t, (meta + sparse_kv) / (t * 1e3), meta + sparse_kv,
                    {{"speedup", t_dense_ / t}, {"ideal_speedup", double(kv_bytes_) / (sparse_kv + meta)},
-                    {"selected_blocks", k_}, {"score_label", bs.label},
+                    {"selected_blocks", k_}, {"score_label", bs.label}, {"score_tensor_core", bs.plan.tensor_core},
                     {"score_preset", ScoreShapeName(bs.shape)},
                     {"score_slices_per_thread", bs.plan.tile_slices / 32}, {"score_stages", bs.plan.stages},
                     {"score_tiles_per_cta", bs.plan.tiles_per_cta}, {"score_ctas_per_row", bs.plan.ctas_per_row},
