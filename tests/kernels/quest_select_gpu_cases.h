@@ -6,10 +6,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 #include <ostream>
 #include <random>
+#include <span>
 #include <vector>
 
 #include "quest_select.cuh"
@@ -88,6 +90,21 @@ inline QuestSelectParams P(uint32_t budget, uint32_t sinks, GqaCombine combine) 
 
 inline constexpr GqaCombine kSum = GqaCombine::kSum;
 inline constexpr GqaCombine kMax = GqaCombine::kMax;
+
+// Σ_g Σ_i |q_gi| · scale · max(|m_q,i|, |M_q,i|) for slice `s` of `bounds` (int8 codes) and KV
+// head h's `group` queries of `queries`: the magnitude of the summed terms, which scales the
+// tolerance of a score against the CPU reference.
+inline double BoundMagnitude(std::span<const float> queries, std::span<const int8_t> bounds, float scale, size_t s,
+                             uint32_t h, uint32_t group, uint32_t d) {
+  double mag = 0;
+  for (uint32_t g = 0; g < group; ++g) {
+    for (uint32_t i = 0; i < d; ++i) {
+      const int m = std::max(std::abs(int(bounds[s * 2 * d + i])), std::abs(int(bounds[s * 2 * d + d + i])));
+      mag += std::fabs(queries[(size_t{h} * group + g) * d + i]) * scale * m;
+    }
+  }
+  return mag;
+}
 
 // Both NaN, or the same bits.
 inline bool SameScore(float x, float y) {

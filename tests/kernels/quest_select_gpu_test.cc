@@ -48,6 +48,7 @@ bool HaveDevice() { return ::kvtier::testing::HaveCudaDevice(); }
 
 using ::kvtier::testing::DeviceArray;
 using quest_gpu_test::Batch;
+using quest_gpu_test::BoundMagnitude;
 using quest_gpu_test::Build;
 using quest_gpu_test::Case;
 using quest_gpu_test::kMax;
@@ -194,13 +195,10 @@ void CheckTensorCore(const Case& c, const Batch& b, const QuestSelectDeviceArgs&
           ASSERT_TRUE(SameScore(tc_scores[slice0 + s], model[s]))
               << "request " << r << " head " << h << " block " << blk << ": gpu " << tc_scores[slice0 + s]
               << " model " << model[s];
-          double mag = 0, bytes = 0;
-          for (uint32_t i = 0; i < d; ++i) {
-            const int lo = std::abs(int(br[s * 2 * d + i])), hi = std::abs(int(br[s * 2 * d + d + i]));
-            bytes += lo + hi;
-            for (uint32_t g = 0; g < group; ++g) mag += std::fabs(qr[(size_t{h} * group + g) * d + i]) * std::max(lo, hi);
-          }
-          ASSERT_LE(std::fabs(double(model[s]) - cpu[s]), (1e-5 * mag + quantum * bytes) * sr[s] + 1e-30)
+          double bytes = 0;
+          for (uint32_t j = 0; j < 2 * d; ++j) bytes += std::abs(int(br[s * 2 * d + j]));
+          const double mag = BoundMagnitude(qr, br, sr[s], s, h, group, d);
+          ASSERT_LE(std::fabs(double(model[s]) - cpu[s]), 1e-5 * mag + quantum * bytes * sr[s] + 1e-30)
               << "request " << r << " head " << h << " block " << blk;
         }
       }
@@ -267,14 +265,7 @@ void RunCase(const Case& c, uint32_t seed) {
     for (uint32_t h = 0; h < c.kv_heads; ++h) {
       for (uint32_t blk = 0; blk < n; ++blk) {
         const size_t s = size_t{h} * n + blk;
-        double mag = 0;
-        for (uint32_t g = 0; g < group; ++g) {
-          for (uint32_t i = 0; i < d; ++i) {
-            const int m = std::max(std::abs(int(br[s * 2 * d + i])), std::abs(int(br[s * 2 * d + d + i])));
-            mag += std::fabs(qr[(size_t{h} * group + g) * d + i]) * sr[s] * m;
-          }
-        }
-        tol[s] = static_cast<float>(1e-5 * mag + 1e-30);
+        tol[s] = static_cast<float>(1e-5 * BoundMagnitude(qr, br, sr[s], s, h, group, d) + 1e-30);
         ASSERT_LE(std::fabs(gpu_scores[slice0 + s] - cpu[s]), tol[s])
             << "request " << r << " head " << h << " block " << blk << " gpu " << gpu_scores[slice0 + s] << " cpu "
             << cpu[s];

@@ -209,16 +209,17 @@ class Point {
   Status PresetRows(kernels::QuestScorePreset preset, const char* name, const std::vector<float>& scores,
                     double t_scores, const StepOutcome& ref, double t_graph, cudaStream_t stream,
                     std::vector<Row>* rows);
-  // Round 13: the score launch and the sparse_graph step with the score kernel `alg`
-  // (`scores_fp32`, `sparse_graph_fp32`: kPipelined, the default until round 13; the score
-  // shape the default rule), next to `scores` (the default kernel's output; t_scores its µs)
-  // and `ref` (sparse_graph's step; t_graph its µs). Kernels of the two contracts (fp32,
+  // Round 13: the rows of the score kernel `alg` (`scores_fp32`, `sparse_graph_fp32`:
+  // kPipelined, the default until round 13; the score shape the default rule): its score
+  // launch, already timed by Run (`alg_scores` its output, t_alg its µs), next to `scores` (the
+  // default kernel's output from the same layers; t_scores its µs), and its sparse_graph step
+  // next to `ref` (sparse_graph's step; t_graph its µs). Kernels of the two contracts (fp32,
   // fixed point) differ within their tolerance, so the rows report the largest score
   // difference over the largest |score| (a MISMATCH above 1e-4) and whether the selection is
   // the same; the attention is compared where it is.
-  Status AlgorithmRows(kernels::QuestScoreAlgorithm alg, const char* name, const std::vector<float>& scores,
-                       double t_scores, const StepOutcome& ref, double t_graph, cudaStream_t stream,
-                       std::vector<Row>* rows);
+  Status AlgorithmRows(kernels::QuestScoreAlgorithm alg, const char* name, const std::vector<float>& alg_scores,
+                       double t_alg, const std::vector<float>& scores, double t_scores, const StepOutcome& ref,
+                       double t_graph, cudaStream_t stream, std::vector<Row>* rows);
 
   // decode_sweep_gpu.cc: the score launch and the attention launch on a grid of launch shapes
   // (each checked against the default's output), then the sparse step as a graph for every
