@@ -220,6 +220,13 @@ struct QuestSelectDeviceArgs {
   // the same way. (Inside LaunchQuestSelect the top-k, which rides PDL behind the scores,
   // reads the row's offsets and slots before its own wait: inputs the scores do not write.)
   bool programmatic_dependent_launch = false;
+  // With programmatic_dependent_launch: the metadata (block_offsets, bounds, scales) is not
+  // written by the kernel this launch waits for, so the tensor-core score kernel may read it
+  // before its wait — it places its CTA and starts its first tile's copies while the
+  // predecessor finishes, and reads only the queries after the wait. Set it where the predecessor writes the queries but not the metadata
+  // (a DeviceSliceMetadata::Update is a copy, not a kernel: it is complete before any kernel
+  // behind it starts). The other score kernels read everything after the wait either way.
+  bool early_metadata = false;
   // The separate top-k launch's algorithm (the fused one-launch path keeps the bisection).
   QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kAuto;
   // The separate score launch's kernel (see the enum).

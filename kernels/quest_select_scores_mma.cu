@@ -191,8 +191,13 @@ __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSe
   char* tiles_s = reinterpret_cast<char*>(smem4);
   int8_t* cols = reinterpret_cast<int8_t*>(tiles_s + kTcStages * TileBytes<kD>());
   HeadScale* scales_s = reinterpret_cast<HeadScale*>(cols + chunks * ChunkBytes<kD>());
-  cudaGridDependencySynchronize();            // launched with PDL: the previous kernel's writes are visible
-  cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
+  auto wait = [] {
+    cudaGridDependencySynchronize();            // launched with PDL: the previous kernel's writes are visible
+    cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
+  };
+  // early_metadata: the metadata is not the predecessor's output, so the CTA's place and its
+  // first tiles are read before the wait and only the queries after it.
+  if (!a.early_metadata) wait();
   const uint32_t r = blockIdx.z, h = blockIdx.y;
   const uint32_t first = a.block_offsets[r], n = a.block_offsets[r + 1] - first;
   const uint32_t b0 = blockIdx.x * tiles_per_cta * kTcTile;
@@ -225,6 +230,7 @@ __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSe
   };
 #pragma unroll
   for (int t = 0; t < kTcStages - 1; ++t) issue(t);  // before the queries: independent round trips
+  if (a.early_metadata) wait();
 
   const uint32_t group = a.q_heads / a.kv_heads;
   const uint32_t heads = kSum ? 1 : group;

@@ -2,7 +2,8 @@
 // exponent range of its fixed-point queries, against its CPU model QuestScoresFixedPoint bit for
 // bit. (Its checks on the selection cases — the model, the tolerance against the double
 // reference, the selection, PDL, the pitched layout — run with the other score kernels' in
-// quest_select_gpu_test.cc.) Skips without a CUDA device.
+// quest_select_gpu_test.cc.) And its early_metadata read behind a kernel that writes the
+// queries. Skips without a CUDA device.
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
@@ -76,6 +77,73 @@ TEST(QuestSelectGpuTensorCore, FollowsTheModelAtTheEndsOfTheExponentRange) {
       EXPECT_EQ(nans, factor > 1e30f ? size_t{300} : 0u) << "the infinite query head's KV head only";
     }
   }
+}
+
+// early_metadata behind a kernel that writes the queries (round 14): a score launch, which
+// triggers its successor at its start, writes its scores into the buffer the select then reads
+// as fp32 queries; before it the buffer holds other queries. The select, launched with PDL and
+// early_metadata, reads its metadata before its wait and the queries only after it: five times
+// its scores and selection equal those of the same select launched after a synchronize (the
+// other queries are checked to select differently, so reading them would show).
+TEST(QuestSelectGpuTensorCore, EarlyMetadataReadsTheQueriesOnlyAfterTheWait) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  const Case wc{8, 8, 128, std::vector<uint32_t>(8, 1024), P(512, 1, kMax)};  // the writer: 64K scores
+  const Case c{32, 8, 128, {700, 1200}, P(512, 1, kMax)};                      // the select: 8K query values
+  const Batch w = Build(wc, 41), b = Build(c, 43);
+  const auto requests = static_cast<uint32_t>(c.blocks.size()), rows = requests * c.kv_heads;
+  ASSERT_LE(b.queries.size(), w.scales.size());
+  DeviceArray<int8_t> w_bounds(w.bounds), bounds(b.bounds);
+  DeviceArray<float> w_q(w.queries), w_scales(w.scales), w_scores(w.scales.size()), scales(b.scales),
+      scores(b.scales.size());
+  std::vector<uint32_t> sel_off(rows + 1);
+  QuestSelectedOffsets(c.blocks.data(), requests, c.kv_heads, c.params, sel_off.data());
+  DeviceArray<uint32_t> w_offsets(w.block_offsets), offsets(b.block_offsets), sel_offsets(sel_off),
+      selected(sel_off.back());
+  const QuestSelectDeviceArgs writer{
+      .requests = static_cast<uint32_t>(wc.blocks.size()), .q_heads = wc.q_heads, .kv_heads = wc.kv_heads,
+      .head_dim = wc.d, .max_blocks = 1024, .params = wc.params, .query_type = QuestQueryType::kFloat32,
+      .queries = w_q.p, .block_offsets = w_offsets.p, .bounds = w_bounds.p, .scales = w_scales.p,
+      .scores = w_scores.p};
+  const QuestSelectDeviceArgs select{
+      .requests = requests, .q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.d, .max_blocks = 1200,
+      .params = c.params, .query_type = QuestQueryType::kFloat32, .queries = w_scores.p,
+      .block_offsets = offsets.p, .bounds = bounds.p, .scales = scales.p, .scores = scores.p,
+      .selected_offsets = sel_offsets.p, .selected = selected.p};
+  auto poison_queries = [&](cudaStream_t stream) {
+    return cudaMemcpyAsync(w_scores.p, b.queries.data(), b.queries.size() * sizeof(float), cudaMemcpyHostToDevice,
+                           stream);
+  };
+  // What the other queries select, then the reference: writer, synchronize, select.
+  ASSERT_CUDA(poison_queries(nullptr));
+  ASSERT_CUDA(LaunchQuestSelect(select, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  const std::vector<uint32_t> other = selected.Get();
+  ASSERT_CUDA(LaunchQuestScores(writer, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  ASSERT_CUDA(LaunchQuestSelect(select, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  const std::vector<float> want_scores = scores.Get();
+  const std::vector<uint32_t> want = selected.Get();
+  ASSERT_NE(want, other) << "the test needs queries that select differently";
+  cudaStream_t stream;
+  ASSERT_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  QuestSelectDeviceArgs early = select;
+  early.programmatic_dependent_launch = true;
+  early.early_metadata = true;
+  for (int step = 0; step < 5; ++step) {
+    ASSERT_CUDA(poison_queries(stream));
+    ASSERT_CUDA(cudaMemsetAsync(scores.p, 0xff, scores.n * sizeof(float), stream));
+    ASSERT_CUDA(cudaMemsetAsync(selected.p, 0xff, selected.n * sizeof(uint32_t), stream));
+    ASSERT_CUDA(LaunchQuestScores(writer, stream));
+    ASSERT_CUDA(LaunchQuestSelect(early, stream));
+    ASSERT_CUDA(cudaStreamSynchronize(stream));
+    const std::vector<float> got_scores = scores.Get();
+    for (size_t i = 0; i < got_scores.size(); ++i) {
+      ASSERT_TRUE(SameScore(got_scores[i], want_scores[i])) << "step " << step << " slice " << i;
+    }
+    ASSERT_EQ(selected.Get(), want) << "step " << step;
+  }
+  ASSERT_CUDA(cudaStreamDestroy(stream));
 }
 
 }  // namespace

@@ -34,11 +34,12 @@
 //           context / (budget + context / 32), the int8 metadata being 1/32 of the KV);
 //   sparse_pdl    the same with programmatic dependent launch on both launches (each kernel
 //           triggers at its start; the next one's CTAs wait in cudaGridDependencySynchronize;
-//           the attention reads its page offsets and queries before that wait, early_inputs);
+//           the scores read their metadata before that wait, early_metadata, and the
+//           attention its page offsets and queries, early_inputs);
 //           its output must equal sparse's bit for bit (checked);
 //   sparse_graph  the sparse_pdl steps captured in one CUDA graph;
-//   sparse_graph_late  the same with the attention reading everything after its wait (the
-//           step before round 13b), checked like the other variants;
+//   sparse_graph_late  the same with every launch reading everything after its wait (the
+//           step before rounds 13b and 14), checked like the other variants;
 //   sparse_graph_r6  the round-6 step (register-ring scores, bisection top-k, register-tile
 //           streamed attention) as a graph: the earlier configuration in the same run;
 //   scores_r8  the pipelined score launch with round 8's rule (QuestScorePreset kRound8, the

@@ -317,16 +317,18 @@ Status Point::SparseStep(uint32_t layer, cudaStream_t stream) {
   return AttentionStep(layer, stream);
 }
 
-// The attention reads its page offsets and queries before its PDL wait (early_inputs): only
-// the selection comes from the select launched just before it.
+// Each launch reads before its PDL wait what its predecessor does not write: the scores their
+// metadata (early_metadata; the predecessor is the previous step's attention), the attention
+// its page offsets and queries (early_inputs; only the selection comes from the select).
 Status Point::SparsePdlStep(uint32_t layer, cudaStream_t stream) { return SparsePdlStepWith(layer, true, stream); }
 
-// The same reading everything after the wait (round 13's step), for comparison.
+// The same reading everything after the waits (round 13's step), for comparison.
 Status Point::SparsePdlLateStep(uint32_t layer, cudaStream_t stream) { return SparsePdlStepWith(layer, false, stream); }
 
 Status Point::SparsePdlStepWith(uint32_t layer, bool early_inputs, cudaStream_t stream) {
   kernels::QuestSelectDeviceArgs s = SelectArgs(layer);
   s.programmatic_dependent_launch = true;
+  s.early_metadata = early_inputs;
   KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(s, stream));
   kernels::SparseAttentionDeviceArgs a = AttentionArgs(layer);
   a.programmatic_dependent_launch = true;

@@ -514,7 +514,7 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
     KVT_RETURN_IF_ERROR(VariantRows(dense_out_, t_copy, graph_ref, t_graph, stream, rows));
     KVT_RETURN_IF_ERROR(SplitRows(graph_ref, t_graph, stream, rows));
     KVT_RETURN_IF_ERROR(BisectionRows(graph_ref, t_graph, stream, rows));
-    KVT_RETURN_IF_ERROR(StepVariantRow("late", "sparse_graph, attention reads everything after its wait",
+    KVT_RETURN_IF_ERROR(StepVariantRow("late", "sparse_graph, every launch reads everything after its wait",
                                        &Point::SparsePdlLateStep, graph_ref, t_graph, stream, rows));
     KVT_RETURN_IF_ERROR(GraphBaselineRows(t_graph, stream, rows));
   }
