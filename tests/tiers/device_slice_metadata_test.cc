@@ -3,7 +3,9 @@
 // the host SliceMetadata + QuestSelector on the same appended keys (fresh random data, the
 // device selection buffer poisoned before every launch). Selections must be equal, except
 // at a near-tie with the k-th score (the kernel sums in another order than the CPU: the same
-// tolerance as tests/kernels/quest_select_gpu_test.cc). Also: the arena's bytes in the
+// tolerance as tests/kernels/quest_select_gpu_test.cc), with the launch's programmatic
+// dependent launch option too (one case; the race it allows is tested behind a kernel that
+// writes the queries in tests/kernels/quest_score_gpu_test.cc). Also: the arena's bytes in the
 // tier's usage, kExhausted for an arena or a layer that does not fit. And the sparse
 // runtime path on the real GPU tier: device selection -> CopySelectionToHost ->
 // SparsePrefetcher over the GpuMover, the HBM slices equal to the DRAM ones byte for byte.
@@ -70,6 +72,7 @@ struct Case {
   uint32_t layers, kv_heads, q_heads, head_dim, block_tokens, budget_tokens, dense_layers;
   GqaCombine combine;
   bool bf16_queries;
+  bool pdl = false;  // DeviceSliceMetadataOptions::programmatic_dependent_launch
 };
 
 uint16_t Bf16Bits(float f) {
@@ -152,7 +155,8 @@ void RunCase(const Case& c, uint64_t seed) {
   so.combine = c.combine;
   QuestSelector selector = Must(QuestSelector::Create(so), "QuestSelector::Create");
   const DeviceSliceMetadataOptions dopt{.layers = c.layers, .kv_heads = c.kv_heads, .head_dim = d,
-                                        .block_tokens = c.block_tokens, .max_blocks = max_blocks};
+                                        .block_tokens = c.block_tokens, .max_blocks = max_blocks,
+                                        .programmatic_dependent_launch = c.pdl};
   auto tier = Hbm(DeviceSliceMetadata::ArenaBytes(dopt));
   ASSERT_NE(tier, nullptr);
   Stream stream;
@@ -231,6 +235,8 @@ TEST(DeviceSliceMetadata, SelectionEqualsQuestSelectorOnTheSameKeys) {
        .dense_layers = 1, .combine = GqaCombine::kMax, .bf16_queries = false},
       {.layers = 2, .kv_heads = 8, .q_heads = 32, .head_dim = 128, .block_tokens = 16, .budget_tokens = 64,
        .dense_layers = 0, .combine = GqaCombine::kSum, .bf16_queries = false},
+      {.layers = 2, .kv_heads = 8, .q_heads = 32, .head_dim = 128, .block_tokens = 16, .budget_tokens = 96,
+       .dense_layers = 1, .combine = GqaCombine::kMax, .bf16_queries = true, .pdl = true},
       {.layers = 2, .kv_heads = 2, .q_heads = 4, .head_dim = 64, .block_tokens = 8, .budget_tokens = 40,
        .dense_layers = 0, .combine = GqaCombine::kMax, .bf16_queries = true},
       {.layers = 1, .kv_heads = 1, .q_heads = 1, .head_dim = 64, .block_tokens = 4, .budget_tokens = 16,

@@ -241,6 +241,8 @@ Result<DeviceSelection> DeviceSliceMetadata::SelectOnDevice(LayerId layer, const
   a.head_pitch = options_.max_blocks;
   a.selected_offsets = multiples_ + out.per_head * width;  // {0, k, 2k, ...}
   a.selected = selected_;
+  a.programmatic_dependent_launch = options_.programmatic_dependent_launch;
+  a.early_metadata = options_.programmatic_dependent_launch;  // Update's copies are never the kernel waited for
   // row_counters stays null: the kernel's owner measured the fused form no faster
   // (kernels/quest_select.cuh); the top-k rides PDL behind the scores instead.
   KVT_RETURN_IF_CUDA_ERROR(kernels::LaunchQuestSelect(a, stream_),

@@ -53,6 +53,12 @@ struct DeviceSliceMetadataOptions {
   uint32_t head_dim = 0;      // 64 or 128 (the kernel's)
   uint32_t block_tokens = 16; // must equal the host SliceMetadata's
   uint32_t max_blocks = 0;    // capacity per (layer, KV head), >= 1: the longest sequence / block_tokens
+  // SelectOnDevice launches the selection with programmatic dependent launch: behind the
+  // engine's kernel that writes the queries, its CTAs start while that kernel finishes, read
+  // their metadata before they wait for it (only Update writes the mirror, by copies that are
+  // complete before any later kernel starts: QuestSelectDeviceArgs::early_metadata) and the
+  // queries after. Same selection. Off: every launch waits for the previous work as usual.
+  bool programmatic_dependent_launch = false;
 
   Status Validate() const;  // kInvalidArgument naming the field
 };
