@@ -223,9 +223,10 @@ struct QuestSelectDeviceArgs {
   // With programmatic_dependent_launch: the metadata (block_offsets, bounds, scales) is not
   // written by the kernel this launch waits for, so the tensor-core score kernel may read it
   // before its wait — it places its CTA and starts its first tile's copies while the
-  // predecessor finishes, and reads only the queries after the wait. Set it where the predecessor writes the queries but not the metadata
-  // (a DeviceSliceMetadata::Update is a copy, not a kernel: it is complete before any kernel
-  // behind it starts). The other score kernels read everything after the wait either way.
+  // predecessor finishes, and reads only the queries after the wait (round 14). Set it where
+  // the predecessor writes the queries but not the metadata (a DeviceSliceMetadata::Update is
+  // a copy, not a kernel: it is complete before any kernel behind it starts). The other score
+  // kernels read everything after the wait either way. Same scores, bit for bit.
   bool early_metadata = false;
   // The separate top-k launch's algorithm (the fused one-launch path keeps the bisection).
   QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kAuto;

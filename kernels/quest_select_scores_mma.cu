@@ -195,8 +195,8 @@ __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSe
     cudaGridDependencySynchronize();            // launched with PDL: the previous kernel's writes are visible
     cudaTriggerProgrammaticLaunchCompletion();  // a PDL-launched successor may start its prologue
   };
-  // early_metadata: the metadata is not the predecessor's output, so the CTA's place and its
-  // first tiles are read before the wait and only the queries after it.
+  // early_metadata: the metadata is not the predecessor's output, so the CTA's place is read
+  // and its first tile's copies issued before the wait; only the queries come after it.
   if (!a.early_metadata) wait();
   const uint32_t r = blockIdx.z, h = blockIdx.y;
   const uint32_t first = a.block_offsets[r], n = a.block_offsets[r + 1] - first;

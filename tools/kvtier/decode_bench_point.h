@@ -190,7 +190,9 @@ class Point {
   Status StepVariantRow(const char* name, const char* what, Step variant, const StepOutcome& ref, double t_graph,
                         cudaStream_t stream, std::vector<Row>* rows);
   Status SparsePdlLateStep(uint32_t layer, cudaStream_t stream);
-  Status SparsePdlStepWith(uint32_t layer, bool early_inputs, cudaStream_t stream);
+  // early: the scores with early_metadata and the attention with early_inputs (SparsePdlStep),
+  // or neither (SparsePdlLateStep).
+  Status SparsePdlStepWith(uint32_t layer, bool early, cudaStream_t stream);
   Status SparsePdlBisectionStep(uint32_t layer, cudaStream_t stream);
   // decode_rows_gpu.cc: the baselines as the sparse step is timed (eighth session): `copy_graph`
   // (the copy row's copies as one CUDA graph) and `dense_graph` (dense with PDL, as one graph;

@@ -325,14 +325,14 @@ Status Point::SparsePdlStep(uint32_t layer, cudaStream_t stream) { return Sparse
 // The same reading everything after the waits (round 13's step), for comparison.
 Status Point::SparsePdlLateStep(uint32_t layer, cudaStream_t stream) { return SparsePdlStepWith(layer, false, stream); }
 
-Status Point::SparsePdlStepWith(uint32_t layer, bool early_inputs, cudaStream_t stream) {
+Status Point::SparsePdlStepWith(uint32_t layer, bool early, cudaStream_t stream) {
   kernels::QuestSelectDeviceArgs s = SelectArgs(layer);
   s.programmatic_dependent_launch = true;
-  s.early_metadata = early_inputs;
+  s.early_metadata = early;
   KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(s, stream));
   kernels::SparseAttentionDeviceArgs a = AttentionArgs(layer);
   a.programmatic_dependent_launch = true;
-  a.early_inputs = early_inputs;
+  a.early_inputs = early;
   KVT_CUDA_OR_RETURN(kernels::LaunchSparseAttention(a, sparse_plan_, stream));
   return Status::Ok();
 }
