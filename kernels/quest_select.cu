@@ -40,9 +40,16 @@ bool ValidForScores(const QuestSelectDeviceArgs& a) {
   return a.params.combine != GqaCombine::kMax || (a.q_heads / a.kv_heads) * a.head_dim <= kMaxStagedQueryFloats;
 }
 
+bool ValidPrefetch(const QuestSelectDeviceArgs::SlicePrefetch& p, bool slots) {
+  if (p.arena == nullptr) return true;
+  return slots && reinterpret_cast<uintptr_t>(p.arena) % 16 == 0 && p.slot_bytes % 16 == 0 && p.bytes % 16 == 0 &&
+         p.bytes != 0 && (p.period == 0 || p.count != 0);
+}
+
 bool ValidForTopK(const QuestSelectDeviceArgs& a) {
   return ValidShape(a) && a.selected_offsets != nullptr && a.selected != nullptr &&
          (a.block_slots == nullptr) == (a.selected_slots == nullptr) &&
+         ValidPrefetch(a.prefetch, a.block_slots != nullptr) &&
          static_cast<uint8_t>(a.topk_algorithm) <= static_cast<uint8_t>(QuestTopKAlgorithm::kAuto);
 }
 
@@ -91,6 +98,14 @@ QuestScoreShape QuestScoreShapeOfPreset(QuestScorePreset preset, uint32_t rows, 
   const uint64_t per_cta = (tiles_per_row + ctas_per_row - 1) / ctas_per_row;
   if (per_cta < kQuestScorePresetMinTilesPerCta) return kQuestScoreRound8Shape;  // latency-bound: too few to pipeline
   return {.tiles_per_cta = static_cast<uint32_t>(per_cta), .stages = 2, .slices_per_thread = kSlicesPerThread};
+}
+
+QuestSelectDeviceArgs::SlicePrefetch QuestSlicePrefetchForPieces(const void* arena, uint64_t slot_bytes,
+                                                                 uint32_t slice_bytes, uint32_t pages_per_piece,
+                                                                 uint64_t selection_bytes, uint64_t l2_bytes) {
+  if (arena == nullptr || pages_per_piece == 0 || selection_bytes <= l2_bytes / 4) return {};
+  return {.arena = arena, .slot_bytes = slot_bytes, .bytes = slice_bytes, .period = pages_per_piece,
+          .count = std::max(pages_per_piece / 4, 1u)};
 }
 
 cudaError_t PlanQuestScores(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {

@@ -228,6 +228,20 @@ struct QuestSelectDeviceArgs {
   // a copy, not a kernel: it is complete before any kernel behind it starts). The other score
   // kernels read everything after the wait either way. Same scores, bit for bit.
   bool early_metadata = false;
+  // Optional (round 15): the digit top-k asks L2 for selected slices as it writes their slots
+  // (a bulk prefetch of `bytes` at `arena + slot · slot_bytes`, a hint: nothing waits for it),
+  // so the attention behind the select finds its first pages in L2 instead of one DRAM round
+  // trip away. Position i of a row's selection is fetched when i % period < count (period 0:
+  // every position) — e.g. the first pages of each of the attention's pieces. Needs
+  // block_slots; `arena` 16-byte aligned, slot_bytes and bytes multiples of 16 (else the
+  // launch is refused). The bisection top-k ignores it.
+  struct SlicePrefetch {
+    const void* arena = nullptr;  // null: no prefetch
+    uint64_t slot_bytes = 0;
+    uint32_t bytes = 0;
+    uint32_t period = 0;
+    uint32_t count = 0;
+  } prefetch{};
   // The separate top-k launch's algorithm (the fused one-launch path keeps the bisection).
   QuestTopKAlgorithm topk_algorithm = QuestTopKAlgorithm::kAuto;
   // The separate score launch's kernel (see the enum).
@@ -265,6 +279,17 @@ const char* QuestScoreShapeError(const QuestScoreShape& shape, uint32_t head_dim
 // The plan of a score launch of `a` (queries the device's occupancy once per kernel
 // instance). cudaErrorInvalidValue where LaunchQuestScores would refuse `a`.
 cudaError_t PlanQuestScores(const QuestSelectDeviceArgs& a, QuestScorePlan* plan);
+
+// Host, pure: the slice prefetch (QuestSelectDeviceArgs::prefetch) a decode step's select asks
+// for on behalf of the attention behind it, whose CTAs take pieces of `pages_per_piece` pages
+// of a row's selection (SparseAttentionPlan::chunk_pages): none where the step's selected
+// slices (`selection_bytes`) fit in a quarter of the L2 (`l2_bytes`), else the first quarter of
+// each piece's pages (at least one) — on an H100 (round 15) that took the b8/32K step from
+// 48.0 to 46.7 µs, while prefetching at batch 1 (8.4 MB) made the step slower. `arena`,
+// `slot_bytes`, `slice_bytes`: as the attention reads its slices.
+QuestSelectDeviceArgs::SlicePrefetch QuestSlicePrefetchForPieces(const void* arena, uint64_t slot_bytes,
+                                                                 uint32_t slice_bytes, uint32_t pages_per_piece,
+                                                                 uint64_t selection_bytes, uint64_t l2_bytes);
 
 // Host: sel_off for `blocks[r]` blocks per request — the running sum of
 // QuestBudgetBlocksOf over rows (requests · kv_heads + 1 entries).

@@ -21,7 +21,7 @@
 //
 // Grid (pieces of a row, kv_heads, requests), 128 threads = 4 warps; a tile is 64 slices
 // (16 per warp: the mma's M), copied with cp.async into 2 buffers (one tile scored while the
-// next loads, as the pipelined kernel does). Columns per chunk of 4 heads: n-tile
+// next loads, as the pipelined kernel does; 3 where a CTA gets 3–4 tiles, round 15). Columns per chunk of 4 heads: n-tile
 // 0 = (head, limb 0 | limb 1), n-tile 1 = (head, limb 2 | zero), so after the mma thread
 // t = lane % 4 holds head t's three limb sums for slices g and g + 8 (g = lane / 4).
 #include <cuda_runtime.h>
@@ -45,7 +45,12 @@ namespace {
 constexpr int kTcWarps = 4;
 constexpr int kTcThreads = 32 * kTcWarps;
 constexpr int kTcTile = 16 * kTcWarps;  // slices per tile: one m16 tile per warp
-constexpr int kTcStages = 2;            // tile buffers: one loads while one is scored
+// Tile buffers: 2 (one loads while one is scored); 3 for CTAs of 3–4 tiles (round 15: two of
+// them in flight from the start; more buffers elsewhere leave no room for the top-k CTAs that
+// PDL places beside the score CTAs — round 13 — and the scores are the same bits either way).
+constexpr int kTcStages = 2;
+constexpr int kTcStagesShortCta = 3;
+constexpr uint32_t kTcShortCtaMinTiles = 3, kTcShortCtaMaxTiles = 4;
 constexpr int kHeadsPerChunk = 4;
 
 // A column (one (head, byte) of the weights) as thread t of a quad reads it: word t of each of
@@ -76,9 +81,9 @@ struct HeadScale {
   int nan;
 };
 // Shared memory of a CTA: the tile buffers, the columns of `chunks` chunks, a HeadScale per head.
-template <int kD>
+template <int kD, int kStages>
 size_t TcSmem(uint32_t chunks) {
-  return kTcStages * TileBytes<kD>() + chunks * ChunkBytes<kD>() + chunks * kHeadsPerChunk * sizeof(HeadScale);
+  return kStages * TileBytes<kD>() + chunks * ChunkBytes<kD>() + chunks * kHeadsPerChunk * sizeof(HeadScale);
 }
 
 __device__ __forceinline__ void MmaS8(int (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -180,7 +185,7 @@ __device__ void StageColumns(const QuestSelectDeviceArgs& a, int8_t* cols, HeadS
   }
 }
 
-template <int kD, bool kSum>
+template <int kD, bool kSum, int kStages>
 __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSelectDeviceArgs a,
                                                                             uint32_t tiles_per_cta, uint32_t chunks) {
   constexpr int kRowChunks = RowChunks<kD>();  // 16-byte chunks of a slice's bounds
@@ -189,7 +194,7 @@ __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSe
   constexpr int kCopies = kTcTile * kRowChunks / kTcThreads;  // 16-byte copies per thread per tile
   extern __shared__ float4 smem4[];
   char* tiles_s = reinterpret_cast<char*>(smem4);
-  int8_t* cols = reinterpret_cast<int8_t*>(tiles_s + kTcStages * TileBytes<kD>());
+  int8_t* cols = reinterpret_cast<int8_t*>(tiles_s + kStages * TileBytes<kD>());
   HeadScale* scales_s = reinterpret_cast<HeadScale*>(cols + chunks * ChunkBytes<kD>());
   auto wait = [] {
     cudaGridDependencySynchronize();            // launched with PDL: the previous kernel's writes are visible
@@ -215,7 +220,7 @@ __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSe
     if (t < my_tiles) {
       const uint32_t b = b0 + t * kTcTile;
       const uint32_t v = min(static_cast<uint32_t>(kTcTile), n - b);  // nothing past the row is read
-      char* buf = tiles_s + (t % kTcStages) * TileBytes<kD>();
+      char* buf = tiles_s + (t % kStages) * TileBytes<kD>();
       const int8_t* src = a.bounds + (slice0 + b) * 2 * kD + size_t(tid) * 16;
       const uint32_t count = v * kRowChunks;
 #pragma unroll
@@ -229,7 +234,7 @@ __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSe
     cp_async::Commit();
   };
 #pragma unroll
-  for (int t = 0; t < kTcStages - 1; ++t) issue(t);  // before the queries: independent round trips
+  for (int t = 0; t < kStages - 1; ++t) issue(t);  // before the queries: independent round trips
   if (a.early_metadata) wait();
 
   const uint32_t group = a.q_heads / a.kv_heads;
@@ -244,10 +249,10 @@ __global__ void __launch_bounds__(kTcThreads) QuestScoreTensorCoreKernel(QuestSe
   const uint32_t lm_slice = warp * 16 + (lane % 8) + ((lane / 8) & 1) * 8, lm_half = lane / 16;
   const uint32_t s_lo = warp * 16 + g, s_hi = s_lo + 8;  // the two slices whose scores this thread holds
   for (uint32_t t = 0; t < my_tiles; ++t) {
-    cp_async::Wait<kTcStages - 2>();
+    cp_async::Wait<kStages - 2>();
     __syncthreads();
-    issue(t + kTcStages - 1);
-    const char* buf = tiles_s + (t % kTcStages) * TileBytes<kD>();
+    issue(t + kStages - 1);
+    const char* buf = tiles_s + (t % kStages) * TileBytes<kD>();
     const char* lm_row = buf + lm_slice * 2 * kD;
     float score_lo = -INFINITY, score_hi = -INFINITY;
     for (uint32_t k = 0; k < chunks; ++k) {
@@ -294,14 +299,14 @@ uint32_t Chunks(const QuestSelectDeviceArgs& a) {
 
 // One wave of resident CTAs, as the pipelined kernel's default: ⌊resident · SMs / rows⌋
 // CTAs per row, each ⌈tiles of the row / that⌉ tiles.
-template <int kD, bool kSum>
+template <int kD, bool kSum, int kStages>
 cudaError_t PlanOf(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
-  auto k = QuestScoreTensorCoreKernel<kD, kSum>;
-  const size_t smem = TcSmem<kD>(Chunks(a));
+  auto k = QuestScoreTensorCoreKernel<kD, kSum, kStages>;
+  const size_t smem = TcSmem<kD, kStages>(Chunks(a));
   static std::atomic<int> opted_in{0};  // once per instance: the largest shared memory any launch needs
   if (opted_in.load(std::memory_order_relaxed) == 0) {
     if (cudaError_t e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(TcSmem<kD>(kTensorCoreScoreMaxGroup / kHeadsPerChunk)));
+                                             static_cast<int>(TcSmem<kD, kStages>(kTensorCoreScoreMaxGroup / kHeadsPerChunk)));
         e != cudaSuccess) {
       return e;
     }
@@ -313,7 +318,7 @@ cudaError_t PlanOf(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
   const uint64_t rows = uint64_t{a.kv_heads} * a.requests, slots = uint64_t(DeviceSms()) * uint64_t(per_sm);
   const uint64_t ctas_per_row = std::min(tiles_per_row, std::max<uint64_t>(1, slots / rows));
   const uint64_t per_cta = (tiles_per_row + ctas_per_row - 1) / ctas_per_row;
-  *plan = {.pipelined = false, .tile_slices = kTcTile, .stages = kTcStages,
+  *plan = {.pipelined = false, .tile_slices = kTcTile, .stages = kStages,
            .tiles_per_row = static_cast<uint32_t>(tiles_per_row), .tiles_per_cta = static_cast<uint32_t>(per_cta),
            .ctas_per_row = static_cast<uint32_t>((tiles_per_row + per_cta - 1) / per_cta),
            .ctas_per_sm = static_cast<uint32_t>(per_sm), .smem_bytes = static_cast<uint32_t>(smem),
@@ -321,13 +326,23 @@ cudaError_t PlanOf(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
   return cudaSuccess;
 }
 
+// The 2-buffer plan, or the 3-buffer one where the 2-buffer plan's CTAs get 3–4 tiles.
+template <int kD, bool kSum>
+cudaError_t PlanTc(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
+  if (cudaError_t e = PlanOf<kD, kSum, kTcStages>(a, plan); e != cudaSuccess) return e;
+  if (plan->tiles_per_cta < kTcShortCtaMinTiles || plan->tiles_per_cta > kTcShortCtaMaxTiles) return cudaSuccess;
+  return PlanOf<kD, kSum, kTcStagesShortCta>(a, plan);
+}
+
 template <int kD, bool kSum>
 cudaError_t LaunchOf(const QuestSelectDeviceArgs& a, cudaStream_t stream) {
   QuestScorePlan p;
-  if (cudaError_t e = PlanOf<kD, kSum>(a, &p); e != cudaSuccess) return e;
+  if (cudaError_t e = PlanTc<kD, kSum>(a, &p); e != cudaSuccess) return e;
   const dim3 grid(p.ctas_per_row, a.kv_heads, a.requests);
-  return LaunchEx(QuestScoreTensorCoreKernel<kD, kSum>, grid, dim3(kTcThreads), p.smem_bytes, stream,
-                  a.programmatic_dependent_launch, a, p.tiles_per_cta, Chunks(a));
+  auto k = p.stages == kTcStagesShortCta ? QuestScoreTensorCoreKernel<kD, kSum, kTcStagesShortCta>
+                                         : QuestScoreTensorCoreKernel<kD, kSum, kTcStages>;
+  return LaunchEx(k, grid, dim3(kTcThreads), p.smem_bytes, stream, a.programmatic_dependent_launch, a,
+                  p.tiles_per_cta, Chunks(a));
 }
 
 }  // namespace
@@ -341,8 +356,8 @@ bool TensorCoreScoresApply(const QuestSelectDeviceArgs& a) {
 
 cudaError_t PlanTensorCoreScores(const QuestSelectDeviceArgs& a, QuestScorePlan* plan) {
   const bool sum = a.params.combine == GqaCombine::kSum;
-  if (a.head_dim == 128) return sum ? PlanOf<128, true>(a, plan) : PlanOf<128, false>(a, plan);
-  return sum ? PlanOf<64, true>(a, plan) : PlanOf<64, false>(a, plan);
+  if (a.head_dim == 128) return sum ? PlanTc<128, true>(a, plan) : PlanTc<128, false>(a, plan);
+  return sum ? PlanTc<64, true>(a, plan) : PlanTc<64, false>(a, plan);
 }
 
 cudaError_t LaunchTensorCoreScores(const QuestSelectDeviceArgs& a, cudaStream_t stream) {

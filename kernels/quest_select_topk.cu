@@ -49,6 +49,18 @@ struct DigitShared {
   uint32_t warp_total[kThreads / 32]; // per warp: packed (above | ties << 16) counts
 };
 
+// QuestSelectDeviceArgs::prefetch for the slice at position `pos` of its row's selection.
+__device__ __forceinline__ void PrefetchSlice(const QuestSelectDeviceArgs::SlicePrefetch& p, uint32_t pos,
+                                              uint32_t slot) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (p.arena == nullptr || (p.period != 0 && pos % p.period >= p.count)) return;
+  const char* src = static_cast<const char*>(p.arena) + slot * p.slot_bytes;
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(src), "r"(p.bytes) : "memory");
+#else
+  (void)p, (void)pos, (void)slot;  // no bulk prefetch below sm_90
+#endif
+}
+
 // Inclusive scan over the 32 lanes.
 __device__ __forceinline__ uint32_t WarpInclusiveScan(uint32_t v, uint32_t lane) {
 #pragma unroll
@@ -103,7 +115,11 @@ __global__ void __launch_bounds__(kThreads) QuestTopKDigitKernel(QuestSelectDevi
     }
     for (uint32_t b = tid; b < n; b += kThreads) {
       a.selected[out0 + b] = b;
-      if (slots) a.selected_slots[out0 + b] = a.block_slots[slice0 + b];
+      if (slots) {
+        const uint32_t slot = a.block_slots[slice0 + b];
+        a.selected_slots[out0 + b] = slot;
+        PrefetchSlice(a.prefetch, b, slot);
+      }
     }
     return;
   }
@@ -241,7 +257,11 @@ __global__ void __launch_bounds__(kThreads) QuestTopKDigitKernel(QuestSelectDevi
     }
     if (pos != kFull) {
       a.selected[out0 + pos] = b;
-      if (slots) a.selected_slots[out0 + pos] = kPrefetchSlots ? slot_of[e] : a.block_slots[slice0 + b];
+      if (slots) {
+        const uint32_t slot = kPrefetchSlots ? slot_of[e] : a.block_slots[slice0 + b];
+        a.selected_slots[out0 + pos] = slot;
+        PrefetchSlice(a.prefetch, pos, slot);
+      }
     }
   }
 }

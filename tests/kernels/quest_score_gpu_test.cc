@@ -79,6 +79,52 @@ TEST(QuestSelectGpuTensorCore, FollowsTheModelAtTheEndsOfTheExponentRange) {
   }
 }
 
+// The plans whose CTAs get 3–4 tiles take 3 tile buffers (round 15): batches of 8 requests × 8
+// KV heads at 1536–2560 blocks (on an H100 2048 does), each bit for bit QuestScoresFixedPoint's
+// scores, as the 2-buffer launches are.
+TEST(QuestSelectGpuTensorCore, ThreeBufferPlansFollowTheModel) {
+  if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
+  int sms = 0;
+  ASSERT_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  uint32_t three = 0;
+  for (uint32_t blocks : {1536u, 2048u, 2560u}) {
+    const Case c{32, 8, 128, std::vector<uint32_t>(8, blocks), P(2048, 1, kMax)};
+    const Batch b = Build(c, 53 + blocks);
+    DeviceArray<float> q(b.queries), scales(b.scales), scores(b.scales.size());
+    DeviceArray<int8_t> bounds(b.bounds);
+    DeviceArray<uint32_t> offsets(b.block_offsets);
+    ASSERT_CUDA(cudaMemset(scores.p, 0xff, scores.n * sizeof(float)));
+    const QuestSelectDeviceArgs a{.requests = 8, .q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.d,
+                                  .max_blocks = blocks, .params = c.params, .query_type = QuestQueryType::kFloat32,
+                                  .queries = q.p, .block_offsets = offsets.p, .bounds = bounds.p, .scales = scales.p,
+                                  .scores = scores.p};
+    QuestScorePlan plan;
+    ASSERT_CUDA(PlanQuestScores(a, &plan));
+    ASSERT_TRUE(plan.tensor_core);
+    ASSERT_TRUE(plan.stages == 2 || plan.stages == 3) << blocks << " blocks: " << plan.stages;
+    three += plan.stages == 3;
+    ASSERT_CUDA(LaunchQuestScores(a, nullptr));
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    const std::vector<float> got = scores.Get();
+    for (uint32_t r = 0; r < 8; ++r) {
+      const QuestShape shape{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.d, .blocks = blocks};
+      const size_t slice0 = size_t{b.block_offsets[r]} * c.kv_heads, count = size_t{c.kv_heads} * blocks;
+      std::vector<float> model(count);
+      QuestScoresFixedPoint(shape, kMax,
+                            std::span<const float>(&b.queries[size_t{r} * c.q_heads * c.d], size_t{c.q_heads} * c.d),
+                            std::span<const int8_t>(&b.bounds[slice0 * 2 * c.d], count * 2 * c.d),
+                            std::span<const float>(&b.scales[slice0], count), model);
+      for (size_t i = 0; i < count; ++i) {
+        ASSERT_TRUE(SameScore(got[slice0 + i], model[i]))
+            << blocks << " blocks (" << plan.stages << " buffers), request " << r << " slice " << i;
+      }
+    }
+  }
+  if (sms >= 100) {
+    EXPECT_GT(three, 0u) << "no case took the 3-buffer plan on " << sms << " SMs";
+  }
+}
+
 // early_metadata behind a kernel that writes the queries (round 14): a score launch, which
 // triggers its successor at its start, writes its scores into the buffer the select then reads
 // as fp32 queries; before it the buffer holds other queries. The select, launched with PDL and
@@ -144,6 +190,21 @@ TEST(QuestSelectGpuTensorCore, EarlyMetadataReadsTheQueriesOnlyAfterTheWait) {
     ASSERT_EQ(selected.Get(), want) << "step " << step;
   }
   ASSERT_CUDA(cudaStreamDestroy(stream));
+  // An L2 prefetch of selected slices needs the slots and 16-byte units: refused, nothing enqueued.
+  QuestSelectDeviceArgs bad = select;
+  bad.prefetch = {.arena = bounds.p, .slot_bytes = 256, .bytes = 256};
+  EXPECT_EQ(LaunchQuestSelect(bad, nullptr), cudaErrorInvalidValue) << "no block_slots";
+  DeviceArray<uint32_t> slots(b.slots), selected_slots(sel_off.back());
+  bad.block_slots = slots.p;
+  bad.selected_slots = selected_slots.p;
+  bad.prefetch.bytes = 200;
+  EXPECT_EQ(LaunchQuestSelect(bad, nullptr), cudaErrorInvalidValue) << "bytes not a multiple of 16";
+  bad.prefetch.bytes = 256;
+  bad.prefetch.arena = bounds.p + 8;
+  EXPECT_EQ(LaunchQuestSelect(bad, nullptr), cudaErrorInvalidValue) << "arena not 16-byte aligned";
+  bad.prefetch.arena = bounds.p;
+  bad.prefetch.period = 4;  // count 0 with a period: nothing would ever be fetched
+  EXPECT_EQ(LaunchQuestSelect(bad, nullptr), cudaErrorInvalidValue) << "period without count";
 }
 
 }  // namespace

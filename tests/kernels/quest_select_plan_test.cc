@@ -19,6 +19,25 @@ TEST(QuestSelectGpuApi, DefaultTopKIsAutoAsDocumented) {  // no device needed
 
 // QuestScoreShape validation (no device needed): the default (rule kRound9Wave) everywhere,
 // explicit fields at d 128 only, stages 2/3/4/6, slices per thread 2/4, any tiles per CTA.
+// Round 15's prefetch rule (pure, no device): nothing where the selection fits in a quarter of
+// the L2, else the first quarter of each piece (at least one page).
+TEST(QuestSelectGpuApi, SlicePrefetchRuleAsDocumented) {
+  const auto* arena = reinterpret_cast<const void*>(uintptr_t{1} << 20);
+  const uint64_t l2 = uint64_t{50} << 20, slice = 8192;
+  // Batch 1 at a 2048-token budget: 8 rows x 128 slices = 8 MiB <= L2 / 4.
+  EXPECT_EQ(QuestSlicePrefetchForPieces(arena, slice, slice, 8, 8 * 128 * slice, l2).arena, nullptr);
+  // Batch 8: 64 MiB; pieces of 32 pages -> the first 8 of each.
+  const QuestSelectDeviceArgs::SlicePrefetch p = QuestSlicePrefetchForPieces(arena, slice, slice, 32, 64 * 128 * slice, l2);
+  EXPECT_EQ(p.arena, arena);
+  EXPECT_EQ(p.slot_bytes, slice);
+  EXPECT_EQ(p.bytes, slice);
+  EXPECT_EQ(p.period, 32u);
+  EXPECT_EQ(p.count, 8u);
+  EXPECT_EQ(QuestSlicePrefetchForPieces(arena, slice, slice, 3, 64 * 128 * slice, l2).count, 1u);  // at least one
+  EXPECT_EQ(QuestSlicePrefetchForPieces(arena, slice, slice, 0, 64 * 128 * slice, l2).arena, nullptr);
+  EXPECT_EQ(QuestSlicePrefetchForPieces(nullptr, slice, slice, 32, 64 * 128 * slice, l2).arena, nullptr);
+}
+
 TEST(QuestSelectGpuApi, ScoreShapeErrorsNameTheProblem) {
   EXPECT_EQ(QuestScoreShapeError({}, 64), nullptr);
   EXPECT_EQ(QuestScoreShapeError({}, 128), nullptr);

@@ -436,7 +436,8 @@ TEST(SparseAttentionGpuApi, AutoPlanIsTheTensorCorePlanWithHalfHeadsForShortList
 // runs them (LaunchQuestSelect with PDL, then the attention with PDL): the page slots are
 // poisoned with other valid slots before the select, so an attention that read them before
 // its PDL wait would attend other pages. Five steps on the tensor-core plan (and kAuto's),
-// each bit-equal to the select, a synchronize, then a plain launch.
+// each bit-equal to the select, a synchronize, then a plain launch; five more with the select
+// prefetching selected slices into L2 (a hint: the same bytes out).
 TEST(SparseAttentionGpuPdl, EarlyInputsReadTheSelectionOnlyAfterTheWait) {
   if (!HaveDevice()) GTEST_SKIP() << "no CUDA device";
   const Case c{32, 8, 128, 16, {4096, 3000}};
@@ -507,7 +508,11 @@ TEST(SparseAttentionGpuPdl, EarlyInputsReadTheSelectionOnlyAfterTheWait) {
     SparseAttentionDeviceArgs early = a;
     early.programmatic_dependent_launch = true;
     early.early_inputs = true;
-    for (int step = 0; step < 5; ++step) {
+    for (int step = 0; step < 10; ++step) {  // steps 5-9: the select prefetches the slices into L2 (round 15)
+      if (step == 5) {
+        qp.prefetch = {.arena = arena.p, .slot_bytes = s.slot_bytes, .bytes = static_cast<uint32_t>(s.slot_bytes),
+                       .period = 8, .count = 3};
+      }
       ASSERT_CUDA(cudaMemcpyAsync(selected_slots.p, poison.data(), poison.size() * sizeof(uint32_t),
                                   cudaMemcpyHostToDevice, stream));
       ASSERT_CUDA(cudaMemsetAsync(out.p, 0xff, out_bytes, stream));

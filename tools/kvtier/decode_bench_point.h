@@ -193,6 +193,8 @@ class Point {
   // early: the scores with early_metadata and the attention with early_inputs (SparsePdlStep),
   // or neither (SparsePdlLateStep).
   Status SparsePdlStepWith(uint32_t layer, bool early, cudaStream_t stream);
+  // The select's L2 prefetch of the selected slices for the attention on `plan` (round 15).
+  kernels::QuestSelectDeviceArgs::SlicePrefetch PrefetchFor(const kernels::SparseAttentionPlan& plan) const;
   Status SparsePdlBisectionStep(uint32_t layer, cudaStream_t stream);
   // decode_rows_gpu.cc: the baselines as the sparse step is timed (eighth session): `copy_graph`
   // (the copy row's copies as one CUDA graph) and `dense_graph` (dense with PDL, as one graph;
@@ -249,6 +251,7 @@ class Point {
   size_t kv_bytes_ = 0;
   double t_dense_ = 0, t_topk_ = 0, t_copy_ = 0;  // µs, set by Run
   uint32_t sm_count_ = 1;
+  uint64_t l2_bytes_ = 0;  // the device's L2
   std::vector<uint16_t> dense_out_;  // the `dense` plan's output on layer 0 (bf16 bits), set by Run
   kernels::SparseAttentionRule rule_ = kernels::SparseAttentionRule::kDefault;  // options.overrides.attention_rule
   cudaEvent_t e0_ = nullptr, e1_ = nullptr;

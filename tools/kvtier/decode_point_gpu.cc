@@ -325,10 +325,18 @@ Status Point::SparsePdlStep(uint32_t layer, cudaStream_t stream) { return Sparse
 // The same reading everything after the waits (round 13's step), for comparison.
 Status Point::SparsePdlLateStep(uint32_t layer, cudaStream_t stream) { return SparsePdlStepWith(layer, false, stream); }
 
+// The library's rule (QuestSlicePrefetchForPieces) for the attention on `plan`.
+kernels::QuestSelectDeviceArgs::SlicePrefetch Point::PrefetchFor(const kernels::SparseAttentionPlan& plan) const {
+  const uint64_t selection = uint64_t{batch_} * o_.kv_heads * k_ * shape_.slot_bytes;
+  return kernels::QuestSlicePrefetchForPieces(arena_.p, shape_.slot_bytes, static_cast<uint32_t>(shape_.slot_bytes),
+                                              plan.chunk_pages, selection, l2_bytes_);
+}
+
 Status Point::SparsePdlStepWith(uint32_t layer, bool early, cudaStream_t stream) {
   kernels::QuestSelectDeviceArgs s = SelectArgs(layer);
   s.programmatic_dependent_launch = true;
   s.early_metadata = early;
+  if (early) s.prefetch = PrefetchFor(sparse_plan_);
   KVT_CUDA_OR_RETURN(kernels::LaunchQuestSelect(s, stream));
   kernels::SparseAttentionDeviceArgs a = AttentionArgs(layer);
   a.programmatic_dependent_launch = true;

@@ -310,6 +310,7 @@ Status Point::AlgorithmRows(kernels::QuestScoreAlgorithm alg, const char* name, 
 Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<Row>* rows) {
   KVT_RETURN_IF_ERROR(Setup(prop));
   sm_count_ = static_cast<uint32_t>(std::max(prop.multiProcessorCount, 1));
+  l2_bytes_ = static_cast<uint64_t>(std::max(prop.l2CacheSize, 0));
   KVT_CUDA_OR_RETURN(cudaEventCreate(&e0_));
   KVT_CUDA_OR_RETURN(cudaEventCreate(&e1_));
   const uint32_t iters = std::max(o_.iterations, 1u);
