@@ -35,7 +35,8 @@
 //   sparse_pdl    the same with programmatic dependent launch on both launches (each kernel
 //           triggers at its start; the next one's CTAs wait in cudaGridDependencySynchronize;
 //           the scores read their metadata before that wait, early_metadata, and the
-//           attention its page offsets and queries, early_inputs);
+//           attention its page offsets and queries, early_inputs; the top-k prefetches
+//           selected slices into L2 by QuestSlicePrefetchForPieces);
 //           its output must equal sparse's bit for bit (checked);
 //   sparse_graph  the sparse_pdl steps captured in one CUDA graph;
 //   sparse_graph_late  the same with every launch reading everything after its wait (the
