@@ -31,6 +31,21 @@ using quest_gpu_test::SameScore;
 
 bool HaveDevice() { return ::kvtier::testing::HaveCudaDevice(); }
 
+// QuestScoresFixedPoint's scores of request r of batch `b` (built from case `c`) for `queries`
+// (all requests' queries, b.queries or a scaled copy): [kv_heads][blocks_r].
+std::vector<float> ModelScores(const Case& c, const Batch& b, const std::vector<float>& queries, uint32_t r,
+                               GqaCombine combine) {
+  const uint32_t n = c.blocks[r];
+  const QuestShape shape{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.d, .blocks = n};
+  const size_t slice0 = size_t{b.block_offsets[r]} * c.kv_heads, count = size_t{c.kv_heads} * n;
+  std::vector<float> model(count);
+  QuestScoresFixedPoint(shape, combine,
+                        std::span<const float>(&queries[size_t{r} * c.q_heads * c.d], size_t{c.q_heads} * c.d),
+                        std::span<const int8_t>(&b.bounds[slice0 * 2 * c.d], count * 2 * c.d),
+                        std::span<const float>(&b.scales[slice0], count), model);
+  return model;
+}
+
 // The tensor-core kernel's power-of-two scaling (two exact factors each way, no ldexpf) at
 // the ends of the exponent range: fp32 queries scaled by 2^-125 (many of them subnormal),
 // 2^-100, 2^60 and 2^100, one head made non-finite in the last case. Bit for bit
@@ -59,15 +74,9 @@ TEST(QuestSelectGpuTensorCore, FollowsTheModelAtTheEndsOfTheExponentRange) {
       const std::vector<float> got = scores.Get();
       size_t nans = 0;
       for (uint32_t r = 0; r < requests; ++r) {
-        const uint32_t n = c.blocks[r];
-        const QuestShape shape{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.d, .blocks = n};
-        const size_t slice0 = size_t{b.block_offsets[r]} * c.kv_heads, count = size_t{c.kv_heads} * n;
-        std::vector<float> model(count);
-        QuestScoresFixedPoint(shape, combine,
-                              std::span<const float>(&queries[size_t{r} * c.q_heads * c.d], size_t{c.q_heads} * c.d),
-                              std::span<const int8_t>(&b.bounds[slice0 * 2 * c.d], count * 2 * c.d),
-                              std::span<const float>(&b.scales[slice0], count), model);
-        for (size_t i = 0; i < count; ++i) {
+        const size_t slice0 = size_t{b.block_offsets[r]} * c.kv_heads;
+        const std::vector<float> model = ModelScores(c, b, queries, r, combine);
+        for (size_t i = 0; i < model.size(); ++i) {
           nans += std::isnan(model[i]);
           ASSERT_TRUE(SameScore(got[slice0 + i], model[i]))
               << "factor " << factor << " combine " << int(combine) << " request " << r << " slice " << i << ": gpu "
@@ -107,14 +116,9 @@ TEST(QuestSelectGpuTensorCore, ThreeBufferPlansFollowTheModel) {
     ASSERT_CUDA(cudaDeviceSynchronize());
     const std::vector<float> got = scores.Get();
     for (uint32_t r = 0; r < 8; ++r) {
-      const QuestShape shape{.q_heads = c.q_heads, .kv_heads = c.kv_heads, .head_dim = c.d, .blocks = blocks};
-      const size_t slice0 = size_t{b.block_offsets[r]} * c.kv_heads, count = size_t{c.kv_heads} * blocks;
-      std::vector<float> model(count);
-      QuestScoresFixedPoint(shape, kMax,
-                            std::span<const float>(&b.queries[size_t{r} * c.q_heads * c.d], size_t{c.q_heads} * c.d),
-                            std::span<const int8_t>(&b.bounds[slice0 * 2 * c.d], count * 2 * c.d),
-                            std::span<const float>(&b.scales[slice0], count), model);
-      for (size_t i = 0; i < count; ++i) {
+      const size_t slice0 = size_t{b.block_offsets[r]} * c.kv_heads;
+      const std::vector<float> model = ModelScores(c, b, b.queries, r, kMax);
+      for (size_t i = 0; i < model.size(); ++i) {
         ASSERT_TRUE(SameScore(got[slice0 + i], model[i]))
             << blocks << " blocks (" << plan.stages << " buffers), request " << r << " slice " << i;
       }
