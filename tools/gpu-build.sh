@@ -11,12 +11,13 @@ build=build-cuda
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTIER_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DKVTIER_WERROR=ON >/dev/null
 targets=(kvtier copy_blocks_gpu_test gpu_tier_test expected_attention_gpu_test sparse_attention_gpu_test
-  quest_select_gpu_test quest_topk_gpu_test quest_score_gpu_test device_slice_metadata_test stream_copy_test host_tier_test gpu_mover_engine_test)
+  quest_select_gpu_test quest_topk_gpu_test quest_score_gpu_test read_bound_gpu_test device_slice_metadata_test stream_copy_test
+  host_tier_test gpu_mover_engine_test)
 cmake --build "$build" -j "$(nproc)" --target "${targets[@]}"
 bins=("$build/tools/kvtier/kvtier" "$build/tests/kernels/copy_blocks_gpu_test" "$build/tests/tiers/gpu_tier_test"
   "$build/tests/kernels/expected_attention_gpu_test" "$build/tests/kernels/sparse_attention_gpu_test"
   "$build/tests/kernels/quest_select_gpu_test" "$build/tests/kernels/quest_topk_gpu_test"
-  "$build/tests/kernels/quest_score_gpu_test"
+  "$build/tests/kernels/quest_score_gpu_test" "$build/tests/kernels/read_bound_gpu_test"
   "$build/tests/tiers/device_slice_metadata_test"
   "$build/tests/tiers/stream_copy_test" "$build/tests/tiers/host_tier_test" "$build/tests/tiers/gpu_mover_engine_test")
 strip --strip-debug "${bins[@]}"

@@ -44,10 +44,12 @@ xml=$(mktemp -d)
 trap 'rm -rf "$xml"' EXIT
 
 if [ "$mode" = sparse ] || [ "$mode" = sweep ]; then
-  tests=(sparse_attention_gpu_test quest_select_gpu_test quest_topk_gpu_test quest_score_gpu_test device_slice_metadata_test)
+  tests=(sparse_attention_gpu_test quest_select_gpu_test quest_topk_gpu_test quest_score_gpu_test read_bound_gpu_test
+    device_slice_metadata_test)
 else
   tests=(copy_blocks_gpu_test gpu_tier_test gpu_mover_engine_test expected_attention_gpu_test sparse_attention_gpu_test
-    quest_select_gpu_test quest_topk_gpu_test quest_score_gpu_test device_slice_metadata_test stream_copy_test host_tier_test)
+    quest_select_gpu_test quest_topk_gpu_test quest_score_gpu_test read_bound_gpu_test device_slice_metadata_test
+    stream_copy_test host_tier_test)
 fi
 {
   nvidia-smi --query-gpu=name,pcie.link.gen.current,pcie.link.width.current,memory.total,driver_version --format=csv

@@ -20,6 +20,7 @@
 #include "gpu_bench_support.h"
 #include "kvtier/status.h"
 #include "quest_select.cuh"
+#include "read_bound.cuh"
 #include "sparse_attention.cuh"
 
 namespace kvtier::cli::decode_internal {
@@ -202,6 +203,19 @@ class Point {
   // copies), and sparse_graph's speedup against it.
   Status GraphBaselineRows(double t_graph, cudaStream_t stream, std::vector<Row>* rows);
   Status DensePdlStep(uint32_t layer, cudaStream_t stream);
+  // decode_bound_gpu.cc: the read bounds (`dense_bound`, `step_bound`, `step_bytes_bound`;
+  // kernels/read_bound.cuh) next to `copy` (t_copy), `dense` (t_dense) and `sparse_graph`
+  // (t_graph; `ref` its selection, which the step bounds read through every layer's slots).
+  Status BoundRows(const StepOutcome& ref, double t_copy, double t_dense, double t_graph, cudaStream_t stream,
+                   std::vector<Row>* rows);
+  // The step bound's launch on `layer`: the layer's metadata, the barrier where `barrier`, the
+  // layer's selected slices; PDL.
+  kernels::ReadBoundArgs StepBoundArgs(uint32_t layer, bool barrier) const;
+  Status DenseBoundStep(uint32_t layer, cudaStream_t stream);
+  Status StepBoundStep(uint32_t layer, cudaStream_t stream);
+  Status StepBytesBoundStep(uint32_t layer, cudaStream_t stream);
+  // One step_bound launch on layer 0: its checksum equals the host's over the same bytes.
+  Result<bool> StepBoundChecksumMatches(cudaStream_t stream);
   Status CopyStep(uint32_t layer, cudaStream_t stream);
   // µs per launch of the score launch alone with `shape` (the `scores` row's loop).
   Result<double> TimedScores(const kernels::QuestScoreShape& shape, cudaStream_t stream);
@@ -284,6 +298,9 @@ class Point {
   DeviceMem arena_, copy_dst_, queries_, bounds_, scales_, block_slots_, dense_offsets_, last_, scores_,
       block_offsets_, sel_offsets_, selected_, selected_slots_, out_, dense_ws_, sparse_ws_,
       streamed_ws_, row_counters_;
+  // BoundRows: the selected slots of every layer ([layer][entry]); the sink (8 bytes) and the
+  // barrier's two words.
+  DeviceMem bound_slots_, bound_state_;
   std::unique_ptr<Split> split_;  // while SplitRows runs
 };
 

@@ -518,6 +518,7 @@ Status Point::Run(const cudaDeviceProp& prop, cudaStream_t stream, std::vector<R
     KVT_RETURN_IF_ERROR(StepVariantRow("late", "sparse_graph, every launch reads everything after its wait",
                                        &Point::SparsePdlLateStep, graph_ref, t_graph, stream, rows));
     KVT_RETURN_IF_ERROR(GraphBaselineRows(t_graph, stream, rows));
+    KVT_RETURN_IF_ERROR(BoundRows(graph_ref, t_copy, t_dense, t_graph, stream, rows));
   }
   if (o_.sweep) {  // a failed sweep keeps the rows above (RunDecodeBench then exits non-zero)
     if (Status st = Sweep(stream, rows); !st.ok()) {

@@ -1,0 +1,139 @@
+// The read-bound kernel (read_bound.cuh): a checksum over a step's bytes, nothing else.
+#include <cuda/atomic>
+
+#include <algorithm>
+#include <mutex>
+
+#include "read_bound.cuh"
+
+namespace kvtier::kernels {
+namespace {
+
+constexpr uint32_t kThreads = 512;
+constexpr uint32_t kWarps = kThreads / 32;
+constexpr uint32_t kUnroll = 8;  // 16-byte loads in flight per thread
+constexpr uint32_t kMaxCtasPerSm = 4;
+
+__device__ __forceinline__ uint64_t Fold(uint4 v) {
+  return ((uint64_t{v.y} << 32) | v.x) ^ ((uint64_t{v.w} << 32) | v.z);
+}
+
+// Words [0, words) of `p`, this thread's share of a grid-wide stride.
+__device__ uint64_t ReadRange(const uint4* p, uint64_t words, uint64_t first, uint64_t stride) {
+  uint64_t acc = 0, i = first;
+  for (; i + (kUnroll - 1) * stride < words; i += kUnroll * stride) {
+    uint4 v[kUnroll];
+#pragma unroll
+    for (uint32_t u = 0; u < kUnroll; ++u) v[u] = p[i + u * stride];
+#pragma unroll
+    for (uint32_t u = 0; u < kUnroll; ++u) acc ^= Fold(v[u]);
+  }
+  for (; i < words; i += stride) acc ^= Fold(p[i]);
+  return acc;
+}
+
+// Thread 0 of each CTA arrives; the last one resets the count and opens the next generation.
+// The generation is read before arriving, so it is the one this launch's barrier closes.
+__device__ void GridBarrier(uint32_t* state) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    cuda::atomic_ref<uint32_t, cuda::thread_scope_device> count(state[0]), generation(state[1]);
+    const uint32_t g = generation.load(cuda::memory_order_relaxed);
+    if (count.fetch_add(1, cuda::memory_order_acq_rel) == gridDim.x - 1) {
+      count.store(0, cuda::memory_order_relaxed);
+      generation.fetch_add(1, cuda::memory_order_release);
+    } else {
+      while (generation.load(cuda::memory_order_acquire) == g) {
+      }
+    }
+  }
+  __syncthreads();
+}
+
+__global__ void __launch_bounds__(kThreads) ReadBoundKernel(const ReadBoundArgs a) {
+  const uint64_t tid = uint64_t{blockIdx.x} * kThreads + threadIdx.x, stride = uint64_t{gridDim.x} * kThreads;
+  uint64_t acc = 0;
+  for (int r = 0; r < 2; ++r) {
+    if (a.first_bytes[r] > 0) acc ^= ReadRange(static_cast<const uint4*>(a.first[r]), a.first_bytes[r] / 16, tid, stride);
+  }
+  if (a.programmatic_dependent_launch) cudaGridDependencySynchronize();
+  if (a.barrier != nullptr) GridBarrier(a.barrier);
+  if (a.programmatic_dependent_launch) cudaTriggerProgrammaticLaunchCompletion();
+  // One warp per slot: each lane's words lane, lane + 32, ... in runs of kUnroll loads.
+  const uint32_t lane = threadIdx.x % 32, warps = gridDim.x * kWarps, slot_words = a.slot_bytes / 16;
+  const auto* arena = static_cast<const uint4*>(a.arena);
+  for (uint32_t s = blockIdx.x * kWarps + threadIdx.x / 32; s < a.count; s += warps) {
+    const uint4* slot = arena + uint64_t{a.slots[s]} * slot_words;
+    for (uint32_t base = lane; base < slot_words; base += 32 * kUnroll) {
+      uint4 v[kUnroll];
+#pragma unroll
+      for (uint32_t u = 0; u < kUnroll; ++u) {
+        const uint32_t w = base + u * 32;
+        v[u] = w < slot_words ? slot[w] : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (uint32_t u = 0; u < kUnroll; ++u) acc ^= Fold(v[u]);
+    }
+  }
+  for (int off = 16; off > 0; off /= 2) acc ^= __shfl_xor_sync(0xffffffffu, acc, off);
+  __shared__ uint64_t warp_acc[kWarps];
+  if (lane == 0) warp_acc[threadIdx.x / 32] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    uint64_t cta = 0;
+    for (uint32_t w = 0; w < kWarps; ++w) cta ^= warp_acc[w];
+    atomicXor(a.sink, static_cast<unsigned long long>(cta));
+  }
+}
+
+bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+}  // namespace
+
+cudaError_t ReadBoundCtas(int device, uint32_t* ctas) {
+  static std::mutex mu;
+  static int cached_device = -1;
+  static uint32_t cached = 0;
+  std::lock_guard lock(mu);
+  if (device != cached_device) {
+    int sms = 0, per_sm = 0;
+    if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess) return e;
+    if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ReadBoundKernel, kThreads, 0);
+        e != cudaSuccess) {
+      return e;
+    }
+    cached = static_cast<uint32_t>(std::max(sms, 1)) * std::clamp<uint32_t>(per_sm, 1, kMaxCtasPerSm);
+    cached_device = device;
+  }
+  *ctas = cached;
+  return cudaSuccess;
+}
+
+cudaError_t LaunchReadBound(const ReadBoundArgs& a, cudaStream_t stream) {
+  if (a.sink == nullptr) return cudaErrorInvalidValue;
+  for (int r = 0; r < 2; ++r) {
+    if (a.first_bytes[r] > 0 && (a.first[r] == nullptr || !Aligned(a.first[r]) || a.first_bytes[r] % 16 != 0)) {
+      return cudaErrorInvalidValue;
+    }
+  }
+  if (a.count > 0 && (a.arena == nullptr || a.slots == nullptr || !Aligned(a.arena) || a.slot_bytes == 0 ||
+                      a.slot_bytes % 16 != 0)) {
+    return cudaErrorInvalidValue;
+  }
+  int device = 0;
+  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  uint32_t ctas = 0;
+  if (cudaError_t e = ReadBoundCtas(device, &ctas); e != cudaSuccess) return e;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(ctas);
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = a.programmatic_dependent_launch ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, ReadBoundKernel, a);
+}
+
+}  // namespace kvtier::kernels

@@ -1,0 +1,55 @@
+// Read bounds for `kvtier bench decode`: how fast this card merely reads what a decode step
+// reads, in the order the step has to read it. No attention, no scores, no top-k — every
+// 16-byte word is loaded and folded into a checksum, nothing else — so no kernel that reads
+// the same bytes in the same order can be faster, on the same card, in the same run.
+//
+// One launch, two phases:
+//   1. `first`: up to two contiguous ranges, read by the whole grid (a sparse step's Quest
+//      metadata: the int8 bounds and the scales of every slice);
+//   2. between the phases, when `barrier` is set, a grid-wide barrier: a sparse step cannot
+//      know which K/V it reads before every score of a row is known (a per-row wait ends at
+//      about the same time in a one-wave grid: docs/sparse.md, round 14);
+//   3. `slots`: `count` slots of `slot_bytes`, slot i at arena + slots[i] · slot_bytes (the
+//      K/V slices the step selected, or every slice of a dense step), one warp per slot.
+// The grid is one wave of resident CTAs (ReadBoundCtas), which the barrier needs.
+// CPU reference: ReadBoundReference (kernels/reference/read_bound.h).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace kvtier::kernels {
+
+struct ReadBoundArgs {
+  // Phase 1: ranges of first_bytes[i] bytes at first[i]; bytes 0 = no range. 16-byte aligned,
+  // sizes multiples of 16.
+  const void* first[2] = {nullptr, nullptr};
+  uint64_t first_bytes[2] = {0, 0};
+  // Non-null: the grid-wide barrier between the phases. Two uint32 words of device memory,
+  // zeroed before the first launch and left to the launches after it (each launch leaves the
+  // arrival count at zero). Launches that share it must not overlap: with PDL each launch
+  // waits for its predecessor before it arrives.
+  uint32_t* barrier = nullptr;
+  // Phase 2: `count` slots of `slot_bytes` (a multiple of 16; arena 16-byte aligned).
+  const void* arena = nullptr;
+  const uint32_t* slots = nullptr;
+  uint32_t count = 0;
+  uint32_t slot_bytes = 0;
+  // Device memory: *sink ^= the XOR of every 64-bit word read (so XOR is order-free: two
+  // launches over the same bytes cancel). Required.
+  unsigned long long* sink = nullptr;
+  // Launch with programmatic dependent launch: phase 1 is read before the wait for the
+  // predecessor (which must not write those ranges), the slot list and the slots after it; the
+  // launch lets its own successor start once it has passed its barrier.
+  bool programmatic_dependent_launch = false;
+};
+
+// CTAs of one launch on `device`: as many as are resident at once (≤ 4 per SM).
+cudaError_t ReadBoundCtas(int device, uint32_t* ctas);
+
+// cudaErrorInvalidValue for a missing sink, misaligned or partial words, a slot size of 0 or
+// not a multiple of 16, or slots without an arena.
+cudaError_t LaunchReadBound(const ReadBoundArgs& args, cudaStream_t stream);
+
+}  // namespace kvtier::kernels

@@ -1,0 +1,138 @@
+// The read-bound kernel (kernels/read_bound.cuh) against its CPU reference on fresh random
+// bytes: the checksum over the phase-1 ranges and the listed slots, with and without the grid
+// barrier and PDL, over chains of launches that share one barrier; and every refusal. Skips
+// without a CUDA device.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <random>
+#include <span>
+#include <vector>
+
+#include "kernels/cuda_test_support.h"
+#include "read_bound.cuh"
+#include "reference/read_bound.h"
+
+namespace kvtier::kernels {
+namespace {
+
+using ::kvtier::testing::DeviceArray;
+
+std::vector<std::byte> RandomBytes(size_t n, std::mt19937_64& rng) {
+  std::vector<std::byte> v(n);
+  for (size_t i = 0; i < n; i += 8) {
+    const uint64_t r = rng();
+    for (size_t j = 0; j < 8 && i + j < n; ++j) v[i + j] = static_cast<std::byte>(r >> (8 * j));
+  }
+  return v;
+}
+
+struct Case {
+  size_t first0 = 0, first1 = 0;  // phase-1 bytes
+  uint32_t arena_slots = 0, count = 0, slot_bytes = 0;
+};
+
+// `launches` launches (PDL after the first where `pdl`) on one stream, sharing one barrier
+// where `barrier`; the sink starts at a random poison, so after an odd number of launches it
+// must hold poison ^ reference, after an even number the poison.
+void Check(const Case& c, bool barrier, bool pdl, uint32_t launches, uint64_t seed) {
+  SCOPED_TRACE(::testing::Message() << "first " << c.first0 << "+" << c.first1 << ", " << c.count << " slots of "
+                                    << c.slot_bytes << " B, barrier " << barrier << ", pdl " << pdl << ", launches "
+                                    << launches);
+  std::mt19937_64 rng(seed);
+  const std::vector<std::byte> f0 = RandomBytes(c.first0, rng), f1 = RandomBytes(c.first1, rng);
+  const std::vector<std::byte> arena = RandomBytes(size_t{c.arena_slots} * c.slot_bytes, rng);
+  std::vector<uint32_t> slots(c.count);
+  for (uint32_t& s : slots) s = static_cast<uint32_t>(rng() % c.arena_slots);  // repeats allowed
+  const std::span<const std::byte> ranges[2] = {f0, f1};
+  const uint64_t want = ReadBoundReference(ranges, arena.data(), slots, c.slot_bytes);
+  ASSERT_NE(want, 0u);  // random bytes: a zero checksum would hide a kernel that reads nothing
+
+  DeviceArray<std::byte> d0(f0), d1(f1), darena(arena);
+  DeviceArray<uint32_t> dslots(slots), dbarrier(std::vector<uint32_t>{0, 0});
+  const unsigned long long poison = rng() | 1;
+  DeviceArray<unsigned long long> sink(std::vector<unsigned long long>{poison});
+  ASSERT_TRUE(d0.p && d1.p && darena.p && dslots.p && dbarrier.p && sink.p);
+  ReadBoundArgs a{.first = {d0.p, d1.p}, .first_bytes = {c.first0, c.first1},
+                  .barrier = barrier ? dbarrier.p : nullptr, .arena = darena.p, .slots = dslots.p,
+                  .count = c.count, .slot_bytes = c.slot_bytes, .sink = sink.p};
+  cudaStream_t stream = nullptr;
+  ASSERT_CUDA(cudaStreamCreate(&stream));
+  for (uint32_t i = 0; i < launches; ++i) {
+    a.programmatic_dependent_launch = pdl && i > 0;
+    ASSERT_CUDA(LaunchReadBound(a, stream));
+  }
+  ASSERT_CUDA(cudaStreamSynchronize(stream));
+  ASSERT_CUDA(cudaStreamDestroy(stream));
+  EXPECT_EQ(sink.Get()[0], launches % 2 == 1 ? poison ^ want : poison);
+  if (barrier) {  // every launch arrived and left the count at zero; one generation each
+    const std::vector<uint32_t> state = dbarrier.Get();
+    EXPECT_EQ(state[0], 0u);
+    EXPECT_EQ(state[1], launches);
+  }
+}
+
+TEST(ReadBoundGpu, ChecksumEqualsTheReference) {
+  if (!::kvtier::testing::HaveCudaDevice()) GTEST_SKIP() << "no CUDA device";
+  uint32_t ctas = 0;
+  ASSERT_CUDA(ReadBoundCtas(0, &ctas));
+  ASSERT_GT(ctas, 0u);
+  const uint32_t warps = ctas * 16;
+  const Case cases[] = {
+      // A sparse step's shape: metadata ranges, then 8 KiB slices; fewer slots than warps.
+      {.first0 = 16384 * 256, .first1 = 16384 * 4, .arena_slots = 4096, .count = 1024, .slot_bytes = 8192},
+      // More slots than warps (each warp several), a slot that is not a multiple of 512 B.
+      {.first0 = 4096, .first1 = 0, .arena_slots = 3 * warps, .count = 2 * warps + 17, .slot_bytes = 48},
+      // A range not a multiple of the grid's stride; no slots.
+      {.first0 = 16 * 1000003, .first1 = 16 * 7, .arena_slots = 1, .count = 0, .slot_bytes = 16},
+      // Slots only (a dense step's read).
+      {.first0 = 0, .first1 = 0, .arena_slots = 2048, .count = 2048, .slot_bytes = 8192 + 16},
+  };
+  uint64_t seed = 1;
+  for (const Case& c : cases) {
+    for (bool barrier : {false, true}) {
+      for (bool pdl : {false, true}) Check(c, barrier, pdl, 1, seed++);
+    }
+    Check(c, true, true, 7, seed++);  // a chain sharing one barrier
+    Check(c, true, true, 8, seed++);
+  }
+}
+
+TEST(ReadBoundGpu, RefusesBadArguments) {
+  if (!::kvtier::testing::HaveCudaDevice()) GTEST_SKIP() << "no CUDA device";
+  std::mt19937_64 rng(99);
+  DeviceArray<std::byte> bytes(RandomBytes(4096, rng));
+  DeviceArray<uint32_t> slots(std::vector<uint32_t>{0, 1});
+  DeviceArray<unsigned long long> sink(std::vector<unsigned long long>{42});
+  ASSERT_TRUE(bytes.p && slots.p && sink.p);
+  const ReadBoundArgs good{.first = {bytes.p, nullptr}, .first_bytes = {1024, 0}, .arena = bytes.p,
+                           .slots = slots.p, .count = 2, .slot_bytes = 512, .sink = sink.p};
+  auto with = [&](auto change) {
+    ReadBoundArgs a = good;
+    change(a);
+    return a;
+  };
+  const ReadBoundArgs bad[] = {
+      with([](ReadBoundArgs& a) { a.sink = nullptr; }),
+      with([](ReadBoundArgs& a) { a.first_bytes[0] = 1000; }),
+      with([&](ReadBoundArgs& a) { a.first[0] = bytes.p + 8; }),
+      with([](ReadBoundArgs& a) { a.first[1] = nullptr, a.first_bytes[1] = 16; }),
+      with([](ReadBoundArgs& a) { a.slot_bytes = 0; }),
+      with([](ReadBoundArgs& a) { a.slot_bytes = 24; }),
+      with([](ReadBoundArgs& a) { a.arena = nullptr; }),
+      with([](ReadBoundArgs& a) { a.slots = nullptr; }),
+      with([&](ReadBoundArgs& a) { a.arena = bytes.p + 4; }),
+  };
+  for (size_t i = 0; i < std::size(bad); ++i) {
+    EXPECT_EQ(LaunchReadBound(bad[i], nullptr), cudaErrorInvalidValue) << "case " << i;
+  }
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  EXPECT_EQ(sink.Get()[0], 42u);  // nothing ran
+  ASSERT_CUDA(LaunchReadBound(good, nullptr));
+  ASSERT_CUDA(cudaDeviceSynchronize());
+  EXPECT_NE(sink.Get()[0], 42u);  // random bytes: the checksum is not zero
+}
+
+}  // namespace
+}  // namespace kvtier::kernels

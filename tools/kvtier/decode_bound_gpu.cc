@@ -1,0 +1,128 @@
+// `kvtier bench decode` on CUDA builds: the read bounds (kernels/read_bound.cuh), how fast the
+// card merely reads what a step reads, timed in the same run as the steps:
+//   dense_bound       every slice of the layer through its slot list (the dense step's bytes),
+//                     plain launches like `dense`: the fastest any dense attention could be;
+//   step_bound        the layer's Quest metadata, a grid-wide barrier, then the selected
+//                     slices (sparse_graph's selection, through each layer's slots), one launch
+//                     per step with PDL as one CUDA graph like `sparse_graph`: the fastest any
+//                     sparse step could be — fused or not — that reads the metadata before the
+//                     K/V it selects; its checksum on layer 0 is checked against the host;
+//   step_bytes_bound  the same bytes without the barrier: what the dependency costs.
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "decode_bench_point.h"
+#include "gpu_bench_support.h"
+#include "read_bound.cuh"
+#include "reference/read_bound.h"
+
+namespace kvtier::cli::decode_internal {
+
+kernels::ReadBoundArgs Point::StepBoundArgs(uint32_t layer, bool barrier) const {
+  const size_t bounds = size_t{slices_} * 2 * o_.head_dim, scales = size_t{slices_} * sizeof(float);
+  const uint32_t n = batch_ * o_.kv_heads * k_;
+  return {.first = {bounds_.as<int8_t>() + layer * bounds, scales_.as<char>() + layer * scales},
+          .first_bytes = {bounds, scales},
+          .barrier = barrier ? bound_state_.as<uint32_t>() + 2 : nullptr,
+          .arena = arena_.p,
+          .slots = bound_slots_.as<uint32_t>() + size_t{layer} * n,
+          .count = n,
+          .slot_bytes = static_cast<uint32_t>(shape_.slot_bytes),
+          .sink = bound_state_.as<unsigned long long>(),
+          .programmatic_dependent_launch = true};
+}
+
+Status Point::DenseBoundStep(uint32_t layer, cudaStream_t stream) {
+  const kernels::ReadBoundArgs a{.arena = arena_.p,
+                                 .slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
+                                 .count = slices_,
+                                 .slot_bytes = static_cast<uint32_t>(shape_.slot_bytes),
+                                 .sink = bound_state_.as<unsigned long long>()};
+  KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(a, stream));
+  return Status::Ok();
+}
+
+Status Point::StepBoundStep(uint32_t layer, cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(StepBoundArgs(layer, true), stream));
+  return Status::Ok();
+}
+
+Status Point::StepBytesBoundStep(uint32_t layer, cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(StepBoundArgs(layer, false), stream));
+  return Status::Ok();
+}
+
+Result<bool> Point::StepBoundChecksumMatches(cudaStream_t stream) {
+  const kernels::ReadBoundArgs a = StepBoundArgs(0, true);
+  KVT_CUDA_OR_RETURN(cudaMemsetAsync(bound_state_.p, 0, 8, stream));
+  KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(a, stream));
+  unsigned long long got = 0;
+  KVT_CUDA_OR_RETURN(cudaMemcpyAsync(&got, bound_state_.p, 8, cudaMemcpyDeviceToHost, stream));
+  KVT_CUDA_OR_RETURN(cudaStreamSynchronize(stream));
+  std::vector<std::byte> first[2], slices(size_t{a.count} * a.slot_bytes);
+  for (int r = 0; r < 2; ++r) {
+    first[r].resize(a.first_bytes[r]);
+    KVT_CUDA_OR_RETURN(cudaMemcpy(first[r].data(), a.first[r], a.first_bytes[r], cudaMemcpyDeviceToHost));
+  }
+  std::vector<uint32_t> slots(a.count), listed(a.count);
+  KVT_CUDA_OR_RETURN(cudaMemcpy(slots.data(), a.slots, a.count * 4, cudaMemcpyDeviceToHost));
+  for (uint32_t i = 0; i < a.count; ++i) {  // the slices, packed: entry i at i · slot_bytes
+    KVT_CUDA_OR_RETURN(cudaMemcpy(slices.data() + size_t{i} * a.slot_bytes,
+                                  arena_.as<char>() + size_t{slots[i]} * a.slot_bytes, a.slot_bytes,
+                                  cudaMemcpyDeviceToHost));
+    listed[i] = i;
+  }
+  const std::span<const std::byte> ranges[2] = {first[0], first[1]};
+  return got == kernels::ReadBoundReference(ranges, slices.data(), listed, a.slot_bytes);
+}
+
+Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, double t_graph, cudaStream_t stream,
+                        std::vector<Row>* rows) {
+  // sparse_graph's selection (block indices, k_ per row) through every layer's slots.
+  const uint32_t n = batch_ * o_.kv_heads * k_;
+  if (ref.selected.size() != n) return Status::Internal("bench decode: bound rows: selection of the wrong size");
+  std::vector<uint32_t> block_slots(size_t{layers_} * slices_), table(size_t{layers_} * n);
+  KVT_CUDA_OR_RETURN(
+      cudaMemcpy(block_slots.data(), block_slots_.p, block_slots.size() * 4, cudaMemcpyDeviceToHost));
+  for (uint32_t l = 0; l < layers_; ++l) {
+    for (uint32_t e = 0; e < n; ++e) {
+      const uint32_t row = e / k_, block = ref.selected[e];
+      if (block >= blocks_) return Status::Internal(fmt::format("bench decode: bound rows: block {} selected", block));
+      table[size_t{l} * n + e] = block_slots[size_t{l} * slices_ + size_t{row} * blocks_ + block];
+    }
+  }
+  KVT_CUDA_OR_RETURN(cudaMalloc(&bound_slots_.p, table.size() * 4));
+  KVT_CUDA_OR_RETURN(cudaMemcpy(bound_slots_.p, table.data(), table.size() * 4, cudaMemcpyHostToDevice));
+  KVT_CUDA_OR_RETURN(cudaMalloc(&bound_state_.p, 16));  // sink, then the barrier's two words
+  KVT_CUDA_OR_RETURN(cudaMemset(bound_state_.p, 0, 16));
+  uint32_t ctas = 0;
+  KVT_CUDA_OR_RETURN(kernels::ReadBoundCtas(o_.device, &ctas));
+
+  KVT_ASSIGN_OR_RETURN(const double t_dense_bound, Timed(Loop(&Point::DenseBoundStep, stream), stream));
+  KVT_ASSIGN_OR_RETURN(const double t_step, TimedGraph(&Point::StepBoundStep, stream));
+  KVT_ASSIGN_OR_RETURN(const double t_bytes, TimedGraph(&Point::StepBytesBoundStep, stream));
+  KVT_ASSIGN_OR_RETURN(const bool checksum, StepBoundChecksumMatches(stream));
+  if (!checksum) fmt::print(stderr, "bench decode: MISMATCH: step_bound's checksum differs from the host's\n");
+
+  const double copy_rw_gbps = 2.0 * kv_bytes_ / (t_copy * 1e3), dense_gbps = kv_bytes_ / (t_dense_bound * 1e3);
+  rows->push_back({"dense_bound", "read bound: the dense step's bytes, read and nothing else", t_dense_bound,
+                   dense_gbps, double(kv_bytes_),
+                   {{"vs_copy", dense_gbps / copy_rw_gbps}, {"vs_dense", t_dense / t_dense_bound},
+                    {"ctas", ctas}}});
+  const double step_bytes = MetaBytes() + SparseKvBytes();
+  auto step_row = [&](const char* name, const char* what, double t) -> Row {
+    return {name, what, t, step_bytes / (t * 1e3), step_bytes,
+            {{"speedup", t_dense / t}, {"vs_sparse_graph", t_graph / t}, {"ctas", ctas},
+             {"eight_x_needs_us", t_dense / 8}}};
+  };
+  rows->push_back(step_row("step_bound", "read bound: metadata, grid barrier, selected K/V; PDL graph", t_step));
+  rows->back().extra["matches_host"] = checksum;
+  rows->push_back(step_row("step_bytes_bound", "read bound: the same bytes without the barrier; PDL graph", t_bytes));
+  return Status::Ok();
+}
+
+}  // namespace kvtier::cli::decode_internal
