@@ -103,7 +103,8 @@ TEST(ReadBoundGpu, RefusesBadArguments) {
   if (!::kvtier::testing::HaveCudaDevice()) GTEST_SKIP() << "no CUDA device";
   std::mt19937_64 rng(99);
   DeviceArray<std::byte> bytes(RandomBytes(4096, rng));
-  DeviceArray<uint32_t> slots(std::vector<uint32_t>{0, 1});
+  // Slots 2 and 5 lie outside the first range (bytes 0..1023): nothing cancels in the checksum.
+  DeviceArray<uint32_t> slots(std::vector<uint32_t>{2, 5});
   DeviceArray<unsigned long long> sink(std::vector<unsigned long long>{42});
   ASSERT_TRUE(bytes.p && slots.p && sink.p);
   const ReadBoundArgs good{.first = {bytes.p, nullptr}, .first_bytes = {1024, 0}, .arena = bytes.p,
