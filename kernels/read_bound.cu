@@ -50,19 +50,42 @@ __device__ void GridBarrier(uint32_t* state) {
   __syncthreads();
 }
 
+// The XOR of `acc` over the CTA (every thread gets it). Ends with a barrier, so it may be
+// called again.
+__device__ uint64_t CtaXor(uint64_t acc) {
+  for (int off = 16; off > 0; off /= 2) acc ^= __shfl_xor_sync(0xffffffffu, acc, off);
+  __shared__ uint64_t warp_acc[kWarps];
+  __syncthreads();  // a previous call's readers are done
+  if (threadIdx.x % 32 == 0) warp_acc[threadIdx.x / 32] = acc;
+  __syncthreads();
+  uint64_t cta = 0;
+  for (uint32_t w = 0; w < kWarps; ++w) cta ^= warp_acc[w];
+  return cta;
+}
+
 __global__ void __launch_bounds__(kThreads) ReadBoundKernel(const ReadBoundArgs a) {
   const uint64_t tid = uint64_t{blockIdx.x} * kThreads + threadIdx.x, stride = uint64_t{gridDim.x} * kThreads;
   uint64_t acc = 0;
   for (int r = 0; r < 2; ++r) {
-    if (a.first_bytes[r] > 0) acc ^= ReadRange(static_cast<const uint4*>(a.first[r]), a.first_bytes[r] / 16, tid, stride);
+    if (a.first_bytes[r] == 0) continue;
+    acc ^= ReadRange(static_cast<const uint4*>(a.first[r]), a.first_bytes[r] / 16, tid, stride);
   }
   if (a.programmatic_dependent_launch) cudaGridDependencySynchronize();
   if (a.barrier != nullptr) GridBarrier(a.barrier);
   if (a.programmatic_dependent_launch) cudaTriggerProgrammaticLaunchCompletion();
-  // One warp per slot: each lane's words lane, lane + 32, ... in runs of kUnroll loads.
-  const uint32_t lane = threadIdx.x % 32, warps = gridDim.x * kWarps, slot_words = a.slot_bytes / 16;
+  // One warp per slot: each lane's words lane, lane + 32, ... in runs of kUnroll loads. With
+  // rows, this CTA reads only its row's slots, with the row's other CTAs.
+  uint32_t row = 0, unit = blockIdx.x, units = gridDim.x, first_slot = 0, end_slot = a.count;
+  if (a.rows > 0) {
+    units = gridDim.x / a.rows;
+    row = blockIdx.x / units;
+    unit = blockIdx.x % units;
+    first_slot = row * (a.count / a.rows);
+    end_slot = first_slot + a.count / a.rows;
+  }
+  const uint32_t lane = threadIdx.x % 32, warps = units * kWarps, slot_words = a.slot_bytes / 16;
   const auto* arena = static_cast<const uint4*>(a.arena);
-  for (uint32_t s = blockIdx.x * kWarps + threadIdx.x / 32; s < a.count; s += warps) {
+  for (uint32_t s = first_slot + unit * kWarps + threadIdx.x / 32; s < end_slot; s += warps) {
     const uint4* slot = arena + uint64_t{a.slots[s]} * slot_words;
     for (uint32_t base = lane; base < slot_words; base += 32 * kUnroll) {
       uint4 v[kUnroll];
@@ -75,14 +98,33 @@ __global__ void __launch_bounds__(kThreads) ReadBoundKernel(const ReadBoundArgs 
       for (uint32_t u = 0; u < kUnroll; ++u) acc ^= Fold(v[u]);
     }
   }
-  for (int off = 16; off > 0; off /= 2) acc ^= __shfl_xor_sync(0xffffffffu, acc, off);
-  __shared__ uint64_t warp_acc[kWarps];
-  if (lane == 0) warp_acc[threadIdx.x / 32] = acc;
+  const uint64_t cta = CtaXor(acc);
+  if (a.rows == 0) {
+    if (threadIdx.x == 0) atomicXor(a.sink, static_cast<unsigned long long>(cta));
+    return;
+  }
+  // Split-K: write this CTA's partial, count it; the row's last CTA merges the row's partials.
+  const uint32_t partial_words = a.partial_bytes / 16;
+  uint4* const row_partials = static_cast<uint4*>(a.partials) + uint64_t{row} * units * partial_words;
+  uint4* const mine = row_partials + uint64_t{unit} * partial_words;
+  for (uint32_t w = threadIdx.x; w < partial_words; w += kThreads) {
+    mine[w] = w == 0 ? make_uint4(uint32_t(cta), uint32_t(cta >> 32), 0, 0) : make_uint4(0, 0, 0, 0);
+  }
+  __threadfence();
   __syncthreads();
+  __shared__ bool last;
+  if (threadIdx.x == 0) last = atomicAdd(&a.row_counters[row], 1u) == units - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  uint64_t merged = 0;
+  for (uint64_t w = threadIdx.x; w < uint64_t{units} * partial_words; w += kThreads) {
+    merged ^= Fold(__ldcg(row_partials + w));  // through L2: other CTAs wrote them
+  }
+  merged = CtaXor(merged);
   if (threadIdx.x == 0) {
-    uint64_t cta = 0;
-    for (uint32_t w = 0; w < kWarps; ++w) cta ^= warp_acc[w];
-    atomicXor(a.sink, static_cast<unsigned long long>(cta));
+    a.row_counters[row] = 0;
+    atomicXor(a.sink, static_cast<unsigned long long>(merged));
   }
 }
 
@@ -97,11 +139,10 @@ cudaError_t ReadBoundCtas(int device, uint32_t* ctas) {
   std::lock_guard lock(mu);
   if (device != cached_device) {
     int sms = 0, per_sm = 0;
-    if (cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device); e != cudaSuccess) return e;
-    if (cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ReadBoundKernel, kThreads, 0);
-        e != cudaSuccess) {
-      return e;
-    }
+    cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (e != cudaSuccess) return e;
+    e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, ReadBoundKernel, kThreads, 0);
+    if (e != cudaSuccess) return e;
     cached = static_cast<uint32_t>(std::max(sms, 1)) * std::clamp<uint32_t>(per_sm, 1, kMaxCtasPerSm);
     cached_device = device;
   }
@@ -124,6 +165,13 @@ cudaError_t LaunchReadBound(const ReadBoundArgs& a, cudaStream_t stream) {
   if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
   uint32_t ctas = 0;
   if (cudaError_t e = ReadBoundCtas(device, &ctas); e != cudaSuccess) return e;
+  if (a.rows > 0) {
+    if (a.rows > ctas || a.count % a.rows != 0 || a.partials == nullptr || !Aligned(a.partials) ||
+        a.partial_bytes == 0 || a.partial_bytes % 16 != 0 || a.row_counters == nullptr) {
+      return cudaErrorInvalidValue;
+    }
+    ctas = a.rows * (ctas / a.rows);
+  }
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;

@@ -10,7 +10,11 @@
 //      know which K/V it reads before every score of a row is known (a per-row wait ends at
 //      about the same time in a one-wave grid: docs/sparse.md, round 14);
 //   3. `slots`: `count` slots of `slot_bytes`, slot i at arena + slots[i] · slot_bytes (the
-//      K/V slices the step selected, or every slice of a dense step), one warp per slot.
+//      K/V slices the step selected, or every slice of a dense step), one warp per slot;
+//   4. with `rows` > 0, the merge a split-K attention ends with: the slot list is `rows` equal
+//      rows, each read by its own CTAs; each CTA writes a partial of `partial_bytes` and counts
+//      itself; the row's last CTA reads the row's partials back (the checksum goes through
+//      them, so a merge that misses one is caught).
 // The grid is one wave of resident CTAs (ReadBoundCtas), which the barrier needs.
 // CPU reference: ReadBoundReference (kernels/reference/read_bound.h).
 #pragma once
@@ -36,6 +40,15 @@ struct ReadBoundArgs {
   const uint32_t* slots = nullptr;
   uint32_t count = 0;
   uint32_t slot_bytes = 0;
+  // Split-K rows (0 = none): `count` a multiple of `rows`, rows ≤ ReadBoundCtas; the launch
+  // runs rows · ⌊ReadBoundCtas / rows⌋ CTAs. `partials`: room for ReadBoundCtas partials of
+  // `partial_bytes` (a multiple of 16; the CTA's checksum, then zeros), 16-byte aligned;
+  // `row_counters`: `rows` words, zeroed before the first launch (each launch leaves them at
+  // zero). Launches that share them must not overlap.
+  uint32_t rows = 0;
+  uint32_t partial_bytes = 0;
+  void* partials = nullptr;
+  uint32_t* row_counters = nullptr;
   // Device memory: *sink ^= the XOR of every 64-bit word read (so XOR is order-free: two
   // launches over the same bytes cancel). Required.
   unsigned long long* sink = nullptr;
@@ -49,7 +62,8 @@ struct ReadBoundArgs {
 cudaError_t ReadBoundCtas(int device, uint32_t* ctas);
 
 // cudaErrorInvalidValue for a missing sink, misaligned or partial words, a slot size of 0 or
-// not a multiple of 16, or slots without an arena.
+// not a multiple of 16, slots without an arena, or rows that do not divide the slots, exceed
+// the CTAs, or come without partials (size, alignment) or counters.
 cudaError_t LaunchReadBound(const ReadBoundArgs& args, cudaStream_t stream);
 
 }  // namespace kvtier::kernels

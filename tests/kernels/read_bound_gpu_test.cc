@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <random>
 #include <span>
@@ -31,6 +32,7 @@ std::vector<std::byte> RandomBytes(size_t n, std::mt19937_64& rng) {
 struct Case {
   size_t first0 = 0, first1 = 0;  // phase-1 bytes
   uint32_t arena_slots = 0, count = 0, slot_bytes = 0;
+  uint32_t rows = 0, partial_bytes = 0;  // split-K rows: the merge through partials
 };
 
 // `launches` launches (PDL after the first where `pdl`) on one stream, sharing one barrier
@@ -38,8 +40,8 @@ struct Case {
 // must hold poison ^ reference, after an even number the poison.
 void Check(const Case& c, bool barrier, bool pdl, uint32_t launches, uint64_t seed) {
   SCOPED_TRACE(::testing::Message() << "first " << c.first0 << "+" << c.first1 << ", " << c.count << " slots of "
-                                    << c.slot_bytes << " B, barrier " << barrier << ", pdl " << pdl << ", launches "
-                                    << launches);
+                                    << c.slot_bytes << " B, rows " << c.rows << ", barrier " << barrier << ", pdl "
+                                    << pdl << ", launches " << launches);
   std::mt19937_64 rng(seed);
   const std::vector<std::byte> f0 = RandomBytes(c.first0, rng), f1 = RandomBytes(c.first1, rng);
   const std::vector<std::byte> arena = RandomBytes(size_t{c.arena_slots} * c.slot_bytes, rng);
@@ -51,12 +53,19 @@ void Check(const Case& c, bool barrier, bool pdl, uint32_t launches, uint64_t se
 
   DeviceArray<std::byte> d0(f0), d1(f1), darena(arena);
   DeviceArray<uint32_t> dslots(slots), dbarrier(std::vector<uint32_t>{0, 0});
+  DeviceArray<uint32_t> counters(std::vector<uint32_t>(std::max(c.rows, 1u), 0));
+  uint32_t ctas = 0;
+  ASSERT_CUDA(ReadBoundCtas(0, &ctas));
+  // Partials poisoned with random bytes: a merge that reads a partial its CTA did not write
+  // changes the checksum.
+  DeviceArray<std::byte> partials(RandomBytes(size_t{ctas} * std::max(c.partial_bytes, 16u), rng));
   const unsigned long long poison = rng() | 1;
   DeviceArray<unsigned long long> sink(std::vector<unsigned long long>{poison});
-  ASSERT_TRUE(d0.p && d1.p && darena.p && dslots.p && dbarrier.p && sink.p);
+  ASSERT_TRUE(d0.p && d1.p && darena.p && dslots.p && dbarrier.p && counters.p && partials.p && sink.p);
   ReadBoundArgs a{.first = {d0.p, d1.p}, .first_bytes = {c.first0, c.first1},
                   .barrier = barrier ? dbarrier.p : nullptr, .arena = darena.p, .slots = dslots.p,
-                  .count = c.count, .slot_bytes = c.slot_bytes, .sink = sink.p};
+                  .count = c.count, .slot_bytes = c.slot_bytes, .rows = c.rows, .partial_bytes = c.partial_bytes,
+                  .partials = partials.p, .row_counters = counters.p, .sink = sink.p};
   cudaStream_t stream = nullptr;
   ASSERT_CUDA(cudaStreamCreate(&stream));
   for (uint32_t i = 0; i < launches; ++i) {
@@ -66,6 +75,7 @@ void Check(const Case& c, bool barrier, bool pdl, uint32_t launches, uint64_t se
   ASSERT_CUDA(cudaStreamSynchronize(stream));
   ASSERT_CUDA(cudaStreamDestroy(stream));
   EXPECT_EQ(sink.Get()[0], launches % 2 == 1 ? poison ^ want : poison);
+  for (uint32_t r = 0; r < c.rows; ++r) EXPECT_EQ(counters.Get()[r], 0u) << "row " << r;  // left at zero
   if (barrier) {  // every launch arrived and left the count at zero; one generation each
     const std::vector<uint32_t> state = dbarrier.Get();
     EXPECT_EQ(state[0], 0u);
@@ -88,6 +98,14 @@ TEST(ReadBoundGpu, ChecksumEqualsTheReference) {
       {.first0 = 16 * 1000003, .first1 = 16 * 7, .arena_slots = 1, .count = 0, .slot_bytes = 16},
       // Slots only (a dense step's read).
       {.first0 = 0, .first1 = 0, .arena_slots = 2048, .count = 2048, .slot_bytes = 8192 + 16},
+      // Split-K rows: 8 rows of a dense read (the rows' CTAs merge through 2112-byte partials);
+      // 3 rows that do not divide the CTAs, with metadata first; one row of few slots (most
+      // of its CTAs read nothing and still count).
+      {.first0 = 0, .first1 = 0, .arena_slots = 4096, .count = 8 * 512, .slot_bytes = 8192, .rows = 8,
+       .partial_bytes = 2112},
+      {.first0 = 4096, .first1 = 64, .arena_slots = 1000, .count = 3 * 700, .slot_bytes = 1024, .rows = 3,
+       .partial_bytes = 16},
+      {.first0 = 0, .first1 = 0, .arena_slots = 64, .count = 5, .slot_bytes = 8192, .rows = 1, .partial_bytes = 64},
   };
   uint64_t seed = 1;
   for (const Case& c : cases) {
@@ -106,9 +124,19 @@ TEST(ReadBoundGpu, RefusesBadArguments) {
   // Slots 2 and 5 lie outside the first range (bytes 0..1023): nothing cancels in the checksum.
   DeviceArray<uint32_t> slots(std::vector<uint32_t>{2, 5});
   DeviceArray<unsigned long long> sink(std::vector<unsigned long long>{42});
-  ASSERT_TRUE(bytes.p && slots.p && sink.p);
+  DeviceArray<std::byte> part(4096);
+  DeviceArray<uint32_t> counters(std::vector<uint32_t>(4, 0));
+  uint32_t ctas = 0;
+  ASSERT_CUDA(ReadBoundCtas(0, &ctas));
+  ASSERT_TRUE(bytes.p && slots.p && sink.p && part.p && counters.p);
   const ReadBoundArgs good{.first = {bytes.p, nullptr}, .first_bytes = {1024, 0}, .arena = bytes.p,
                            .slots = slots.p, .count = 2, .slot_bytes = 512, .sink = sink.p};
+  auto split = [](ReadBoundArgs& a, uint32_t rows, void* partials, uint32_t partial_bytes, uint32_t* row_counters) {
+    a.rows = rows;
+    a.partials = partials;
+    a.partial_bytes = partial_bytes;
+    a.row_counters = row_counters;
+  };
   auto with = [&](auto change) {
     ReadBoundArgs a = good;
     change(a);
@@ -124,6 +152,18 @@ TEST(ReadBoundGpu, RefusesBadArguments) {
       with([](ReadBoundArgs& a) { a.arena = nullptr; }),
       with([](ReadBoundArgs& a) { a.slots = nullptr; }),
       with([&](ReadBoundArgs& a) { a.arena = bytes.p + 4; }),
+      // Rows: not dividing the slots; partials of a bad size, missing or misaligned; no
+      // counters; more rows than CTAs.
+      with([&](ReadBoundArgs& a) { split(a, 3, part.p, 16, counters.p); }),
+      with([&](ReadBoundArgs& a) { split(a, 2, part.p, 24, counters.p); }),
+      with([&](ReadBoundArgs& a) { split(a, 2, part.p, 0, counters.p); }),
+      with([&](ReadBoundArgs& a) { split(a, 2, nullptr, 16, counters.p); }),
+      with([&](ReadBoundArgs& a) { split(a, 2, part.p + 8, 16, counters.p); }),
+      with([&](ReadBoundArgs& a) { split(a, 2, part.p, 16, nullptr); }),
+      with([&](ReadBoundArgs& a) {
+        split(a, ctas + 1, part.p, 16, counters.p);
+        a.count = ctas + 1;
+      }),
   };
   for (size_t i = 0; i < std::size(bad); ++i) {
     EXPECT_EQ(LaunchReadBound(bad[i], nullptr), cudaErrorInvalidValue) << "case " << i;

@@ -203,15 +203,17 @@ class Point {
   // copies), and sparse_graph's speedup against it.
   Status GraphBaselineRows(double t_graph, cudaStream_t stream, std::vector<Row>* rows);
   Status DensePdlStep(uint32_t layer, cudaStream_t stream);
-  // decode_bound_gpu.cc: the read bounds (`dense_bound`, `step_bound`, `step_bytes_bound`;
-  // kernels/read_bound.cuh) next to `copy` (t_copy), `dense` (t_dense) and `sparse_graph`
-  // (t_graph; `ref` its selection, which the step bounds read through every layer's slots).
+  // decode_bound_gpu.cc: the read bounds (`dense_bound`, `dense_merge_bound`, `step_bound`,
+  // `step_bytes_bound`; kernels/read_bound.cuh) next to `copy` (t_copy), `dense` (t_dense)
+  // and `sparse_graph` (t_graph; `ref` its selection, which the step bounds read through
+  // every layer's slots).
   Status BoundRows(const StepOutcome& ref, double t_copy, double t_dense, double t_graph, cudaStream_t stream,
                    std::vector<Row>* rows);
   // The step bound's launch on `layer`: the layer's metadata, the barrier where `barrier`, the
   // layer's selected slices; PDL.
   kernels::ReadBoundArgs StepBoundArgs(uint32_t layer, bool barrier) const;
   Status DenseBoundStep(uint32_t layer, cudaStream_t stream);
+  Status DenseMergeBoundStep(uint32_t layer, cudaStream_t stream);
   Status StepBoundStep(uint32_t layer, cudaStream_t stream);
   Status StepBytesBoundStep(uint32_t layer, cudaStream_t stream);
   // One step_bound launch on layer 0: its checksum equals the host's over the same bytes.
@@ -299,8 +301,8 @@ class Point {
       block_offsets_, sel_offsets_, selected_, selected_slots_, out_, dense_ws_, sparse_ws_,
       streamed_ws_, row_counters_;
   // BoundRows: the selected slots of every layer ([layer][entry]); the sink (8 bytes) and the
-  // barrier's two words.
-  DeviceMem bound_slots_, bound_state_;
+  // barrier's two words; the merge bound's partials and row counters.
+  DeviceMem bound_slots_, bound_state_, bound_partials_, bound_counters_;
   std::unique_ptr<Split> split_;  // while SplitRows runs
 };
 

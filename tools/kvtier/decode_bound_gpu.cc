@@ -7,7 +7,11 @@
 //                     per step with PDL as one CUDA graph like `sparse_graph`: the fastest any
 //                     sparse step could be — fused or not — that reads the metadata before the
 //                     K/V it selects; its checksum on layer 0 is checked against the host;
-//   step_bytes_bound  the same bytes without the barrier: what the dependency costs.
+//   step_bytes_bound  the same bytes without the barrier: what the dependency costs;
+//   dense_merge_bound  dense_bound with the end of a split-K attention: each KV head's row read
+//                     by its own CTAs, each CTA writing a partial the size of the attention's
+//                     (per query head of the group: d fp32 sums, the max and the sum of
+//                     weights, padded to 16 bytes) and the row's last CTA reading them back.
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
@@ -41,6 +45,21 @@ Status Point::DenseBoundStep(uint32_t layer, cudaStream_t stream) {
                                  .slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
                                  .count = slices_,
                                  .slot_bytes = static_cast<uint32_t>(shape_.slot_bytes),
+                                 .sink = bound_state_.as<unsigned long long>()};
+  KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(a, stream));
+  return Status::Ok();
+}
+
+Status Point::DenseMergeBoundStep(uint32_t layer, cudaStream_t stream) {
+  const uint32_t group = o_.q_heads / o_.kv_heads;  // partials as BoundRows sized them
+  const kernels::ReadBoundArgs a{.arena = arena_.p,
+                                 .slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
+                                 .count = slices_,
+                                 .slot_bytes = static_cast<uint32_t>(shape_.slot_bytes),
+                                 .rows = batch_ * o_.kv_heads,
+                                 .partial_bytes = group * (o_.head_dim * 4 + 16),
+                                 .partials = bound_partials_.p,
+                                 .row_counters = bound_counters_.as<uint32_t>(),
                                  .sink = bound_state_.as<unsigned long long>()};
   KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(a, stream));
   return Status::Ok();
@@ -101,8 +120,13 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
   KVT_CUDA_OR_RETURN(cudaMemset(bound_state_.p, 0, 16));
   uint32_t ctas = 0;
   KVT_CUDA_OR_RETURN(kernels::ReadBoundCtas(o_.device, &ctas));
+  const uint32_t rows_n = batch_ * o_.kv_heads, partial_bytes = o_.q_heads / o_.kv_heads * (o_.head_dim * 4 + 16);
+  KVT_CUDA_OR_RETURN(cudaMalloc(&bound_partials_.p, size_t{ctas} * partial_bytes));
+  KVT_CUDA_OR_RETURN(cudaMalloc(&bound_counters_.p, size_t{rows_n} * 4));
+  KVT_CUDA_OR_RETURN(cudaMemset(bound_counters_.p, 0, size_t{rows_n} * 4));
 
   KVT_ASSIGN_OR_RETURN(const double t_dense_bound, Timed(Loop(&Point::DenseBoundStep, stream), stream));
+  KVT_ASSIGN_OR_RETURN(const double t_merge_bound, Timed(Loop(&Point::DenseMergeBoundStep, stream), stream));
   KVT_ASSIGN_OR_RETURN(const double t_step, TimedGraph(&Point::StepBoundStep, stream));
   KVT_ASSIGN_OR_RETURN(const double t_bytes, TimedGraph(&Point::StepBytesBoundStep, stream));
   KVT_ASSIGN_OR_RETURN(const bool checksum, StepBoundChecksumMatches(stream));
@@ -113,6 +137,11 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
                    dense_gbps, double(kv_bytes_),
                    {{"vs_copy", dense_gbps / copy_rw_gbps}, {"vs_dense", t_dense / t_dense_bound},
                     {"ctas", ctas}}});
+  const double merge_gbps = kv_bytes_ / (t_merge_bound * 1e3);
+  rows->push_back({"dense_merge_bound", "read bound + split-K merge: each row's CTAs write partials, the last merges",
+                   t_merge_bound, merge_gbps, double(kv_bytes_),
+                   {{"vs_copy", merge_gbps / copy_rw_gbps}, {"vs_dense", t_dense / t_merge_bound},
+                    {"ctas", rows_n * (ctas / rows_n)}, {"ctas_per_row", ctas / rows_n}}});
   const double step_bytes = MetaBytes() + SparseKvBytes();
   auto step_row = [&](const char* name, const char* what, double t) -> Row {
     return {name, what, t, step_bytes / (t * 1e3), step_bytes,
