@@ -18,17 +18,20 @@ __device__ __forceinline__ uint64_t Fold(uint4 v) {
   return ((uint64_t{v.y} << 32) | v.x) ^ ((uint64_t{v.w} << 32) | v.z);
 }
 
-// Words [0, words) of `p`, this thread's share of a grid-wide stride.
+// Words [0, words) of `p`, this thread's share of a stride, kUnroll loads in flight. kL2: load
+// through L2 only (words other CTAs of this launch wrote).
+template <bool kL2 = false>
 __device__ uint64_t ReadRange(const uint4* p, uint64_t words, uint64_t first, uint64_t stride) {
+  auto load = [](const uint4* q) { return kL2 ? __ldcg(q) : *q; };
   uint64_t acc = 0, i = first;
   for (; i + (kUnroll - 1) * stride < words; i += kUnroll * stride) {
     uint4 v[kUnroll];
 #pragma unroll
-    for (uint32_t u = 0; u < kUnroll; ++u) v[u] = p[i + u * stride];
+    for (uint32_t u = 0; u < kUnroll; ++u) v[u] = load(p + i + u * stride);
 #pragma unroll
     for (uint32_t u = 0; u < kUnroll; ++u) acc ^= Fold(v[u]);
   }
-  for (; i < words; i += stride) acc ^= Fold(p[i]);
+  for (; i < words; i += stride) acc ^= Fold(load(p + i));
   return acc;
 }
 
@@ -117,11 +120,7 @@ __global__ void __launch_bounds__(kThreads) ReadBoundKernel(const ReadBoundArgs 
   __syncthreads();
   if (!last) return;
   __threadfence();
-  uint64_t merged = 0;
-  for (uint64_t w = threadIdx.x; w < uint64_t{units} * partial_words; w += kThreads) {
-    merged ^= Fold(__ldcg(row_partials + w));  // through L2: other CTAs wrote them
-  }
-  merged = CtaXor(merged);
+  const uint64_t merged = CtaXor(ReadRange<true>(row_partials, uint64_t{units} * partial_words, threadIdx.x, kThreads));
   if (threadIdx.x == 0) {
     a.row_counters[row] = 0;
     atomicXor(a.sink, static_cast<unsigned long long>(merged));
