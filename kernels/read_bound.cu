@@ -1,4 +1,5 @@
 // The read-bound kernel (read_bound.cuh): a checksum over a step's bytes, nothing else.
+#include <cooperative_groups.h>
 #include <cuda/atomic>
 
 #include <algorithm>
@@ -79,7 +80,7 @@ __global__ void __launch_bounds__(kThreads) ReadBoundKernel(const ReadBoundArgs 
   // One warp per slot: each lane's words lane, lane + 32, ... in runs of kUnroll loads. With
   // rows, this CTA reads only its row's slots, with the row's other CTAs.
   uint32_t row = 0, unit = blockIdx.x, units = gridDim.x, first_slot = 0, end_slot = a.count;
-  if (a.rows > 0) {
+  if (a.rows > 0) {  // the launch runs rows · ctas-per-row CTAs
     units = gridDim.x / a.rows;
     row = blockIdx.x / units;
     unit = blockIdx.x % units;
@@ -101,13 +102,40 @@ __global__ void __launch_bounds__(kThreads) ReadBoundKernel(const ReadBoundArgs 
       for (uint32_t u = 0; u < kUnroll; ++u) acc ^= Fold(v[u]);
     }
   }
-  const uint64_t cta = CtaXor(acc);
+  uint64_t cta = CtaXor(acc);
   if (a.rows == 0) {
     if (threadIdx.x == 0) atomicXor(a.sink, static_cast<unsigned long long>(cta));
     return;
   }
-  // Split-K: write this CTA's partial, count it; the row's last CTA merges the row's partials.
   const uint32_t partial_words = a.partial_bytes / 16;
+  if (a.cluster > 1) {
+    // The cluster's CTAs put their partials in their shared memory; its first CTA reads them
+    // all (distributed shared memory) and stands for the cluster from here on.
+    namespace cg = cooperative_groups;
+    extern __shared__ uint4 shared_partial[];
+    cg::cluster_group cluster = cg::this_cluster();
+    for (uint32_t w = threadIdx.x; w < partial_words; w += kThreads) {
+      shared_partial[w] = w == 0 ? make_uint4(uint32_t(cta), uint32_t(cta >> 32), 0, 0) : make_uint4(0, 0, 0, 0);
+    }
+    cluster.sync();
+    const bool leader = cluster.block_rank() == 0;
+    if (leader) {
+      uint64_t x = 0;
+      for (uint32_t w = threadIdx.x; w < a.cluster * partial_words; w += kThreads) {
+        x ^= Fold(*cluster.map_shared_rank(shared_partial + w % partial_words, w / partial_words));
+      }
+      cta = CtaXor(x);
+    }
+    cluster.sync();  // the peers' shared memory stays until the leader has read it
+    if (!leader) return;
+    unit /= a.cluster;
+    units /= a.cluster;
+    if (units == 1) {  // the row is one cluster: merged
+      if (threadIdx.x == 0) atomicXor(a.sink, static_cast<unsigned long long>(cta));
+      return;
+    }
+  }
+  // Split-K: write this CTA's partial, count it; the row's last CTA merges the row's partials.
   uint4* const row_partials = static_cast<uint4*>(a.partials) + uint64_t{row} * units * partial_words;
   uint4* const mine = row_partials + uint64_t{unit} * partial_words;
   for (uint32_t w = threadIdx.x; w < partial_words; w += kThreads) {
@@ -128,6 +156,16 @@ __global__ void __launch_bounds__(kThreads) ReadBoundKernel(const ReadBoundArgs 
 }
 
 bool Aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// Clusters of 16 CTAs are a non-portable size: the kernel must opt in (once per process).
+cudaError_t AllowLargeClusters() {
+  static std::once_flag once;
+  static cudaError_t result = cudaSuccess;
+  std::call_once(once, [] {
+    result = cudaFuncSetAttribute(ReadBoundKernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+  });
+  return result;
+}
 
 }  // namespace
 
@@ -164,22 +202,44 @@ cudaError_t LaunchReadBound(const ReadBoundArgs& a, cudaStream_t stream) {
   if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
   uint32_t ctas = 0;
   if (cudaError_t e = ReadBoundCtas(device, &ctas); e != cudaSuccess) return e;
+  const uint32_t cluster = a.cluster;
+  if (cluster != 0 && (a.rows == 0 || a.barrier != nullptr || cluster > 16 || (cluster & (cluster - 1)) != 0 ||
+                       cluster == 1 || a.partial_bytes > (48u << 10))) {
+    return cudaErrorInvalidValue;
+  }
+  if (a.ctas_per_row != 0 && a.rows == 0) return cudaErrorInvalidValue;
   if (a.rows > 0) {
     if (a.rows > ctas || a.count % a.rows != 0 || a.partials == nullptr || !Aligned(a.partials) ||
         a.partial_bytes == 0 || a.partial_bytes % 16 != 0 || a.row_counters == nullptr) {
       return cudaErrorInvalidValue;
     }
-    ctas = a.rows * (ctas / a.rows);
+    const uint32_t step = std::max(cluster, 1u);
+    const uint32_t per_row = a.ctas_per_row != 0 ? a.ctas_per_row : ctas / a.rows / step * step;
+    if (per_row == 0 || per_row % step != 0 || (a.barrier != nullptr && uint64_t{a.rows} * per_row > ctas)) {
+      return cudaErrorInvalidValue;
+    }
+    ctas = a.rows * per_row;
   }
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  if (cluster > 8) {
+    if (cudaError_t e = AllowLargeClusters(); e != cudaSuccess) return e;
+  }
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (a.programmatic_dependent_launch) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (cluster != 0) {
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n++].val.clusterDim = {cluster, 1, 1};
+  }
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = dim3(ctas);
   cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = cluster != 0 ? a.partial_bytes : 0;
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = a.programmatic_dependent_launch ? 1 : 0;
+  cfg.numAttrs = n;
   return cudaLaunchKernelEx(&cfg, ReadBoundKernel, a);
 }
 

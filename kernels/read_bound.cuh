@@ -14,7 +14,9 @@
 //   4. with `rows` > 0, the merge a split-K attention ends with: the slot list is `rows` equal
 //      rows, each read by its own CTAs; each CTA writes a partial of `partial_bytes` and counts
 //      itself; the row's last CTA reads the row's partials back (the checksum goes through
-//      them, so a merge that misses one is caught).
+//      them, so a merge that misses one is caught); with `cluster`, the CTAs of a thread-block
+//      cluster first merge in distributed shared memory and only each cluster's first CTA goes
+//      on to the memory merge (none where a row is one cluster).
 // The grid is one wave of resident CTAs (ReadBoundCtas), which the barrier needs.
 // CPU reference: ReadBoundReference (kernels/reference/read_bound.h).
 #pragma once
@@ -41,14 +43,22 @@ struct ReadBoundArgs {
   uint32_t count = 0;
   uint32_t slot_bytes = 0;
   // Split-K rows (0 = none): `count` a multiple of `rows`, rows ≤ ReadBoundCtas; the launch
-  // runs rows · ⌊ReadBoundCtas / rows⌋ CTAs. `partials`: room for ReadBoundCtas partials of
-  // `partial_bytes` (a multiple of 16; the CTA's checksum, then zeros), 16-byte aligned;
+  // runs rows · ctas_per_row CTAs. `partials`: room for one partial of `partial_bytes` (a
+  // multiple of 16; the CTA's checksum, then zeros) per CTA, or per cluster with clusters,
+  // 16-byte aligned;
   // `row_counters`: `rows` words, zeroed before the first launch (each launch leaves them at
   // zero). Launches that share them must not overlap.
   uint32_t rows = 0;
   uint32_t partial_bytes = 0;
   void* partials = nullptr;
   uint32_t* row_counters = nullptr;
+  // With rows: CTAs per row (0 = ⌊ReadBoundCtas / rows⌋, rounded down to a multiple of
+  // `cluster`); with a barrier, rows · ctas_per_row must not exceed ReadBoundCtas.
+  uint32_t ctas_per_row = 0;
+  // With rows: CTAs per thread-block cluster, 0 (none) or 2, 4, 8, 16 (16 is a non-portable
+  // size: the launch fails where the device cannot run it); ctas_per_row a multiple of it;
+  // partial_bytes ≤ 48 KiB (each CTA's partial in its shared memory). Not with a barrier.
+  uint32_t cluster = 0;
   // Device memory: *sink ^= the XOR of every 64-bit word read (so XOR is order-free: two
   // launches over the same bytes cancel). Required.
   unsigned long long* sink = nullptr;
@@ -62,8 +72,9 @@ struct ReadBoundArgs {
 cudaError_t ReadBoundCtas(int device, uint32_t* ctas);
 
 // cudaErrorInvalidValue for a missing sink, misaligned or partial words, a slot size of 0 or
-// not a multiple of 16, slots without an arena, or rows that do not divide the slots, exceed
-// the CTAs, or come without partials (size, alignment) or counters.
+// not a multiple of 16, slots without an arena, rows that do not divide the slots, exceed
+// the CTAs, or come without partials (size, alignment) or counters, and a cluster or CTAs per
+// row not as above.
 cudaError_t LaunchReadBound(const ReadBoundArgs& args, cudaStream_t stream);
 
 }  // namespace kvtier::kernels

@@ -33,6 +33,7 @@ struct Case {
   size_t first0 = 0, first1 = 0;  // phase-1 bytes
   uint32_t arena_slots = 0, count = 0, slot_bytes = 0;
   uint32_t rows = 0, partial_bytes = 0;  // split-K rows: the merge through partials
+  uint32_t ctas_per_row = 0, cluster = 0;
 };
 
 // `launches` launches (PDL after the first where `pdl`) on one stream, sharing one barrier
@@ -40,8 +41,9 @@ struct Case {
 // must hold poison ^ reference, after an even number the poison.
 void Check(const Case& c, bool barrier, bool pdl, uint32_t launches, uint64_t seed) {
   SCOPED_TRACE(::testing::Message() << "first " << c.first0 << "+" << c.first1 << ", " << c.count << " slots of "
-                                    << c.slot_bytes << " B, rows " << c.rows << ", barrier " << barrier << ", pdl "
-                                    << pdl << ", launches " << launches);
+                                    << c.slot_bytes << " B, rows " << c.rows << " x " << c.ctas_per_row
+                                    << " CTAs, cluster " << c.cluster << ", barrier " << barrier << ", pdl " << pdl
+                                    << ", launches " << launches);
   std::mt19937_64 rng(seed);
   const std::vector<std::byte> f0 = RandomBytes(c.first0, rng), f1 = RandomBytes(c.first1, rng);
   const std::vector<std::byte> arena = RandomBytes(size_t{c.arena_slots} * c.slot_bytes, rng);
@@ -58,14 +60,16 @@ void Check(const Case& c, bool barrier, bool pdl, uint32_t launches, uint64_t se
   ASSERT_CUDA(ReadBoundCtas(0, &ctas));
   // Partials poisoned with random bytes: a merge that reads a partial its CTA did not write
   // changes the checksum.
-  DeviceArray<std::byte> partials(RandomBytes(size_t{ctas} * std::max(c.partial_bytes, 16u), rng));
+  const size_t partial_count = std::max<size_t>(ctas, size_t{c.rows} * c.ctas_per_row);
+  DeviceArray<std::byte> partials(RandomBytes(partial_count * std::max(c.partial_bytes, 16u), rng));
   const unsigned long long poison = rng() | 1;
   DeviceArray<unsigned long long> sink(std::vector<unsigned long long>{poison});
   ASSERT_TRUE(d0.p && d1.p && darena.p && dslots.p && dbarrier.p && counters.p && partials.p && sink.p);
   ReadBoundArgs a{.first = {d0.p, d1.p}, .first_bytes = {c.first0, c.first1},
                   .barrier = barrier ? dbarrier.p : nullptr, .arena = darena.p, .slots = dslots.p,
                   .count = c.count, .slot_bytes = c.slot_bytes, .rows = c.rows, .partial_bytes = c.partial_bytes,
-                  .partials = partials.p, .row_counters = counters.p, .sink = sink.p};
+                  .partials = partials.p, .row_counters = counters.p, .ctas_per_row = c.ctas_per_row,
+                  .cluster = c.cluster, .sink = sink.p};
   cudaStream_t stream = nullptr;
   ASSERT_CUDA(cudaStreamCreate(&stream));
   for (uint32_t i = 0; i < launches; ++i) {
@@ -106,14 +110,26 @@ TEST(ReadBoundGpu, ChecksumEqualsTheReference) {
       {.first0 = 4096, .first1 = 64, .arena_slots = 1000, .count = 3 * 700, .slot_bytes = 1024, .rows = 3,
        .partial_bytes = 16},
       {.first0 = 0, .first1 = 0, .arena_slots = 64, .count = 5, .slot_bytes = 8192, .rows = 1, .partial_bytes = 64},
+      // Clusters: one of 16 per row (no memory merge), 8 × 2 per row, 2 × 3 per row with metadata
+      // first, and more rows × CTAs than fit at once (clusters run in waves).
+      {.arena_slots = 4096, .count = 8 * 512, .slot_bytes = 8192, .rows = 8, .partial_bytes = 2112,
+       .ctas_per_row = 16, .cluster = 16},
+      {.arena_slots = 512, .count = 3 * 256, .slot_bytes = 4096, .rows = 3, .partial_bytes = 2112,
+       .ctas_per_row = 16, .cluster = 8},
+      {.first0 = 4096, .first1 = 16, .arena_slots = 100, .count = 2 * 50, .slot_bytes = 512, .rows = 2,
+       .partial_bytes = 32, .ctas_per_row = 6, .cluster = 2},
+      {.arena_slots = 256, .count = 64 * 8, .slot_bytes = 1024, .rows = 64, .partial_bytes = 64,
+       .ctas_per_row = 48, .cluster = 4},
   };
   uint64_t seed = 1;
   for (const Case& c : cases) {
+    const bool barrier_ok = c.cluster == 0;  // clusters never wait at the grid barrier
     for (bool barrier : {false, true}) {
+      if (barrier && !barrier_ok) continue;
       for (bool pdl : {false, true}) Check(c, barrier, pdl, 1, seed++);
     }
-    Check(c, true, true, 7, seed++);  // a chain sharing one barrier
-    Check(c, true, true, 8, seed++);
+    Check(c, barrier_ok, true, 7, seed++);  // a chain sharing one barrier (and the counters)
+    Check(c, barrier_ok, true, 8, seed++);
   }
 }
 
@@ -164,6 +180,21 @@ TEST(ReadBoundGpu, RefusesBadArguments) {
         split(a, ctas + 1, part.p, 16, counters.p);
         a.count = ctas + 1;
       }),
+      // CTAs per row: without rows; more than fit with the barrier. Clusters: without rows, of
+      // 1, 3 or 32 CTAs, not dividing the CTAs per row, with the barrier, partials over 48 KiB.
+      with([](ReadBoundArgs& a) { a.ctas_per_row = 2; }),
+      with([&](ReadBoundArgs& a) {
+        split(a, 2, part.p, 16, counters.p);
+        a.ctas_per_row = ctas;
+        a.barrier = counters.p + 2;
+      }),
+      with([](ReadBoundArgs& a) { a.cluster = 2; }),
+      with([&](ReadBoundArgs& a) { split(a, 2, part.p, 16, counters.p), a.cluster = 1; }),
+      with([&](ReadBoundArgs& a) { split(a, 2, part.p, 16, counters.p), a.cluster = 3; }),
+      with([&](ReadBoundArgs& a) { split(a, 2, part.p, 16, counters.p), a.cluster = 32; }),
+      with([&](ReadBoundArgs& a) { split(a, 2, part.p, 16, counters.p), a.cluster = 4, a.ctas_per_row = 6; }),
+      with([&](ReadBoundArgs& a) { split(a, 2, part.p, 16, counters.p), a.cluster = 2, a.barrier = counters.p + 2; }),
+      with([&](ReadBoundArgs& a) { split(a, 2, part.p, (48 << 10) + 16, counters.p), a.cluster = 2; }),
   };
   for (size_t i = 0; i < std::size(bad); ++i) {
     EXPECT_EQ(LaunchReadBound(bad[i], nullptr), cudaErrorInvalidValue) << "case " << i;

@@ -49,10 +49,11 @@
 //           previous default in the same run; one step's selection must equal sparse_graph's
 //           and its output agree within AttentionClose (checked, matches_sparse_graph);
 //           vs_sparse_graph = sparse_graph's time / its time.
-//   dense_bound / dense_merge_bound / step_bound / step_bytes_bound  read bounds
-//           (decode_bound_gpu.cc, kernels/read_bound.cuh): a kernel that only reads and
+//   dense_bound / dense_merge_bound / dense_cluster*_bound / step_bound / step_bytes_bound
+//           read bounds (decode_bound_gpu.cc, kernels/read_bound.cuh): a kernel that only reads and
 //           checksums the bytes of the dense step (vs_copy as dense's; vs_dense = dense / it),
-//           the same ending with a split-K attention's merge of per-CTA partials, the sparse
+//           the same ending with a split-K attention's merge of per-CTA partials (also in
+//           thread-block clusters first: dense_cluster{C}x{K}_bound), the sparse
 //           step's bytes in its order (metadata, grid barrier, selected K/V: PDL graph like
 //           sparse_graph; speedup = dense / it, the most any step reading those bytes so could
 //           reach; checksum on layer 0 checked against the host, matches_host), and the same

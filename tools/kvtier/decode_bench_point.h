@@ -303,6 +303,11 @@ class Point {
   // BoundRows: the selected slots of every layer ([layer][entry]); the sink (8 bytes) and the
   // barrier's two words; the merge bound's partials and row counters.
   DeviceMem bound_slots_, bound_state_, bound_partials_, bound_counters_;
+  // The cluster shape DenseMergeBoundStep launches ({0, 0}: no clusters, the default CTAs per row).
+  struct BoundCluster {
+    uint32_t cluster = 0, ctas_per_row = 0;
+  };
+  BoundCluster bound_cluster_;
   std::unique_ptr<Split> split_;  // while SplitRows runs
 };
 

@@ -11,11 +11,16 @@
 //   dense_merge_bound  dense_bound with the end of a split-K attention: each KV head's row read
 //                     by its own CTAs, each CTA writing a partial the size of the attention's
 //                     (per query head of the group: d fp32 sums, the max and the sum of
-//                     weights, padded to 16 bytes) and the row's last CTA reading them back.
+//                     weights, padded to 16 bytes) and the row's last CTA reading them back;
+//   dense_cluster{C}x{K}_bound  the same with K CTAs per row in clusters of C that merge in
+//                     distributed shared memory first (only the clusters' partials go through
+//                     memory; none where a row is one cluster): 16×16, 16×48 and 8×48.
 #include <cuda_runtime.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstddef>
+#include <iterator>
 #include <span>
 #include <vector>
 
@@ -60,6 +65,8 @@ Status Point::DenseMergeBoundStep(uint32_t layer, cudaStream_t stream) {
                                  .partial_bytes = group * (o_.head_dim * 4 + 16),
                                  .partials = bound_partials_.p,
                                  .row_counters = bound_counters_.as<uint32_t>(),
+                                 .ctas_per_row = bound_cluster_.ctas_per_row,
+                                 .cluster = bound_cluster_.cluster,
                                  .sink = bound_state_.as<unsigned long long>()};
   KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(a, stream));
   return Status::Ok();
@@ -121,12 +128,27 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
   uint32_t ctas = 0;
   KVT_CUDA_OR_RETURN(kernels::ReadBoundCtas(o_.device, &ctas));
   const uint32_t rows_n = batch_ * o_.kv_heads, partial_bytes = o_.q_heads / o_.kv_heads * (o_.head_dim * 4 + 16);
-  KVT_CUDA_OR_RETURN(cudaMalloc(&bound_partials_.p, size_t{ctas} * partial_bytes));
+  const BoundCluster clusters[] = {{16, 16}, {16, 48}, {8, 48}};  // (CTAs per cluster, per row)
+  const size_t partial_count = std::max<size_t>(ctas, size_t{rows_n} * 48 / 8);
+  KVT_CUDA_OR_RETURN(cudaMalloc(&bound_partials_.p, partial_count * partial_bytes));
   KVT_CUDA_OR_RETURN(cudaMalloc(&bound_counters_.p, size_t{rows_n} * 4));
   KVT_CUDA_OR_RETURN(cudaMemset(bound_counters_.p, 0, size_t{rows_n} * 4));
 
   KVT_ASSIGN_OR_RETURN(const double t_dense_bound, Timed(Loop(&Point::DenseBoundStep, stream), stream));
+  bound_cluster_ = {};
   KVT_ASSIGN_OR_RETURN(const double t_merge_bound, Timed(Loop(&Point::DenseMergeBoundStep, stream), stream));
+  std::vector<double> t_cluster;
+  for (const BoundCluster& c : clusters) {
+    bound_cluster_ = c;
+    Result<double> t = Timed(Loop(&Point::DenseMergeBoundStep, stream), stream);
+    if (!t.ok()) {  // a device that cannot run the cluster size: say so, keep the other rows
+      (void)cudaGetLastError();
+      fmt::print(stderr, "bench decode: dense_cluster{}x{}_bound not run: {}\n", c.cluster, c.ctas_per_row,
+                 t.status().ToString());
+    }
+    t_cluster.push_back(t.ok() ? *t : 0);
+  }
+  bound_cluster_ = {};
   KVT_ASSIGN_OR_RETURN(const double t_step, TimedGraph(&Point::StepBoundStep, stream));
   KVT_ASSIGN_OR_RETURN(const double t_bytes, TimedGraph(&Point::StepBytesBoundStep, stream));
   KVT_ASSIGN_OR_RETURN(const bool checksum, StepBoundChecksumMatches(stream));
@@ -142,6 +164,16 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
                    t_merge_bound, merge_gbps, double(kv_bytes_),
                    {{"vs_copy", merge_gbps / copy_rw_gbps}, {"vs_dense", t_dense / t_merge_bound},
                     {"ctas", rows_n * (ctas / rows_n)}, {"ctas_per_row", ctas / rows_n}}});
+  for (size_t i = 0; i < std::size(clusters); ++i) {
+    if (t_cluster[i] <= 0) continue;
+    const double gbps = kv_bytes_ / (t_cluster[i] * 1e3);
+    rows->push_back({fmt::format("dense_cluster{}x{}_bound", clusters[i].cluster, clusters[i].ctas_per_row),
+                     "read bound + split-K merge in clusters (distributed shared memory), then memory", t_cluster[i],
+                     gbps, double(kv_bytes_),
+                     {{"vs_copy", gbps / copy_rw_gbps}, {"vs_dense", t_dense / t_cluster[i]},
+                      {"ctas", rows_n * clusters[i].ctas_per_row}, {"ctas_per_row", clusters[i].ctas_per_row},
+                      {"cluster", clusters[i].cluster}}});
+  }
   const double step_bytes = MetaBytes() + SparseKvBytes();
   auto step_row = [&](const char* name, const char* what, double t) -> Row {
     return {name, what, t, step_bytes / (t * 1e3), step_bytes,
