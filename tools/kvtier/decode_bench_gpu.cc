@@ -56,8 +56,8 @@
 //           thread-block clusters first: dense_cluster{C}x{K}_bound), the sparse
 //           step's bytes in its order (metadata, grid barrier, selected K/V: PDL graph like
 //           sparse_graph; speedup = dense / it, the most any step reading those bytes so could
-//           reach; checksum on layer 0 checked against the host, matches_host), and the same
-//           bytes without the barrier.
+//           reach; checksum on layer 0 checked against the host, matches_host), the same
+//           bytes without the barrier, and both with the split-K merge (step_*merge_bound).
 // options.overrides (round 9) change the launch shape of the scores (scores, select, sparse
 // rows) and the attention plan (attention and sparse rows); `--sweep` adds the rows of
 // decode_sweep_gpu.cc (a grid of launch shapes, each checked against the default's output).

@@ -204,18 +204,20 @@ class Point {
   Status GraphBaselineRows(double t_graph, cudaStream_t stream, std::vector<Row>* rows);
   Status DensePdlStep(uint32_t layer, cudaStream_t stream);
   // decode_bound_gpu.cc: the read bounds (`dense_bound`, `dense_merge_bound`, `step_bound`,
-  // `step_bytes_bound`; kernels/read_bound.cuh) next to `copy` (t_copy), `dense` (t_dense)
+  // `step_bytes_bound`, their `_merge` forms; kernels/read_bound.cuh) next to `copy` (t_copy), `dense` (t_dense)
   // and `sparse_graph` (t_graph; `ref` its selection, which the step bounds read through
   // every layer's slots).
   Status BoundRows(const StepOutcome& ref, double t_copy, double t_dense, double t_graph, cudaStream_t stream,
                    std::vector<Row>* rows);
   // The step bound's launch on `layer`: the layer's metadata, the barrier where `barrier`, the
-  // layer's selected slices; PDL.
-  kernels::ReadBoundArgs StepBoundArgs(uint32_t layer, bool barrier) const;
+  // layer's selected slices (row by row, then the split-K merge, where `merge`); PDL.
+  kernels::ReadBoundArgs StepBoundArgs(uint32_t layer, bool barrier, bool merge = false) const;
   Status DenseBoundStep(uint32_t layer, cudaStream_t stream);
   Status DenseMergeBoundStep(uint32_t layer, cudaStream_t stream);
   Status StepBoundStep(uint32_t layer, cudaStream_t stream);
   Status StepBytesBoundStep(uint32_t layer, cudaStream_t stream);
+  Status StepMergeBoundStep(uint32_t layer, cudaStream_t stream);
+  Status StepBytesMergeBoundStep(uint32_t layer, cudaStream_t stream);
   // One step_bound launch on layer 0: its checksum equals the host's over the same bytes.
   Result<bool> StepBoundChecksumMatches(cudaStream_t stream);
   Status CopyStep(uint32_t layer, cudaStream_t stream);

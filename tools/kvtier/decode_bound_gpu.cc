@@ -8,6 +8,8 @@
 //                     sparse step could be — fused or not — that reads the metadata before the
 //                     K/V it selects; its checksum on layer 0 is checked against the host;
 //   step_bytes_bound  the same bytes without the barrier: what the dependency costs;
+//   step_merge_bound, step_bytes_merge_bound  the two with the selected K/V read row by row
+//                     and the split-K merge of dense_merge_bound at the end;
 //   dense_merge_bound  dense_bound with the end of a split-K attention: each KV head's row read
 //                     by its own CTAs, each CTA writing a partial the size of the attention's
 //                     (per query head of the group: d fp32 sums, the max and the sum of
@@ -31,18 +33,25 @@
 
 namespace kvtier::cli::decode_internal {
 
-kernels::ReadBoundArgs Point::StepBoundArgs(uint32_t layer, bool barrier) const {
+kernels::ReadBoundArgs Point::StepBoundArgs(uint32_t layer, bool barrier, bool merge) const {
   const size_t bounds = size_t{slices_} * 2 * o_.head_dim, scales = size_t{slices_} * sizeof(float);
   const uint32_t n = batch_ * o_.kv_heads * k_;
-  return {.first = {bounds_.as<int8_t>() + layer * bounds, scales_.as<char>() + layer * scales},
-          .first_bytes = {bounds, scales},
-          .barrier = barrier ? bound_state_.as<uint32_t>() + 2 : nullptr,
-          .arena = arena_.p,
-          .slots = bound_slots_.as<uint32_t>() + size_t{layer} * n,
-          .count = n,
-          .slot_bytes = static_cast<uint32_t>(shape_.slot_bytes),
-          .sink = bound_state_.as<unsigned long long>(),
-          .programmatic_dependent_launch = true};
+  kernels::ReadBoundArgs a{.first = {bounds_.as<int8_t>() + layer * bounds, scales_.as<char>() + layer * scales},
+                           .first_bytes = {bounds, scales},
+                           .barrier = barrier ? bound_state_.as<uint32_t>() + 2 : nullptr,
+                           .arena = arena_.p,
+                           .slots = bound_slots_.as<uint32_t>() + size_t{layer} * n,
+                           .count = n,
+                           .slot_bytes = static_cast<uint32_t>(shape_.slot_bytes),
+                           .sink = bound_state_.as<unsigned long long>(),
+                           .programmatic_dependent_launch = true};
+  if (merge) {  // the selection is k_ entries per row, row after row
+    a.rows = batch_ * o_.kv_heads;
+    a.partial_bytes = o_.q_heads / o_.kv_heads * (o_.head_dim * 4 + 16);
+    a.partials = bound_partials_.p;
+    a.row_counters = bound_counters_.as<uint32_t>();
+  }
+  return a;
 }
 
 Status Point::DenseBoundStep(uint32_t layer, cudaStream_t stream) {
@@ -79,6 +88,16 @@ Status Point::StepBoundStep(uint32_t layer, cudaStream_t stream) {
 
 Status Point::StepBytesBoundStep(uint32_t layer, cudaStream_t stream) {
   KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(StepBoundArgs(layer, false), stream));
+  return Status::Ok();
+}
+
+Status Point::StepMergeBoundStep(uint32_t layer, cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(StepBoundArgs(layer, true, true), stream));
+  return Status::Ok();
+}
+
+Status Point::StepBytesMergeBoundStep(uint32_t layer, cudaStream_t stream) {
+  KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(StepBoundArgs(layer, false, true), stream));
   return Status::Ok();
 }
 
@@ -151,6 +170,8 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
   bound_cluster_ = {};
   KVT_ASSIGN_OR_RETURN(const double t_step, TimedGraph(&Point::StepBoundStep, stream));
   KVT_ASSIGN_OR_RETURN(const double t_bytes, TimedGraph(&Point::StepBytesBoundStep, stream));
+  KVT_ASSIGN_OR_RETURN(const double t_step_merge, TimedGraph(&Point::StepMergeBoundStep, stream));
+  KVT_ASSIGN_OR_RETURN(const double t_bytes_merge, TimedGraph(&Point::StepBytesMergeBoundStep, stream));
   KVT_ASSIGN_OR_RETURN(const bool checksum, StepBoundChecksumMatches(stream));
   if (!checksum) fmt::print(stderr, "bench decode: MISMATCH: step_bound's checksum differs from the host's\n");
 
@@ -183,6 +204,9 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
   rows->push_back(step_row("step_bound", "read bound: metadata, grid barrier, selected K/V; PDL graph", t_step));
   rows->back().extra["matches_host"] = checksum;
   rows->push_back(step_row("step_bytes_bound", "read bound: the same bytes without the barrier; PDL graph", t_bytes));
+  rows->push_back(step_row("step_merge_bound", "step_bound, K/V read row by row, then the split-K merge", t_step_merge));
+  rows->push_back(
+      step_row("step_bytes_merge_bound", "step_bytes_bound, K/V read row by row, then the split-K merge", t_bytes_merge));
   return Status::Ok();
 }
 
