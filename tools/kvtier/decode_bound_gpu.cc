@@ -204,9 +204,10 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
   rows->push_back(step_row("step_bound", "read bound: metadata, grid barrier, selected K/V; PDL graph", t_step));
   rows->back().extra["matches_host"] = checksum;
   rows->push_back(step_row("step_bytes_bound", "read bound: the same bytes without the barrier; PDL graph", t_bytes));
-  rows->push_back(step_row("step_merge_bound", "step_bound, K/V read row by row, then the split-K merge", t_step_merge));
   rows->push_back(
-      step_row("step_bytes_merge_bound", "step_bytes_bound, K/V read row by row, then the split-K merge", t_bytes_merge));
+      step_row("step_merge_bound", "step_bound, K/V read row by row, then the split-K merge", t_step_merge));
+  rows->push_back(step_row("step_bytes_merge_bound", "step_bytes_bound, K/V read row by row, then the split-K merge",
+                           t_bytes_merge));
   return Status::Ok();
 }
 
