@@ -47,6 +47,19 @@ TEST(DecodeTableTest, SparseStepShowsSpeedupAndEveryRatioItHas) {
   EXPECT_EQ(note.find("MISMATCH"), std::string::npos) << note;
 }
 
+TEST(DecodeTableTest, StepBoundsShowTheMostSpeedupAndWhat8xNeeds) {
+  const DecodeRow row{"step_bound", "read bound", 9.0, 1400.0, 12.6e6,
+                      {{"speedup", 6.664}, {"eight_x_needs_us", 7.514}, {"vs_sparse_graph", 1.975},
+                       {"matches_host", true}}};
+  const std::string note = DecodeRowNote(row, 16);
+  EXPECT_NE(note.find("at most 6.66x dense (8x needs <= 7.5 us)"), std::string::npos) << note;
+  EXPECT_NE(note.find("1.975x sparse_graph"), std::string::npos) << note;
+  EXPECT_EQ(note.find("MISMATCH"), std::string::npos) << note;
+  DecodeRow bad = row;
+  bad.extra["matches_host"] = false;  // a checksum that differs from the host's is marked
+  EXPECT_NE(DecodeRowNote(bad, 16).find("MISMATCH"), std::string::npos);
+}
+
 TEST(DecodeTableTest, DenseVariantsShowTheirPlan) {
   const DecodeRow r9d{"dense_r9d", "r9d", 73.7, 1820, 134e6,
                       {{"vs_copy", 0.63}, {"vs_dense", 0.851}, {"heads_per_cta", 4}, {"chunk_pages", 21}, {"splits", 98},

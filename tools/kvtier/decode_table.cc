@@ -90,6 +90,9 @@ std::string DecodeRowNote(const DecodeRow& row, uint32_t block_tokens) {
   if (auto s = Number(x, "speedup"), ideal = Number(x, "ideal_speedup"); s && ideal) {
     parts.push_back(fmt::format("speedup {:.2f}x (ideal {:.1f}x; target >= 8x at 32K)", *s, *ideal));
   }
+  if (auto s = Number(x, "speedup"), need = Number(x, "eight_x_needs_us"); s && need) {  // the step bounds
+    parts.push_back(fmt::format("at most {:.2f}x dense (8x needs <= {:.1f} us)", *s, *need));
+  }
   for (const auto& [key, value] : x.items()) {  // speedup_vs_dense_<variant>
     if (key.starts_with("speedup_vs_dense_") && value.is_number()) {
       parts.push_back(fmt::format("{:.2f}x {}", value.get<double>(), key.substr(std::string_view("speedup_vs_").size())));
