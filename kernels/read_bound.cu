@@ -75,8 +75,14 @@ __global__ void __launch_bounds__(kThreads) ReadBoundKernel(const ReadBoundArgs 
     acc ^= ReadRange(static_cast<const uint4*>(a.first[r]), a.first_bytes[r] / 16, tid, stride);
   }
   if (a.programmatic_dependent_launch) cudaGridDependencySynchronize();
-  if (a.barrier != nullptr) GridBarrier(a.barrier);
-  if (a.programmatic_dependent_launch) cudaTriggerProgrammaticLaunchCompletion();
+  if (a.barrier != nullptr) {
+    if (a.barrier_probe != nullptr && threadIdx.x == 0) atomicAdd(&a.barrier_probe[0], 1u);
+    GridBarrier(a.barrier);
+    if (a.barrier_probe != nullptr && threadIdx.x == 0 && atomicAdd(&a.barrier_probe[0], 0u) % gridDim.x != 0) {
+      atomicExch(&a.barrier_probe[1], 1u);
+    }
+  }
+  cudaTriggerProgrammaticLaunchCompletion();  // a PDL successor may start (none: no effect)
   // One warp per slot: each lane's words lane, lane + 32, ... in runs of kUnroll loads. With
   // rows, this CTA reads only its row's slots, with the row's other CTAs.
   uint32_t row = 0, unit = blockIdx.x, units = gridDim.x, first_slot = 0, end_slot = a.count;
@@ -169,12 +175,14 @@ cudaError_t AllowLargeClusters() {
 
 }  // namespace
 
-cudaError_t ReadBoundCtas(int device, uint32_t* ctas) {
+cudaError_t ReadBoundCtas(uint32_t* ctas) {
   static std::mutex mu;
   static int cached_device = -1;
   static uint32_t cached = 0;
+  int device = 0;
+  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
   std::lock_guard lock(mu);
-  if (device != cached_device) {
+  if (device != cached_device) {  // the occupancy query is the current device's
     int sms = 0, per_sm = 0;
     cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (e != cudaSuccess) return e;
@@ -198,27 +206,26 @@ cudaError_t LaunchReadBound(const ReadBoundArgs& a, cudaStream_t stream) {
                       a.slot_bytes % 16 != 0)) {
     return cudaErrorInvalidValue;
   }
-  int device = 0;
-  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
   uint32_t ctas = 0;
-  if (cudaError_t e = ReadBoundCtas(device, &ctas); e != cudaSuccess) return e;
+  if (cudaError_t e = ReadBoundCtas(&ctas); e != cudaSuccess) return e;
   const uint32_t cluster = a.cluster;
   if (cluster != 0 && (a.rows == 0 || a.barrier != nullptr || cluster > 16 || (cluster & (cluster - 1)) != 0 ||
-                       cluster == 1 || a.partial_bytes > (48u << 10))) {
+                       cluster == 1 || a.partial_bytes > kReadBoundMaxClusterPartial)) {
     return cudaErrorInvalidValue;
   }
   if (a.ctas_per_row != 0 && a.rows == 0) return cudaErrorInvalidValue;
   if (a.rows > 0) {
-    if (a.rows > ctas || a.count % a.rows != 0 || a.partials == nullptr || !Aligned(a.partials) ||
-        a.partial_bytes == 0 || a.partial_bytes % 16 != 0 || a.row_counters == nullptr) {
+    if (a.count % a.rows != 0 || a.partials == nullptr || !Aligned(a.partials) || a.partial_bytes == 0 ||
+        a.partial_bytes % 16 != 0 || a.row_counters == nullptr) {
       return cudaErrorInvalidValue;
     }
     const uint32_t step = std::max(cluster, 1u);
-    const uint32_t per_row = a.ctas_per_row != 0 ? a.ctas_per_row : ctas / a.rows / step * step;
-    if (per_row == 0 || per_row % step != 0 || (a.barrier != nullptr && uint64_t{a.rows} * per_row > ctas)) {
+    const uint32_t per_row = a.ctas_per_row != 0 ? a.ctas_per_row : std::max(ctas / a.rows / step * step, step);
+    const uint64_t grid = uint64_t{a.rows} * per_row;
+    if (per_row % step != 0 || grid > 0x7fffffffu || (a.barrier != nullptr && grid > ctas)) {
       return cudaErrorInvalidValue;
     }
-    ctas = a.rows * per_row;
+    ctas = static_cast<uint32_t>(grid);
   }
   if (cluster > 8) {
     if (cudaError_t e = AllowLargeClusters(); e != cudaSuccess) return e;

@@ -203,10 +203,10 @@ class Point {
   // copies), and sparse_graph's speedup against it.
   Status GraphBaselineRows(double t_graph, cudaStream_t stream, std::vector<Row>* rows);
   Status DensePdlStep(uint32_t layer, cudaStream_t stream);
-  // decode_bound_gpu.cc: the read bounds (`dense_bound`, `dense_merge_bound`, `step_bound`,
-  // `step_bytes_bound`, their `_merge` forms; kernels/read_bound.cuh) next to `copy` (t_copy), `dense` (t_dense)
-  // and `sparse_graph` (t_graph; `ref` its selection, which the step bounds read through
-  // every layer's slots).
+  // decode_bound_gpu.cc: the read bounds (`dense_bound`, `dense_merge_bound`,
+  // `dense_cluster*_bound`, `step_bound`, `step_bytes_bound` and their `_merge` forms;
+  // kernels/read_bound.cuh) next to `copy` (t_copy), `dense` (t_dense) and `sparse_graph`
+  // (t_graph; `ref` its selection, which the step bounds read through every layer's slots).
   Status BoundRows(const StepOutcome& ref, double t_copy, double t_dense, double t_graph, cudaStream_t stream,
                    std::vector<Row>* rows);
   // The step bound's launch on `layer`: the layer's metadata, the barrier where `barrier`, the
@@ -218,8 +218,9 @@ class Point {
   Status StepBytesBoundStep(uint32_t layer, cudaStream_t stream);
   Status StepMergeBoundStep(uint32_t layer, cudaStream_t stream);
   Status StepBytesMergeBoundStep(uint32_t layer, cudaStream_t stream);
-  // One step_bound launch on layer 0: its checksum equals the host's over the same bytes.
-  Result<bool> StepBoundChecksumMatches(cudaStream_t stream);
+  // One step_bound launch on `layer` (with the merge where `merge`): its checksum equals the
+  // host's over the same bytes.
+  Result<bool> StepBoundChecksumMatches(uint32_t layer, bool merge, cudaStream_t stream);
   Status CopyStep(uint32_t layer, cudaStream_t stream);
   // µs per launch of the score launch alone with `shape` (the `scores` row's loop).
   Result<double> TimedScores(const kernels::QuestScoreShape& shape, cudaStream_t stream);

@@ -3,7 +3,8 @@
 //   dense_bound       every slice of the layer through its slot list (the dense step's bytes),
 //                     plain launches like `dense`: the fastest any dense attention could be;
 //   step_bound        the layer's Quest metadata, a grid-wide barrier, then the selected
-//                     slices (sparse_graph's selection, through each layer's slots), one launch
+//                     slices (the blocks sparse_graph selected on layer 0, through each layer's
+//                     slots), one launch
 //                     per step with PDL as one CUDA graph like `sparse_graph`: the fastest any
 //                     sparse step could be — fused or not — that reads the metadata before the
 //                     K/V it selects; its checksum on layer 0 is checked against the host;
@@ -101,8 +102,8 @@ Status Point::StepBytesMergeBoundStep(uint32_t layer, cudaStream_t stream) {
   return Status::Ok();
 }
 
-Result<bool> Point::StepBoundChecksumMatches(cudaStream_t stream) {
-  const kernels::ReadBoundArgs a = StepBoundArgs(0, true);
+Result<bool> Point::StepBoundChecksumMatches(uint32_t layer, bool merge, cudaStream_t stream) {
+  const kernels::ReadBoundArgs a = StepBoundArgs(layer, true, merge);
   KVT_CUDA_OR_RETURN(cudaMemsetAsync(bound_state_.p, 0, 8, stream));
   KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(a, stream));
   unsigned long long got = 0;
@@ -145,10 +146,18 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
   KVT_CUDA_OR_RETURN(cudaMalloc(&bound_state_.p, 16));  // sink, then the barrier's two words
   KVT_CUDA_OR_RETURN(cudaMemset(bound_state_.p, 0, 16));
   uint32_t ctas = 0;
-  KVT_CUDA_OR_RETURN(kernels::ReadBoundCtas(o_.device, &ctas));
+  KVT_CUDA_OR_RETURN(kernels::ReadBoundCtas(&ctas));
   const uint32_t rows_n = batch_ * o_.kv_heads, partial_bytes = o_.q_heads / o_.kv_heads * (o_.head_dim * 4 + 16);
+  // The merge launches' CTAs per row: ⌊CTAs / rows⌋, at least one (several waves where the rows
+  // outnumber the CTAs; the step merge rows wait at the barrier, so they need every row's CTA
+  // resident at once: rows ≤ CTAs).
+  const uint32_t merge_per_row = std::max(ctas / rows_n, 1u);
+  const bool step_merge = rows_n <= ctas;
   const BoundCluster clusters[] = {{16, 16}, {16, 48}, {8, 48}};  // (CTAs per cluster, per row)
-  const size_t partial_count = std::max<size_t>(ctas, size_t{rows_n} * 48 / 8);
+  size_t partial_count = size_t{rows_n} * merge_per_row;  // one partial per CTA, or per cluster
+  for (const BoundCluster& c : clusters) {
+    partial_count = std::max<size_t>(partial_count, size_t{rows_n} * c.ctas_per_row / c.cluster);
+  }
   KVT_CUDA_OR_RETURN(cudaMalloc(&bound_partials_.p, partial_count * partial_bytes));
   KVT_CUDA_OR_RETURN(cudaMalloc(&bound_counters_.p, size_t{rows_n} * 4));
   KVT_CUDA_OR_RETURN(cudaMemset(bound_counters_.p, 0, size_t{rows_n} * 4));
@@ -170,9 +179,20 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
   bound_cluster_ = {};
   KVT_ASSIGN_OR_RETURN(const double t_step, TimedGraph(&Point::StepBoundStep, stream));
   KVT_ASSIGN_OR_RETURN(const double t_bytes, TimedGraph(&Point::StepBytesBoundStep, stream));
-  KVT_ASSIGN_OR_RETURN(const double t_step_merge, TimedGraph(&Point::StepMergeBoundStep, stream));
+  double t_step_merge = 0;
+  if (step_merge) {
+    KVT_ASSIGN_OR_RETURN(t_step_merge, TimedGraph(&Point::StepMergeBoundStep, stream));
+  } else {
+    fmt::print(stderr, "bench decode: step_merge_bound not run: {} rows, {} resident CTAs\n", rows_n, ctas);
+  }
   KVT_ASSIGN_OR_RETURN(const double t_bytes_merge, TimedGraph(&Point::StepBytesMergeBoundStep, stream));
-  KVT_ASSIGN_OR_RETURN(const bool checksum, StepBoundChecksumMatches(stream));
+  // The checksum against the host's over the same bytes: layer 0, and the last layer with
+  // the merge (where the rows allow the barrier).
+  KVT_ASSIGN_OR_RETURN(bool checksum, StepBoundChecksumMatches(0, false, stream));
+  if (step_merge) {
+    KVT_ASSIGN_OR_RETURN(const bool merged, StepBoundChecksumMatches(layers_ - 1, true, stream));
+    checksum = checksum && merged;
+  }
   if (!checksum) fmt::print(stderr, "bench decode: MISMATCH: step_bound's checksum differs from the host's\n");
 
   const double copy_rw_gbps = 2.0 * kv_bytes_ / (t_copy * 1e3), dense_gbps = kv_bytes_ / (t_dense_bound * 1e3);
@@ -184,7 +204,7 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
   rows->push_back({"dense_merge_bound", "read bound + split-K merge: each row's CTAs write partials, the last merges",
                    t_merge_bound, merge_gbps, double(kv_bytes_),
                    {{"vs_copy", merge_gbps / copy_rw_gbps}, {"vs_dense", t_dense / t_merge_bound},
-                    {"ctas", rows_n * (ctas / rows_n)}, {"ctas_per_row", ctas / rows_n}}});
+                    {"ctas", rows_n * merge_per_row}, {"ctas_per_row", merge_per_row}}});
   for (size_t i = 0; i < std::size(clusters); ++i) {
     if (t_cluster[i] <= 0) continue;
     const double gbps = kv_bytes_ / (t_cluster[i] * 1e3);
@@ -204,10 +224,14 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
   rows->push_back(step_row("step_bound", "read bound: metadata, grid barrier, selected K/V; PDL graph", t_step));
   rows->back().extra["matches_host"] = checksum;
   rows->push_back(step_row("step_bytes_bound", "read bound: the same bytes without the barrier; PDL graph", t_bytes));
-  rows->push_back(
-      step_row("step_merge_bound", "step_bound, K/V read row by row, then the split-K merge", t_step_merge));
+  if (step_merge) {
+    rows->push_back(
+        step_row("step_merge_bound", "step_bound, K/V read row by row, then the split-K merge", t_step_merge));
+    rows->back().extra["ctas"] = rows_n * merge_per_row;
+  }
   rows->push_back(step_row("step_bytes_merge_bound", "step_bytes_bound, K/V read row by row, then the split-K merge",
                            t_bytes_merge));
+  rows->back().extra["ctas"] = rows_n * merge_per_row;
   return Status::Ok();
 }
 
