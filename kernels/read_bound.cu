@@ -54,6 +54,13 @@ __device__ void GridBarrier(uint32_t* state) {
   __syncthreads();
 }
 
+// A partial of `words` 16-byte words: the checksum `x`, then zeros (the CTA's threads).
+__device__ void WritePartial(uint4* dst, uint32_t words, uint64_t x) {
+  for (uint32_t w = threadIdx.x; w < words; w += kThreads) {
+    dst[w] = w == 0 ? make_uint4(uint32_t(x), uint32_t(x >> 32), 0, 0) : make_uint4(0, 0, 0, 0);
+  }
+}
+
 // The XOR of `acc` over the CTA (every thread gets it). Ends with a barrier, so it may be
 // called again.
 __device__ uint64_t CtaXor(uint64_t acc) {
@@ -120,9 +127,7 @@ __global__ void __launch_bounds__(kThreads) ReadBoundKernel(const ReadBoundArgs 
     namespace cg = cooperative_groups;
     extern __shared__ uint4 shared_partial[];
     cg::cluster_group cluster = cg::this_cluster();
-    for (uint32_t w = threadIdx.x; w < partial_words; w += kThreads) {
-      shared_partial[w] = w == 0 ? make_uint4(uint32_t(cta), uint32_t(cta >> 32), 0, 0) : make_uint4(0, 0, 0, 0);
-    }
+    WritePartial(shared_partial, partial_words, cta);
     cluster.sync();
     const bool leader = cluster.block_rank() == 0;
     if (leader) {
@@ -144,9 +149,7 @@ __global__ void __launch_bounds__(kThreads) ReadBoundKernel(const ReadBoundArgs 
   // Split-K: write this CTA's partial, count it; the row's last CTA merges the row's partials.
   uint4* const row_partials = static_cast<uint4*>(a.partials) + uint64_t{row} * units * partial_words;
   uint4* const mine = row_partials + uint64_t{unit} * partial_words;
-  for (uint32_t w = threadIdx.x; w < partial_words; w += kThreads) {
-    mine[w] = w == 0 ? make_uint4(uint32_t(cta), uint32_t(cta >> 32), 0, 0) : make_uint4(0, 0, 0, 0);
-  }
+  WritePartial(mine, partial_words, cta);
   __threadfence();
   __syncthreads();
   __shared__ bool last;

@@ -212,6 +212,13 @@ class Point {
   // The step bound's launch on `layer`: the layer's metadata, the barrier where `barrier`, the
   // layer's selected slices (row by row, then the split-K merge, where `merge`); PDL.
   kernels::ReadBoundArgs StepBoundArgs(uint32_t layer, bool barrier, bool merge = false) const;
+  // The dense bound's launch on `layer`: every slice of the layer through its slots.
+  kernels::ReadBoundArgs DenseBoundArgs(uint32_t layer) const;
+  // The split-K merge's fields (rows = KV heads of the batch, partials, counters) set on `a`.
+  void WithMerge(kernels::ReadBoundArgs& a) const;
+  // A merge partial the size of the attention's: per query head of the group, d fp32 sums,
+  // the max and the weight sum, padded to 16 bytes.
+  uint32_t BoundPartialBytes() const;
   Status DenseBoundStep(uint32_t layer, cudaStream_t stream);
   Status DenseMergeBoundStep(uint32_t layer, cudaStream_t stream);
   Status StepBoundStep(uint32_t layer, cudaStream_t stream);

@@ -1,20 +1,19 @@
 // `kvtier bench decode` on CUDA builds: the read bounds (kernels/read_bound.cuh), how fast the
-// card merely reads what a step reads, timed in the same run as the steps:
+// card merely reads what a step reads, timed in the same run as the steps — measured floors of
+// a plain streaming read, not theorems:
 //   dense_bound       every slice of the layer through its slot list (the dense step's bytes),
-//                     plain launches like `dense`: the fastest any dense attention could be;
+//                     plain launches like `dense`;
 //   step_bound        the layer's Quest metadata, a grid-wide barrier, then the selected
 //                     slices (the blocks sparse_graph selected on layer 0, through each layer's
-//                     slots), one launch
-//                     per step with PDL as one CUDA graph like `sparse_graph`: the fastest any
-//                     sparse step could be — fused or not — that reads the metadata before the
-//                     K/V it selects; its checksum on layer 0 is checked against the host;
+//                     slots), one launch per step with PDL as one CUDA graph like
+//                     `sparse_graph`: the floor of a step, fused or not, that reads the metadata
+//                     before the K/V it selects; its checksum is checked against the host;
 //   step_bytes_bound  the same bytes without the barrier: what the dependency costs;
 //   step_merge_bound, step_bytes_merge_bound  the two with the selected K/V read row by row
 //                     and the split-K merge of dense_merge_bound at the end;
 //   dense_merge_bound  dense_bound with the end of a split-K attention: each KV head's row read
 //                     by its own CTAs, each CTA writing a partial the size of the attention's
-//                     (per query head of the group: d fp32 sums, the max and the sum of
-//                     weights, padded to 16 bytes) and the row's last CTA reading them back;
+//                     (BoundPartialBytes) and the row's last CTA reading them back;
 //   dense_cluster{C}x{K}_bound  the same with K CTAs per row in clusters of C that merge in
 //                     distributed shared memory first (only the clusters' partials go through
 //                     memory; none where a row is one cluster): 16×16, 16×48 and 8×48.
@@ -46,38 +45,37 @@ kernels::ReadBoundArgs Point::StepBoundArgs(uint32_t layer, bool barrier, bool m
                            .slot_bytes = static_cast<uint32_t>(shape_.slot_bytes),
                            .sink = bound_state_.as<unsigned long long>(),
                            .programmatic_dependent_launch = true};
-  if (merge) {  // the selection is k_ entries per row, row after row
-    a.rows = batch_ * o_.kv_heads;
-    a.partial_bytes = o_.q_heads / o_.kv_heads * (o_.head_dim * 4 + 16);
-    a.partials = bound_partials_.p;
-    a.row_counters = bound_counters_.as<uint32_t>();
-  }
+  if (merge) WithMerge(a);  // the selection is k_ entries per row, row after row
   return a;
 }
 
+uint32_t Point::BoundPartialBytes() const { return o_.q_heads / o_.kv_heads * (o_.head_dim * 4 + 16); }
+
+void Point::WithMerge(kernels::ReadBoundArgs& a) const {
+  a.rows = batch_ * o_.kv_heads;
+  a.partial_bytes = BoundPartialBytes();
+  a.partials = bound_partials_.p;
+  a.row_counters = bound_counters_.as<uint32_t>();
+}
+
+kernels::ReadBoundArgs Point::DenseBoundArgs(uint32_t layer) const {
+  return {.arena = arena_.p,
+          .slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
+          .count = slices_,
+          .slot_bytes = static_cast<uint32_t>(shape_.slot_bytes),
+          .sink = bound_state_.as<unsigned long long>()};
+}
+
 Status Point::DenseBoundStep(uint32_t layer, cudaStream_t stream) {
-  const kernels::ReadBoundArgs a{.arena = arena_.p,
-                                 .slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
-                                 .count = slices_,
-                                 .slot_bytes = static_cast<uint32_t>(shape_.slot_bytes),
-                                 .sink = bound_state_.as<unsigned long long>()};
-  KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(a, stream));
+  KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(DenseBoundArgs(layer), stream));
   return Status::Ok();
 }
 
 Status Point::DenseMergeBoundStep(uint32_t layer, cudaStream_t stream) {
-  const uint32_t group = o_.q_heads / o_.kv_heads;  // partials as BoundRows sized them
-  const kernels::ReadBoundArgs a{.arena = arena_.p,
-                                 .slots = block_slots_.as<uint32_t>() + size_t{layer} * slices_,
-                                 .count = slices_,
-                                 .slot_bytes = static_cast<uint32_t>(shape_.slot_bytes),
-                                 .rows = batch_ * o_.kv_heads,
-                                 .partial_bytes = group * (o_.head_dim * 4 + 16),
-                                 .partials = bound_partials_.p,
-                                 .row_counters = bound_counters_.as<uint32_t>(),
-                                 .ctas_per_row = bound_cluster_.ctas_per_row,
-                                 .cluster = bound_cluster_.cluster,
-                                 .sink = bound_state_.as<unsigned long long>()};
+  kernels::ReadBoundArgs a = DenseBoundArgs(layer);
+  WithMerge(a);
+  a.ctas_per_row = bound_cluster_.ctas_per_row;
+  a.cluster = bound_cluster_.cluster;
   KVT_CUDA_OR_RETURN(kernels::LaunchReadBound(a, stream));
   return Status::Ok();
 }
@@ -147,7 +145,7 @@ Status Point::BoundRows(const StepOutcome& ref, double t_copy, double t_dense, d
   KVT_CUDA_OR_RETURN(cudaMemset(bound_state_.p, 0, 16));
   uint32_t ctas = 0;
   KVT_CUDA_OR_RETURN(kernels::ReadBoundCtas(&ctas));
-  const uint32_t rows_n = batch_ * o_.kv_heads, partial_bytes = o_.q_heads / o_.kv_heads * (o_.head_dim * 4 + 16);
+  const uint32_t rows_n = batch_ * o_.kv_heads, partial_bytes = BoundPartialBytes();
   // The merge launches' CTAs per row: ⌊CTAs / rows⌋, at least one (several waves where the rows
   // outnumber the CTAs; the step merge rows wait at the barrier, so they need every row's CTA
   // resident at once: rows ≤ CTAs).
